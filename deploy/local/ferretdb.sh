@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# FerretDB v1 (MongoDB wire protocol) on its SQLite backend, built with `go install` from the
+# small wrapper module in ferretdb/ (see ferretdb/main.go for why not the upstream command).
+# usage: ferretdb.sh install|start|stop|status|logs
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+FERRET_HOST="${HERALD_MONGO_HOST:-127.0.0.1}"
+FERRET_PORT="${HERALD_MONGO_PORT:-27017}"
+FERRET_DATA="${HERALD_MONGO_DATA:-$HERALD_RUN/ferretdb-data}"
+FERRET_BIN="$HERALD_CACHE/bin/ferretdb"
+FERRET_PID="$HERALD_RUN/ferretdb.pid"
+FERRET_LOG="$HERALD_LOGS/ferretdb.log"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+install() {
+  command -v go >/dev/null || die "go is required"
+  # go.mod/go.sum pin the version; the stamp rebuilds the binary when they change.
+  local stamp="$HERALD_CACHE/bin/ferretdb.sha256" want
+  want=$(cat "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" | sha256sum | cut -d' ' -f1)
+  if [[ -x "$FERRET_BIN" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
+  log "building FerretDB with go install (first time takes a minute)"
+  mkdir -p "$HERALD_CACHE/bin"
+  (cd "$HERE/ferretdb" && GOBIN="$HERALD_CACHE/bin" go install .)
+  echo "$want" > "$stamp"
+}
+
+start() {
+  install
+  if pid_alive "$FERRET_PID"; then log "already running (pid $(cat "$FERRET_PID"))"; return 0; fi
+  port_open "$FERRET_HOST" "$FERRET_PORT" && die "port $FERRET_PORT is taken by another process"
+  mkdir -p "$FERRET_DATA"
+  log "starting on $FERRET_HOST:$FERRET_PORT (log: $FERRET_LOG)"
+  nohup "$FERRET_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DATA/" \
+    --listen-addr="$FERRET_HOST:$FERRET_PORT" \
+    --log-level="${HERALD_MONGO_LOG_LEVEL:-error}" >> "$FERRET_LOG" 2>&1 &
+  echo $! > "$FERRET_PID"
+  wait_port "$FERRET_HOST" "$FERRET_PORT" 30 "$FERRET_PID" || { tail -20 "$FERRET_LOG" >&2; die "FerretDB did not start"; }
+  log "ready"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop_pid ferretdb "$FERRET_PID" ;;
+  status) if pid_alive "$FERRET_PID"; then echo "ferretdb running pid=$(cat "$FERRET_PID") $FERRET_HOST:$FERRET_PORT"; else echo "ferretdb stopped"; exit 3; fi ;;
+  logs) tail -n "${2:-100}" "$FERRET_LOG" ;;
+  *) echo "usage: $0 install|start|stop|status|logs" >&2; exit 2 ;;
+esac

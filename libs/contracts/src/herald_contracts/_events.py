@@ -1,0 +1,284 @@
+"""Event bodies: one pydantic model per event type and version.
+
+These models are the source of schemas/events/*.json (`make schemas`). A v1 model only ever
+grows compatibly: new optional fields, never a removed or retyped one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Channel = Literal["sms", "email", "voice"]
+CHANNELS: tuple[Channel, ...] = ("sms", "email", "voice")
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00$]+$")]
+Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Appointment(_Body):
+    """A booked visit or call."""
+
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime | None = None
+    engineer: str | None = Field(default=None, max_length=200)
+    location: str | None = Field(default=None, max_length=500)
+
+
+class CaseEventData(_Body):
+    """Body of the business events backend systems publish about a case."""
+
+    case_id: Id
+    customer_ids: list[Id] = Field(default_factory=list, max_length=50)
+    sequence: int | None = Field(
+        default=None, ge=0, description="Source's own ordering; newer events have larger numbers."
+    )
+    status: str | None = Field(default=None, max_length=100)
+    summary: str | None = Field(default=None, max_length=2000)
+    next_step: str | None = Field(default=None, max_length=2000)
+    eta: AwareDatetime | None = None
+    assigned_team: str | None = Field(default=None, max_length=200)
+    assigned_engineer: str | None = Field(default=None, max_length=200)
+    appointment: Appointment | None = None
+    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+# The business event types ingest accepts; each names the same body for now.
+INBOUND_EVENT_TYPES: tuple[str, ...] = (
+    "case.opened",
+    "case.updated",
+    "case.status_changed",
+    "appointment.booked",
+    "appointment.rescheduled",
+    "case.resolved",
+    "case.closed",
+)
+
+
+class CaseState(_Body):
+    """The latest, versioned state of a case as ingest projects it."""
+
+    case_id: Id
+    version: int = Field(ge=1)
+    customer_ids: list[Id] = Field(default_factory=list)
+    status: str | None = None
+    summary: str | None = None
+    next_step: str | None = None
+    eta: AwareDatetime | None = None
+    assigned_team: str | None = None
+    assigned_engineer: str | None = None
+    appointment: Appointment | None = None
+    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    updated_at: AwareDatetime
+
+
+class EventRef(_Body):
+    """Which business event caused a change."""
+
+    id: Id
+    source: str
+    type: str
+    time: AwareDatetime | None = None
+
+
+class CaseChanged(_Body):
+    """An applied change to a case: the event and the resulting state."""
+
+    event: EventRef
+    state: CaseState
+
+
+class ChannelAddress(_Body):
+    """One channel's address and whether it still works."""
+
+    address: str
+    status: Literal["valid", "bounced", "unreachable"] = "valid"
+
+
+class QuietHours(_Body):
+    """A daily window, in the customer's local time, when they must not be contacted."""
+
+    start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    end: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+class ContactPreferences(_Body):
+    """Full snapshot of one customer's contact preferences (compacted topic)."""
+
+    customer_id: Id
+    version: int = Field(ge=1)
+    channels: dict[Channel, ChannelAddress] = Field(default_factory=dict)
+    ranking: list[Channel] = Field(default_factory=list)
+    consents: dict[Topic, dict[Channel, bool]] = Field(
+        default_factory=dict, description="Current consent per topic and channel, from the ledger."
+    )
+    locale: Locale = "en"
+    time_zone: str = "UTC"
+    quiet_hours: QuietHours | None = None
+    updated_at: AwareDatetime
+
+
+class Priority(StrEnum):
+    """Service messages may reach customers where marketing may not."""
+
+    SERVICE = "service"
+    MARKETING = "marketing"
+
+
+class MessageTemplate(_Body):
+    """One channel's message in one locale; Jinja2 sandboxed templates."""
+
+    body: str = Field(max_length=10_000)
+    subject: str | None = Field(default=None, max_length=500)
+    html: str | None = Field(default=None, max_length=100_000)
+
+
+class CampaignRef(_Body):
+    """What a contact request carries of its campaign: the version it started with."""
+
+    id: Id
+    version: int = Field(ge=1)
+    name: str
+    topic: Topic
+    priority: Priority = Priority.SERVICE
+    messages: dict[Channel, dict[Locale, MessageTemplate]]
+    still_applies: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="CEL expression over the latest case state, re-checked at send time.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class ContactRequest(_Body):
+    """Ask the dispatcher to contact one customer about one case for one campaign."""
+
+    request_id: Id
+    campaign: CampaignRef
+    customer_id: Id
+    case_id: Id | None = None
+    case_version: int | None = None
+    case_state: CaseState | None = Field(
+        default=None, description="State at trigger time; the dispatcher prefers a newer one."
+    )
+    trigger_key: str
+    requested_at: AwareDatetime
+    not_before: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    attempt: int = Field(default=1, ge=1)
+
+
+class _Outbound(_Body):
+    message_id: Id
+    request_id: Id
+    campaign_id: Id
+    customer_id: Id
+    case_id: Id | None = None
+    attempt: int = Field(default=1, ge=1)
+    locale: Locale = "en"
+    expires_at: AwareDatetime | None = None
+    created_at: AwareDatetime
+
+
+class OutboundSms(_Outbound):
+    """A rendered SMS for the sms-sender."""
+
+    to: str = Field(description="E.164 phone number.")
+    body: str
+    segments: int = Field(ge=1)
+    encoding: Literal["GSM-7", "UCS-2"]
+
+
+class OutboundEmail(_Outbound):
+    """A rendered email for the email-sender."""
+
+    to: str
+    subject: str
+    text: str
+    html: str | None = None
+    unsubscribe_url: str | None = None
+
+
+class OutboundVoice(_Outbound):
+    """A rendered IVR call for the voice-sender."""
+
+    to: str = Field(description="E.164 phone number.")
+    say: str
+    language: str
+
+
+DeliveryState = Literal[
+    "sending",
+    "sent",
+    "delivered",
+    "failed",
+    "undelivered",
+    "unknown",
+    "answered",
+    "no-answer",
+    "busy",
+    "machine",
+]
+
+
+class DeliveryStatus(_Body):
+    """A status of one message, from a sender."""
+
+    message_id: Id
+    request_id: Id
+    campaign_id: Id
+    customer_id: Id
+    case_id: Id | None = None
+    channel: Channel
+    status: DeliveryState
+    provider_id: str | None = None
+    error_code: str | None = None
+    reason: str | None = None
+    at: AwareDatetime
+
+
+Intent = Literal[
+    "stop", "start", "help", "confirm", "reschedule", "callback", "unsubscribe", "other"
+]
+
+
+class EngagementReply(_Body):
+    """A customer's answer: a keyword, keypad press, click or unsubscribe."""
+
+    reply_id: Id
+    customer_id: Id
+    channel: Channel | Literal["web"]
+    intent: Intent
+    text: str | None = Field(default=None, max_length=2000)
+    message_id: Id | None = None
+    case_id: Id | None = None
+    topic: Topic | None = None
+    at: AwareDatetime
+
+
+class TimerRequest(_Body):
+    """A durable timer the scheduler fires once at due_at, or cancels by key."""
+
+    timer_id: Id
+    key: str = Field(description="Cancellation key, e.g. the request id being escalated.")
+    action: Literal["schedule", "cancel"] = "schedule"
+    due_at: AwareDatetime | None = None
+    reason: str | None = None
+    request: ContactRequest | None = Field(
+        default=None, description="Re-sent when the timer fires."
+    )
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    from datetime import UTC
+
+    return datetime.now(UTC)

@@ -1,0 +1,62 @@
+"""`make run`: the infrastructure, every service and the sandbox, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from herald_devstack._stack import Stack, StackConfig
+from herald_kit import ensure_topics
+
+
+def main() -> None:
+    """Start everything, print where it listens, stop it all on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, default=Path.cwd())
+    parser.add_argument("--no-infra", action="store_true", help="use infrastructure already up")
+    args = parser.parse_args()
+    root: Path = args.root
+    infra = root / "deploy" / "local" / "infra.sh"
+    env = os.environ.get
+    kafka = f"{env('HERALD_KAFKA_HOST', '127.0.0.1')}:{env('HERALD_KAFKA_PORT', '9092')}"
+    mongo_host = env("HERALD_MONGO_HOST", "127.0.0.1")
+    mongo = f"mongodb://{mongo_host}:{env('HERALD_MONGO_PORT', '27017')}/"
+    if not args.no_infra:
+        subprocess.run(["bash", str(infra), "start"], check=True)  # noqa: S603, S607
+    asyncio.run(ensure_topics(kafka))
+    stack = Stack(
+        StackConfig(kafka_bootstrap=kafka, mongo_uri=mongo, log_dir=root / ".cache" / "logs")
+    )
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start(timeout=90)
+        lines = [
+            f"  {name:<13} {run.url}   (log: {run.log_path})" for name, run in stack.running.items()
+        ]
+        sys.stdout.write(
+            "Herald is running:\n" + "\n".join(lines) + "\n"
+            f"  kafka         {kafka}\n  database      {mongo}\n"
+            f"  API key       {stack.config.api_key}   (dev only: every scope)\n"
+            f"  sandbox page  {stack.url('sandbox')}/sandbox\n"
+            "Press Ctrl-C to stop everything.\n"
+        )
+        sys.stdout.flush()
+        while not stopping:
+            signal.pause()
+    finally:
+        sys.stdout.write("stopping services...\n")
+        stack.stop()
+        if not args.no_infra:
+            subprocess.run(["bash", str(infra), "stop"], check=False)  # noqa: S603, S607

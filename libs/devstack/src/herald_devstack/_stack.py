@@ -1,0 +1,175 @@
+"""Start every service as its own process against the local Kafka and database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from herald_devstack._services import SERVICES, ServiceSpec
+from herald_kit import hash_key
+
+ALL_SCOPES = (
+    "preferences:read",
+    "preferences:write",
+    "preferences:admin",
+    "events:write",
+    "cases:read",
+    "campaigns:read",
+    "campaigns:write",
+    "decisions:read",
+)
+SANDBOX_SID = "AC00000000000000000000000000000000"
+SANDBOX_TOKEN = "sandbox-auth-token"  # noqa: S105 - the sandbox's own fake credential
+
+
+@dataclass
+class StackConfig:
+    """Where the infrastructure is and how to separate this stack from others."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    mongo_uri: str = "mongodb://127.0.0.1:27017/"
+    namespace: str = ""
+    db_suffix: str = ""
+    port_offset: int = 0
+    api_key: str = "herald-dev-key"
+    log_dir: Path = Path(".cache/logs")
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Running:
+    """A started service process."""
+
+    spec: ServiceSpec
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Stack:
+    """The whole system as processes; `make run` and the e2e tests both use it."""
+
+    def __init__(self, config: StackConfig, services: Iterable[ServiceSpec] = SERVICES) -> None:
+        self.config = config
+        self.specs = list(services)
+        self.running: dict[str, Running] = {}
+
+    def port(self, name: str) -> int:
+        """A service's port in this stack."""
+        spec = next(s for s in self.specs if s.name == name)
+        return spec.port + self.config.port_offset
+
+    def url(self, name: str) -> str:
+        """A service's base URL in this stack."""
+        return f"http://127.0.0.1:{self.port(name)}"
+
+    def env_for(self, spec: ServiceSpec) -> dict[str, str]:
+        """Environment of one service process."""
+        cfg = self.config
+        p = spec.env_prefix
+        keys = [{"name": "dev", "hash": hash_key(cfg.api_key), "scopes": list(ALL_SCOPES)}]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        env.update(
+            {
+                f"{p}HOST": "127.0.0.1",
+                f"{p}PORT": str(self.port(spec.name)),
+                f"{p}KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+                f"{p}TOPIC_NAMESPACE": cfg.namespace,
+                f"{p}MONGO_URI": cfg.mongo_uri,
+                f"{p}API_KEYS": json.dumps(keys),
+                f"{p}LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if spec.uses_db:
+            env[f"{p}MONGO_DB"] = "herald_" + spec.name.replace("-", "_") + cfg.db_suffix
+        sandbox = self.url("sandbox")
+        if spec.name in ("sms-sender", "voice-sender"):
+            env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
+            env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
+            env[f"{p}TWILIO_BASE_URL"] = sandbox
+        if spec.name == "sandbox":
+            env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
+            env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
+        for key, value in cfg.extra_env.items():
+            if key.startswith(p) or not key.startswith("HERALD_"):
+                env[key] = value
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every service and wait until each is ready."""
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            self.start_one(spec.name)
+        self.wait_ready(timeout)
+
+    def start_one(self, name: str) -> Running:
+        """Start (or restart) one service process."""
+        spec = next(s for s in self.specs if s.name == name)
+        log_path = self.config.log_dir / f"{spec.name}{self.config.db_suffix}.log"
+        log = log_path.open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", spec.module],
+            env=self.env_for(spec),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        run = Running(spec, self.port(spec.name), proc, log_path)
+        self.running[name] = run
+        return run
+
+    def wait_ready(self, timeout: float = 60.0, names: Iterable[str] | None = None) -> None:
+        """Poll /readyz of each service until 200; RuntimeError naming the laggards."""
+        pending = set(names or self.running)
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as client:
+            while pending and time.monotonic() < deadline:
+                for name in sorted(pending):
+                    run = self.running[name]
+                    if run.process.poll() is not None:
+                        tail = run.log_path.read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"{name} exited ({run.process.returncode}):\n{tail}")
+                    try:
+                        if client.get(f"{run.url}/readyz").status_code == 200:
+                            pending.discard(name)
+                    except httpx.HTTPError:
+                        pass
+                if pending:
+                    time.sleep(0.3)
+        if pending:
+            raise RuntimeError(f"not ready after {timeout}s: {', '.join(sorted(pending))}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one service (kill -9 by default) and reap it."""
+        run = self.running[name]
+        if run.process.poll() is None:
+            os.killpg(run.process.pid, sig)
+            run.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop every service gracefully, then forcibly."""
+        for run in self.running.values():
+            if run.process.poll() is None:
+                os.killpg(run.process.pid, signal.SIGTERM)
+        for run in self.running.values():
+            try:
+                run.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(run.process.pid, signal.SIGKILL)
+                run.process.wait(timeout=5)

@@ -1,0 +1,82 @@
+"""Herald's service kit: what every service shares, and nothing service-specific."""
+
+from herald_kit._auth import (
+    Forbidden,
+    KeyStore,
+    Principal,
+    Unauthenticated,
+    hash_key,
+    new_key,
+    require_scopes,
+)
+from herald_kit._context import TraceContext, current_trace
+from herald_kit._errors import (
+    Conflict,
+    HeraldError,
+    InvalidInput,
+    MalformedRequest,
+    NotFound,
+    PermanentError,
+    PreconditionFailed,
+    RetryableError,
+)
+from herald_kit._kafka import (
+    ConsumerLoop,
+    DecodeError,
+    Event,
+    EventProducer,
+    decode,
+    encode,
+    kafka_client_options,
+)
+from herald_kit._logging import JsonFormatter, configure_logging, mask
+from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
+from herald_kit._problems import PROBLEM, problem
+from herald_kit._serve import serve
+from herald_kit._service import Runtime, build_app
+from herald_kit._settings import ApiKeyEntry, ServiceSettings
+from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
+
+__all__ = [
+    "PROBLEM",
+    "ApiKeyEntry",
+    "Conflict",
+    "ConsumerLoop",
+    "DecodeError",
+    "Doc",
+    "Event",
+    "EventProducer",
+    "Forbidden",
+    "HeraldError",
+    "InvalidInput",
+    "JsonFormatter",
+    "KeyStore",
+    "MalformedRequest",
+    "NotFound",
+    "PermanentError",
+    "PreconditionFailed",
+    "Principal",
+    "RetryableError",
+    "Runtime",
+    "ServiceSettings",
+    "TraceContext",
+    "Unauthenticated",
+    "all_topics",
+    "build_app",
+    "configure_logging",
+    "create_client",
+    "current_trace",
+    "decode",
+    "delete_namespace",
+    "encode",
+    "ensure_topics",
+    "hash_key",
+    "insert_if_absent",
+    "kafka_client_options",
+    "mask",
+    "new_key",
+    "ping",
+    "problem",
+    "require_scopes",
+    "serve",
+]

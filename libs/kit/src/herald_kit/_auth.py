@@ -1,0 +1,101 @@
+"""API keys with scopes; only their SHA-256 hashes are configured or stored."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from herald_kit._errors import HeraldError
+from herald_kit._settings import ApiKeyEntry
+
+
+class Unauthenticated(HeraldError):
+    """No key, or a key we do not know."""
+
+    status = 401
+    title = "Unauthenticated"
+
+
+class Forbidden(HeraldError):
+    """A known key without the scope the endpoint needs."""
+
+    status = 403
+    title = "Forbidden"
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key. Keys are 256-bit random, so a plain SHA-256 is enough."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random API key."""
+    return "hk_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who called: the key's name and scopes."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+class KeyStore:
+    """Looks keys up by hash, in constant time per entry."""
+
+    def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
+        self._entries = list(entries)
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The principal a presented key belongs to, or None."""
+        digest = hash_key(key)
+        found: Principal | None = None
+        for entry in self._entries:
+            if hmac.compare_digest(entry.hash, digest):
+                found = Principal(entry.name, frozenset(entry.scopes))
+        return found
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A FastAPI dependency: the caller must hold every named scope."""
+
+    async def dependency(request: Request) -> Principal:
+        store: KeyStore = request.app.state.keystore
+        key = _presented_key(request)
+        if key is None:
+            raise Unauthenticated("An API key is required (Authorization: Bearer <key>).")
+        principal = store.authenticate(key)
+        if principal is None:
+            raise Unauthenticated("The API key is not valid.")
+        missing = [s for s in scopes if s not in principal.scopes]
+        if missing:
+            raise Forbidden(f"The API key lacks the scope(s): {', '.join(missing)}.")
+        return principal
+
+    return dependency
+
+
+def main() -> None:
+    """CLI: herald-apikey NAME SCOPE... prints a new key and the entry to configure."""
+    parser = argparse.ArgumentParser(description="Create an API key.")
+    parser.add_argument("name")
+    parser.add_argument("scopes", nargs="+")
+    args = parser.parse_args()
+    key = new_key()
+    entry = {"name": args.name, "hash": hash_key(key), "scopes": args.scopes}
+    print(json.dumps({"key": key, "entry": entry}, indent=2))

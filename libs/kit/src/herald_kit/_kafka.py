@@ -1,0 +1,428 @@
+"""Kafka conventions: CloudEvents binary mode, an idempotent producer, and a consumer loop that
+commits only after the handler's effects are durable and sends what it cannot process to a DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure, OperationFailure
+
+from herald_contracts import BY_TYPE, SOURCE_PREFIX, EventType, Topic, dlq_topic
+from herald_kit._context import TraceContext, current_trace, event_id_var, trace_var
+from herald_kit._errors import PermanentError, RetryableError
+from herald_kit._metrics import CONSUMED, DLQ, HANDLE_SECONDS, LAG, PRODUCED
+from herald_kit._settings import ServiceSettings
+
+log = logging.getLogger("herald.kafka")
+M = TypeVar("M", bound=BaseModel)
+
+
+class DecodeError(PermanentError):
+    """The bytes on the topic are not a valid Herald event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[M]):
+    """A decoded event: its CloudEvents attributes and its validated body."""
+
+    id: str
+    type: str
+    source: str
+    time: datetime | None
+    subject: str | None
+    data: M
+    key: str | None = None
+    trace: TraceContext | None = None
+
+
+def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Connection options shared by producers, consumers and the admin client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = ssl.create_default_context()
+    if settings.kafka_sasl_mechanism:
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+def encode(
+    et: EventType,
+    data: BaseModel,
+    *,
+    source: str,
+    event_id: str | None = None,
+    subject: str | None = None,
+    time: datetime | None = None,
+    trace: TraceContext | None = None,
+) -> tuple[list[tuple[str, bytes]], bytes]:
+    """An event in CloudEvents Kafka binary mode: (headers, value)."""
+    attributes: dict[str, Any] = {
+        "id": event_id or str(uuid.uuid4()),
+        "source": source if source.startswith("/") else SOURCE_PREFIX + source,
+        "type": et.type,
+        "time": time or datetime.now(UTC),
+        "datacontenttype": "application/json",
+        "dataschema": et.dataschema,
+    }
+    if subject:
+        attributes["subject"] = subject
+    msg = ce_kafka.to_binary_event(CloudEvent(attributes, data.model_dump(mode="json")))
+    headers = list(msg.headers.items())
+    headers.append(("traceparent", (trace or current_trace().child()).header().encode()))
+    return headers, msg.value
+
+
+def decode(record: ConsumerRecord[bytes, bytes], model: type[M] | None = None) -> Event[M]:
+    """Decode and validate a binary-mode record; DecodeError when it cannot be."""
+    headers = dict(record.headers or ())
+    if "ce_type" not in headers:
+        raise DecodeError("missing ce_type header: not a CloudEvent in binary mode")
+    try:
+        ce = ce_kafka.from_binary_event(
+            ce_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value or b"")
+        )
+    except Exception as exc:  # the SDK raises several types for bad attributes or bytes
+        raise DecodeError(f"invalid CloudEvent: {exc}") from exc
+    ce_type = ce.get_type()
+    if model is None:
+        et = BY_TYPE.get(ce_type)
+        if et is None:
+            raise DecodeError(f"unknown event type {ce_type!r}", field="ce_type")
+        model = et.model  # type: ignore[assignment]
+    assert model is not None
+    raw = ce.get_data()
+    try:
+        if isinstance(raw, bytes | str):
+            data = model.model_validate_json(raw)
+        else:
+            data = model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "data"
+        raise DecodeError(f"schema violation at {where}: {first['msg']}", field=where) from exc
+    tp = headers.get("traceparent")
+    return Event(
+        id=ce.get_id(),
+        type=ce_type,
+        source=ce.get_source(),
+        time=ce.get_time(),
+        subject=ce.get_subject(),
+        data=data,
+        key=record.key.decode() if record.key else None,
+        trace=TraceContext.parse(tp.decode(errors="replace") if tp else None),
+    )
+
+
+class EventProducer:
+    """Idempotent producer (acks=all) that publishes Herald events under a topic namespace."""
+
+    def __init__(self, settings: ServiceSettings, source: str) -> None:
+        self.settings = settings
+        self.source = source
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect."""
+        self._producer = AIOKafkaProducer(
+            **kafka_client_options(self.settings),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            request_timeout_ms=30_000,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def raw(self) -> AIOKafkaProducer:
+        """The underlying aiokafka producer."""
+        if self._producer is None:
+            raise RuntimeError("producer not started")
+        return self._producer
+
+    def topic_name(self, topic: Topic) -> str:
+        """A topic's name under this service's namespace."""
+        return topic.name(self.settings.topic_namespace)
+
+    async def publish(
+        self,
+        et: EventType,
+        data: BaseModel,
+        *,
+        key: str | None,
+        event_id: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement (durable before we go on)."""
+        headers, value = encode(et, data, source=self.source, event_id=event_id, subject=subject)
+        await self.send(et.topic, value, key=key, headers=headers)
+
+    async def tombstone(self, topic: Topic, key: str) -> None:
+        """A null value for a key on a compacted topic."""
+        await self.send(topic, None, key=key, headers=[])
+
+    async def send(
+        self,
+        topic: Topic | str,
+        value: bytes | None,
+        *,
+        key: str | bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Send raw bytes and wait for the acknowledgement."""
+        name = topic if isinstance(topic, str) else self.topic_name(topic)
+        k = key.encode() if isinstance(key, str) else key
+        await self.raw.send_and_wait(name, value, key=k, headers=list(headers))
+        PRODUCED.labels(topic if isinstance(topic, str) else topic.base).inc()
+
+    async def ready(self) -> bool:
+        """True when the broker answers a metadata request."""
+        if self._producer is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 3))
+        except (TimeoutError, KafkaError, OSError):
+            return False
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+# Failures of our own infrastructure: never a reason to drop a message, so retried until the
+# dependency is back (offsets stay uncommitted meanwhile).
+INFRA_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure, KafkaError, OSError)
+
+
+@dataclass
+class ConsumerLoop:
+    """Consume topics as one group; handle each record; commit after; DLQ what can't be handled.
+
+    The handler must be idempotent: a crash before the commit redelivers the batch.
+    """
+
+    settings: ServiceSettings
+    producer: EventProducer
+    group: str
+    topics: list[Topic]
+    handler: Handler
+    batch: int = 200
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
+    handled: int = 0
+    _positions: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def group_id(self) -> str:
+        """The Kafka group id under the namespace."""
+        return f"{self.settings.topic_namespace}{self.group}"
+
+    @property
+    def dlq(self) -> str:
+        """This group's dead-letter topic."""
+        return dlq_topic(self.group).name(self.settings.topic_namespace)
+
+    async def start(self) -> None:
+        """Join the group and start the loop in the background."""
+        self._consumer = AIOKafkaConsumer(
+            *[t.name(self.settings.topic_namespace) for t in self.topics],
+            **kafka_client_options(self.settings),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
+
+    async def stop(self) -> None:
+        """Finish the current batch, then leave the group."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def ready(self) -> bool:
+        """True once partitions are assigned and the loop is alive."""
+        return (
+            self._consumer is not None
+            and self._task is not None
+            and not self._task.done()
+            and bool(self._consumer.assignment())
+        )
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stopping:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
+            except KafkaError as exc:
+                log.warning("poll failed, retrying", extra={"group": self.group, "error": str(exc)})
+                await asyncio.sleep(1)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    await self._handle_one(record)
+                await self._commit(consumer, tp, records[-1].offset + 1)
+            if batches:
+                self._update_lag(consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await consumer.commit({tp: offset})
+                return
+            except KafkaError as exc:
+                # A rebalance took the partition: the new owner replays from the last commit.
+                if tp not in consumer.assignment():
+                    return
+                log.warning("commit failed, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        totals: dict[str, int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            base = self._base(tp.topic)
+            totals[base] = totals.get(base, 0) + max(0, end - self._positions.get(tp, end))
+        for base, lag in totals.items():
+            LAG.labels(self.group, base).set(lag)
+
+    def _base(self, topic: str) -> str:
+        ns = self.settings.topic_namespace
+        return topic[len(ns) :] if ns and topic.startswith(ns) else topic
+
+    async def _handle_one(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        base = self._base(record.topic)
+        attempt = 0
+        trace_token = trace_var.set(None)
+        event_token = event_id_var.set(None)
+        try:
+            headers = dict(record.headers or ())
+            tp = headers.get("traceparent")
+            trace_var.set(TraceContext.parse(tp.decode(errors="replace")) if tp else None)
+            ce_id = headers.get("ce_id")
+            event_id_var.set(ce_id.decode(errors="replace") if ce_id else None)
+            while True:
+                try:
+                    with HANDLE_SECONDS.labels(self.group, base).time():
+                        await self.handler(record)
+                    CONSUMED.labels(self.group, base, "ok").inc()
+                    break
+                except PermanentError as exc:
+                    await self._to_dlq(record, exc, "permanent")
+                    break
+                except RetryableError as exc:
+                    attempt += 1
+                    if attempt > self.settings.retry_attempts:
+                        await self._to_dlq(record, exc, "retries-exhausted")
+                        break
+                    CONSUMED.labels(self.group, base, "retried").inc()
+                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+                except INFRA_ERRORS as exc:
+                    if isinstance(exc, OperationFailure):
+                        await self._to_dlq(record, exc, "database-rejected")
+                        break
+                    attempt += 1
+                    CONSUMED.labels(self.group, base, "retried").inc()
+                    log.warning(
+                        "dependency unavailable, retrying",
+                        extra={"group": self.group, "error": type(exc).__name__},
+                    )
+                    await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("handler failed", extra={"group": self.group})
+                    await self._to_dlq(record, exc, "handler-error")
+                    break
+            self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            self.handled += 1
+        finally:
+            trace_var.reset(trace_token)
+            event_id_var.reset(event_token)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        base = self.settings.retry_base_seconds * (2 ** (attempt - 1))
+        delay = random.uniform(0, min(base, 30.0))  # noqa: S311 - jitter, not crypto
+        return max(delay, retry_after or 0.0)
+
+    async def _to_dlq(
+        self, record: ConsumerRecord[bytes, bytes], exc: BaseException, kind: str
+    ) -> None:
+        reason = str(exc) or type(exc).__name__
+        headers = list(record.headers or ())
+        headers += [
+            ("x-herald-error", type(exc).__name__.encode()),
+            ("x-herald-error-kind", kind.encode()),
+            ("x-herald-reason", reason[:2000].encode()),
+            ("x-herald-source-topic", record.topic.encode()),
+            ("x-herald-source-partition", str(record.partition).encode()),
+            ("x-herald-source-offset", str(record.offset).encode()),
+            ("x-herald-group", self.group.encode()),
+        ]
+        field_name = getattr(exc, "field", None)
+        if field_name:
+            headers.append(("x-herald-field", str(field_name).encode()))
+        log.warning(
+            "message sent to DLQ",
+            extra={
+                "group": self.group,
+                "kind": kind,
+                "error": type(exc).__name__,
+                "topic": self._base(record.topic),
+                "offset": record.offset,
+            },
+        )
+        delay = 0.2
+        while True:
+            try:
+                await self.producer.send(self.dlq, record.value, key=record.key, headers=headers)
+                break
+            except KafkaError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+        DLQ.labels(self.group, kind).inc()
+        CONSUMED.labels(self.group, self._base(record.topic), "dlq").inc()
+
+
+def problem_json(reason: str) -> bytes:
+    """A small JSON reason body, for tools that read DLQs."""
+    return json.dumps({"reason": reason}).encode()

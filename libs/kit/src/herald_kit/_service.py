@@ -1,0 +1,188 @@
+"""The shape every service shares: a runtime (database, producer, consumers) and a FastAPI app
+with /healthz, /readyz, /metrics, problem+json and a body-size limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from herald_contracts import Topic
+from herald_kit._auth import KeyStore
+from herald_kit._kafka import ConsumerLoop, EventProducer, Handler
+from herald_kit._logging import configure_logging
+from herald_kit._metrics import HTTP_REQUESTS, UP
+from herald_kit._mongo import Doc, create_client, ping
+from herald_kit._problems import BodyLimit, install_problem_handlers, problem
+from herald_kit._settings import ServiceSettings
+
+log = logging.getLogger("herald.service")
+Hook = Callable[[], Awaitable[None]]
+
+
+class Runtime:
+    """A service's connections and background work, started and stopped by the app's lifespan."""
+
+    def __init__(self, settings: ServiceSettings, service: str, *, uses_kafka: bool = True) -> None:
+        self.settings = settings
+        self.service = service
+        self.uses_kafka = uses_kafka
+        self.mongo: AsyncMongoClient[Doc] | None = None
+        self.producer = EventProducer(settings, source=service)
+        self.consumers: list[ConsumerLoop] = []
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
+        self._ready_checks: dict[str, Callable[[], Awaitable[bool]]] = {}
+        self.started = asyncio.Event()
+
+    @property
+    def db(self) -> AsyncDatabase[Doc]:
+        """This service's own database."""
+        if self.mongo is None:
+            raise RuntimeError("runtime not started")
+        return self.mongo[self.settings.mongo_db]
+
+    def consume(self, group: str, topics: Sequence[Topic], handler: Handler) -> ConsumerLoop:
+        """Register a consumer group; it starts with the runtime."""
+        loop = ConsumerLoop(
+            self.settings,
+            self.producer,
+            group,
+            list(topics),
+            handler,
+            batch=self.settings.consumer_batch,
+        )
+        self.consumers.append(loop)
+        return loop
+
+    def on_start(self, hook: Hook) -> Hook:
+        """Run hook after connecting, before consumers start (indexes, views)."""
+        self._on_start.append(hook)
+        return hook
+
+    def on_stop(self, hook: Hook) -> Hook:
+        """Run hook before disconnecting."""
+        self._on_stop.append(hook)
+        return hook
+
+    def ready_check(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Add a readiness check of the service's own."""
+        self._ready_checks[name] = check
+
+    async def start(self) -> None:
+        """Connect, run start hooks, start consumers."""
+        if self.settings.mongo_db:
+            self.mongo = create_client(
+                self.settings.mongo_uri.get_secret_value(), app_name=f"herald-{self.service}"
+            )
+        if self.uses_kafka:
+            await self.producer.start()
+        for hook in self._on_start:
+            await hook()
+        for consumer in self.consumers:
+            await consumer.start()
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Stop consumers first (they commit what they finished), then the rest."""
+        for consumer in self.consumers:
+            await consumer.stop()
+        for hook in reversed(self._on_stop):
+            try:
+                await hook()
+            except Exception:
+                log.exception("stop hook failed")
+        if self.uses_kafka:
+            await self.producer.stop()
+        if self.mongo is not None:
+            await self.mongo.close()
+            self.mongo = None
+
+    async def readiness(self) -> dict[str, bool]:
+        """Each dependency and whether it is reachable right now."""
+        checks: dict[str, bool] = {}
+        if self.mongo is not None:
+            checks["database"] = await ping(self.mongo)
+        if self.uses_kafka:
+            checks["kafka"] = await self.producer.ready()
+        for consumer in self.consumers:
+            checks[f"consumer:{consumer.group}"] = consumer.ready()
+        for name, check in self._ready_checks.items():
+            try:
+                checks[name] = await check()
+            except Exception:
+                checks[name] = False
+        return checks
+
+
+def build_app(
+    settings: ServiceSettings,
+    runtime: Runtime,
+    *,
+    title: str,
+    description: str = "",
+    routers: Sequence[APIRouter] = (),
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app wired to the runtime, with the endpoints every service has."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(runtime.service, settings.log_level)
+        await runtime.start()
+        log.info("started", extra={"port": settings.port})
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("stopped")
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.keystore = KeyStore(settings.api_keys)
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Kafka, the database and consumers are ready.",
+        responses={503: {"description": "A dependency is not ready (problem+json)."}},
+    )
+    async def readyz() -> Response:
+        checks = await runtime.readiness()
+        ok = all(checks.values()) and runtime.started.is_set()
+        UP.labels(runtime.service).set(1 if ok else 0)
+        if ok:
+            return JSONResponse({"status": "ready", "checks": checks})
+        failing = [k for k, v in checks.items() if not v] or ["starting"]
+        return problem(503, "Not ready", f"Not ready: {', '.join(failing)}.", checks=checks)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics.", include_in_schema=True)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app

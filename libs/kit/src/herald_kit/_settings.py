@@ -1,0 +1,46 @@
+"""Settings base: each service subclasses it with its own env prefix, HERALD_<SERVICE>_."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiKeyEntry(BaseModel):
+    """An API key as configured: its name, its hash (never the key) and its scopes."""
+
+    name: str
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    scopes: list[str] = Field(default_factory=list)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: where it listens, Kafka, MongoDB, keys, logging."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str = Field(
+        default="", description="External URL of this service (links, signed webhooks)."
+    )
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_namespace: str = Field(
+        default="", description="Prefix for topic and group names; tests use a unique one."
+    )
+    mongo_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/")
+    mongo_db: str = ""
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    log_level: str = "INFO"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    consumer_batch: int = Field(default=200, ge=1, le=10_000)
+    retry_attempts: int = Field(default=5, ge=0, le=50)
+    retry_base_seconds: float = Field(default=0.2, gt=0)
+
+    def base_url(self) -> str:
+        """Where this service is reachable from outside."""
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,0 +1,1 @@
+"""Herald dispatcher: the contact policy engine."""

@@ -1,0 +1,1 @@
+"""Policy rules and rendering; no FastAPI, Kafka or pymongo here."""

@@ -1,0 +1,40 @@
+"""Channel choice: the customer's ranking, filtered by consent, address and campaign messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from herald_contracts import CampaignRef, Channel, ContactPreferences
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelChoice:
+    """The chosen channel, or why none was left."""
+
+    channel: Channel | None
+    reason: str
+
+
+def choose_channel(
+    prefs: ContactPreferences, campaign: CampaignRef, *, exclude: frozenset[str] = frozenset()
+) -> ChannelChoice:
+    """The first channel in the customer's ranking that every rule allows."""
+    if not prefs.ranking:
+        return ChannelChoice(None, "no-ranking")
+    reasons = []
+    for channel in prefs.ranking:
+        if channel in exclude:
+            reasons.append(f"{channel}:tried")
+            continue
+        if not prefs.consents.get(campaign.topic, {}).get(channel, False):
+            reasons.append(f"{channel}:no-consent")
+            continue
+        address = prefs.channels.get(channel)
+        if address is None or address.status != "valid":
+            reasons.append(f"{channel}:no-valid-address")
+            continue
+        if channel not in campaign.messages:
+            reasons.append(f"{channel}:no-message")
+            continue
+        return ChannelChoice(channel, "ranked")
+    return ChannelChoice(None, "no-channel-left(" + ",".join(reasons) + ")")

@@ -1,0 +1,1 @@
+"""Herald email-sender: Sends email through an SMTP relay."""

@@ -1,0 +1,1 @@
+"""Herald ingest: business events in, the single current truth about each case out."""

@@ -1,0 +1,138 @@
+"""Event intake over HTTP: one structured CloudEvent, or a batch as a JSON array."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from herald_ingest.config import Settings
+from herald_ingest.domain.intake import Rejected, StructuredCloudEvent, parse_structured
+from herald_ingest.processing import Processor
+from herald_kit import (
+    HeraldError,
+    InvalidInput,
+    MalformedRequest,
+    Principal,
+    problem,
+    require_scopes,
+)
+
+router = APIRouter(prefix="/v1", tags=["events"])
+Writer = Annotated[Principal, Depends(require_scopes("events:write"))]
+JSON_TYPES = (
+    "application/json",
+    "application/cloudevents+json",
+    "application/cloudevents-batch+json",
+)
+
+
+class EventResult(BaseModel):
+    """What became of one event."""
+
+    index: int
+    id: str | None = None
+    result: str
+    field: str | None = None
+    reason: str | None = None
+
+
+class BatchResult(BaseModel):
+    """Per-event results of a batch."""
+
+    accepted: int
+    duplicate: int
+    rejected: int
+    results: list[EventResult]
+
+
+class UnsupportedMediaType(HeraldError):
+    """Only JSON bodies are accepted."""
+
+    status = 415
+    title = "Unsupported media type"
+
+
+async def _json_body(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"content-type must be one of {', '.join(JSON_TYPES)}", field="content-type"
+        )
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedRequest("the body is not valid JSON", field="body") from exc
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    summary="Post one CloudEvent or a batch (JSON array).",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                t: {"schema": StructuredCloudEvent.model_json_schema()} for t in JSON_TYPES
+            },
+        }
+    },
+    responses={
+        202: {"model": BatchResult},
+        400: {"description": "Malformed JSON (problem+json)"},
+        413: {"description": "Body or batch too large"},
+        415: {"description": "Not JSON"},
+        422: {"description": "The single event is invalid; `field` names where"},
+    },
+)
+async def post_events(request: Request, who: Writer) -> Any:
+    """Validate, dedupe and apply events; a batch answers per event."""
+    del who
+    settings: Settings = request.app.state.settings
+    processor: Processor = request.app.state.processor
+    payload = await _json_body(request)
+    single = not isinstance(payload, list)
+    items = [payload] if single else payload
+    if not single and len(items) > settings.max_batch:
+        return problem(
+            413,
+            "Batch too large",
+            f"a batch holds at most {settings.max_batch} events",
+            field="body",
+        )
+    if not single and not items:
+        raise InvalidInput("the batch is empty", field="body")
+    results: list[EventResult] = []
+    for index, raw in enumerate(items):
+        try:
+            event = parse_structured(raw)
+        except Rejected as exc:
+            if single:
+                raise InvalidInput(f"{exc.field}: {exc.reason}", field=exc.field) from exc
+            results.append(
+                EventResult(
+                    index=index,
+                    id=_id_of(raw),
+                    result="rejected",
+                    field=exc.field,
+                    reason=exc.reason,
+                )
+            )
+            continue
+        outcome = await processor.process(event)
+        results.append(EventResult(index=index, id=event.id, result=outcome.value))
+    body = BatchResult(
+        accepted=sum(r.result == "accepted" for r in results),
+        duplicate=sum(r.result == "duplicate" for r in results),
+        rejected=sum(r.result == "rejected" for r in results),
+        results=results,
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=202)
+
+
+def _id_of(raw: Any) -> str | None:
+    return str(raw.get("id")) if isinstance(raw, dict) and raw.get("id") is not None else None

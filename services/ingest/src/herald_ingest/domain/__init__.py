@@ -1,0 +1,1 @@
+"""Case projection rules; no FastAPI, Kafka or pymongo here."""

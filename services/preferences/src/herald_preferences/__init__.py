@@ -1,0 +1,1 @@
+"""Herald preferences: how each customer wants to be reached, and the proof of consent."""

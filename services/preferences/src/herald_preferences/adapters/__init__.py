@@ -1,0 +1,1 @@
+"""Repositories and publishers behind small interfaces."""

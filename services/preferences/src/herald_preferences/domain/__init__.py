@@ -1,0 +1,1 @@
+"""Contact rules and models; no FastAPI, Kafka or pymongo here."""

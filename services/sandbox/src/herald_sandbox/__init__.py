@@ -1,0 +1,1 @@
+"""Herald sandbox: fake providers for development and tests."""

@@ -1,0 +1,1 @@
+"""The sandbox's HTTP surfaces: Twilio-compatible REST and its own JSON API."""

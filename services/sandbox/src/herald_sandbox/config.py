@@ -1,0 +1,17 @@
+"""Sandbox settings (HERALD_SANDBOX_*)."""
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from herald_kit import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """The fake providers' credentials and behaviour."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_SANDBOX_", extra="ignore", frozen=True)
+
+    port: int = 8100
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
+    callback_delay_seconds: float = 0.05

@@ -1,0 +1,1 @@
+"""What went out, as the sandbox recorded it."""

@@ -1,0 +1,1 @@
+"""Herald scheduler: campaigns, triggers and time."""

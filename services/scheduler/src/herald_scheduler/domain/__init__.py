@@ -1,0 +1,1 @@
+"""Campaign rules; no FastAPI, Kafka or pymongo here."""

@@ -1,0 +1,1 @@
+"""Herald sms-sender: SMS through Twilio Messaging."""

@@ -1,0 +1,1 @@
+"""Provider client and ledger."""

@@ -1,0 +1,1 @@
+"""Send ledger rules."""

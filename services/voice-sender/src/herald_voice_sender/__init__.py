@@ -1,0 +1,1 @@
+"""Herald voice-sender: Places IVR callback calls through Twilio Voice."""

@@ -1,0 +1,63 @@
+"""Shared fixtures: the real Kafka and database that `make test` starts, isolated per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from herald_kit import ensure_topics
+
+KAFKA = os.environ.get("HERALD_TEST_KAFKA", "127.0.0.1:9092")
+MONGO = os.environ.get("HERALD_TEST_MONGO", "mongodb://127.0.0.1:27017/")
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def infra() -> dict[str, str]:
+    """The real broker and database; fail (never skip) when they are not up."""
+    mongo_hostport = MONGO.split("//", 1)[1].split("/", 1)[0]
+    targets = (("Kafka", KAFKA), ("FerretDB", mongo_hostport))
+    missing = [name for name, hp in targets if not _reachable(hp)]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not reachable ({KAFKA}, {MONGO}); "
+            "run the suite through `make test`, which starts them."
+        )
+    return {"kafka": KAFKA, "mongo": MONGO}
+
+
+@pytest.fixture
+async def namespace(infra: dict[str, str]) -> AsyncIterator[str]:
+    """A unique topic namespace with every topic created (2 partitions each, for speed)."""
+    ns = f"t{uuid.uuid4().hex[:10]}."
+    await ensure_topics(infra["kafka"], namespace=ns, partitions=2)
+    yield ns
+
+
+@pytest.fixture
+async def mongo(infra: dict[str, str]) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    """A client to the test database server."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra["mongo"], tz_aware=True)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def db_name() -> Callable[[str], str]:
+    """Unique database names per test."""
+    suffix = uuid.uuid4().hex[:10]
+    return lambda service: f"t_{service}_{suffix}"

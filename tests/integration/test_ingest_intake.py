@@ -1,0 +1,168 @@
+"""Ingest on the real broker and database: validation, dedupe, batches, DLQ."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from herald_contracts import CaseChanged, Topics, dlq_topic
+from herald_ingest.app import create_app
+from herald_ingest.config import Settings
+from herald_kit import decode
+from support import api_keys, eventually, running
+
+
+@pytest.fixture
+async def ingest(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        kafka_bootstrap=infra["kafka"], mongo_uri=infra["mongo"], mongo_db=db_name("ingest"),
+        topic_namespace=namespace, api_keys=api_keys(), max_batch=10,
+    )
+    async with running(create_app(settings)) as client:
+        yield client
+
+
+def _event(**data: Any) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": f"e-{uuid.uuid4().hex[:8]}",
+        "source": "/crm",
+        "type": "case.updated",
+        "data": {"case_id": "case-1", "customer_ids": ["c1"], "status": "open", **data},
+    }
+
+
+async def _read_topic(infra: dict[str, str], topic: str, n: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=infra["kafka"], auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async def got_all() -> bool:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+            return len(records) >= n
+
+        await eventually(got_all, within=20)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_event_is_projected_and_published(
+    ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    ev = _event(status="engineer booked")
+    r = await ingest.post("/v1/events", json=ev)
+    assert r.status_code == 202 and r.json()["accepted"] == 1
+    case = (await ingest.get("/v1/cases/case-1")).json()
+    assert case["status"] == "engineer booked" and case["version"] == 1
+    records = await _read_topic(infra, Topics.CASES_CHANGES.name(namespace), 1)
+    change = decode(records[0], CaseChanged).data
+    assert change.state.version == 1 and change.event.id == ev["id"]
+    # The same event again is a duplicate and changes nothing.
+    r = await ingest.post("/v1/events", json=ev)
+    assert r.json()["duplicate"] == 1
+    assert (await ingest.get("/v1/cases/case-1")).json()["version"] == 1
+
+
+async def test_batch_accepts_good_events_and_reports_the_bad_one(
+    ingest: httpx.AsyncClient,
+) -> None:
+    bad = _event()
+    del bad["data"]["case_id"]
+    r = await ingest.post("/v1/events", json=[_event(status="a"), bad, _event(status="b")])
+    body = r.json()
+    assert r.status_code == 202
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    rejected = body["results"][1]
+    assert rejected["result"] == "rejected" and rejected["field"] == "data.case_id"
+
+
+@pytest.mark.parametrize(
+    "content,ctype,status,field",
+    [
+        (b"{not json", "application/json", 400, "body"),
+        (b"<xml/>", "application/xml", 415, "content-type"),
+    ],
+)
+async def test_unparseable_bodies(
+    ingest: httpx.AsyncClient, content: bytes, ctype: str, status: int, field: str
+) -> None:
+    r = await ingest.post("/v1/events", content=content, headers={"content-type": ctype})
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["field"] == field
+
+
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda e: e["data"].pop("case_id"), "data.case_id"),
+        (lambda e: e.update(type="case.exploded"), "type"),
+        (lambda e: e.pop("id"), "id"),
+        (lambda e: e["data"].update(eta="tomorrow"), "data.eta"),
+    ],
+)
+async def test_invalid_event_names_the_field_and_stores_nothing(
+    ingest: httpx.AsyncClient, mutate: Callable[[dict[str, Any]], Any], field: str
+) -> None:
+    ev = _event()
+    mutate(ev)
+    r = await ingest.post("/v1/events", json=ev)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+    assert (await ingest.get("/v1/cases/case-1")).status_code == 404
+
+
+async def test_oversize_batch_is_refused(ingest: httpx.AsyncClient) -> None:
+    r = await ingest.post("/v1/events", json=[_event() for _ in range(11)])
+    assert r.status_code == 413
+
+
+async def test_writes_need_the_events_scope(ingest: httpx.AsyncClient) -> None:
+    r = await ingest.post("/v1/events", json=_event(), headers={"Authorization": "Bearer x"})
+    assert r.status_code == 401
+
+
+async def test_poison_message_goes_to_dlq_and_consumer_continues(
+    ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
+    await producer.start()
+    topic = Topics.EVENTS_INBOUND.name(namespace)
+    good_headers = [
+        ("ce_specversion", b"1.0"), ("ce_id", b"k-1"), ("ce_source", b"/erp"),
+        ("ce_type", b"case.updated"), ("content-type", b"application/json"),
+    ]
+    try:
+        await producer.send_and_wait(topic, b"\x00\xffgarbage", key=b"case-9")
+        missing = [(k, v) for k, v in good_headers if k != "ce_id"] + [("ce_id", b"k-0")]
+        await producer.send_and_wait(topic, b'{"customer_ids": []}', key=b"case-9", headers=missing)
+        await producer.send_and_wait(
+            topic, b'{"case_id": "case-9", "status": "delayed"}', key=b"case-9",
+            headers=good_headers,
+        )
+    finally:
+        await producer.stop()
+
+    async def projected() -> bool:
+        r = await ingest.get("/v1/cases/case-9")
+        return r.status_code == 200 and r.json()["status"] == "delayed"
+
+    await eventually(projected, within=20)
+    dead = await _read_topic(infra, dlq_topic("ingest").name(namespace), 2)
+    reasons = [dict(r.headers)["x-herald-reason"].decode() for r in dead]
+    assert any("ce_type" in reason for reason in reasons)
+    assert any("case_id" in reason for reason in reasons)
+    assert all(dict(r.headers)["x-herald-source-topic"] == topic.encode() for r in dead)

@@ -1,0 +1,80 @@
+"""Helpers for tests: run an app against the real infrastructure, poll until true."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from herald_kit import hash_key
+
+TEST_KEY = "test-key-all-scopes"
+READ_ONLY_KEY = "test-key-read-only"
+
+
+def api_keys() -> list[dict[str, Any]]:
+    """The keys test apps accept: one with every scope, one read-only."""
+    from herald_devstack import ALL_SCOPES
+
+    return [
+        {"name": "test", "hash": hash_key(TEST_KEY), "scopes": list(ALL_SCOPES)},
+        {
+            "name": "reader",
+            "hash": hash_key(READ_ONLY_KEY),
+            "scopes": [s for s in ALL_SCOPES if s.endswith(":read")],
+        },
+    ]
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (real connections) and give an HTTP client to it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+        ) as client:
+            await wait_ready(client)
+            yield client
+
+
+async def wait_ready(client: httpx.AsyncClient, within: float = 30) -> None:
+    """Poll /readyz until 200."""
+    deadline = asyncio.get_running_loop().time() + within
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await client.get("/readyz")
+        if last.status_code == 200:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not ready: {last.json() if last is not None else None}")
+
+
+async def eventually(
+    probe: Callable[[], Any], *, within: float = 20, interval: float = 0.2
+) -> Any:
+    """Await probe() until it returns something truthy; fail after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+
+def unique_phone() -> str:
+    """A valid, unique-enough E.164 number for a test (US 201-555 range)."""
+    import uuid
+
+    return f"+1201555{uuid.uuid4().int % 10_000:04d}"

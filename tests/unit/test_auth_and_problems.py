@@ -1,0 +1,110 @@
+"""API keys (hashed, scoped) and RFC 9457 answers, on a small app built by the kit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from herald_kit import (
+    ApiKeyEntry,
+    Principal,
+    Runtime,
+    ServiceSettings,
+    build_app,
+    hash_key,
+    new_key,
+    require_scopes,
+)
+
+KEY = new_key()
+router = APIRouter()
+
+
+class Thing(BaseModel):
+    name: str = Field(min_length=1)
+    size: int
+
+
+@router.post("/things")
+async def make(
+    thing: Thing, who: Annotated[Principal, Depends(require_scopes("things:write"))]
+) -> dict[str, str]:
+    return {"by": who.name, "name": thing.name}
+
+
+@pytest.fixture
+def client() -> httpx.AsyncClient:
+    settings = ServiceSettings(
+        api_keys=[
+            ApiKeyEntry(name="ops", hash=hash_key(KEY), scopes=["things:write"]),
+            ApiKeyEntry(name="viewer", hash=hash_key("viewer-key"), scopes=["things:read"]),
+        ],
+        max_body_bytes=2048,
+    )
+    app = build_app(settings, Runtime(settings, "t", uses_kafka=False), title="t", routers=[router])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+def test_only_hashes_are_configured() -> None:
+    assert hash_key(KEY).startswith("sha256:") and KEY not in hash_key(KEY)
+    assert new_key() != new_key()
+
+
+async def test_missing_key_is_401_problem(client: httpx.AsyncClient) -> None:
+    r = await client.post("/things", json={"name": "a", "size": 1})
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_wrong_key_is_401_and_missing_scope_is_403(client: httpx.AsyncClient) -> None:
+    r = await client.post("/things", json={}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    r = await client.post(
+        "/things", json={"name": "a", "size": 1}, headers={"X-API-Key": "viewer-key"}
+    )
+    assert r.status_code == 403
+    assert "things:write" in r.json()["detail"]
+
+
+async def test_valid_key_with_scope(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/things", json={"name": "a", "size": 1}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert r.status_code == 200 and r.json() == {"by": "ops", "name": "a"}
+
+
+async def test_invalid_field_names_the_field(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/things", json={"name": "", "size": "big"}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert r.status_code == 422
+    body = r.json()
+    assert r.headers["content-type"] == "application/problem+json"
+    assert body["status"] == 422 and body["field"] in ("name", "size")
+    assert {e["field"] for e in body["errors"]} == {"name", "size"}
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/things", content=b"{not json", headers={
+            "Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["title"] == "Malformed JSON"
+
+
+async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/things", content=b"x" * 5000, headers={
+            "Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+async def test_health_is_public_and_metrics_are_prometheus(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/metrics")
+    assert "herald_http_requests_total" in r.text

@@ -1,0 +1,80 @@
+"""Dispatcher rules: channel choice by ranking and consent, SMS segments, locale fallback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald_contracts import CampaignRef, ChannelAddress, ContactPreferences, MessageTemplate
+from herald_dispatcher.domain.channels import choose_channel
+from herald_dispatcher.domain.render import (
+    RenderError,
+    locale_chain,
+    measure_sms,
+    pick_template,
+    render,
+)
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+T = MessageTemplate(body="hi")
+CAMPAIGN = CampaignRef(
+    id="c", version=1, name="n", topic="service-updates",
+    messages={"sms": {"en": T}, "email": {"en": T}, "voice": {"en": T}},
+)
+channels = st.sampled_from(["sms", "email", "voice"])
+
+
+@given(
+    ranking=st.lists(channels, unique=True),
+    consents=st.dictionaries(channels, st.booleans()),
+    statuses=st.dictionaries(channels, st.sampled_from(["valid", "bounced", "unreachable"])),
+)
+def test_choice_is_first_ranked_channel_with_consent_and_valid_address(
+    ranking: list[str], consents: dict[str, bool], statuses: dict[str, str]
+) -> None:
+    prefs = ContactPreferences(
+        customer_id="x", version=1, ranking=ranking,  # type: ignore[arg-type]
+        channels={c: ChannelAddress(address="a", status=s) for c, s in statuses.items()},  # type: ignore[arg-type]
+        consents={"service-updates": consents},  # type: ignore[dict-item]
+        updated_at=NOW,
+    )
+    choice = choose_channel(prefs, CAMPAIGN)
+    allowed = [c for c in ranking if consents.get(c) and statuses.get(c) == "valid"]
+    assert choice.channel == (allowed[0] if allowed else None)
+    if choice.channel is not None:
+        assert consents[choice.channel] is True
+
+
+@pytest.mark.parametrize(
+    "body,encoding,segments",
+    [
+        ("a" * 160, "GSM-7", 1),
+        ("a" * 161, "GSM-7", 2),
+        ("€" * 80, "GSM-7", 1),  # extension characters count twice
+        ("你" * 70, "UCS-2", 1),
+        ("你" * 71, "UCS-2", 2),
+        ("您的工程师将于16:00到达" * 5, "UCS-2", 1),  # 70 code units: one segment
+        ("您的工程师将于16:00到达" * 6, "UCS-2", 2),
+    ],
+)
+def test_sms_segments(body: str, encoding: str, segments: int) -> None:
+    m = measure_sms(body)
+    assert (m.encoding, m.segments) == (encoding, segments)
+
+
+def test_locale_fallback() -> None:
+    assert locale_chain("zh-Hans-CN") == ["zh-Hans-CN", "zh-Hans", "zh", "en"]
+    by_locale = {"en": MessageTemplate(body="en"), "zh-CN": MessageTemplate(body="zh")}
+    assert pick_template(by_locale, "zh-cn")[0] == "zh-CN"
+    assert pick_template(by_locale, "fr-FR")[0] == "en"
+
+
+def test_sandbox_refuses_unsafe_templates() -> None:
+    with pytest.raises(RenderError):
+        render("{{ case.__class__.__mro__ }}", {"case": {}})
+    with pytest.raises(RenderError):
+        render("{{ missing.field }}", {})
+    assert render("{{ case.status }}", {"case": {"status": "ok"}}) == "ok"

@@ -1,0 +1,25 @@
+"""The libraries' public surfaces are pinned: a change to them is deliberate."""
+
+from __future__ import annotations
+
+import herald_contracts
+import herald_kit
+
+
+def test_contracts_surface() -> None:
+    assert set(herald_contracts.__all__) >= {
+        "CaseChanged", "CaseState", "ContactPreferences", "ContactRequest", "OutboundSms",
+        "DeliveryStatus", "EngagementReply", "TimerRequest", "Topics", "dlq_topic", "BY_TYPE",
+    }
+    for name in herald_contracts.__all__:
+        assert hasattr(herald_contracts, name), name
+
+
+def test_kit_surface() -> None:
+    assert set(herald_kit.__all__) >= {
+        "Runtime", "build_app", "ServiceSettings", "EventProducer", "ConsumerLoop", "decode",
+        "encode", "mask", "require_scopes", "hash_key", "create_client", "insert_if_absent",
+        "PermanentError", "RetryableError", "problem", "serve",
+    }
+    for name in herald_kit.__all__:
+        assert hasattr(herald_kit, name), name
