@@ -56,9 +56,7 @@ async def wait_ready(client: httpx.AsyncClient, within: float = 30) -> None:
     raise AssertionError(f"not ready: {last.json() if last is not None else None}")
 
 
-async def eventually(
-    probe: Callable[[], Any], *, within: float = 20, interval: float = 0.2
-) -> Any:
+async def eventually(probe: Callable[[], Any], *, within: float = 20, interval: float = 0.2) -> Any:
     """Await probe() until it returns something truthy; fail after `within` seconds."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -70,7 +68,6 @@ async def eventually(
         if asyncio.get_running_loop().time() >= deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
-
 
 
 def unique_phone() -> str:

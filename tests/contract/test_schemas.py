@@ -38,7 +38,10 @@ def _committed_at(rev: str, rel: str) -> dict[str, Any] | None:
     try:
         out = subprocess.run(  # noqa: S603
             ["git", "show", f"{rev}:schemas/{rel}"],  # noqa: S607
-            cwd=ROOT, capture_output=True, check=True, text=True,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            text=True,
         ).stdout
     except (subprocess.CalledProcessError, FileNotFoundError):
         return None
@@ -52,7 +55,10 @@ def test_v1_schemas_only_grow_compatibly(et: Any) -> None:
     rel = f"events/{et.schema_name}"
     first = subprocess.run(  # noqa: S603
         ["git", "log", "--diff-filter=A", "--format=%H", "--", f"schemas/{rel}"],  # noqa: S607
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.split()
     if not first:
         pytest.skip(f"{rel} is new in this change: nothing older to compare with")

@@ -1,4 +1,4 @@
-"""An event posted to ingest reaches the customer's phone as exactly one SMS with the latest status."""
+"""An event posted to ingest reaches the customer as exactly one SMS with the latest status."""
 
 from __future__ import annotations
 
@@ -37,9 +37,7 @@ async def test_case_update_reaches_customer_by_sms_once(stack: Stack) -> None:
                 "name": "Case updates",
                 "topic": "service-updates",
                 "trigger": {"kind": "event", "event_types": ["case.updated"]},
-                "messages": {
-                    "sms": {"en": {"body": "Case {{ case.case_id }}: {{ case.status }}"}}
-                },
+                "messages": {"sms": {"en": {"body": "Case {{ case.case_id }}: {{ case.status }}"}}},
             },
         )
         assert r.status_code == 201, r.text
@@ -80,4 +78,3 @@ async def test_case_update_reaches_customer_by_sms_once(stack: Stack) -> None:
         r = await http.get(f"{stack.url('dispatcher')}/v1/decisions/customers/{customer}")
         decisions = r.json()["items"]
         assert [(d["outcome"], d["channel"]) for d in decisions] == [("sent", "sms")]
-

@@ -22,8 +22,12 @@ async def ingest(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
-        kafka_bootstrap=infra["kafka"], mongo_uri=infra["mongo"], mongo_db=db_name("ingest"),
-        topic_namespace=namespace, api_keys=api_keys(), max_batch=10,
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db_name("ingest"),
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        max_batch=10,
     )
     async with running(create_app(settings)) as client:
         yield client
@@ -41,12 +45,15 @@ def _event(**data: Any) -> dict[str, Any]:
 
 async def _read_topic(infra: dict[str, str], topic: str, n: int) -> list[Any]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=infra["kafka"], auto_offset_reset="earliest",
+        topic,
+        bootstrap_servers=infra["kafka"],
+        auto_offset_reset="earliest",
         group_id=f"reader-{uuid.uuid4().hex[:6]}",
     )
     await consumer.start()
     records: list[Any] = []
     try:
+
         async def got_all() -> bool:
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
@@ -142,15 +149,20 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
     await producer.start()
     topic = Topics.EVENTS_INBOUND.name(namespace)
     good_headers = [
-        ("ce_specversion", b"1.0"), ("ce_id", b"k-1"), ("ce_source", b"/erp"),
-        ("ce_type", b"case.updated"), ("content-type", b"application/json"),
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"k-1"),
+        ("ce_source", b"/erp"),
+        ("ce_type", b"case.updated"),
+        ("content-type", b"application/json"),
     ]
     try:
         await producer.send_and_wait(topic, b"\x00\xffgarbage", key=b"case-9")
         missing = [(k, v) for k, v in good_headers if k != "ce_id"] + [("ce_id", b"k-0")]
         await producer.send_and_wait(topic, b'{"customer_ids": []}', key=b"case-9", headers=missing)
         await producer.send_and_wait(
-            topic, b'{"case_id": "case-9", "status": "delayed"}', key=b"case-9",
+            topic,
+            b'{"case_id": "case-9", "status": "delayed"}',
+            key=b"case-9",
             headers=good_headers,
         )
     finally:

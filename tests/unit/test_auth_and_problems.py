@@ -90,16 +90,18 @@ async def test_invalid_field_names_the_field(client: httpx.AsyncClient) -> None:
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
     r = await client.post(
-        "/things", content=b"{not json", headers={
-            "Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        "/things",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
     )
     assert r.status_code == 400 and r.json()["title"] == "Malformed JSON"
 
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
     r = await client.post(
-        "/things", content=b"x" * 5000, headers={
-            "Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        "/things",
+        content=b"x" * 5000,
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
     )
     assert r.status_code == 413 and r.json()["field"] == "body"
 

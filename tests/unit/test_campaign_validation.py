@@ -26,7 +26,10 @@ def _with(**changes: Any) -> dict[str, Any]:
     "body,field",
     [
         (_with(trigger={"event_types": ["nope"]}), "trigger.event_types"),
-        (_with(trigger={"event_types": ["case.updated"], "filter": "case.status =="}), "trigger.filter"),
+        (
+            _with(trigger={"event_types": ["case.updated"], "filter": "case.status =="}),
+            "trigger.filter",
+        ),
         (_with(messages={"sms": {"en": {"body": "{% if %}"}}}), "messages"),
         (_with(topic="Bad Topic"), "topic"),
         (_with(still_applies="(("), "still_applies"),

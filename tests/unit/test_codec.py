@@ -13,8 +13,17 @@ from herald_kit import DecodeError, decode, encode
 
 def _record(headers: list[tuple[str, bytes]], value: bytes, key: bytes = b"c1") -> ConsumerRecord:  # type: ignore[type-arg]
     return ConsumerRecord(
-        topic="t", partition=0, offset=0, timestamp=0, timestamp_type=0, key=key, value=value,
-        checksum=None, serialized_key_size=2, serialized_value_size=len(value), headers=headers,
+        topic="t",
+        partition=0,
+        offset=0,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=2,
+        serialized_value_size=len(value),
+        headers=headers,
     )
 
 

@@ -21,7 +21,10 @@ from herald_dispatcher.domain.render import (
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 T = MessageTemplate(body="hi")
 CAMPAIGN = CampaignRef(
-    id="c", version=1, name="n", topic="service-updates",
+    id="c",
+    version=1,
+    name="n",
+    topic="service-updates",
     messages={"sms": {"en": T}, "email": {"en": T}, "voice": {"en": T}},
 )
 channels = st.sampled_from(["sms", "email", "voice"])
@@ -36,7 +39,9 @@ def test_choice_is_first_ranked_channel_with_consent_and_valid_address(
     ranking: list[str], consents: dict[str, bool], statuses: dict[str, str]
 ) -> None:
     prefs = ContactPreferences(
-        customer_id="x", version=1, ranking=ranking,  # type: ignore[arg-type]
+        customer_id="x",
+        version=1,
+        ranking=ranking,  # type: ignore[arg-type]
         channels={c: ChannelAddress(address="a", status=s) for c, s in statuses.items()},  # type: ignore[arg-type]
         consents={"service-updates": consents},  # type: ignore[dict-item]
         updated_at=NOW,

@@ -8,8 +8,17 @@ import herald_kit
 
 def test_contracts_surface() -> None:
     assert set(herald_contracts.__all__) >= {
-        "CaseChanged", "CaseState", "ContactPreferences", "ContactRequest", "OutboundSms",
-        "DeliveryStatus", "EngagementReply", "TimerRequest", "Topics", "dlq_topic", "BY_TYPE",
+        "CaseChanged",
+        "CaseState",
+        "ContactPreferences",
+        "ContactRequest",
+        "OutboundSms",
+        "DeliveryStatus",
+        "EngagementReply",
+        "TimerRequest",
+        "Topics",
+        "dlq_topic",
+        "BY_TYPE",
     }
     for name in herald_contracts.__all__:
         assert hasattr(herald_contracts, name), name
@@ -17,9 +26,22 @@ def test_contracts_surface() -> None:
 
 def test_kit_surface() -> None:
     assert set(herald_kit.__all__) >= {
-        "Runtime", "build_app", "ServiceSettings", "EventProducer", "ConsumerLoop", "decode",
-        "encode", "mask", "require_scopes", "hash_key", "create_client", "insert_if_absent",
-        "PermanentError", "RetryableError", "problem", "serve",
+        "Runtime",
+        "build_app",
+        "ServiceSettings",
+        "EventProducer",
+        "ConsumerLoop",
+        "decode",
+        "encode",
+        "mask",
+        "require_scopes",
+        "hash_key",
+        "create_client",
+        "insert_if_absent",
+        "PermanentError",
+        "RetryableError",
+        "problem",
+        "serve",
     }
     for name in herald_kit.__all__:
         assert hasattr(herald_kit, name), name

@@ -1,0 +1,69 @@
+"""What benchmarks share: where the infrastructure is, unique names, figures, percentiles."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass
+
+from herald_kit import ensure_topics
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number."""
+
+    bench: str
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+    def row(self) -> str:
+        """A console line."""
+        return f"{self.name:<48} {self.value:>12,.1f} {self.unit:<10} {self.note}"
+
+    def md(self) -> str:
+        """A markdown table row."""
+        return f"| {self.bench} | {self.name} | {self.value:,.1f} | {self.unit} | {self.note} |"
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form."""
+        return asdict(self)
+
+
+@dataclass
+class BenchEnv:
+    """The broker and database `make bench` started, and a scale factor for workloads."""
+
+    kafka: str
+    mongo: str
+    scale: float = 1.0
+
+    @classmethod
+    def from_environment(cls, *, scale: float) -> BenchEnv:
+        """From HERALD_TEST_KAFKA / HERALD_TEST_MONGO (set by scripts/bench.sh)."""
+        return cls(
+            kafka=os.environ.get("HERALD_TEST_KAFKA", "127.0.0.1:9092"),
+            mongo=os.environ.get("HERALD_TEST_MONGO", "mongodb://127.0.0.1:27017/"),
+            scale=scale,
+        )
+
+    def n(self, base: int) -> int:
+        """A workload size under the scale factor."""
+        return max(1, int(base * self.scale))
+
+    async def namespace(self, partitions: int = 6) -> str:
+        """A fresh topic namespace with every topic created."""
+        ns = f"b{uuid.uuid4().hex[:8]}."
+        await ensure_topics(self.kafka, namespace=ns, partitions=partitions)
+        return ns
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100), nearest rank."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
