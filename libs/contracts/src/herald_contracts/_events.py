@@ -156,6 +156,19 @@ class CampaignRef(_Body):
         description="CEL expression over the latest case state, re-checked at send time.",
     )
     max_attempts: int = Field(default=3, ge=1, le=10)
+    success: Literal["delivered", "engaged"] = Field(
+        default="delivered", description="What ends escalation: delivery, or a customer reply."
+    )
+    escalate_after_seconds: int | None = Field(
+        default=None, ge=0, description="Wait this long for success before the next channel."
+    )
+    cap_policy: Literal["defer", "suppress"] = Field(
+        default="defer", description="What a frequency cap does to this campaign's contacts."
+    )
+    critical: bool = Field(
+        default=False, description="Service-critical: may use the configured critical window."
+    )
+    sms_segment_limit: int | None = Field(default=None, ge=1, le=10)
 
 
 class ContactRequest(_Body):
@@ -174,6 +187,13 @@ class ContactRequest(_Body):
     not_before: AwareDatetime | None = None
     expires_at: AwareDatetime | None = None
     attempt: int = Field(default=1, ge=1)
+    tried_channels: list[Channel] = Field(
+        default_factory=list, description="Channels already attempted for this request."
+    )
+    escalation_of: Id | None = Field(
+        default=None,
+        description="Set when an escalation timer fires: the message whose success is checked.",
+    )
 
 
 class _Outbound(_Body):
