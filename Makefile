@@ -15,6 +15,7 @@ setup: ## Install uv, the Python workspace, the Kafka jars and FerretDB (idempot
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	uv sync --frozen
 	bash deploy/local/infra.sh install
+	bash deploy/local/browser.sh install
 
 run: setup ## Start Kafka, FerretDB, every service and the sandbox; Ctrl-C stops all
 	uv run --frozen herald-run

@@ -61,3 +61,30 @@ def db_name() -> Callable[[str], str]:
     """Unique database names per test."""
     suffix = uuid.uuid4().hex[:10]
     return lambda service: f"t_{service}_{suffix}"
+
+
+CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    """Debian's headless Chromium (deploy/local/browser.sh installs it) driven by Playwright."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()

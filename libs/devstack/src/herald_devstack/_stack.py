@@ -41,6 +41,7 @@ class StackConfig:
     db_suffix: str = ""
     port_offset: int = 0
     api_key: str = "herald-dev-key"
+    link_secret: str = "herald-dev-link-secret"  # noqa: S105 - local development only
     log_dir: Path = Path(".cache/logs")
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +92,7 @@ class Stack:
                 f"{p}TOPIC_NAMESPACE": cfg.namespace,
                 f"{p}MONGO_URI": cfg.mongo_uri,
                 f"{p}API_KEYS": json.dumps(keys),
+                f"{p}LINK_SECRET": cfg.link_secret,
                 f"{p}LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
             }

@@ -29,6 +29,7 @@ from herald_kit._kafka import (
     encode,
     kafka_client_options,
 )
+from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._problems import PROBLEM, problem
@@ -51,6 +52,9 @@ __all__ = [
     "InvalidInput",
     "JsonFormatter",
     "KeyStore",
+    "LinkExpired",
+    "LinkInvalid",
+    "LinkSigner",
     "MalformedRequest",
     "NotFound",
     "PermanentError",

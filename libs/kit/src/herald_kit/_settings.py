@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     mongo_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/")
     mongo_db: str = ""
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    link_secret: SecretStr = Field(
+        default=SecretStr(""), description="Signs customer links; the same in every service."
+    )
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     consumer_batch: int = Field(default=200, ge=1, le=10_000)
