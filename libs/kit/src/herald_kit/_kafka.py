@@ -56,7 +56,8 @@ def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = ssl.create_default_context()
+        # A private cluster CA replaces the system store only for Kafka, not for provider HTTPS.
+        opts["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
     if settings.kafka_sasl_mechanism:
         opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
         opts["sasl_plain_username"] = settings.kafka_sasl_username

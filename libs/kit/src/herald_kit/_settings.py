@@ -29,6 +29,11 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates (e.g. Strimzi's "
+        "cluster CA); None trusts the system store.",
+    )
     topic_namespace: str = Field(
         default="", description="Prefix for topic and group names; tests use a unique one."
     )

@@ -1,0 +1,315 @@
+{{/* Named templates for one service. Context: dict "root" (top scope) "name" "svc" (merged values). */}}
+
+{{- define "herald.envPrefix" -}}
+HERALD_{{ .name | upper | replace "-" "_" }}_
+{{- end -}}
+
+{{- define "herald.serviceaccount" }}
+{{- if .svc.serviceAccount.create }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.configmap" }}
+{{- $p := include "herald.envPrefix" . }}
+{{- $root := .root }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+data:
+  {{ $p }}HOST: "0.0.0.0"
+  {{ $p }}PORT: {{ .svc.port | quote }}
+  {{ $p }}LOG_LEVEL: {{ $root.Values.global.logLevel | quote }}
+  {{- with $root.Values.global.publicBaseUrl }}
+  {{ $p }}PUBLIC_BASE_URL: {{ printf "%s/%s" (trimSuffix "/" .) $.name | quote }}
+  {{- end }}
+  {{- if .svc.kafka }}
+  {{ $p }}KAFKA_BOOTSTRAP: {{ $root.Values.kafka.bootstrapServers | quote }}
+  {{ $p }}KAFKA_SECURITY_PROTOCOL: {{ $root.Values.kafka.securityProtocol | quote }}
+  {{ $p }}TOPIC_NAMESPACE: {{ $root.Values.global.topicNamespace | quote }}
+  {{- with $root.Values.kafka.sasl.mechanism }}
+  {{ $p }}KAFKA_SASL_MECHANISM: {{ . | quote }}
+  {{ $p }}KAFKA_SASL_USERNAME: {{ $root.Values.kafka.sasl.username | quote }}
+  {{- end }}
+  {{- if $root.Values.kafka.tls.caSecret.name }}
+  {{ $p }}KAFKA_SSL_CAFILE: "/etc/herald/kafka-ca/ca.crt"
+  {{- end }}
+  {{- end }}
+  {{- if .svc.mongo }}
+  {{ $p }}MONGO_DB: {{ .svc.mongoDb | default (printf "herald_%s" (.name | replace "-" "_")) | quote }}
+  {{- end }}
+  {{- range $k, $v := .svc.env }}
+  {{ $p }}{{ $k }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+
+{{/* A secretKeyRef: ref.secret names an entry of .Values.secrets (whose ref.key field holds the key)
+     or, failing that, a Secret by name with ref.key as its key. */}}
+{{- define "herald.secretRef" -}}
+{{- $entry := index .root.Values.secrets .ref.secret | default dict -}}
+{{- $name := $entry.name | default .ref.secret -}}
+{{- $key := .ref.key -}}
+{{- if $entry.name }}{{ $key = index $entry .ref.key | default .ref.key }}{{ end -}}
+secretKeyRef:
+  name: {{ $name }}
+  key: {{ $key }}
+{{- end -}}
+
+{{- define "herald.deployment" }}
+{{- $p := include "herald.envPrefix" . }}
+{{- $root := .root }}
+{{- $svc := .svc }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+spec:
+  {{- if not $svc.hpa.enabled }}
+  replicas: {{ $svc.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "herald.selectorLabels" . | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata:
+      labels:
+        {{- include "herald.labels" . | nindent 8 }}
+        {{- with $svc.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # Roll the pods when their settings change.
+        checksum/config: {{ include "herald.configmap" . | sha256sum }}
+        {{- with $svc.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "herald.svcname" . }}
+      automountServiceAccountToken: {{ $svc.serviceAccount.automountToken }}
+      terminationGracePeriodSeconds: {{ $svc.terminationGracePeriodSeconds }}
+      securityContext:
+        {{- toYaml $svc.podSecurityContext | nindent 8 }}
+      {{- with $svc.image.imagePullSecrets | default $svc.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ .name }}
+          image: {{ include "herald.image" . | quote }}
+          imagePullPolicy: {{ $svc.image.pullPolicy }}
+          ports:
+            - name: http
+              containerPort: {{ $svc.port }}
+              protocol: TCP
+          envFrom:
+            - configMapRef:
+                name: {{ include "herald.svcname" . }}
+          env:
+            {{- if $svc.mongo }}
+            - name: {{ $p }}MONGO_URI
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $root.Values.mongo.uriSecret.name }}
+                  key: {{ $root.Values.mongo.uriSecret.key }}
+            {{- end }}
+            - name: {{ $p }}API_KEYS
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $root.Values.secrets.apiKeys.name }}
+                  key: {{ $root.Values.secrets.apiKeys.key }}
+            - name: {{ $p }}LINK_SECRET
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $root.Values.secrets.linkSecret.name }}
+                  key: {{ $root.Values.secrets.linkSecret.key }}
+            {{- if and $svc.kafka $root.Values.kafka.sasl.mechanism }}
+            - name: {{ $p }}KAFKA_SASL_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ required "kafka.sasl.passwordSecret.name is required with SASL" $root.Values.kafka.sasl.passwordSecret.name }}
+                  key: {{ $root.Values.kafka.sasl.passwordSecret.key }}
+            {{- end }}
+            {{- range $k, $ref := $svc.secretEnv }}
+            - name: {{ $p }}{{ $k }}
+              valueFrom:
+                {{- include "herald.secretRef" (dict "root" $root "ref" $ref) | nindent 16 }}
+            {{- end }}
+          {{- with $svc.probes }}
+          startupProbe:
+            httpGet: {path: {{ .startup.path }}, port: http}
+            periodSeconds: {{ .startup.periodSeconds }}
+            timeoutSeconds: {{ .startup.timeoutSeconds }}
+            failureThreshold: {{ .startup.failureThreshold }}
+          livenessProbe:
+            httpGet: {path: {{ .liveness.path }}, port: http}
+            initialDelaySeconds: {{ .liveness.initialDelaySeconds }}
+            periodSeconds: {{ .liveness.periodSeconds }}
+            timeoutSeconds: {{ .liveness.timeoutSeconds }}
+            failureThreshold: {{ .liveness.failureThreshold }}
+          readinessProbe:
+            httpGet: {path: {{ .readiness.path }}, port: http}
+            initialDelaySeconds: {{ .readiness.initialDelaySeconds }}
+            periodSeconds: {{ .readiness.periodSeconds }}
+            timeoutSeconds: {{ .readiness.timeoutSeconds }}
+            failureThreshold: {{ .readiness.failureThreshold }}
+          {{- end }}
+          securityContext:
+            {{- toYaml $svc.securityContext | nindent 12 }}
+          resources:
+            {{- toYaml $svc.resources | nindent 12 }}
+          volumeMounts:
+            # The root filesystem is read-only; Python and libraries may still want a scratch dir.
+            - name: tmp
+              mountPath: /tmp
+            {{- if and $svc.kafka $root.Values.kafka.tls.caSecret.name }}
+            - name: kafka-ca
+              mountPath: /etc/herald/kafka-ca
+              readOnly: true
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: 64Mi
+        {{- if and $svc.kafka $root.Values.kafka.tls.caSecret.name }}
+        - name: kafka-ca
+          secret:
+            secretName: {{ $root.Values.kafka.tls.caSecret.name }}
+            items:
+              - key: {{ $root.Values.kafka.tls.caSecret.key }}
+                path: ca.crt
+        {{- end }}
+      {{- with $svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
+
+{{- define "herald.service" }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+spec:
+  type: {{ .svc.service.type }}
+  selector:
+    {{- include "herald.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ .svc.service.port }}
+      targetPort: http
+      protocol: TCP
+{{- end }}
+
+{{- define "herald.pdb" }}
+{{- if .svc.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ .svc.pdb.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "herald.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.hpa" }}
+{{- if .svc.hpa.enabled }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "herald.svcname" . }}
+  minReplicas: {{ .svc.hpa.minReplicas }}
+  maxReplicas: {{ .svc.hpa.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ .svc.hpa.targetCPUUtilizationPercentage }}
+    {{- if and .svc.hpa.lag.enabled .svc.kafka }}
+    # Consumer lag from Prometheus through an external-metrics adapter. More replicas than the
+    # topic's partitions sit idle, so keep maxReplicas <= partitions.
+    - type: External
+      external:
+        metric:
+          name: herald_consumer_lag_messages
+          selector:
+            matchLabels:
+              group: {{ .svc.hpa.lag.group | default .name | quote }}
+        target:
+          type: AverageValue
+          averageValue: {{ .svc.hpa.lag.averageValue | quote }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.servicemonitor" }}
+{{- if .svc.serviceMonitor.enabled }}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ include "herald.svcname" . }}
+  labels:
+    {{- include "herald.labels" . | nindent 4 }}
+    {{- with .svc.serviceMonitor.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "herald.selectorLabels" . | nindent 6 }}
+  endpoints:
+    - port: http
+      path: /metrics
+      interval: {{ .svc.serviceMonitor.interval }}
+      scrapeTimeout: {{ .svc.serviceMonitor.scrapeTimeout }}
+{{- end }}
+{{- end }}
