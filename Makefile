@@ -16,6 +16,8 @@ setup: ## Install uv, the Python workspace, the Kafka jars and FerretDB (idempot
 	uv sync --frozen
 	bash deploy/local/infra.sh install
 	bash deploy/local/browser.sh install
+	bash deploy/tools/helm.sh install
+	bash deploy/local/prometheus.sh install
 
 run: setup ## Start Kafka, FerretDB, every service and the sandbox; Ctrl-C stops all
 	uv run --frozen herald-run
@@ -30,6 +32,10 @@ lint: ## ruff check, ruff format --check, mypy --strict
 	uv run --frozen ruff check .
 	uv run --frozen ruff format --check .
 	uv run --frozen mypy $(addprefix -p ,$(PACKAGES))
+
+.PHONY: check-deploy
+check-deploy: ## Helm lint/template, Kubernetes schemas, promtool rules, skaffold schema (offline)
+	bash scripts/check-deploy.sh
 
 fmt: ## Format and fix what ruff can
 	uv run --frozen ruff format .

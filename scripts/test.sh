@@ -15,6 +15,7 @@ export HERALD_TEST_MONGO="mongodb://127.0.0.1:$HERALD_MONGO_PORT/"
 start=$SECONDS
 echo "== lint"
 make --no-print-directory lint
+make --no-print-directory check-deploy
 
 bash deploy/local/infra.sh stop >/dev/null 2>&1 || true
 rm -rf "$HERALD_RUN" "$HERALD_LOGS"

@@ -1,0 +1,296 @@
+"""The Helm chart renders valid, hardened manifests for every value set, and rejects bad values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from deploy.chartlib import CHART, CI_VALUES, KUBE_VERSION, ROOT, Render
+
+from herald_devstack import SERVICES
+from herald_kit._topics_cli import all_topics
+
+CRDS = {"ServiceMonitor", "PrometheusRule", "KafkaTopic"}
+# The structure of the operator CRDs this chart uses (a subset of their upstream schemas, which
+# kubernetes-validate does not bundle): what the operators need to act on our objects.
+CRD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "required": ["matchLabels"],
+                        "properties": {"matchLabels": {"type": "object", "minProperties": 1}},
+                    },
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["port", "path"],
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                "scrapeTimeout": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["expr"],
+                                        "properties": {
+                                            "alert": {"type": "string"},
+                                            "record": {"type": "string"},
+                                            "expr": {"type": "string"},
+                                            "for": {"type": "string"},
+                                            "labels": {"type": "object"},
+                                            "annotations": {"type": "object"},
+                                        },
+                                        "additionalProperties": False,
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+    "KafkaTopic": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"enum": ["kafka.strimzi.io/v1beta2", "kafka.strimzi.io/v1"]},
+            "metadata": {
+                "type": "object",
+                "required": ["name", "labels"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                    "labels": {"type": "object", "required": ["strimzi.io/cluster"]},
+                },
+            },
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["partitions", "replicas"],
+                "properties": {
+                    "topicName": {"type": "string"},
+                    "partitions": {"type": "integer", "minimum": 1},
+                    "replicas": {"type": "integer", "minimum": 1, "maximum": 32767},
+                    "config": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+VALUE_SETS = [None, *CI_VALUES]
+IDS = ["defaults", *(p.stem for p in CI_VALUES)]
+
+
+def _values(path: Path | None) -> tuple[Path, ...]:
+    return () if path is None else (path,)
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=IDS)
+def test_every_value_set_renders_manifests_valid_for_kubernetes(
+    render: Render, values: Path | None
+) -> None:
+    docs = render(*_values(values))
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= kinds
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_ci_value_sets_cover_minimal_production_and_sandbox() -> None:
+    assert {p.stem for p in CI_VALUES} >= {"minimal", "production", "sandbox"}
+
+
+def test_production_renders_every_resource_kind_per_service(render: Render) -> None:
+    docs = render(CHART / "ci" / "production.yaml")
+    enabled = {s.name for s in SERVICES} - {"sandbox"}
+    for kind in ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "ServiceMonitor"):
+        labels = [d["metadata"]["labels"] for d in docs if d["kind"] == kind]
+        names = {lab["app.kubernetes.io/name"] for lab in labels if "app.kubernetes.io/name" in lab}
+        assert names == enabled, kind
+    hpas = {d["metadata"]["name"]: d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    # The scheduler's schedule lease allows one active replica: it is not autoscaled.
+    assert "herald-scheduler" not in hpas
+    lag = hpas["herald-dispatcher"]["spec"]["metrics"][1]["external"]["metric"]
+    assert lag["name"] == "herald_consumer_lag_messages"
+    assert lag["selector"]["matchLabels"] == {"group": "dispatcher"}
+
+
+def test_a_string_for_replicas_is_rejected_by_the_values_schema(template: Any) -> None:
+    done = template(ROOT / "tests" / "deploy" / "broken-values" / "replicas-string.yaml")
+    assert done.returncode != 0
+    assert "/services/ingest/replicas" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "services.ingest.replica=3",  # a typo must not be silently ignored
+        "kafka.securityProtocol=TLS",
+        "default.serviceMonitor.interval=often",
+        "services.Bad_Name.port=80",
+    ],
+)
+def test_values_schema_rejects_typos_and_bad_enums(template: Any, setting: str) -> None:
+    done = template(sets=(setting,))
+    assert done.returncode != 0, setting
+    assert "schema" in done.stderr
+
+
+def test_containers_are_hardened_and_probed(render: Render) -> None:
+    for values in VALUE_SETS:
+        for doc in render(*_values(values)):
+            if doc["kind"] != "Deployment":
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["automountServiceAccountToken"] is False
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True, doc["metadata"]["name"]
+                assert sc["allowPrivilegeEscalation"] is False
+                assert sc["capabilities"]["drop"] == ["ALL"]
+                assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+                assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+                assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "MONGO_URI", "API_KEYS", "ACCOUNT_SID")
+
+
+def test_secrets_are_referenced_never_inlined(render: Render) -> None:
+    for values in VALUE_SETS:
+        docs = render(*_values(values))
+        for doc in docs:
+            if doc["kind"] == "ConfigMap" and "grafana_dashboard" not in doc["metadata"]["labels"]:
+                leaked = [k for k in doc["data"] if any(w in k for w in SECRET_WORDS)]
+                assert not leaked, (doc["metadata"]["name"], leaked)
+            if doc["kind"] == "Deployment":
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    for env in c.get("env", []):
+                        if any(w in env["name"] for w in SECRET_WORDS):
+                            assert "secretKeyRef" in env["valueFrom"], env["name"]
+            assert doc["kind"] != "Secret"
+
+
+def test_senders_read_provider_credentials_from_their_secrets(render: Render) -> None:
+    docs = render()
+    sms = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "herald-sms-sender"
+    )
+    env = {e["name"]: e for e in sms["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["HERALD_SMS_SENDER_TWILIO_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "herald-twilio", "key": "auth-token"}
+    assert env["HERALD_SMS_SENDER_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "herald-mongo"
+
+
+def test_sandbox_is_off_by_default_and_on_in_the_sandbox_set(render: Render) -> None:
+    def deployments(*values: Path) -> set[str]:
+        return {d["metadata"]["name"] for d in render(*values) if d["kind"] == "Deployment"}
+
+    assert "herald-sandbox" not in deployments()
+    assert "herald-sandbox" not in deployments(CHART / "ci" / "production.yaml")
+    assert "herald-sandbox" in deployments(CHART / "ci" / "sandbox.yaml")
+
+
+def test_settings_reach_each_service_under_its_own_prefix(render: Render) -> None:
+    docs = render(CHART / "ci" / "production.yaml")
+    for spec in SERVICES:
+        if spec.name == "sandbox":
+            continue
+        cm = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"herald-{spec.name}"
+        )
+        data = cm["data"]
+        p = spec.env_prefix
+        assert data[f"{p}PORT"] == str(spec.port)
+        assert data[f"{p}KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert data[f"{p}KAFKA_SSL_CAFILE"] == "/etc/herald/kafka-ca/ca.crt"
+        assert data[f"{p}MONGO_DB"] == "herald_" + spec.name.replace("-", "_")
+        assert all(k.startswith(p) for k in data)
+
+
+def test_kafka_topics_match_the_contracts(render: Render) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    declared = {
+        t["name"]: (t["partitions"], t["config"]) for t in values["kafka"]["topics"]["list"]
+    }
+    expected = {t.base: (t.partitions, t.configs()) for t in all_topics()}
+    assert declared == expected
+    docs = render(CHART / "ci" / "production.yaml")
+    topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    assert set(topics) == set(expected)
+    compacted = topics["cases.state.v1"]["spec"]
+    assert compacted["config"]["cleanup.policy"] == "compact"
+    assert compacted["replicas"] == 3 and compacted["config"]["min.insync.replicas"] == 2
+
+
+def test_dashboards_are_provisioned_for_the_grafana_sidecar(render: Render) -> None:
+    docs = render()
+    maps = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    assert len(maps) == 2
+    for cm in maps:
+        ((name, body),) = cm["data"].items()
+        dash = json.loads(body)
+        assert dash["uid"] in name
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids))
