@@ -20,7 +20,7 @@ setup: ## Install uv, the Python workspace, the Kafka jars and FerretDB (idempot
 	bash deploy/local/prometheus.sh install
 
 run: setup ## Start Kafka, FerretDB, every service and the sandbox; Ctrl-C stops all
-	uv run --frozen herald-run
+	uv run --frozen herald-run $(if $(PROMETHEUS),--prometheus)
 
 test: setup ## Lint, then unit, contract, integration and e2e tests on the real infrastructure
 	bash scripts/test.sh

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from herald_devstack._prometheus import LocalPrometheus, start_prometheus
 from herald_devstack._stack import Stack, StackConfig
 from herald_kit import ensure_topics
 
@@ -19,6 +20,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path.cwd())
     parser.add_argument("--no-infra", action="store_true", help="use infrastructure already up")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run a local Prometheus scraping every service with the chart's alert rules",
+    )
     args = parser.parse_args()
     root: Path = args.root
     infra = root / "deploy" / "local" / "infra.sh"
@@ -40,8 +46,16 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    prometheus: LocalPrometheus | None = None
     try:
         stack.start(timeout=90)
+        if args.prometheus:
+            prom_port = int(env("HERALD_PROMETHEUS_PORT", "9090"))
+            ports = {name: run.port for name, run in stack.running.items()}
+            prometheus = start_prometheus(ports, root, root / ".cache" / "prometheus", prom_port)
+            prometheus.wait_ready()
+            url = prometheus.url
+            sys.stdout.write(f"  prometheus    {url}   (alerts: {url}/alerts)\n")
         lines = [
             f"  {name:<13} {run.url}   (log: {run.log_path})" for name, run in stack.running.items()
         ]
@@ -57,6 +71,8 @@ def main() -> None:
             signal.pause()
     finally:
         sys.stdout.write("stopping services...\n")
+        if prometheus is not None:
+            prometheus.stop()
         stack.stop()
         if not args.no_infra:
             subprocess.run(["bash", str(infra), "stop"], check=False)  # noqa: S603, S607
