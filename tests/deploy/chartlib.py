@@ -37,6 +37,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "{}", expr)  # matchers: label names are not metrics
     expr = re.sub(r"\[[^\]]*\]", "[]", expr)  # ranges
+    expr = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][-+]?\d+)?", "0", expr)  # numbers such as 1e-9
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
     return {w for w in words if w.lower() not in _PROMQL_WORDS and not w.startswith("$")}

@@ -70,7 +70,7 @@ def test_every_alert_links_a_runbook_section_that_exists() -> None:
 def test_metric_name_extraction_sees_metrics_not_labels_or_functions() -> None:
     expr = (
         'histogram_quantile(0.99, sum by (group, le) (rate(herald_x_bucket{group=~"a|b", '
-        'le="2.5"}[5m]))) / on (group) herald:y:rate5m > 0 and absent(up)'
+        'le="2.5"}[5m]))) / on (group) clamp_min(herald:y:rate5m, 1e-9) > 0 and absent(up)'
     )
     assert metric_names(expr) == {"herald_x_bucket", "herald:y:rate5m", "up"}
 
