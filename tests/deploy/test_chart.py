@@ -294,3 +294,17 @@ def test_dashboards_are_provisioned_for_the_grafana_sidecar(render: Render) -> N
         assert dash["uid"] in name
         ids = [p["id"] for p in dash["panels"]]
         assert len(ids) == len(set(ids))
+
+
+def test_sandbox_set_points_every_sender_at_the_sandbox(render: Render) -> None:
+    docs = render(CHART / "ci" / "sandbox.yaml")
+    sandbox = _named(docs, "Service", "herald-sandbox")
+    ports = {p["name"]: p["port"] for p in sandbox["spec"]["ports"]}
+    assert ports == {"http": 80, "smtp": 2525}
+    email = _named(docs, "ConfigMap", "herald-email-sender")["data"]
+    assert email["HERALD_EMAIL_SENDER_SMTP_HOST"] == "herald-sandbox"
+    assert email["HERALD_EMAIL_SENDER_SMTP_PORT"] == str(ports["smtp"])
+    for sender in ("sms-sender", "voice-sender"):
+        data = _named(docs, "ConfigMap", f"herald-{sender}")["data"]
+        prefix = "HERALD_" + sender.upper().replace("-", "_") + "_"
+        assert data[prefix + "TWILIO_BASE_URL"] == "http://herald-sandbox"

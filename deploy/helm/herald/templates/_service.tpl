@@ -119,6 +119,11 @@ spec:
             - name: http
               containerPort: {{ $svc.port }}
               protocol: TCP
+            {{- range $svc.extraPorts }}
+            - name: {{ .name }}
+              containerPort: {{ .port }}
+              protocol: TCP
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "herald.svcname" . }}
@@ -231,6 +236,12 @@ spec:
       port: {{ .svc.service.port }}
       targetPort: http
       protocol: TCP
+    {{- range .svc.extraPorts }}
+    - name: {{ .name }}
+      port: {{ .port }}
+      targetPort: {{ .name }}
+      protocol: TCP
+    {{- end }}
 {{- end }}
 
 {{- define "herald.pdb" }}
