@@ -107,7 +107,7 @@ spec:
       terminationGracePeriodSeconds: {{ $svc.terminationGracePeriodSeconds }}
       securityContext:
         {{- toYaml $svc.podSecurityContext | nindent 8 }}
-      {{- with $svc.image.imagePullSecrets | default $svc.imagePullSecrets }}
+      {{- with $svc.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
       {{- end }}
