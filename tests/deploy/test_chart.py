@@ -308,3 +308,17 @@ def test_sandbox_set_points_every_sender_at_the_sandbox(render: Render) -> None:
         data = _named(docs, "ConfigMap", f"herald-{sender}")["data"]
         prefix = "HERALD_" + sender.upper().replace("-", "_") + "_"
         assert data[prefix + "TWILIO_BASE_URL"] == "http://herald-sandbox"
+
+
+def test_prometheus_rule_carries_the_rules_file_with_published_runbook_links(
+    render: Render,
+) -> None:
+    base = "https://runbooks.example.com/operations.md"
+    docs = render(sets=(f"prometheusRule.runbookBaseUrl={base}",))
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in shipped["groups"]]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"].startswith(base + "#"), alert["alert"]
