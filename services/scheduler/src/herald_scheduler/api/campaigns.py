@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from herald_contracts import utc_now
-from herald_kit import Principal, require_scopes
+from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus
 
@@ -55,6 +55,28 @@ def _repo(request: Request) -> CampaignRepository:
 Repo = Annotated[CampaignRepository, Depends(_repo)]
 
 
+class PreconditionRequired(HeraldError):
+    """An update without If-Match could overwrite someone else's version."""
+
+    status = 428
+    title = "Precondition required"
+
+
+def _etag(doc: dict[str, Any]) -> str:
+    return f'"{doc["version"]}"'
+
+
+def _expected_version(if_match: str | None) -> int:
+    if if_match is None:
+        raise PreconditionRequired(
+            "send If-Match with the version you read (its ETag)", field="If-Match"
+        )
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise PreconditionFailed(f"If-Match {if_match!r} is not a campaign ETag", field="If-Match")
+    return int(value)
+
+
 @router.post("", status_code=201, summary="Create a campaign (as a draft).")
 async def create(body: CampaignIn, response: Response, repo: Repo, who: Writer) -> Campaign:
     """Validate and store a draft."""
@@ -78,10 +100,39 @@ async def list_campaigns(
     )
 
 
-@router.get("/{campaign_id}", summary="Read a campaign.")
-async def get(campaign_id: str, repo: Repo, who: Reader) -> Campaign:
+@router.get("/{campaign_id}", summary="Read a campaign; its ETag is the version.")
+async def get(campaign_id: str, response: Response, repo: Repo, who: Reader) -> Campaign:
     """One campaign."""
-    return _out(await repo.get(campaign_id))
+    doc = await repo.get(campaign_id)
+    response.headers["ETag"] = _etag(doc)
+    return _out(doc)
+
+
+@router.put(
+    "/{campaign_id}",
+    summary="Save a new version of a campaign.",
+    responses={
+        409: {"description": "The campaign is archived (problem+json)."},
+        412: {"description": "If-Match names an older version (problem+json)."},
+        428: {"description": "If-Match is missing (problem+json)."},
+    },
+)
+async def update(
+    campaign_id: str,
+    body: CampaignIn,
+    response: Response,
+    repo: Repo,
+    who: Writer,
+    if_match: Annotated[
+        str | None, Header(description='The ETag you read, e.g. "3".', examples=['"3"'])
+    ] = None,
+) -> Campaign:
+    """Replace the definition as version n+1; contacts already under way keep their version."""
+    doc = await repo.update(
+        campaign_id, body, expected_version=_expected_version(if_match), now=utc_now()
+    )
+    response.headers["ETag"] = _etag(doc)
+    return _out(doc)
 
 
 for _action in ("activate", "pause", "resume", "archive"):
