@@ -15,8 +15,11 @@ from pydantic import BaseModel
 
 from herald_contracts import (
     CASE_CHANGED,
+    CONTACT_PREFERENCES,
     CaseChanged,
     CaseState,
+    ChannelAddress,
+    ContactPreferences,
     ContactRequest,
     EventRef,
     EventType,
@@ -152,3 +155,33 @@ async def active_campaign(client: httpx.AsyncClient, **changes: Any) -> str:
     r = await client.post(f"/v1/campaigns/{cid}/activate")
     assert r.status_code == 200, r.text
     return cid
+
+
+def preferences(customer_id: str, *, locale: str = "en", version: int = 1) -> ContactPreferences:
+    """A customer's preference snapshot as the preferences service publishes it."""
+    return ContactPreferences(
+        customer_id=customer_id,
+        version=version,
+        channels={"sms": ChannelAddress(address="+12015550100")},
+        ranking=["sms"],
+        consents={"service-updates": {"sms": True}},
+        locale=locale,
+        updated_at=datetime.now(UTC),
+    )
+
+
+async def publish_audience(publisher: Publisher, customers: list[str], **kw: Any) -> None:
+    """Publish snapshots for customers to contacts.preferences.v1."""
+    futures = []
+    for cid in customers:
+        headers, value = encode(CONTACT_PREFERENCES, preferences(cid, **kw), source="test")
+        futures.append(
+            await publisher.producer.send(
+                CONTACT_PREFERENCES.topic.name(publisher.namespace),
+                value,
+                key=cid.encode(),
+                headers=headers,
+            )
+        )
+    for f in futures:
+        await f
