@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schedules = ScheduleRunner(
             campaigns=app.state.campaigns,
             fires=fires,
-            fanout=FanOut(app.state.contacts, fires, runtime.producer, batch=settings.fanout_batch),
+            fanout=FanOut(settings, fires, runtime.producer, batch=settings.fanout_batch),
             lease=Lease(
                 db,
                 "schedules",

@@ -27,5 +27,5 @@ class Settings(ServiceSettings):
         default=10, gt=0, description="A schedule leader that stops renewing loses it after this."
     )
     lease_tick_seconds: float = Field(default=2, gt=0, description="Lease renewal interval.")
-    fanout_batch: int = Field(default=1000, ge=1, le=50_000)
+    fanout_batch: int = Field(default=5000, ge=1, le=50_000)
     dry_run_limit: int = Field(default=500, ge=1, le=10_000)

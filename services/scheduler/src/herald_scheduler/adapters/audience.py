@@ -57,17 +57,22 @@ class FireRepository:
 
     async def begin(self, row: Doc) -> bool:
         """Record a fire; False when this campaign already fired at this scheduled time."""
-        return await insert_if_absent(self.fires, {**row, "checkpoint": "", "requested": 0})
+        return await insert_if_absent(
+            self.fires, {**row, "cp_part": 0, "cp_off": 0, "requested": 0}
+        )
 
     async def unfinished(self) -> list[Doc]:
         """Fires whose fan-out has not completed."""
         return [d async for d in self.fires.find({"done": False})]
 
-    async def advance(self, fire_id: str, *, old: str, new: str, count: int) -> bool:
-        """Move the checkpoint past a published batch; False when another worker moved it."""
+    async def advance(
+        self, fire_id: str, *, old: tuple[int, int], new: tuple[int, int], count: int
+    ) -> bool:
+        """Move the (partition, offset) checkpoint past a published batch; False when another
+        worker moved it first."""
         result = await self.fires.update_one(
-            {"_id": fire_id, "checkpoint": old},
-            {"$set": {"checkpoint": new}, "$inc": {"requested": count}},
+            {"_id": fire_id, "cp_part": old[0], "cp_off": old[1]},
+            {"$set": {"cp_part": new[0], "cp_off": new[1]}, "$inc": {"requested": count}},
         )
         return bool(result.modified_count)
 

@@ -1,7 +1,14 @@
-"""Audience fan-out: stream the contact view in batches, publish requests, checkpoint each batch.
+"""Audience fan-out: stream the audience in batches, publish requests, checkpoint each batch.
 
-A crash between a batch's publish and its checkpoint re-publishes that batch with the same
-request ids (derived from campaign, fire time and customer), which the dispatcher drops.
+The audience is read from the compacted contacts.preferences.v1 topic itself, not from a
+database view: FerretDB v1 reads a few thousand documents a second and pages by `_id` with a
+full scan, while the broker streams hundreds of thousands. A fire pins each partition's end
+offset when it starts (the audience as of the fire), and walks the partitions in order; per
+partition a first pass finds each customer's latest record (a compacted topic may still hold
+older snapshots and tombstones), a second pass publishes for those. The checkpoint is
+(partition, offset) after each published batch, so a crash resumes where it stopped; a batch
+published but not checkpointed goes out again with the same request ids (campaign, fire time,
+customer), which the dispatcher drops.
 """
 
 from __future__ import annotations
@@ -10,12 +17,15 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
 from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
-from herald_kit import Doc, EventProducer, encode
-from herald_scheduler.adapters.audience import ContactView, FireRepository
+from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
+from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.domain.campaigns import request_id
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 from herald_scheduler.metrics import REQUESTS
@@ -24,18 +34,20 @@ log = logging.getLogger("herald.scheduler.fanout")
 
 
 class RequestEncoder:
-    """Encodes one fire's requests fast: the envelope and body are built once, then only the
-    request id and customer change (the fan-out of a large audience is bound by this)."""
+    """Encodes one fire's requests fast: the envelope and the body's shared part are serialised
+    once, then only the request id and customer change (a large fan-out is bound by this)."""
 
     def __init__(self, template: ContactRequest, *, source: str) -> None:
         headers, _ = encode(CONTACT_REQUESTED, template, source=source, event_id="-")
         self._headers = [(k, v) for k, v in headers if k != "ce_id"]
-        self._body = template.model_dump(mode="json", exclude={"request_id", "customer_id"})
+        rest = template.model_dump(mode="json", exclude={"request_id", "customer_id"})
+        self._rest = json.dumps(rest, separators=(",", ":"))[1:].encode()
 
     def encode(self, rid: str, customer_id: str) -> tuple[list[tuple[str, bytes]], bytes]:
         """Headers and value of one request."""
-        body = {"request_id": rid, "customer_id": customer_id, **self._body}
-        return [("ce_id", rid.encode()), *self._headers], json.dumps(body).encode()
+        head = json.dumps(customer_id)
+        value = b'{"request_id":"' + rid.encode() + b'","customer_id":' + head.encode()
+        return [("ce_id", rid.encode()), *self._headers], value + b"," + self._rest
 
 
 class FanOut:
@@ -43,16 +55,40 @@ class FanOut:
 
     def __init__(
         self,
-        contacts: ContactView,
+        settings: ServiceSettings,
         fires: FireRepository,
         producer: EventProducer,
         *,
         batch: int,
     ) -> None:
-        self.contacts = contacts
+        self.settings = settings
         self.fires = fires
         self.producer = producer
         self.batch = batch
+        self.topic = Topics.CONTACTS_PREFERENCES.name(settings.topic_namespace)
+
+    async def audience_ends(self) -> dict[str, int]:
+        """Each partition's end offset now: the audience a fire starting now will cover."""
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(self.topic) or set()
+            if not parts:
+                parts = set(await consumer._client._wait_on_metadata(self.topic) or ())
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            ends = await consumer.end_offsets(tps)
+            return {str(tp.partition): off for tp, off in ends.items()}
+        finally:
+            await consumer.stop()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            **kafka_client_options(self.settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
 
     async def run(self, fire_id: str) -> int:
         """Publish the rest of a fire's audience; how many requests this call published."""
@@ -70,56 +106,132 @@ class FanOut:
             requested_at=utc_now(),
             expires_at=scheduled + timedelta(seconds=expires) if expires else None,
         )
-        encoder = RequestEncoder(template, source="scheduler")
-        topic = self.producer.topic_name(Topics.CONTACT_REQUESTS)
-        audience: str | None = fire.get("audience")
-        rate: float | None = fire.get("rate_per_second")
-        checkpoint: str = fire["checkpoint"]
-        published = 0
-        started = time.monotonic()
-        while True:
-            rows = await self.contacts.page(after=checkpoint, limit=self.batch)
-            if not rows:
-                break
-            futures: list[Any] = []
-            for row in rows:
-                if audience and not _matches(audience, row["p"]):
+        job = _Job(
+            fire=fire,
+            ref=ref,
+            encoder=RequestEncoder(template, source="scheduler"),
+            out_topic=self.producer.topic_name(Topics.CONTACT_REQUESTS),
+        )
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            for part in sorted(fire["ends"], key=int):
+                p, end = int(part), fire["ends"][part]
+                if p < job.cp_part:
                     continue
-                rid = request_id(ref.id, fire["trigger_key"], row["_id"])
-                headers, value = encoder.encode(rid, row["_id"])
-                futures.append(
-                    await self.producer.raw.send(
-                        topic, value, key=row["_id"].encode(), headers=headers
-                    )
-                )
-            # Durable on the broker before the checkpoint moves past them.
-            await asyncio.gather(*futures)
-            new = rows[-1]["_id"]
-            if not await self.fires.advance(fire_id, old=checkpoint, new=new, count=len(futures)):
-                log.warning("fan-out checkpoint moved by another worker", extra={"fire": fire_id})
-                return published
-            checkpoint = new
-            published += len(futures)
-            REQUESTS.labels("schedule").inc(len(futures))
-            if rate:
-                # Pace the campaign: sleep until the published count fits the rate.
-                ahead = published / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+                start = job.cp_off if p == job.cp_part else 0
+                if start < end and not await self._partition(consumer, job, p, start, end):
+                    return job.published
+                if not await self._checkpoint(job, p + 1, 0, 0):
+                    return job.published
+        finally:
+            await consumer.stop()
         await self.fires.finish(fire_id, now=utc_now())
-        log.info("fan-out done", extra={"fire": fire_id, "published": published})
-        return published
+        log.info("fan-out done", extra={"fire": fire_id, "published": job.published})
+        return job.published
+
+    async def _partition(
+        self, consumer: AIOKafkaConsumer, job: _Job, p: int, start: int, end: int
+    ) -> bool:
+        tp = TopicPartition(self.topic, p)
+        consumer.assign([tp])
+        # Pass 1: each customer's latest record in this partition, up to the pinned end.
+        latest: dict[bytes, int] = {}
+        consumer.seek(tp, 0)
+        async for records in self._read(consumer, tp, end):
+            for r in records:
+                if r.key is not None:
+                    latest[r.key] = r.offset
+        # Pass 2: publish for each customer whose latest record is a snapshot (not a tombstone).
+        # One batch is in flight while the next is encoded; a batch is checkpointed only once
+        # the broker acknowledged all of it.
+        consumer.seek(tp, start)
+        pending: tuple[list[Any], int] | None = None
+        async for records in self._read(consumer, tp, end):
+            futures = [
+                await self._send(job, r)
+                for r in records
+                if r.key is not None and r.value is not None and latest.get(r.key) == r.offset
+            ]
+            if pending is not None and not await self._settle(job, p, *pending):
+                return False
+            pending = ([f for f in futures if f is not None], records[-1].offset + 1)
+        return pending is None or await self._settle(job, p, *pending)
+
+    async def _settle(self, job: _Job, p: int, futures: list[Any], offset: int) -> bool:
+        await asyncio.gather(*futures)
+        if not await self._checkpoint(job, p, offset, len(futures)):
+            return False
+        await job.pace()
+        return True
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
+    ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+        while await consumer.position(tp) < end:
+            got = await consumer.getmany(tp, timeout_ms=1000, max_records=self.batch)
+            records = [r for r in got.get(tp, []) if r.offset < end]
+            if records:
+                yield records
+
+    async def _send(self, job: _Job, record: ConsumerRecord[bytes, bytes]) -> Any:
+        customer = record.key.decode()
+        if job.audience:
+            try:
+                prefs = json.loads(record.value)
+                if not evaluate(job.audience, {"contact": prefs}):
+                    return None
+            except (ValueError, ExpressionError):
+                return None
+        rid = request_id(job.ref.id, job.trigger_key, customer)
+        headers, value = job.encoder.encode(rid, customer)
+        return await self.producer.raw.send(job.out_topic, value, key=record.key, headers=headers)
+
+    async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
+        ok = await self.fires.advance(
+            job.fire["_id"], old=(job.cp_part, job.cp_off), new=(part, off), count=count
+        )
+        if not ok:
+            log.warning(
+                "fan-out checkpoint moved by another worker", extra={"fire": job.fire["_id"]}
+            )
+            return False
+        job.cp_part, job.cp_off = part, off
+        job.published += count
+        REQUESTS.labels("schedule").inc(count)
+        return True
 
 
-def _matches(audience: str, prefs: dict[str, Any]) -> bool:
-    try:
-        return evaluate(audience, {"contact": prefs})
-    except ExpressionError:
-        return False
+class _Job:
+    """One fan-out run's state."""
+
+    def __init__(
+        self, *, fire: Doc, ref: CampaignRef, encoder: RequestEncoder, out_topic: str
+    ) -> None:
+        self.fire = fire
+        self.ref = ref
+        self.encoder = encoder
+        self.out_topic = out_topic
+        self.trigger_key: str = fire["trigger_key"]
+        self.audience: str | None = fire.get("audience")
+        self.rate: float | None = fire.get("rate_per_second")
+        self.cp_part: int = fire["cp_part"]
+        self.cp_off: int = fire["cp_off"]
+        self.published = 0
+        self.started = time.monotonic()
+
+    async def pace(self) -> None:
+        """Sleep until the published count fits the campaign's rate."""
+        if self.rate:
+            ahead = self.published / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
-def fire_row(doc: Doc, ref: CampaignRef, scheduled: datetime, trigger_key: str) -> Doc:
-    """A fire row for a campaign version at a scheduled time."""
+def fire_row(
+    doc: Doc, ref: CampaignRef, scheduled: datetime, trigger_key: str, ends: dict[str, int]
+) -> Doc:
+    """A fire row for a campaign version at a scheduled time, over the audience as of now."""
     d = doc["definition"]
     return {
         "_id": f"{doc['_id']}|{trigger_key}",
@@ -130,6 +242,7 @@ def fire_row(doc: Doc, ref: CampaignRef, scheduled: datetime, trigger_key: str) 
         "audience": d["trigger"].get("audience"),
         "rate_per_second": d.get("limits", {}).get("rate_per_second"),
         "expires_after_seconds": d.get("timing", {}).get("expires_after_seconds"),
+        "ends": ends,
         "done": False,
         "created_at": utc_now(),
     }

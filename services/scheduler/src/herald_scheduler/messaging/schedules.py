@@ -186,7 +186,10 @@ class ScheduleRunner:
             if doc["status"] != "active":
                 return
             key = fire_key(scheduled)
-            row = fire_row(doc, campaign_ref(doc), scheduled, key)
+            if await self.fires.get(f"{campaign_id}|{key}") is not None:
+                return  # fired already (a double fire or a replay): nothing new
+            ends = await self.fanout.audience_ends()
+            row = fire_row(doc, campaign_ref(doc), scheduled, key, ends)
             if await self.fires.begin(row):
                 log.info("campaign fired", extra={"campaign": campaign_id, "trigger": key})
                 self._spawn(row["_id"])
