@@ -7,9 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_scheduler_support import campaign_body, scheduler
+from test_scheduler_support import campaign_body, open_publisher, publish_audience, scheduler
+
+from support import eventually
 
 SCHEDULE = {"kind": "schedule", "cron": "0 9 * * mon", "time_zone": "Europe/Amsterdam"}
+DUTCH = {"campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'})}
 
 
 @pytest.fixture
@@ -100,3 +103,67 @@ async def test_read_only_key_cannot_write(client: httpx.AsyncClient) -> None:
     assert r.status_code == 403
     r = await client.get("/v1/campaigns", headers={"Authorization": f"Bearer {READ_ONLY_KEY}"})
     assert r.status_code == 200
+
+
+async def test_dry_run_answers_who_when_and_why_without_sending(
+    client: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    async with open_publisher(infra, namespace) as publisher:
+        await publish_audience(publisher, ["dr-en"])
+        await publish_audience(publisher, ["dr-nl"], locale="nl")
+
+    async def known() -> bool:
+        r = await client.post(
+            "/v1/campaigns/dry-run",
+            json={
+                "campaign": campaign_body(
+                    trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'}
+                ),
+            },
+        )
+        assert r.status_code == 200, r.text
+        return len(r.json()["contacted"]) + len(r.json()["not_contacted"]) == 2
+
+    await eventually(known)
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={
+            "campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'})
+        },
+    )
+    body = r.json()
+    assert [(o["customer_id"], o["channel"]) for o in body["contacted"]] == [("dr-nl", "sms")]
+    assert [(o["customer_id"], o["reason"]) for o in body["not_contacted"]] == [
+        ("dr-en", "audience")
+    ]
+
+    case = {
+        "case_id": "case-d",
+        "version": 1,
+        "customer_ids": ["dr-en", "nobody"],
+        "status": "delayed",
+        "updated_at": "2026-03-02T10:00:00Z",
+    }
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={
+            "campaign": campaign_body(
+                topic="other-topic",
+                trigger={
+                    "kind": "event",
+                    "event_types": ["case.updated"],
+                    "filter": 'case.status == "delayed"',
+                },
+            ),
+            "cases": [case],
+        },
+    )
+    assert r.status_code == 200, r.text
+    reasons = {o["customer_id"]: o["reason"] for o in r.json()["not_contacted"]}
+    assert reasons == {"dr-en": "no-channel-left(sms:no-consent)", "nobody": "no-preferences"}
+    # A dry run is refused like a save when the draft is wrong.
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={"campaign": campaign_body(trigger={**SCHEDULE, "cron": "nope"})},
+    )
+    assert r.status_code == 422 and r.json()["field"].startswith("campaign.trigger")

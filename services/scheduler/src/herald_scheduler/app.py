@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await timers.ensure_indexes()
         fires = FireRepository(db)
         await fires.ensure_indexes()
-        app.state.contacts = ContactView(db)
+        app.state.contacts = ContactView(db, dry_run_limit=settings.dry_run_limit)
         app.state.fires = fires
         app.state.timers = timers
         app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer)

@@ -17,8 +17,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class ContactView:
     """Latest preference snapshot per customer, never regressing to an older version."""
 
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], *, dry_run_limit: int = 500) -> None:
         self.contacts = db["contacts"]
+        self.dry_run_limit = dry_run_limit
 
     async def upsert(self, snapshot: dict[str, Any]) -> bool:
         """Keep the snapshot if it is newer than what the view holds."""

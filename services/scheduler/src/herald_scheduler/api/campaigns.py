@@ -6,12 +6,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from herald_contracts import utc_now
+from herald_contracts import CaseState, ContactPreferences, utc_now
 from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
+from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import CampaignRepository
-from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus
+from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus, ScheduleTrigger
+from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 Reader = Annotated[Principal, Depends(require_scopes("campaigns:read"))]
@@ -151,4 +153,53 @@ for _action in ("activate", "pause", "resume", "archive"):
         summary=f"{_action.capitalize()} a campaign.",
         name=f"{_action}_campaign",
         response_model=Campaign,
+    )
+
+
+class DryRunIn(BaseModel):
+    """A campaign draft and a sample to judge it against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: CampaignIn
+    cases: list[CaseState] = Field(
+        default_factory=list, max_length=200, description="Sample cases (event triggers)."
+    )
+    customers: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Audience sample (schedule triggers); default: the first customers known.",
+    )
+    at: AwareDatetime | None = Field(default=None, description="Pretend it is this time.")
+
+
+def _contacts(request: Request) -> ContactView:
+    view: ContactView = request.app.state.contacts
+    return view
+
+
+Contacts = Annotated[ContactView, Depends(_contacts)]
+
+
+@router.post(
+    "/dry-run",
+    summary="Who a campaign draft would contact, on which channel and when; nothing is sent.",
+)
+async def dry_run_draft(body: DryRunIn, contacts: Contacts, who: Reader) -> DryRunResult:
+    """Predict contacts from the customers' current preferences and quiet hours."""
+    limit: int = contacts.dry_run_limit
+    customers = body.customers
+    if customers is None:
+        if isinstance(body.campaign.trigger, ScheduleTrigger):
+            customers = [d["_id"] for d in await contacts.page(after="", limit=limit)]
+        else:
+            customers = sorted({c for case in body.cases for c in case.customer_ids})
+    snapshots = await contacts.get_many(customers)
+    known = {cid: ContactPreferences.model_validate(p) for cid, p in snapshots.items()}
+    return dry_run(
+        body.campaign,
+        cases=body.cases,
+        customers=customers,
+        contacts=known,
+        now=body.at or utc_now(),
     )

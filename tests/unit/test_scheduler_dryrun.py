@@ -1,0 +1,134 @@
+"""Dry run predictions: channel rules, quiet hours in the customer's zone, filters, expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from herald_contracts import CaseState, ChannelAddress, ContactPreferences, QuietHours
+from herald_scheduler.domain.campaigns import CampaignIn
+from herald_scheduler.domain.dryrun import after_quiet_hours, dry_run
+
+NOW = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # a Monday, 22:30 in Amsterdam
+
+
+def _campaign(**changes: Any) -> CampaignIn:
+    body: dict[str, Any] = {
+        "name": "n",
+        "topic": "service-updates",
+        "trigger": {
+            "kind": "event",
+            "event_types": ["case.updated"],
+            "filter": 'case.status == "delayed"',
+        },
+        "messages": {"sms": {"en": {"body": "{{ case.status }}"}}, "email": {"en": {"body": "x"}}},
+    }
+    body.update(changes)
+    return CampaignIn.model_validate(body)
+
+
+def _prefs(cid: str, **changes: Any) -> ContactPreferences:
+    body: dict[str, Any] = {
+        "customer_id": cid,
+        "version": 1,
+        "channels": {
+            "sms": ChannelAddress(address="+12015550100"),
+            "email": ChannelAddress(address="a@example.com"),
+        },
+        "ranking": ["sms", "email"],
+        "consents": {"service-updates": {"sms": True, "email": True}},
+        "updated_at": NOW,
+    }
+    body.update(changes)
+    return ContactPreferences.model_validate(body)
+
+
+def _case(status: str, customers: list[str]) -> CaseState:
+    return CaseState(
+        case_id="case-1", version=1, customer_ids=customers, status=status, updated_at=NOW
+    )
+
+
+def test_quiet_hours_defer_to_their_end_in_the_customers_zone() -> None:
+    quiet = QuietHours(start="21:00", end="08:00")
+    deferred = after_quiet_hours(NOW, quiet, "Europe/Amsterdam")
+    assert deferred == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)  # 08:00 CET
+    # 21:30 UTC is 16:30 in New York: outside the window, so no change.
+    assert after_quiet_hours(NOW, quiet, "America/New_York") == NOW
+    assert after_quiet_hours(NOW, None, "Europe/Amsterdam") == NOW
+
+
+def test_who_would_be_contacted_and_who_not_and_why() -> None:
+    contacts = {
+        "ok": _prefs("ok"),
+        "email-only": _prefs("email-only", consents={"service-updates": {"email": True}}),
+        "no-consent": _prefs("no-consent", consents={}),
+        "sleeping": _prefs(
+            "sleeping",
+            time_zone="Europe/Amsterdam",
+            quiet_hours=QuietHours(start="21:00", end="08:00"),
+        ),
+    }
+    customers = ["ok", "email-only", "no-consent", "sleeping", "unknown"]
+    result = dry_run(
+        _campaign(),
+        cases=[_case("delayed", customers)],
+        customers=[],
+        contacts=contacts,
+        now=NOW,
+    )
+    got = {o.customer_id: (o.channel, o.reason) for o in result.contacted}
+    assert got == {
+        "ok": ("sms", "ranked"),
+        "email-only": ("email", "ranked"),
+        "sleeping": ("sms", "quiet-hours-deferred"),
+    }
+    sleeping = next(o for o in result.contacted if o.customer_id == "sleeping")
+    assert sleeping.at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+    missed = {o.customer_id: o.reason for o in result.not_contacted}
+    assert missed["unknown"] == "no-preferences"
+    assert (
+        missed["no-consent"].startswith("no-channel-left(")
+        and "sms:no-consent" in missed["no-consent"]
+    )
+
+
+def test_filter_and_expiry_say_why_not() -> None:
+    contacts = {
+        "sleeping": _prefs(
+            "sleeping",
+            time_zone="Europe/Amsterdam",
+            quiet_hours=QuietHours(start="21:00", end="08:00"),
+        )
+    }
+    result = dry_run(
+        _campaign(),
+        cases=[_case("on time", ["sleeping"])],
+        customers=[],
+        contacts=contacts,
+        now=NOW,
+    )
+    assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("sleeping", "filter")]
+
+    short = _campaign(timing={"expires_after_seconds": 3600})
+    result = dry_run(
+        short, cases=[_case("delayed", ["sleeping"])], customers=[], contacts=contacts, now=NOW
+    )
+    assert [o.reason for o in result.not_contacted] == ["expires-before-quiet-hours-end"]
+
+
+def test_schedule_dry_run_applies_the_audience_at_the_next_fire() -> None:
+    campaign = _campaign(
+        trigger={
+            "kind": "schedule",
+            "cron": "0 9 * * mon",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'contact.locale == "nl"',
+        }
+    )
+    contacts = {"nl": _prefs("nl", locale="nl"), "en": _prefs("en")}
+    result = dry_run(campaign, cases=[], customers=["nl", "en"], contacts=contacts, now=NOW)
+    assert [(o.customer_id, o.at) for o in result.contacted] == [
+        ("nl", datetime(2026, 3, 9, 8, 0, tzinfo=UTC))
+    ]
+    assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("en", "audience")]
