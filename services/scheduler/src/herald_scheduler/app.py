@@ -11,12 +11,14 @@ from herald_contracts import ContactPreferences, Topics
 from herald_kit import Runtime, build_app, decode
 from herald_scheduler.adapters.audience import ContactView, FireRepository, Lease
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.api import campaigns
 from herald_scheduler.config import Settings
 from herald_scheduler.messaging.fanout import FanOut
 from herald_scheduler.messaging.matcher import Matcher
 from herald_scheduler.messaging.schedules import ScheduleRunner
+from herald_scheduler.messaging.stats import StatsConsumer
 from herald_scheduler.messaging.timers import TimerService
 
 
@@ -44,10 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.contacts = ContactView(db, dry_run_limit=settings.dry_run_limit)
         app.state.fires = fires
         app.state.timers = timers
-        app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer)
+        stats = StatsRepository(db)
+        app.state.stats = stats
+        app.state.stats_consumer = StatsConsumer(stats, settings.topic_namespace)
+        app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer, stats)
         app.state.timer_service = TimerService(
             timers,
             runtime.producer,
+            stats,
             poll_seconds=settings.timer_poll_seconds,
             lease_seconds=settings.timer_lease_seconds,
         )
@@ -55,7 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schedules = ScheduleRunner(
             campaigns=app.state.campaigns,
             fires=fires,
-            fanout=FanOut(settings, fires, runtime.producer, batch=settings.fanout_batch),
+            fanout=FanOut(
+                settings, fires, runtime.producer, batch=settings.fanout_batch, stats=stats
+            ),
             lease=Lease(
                 db,
                 "schedules",
@@ -88,5 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.timer_service.handle(record)
 
     runtime.consume("scheduler", [Topics.CASES_CHANGES, Topics.CONTACTS_PREFERENCES], on_record)
+
+    async def on_outcome(record: ConsumerRecord[bytes, bytes]) -> None:
+        await app.state.stats_consumer.handle(record)
+
     runtime.consume("scheduler-timers", [Topics.TIMERS_REQUESTS], on_timer)
+    runtime.consume(
+        "scheduler-stats", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
+    )
     return app

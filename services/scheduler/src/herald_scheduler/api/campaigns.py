@@ -12,6 +12,7 @@ from herald_contracts import CaseState, ContactPreferences, utc_now
 from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
 from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus, ScheduleTrigger
 from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
@@ -135,6 +136,36 @@ async def update(
     )
     response.headers["ETag"] = _etag(doc)
     return _out(doc)
+
+
+class ChannelStats(BaseModel):
+    """Counts per message status on one channel, plus replies."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    undelivered: int = 0
+    engaged: int = 0
+
+
+class CampaignStats(BaseModel):
+    """What a campaign did so far."""
+
+    campaign_id: str
+    requested: int
+    channels: dict[str, ChannelStats]
+    failed_by_reason: dict[str, int]
+    replies_by_intent: dict[str, int]
+
+
+@router.get("/{campaign_id}/stats", summary="Requests, statuses and replies per channel.")
+async def stats(campaign_id: str, request: Request, repo: Repo, who: Reader) -> CampaignStats:
+    """Counters from delivery.status.v1 and engagement.replies.v1."""
+    await repo.get(campaign_id)
+    store: StatsRepository = request.app.state.stats
+    return CampaignStats.model_validate(await store.get(campaign_id))
 
 
 for _action in ("activate", "pause", "resume", "archive"):

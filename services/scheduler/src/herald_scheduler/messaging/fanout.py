@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
 from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
 from herald_scheduler.adapters.audience import FireRepository
+from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import request_id
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 from herald_scheduler.metrics import REQUESTS
@@ -60,7 +61,9 @@ class FanOut:
         producer: EventProducer,
         *,
         batch: int,
+        stats: StatsRepository | None = None,
     ) -> None:
+        self.stats = stats
         self.settings = settings
         self.fires = fires
         self.producer = producer
@@ -199,6 +202,8 @@ class FanOut:
         job.cp_part, job.cp_off = part, off
         job.published += count
         REQUESTS.labels("schedule").inc(count)
+        if self.stats is not None:
+            await self.stats.requested_batch(job.ref.id, count)
         return True
 
 

@@ -16,6 +16,7 @@ from herald_contracts import (
 )
 from herald_kit import Doc, EventProducer, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.domain.campaigns import definition_of, request_id
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
@@ -53,11 +54,16 @@ class Matcher:
     """One contact request per (campaign, case version, customer); a replay emits the same id."""
 
     def __init__(
-        self, campaigns: CampaignRepository, timers: TimerRepository, producer: EventProducer
+        self,
+        campaigns: CampaignRepository,
+        timers: TimerRepository,
+        producer: EventProducer,
+        stats: StatsRepository,
     ) -> None:
         self.campaigns = campaigns
         self.timers = timers
         self.producer = producer
+        self.stats = stats
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Consumer handler for cases.changes.v1."""
@@ -124,3 +130,4 @@ class Matcher:
                         subject=state.case_id,
                     )
                     REQUESTS.labels("event").inc()
+                    await self.stats.requested(ref.id, [rid])

@@ -10,6 +10,7 @@ from aiokafka import ConsumerRecord
 
 from herald_contracts import CONTACT_REQUESTED, ContactRequest, TimerRequest, utc_now
 from herald_kit import EventProducer, PermanentError, decode
+from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
 
@@ -23,12 +24,14 @@ class TimerService:
         self,
         timers: TimerRepository,
         producer: EventProducer,
+        stats: StatsRepository,
         *,
         poll_seconds: float,
         lease_seconds: float,
     ) -> None:
         self.timers = timers
         self.producer = producer
+        self.stats = stats
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self._task: asyncio.Task[None] | None = None
@@ -103,6 +106,9 @@ class TimerService:
                     subject=request.case_id,
                 )
                 REQUESTS.labels(row["kind"]).inc()
+                if row["kind"] != "timer":
+                    # A dispatcher timer re-sends a request already counted; the others are new.
+                    await self.stats.requested(request.campaign.id, [request.request_id])
                 outcome = "fired"
             ok = await self.timers.settle(row, outcome, now=now)
             TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
