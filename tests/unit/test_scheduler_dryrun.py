@@ -132,3 +132,14 @@ def test_schedule_dry_run_applies_the_audience_at_the_next_fire() -> None:
         ("nl", datetime(2026, 3, 9, 8, 0, tzinfo=UTC))
     ]
     assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("en", "audience")]
+
+
+def test_templates_may_loop_and_use_globals_but_not_unknown_fields() -> None:
+    from herald_scheduler.domain.campaigns import template_problems
+
+    ok = "{% for k in case.attributes %}{{ loop.index }} {{ k }}{% endfor %}{{ range(2) | list }}"
+    assert template_problems(ok) == []
+    assert template_problems("{{ case.nope }} {{ who }}") == [
+        "unknown field 'case.nope'",
+        "unknown field 'who'",
+    ]

@@ -64,8 +64,10 @@ def template_problems(text: str) -> list[str]:
     except TemplateSyntaxError as exc:
         return [f"template does not compile: {exc.message}"]
     problems: list[str] = []
-    # Names bound inside the template ({% set %}, loop targets) are the template's own.
+    # Names bound inside the template ({% set %}, loop targets) are the template's own, and
+    # the engine's globals (range, loop, ...) are always there.
     local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    local |= set(_TEMPLATES.globals) | {"loop"}
     for name in ast.find_all(nodes.Name):
         if name.ctx == "load" and name.name not in TEMPLATE_FIELDS and name.name not in local:
             problems.append(f"unknown field {name.name!r}")

@@ -18,7 +18,7 @@ from herald_kit import Doc, EventProducer, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
-from herald_scheduler.domain.campaigns import definition_of, request_id
+from herald_scheduler.domain.campaigns import Timing, definition_of, request_id
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 from herald_scheduler.metrics import REQUESTS
 
@@ -64,6 +64,17 @@ class Matcher:
         self.timers = timers
         self.producer = producer
         self.stats = stats
+        # Validating a stored definition parses its templates; do it once per version.
+        self._refs: dict[tuple[str, int], tuple[CampaignRef, Timing]] = {}
+
+    def _compiled(self, doc: Doc) -> tuple[CampaignRef, Timing]:
+        key = (doc["_id"], doc["version"])
+        got = self._refs.get(key)
+        if got is None:
+            if len(self._refs) > 1000:
+                self._refs.clear()
+            got = self._refs[key] = (campaign_ref(doc), definition_of(doc).timing)
+        return got
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Consumer handler for cases.changes.v1."""
@@ -84,8 +95,7 @@ class Matcher:
                         "campaign filter failed", extra={"campaign": doc["_id"], "error": str(exc)}
                     )
                     continue
-            ref = campaign_ref(doc)
-            timing = definition_of(doc).timing
+            ref, timing = self._compiled(doc)
             now = utc_now()
             trigger_key = f"{state.case_id}:{state.version}"
             for customer in state.customer_ids:
