@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
 from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
@@ -115,6 +116,17 @@ class FanOut:
             encoder=RequestEncoder(template, source="scheduler"),
             out_topic=self.producer.topic_name(Topics.CONTACT_REQUESTS),
         )
+        job.producer = AIOKafkaProducer(
+            **kafka_client_options(self.settings),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        await job.producer.start()
+        out_parts = await job.producer.partitions_for(job.out_topic)
+        job.same_partitions = len(out_parts) == len(fire["ends"])
+        job.partition_count = len(out_parts)
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -129,6 +141,7 @@ class FanOut:
                     return job.published
         finally:
             await consumer.stop()
+            await job.producer.stop()
         await self.fires.finish(fire_id, now=utc_now())
         log.info("fan-out done", extra={"fire": fire_id, "published": job.published})
         return job.published
@@ -149,21 +162,65 @@ class FanOut:
         # One batch is in flight while the next is encoded; a batch is checkpointed only once
         # the broker acknowledged all of it.
         consumer.seek(tp, start)
-        pending: tuple[list[Any], int] | None = None
+        pending: tuple[list[Any], int, int] | None = None
+        # Both topics are keyed by customer id: with equal partition counts the request belongs
+        # on the partition its snapshot came from, so requests go out as whole record batches
+        # (the per-message path hashes and queues every record, and costs three times more).
+        batched = job.same_partitions and self._hashes_to(latest, p, job)
         async for records in self._read(consumer, tp, end):
-            futures = [
-                await self._send(job, r)
+            members = [
+                r
                 for r in records
                 if r.key is not None and r.value is not None and latest.get(r.key) == r.offset
             ]
+            if batched:
+                futures, count = await self._send_batches(job, p, members)
+            else:
+                futures, count = await self._send_each(job, members)
             if pending is not None and not await self._settle(job, p, *pending):
                 return False
-            pending = ([f for f in futures if f is not None], records[-1].offset + 1)
+            pending = (futures, count, records[-1].offset + 1)
         return pending is None or await self._settle(job, p, *pending)
 
-    async def _settle(self, job: _Job, p: int, futures: list[Any], offset: int) -> bool:
+    async def _send_batches(
+        self, job: _Job, p: int, members: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[Any], int]:
+        producer = job.producer
+        futures: list[Any] = []
+        count = 0
+        batch = producer.create_batch()
+        for r in members:
+            assert r.key is not None and r.value is not None
+            encoded = self._encode(job, r.key, r.value)
+            if encoded is None:
+                continue
+            headers, value = encoded
+            count += 1
+            if batch.append(timestamp=None, key=r.key, value=value, headers=headers) is None:
+                futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=r.key, value=value, headers=headers)
+        if batch.record_count():
+            futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
+        return futures, count
+
+    async def _send_each(
+        self, job: _Job, members: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[Any], int]:
+        futures: list[Any] = []
+        for r in members:
+            assert r.key is not None and r.value is not None
+            encoded = self._encode(job, r.key, r.value)
+            if encoded is not None:
+                headers, value = encoded
+                futures.append(
+                    await job.producer.send(job.out_topic, value, key=r.key, headers=headers)
+                )
+        return futures, len(futures)
+
+    async def _settle(self, job: _Job, p: int, futures: list[Any], count: int, offset: int) -> bool:
         await asyncio.gather(*futures)
-        if not await self._checkpoint(job, p, offset, len(futures)):
+        if not await self._checkpoint(job, p, offset, count):
             return False
         await job.pace()
         return True
@@ -177,18 +234,27 @@ class FanOut:
             if records:
                 yield records
 
-    async def _send(self, job: _Job, record: ConsumerRecord[bytes, bytes]) -> Any:
-        customer = record.key.decode()
+    @staticmethod
+    def _hashes_to(latest: dict[bytes, int], p: int, job: _Job) -> bool:
+        """True when this partition's keys hash to it as the producer would place them (a
+        sample: a topic written with another partitioner falls back to hashing every key)."""
+        parts = list(range(job.partition_count))
+        sample = list(latest)[:100]
+        return all(DefaultPartitioner()(key, parts, parts) == p for key in sample)
+
+    @staticmethod
+    def _encode(
+        job: _Job, key: bytes, snapshot: bytes
+    ) -> tuple[list[tuple[str, bytes]], bytes] | None:
+        """A request for one audience member, or None when the audience filter excludes them."""
         if job.audience:
             try:
-                prefs = json.loads(record.value)
-                if not evaluate(job.audience, {"contact": prefs}):
+                if not evaluate(job.audience, {"contact": json.loads(snapshot)}):
                     return None
             except (ValueError, ExpressionError):
                 return None
-        rid = request_id(job.ref.id, job.trigger_key, customer)
-        headers, value = job.encoder.encode(rid, customer)
-        return await self.producer.raw.send(job.out_topic, value, key=record.key, headers=headers)
+        customer = key.decode()
+        return job.encoder.encode(request_id(job.ref.id, job.trigger_key, customer), customer)
 
     async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
         ok = await self.fires.advance(
@@ -223,6 +289,9 @@ class _Job:
         self.cp_part: int = fire["cp_part"]
         self.cp_off: int = fire["cp_off"]
         self.published = 0
+        self.same_partitions = False
+        self.partition_count = 0
+        self.producer: AIOKafkaProducer  # the fan-out's own, with large record batches
         self.started = time.monotonic()
 
     async def pace(self) -> None:
