@@ -151,70 +151,74 @@ class FanOut:
     ) -> bool:
         tp = TopicPartition(self.topic, p)
         consumer.assign([tp])
-        # Pass 1: each customer's latest record in this partition, up to the pinned end.
-        latest: dict[bytes, int] = {}
+        # One read of the partition up to the pinned end finds each customer's latest record;
+        # older snapshots and customers whose latest record is a tombstone are left out. The
+        # snapshot is kept only when an audience filter needs it.
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        keep = bool(job.audience)
         consumer.seek(tp, 0)
         async for records in self._read(consumer, tp, end):
             for r in records:
                 if r.key is not None:
-                    latest[r.key] = r.offset
-        # Pass 2: publish for each customer whose latest record is a snapshot (not a tombstone).
-        # One batch is in flight while the next is encoded; a batch is checkpointed only once
-        # the broker acknowledged all of it.
-        consumer.seek(tp, start)
-        pending: tuple[list[Any], int, int] | None = None
+                    value = r.value if keep or r.value is None else b""
+                    latest[r.key] = (r.offset, value)
+        members = sorted(
+            (off, key, value)
+            for key, (off, value) in latest.items()
+            if value is not None and off >= start
+        )
+        del latest
         # Both topics are keyed by customer id: with equal partition counts the request belongs
         # on the partition its snapshot came from, so requests go out as whole record batches
         # (the per-message path hashes and queues every record, and costs three times more).
-        batched = job.same_partitions and self._hashes_to(latest, p, job)
-        async for records in self._read(consumer, tp, end):
-            members = [
-                r
-                for r in records
-                if r.key is not None and r.value is not None and latest.get(r.key) == r.offset
-            ]
+        batched = job.same_partitions and self._hashes_to([m[1] for m in members[:100]], p, job)
+        # One chunk is in flight while the next is encoded; a chunk is checkpointed only once
+        # the broker acknowledged all of it.
+        pending: tuple[list[Any], int, int] | None = None
+        for i in range(0, len(members), self.batch):
+            chunk = members[i : i + self.batch]
             if batched:
-                futures, count = await self._send_batches(job, p, members)
+                futures, count = await self._send_batches(job, p, chunk)
             else:
-                futures, count = await self._send_each(job, members)
+                futures, count = await self._send_each(job, chunk)
             if pending is not None and not await self._settle(job, p, *pending):
                 return False
-            pending = (futures, count, records[-1].offset + 1)
-        return pending is None or await self._settle(job, p, *pending)
+            pending = (futures, count, chunk[-1][0] + 1)
+        if pending is not None and not await self._settle(job, p, *pending):
+            return False
+        return True
 
     async def _send_batches(
-        self, job: _Job, p: int, members: list[ConsumerRecord[bytes, bytes]]
+        self, job: _Job, p: int, members: list[tuple[int, bytes, bytes]]
     ) -> tuple[list[Any], int]:
         producer = job.producer
         futures: list[Any] = []
         count = 0
         batch = producer.create_batch()
-        for r in members:
-            assert r.key is not None and r.value is not None
-            encoded = self._encode(job, r.key, r.value)
+        for _, key, snapshot in members:
+            encoded = self._encode(job, key, snapshot)
             if encoded is None:
                 continue
             headers, value = encoded
             count += 1
-            if batch.append(timestamp=None, key=r.key, value=value, headers=headers) is None:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
                 batch = producer.create_batch()
-                batch.append(timestamp=None, key=r.key, value=value, headers=headers)
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
         if batch.record_count():
             futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
         return futures, count
 
     async def _send_each(
-        self, job: _Job, members: list[ConsumerRecord[bytes, bytes]]
+        self, job: _Job, members: list[tuple[int, bytes, bytes]]
     ) -> tuple[list[Any], int]:
         futures: list[Any] = []
-        for r in members:
-            assert r.key is not None and r.value is not None
-            encoded = self._encode(job, r.key, r.value)
+        for _, key, snapshot in members:
+            encoded = self._encode(job, key, snapshot)
             if encoded is not None:
                 headers, value = encoded
                 futures.append(
-                    await job.producer.send(job.out_topic, value, key=r.key, headers=headers)
+                    await job.producer.send(job.out_topic, value, key=key, headers=headers)
                 )
         return futures, len(futures)
 
@@ -235,11 +239,10 @@ class FanOut:
                 yield records
 
     @staticmethod
-    def _hashes_to(latest: dict[bytes, int], p: int, job: _Job) -> bool:
-        """True when this partition's keys hash to it as the producer would place them (a
-        sample: a topic written with another partitioner falls back to hashing every key)."""
+    def _hashes_to(sample: list[bytes], p: int, job: _Job) -> bool:
+        """True when these keys hash to partition p as the producer would place them (a topic
+        written with another partitioner falls back to hashing every key)."""
         parts = list(range(job.partition_count))
-        sample = list(latest)[:100]
         return all(DefaultPartitioner()(key, parts, parts) == p for key in sample)
 
     @staticmethod
