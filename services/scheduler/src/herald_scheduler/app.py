@@ -58,11 +58,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lease_seconds=settings.timer_lease_seconds,
         )
         app.state.timer_service.start()
+
+        async def campaign_status(campaign_id: str) -> str:
+            status: str = (await app.state.campaigns.get(campaign_id))["status"]
+            return status
+
         app.state.schedules = ScheduleRunner(
             campaigns=app.state.campaigns,
             fires=fires,
             fanout=FanOut(
-                settings, fires, runtime.producer, batch=settings.fanout_batch, stats=stats
+                settings,
+                fires,
+                runtime.producer,
+                batch=settings.fanout_batch,
+                stats=stats,
+                status=campaign_status,
             ),
             lease=Lease(
                 db,

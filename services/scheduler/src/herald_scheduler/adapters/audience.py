@@ -77,9 +77,11 @@ class FireRepository:
         )
         return bool(result.modified_count)
 
-    async def finish(self, fire_id: str, *, now: datetime) -> None:
-        """The audience is exhausted."""
-        await self.fires.update_one({"_id": fire_id}, {"$set": {"done": True, "done_at": now}})
+    async def finish(self, fire_id: str, *, now: datetime, outcome: str = "completed") -> None:
+        """The fire is over: its audience exhausted, or the campaign halted it."""
+        await self.fires.update_one(
+            {"_id": fire_id}, {"$set": {"done": True, "done_at": now, "outcome": outcome}}
+        )
 
     async def get(self, fire_id: str) -> Doc | None:
         """One fire row."""

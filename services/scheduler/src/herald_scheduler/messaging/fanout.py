@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,8 +63,10 @@ class FanOut:
         *,
         batch: int,
         stats: StatsRepository | None = None,
+        status: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.stats = stats
+        self.status = status
         self.settings = settings
         self.fires = fires
         self.producer = producer
@@ -136,14 +138,21 @@ class FanOut:
                     continue
                 start = job.cp_off if p == job.cp_part else 0
                 if start < end and not await self._partition(consumer, job, p, start, end):
-                    return job.published
+                    break
                 if not await self._checkpoint(job, p + 1, 0, 0):
-                    return job.published
+                    break
+            else:
+                job.outcome = "completed"
         finally:
             await consumer.stop()
             await job.producer.stop()
-        await self.fires.finish(fire_id, now=utc_now())
-        log.info("fan-out done", extra={"fire": fire_id, "published": job.published})
+        if job.outcome is None:
+            return job.published  # another worker moved the checkpoint: it carries on
+        await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
+        log.info(
+            "fan-out ended",
+            extra={"fire": fire_id, "published": job.published, "outcome": job.outcome},
+        )
         return job.published
 
     async def _partition(
@@ -177,6 +186,13 @@ class FanOut:
         pending: tuple[list[Any], int, int] | None = None
         for i in range(0, len(members), self.batch):
             chunk = members[i : i + self.batch]
+            if self.status is not None and await self.status(job.ref.id) != "active":
+                # Paused or archived mid-way: what is in flight is settled, the rest of this
+                # fire's audience is not contacted.
+                job.outcome = "halted"
+                if pending is not None:
+                    await self._settle(job, p, *pending)
+                return False
             if batched:
                 futures, count = await self._send_batches(job, p, chunk)
             else:
@@ -293,6 +309,7 @@ class _Job:
         self.cp_off: int = fire["cp_off"]
         self.published = 0
         self.same_partitions = False
+        self.outcome: str | None = None
         self.partition_count = 0
         self.producer: AIOKafkaProducer  # the fan-out's own, with large record batches
         self.started = time.monotonic()

@@ -10,6 +10,7 @@ misfire replay) emits nothing new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.mongodb import MongoDBJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pymongo import MongoClient
@@ -159,6 +161,12 @@ class ScheduleRunner:
             self._sync_client.close()
             self._sync_client = None
 
+    def job_ids(self) -> set[str]:
+        """The campaigns this replica has scheduled (none while standing by)."""
+        if self._scheduler is None:
+            return set()
+        return {job.id for job in self._scheduler.get_jobs()}
+
     async def _reconcile(self) -> None:
         """One job per active schedule campaign, named by its version; others removed."""
         assert self._scheduler is not None
@@ -166,7 +174,8 @@ class ScheduleRunner:
         for job in self._scheduler.get_jobs():
             doc = wanted.get(job.id)
             if doc is None or job.name != f"v{doc['version']}":
-                self._scheduler.remove_job(job.id)
+                with contextlib.suppress(JobLookupError):  # a concurrent tick removed it
+                    self._scheduler.remove_job(job.id)
         have = {job.id for job in self._scheduler.get_jobs()}
         for cid, doc in wanted.items():
             if cid in have:
