@@ -111,6 +111,13 @@ async def test_timer_survives_a_restart_and_fires_once(
     async with scheduler(infra, namespace, db) as client:
         app = client._transport.app  # type: ignore[attr-defined]
         assert await app.state.timer_service.fire_due() == 0
+        # Settled rows are swept once they are older than the retention; pending ones stay.
+        await publisher.send(TIMER_REQUESTED, _timer("t-3", "req-3", 3600, "req-3"), "cust-1")
+        await eventually(lambda: timers.count_documents({"_id": "t-3"}))
+        assert await app.state.timers.sweep(before=datetime.now(UTC) - timedelta(hours=1)) == 0
+        later = datetime.now(UTC) + timedelta(seconds=60)
+        assert await app.state.timers.sweep(before=later) == 2
+        assert [d["_id"] async for d in timers.find({})] == ["t-3"]
     assert len(await requests.poll()) == 1
 
 

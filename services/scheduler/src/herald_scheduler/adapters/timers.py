@@ -132,6 +132,13 @@ class TimerRepository:
         )
         return False
 
+    async def sweep(self, *, before: datetime) -> int:
+        """Delete rows settled before a time (no TTL indexes on FerretDB v1); how many."""
+        result = await self.timers.delete_many(
+            {"state": {"$in": ["fired", "expired", "cancelled"]}, "due_at": {"$lt": before}}
+        )
+        return result.deleted_count
+
     async def due_count(self, *, now: datetime) -> int:
         """Timers due but not fired (an SLI)."""
         return await self.timers.count_documents({"state": "pending", "due_at": {"$lte": now}})

@@ -28,7 +28,9 @@ class TimerService:
         *,
         poll_seconds: float,
         lease_seconds: float,
+        retention: timedelta = timedelta(days=8),
     ) -> None:
+        self.retention = retention
         self.timers = timers
         self.producer = producer
         self.stats = stats
@@ -70,10 +72,18 @@ class TimerService:
             self._task = None
 
     async def _run(self) -> None:
+        housekeeping = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 fired = await self.fire_due()
-                TIMERS_DUE.set(await self.timers.due_count(now=utc_now()))
+                if loop.time() >= housekeeping:
+                    # Every minute: the due-but-unfired gauge, and settled rows past the topics'
+                    # retention (a replay older than that cannot arrive) are swept.
+                    housekeeping = loop.time() + 60
+                    now = utc_now()
+                    TIMERS_DUE.set(await self.timers.due_count(now=now))
+                    await self.timers.sweep(before=now - self.retention)
             except asyncio.CancelledError:
                 raise
             except Exception:
