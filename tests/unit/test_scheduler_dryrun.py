@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from herald_contracts import CaseState, ChannelAddress, ContactPreferences, QuietHours
 from herald_scheduler.domain.campaigns import CampaignIn
@@ -143,3 +146,31 @@ def test_templates_may_loop_and_use_globals_but_not_unknown_fields() -> None:
         "unknown field 'case.nope'",
         "unknown field 'who'",
     ]
+
+
+ZONES = ["UTC", "Europe/Amsterdam", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
+
+
+@given(
+    at=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+    start=st.integers(0, 23 * 60 + 59),
+    end=st.integers(0, 23 * 60 + 59),
+    zone=st.sampled_from(ZONES),
+)
+def test_a_deferred_contact_lands_outside_quiet_hours_within_a_day(
+    at: datetime, start: int, end: int, zone: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    assume(start != end)
+    quiet = QuietHours(
+        start=f"{start // 60:02d}:{start % 60:02d}", end=f"{end // 60:02d}:{end % 60:02d}"
+    )
+    when = after_quiet_hours(at, quiet, zone)
+    assert at <= when <= at + timedelta(hours=25)
+    local = when.astimezone(ZoneInfo(zone))
+    minute = local.hour * 60 + local.minute
+    inside = start <= minute < end if start < end else (minute >= start or minute < end)
+    assert not inside
