@@ -190,7 +190,34 @@ for _action in ("activate", "pause", "resume", "archive"):
 class DryRunIn(BaseModel):
     """A campaign draft and a sample to judge it against."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign": {
+                        "name": "Delayed parcels",
+                        "topic": "service-updates",
+                        "trigger": {
+                            "kind": "event",
+                            "event_types": ["case.updated"],
+                            "filter": 'case.status == "delayed"',
+                        },
+                        "messages": {"sms": {"en": {"body": "{{ case.status }}"}}},
+                    },
+                    "cases": [
+                        {
+                            "case_id": "case-1",
+                            "version": 3,
+                            "customer_ids": ["cust-1"],
+                            "status": "delayed",
+                            "updated_at": "2026-03-02T10:00:00Z",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     campaign: CampaignIn
     cases: list[CaseState] = Field(
