@@ -26,8 +26,9 @@ async def client(
 @pytest.mark.parametrize(
     "changes,field,words",
     [
-        ({"trigger": {**SCHEDULE, "cron": "61 * * * *"}}, "trigger.schedule", "cron"),
-        ({"trigger": {**SCHEDULE, "cron": "every monday"}}, "trigger.schedule", "cron"),
+        ({"trigger": {**SCHEDULE, "cron": "61 * * * *"}}, "trigger.schedule.cron", "cron"),
+        ({"trigger": {**SCHEDULE, "cron": "every monday"}}, "trigger.schedule.cron", "cron"),
+        ({"trigger": {**SCHEDULE, "cron": None}}, "trigger.schedule", "exactly one"),
         ({"trigger": {**SCHEDULE, "time_zone": "Mars/Olympus"}}, "trigger.schedule.time_zone", ""),
         (
             {"trigger": {**SCHEDULE, "audience": "contact.locale =="}},
@@ -166,4 +167,4 @@ async def test_dry_run_answers_who_when_and_why_without_sending(
         "/v1/campaigns/dry-run",
         json={"campaign": campaign_body(trigger={**SCHEDULE, "cron": "nope"})},
     )
-    assert r.status_code == 422 and r.json()["field"].startswith("campaign.trigger")
+    assert r.status_code == 422 and r.json()["field"] == "campaign.trigger.schedule.cron"

@@ -45,6 +45,13 @@ async def test_stats_count_requests_statuses_and_replies_once(
             status("m2", "failed", "30003"),
         ):
             await publisher.send(DELIVERY_STATUS, st, "cust-1")
+
+        async def statuses_counted() -> bool:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return bool(body["channels"].get("sms", {}).get("failed"))
+
+        # Replies are attributed through their message's statuses, which come first in life.
+        await eventually(statuses_counted, within=60)
         reply = EngagementReply(
             reply_id="r1",
             customer_id="cust-1",
@@ -64,7 +71,7 @@ async def test_stats_count_requests_statuses_and_replies_once(
             sms = body["channels"].get("sms", {})
             return body if body["replies_by_intent"].get("other") and sms.get("failed") else None
 
-        body = await eventually(counted)
+        body = await eventually(counted, within=60)
         assert body["requested"] == 2
         sms = body["channels"]["sms"]
         assert (sms["sent"], sms["delivered"], sms["failed"], sms["engaged"]) == (2, 1, 1, 2)

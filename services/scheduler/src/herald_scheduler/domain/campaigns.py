@@ -161,15 +161,21 @@ class ScheduleTrigger(BaseModel):
     def _audience_parses(cls, value: str | None) -> str | None:
         return _cel(value)
 
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        # The zone does not change what parses, so UTC checks the expression on its own.
+        if value is not None:
+            try:
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression: {exc}") from exc
+        return value
+
     @model_validator(mode="after")
     def _one_schedule(self) -> ScheduleTrigger:
         if (self.cron is None) == (self.at is None):
             raise ValueError("give exactly one of cron or at")
-        if self.cron is not None:
-            try:
-                cron_trigger(self.cron, self.time_zone)
-            except ValueError as exc:
-                raise ValueError(f"cron: {exc}") from exc
         return self
 
     def apscheduler_trigger(self) -> BaseTrigger:
