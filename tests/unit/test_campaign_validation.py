@@ -25,10 +25,10 @@ def _with(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "body,field",
     [
-        (_with(trigger={"event_types": ["nope"]}), "trigger.event_types"),
+        (_with(trigger={"event_types": ["nope"]}), "trigger.event.event_types"),
         (
             _with(trigger={"event_types": ["case.updated"], "filter": "case.status =="}),
-            "trigger.filter",
+            "trigger.event.filter",
         ),
         (_with(messages={"sms": {"en": {"body": "{% if %}"}}}), "messages"),
         (_with(topic="Bad Topic"), "topic"),

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
-from herald_contracts import Topics
-from herald_kit import Runtime, build_app
+from herald_contracts import ContactPreferences, Topics
+from herald_kit import Runtime, build_app, decode
+from herald_scheduler.adapters.audience import ContactView, FireRepository, Lease
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.stats import StatsRepository
+from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.api import campaigns
 from herald_scheduler.config import Settings
+from herald_scheduler.messaging.fanout import FanOut
 from herald_scheduler.messaging.matcher import Matcher
+from herald_scheduler.messaging.schedules import ScheduleRunner
+from herald_scheduler.messaging.stats import StatsConsumer
+from herald_scheduler.messaging.timers import TimerService
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,12 +36,82 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @runtime.on_start
     async def _wire() -> None:
-        app.state.campaigns = CampaignRepository(runtime.db)
+        db = runtime.db
+        app.state.campaigns = CampaignRepository(db)
         await app.state.campaigns.ensure_indexes()
-        app.state.matcher = Matcher(app.state.campaigns, runtime.producer)
+        timers = TimerRepository(db)
+        await timers.ensure_indexes()
+        fires = FireRepository(db)
+        await fires.ensure_indexes()
+        app.state.contacts = ContactView(db, dry_run_limit=settings.dry_run_limit)
+        app.state.fires = fires
+        app.state.timers = timers
+        stats = StatsRepository(db)
+        app.state.stats = stats
+        app.state.stats_consumer = StatsConsumer(stats, settings.topic_namespace)
+        app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer, stats)
+        app.state.timer_service = TimerService(
+            timers,
+            runtime.producer,
+            stats,
+            poll_seconds=settings.timer_poll_seconds,
+            lease_seconds=settings.timer_lease_seconds,
+        )
+        app.state.timer_service.start()
 
-    async def on_change(record: ConsumerRecord[bytes, bytes]) -> None:
+        async def campaign_status(campaign_id: str) -> str:
+            status: str = (await app.state.campaigns.get(campaign_id))["status"]
+            return status
+
+        app.state.schedules = ScheduleRunner(
+            campaigns=app.state.campaigns,
+            fires=fires,
+            fanout=FanOut(
+                settings,
+                fires,
+                runtime.producer,
+                batch=settings.fanout_batch,
+                stats=stats,
+                status=campaign_status,
+            ),
+            lease=Lease(
+                db,
+                "schedules",
+                settings.instance_id,
+                timedelta(seconds=settings.lease_ttl_seconds),
+            ),
+            mongo_uri=settings.mongo_uri.get_secret_value(),
+            mongo_db=settings.mongo_db,
+            tick_seconds=settings.lease_tick_seconds,
+        )
+        app.state.schedules.start()
+
+    @runtime.on_stop
+    async def _unwire() -> None:
+        await app.state.schedules.stop()
+        await app.state.timer_service.stop()
+
+    async def on_record(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.topic == Topics.CONTACTS_PREFERENCES.name(settings.topic_namespace):
+            if record.value is None:
+                if record.key:
+                    await app.state.contacts.erase(record.key.decode())
+                return
+            prefs = decode(record, ContactPreferences).data
+            await app.state.contacts.upsert(prefs.model_dump(mode="json"))
+            return
         await app.state.matcher.handle(record)
 
-    runtime.consume("scheduler", [Topics.CASES_CHANGES], on_change)
+    async def on_timer(record: ConsumerRecord[bytes, bytes]) -> None:
+        await app.state.timer_service.handle(record)
+
+    runtime.consume("scheduler", [Topics.CASES_CHANGES, Topics.CONTACTS_PREFERENCES], on_record)
+
+    async def on_outcome(record: ConsumerRecord[bytes, bytes]) -> None:
+        await app.state.stats_consumer.handle(record)
+
+    runtime.consume("scheduler-timers", [Topics.TIMERS_REQUESTS], on_timer)
+    runtime.consume(
+        "scheduler-stats", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
+    )
     return app

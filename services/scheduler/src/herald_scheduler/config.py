@@ -1,5 +1,8 @@
 """Scheduler settings (HERALD_SCHEDULER_*)."""
 
+import uuid
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
@@ -12,3 +15,17 @@ class Settings(ServiceSettings):
 
     port: int = 8103
     mongo_db: str = "herald_scheduler"
+    instance_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex[:12],
+        description="This replica's name in the schedule lease.",
+    )
+    timer_poll_seconds: float = Field(default=0.5, gt=0, description="Idle wait between polls.")
+    timer_lease_seconds: float = Field(
+        default=30, gt=0, description="A claimed timer is fired again after this if not settled."
+    )
+    lease_ttl_seconds: float = Field(
+        default=10, gt=0, description="A schedule leader that stops renewing loses it after this."
+    )
+    lease_tick_seconds: float = Field(default=2, gt=0, description="Lease renewal interval.")
+    fanout_batch: int = Field(default=5000, ge=1, le=50_000)
+    dry_run_limit: int = Field(default=500, ge=1, le=10_000)

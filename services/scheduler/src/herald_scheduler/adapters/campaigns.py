@@ -9,7 +9,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Conflict, Doc, NotFound
+from herald_kit import Conflict, Doc, NotFound, PreconditionFailed
 from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus
 
 ALLOWED: dict[str, tuple[CampaignStatus, ...]] = {
@@ -31,6 +31,8 @@ class CampaignRepository:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.campaigns = db["campaigns"]
+        # Every version ever saved: running contacts carry theirs, operators audit them here.
+        self.versions = db["campaign_versions"]
 
     async def ensure_indexes(self) -> None:
         """Matching reads active campaigns by trigger type."""
@@ -47,6 +49,37 @@ class CampaignRepository:
             "updated_at": now,
         }
         await self.campaigns.insert_one(doc)
+        await self._keep_version(doc)
+        return doc
+
+    async def _keep_version(self, doc: Doc) -> None:
+        await self.versions.update_one(
+            {"_id": f"{doc['_id']}:{doc['version']}"},
+            {"$setOnInsert": {"definition": doc["definition"], "saved_at": doc["updated_at"]}},
+            upsert=True,
+        )
+
+    async def update(
+        self, campaign_id: str, body: CampaignIn, *, expected_version: int, now: datetime
+    ) -> Doc:
+        """Save a new version when the caller saw the current one (optimistic concurrency)."""
+        doc = await self.campaigns.find_one_and_update(
+            {"_id": campaign_id, "version": expected_version, "status": {"$ne": "archived"}},
+            {
+                "$set": {"definition": body.model_dump(mode="json"), "updated_at": now},
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            current = await self.get(campaign_id)
+            if current["status"] == "archived":
+                raise Conflict("an archived campaign cannot change", field="status")
+            raise PreconditionFailed(
+                f"the campaign is at version {current['version']}, not {expected_version}",
+                field="If-Match",
+            )
+        await self._keep_version(doc)
         return doc
 
     async def get(self, campaign_id: str) -> Doc:
@@ -79,6 +112,11 @@ class CampaignRepository:
                 f"cannot {action} a campaign that is {current['status']}", field="status"
             )
         return doc
+
+    async def active_schedules(self) -> list[Doc]:
+        """Active campaigns with a schedule trigger."""
+        cursor = self.campaigns.find({"status": "active", "definition.trigger.kind": "schedule"})
+        return [d async for d in cursor]
 
     async def active_for(self, event_type: str) -> list[Doc]:
         """Active campaigns triggered by an event type."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from herald_contracts import utc_now
-from herald_kit import Principal, require_scopes
+from herald_contracts import CaseState, ContactPreferences, utc_now
+from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
+from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import CampaignRepository
-from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus
+from herald_scheduler.adapters.stats import StatsRepository
+from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus, ScheduleTrigger
+from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 Reader = Annotated[Principal, Depends(require_scopes("campaigns:read"))]
@@ -55,6 +58,28 @@ def _repo(request: Request) -> CampaignRepository:
 Repo = Annotated[CampaignRepository, Depends(_repo)]
 
 
+class PreconditionRequired(HeraldError):
+    """An update without If-Match could overwrite someone else's version."""
+
+    status = 428
+    title = "Precondition required"
+
+
+def _etag(doc: dict[str, Any]) -> str:
+    return f'"{doc["version"]}"'
+
+
+def _expected_version(if_match: str | None) -> int:
+    if if_match is None:
+        raise PreconditionRequired(
+            "send If-Match with the version you read (its ETag)", field="If-Match"
+        )
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise PreconditionFailed(f"If-Match {if_match!r} is not a campaign ETag", field="If-Match")
+    return int(value)
+
+
 @router.post("", status_code=201, summary="Create a campaign (as a draft).")
 async def create(body: CampaignIn, response: Response, repo: Repo, who: Writer) -> Campaign:
     """Validate and store a draft."""
@@ -78,10 +103,69 @@ async def list_campaigns(
     )
 
 
-@router.get("/{campaign_id}", summary="Read a campaign.")
-async def get(campaign_id: str, repo: Repo, who: Reader) -> Campaign:
+@router.get("/{campaign_id}", summary="Read a campaign; its ETag is the version.")
+async def get(campaign_id: str, response: Response, repo: Repo, who: Reader) -> Campaign:
     """One campaign."""
-    return _out(await repo.get(campaign_id))
+    doc = await repo.get(campaign_id)
+    response.headers["ETag"] = _etag(doc)
+    return _out(doc)
+
+
+@router.put(
+    "/{campaign_id}",
+    summary="Save a new version of a campaign.",
+    responses={
+        409: {"description": "The campaign is archived (problem+json)."},
+        412: {"description": "If-Match names an older version (problem+json)."},
+        428: {"description": "If-Match is missing (problem+json)."},
+    },
+)
+async def update(
+    campaign_id: str,
+    body: CampaignIn,
+    response: Response,
+    repo: Repo,
+    who: Writer,
+    if_match: Annotated[
+        str | None, Header(description='The ETag you read, e.g. "3".', examples=['"3"'])
+    ] = None,
+) -> Campaign:
+    """Replace the definition as version n+1; contacts already under way keep their version."""
+    doc = await repo.update(
+        campaign_id, body, expected_version=_expected_version(if_match), now=utc_now()
+    )
+    response.headers["ETag"] = _etag(doc)
+    return _out(doc)
+
+
+class ChannelStats(BaseModel):
+    """Counts per message status on one channel, plus replies."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    undelivered: int = 0
+    engaged: int = 0
+
+
+class CampaignStats(BaseModel):
+    """What a campaign did so far."""
+
+    campaign_id: str
+    requested: int
+    channels: dict[str, ChannelStats]
+    failed_by_reason: dict[str, int]
+    replies_by_intent: dict[str, int]
+
+
+@router.get("/{campaign_id}/stats", summary="Requests, statuses and replies per channel.")
+async def stats(campaign_id: str, request: Request, repo: Repo, who: Reader) -> CampaignStats:
+    """Counters from delivery.status.v1 and engagement.replies.v1."""
+    await repo.get(campaign_id)
+    store: StatsRepository = request.app.state.stats
+    return CampaignStats.model_validate(await store.get(campaign_id))
 
 
 for _action in ("activate", "pause", "resume", "archive"):
@@ -100,4 +184,80 @@ for _action in ("activate", "pause", "resume", "archive"):
         summary=f"{_action.capitalize()} a campaign.",
         name=f"{_action}_campaign",
         response_model=Campaign,
+    )
+
+
+class DryRunIn(BaseModel):
+    """A campaign draft and a sample to judge it against."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign": {
+                        "name": "Delayed parcels",
+                        "topic": "service-updates",
+                        "trigger": {
+                            "kind": "event",
+                            "event_types": ["case.updated"],
+                            "filter": 'case.status == "delayed"',
+                        },
+                        "messages": {"sms": {"en": {"body": "{{ case.status }}"}}},
+                    },
+                    "cases": [
+                        {
+                            "case_id": "case-1",
+                            "version": 3,
+                            "customer_ids": ["cust-1"],
+                            "status": "delayed",
+                            "updated_at": "2026-03-02T10:00:00Z",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    campaign: CampaignIn
+    cases: list[CaseState] = Field(
+        default_factory=list, max_length=200, description="Sample cases (event triggers)."
+    )
+    customers: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Audience sample (schedule triggers); default: the first customers known.",
+    )
+    at: AwareDatetime | None = Field(default=None, description="Pretend it is this time.")
+
+
+def _contacts(request: Request) -> ContactView:
+    view: ContactView = request.app.state.contacts
+    return view
+
+
+Contacts = Annotated[ContactView, Depends(_contacts)]
+
+
+@router.post(
+    "/dry-run",
+    summary="Who a campaign draft would contact, on which channel and when; nothing is sent.",
+)
+async def dry_run_draft(body: DryRunIn, contacts: Contacts, who: Reader) -> DryRunResult:
+    """Predict contacts from the customers' current preferences and quiet hours."""
+    limit: int = contacts.dry_run_limit
+    customers = body.customers
+    if customers is None:
+        if isinstance(body.campaign.trigger, ScheduleTrigger):
+            customers = [d["_id"] for d in await contacts.page(after="", limit=limit)]
+        else:
+            customers = sorted({c for case in body.cases for c in case.customer_ids})
+    snapshots = await contacts.get_many(customers)
+    known = {cid: ContactPreferences.model_validate(p) for cid, p in snapshots.items()}
+    return dry_run(
+        body.campaign,
+        cases=body.cases,
+        customers=customers,
+        contacts=known,
+        now=body.at or utc_now(),
     )

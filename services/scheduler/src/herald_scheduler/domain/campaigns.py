@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import TemplateSyntaxError
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
-from herald_contracts import INBOUND_EVENT_TYPES, Channel, MessageTemplate, Priority
+from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
 from herald_scheduler.domain.expressions import ExpressionError, check
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
@@ -19,10 +34,68 @@ _TEMPLATES = SandboxedEnvironment(autoescape=False)
 # A campaign id, case and customer give a request id that a replay reproduces exactly.
 REQUEST_NAMESPACE = uuid.UUID("6f1c2b36-6a55-4a2f-9d0e-3a8c7f0b9e11")
 
+# What the dispatcher passes to templates (herald_dispatcher.policy): a template naming anything
+# else would fail at send time, so it is refused at save time instead. None: any sub-field.
+TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
+    "case": frozenset(CaseState.model_fields),
+    "contact": frozenset({"customer_id", "locale"}),
+    "campaign": frozenset({"id", "name"}),
+}
+
 
 def request_id(campaign_id: str, trigger_key: str, customer_id: str) -> str:
     """Deterministic contact request id from (campaign id, trigger key, customer id)."""
     return str(uuid.uuid5(REQUEST_NAMESPACE, f"{campaign_id}|{trigger_key}|{customer_id}"))
+
+
+def _cel(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check(value)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
+def template_problems(text: str) -> list[str]:
+    """Why a template cannot be used: syntax errors, or names the dispatcher does not provide."""
+    try:
+        ast = _TEMPLATES.parse(text)
+    except TemplateSyntaxError as exc:
+        return [f"template does not compile: {exc.message}"]
+    problems: list[str] = []
+    # Names bound inside the template ({% set %}, loop targets) are the template's own, and
+    # the engine's globals (range, loop, ...) are always there.
+    local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    local |= set(_TEMPLATES.globals) | {"loop"}
+    for name in ast.find_all(nodes.Name):
+        if name.ctx == "load" and name.name not in TEMPLATE_FIELDS and name.name not in local:
+            problems.append(f"unknown field {name.name!r}")
+    for attr in ast.find_all(nodes.Getattr):
+        if isinstance(attr.node, nodes.Name) and attr.node.name in TEMPLATE_FIELDS:
+            if attr.attr not in TEMPLATE_FIELDS[attr.node.name]:
+                problems.append(f"unknown field '{attr.node.name}.{attr.attr}'")
+    return sorted(set(problems))
+
+
+def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
+    """A cron trigger: five fields (minute first) or six (second first), in a named zone."""
+    fields = cron.split()
+    tz = ZoneInfo(time_zone)
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(cron, timezone=tz)
+    if len(fields) == 6:
+        second, minute, hour, day, month, dow = fields
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=dow,
+            timezone=tz,
+        )
+    raise ValueError("cron needs 5 fields (m h dom mon dow) or 6 (s m h dom mon dow)")
 
 
 class EventTrigger(BaseModel):
@@ -50,12 +123,132 @@ class EventTrigger(BaseModel):
     @field_validator("filter")
     @classmethod
     def _parses(cls, value: str | None) -> str | None:
+        return _cel(value)
+
+
+class ScheduleTrigger(BaseModel):
+    """Fire on a schedule (cron in a named time zone, or once at a time) for an audience."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["schedule"] = "schedule"
+    cron: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Five fields (m h dom mon dow) or six with seconds first.",
+        examples=["0 9 * * mon"],
+    )
+    at: AwareDatetime | None = Field(default=None, description="Fire once at this time.")
+    time_zone: str = Field(default="UTC", examples=["Europe/Amsterdam"])
+    audience: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="CEL over `contact` (the customer's preference snapshot); none: everyone.",
+        examples=['contact.locale == "nl"'],
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_parses(cls, value: str | None) -> str | None:
+        return _cel(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        # The zone does not change what parses, so UTC checks the expression on its own.
         if value is not None:
             try:
-                check(value)
-            except ExpressionError as exc:
-                raise ValueError(str(exc)) from exc
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression: {exc}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ScheduleTrigger:
+        if (self.cron is None) == (self.at is None):
+            raise ValueError("give exactly one of cron or at")
+        return self
+
+    def apscheduler_trigger(self) -> BaseTrigger:
+        """The APScheduler trigger for this schedule."""
+        if self.cron is not None:
+            return cron_trigger(self.cron, self.time_zone)
+        assert self.at is not None
+        return DateTrigger(run_date=self.at, timezone=ZoneInfo(self.time_zone))
+
+
+class Timing(BaseModel):
+    """When, after its trigger, a contact goes out, and until when it still may."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delay_seconds: int = Field(default=0, ge=0, le=30 * 86400)
+    coalesce_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="Changes to one case within this window give one contact, the latest state.",
+    )
+    expires_after_seconds: int | None = Field(
+        default=None, ge=1, le=90 * 86400, description="Never send later than this after trigger."
+    )
+
+    @model_validator(mode="after")
+    def _expiry_after_delay(self) -> Timing:
+        if self.expires_after_seconds is not None:
+            wait = max(self.delay_seconds, self.coalesce_seconds)
+            if self.expires_after_seconds <= wait:
+                raise ValueError(
+                    "expires_after_seconds must be later than the delay and coalescing window"
+                )
+        return self
+
+    @property
+    def wait_seconds(self) -> int:
+        """How long a triggered contact waits before it is requested."""
+        return max(self.delay_seconds, self.coalesce_seconds)
+
+
+class Escalation(BaseModel):
+    """What ends a contact, and how it moves to the customer's next channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: Literal["delivered", "engaged"] = "delivered"
+    escalate_after_seconds: int | None = Field(default=None, ge=0, le=7 * 86400)
+
+
+class Limits(BaseModel):
+    """Pace and cap contributions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_per_second: float | None = Field(
+        default=None, gt=0, le=100_000, description="Per-campaign request rate (audience fan-out)."
+    )
+    cap_policy: Literal["defer", "suppress"] = "defer"
+    counts_towards_cap: bool = True
+
+
+def _trigger_kind(value: Any) -> str:
+    # Drafts written before schedules existed have no kind: they are event triggers.
+    kind = value.get("kind", "event") if isinstance(value, dict) else getattr(value, "kind", "")
+    return str(kind)
+
+
+Trigger = Annotated[
+    Annotated[EventTrigger, Tag("event")] | Annotated[ScheduleTrigger, Tag("schedule")],
+    Discriminator(_trigger_kind),
+]
 
 
 class CampaignIn(BaseModel):
@@ -66,14 +259,32 @@ class CampaignIn(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "name": "Engineer visit updates",
+                    "name": "Delayed parcel updates",
                     "topic": "service-updates",
                     "priority": "service",
-                    "trigger": {"kind": "event", "event_types": ["case.updated"]},
+                    "trigger": {
+                        "kind": "event",
+                        "event_types": ["case.updated"],
+                        "filter": 'case.status == "delayed"',
+                    },
                     "messages": {
                         "sms": {"en": {"body": "Your case {{ case.case_id }}: {{ case.status }}"}}
                     },
-                }
+                    "timing": {"coalesce_seconds": 300, "expires_after_seconds": 86400},
+                    "still_applies": 'case.status == "delayed"',
+                },
+                {
+                    "name": "Monday reminder",
+                    "topic": "reminders",
+                    "priority": "marketing",
+                    "trigger": {
+                        "kind": "schedule",
+                        "cron": "0 9 * * mon",
+                        "time_zone": "Europe/Amsterdam",
+                        "audience": 'contact.locale == "nl"',
+                    },
+                    "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
+                },
             ]
         },
     )
@@ -81,10 +292,14 @@ class CampaignIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     topic: Topic
     priority: Priority = Priority.SERVICE
-    trigger: EventTrigger
+    trigger: Trigger
     messages: dict[Channel, dict[Locale, MessageTemplate]] = Field(min_length=1)
     still_applies: str | None = Field(default=None, max_length=2000)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    timing: Timing = Field(default_factory=Timing)
+    escalation: Escalation = Field(default_factory=Escalation)
+    limits: Limits = Field(default_factory=Limits)
+    critical: bool = False
 
     @field_validator("messages")
     @classmethod
@@ -99,23 +314,25 @@ class CampaignIn(BaseModel):
                     text = getattr(tpl, part)
                     if text is None:
                         continue
-                    try:
-                        _TEMPLATES.parse(text)
-                    except TemplateSyntaxError as exc:
-                        raise ValueError(
-                            f"{channel}.{locale}.{part}: template does not compile: {exc.message}"
-                        ) from exc
+                    problems = template_problems(text)
+                    if problems:
+                        raise ValueError(f"{channel}.{locale}.{part}: {'; '.join(problems)}")
         return value
 
     @field_validator("still_applies")
     @classmethod
     def _condition_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                check(value)
-            except ExpressionError as exc:
-                raise ValueError(str(exc)) from exc
-        return value
+        return _cel(value)
 
 
 CampaignStatus = Literal["draft", "active", "paused", "archived"]
+
+
+def definition_of(doc: dict[str, Any]) -> CampaignIn:
+    """The stored definition as a model."""
+    return CampaignIn.model_validate(doc["definition"])
+
+
+def fire_key(scheduled: datetime) -> str:
+    """A schedule's trigger key: its scheduled fire time in UTC, to the second."""
+    return "fire:" + scheduled.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")

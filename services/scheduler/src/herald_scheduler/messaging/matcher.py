@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord
 
@@ -15,33 +16,65 @@ from herald_contracts import (
 )
 from herald_kit import Doc, EventProducer, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
-from herald_scheduler.domain.campaigns import request_id
+from herald_scheduler.adapters.stats import StatsRepository
+from herald_scheduler.adapters.timers import TimerRepository
+from herald_scheduler.domain.campaigns import Timing, definition_of, request_id
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
+from herald_scheduler.metrics import REQUESTS
 
 log = logging.getLogger("herald.scheduler.matcher")
 
 
 def campaign_ref(doc: Doc) -> CampaignRef:
     """What a request carries of the campaign version it started with."""
-    d = doc["definition"]
+    d = definition_of(doc)
     return CampaignRef(
         id=doc["_id"],
         version=doc["version"],
-        name=d["name"],
-        topic=d["topic"],
-        priority=d["priority"],
-        messages=d["messages"],
-        still_applies=d.get("still_applies"),
-        max_attempts=d.get("max_attempts", 3),
+        name=d.name,
+        topic=d.topic,
+        priority=d.priority,
+        messages=d.messages,
+        still_applies=d.still_applies,
+        max_attempts=d.max_attempts,
+        success=d.escalation.success,
+        escalate_after_seconds=d.escalation.escalate_after_seconds,
+        cap_policy=d.limits.cap_policy,
+        critical=d.critical,
     )
+
+
+def expiry(doc: Doc, triggered_at: datetime) -> datetime | None:
+    """When a contact triggered at `triggered_at` may no longer be sent."""
+    seconds = doc["definition"].get("timing", {}).get("expires_after_seconds")
+    return triggered_at + timedelta(seconds=seconds) if seconds else None
 
 
 class Matcher:
     """One contact request per (campaign, case version, customer); a replay emits the same id."""
 
-    def __init__(self, campaigns: CampaignRepository, producer: EventProducer) -> None:
+    def __init__(
+        self,
+        campaigns: CampaignRepository,
+        timers: TimerRepository,
+        producer: EventProducer,
+        stats: StatsRepository,
+    ) -> None:
         self.campaigns = campaigns
+        self.timers = timers
         self.producer = producer
+        self.stats = stats
+        # Validating a stored definition parses its templates; do it once per version.
+        self._refs: dict[tuple[str, int], tuple[CampaignRef, Timing]] = {}
+
+    def _compiled(self, doc: Doc) -> tuple[CampaignRef, Timing]:
+        key = (doc["_id"], doc["version"])
+        got = self._refs.get(key)
+        if got is None:
+            if len(self._refs) > 1000:
+                self._refs.clear()
+            got = self._refs[key] = (campaign_ref(doc), definition_of(doc).timing)
+        return got
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Consumer handler for cases.changes.v1."""
@@ -62,10 +95,12 @@ class Matcher:
                         "campaign filter failed", extra={"campaign": doc["_id"], "error": str(exc)}
                     )
                     continue
-            ref = campaign_ref(doc)
+            ref, timing = self._compiled(doc)
+            now = utc_now()
             trigger_key = f"{state.case_id}:{state.version}"
             for customer in state.customer_ids:
                 rid = request_id(ref.id, trigger_key, customer)
+                wait = timedelta(seconds=timing.wait_seconds)
                 request = ContactRequest(
                     request_id=rid,
                     campaign=ref,
@@ -74,8 +109,35 @@ class Matcher:
                     case_version=state.version,
                     case_state=state,
                     trigger_key=trigger_key,
-                    requested_at=utc_now(),
+                    requested_at=now,
+                    not_before=now + wait if wait else None,
+                    expires_at=expiry(doc, now),
                 )
-                await self.producer.publish(
-                    CONTACT_REQUESTED, request, key=customer, event_id=rid, subject=state.case_id
-                )
+                if timing.coalesce_seconds:
+                    # One row per (campaign, case, customer) holds the window and the latest
+                    # version; it fires once when the window closes.
+                    await self.timers.coalesce(
+                        key=f"coalesce:{ref.id}:{state.case_id}:{customer}",
+                        case_version=state.version,
+                        due_at=now + wait,
+                        request=request.model_dump(mode="json"),
+                        now=now,
+                    )
+                elif wait:
+                    await self.timers.schedule(
+                        timer_id=f"delay:{rid}",
+                        key=f"case:{ref.id}:{state.case_id}:{customer}",
+                        due_at=now + wait,
+                        request=request.model_dump(mode="json"),
+                        now=now,
+                    )
+                else:
+                    await self.producer.publish(
+                        CONTACT_REQUESTED,
+                        request,
+                        key=customer,
+                        event_id=rid,
+                        subject=state.case_id,
+                    )
+                    REQUESTS.labels("event").inc()
+                    await self.stats.requested(ref.id, [rid])

@@ -1,0 +1,98 @@
+"""Per-campaign, per-channel counters from delivery statuses and replies.
+
+Each count is guarded by a natural key (message and status, reply id, request id) inserted
+first, so a redelivered event never counts twice; a crash between the guard and the count
+loses that one count rather than doubling it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from herald_kit import Doc, insert_if_absent
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _field(value: str) -> str:
+    # Counter names become document keys: no dots, no leading '$' (FerretDB v1 and MongoDB).
+    return _SAFE.sub("_", value)[:64] or "unknown"
+
+
+class StatsRepository:
+    """The `stats` counters and their guards."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.stats = db["stats"]
+        self.seen = db["stats_seen"]
+        self.messages = db["stats_messages"]
+
+    async def _count(self, campaign_id: str, inc: dict[str, int]) -> None:
+        await self.stats.update_one({"_id": campaign_id}, {"$inc": inc}, upsert=True)
+
+    async def requested(self, campaign_id: str, request_ids: list[str]) -> None:
+        """Requests emitted for a campaign (event triggers and timers), once per request id."""
+        fresh = 0
+        for rid in request_ids:
+            if await insert_if_absent(self.seen, {"_id": f"req|{rid}"}):
+                fresh += 1
+        if fresh:
+            await self._count(campaign_id, {"requested": fresh})
+
+    async def requested_batch(self, campaign_id: str, count: int) -> None:
+        """Requests of a fan-out batch (already counted once per checkpoint)."""
+        if count:
+            await self._count(campaign_id, {"requested": count})
+
+    async def status(
+        self,
+        *,
+        campaign_id: str,
+        message_id: str,
+        channel: str,
+        status: str,
+        reason: str | None,
+    ) -> bool:
+        """One status of one message; False when already counted."""
+        await self.messages.update_one(
+            {"_id": message_id},
+            {"$setOnInsert": {"campaign_id": campaign_id, "channel": channel}},
+            upsert=True,
+        )
+        if not await insert_if_absent(self.seen, {"_id": f"st|{message_id}|{status}"}):
+            return False
+        inc = {f"channels.{channel}.{_field(status)}": 1}
+        if status in ("failed", "undelivered") and reason:
+            inc[f"failed_by_reason.{_field(reason)}"] = 1
+        await self._count(campaign_id, inc)
+        return True
+
+    async def engaged(self, *, reply_id: str, message_id: str | None, intent: str) -> bool:
+        """A reply to a message of ours; False when unattributable or already counted."""
+        if message_id is None:
+            return False
+        msg = await self.messages.find_one({"_id": message_id})
+        if msg is None:
+            return False
+        if not await insert_if_absent(self.seen, {"_id": f"re|{reply_id}"}):
+            return False
+        inc = {
+            f"channels.{msg['channel']}.engaged": 1,
+            f"replies_by_intent.{_field(intent)}": 1,
+        }
+        await self._count(msg["campaign_id"], inc)
+        return True
+
+    async def get(self, campaign_id: str) -> dict[str, Any]:
+        """A campaign's counters (zeros when nothing happened yet)."""
+        doc = await self.stats.find_one({"_id": campaign_id}) or {}
+        return {
+            "campaign_id": campaign_id,
+            "requested": doc.get("requested", 0),
+            "channels": doc.get("channels", {}),
+            "failed_by_reason": doc.get("failed_by_reason", {}),
+            "replies_by_intent": doc.get("replies_by_intent", {}),
+        }

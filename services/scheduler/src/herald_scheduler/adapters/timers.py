@@ -1,0 +1,148 @@
+"""Durable timers: rows with a due time, claimed atomically by any replica, fired once.
+
+No TTL indexes or change streams on FerretDB v1, so replicas poll for due rows and claim one at
+a time with findOneAndUpdate; a claim is a lease, so a replica that dies mid-fire leaves a row
+that another replica fires after the lease (with the same request id, which the dispatcher
+dedupes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from herald_kit import Doc, insert_if_absent
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class TimerRepository:
+    """The `timers` collection."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.timers = db["timers"]
+
+    async def ensure_indexes(self) -> None:
+        """Due rows by time; cancellation by key."""
+        await self.timers.create_index([("state", ASCENDING), ("due_at", ASCENDING)])
+        await self.timers.create_index([("key", ASCENDING)])
+
+    async def schedule(
+        self, *, timer_id: str, key: str, due_at: datetime, request: dict[str, Any], now: datetime
+    ) -> bool:
+        """A new pending timer; False when this timer id exists already (a replayed request)."""
+        return await insert_if_absent(
+            self.timers,
+            {
+                "_id": timer_id,
+                "kind": "timer",
+                "key": key,
+                "state": "pending",
+                "due_at": due_at,
+                "claimed_until": EPOCH,
+                "request": request,
+                "created_at": now,
+            },
+        )
+
+    async def cancel(self, key: str, *, now: datetime) -> int:
+        """Cancel every pending timer under a key; how many were cancelled."""
+        result = await self.timers.update_many(
+            {"key": key, "state": "pending"},
+            {"$set": {"state": "cancelled", "cancelled_at": now}},
+        )
+        return result.modified_count
+
+    async def coalesce(
+        self,
+        *,
+        key: str,
+        case_version: int,
+        due_at: datetime,
+        request: dict[str, Any],
+        now: datetime,
+    ) -> str:
+        """Put a case change into its coalescing window: open one, join it, or reopen it.
+
+        Returns "opened", "joined", "reopened" or "stale" (an older or repeated version).
+        The matcher consumes one case's changes in order (the topic is keyed by case id), so
+        these steps race only with the firing of the same row, which checks the version.
+        """
+        row = {
+            "_id": key,
+            "kind": "coalesce",
+            "key": key,
+            "state": "pending",
+            "due_at": due_at,
+            "claimed_until": EPOCH,
+            "case_version": case_version,
+            "request": request,
+            "created_at": now,
+        }
+        if await insert_if_absent(self.timers, row):
+            return "opened"
+        joined = await self.timers.update_one(
+            {"_id": key, "state": "pending", "case_version": {"$lt": case_version}},
+            {"$set": {"case_version": case_version, "request": request}},
+        )
+        if joined.modified_count:
+            return "joined"
+        reopened = await self.timers.update_one(
+            {"_id": key, "state": "fired", "case_version": {"$lt": case_version}},
+            {
+                "$set": {
+                    "state": "pending",
+                    "due_at": due_at,
+                    "claimed_until": EPOCH,
+                    "case_version": case_version,
+                    "request": request,
+                }
+            },
+        )
+        return "reopened" if reopened.modified_count else "stale"
+
+    async def claim_due(self, *, now: datetime, lease: timedelta) -> Doc | None:
+        """Claim the earliest due, unclaimed timer for this replica, or None."""
+        return await self.timers.find_one_and_update(
+            {"state": "pending", "due_at": {"$lte": now}, "claimed_until": {"$lte": now}},
+            {"$set": {"claimed_until": now + lease, "claim": uuid.uuid4().hex}},
+            sort=[("due_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def settle(self, row: Doc, state: str, *, now: datetime) -> bool:
+        """Mark a claimed row fired (or expired); False when it changed since the claim.
+
+        A coalescing row that took a newer case version while it fired stays pending and is
+        released at once, so the newer state goes out too.
+        """
+        match: dict[str, Any] = {"_id": row["_id"], "state": "pending", "claim": row["claim"]}
+        if row["kind"] == "coalesce":
+            match["case_version"] = row["case_version"]
+        done = await self.timers.update_one(match, {"$set": {"state": state, "fired_at": now}})
+        if done.modified_count:
+            return True
+        await self.timers.update_one(
+            {"_id": row["_id"], "state": "pending", "claim": row["claim"]},
+            {"$set": {"claimed_until": EPOCH}},
+        )
+        return False
+
+    async def sweep(self, *, before: datetime) -> int:
+        """Delete rows settled before a time (no TTL indexes on FerretDB v1); how many."""
+        result = await self.timers.delete_many(
+            {"state": {"$in": ["fired", "expired", "cancelled"]}, "due_at": {"$lt": before}}
+        )
+        return result.deleted_count
+
+    async def due_count(self, *, now: datetime) -> int:
+        """Timers due but not fired (an SLI)."""
+        return await self.timers.count_documents({"state": "pending", "due_at": {"$lte": now}})
+
+    async def get(self, timer_id: str) -> Doc | None:
+        """One timer row."""
+        return await self.timers.find_one({"_id": timer_id})

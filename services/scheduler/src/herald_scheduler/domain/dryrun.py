@@ -1,0 +1,176 @@
+"""Dry run: who a campaign would contact, on which channel and when, and who not and why.
+
+Mirrors the dispatcher's channel rules (ranking, consent per topic, valid address, a message
+for the channel) and quiet hours; frequency caps are counted by the dispatcher at send time
+and are not predicted here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel
+
+from herald_contracts import CaseState, Channel, ContactPreferences, QuietHours
+from herald_scheduler.domain.campaigns import CampaignIn, EventTrigger, ScheduleTrigger
+from herald_scheduler.domain.expressions import ExpressionError, evaluate
+
+
+class Outcome(BaseModel):
+    """One customer's predicted outcome."""
+
+    customer_id: str
+    case_id: str | None = None
+    contacted: bool
+    channel: Channel | None = None
+    at: datetime | None = None
+    reason: str = ""
+
+
+class DryRunResult(BaseModel):
+    """Who would and would not be contacted."""
+
+    contacted: list[Outcome]
+    not_contacted: list[Outcome]
+    notes: list[str]
+
+
+def pick_channel(prefs: ContactPreferences, campaign: CampaignIn) -> tuple[Channel | None, str]:
+    """The first channel in the customer's ranking that every rule allows, or why none."""
+    if not prefs.ranking:
+        return None, "no-ranking"
+    reasons = []
+    for channel in prefs.ranking:
+        if not prefs.consents.get(campaign.topic, {}).get(channel, False):
+            reasons.append(f"{channel}:no-consent")
+        elif (addr := prefs.channels.get(channel)) is None or addr.status != "valid":
+            reasons.append(f"{channel}:no-valid-address")
+        elif channel not in campaign.messages:
+            reasons.append(f"{channel}:no-message")
+        else:
+            return channel, "ranked"
+    return None, "no-channel-left(" + ",".join(reasons) + ")"
+
+
+def after_quiet_hours(at: datetime, quiet: QuietHours | None, zone: str) -> datetime:
+    """`at`, or the end of the customer's quiet hours when `at` falls inside them."""
+    if quiet is None:
+        return at
+    try:
+        tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    local = at.astimezone(tz)
+    start = time.fromisoformat(quiet.start)
+    end = time.fromisoformat(quiet.end)
+    now_t = local.time().replace(tzinfo=None)
+    inside = (start <= now_t < end) if start <= end else (now_t >= start or now_t < end)
+    if not inside:
+        return at
+    day = local.date() if now_t < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=tz).astimezone(at.tzinfo)
+
+
+def dry_run(
+    campaign: CampaignIn,
+    *,
+    cases: list[CaseState],
+    customers: list[str],
+    contacts: dict[str, ContactPreferences],
+    now: datetime,
+) -> DryRunResult:
+    """Predict a campaign's contacts without sending anything."""
+    yes: list[Outcome] = []
+    no: list[Outcome] = []
+    notes = ["frequency caps are applied by the dispatcher at send time and are not predicted"]
+    trigger = campaign.trigger
+    expires = campaign.timing.expires_after_seconds
+
+    def judge(customer: str, case: CaseState | None, at: datetime, triggered: datetime) -> None:
+        case_id = case.case_id if case else None
+        prefs = contacts.get(customer)
+        if prefs is None:
+            no.append(
+                Outcome(
+                    customer_id=customer, case_id=case_id, contacted=False, reason="no-preferences"
+                )
+            )
+            return
+        channel, why = pick_channel(prefs, campaign)
+        if channel is None:
+            no.append(Outcome(customer_id=customer, case_id=case_id, contacted=False, reason=why))
+            return
+        when = after_quiet_hours(at, prefs.quiet_hours, prefs.time_zone)
+        if expires is not None and when >= triggered + timedelta(seconds=expires):
+            no.append(
+                Outcome(
+                    customer_id=customer,
+                    case_id=case_id,
+                    contacted=False,
+                    channel=channel,
+                    reason="expires-before-quiet-hours-end",
+                )
+            )
+            return
+        reason = "quiet-hours-deferred" if when != at else why
+        yes.append(
+            Outcome(
+                customer_id=customer,
+                case_id=case_id,
+                contacted=True,
+                channel=channel,
+                at=when,
+                reason=reason,
+            )
+        )
+
+    if isinstance(trigger, EventTrigger):
+        if not cases:
+            notes.append("no sample cases given: nothing to match")
+        for case in cases:
+            variables: dict[str, Any] = {
+                "event": {"id": "dry-run", "source": "dry-run", "type": trigger.event_types[0]},
+                "case": case.model_dump(mode="json"),
+            }
+            reason = _fails(trigger.filter, variables, "filter") or _fails(
+                campaign.still_applies, {"case": variables["case"]}, "still-applies"
+            )
+            for customer in case.customer_ids:
+                if reason:
+                    no.append(
+                        Outcome(
+                            customer_id=customer,
+                            case_id=case.case_id,
+                            contacted=False,
+                            reason=reason,
+                        )
+                    )
+                else:
+                    at = now + timedelta(seconds=campaign.timing.wait_seconds)
+                    judge(customer, case, at, now)
+    else:
+        assert isinstance(trigger, ScheduleTrigger)
+        fire = trigger.apscheduler_trigger().get_next_fire_time(None, now)
+        if fire is None:
+            notes.append("the schedule has no future fire time")
+            return DryRunResult(contacted=yes, not_contacted=no, notes=notes)
+        for customer in customers:
+            prefs = contacts.get(customer)
+            snapshot = {"contact": prefs.model_dump(mode="json")} if prefs else None
+            reason = _fails(trigger.audience, snapshot, "audience") if snapshot else ""
+            if reason:
+                no.append(Outcome(customer_id=customer, contacted=False, reason=reason))
+            else:
+                judge(customer, None, fire, fire)
+    return DryRunResult(contacted=yes, not_contacted=no, notes=notes)
+
+
+def _fails(expr: str | None, variables: dict[str, Any] | None, name: str) -> str:
+    if not expr or variables is None:
+        return ""
+    try:
+        return "" if evaluate(expr, variables) else name
+    except ExpressionError:
+        return f"{name}-error"

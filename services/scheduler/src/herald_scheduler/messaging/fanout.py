@@ -1,0 +1,342 @@
+"""Audience fan-out: stream the audience in batches, publish requests, checkpoint each batch.
+
+The audience is read from the compacted contacts.preferences.v1 topic itself, not from a
+database view: FerretDB v1 reads a few thousand documents a second and pages by `_id` with a
+full scan, while the broker streams hundreds of thousands. A fire pins each partition's end
+offset when it starts (the audience as of the fire), and walks the partitions in order; per
+partition a first pass finds each customer's latest record (a compacted topic may still hold
+older snapshots and tombstones), a second pass publishes for those. The checkpoint is
+(partition, offset) after each published batch, so a crash resumes where it stopped; a batch
+published but not checkpointed goes out again with the same request ids (campaign, fire time,
+customer), which the dispatcher drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
+from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
+from herald_scheduler.adapters.audience import FireRepository
+from herald_scheduler.adapters.stats import StatsRepository
+from herald_scheduler.domain.campaigns import request_id
+from herald_scheduler.domain.expressions import ExpressionError, evaluate
+from herald_scheduler.metrics import REQUESTS
+
+log = logging.getLogger("herald.scheduler.fanout")
+
+
+class RequestEncoder:
+    """Encodes one fire's requests fast: the envelope and the body's shared part are serialised
+    once, then only the request id and customer change (a large fan-out is bound by this)."""
+
+    def __init__(self, template: ContactRequest, *, source: str) -> None:
+        headers, _ = encode(CONTACT_REQUESTED, template, source=source, event_id="-")
+        self._headers = [(k, v) for k, v in headers if k != "ce_id"]
+        rest = template.model_dump(mode="json", exclude={"request_id", "customer_id"})
+        self._rest = json.dumps(rest, separators=(",", ":"))[1:].encode()
+
+    def encode(self, rid: str, customer_id: str) -> tuple[list[tuple[str, bytes]], bytes]:
+        """Headers and value of one request."""
+        head = json.dumps(customer_id)
+        value = b'{"request_id":"' + rid.encode() + b'","customer_id":' + head.encode()
+        return [("ce_id", rid.encode()), *self._headers], value + b"," + self._rest
+
+
+class FanOut:
+    """Runs one fire's fan-out to completion, resuming from its checkpoint."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        fires: FireRepository,
+        producer: EventProducer,
+        *,
+        batch: int,
+        stats: StatsRepository | None = None,
+        status: Callable[[str], Awaitable[str]] | None = None,
+    ) -> None:
+        self.stats = stats
+        self.status = status
+        self.settings = settings
+        self.fires = fires
+        self.producer = producer
+        self.batch = batch
+        self.topic = Topics.CONTACTS_PREFERENCES.name(settings.topic_namespace)
+
+    async def audience_ends(self) -> dict[str, int]:
+        """Each partition's end offset now: the audience a fire starting now will cover."""
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(self.topic) or set()
+            if not parts:
+                parts = set(await consumer._client._wait_on_metadata(self.topic) or ())
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            ends = await consumer.end_offsets(tps)
+            return {str(tp.partition): off for tp, off in ends.items()}
+        finally:
+            await consumer.stop()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            **kafka_client_options(self.settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+
+    async def run(self, fire_id: str) -> int:
+        """Publish the rest of a fire's audience; how many requests this call published."""
+        fire = await self.fires.get(fire_id)
+        if fire is None or fire["done"]:
+            return 0
+        ref = CampaignRef.model_validate(fire["campaign"])
+        scheduled: datetime = fire["scheduled_at"]
+        expires = fire.get("expires_after_seconds")
+        template = ContactRequest(
+            request_id="-",
+            campaign=ref,
+            customer_id="-",
+            trigger_key=fire["trigger_key"],
+            requested_at=utc_now(),
+            expires_at=scheduled + timedelta(seconds=expires) if expires else None,
+        )
+        job = _Job(
+            fire=fire,
+            ref=ref,
+            encoder=RequestEncoder(template, source="scheduler"),
+            out_topic=self.producer.topic_name(Topics.CONTACT_REQUESTS),
+        )
+        job.producer = AIOKafkaProducer(
+            **kafka_client_options(self.settings),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        await job.producer.start()
+        out_parts = await job.producer.partitions_for(job.out_topic)
+        job.same_partitions = len(out_parts) == len(fire["ends"])
+        job.partition_count = len(out_parts)
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            for part in sorted(fire["ends"], key=int):
+                p, end = int(part), fire["ends"][part]
+                if p < job.cp_part:
+                    continue
+                start = job.cp_off if p == job.cp_part else 0
+                if start < end and not await self._partition(consumer, job, p, start, end):
+                    break
+                if not await self._checkpoint(job, p + 1, 0, 0):
+                    break
+            else:
+                job.outcome = "completed"
+        finally:
+            await consumer.stop()
+            await job.producer.stop()
+        if job.outcome is None:
+            return job.published  # another worker moved the checkpoint: it carries on
+        await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
+        log.info(
+            "fan-out ended",
+            extra={"fire": fire_id, "published": job.published, "outcome": job.outcome},
+        )
+        return job.published
+
+    async def _partition(
+        self, consumer: AIOKafkaConsumer, job: _Job, p: int, start: int, end: int
+    ) -> bool:
+        tp = TopicPartition(self.topic, p)
+        consumer.assign([tp])
+        # One read of the partition up to the pinned end finds each customer's latest record;
+        # older snapshots and customers whose latest record is a tombstone are left out. The
+        # snapshot is kept only when an audience filter needs it.
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        keep = bool(job.audience)
+        consumer.seek(tp, 0)
+        async for records in self._read(consumer, tp, end):
+            for r in records:
+                if r.key is not None:
+                    value = r.value if keep or r.value is None else b""
+                    latest[r.key] = (r.offset, value)
+        members = sorted(
+            (off, key, value)
+            for key, (off, value) in latest.items()
+            if value is not None and off >= start
+        )
+        del latest
+        # Both topics are keyed by customer id: with equal partition counts the request belongs
+        # on the partition its snapshot came from, so requests go out as whole record batches
+        # (the per-message path hashes and queues every record, and costs three times more).
+        batched = job.same_partitions and self._hashes_to([m[1] for m in members[:100]], p, job)
+        # One chunk is in flight while the next is encoded; a chunk is checkpointed only once
+        # the broker acknowledged all of it.
+        pending: tuple[list[Any], int, int] | None = None
+        for i in range(0, len(members), self.batch):
+            chunk = members[i : i + self.batch]
+            if self.status is not None and await self.status(job.ref.id) != "active":
+                # Paused or archived mid-way: what is in flight is settled, the rest of this
+                # fire's audience is not contacted.
+                job.outcome = "halted"
+                if pending is not None:
+                    await self._settle(job, p, *pending)
+                return False
+            if batched:
+                futures, count = await self._send_batches(job, p, chunk)
+            else:
+                futures, count = await self._send_each(job, chunk)
+            if pending is not None and not await self._settle(job, p, *pending):
+                return False
+            pending = (futures, count, chunk[-1][0] + 1)
+        if pending is not None and not await self._settle(job, p, *pending):
+            return False
+        return True
+
+    async def _send_batches(
+        self, job: _Job, p: int, members: list[tuple[int, bytes, bytes]]
+    ) -> tuple[list[Any], int]:
+        producer = job.producer
+        futures: list[Any] = []
+        count = 0
+        batch = producer.create_batch()
+        for _, key, snapshot in members:
+            encoded = self._encode(job, key, snapshot)
+            if encoded is None:
+                continue
+            headers, value = encoded
+            count += 1
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
+        if batch.record_count():
+            futures.append(await producer.send_batch(batch, job.out_topic, partition=p))
+        return futures, count
+
+    async def _send_each(
+        self, job: _Job, members: list[tuple[int, bytes, bytes]]
+    ) -> tuple[list[Any], int]:
+        futures: list[Any] = []
+        for _, key, snapshot in members:
+            encoded = self._encode(job, key, snapshot)
+            if encoded is not None:
+                headers, value = encoded
+                futures.append(
+                    await job.producer.send(job.out_topic, value, key=key, headers=headers)
+                )
+        return futures, len(futures)
+
+    async def _settle(self, job: _Job, p: int, futures: list[Any], count: int, offset: int) -> bool:
+        await asyncio.gather(*futures)
+        if not await self._checkpoint(job, p, offset, count):
+            return False
+        await job.pace()
+        return True
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
+    ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+        while await consumer.position(tp) < end:
+            got = await consumer.getmany(tp, timeout_ms=1000, max_records=self.batch)
+            records = [r for r in got.get(tp, []) if r.offset < end]
+            if records:
+                yield records
+
+    @staticmethod
+    def _hashes_to(sample: list[bytes], p: int, job: _Job) -> bool:
+        """True when these keys hash to partition p as the producer would place them (a topic
+        written with another partitioner falls back to hashing every key)."""
+        parts = list(range(job.partition_count))
+        return all(DefaultPartitioner()(key, parts, parts) == p for key in sample)
+
+    @staticmethod
+    def _encode(
+        job: _Job, key: bytes, snapshot: bytes
+    ) -> tuple[list[tuple[str, bytes]], bytes] | None:
+        """A request for one audience member, or None when the audience filter excludes them."""
+        if job.audience:
+            try:
+                if not evaluate(job.audience, {"contact": json.loads(snapshot)}):
+                    return None
+            except (ValueError, ExpressionError):
+                return None
+        customer = key.decode()
+        return job.encoder.encode(request_id(job.ref.id, job.trigger_key, customer), customer)
+
+    async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
+        ok = await self.fires.advance(
+            job.fire["_id"], old=(job.cp_part, job.cp_off), new=(part, off), count=count
+        )
+        if not ok:
+            log.warning(
+                "fan-out checkpoint moved by another worker", extra={"fire": job.fire["_id"]}
+            )
+            return False
+        job.cp_part, job.cp_off = part, off
+        job.published += count
+        REQUESTS.labels("schedule").inc(count)
+        if self.stats is not None:
+            await self.stats.requested_batch(job.ref.id, count)
+        return True
+
+
+class _Job:
+    """One fan-out run's state."""
+
+    def __init__(
+        self, *, fire: Doc, ref: CampaignRef, encoder: RequestEncoder, out_topic: str
+    ) -> None:
+        self.fire = fire
+        self.ref = ref
+        self.encoder = encoder
+        self.out_topic = out_topic
+        self.trigger_key: str = fire["trigger_key"]
+        self.audience: str | None = fire.get("audience")
+        self.rate: float | None = fire.get("rate_per_second")
+        self.cp_part: int = fire["cp_part"]
+        self.cp_off: int = fire["cp_off"]
+        self.published = 0
+        self.same_partitions = False
+        self.outcome: str | None = None
+        self.partition_count = 0
+        self.producer: AIOKafkaProducer  # the fan-out's own, with large record batches
+        self.started = time.monotonic()
+
+    async def pace(self) -> None:
+        """Sleep until the published count fits the campaign's rate."""
+        if self.rate:
+            ahead = self.published / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+def fire_row(
+    doc: Doc, ref: CampaignRef, scheduled: datetime, trigger_key: str, ends: dict[str, int]
+) -> Doc:
+    """A fire row for a campaign version at a scheduled time, over the audience as of now."""
+    d = doc["definition"]
+    return {
+        "_id": f"{doc['_id']}|{trigger_key}",
+        "campaign_id": doc["_id"],
+        "campaign": ref.model_dump(mode="json"),
+        "trigger_key": trigger_key,
+        "scheduled_at": scheduled,
+        "audience": d["trigger"].get("audience"),
+        "rate_per_second": d.get("limits", {}).get("rate_per_second"),
+        "expires_after_seconds": d.get("timing", {}).get("expires_after_seconds"),
+        "ends": ends,
+        "done": False,
+        "created_at": utc_now(),
+    }

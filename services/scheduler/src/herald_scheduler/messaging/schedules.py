@@ -1,0 +1,219 @@
+"""Recurring and one-off audience campaigns under APScheduler 3.x, on one replica at a time.
+
+The replica holding the lease runs an AsyncIOScheduler whose jobs live in MongoDB
+(APScheduler's MongoDBJobStore, which works against FerretDB v1 through PyMongo's sync client);
+the others stand by and take over when the holder stops renewing. Each fire is recorded by its
+scheduled time before anything is published, so a double fire (two holders during a takeover, a
+misfire replay) emits nothing new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.mongodb import MongoDBJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pymongo import MongoClient
+
+from herald_contracts import utc_now
+from herald_kit import Doc
+from herald_scheduler.adapters.audience import FireRepository, Lease
+from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.domain.campaigns import ScheduleTrigger, definition_of, fire_key
+from herald_scheduler.messaging.fanout import FanOut, fire_row
+from herald_scheduler.messaging.matcher import campaign_ref
+from herald_scheduler.metrics import LEADER
+
+log = logging.getLogger("herald.scheduler.schedules")
+
+
+def _noop() -> None:
+    """The jobs' stored callable; firing goes through FireExecutor, which needs the fire time."""
+
+
+class FireExecutor(BaseExecutor):  # type: ignore[misc]
+    """Hands each due run time to the runner: APScheduler 3 does not pass it to job functions."""
+
+    def __init__(self, on_fire: Callable[[str, datetime], None]) -> None:
+        super().__init__()
+        self.on_fire = on_fire
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        for run_time in run_times:
+            self.on_fire(job.id, run_time)
+        self._run_job_success(job.id, [])
+
+
+class ScheduleRunner:
+    """Holds the lease, keeps APScheduler's jobs in line with active campaigns, runs fan-outs."""
+
+    def __init__(
+        self,
+        *,
+        campaigns: CampaignRepository,
+        fires: FireRepository,
+        fanout: FanOut,
+        lease: Lease,
+        mongo_uri: str,
+        mongo_db: str,
+        tick_seconds: float,
+    ) -> None:
+        self.campaigns = campaigns
+        self.fires = fires
+        self.fanout = fanout
+        self.lease = lease
+        self.mongo_uri = mongo_uri
+        self.mongo_db = mongo_db
+        self.tick_seconds = tick_seconds
+        self.leading = False
+        self._scheduler: AsyncIOScheduler | None = None
+        self._sync_client: MongoClient[Doc] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fanouts: dict[str, asyncio.Task[int]] = {}
+        self._firing: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start competing for the lease."""
+        self._task = asyncio.create_task(self._run(), name="schedules")
+
+    async def stop(self) -> None:
+        """Stop jobs and fan-outs, then hand the lease over."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        was_leading = self.leading
+        await self._step_down()
+        if was_leading:
+            await self.lease.release()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("schedule tick failed")
+            await asyncio.sleep(self.tick_seconds)
+
+    async def tick(self) -> None:
+        """Renew or take the lease; as leader, reconcile jobs and resume unfinished fires."""
+        if await self.lease.acquire(now=utc_now()):
+            if not self.leading:
+                await self._take_over()
+            await self._reconcile()
+            for fire in await self.fires.unfinished():
+                self._spawn(fire["_id"])
+        elif self.leading:
+            log.warning("schedule lease lost; standing by")
+            await self._step_down()
+
+    async def _take_over(self) -> None:
+        log.info("schedule lease taken", extra={"holder": self.lease.holder})
+        loop = asyncio.get_running_loop()
+
+        def on_fire(job_id: str, run_time: datetime) -> None:
+            # APScheduler calls executors from the event loop's thread here (AsyncIOScheduler).
+            task = loop.create_task(self._fire(job_id, run_time))
+            self._firing.add(task)
+            task.add_done_callback(self._firing.discard)
+
+        self._sync_client = MongoClient(self.mongo_uri, tz_aware=True, retryWrites=False)
+        store = MongoDBJobStore(
+            database=self.mongo_db, collection="apscheduler_jobs", client=self._sync_client
+        )
+        self._scheduler = AsyncIOScheduler(
+            jobstores={"default": store},
+            executors={"default": FireExecutor(on_fire)},
+            job_defaults={"coalesce": False, "misfire_grace_time": 3600, "max_instances": 1},
+            timezone="UTC",
+        )
+        self._scheduler.start()
+        self.leading = True
+        LEADER.set(1)
+
+    async def _step_down(self) -> None:
+        self.leading = False
+        LEADER.set(0)
+        for task in self._fanouts.values():
+            task.cancel()
+        for task in list(self._fanouts.values()):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: S110 - resumed by the next leader
+                pass
+        self._fanouts.clear()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._sync_client is not None:
+            self._sync_client.close()
+            self._sync_client = None
+
+    def job_ids(self) -> set[str]:
+        """The campaigns this replica has scheduled (none while standing by)."""
+        if self._scheduler is None:
+            return set()
+        return {job.id for job in self._scheduler.get_jobs()}
+
+    async def _reconcile(self) -> None:
+        """One job per active schedule campaign, named by its version; others removed."""
+        assert self._scheduler is not None
+        wanted = {d["_id"]: d for d in await self.campaigns.active_schedules()}
+        for job in self._scheduler.get_jobs():
+            doc = wanted.get(job.id)
+            if doc is None or job.name != f"v{doc['version']}":
+                with contextlib.suppress(JobLookupError):  # a concurrent tick removed it
+                    self._scheduler.remove_job(job.id)
+        have = {job.id for job in self._scheduler.get_jobs()}
+        for cid, doc in wanted.items():
+            if cid in have:
+                continue
+            trigger = definition_of(doc).trigger
+            assert isinstance(trigger, ScheduleTrigger)
+            aps = trigger.apscheduler_trigger()
+            if aps.get_next_fire_time(None, utc_now()) is None:
+                continue  # a one-off time already past, or a schedule with no more fires
+            self._scheduler.add_job(
+                _noop, aps, id=cid, name=f"v{doc['version']}", replace_existing=True
+            )
+
+    async def _fire(self, campaign_id: str, scheduled: datetime) -> None:
+        try:
+            doc = await self.campaigns.get(campaign_id)
+            if doc["status"] != "active":
+                return
+            key = fire_key(scheduled)
+            if await self.fires.get(f"{campaign_id}|{key}") is not None:
+                return  # fired already (a double fire or a replay): nothing new
+            ends = await self.fanout.audience_ends()
+            row = fire_row(doc, campaign_ref(doc), scheduled, key, ends)
+            if await self.fires.begin(row):
+                log.info("campaign fired", extra={"campaign": campaign_id, "trigger": key})
+                self._spawn(row["_id"])
+        except Exception:
+            log.exception("fire failed", extra={"campaign": campaign_id})
+
+    def _spawn(self, fire_id: str) -> None:
+        task = self._fanouts.get(fire_id)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self.fanout.run(fire_id), name=f"fanout:{fire_id}")
+        self._fanouts[fire_id] = task
+
+        def _done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("fan-out failed", extra={"fire": fire_id, "error": str(t.exception())})
+
+        task.add_done_callback(_done)

@@ -1,0 +1,126 @@
+"""Durable timers: take schedule/cancel requests from timers.requests.v1, fire due rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from aiokafka import ConsumerRecord
+
+from herald_contracts import CONTACT_REQUESTED, ContactRequest, TimerRequest, utc_now
+from herald_kit import EventProducer, PermanentError, decode
+from herald_scheduler.adapters.stats import StatsRepository
+from herald_scheduler.adapters.timers import TimerRepository
+from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
+
+log = logging.getLogger("herald.scheduler.timers")
+
+
+class TimerService:
+    """Consumer handler for timer requests, and the poller that fires due timers."""
+
+    def __init__(
+        self,
+        timers: TimerRepository,
+        producer: EventProducer,
+        stats: StatsRepository,
+        *,
+        poll_seconds: float,
+        lease_seconds: float,
+        retention: timedelta = timedelta(days=8),
+    ) -> None:
+        self.retention = retention
+        self.timers = timers
+        self.producer = producer
+        self.stats = stats
+        self.poll_seconds = poll_seconds
+        self.lease = timedelta(seconds=lease_seconds)
+        self._task: asyncio.Task[None] | None = None
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """timers.requests.v1: schedule a timer (idempotent by timer id) or cancel by key."""
+        req = decode(record, TimerRequest).data
+        now = utc_now()
+        if req.action == "cancel":
+            await self.timers.cancel(req.key, now=now)
+            return
+        if req.due_at is None:
+            raise PermanentError("a scheduled timer needs due_at", field="due_at")
+        if req.request is None:
+            raise PermanentError("a scheduled timer needs the request to re-send", field="request")
+        await self.timers.schedule(
+            timer_id=req.timer_id,
+            key=req.key,
+            due_at=req.due_at,
+            request=req.request.model_dump(mode="json"),
+            now=now,
+        )
+
+    def start(self) -> None:
+        """Start polling for due timers."""
+        self._task = asyncio.create_task(self._run(), name="timers")
+
+    async def stop(self) -> None:
+        """Stop polling; a claimed row is fired again by any replica after its lease."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        housekeeping = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                fired = await self.fire_due()
+                if loop.time() >= housekeeping:
+                    # Every minute: the due-but-unfired gauge, and settled rows past the topics'
+                    # retention (a replay older than that cannot arrive) are swept.
+                    housekeeping = loop.time() + 60
+                    now = utc_now()
+                    TIMERS_DUE.set(await self.timers.due_count(now=now))
+                    await self.timers.sweep(before=now - self.retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("timer poll failed")
+                fired = 0
+            if not fired:
+                await asyncio.sleep(self.poll_seconds)
+
+    async def fire_due(self, limit: int = 500) -> int:
+        """Fire up to `limit` due timers; how many were settled."""
+        settled = 0
+        while settled < limit:
+            row = await self.timers.claim_due(now=utc_now(), lease=self.lease)
+            if row is None:
+                break
+            request = ContactRequest.model_validate(row["request"])
+            now = utc_now()
+            if request.expires_at is not None and request.expires_at <= now:
+                # Never send after the expiry: the row is closed without a request.
+                outcome = "expired"
+            else:
+                # A dispatcher timer re-sends its request unchanged; its event id is the timer's
+                # own, so a retry and the original request stay distinguishable.
+                event_id = row["_id"] if row["kind"] == "timer" else request.request_id
+                await self.producer.publish(
+                    CONTACT_REQUESTED,
+                    request,
+                    key=request.customer_id,
+                    event_id=event_id,
+                    subject=request.case_id,
+                )
+                REQUESTS.labels(row["kind"]).inc()
+                if row["kind"] != "timer":
+                    # A dispatcher timer re-sends a request already counted; the others are new.
+                    await self.stats.requested(request.campaign.id, [request.request_id])
+                outcome = "fired"
+            ok = await self.timers.settle(row, outcome, now=now)
+            TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
+            settled += 1
+        return settled

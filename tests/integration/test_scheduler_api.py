@@ -1,0 +1,170 @@
+"""Campaign API on the real database: bad input names the field; versions conflict clearly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from test_scheduler_support import campaign_body, open_publisher, publish_audience, scheduler
+
+from support import eventually
+
+SCHEDULE = {"kind": "schedule", "cron": "0 9 * * mon", "time_zone": "Europe/Amsterdam"}
+DUTCH = {"campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'})}
+
+
+@pytest.fixture
+async def client(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with scheduler(infra, namespace, db_name("scheduler")) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    "changes,field,words",
+    [
+        ({"trigger": {**SCHEDULE, "cron": "61 * * * *"}}, "trigger.schedule.cron", "cron"),
+        ({"trigger": {**SCHEDULE, "cron": "every monday"}}, "trigger.schedule.cron", "cron"),
+        ({"trigger": {**SCHEDULE, "cron": None}}, "trigger.schedule", "exactly one"),
+        ({"trigger": {**SCHEDULE, "time_zone": "Mars/Olympus"}}, "trigger.schedule.time_zone", ""),
+        (
+            {"trigger": {**SCHEDULE, "audience": "contact.locale =="}},
+            "trigger.schedule.audience",
+            "",
+        ),
+        (
+            {"trigger": {"kind": "event", "event_types": ["case.updated"], "filter": "a ++ b("}},
+            "trigger.event.filter",
+            "parse",
+        ),
+        ({"messages": {"sms": {"en": {"body": "{% if %}"}}}}, "messages", "compile"),
+        ({"messages": {"sms": {"en": {"body": "{{ case.colour }}"}}}}, "messages", "case.colour"),
+        ({"messages": {"sms": {"en": {"body": "{{ secrets }}"}}}}, "messages", "secrets"),
+        (
+            {"timing": {"delay_seconds": 600, "expires_after_seconds": 60}},
+            "timing",
+            "expires_after_seconds",
+        ),
+    ],
+)
+async def test_bad_campaigns_are_refused_naming_the_field(
+    client: httpx.AsyncClient, changes: dict[str, Any], field: str, words: str
+) -> None:
+    r = await client.post("/v1/campaigns", json=campaign_body(**changes))
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["field"].startswith(field), problem
+    assert words in problem["detail"], problem
+
+
+async def test_a_schedule_campaign_is_accepted(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/campaigns",
+        json=campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'}),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["definition"]["trigger"]["time_zone"] == "Europe/Amsterdam"
+
+
+async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/campaigns", json=campaign_body())
+    cid = r.json()["id"]
+    body = campaign_body(name="renamed")
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"1"'})
+    assert r.status_code == 200 and r.json()["version"] == 2
+
+    # Someone else saved version 2 in between: a save based on version 1 is refused.
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"1"'})
+    assert r.status_code == 412 and r.json()["field"] == "If-Match"
+    assert "version 2" in r.json()["detail"]
+
+    r = await client.put(f"/v1/campaigns/{cid}", json=body)
+    assert r.status_code == 428 and r.json()["field"] == "If-Match"
+
+    assert (await client.post(f"/v1/campaigns/{cid}/archive")).status_code == 200
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"2"'})
+    assert r.status_code == 409 and r.json()["field"] == "status"
+
+    r = await client.put("/v1/campaigns/nope", json=body, headers={"If-Match": '"1"'})
+    assert r.status_code == 404
+
+
+async def test_read_only_key_cannot_write(client: httpx.AsyncClient) -> None:
+    from support import READ_ONLY_KEY
+
+    r = await client.post(
+        "/v1/campaigns",
+        json=campaign_body(),
+        headers={"Authorization": f"Bearer {READ_ONLY_KEY}"},
+    )
+    assert r.status_code == 403
+    r = await client.get("/v1/campaigns", headers={"Authorization": f"Bearer {READ_ONLY_KEY}"})
+    assert r.status_code == 200
+
+
+async def test_dry_run_answers_who_when_and_why_without_sending(
+    client: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    async with open_publisher(infra, namespace) as publisher:
+        await publish_audience(publisher, ["dr-en"])
+        await publish_audience(publisher, ["dr-nl"], locale="nl")
+
+    async def known() -> bool:
+        r = await client.post(
+            "/v1/campaigns/dry-run",
+            json={
+                "campaign": campaign_body(
+                    trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'}
+                ),
+            },
+        )
+        assert r.status_code == 200, r.text
+        return len(r.json()["contacted"]) + len(r.json()["not_contacted"]) == 2
+
+    await eventually(known)
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={
+            "campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'})
+        },
+    )
+    body = r.json()
+    assert [(o["customer_id"], o["channel"]) for o in body["contacted"]] == [("dr-nl", "sms")]
+    assert [(o["customer_id"], o["reason"]) for o in body["not_contacted"]] == [
+        ("dr-en", "audience")
+    ]
+
+    case = {
+        "case_id": "case-d",
+        "version": 1,
+        "customer_ids": ["dr-en", "nobody"],
+        "status": "delayed",
+        "updated_at": "2026-03-02T10:00:00Z",
+    }
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={
+            "campaign": campaign_body(
+                topic="other-topic",
+                trigger={
+                    "kind": "event",
+                    "event_types": ["case.updated"],
+                    "filter": 'case.status == "delayed"',
+                },
+            ),
+            "cases": [case],
+        },
+    )
+    assert r.status_code == 200, r.text
+    reasons = {o["customer_id"]: o["reason"] for o in r.json()["not_contacted"]}
+    assert reasons == {"dr-en": "no-channel-left(sms:no-consent)", "nobody": "no-preferences"}
+    # A dry run is refused like a save when the draft is wrong.
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={"campaign": campaign_body(trigger={**SCHEDULE, "cron": "nope"})},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "campaign.trigger.schedule.cron"

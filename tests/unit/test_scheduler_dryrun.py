@@ -1,0 +1,176 @@
+"""Dry run predictions: channel rules, quiet hours in the customer's zone, filters, expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from herald_contracts import CaseState, ChannelAddress, ContactPreferences, QuietHours
+from herald_scheduler.domain.campaigns import CampaignIn
+from herald_scheduler.domain.dryrun import after_quiet_hours, dry_run
+
+NOW = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # a Monday, 22:30 in Amsterdam
+
+
+def _campaign(**changes: Any) -> CampaignIn:
+    body: dict[str, Any] = {
+        "name": "n",
+        "topic": "service-updates",
+        "trigger": {
+            "kind": "event",
+            "event_types": ["case.updated"],
+            "filter": 'case.status == "delayed"',
+        },
+        "messages": {"sms": {"en": {"body": "{{ case.status }}"}}, "email": {"en": {"body": "x"}}},
+    }
+    body.update(changes)
+    return CampaignIn.model_validate(body)
+
+
+def _prefs(cid: str, **changes: Any) -> ContactPreferences:
+    body: dict[str, Any] = {
+        "customer_id": cid,
+        "version": 1,
+        "channels": {
+            "sms": ChannelAddress(address="+12015550100"),
+            "email": ChannelAddress(address="a@example.com"),
+        },
+        "ranking": ["sms", "email"],
+        "consents": {"service-updates": {"sms": True, "email": True}},
+        "updated_at": NOW,
+    }
+    body.update(changes)
+    return ContactPreferences.model_validate(body)
+
+
+def _case(status: str, customers: list[str]) -> CaseState:
+    return CaseState(
+        case_id="case-1", version=1, customer_ids=customers, status=status, updated_at=NOW
+    )
+
+
+def test_quiet_hours_defer_to_their_end_in_the_customers_zone() -> None:
+    quiet = QuietHours(start="21:00", end="08:00")
+    deferred = after_quiet_hours(NOW, quiet, "Europe/Amsterdam")
+    assert deferred == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)  # 08:00 CET
+    # 21:30 UTC is 16:30 in New York: outside the window, so no change.
+    assert after_quiet_hours(NOW, quiet, "America/New_York") == NOW
+    assert after_quiet_hours(NOW, None, "Europe/Amsterdam") == NOW
+
+
+def test_who_would_be_contacted_and_who_not_and_why() -> None:
+    contacts = {
+        "ok": _prefs("ok"),
+        "email-only": _prefs("email-only", consents={"service-updates": {"email": True}}),
+        "no-consent": _prefs("no-consent", consents={}),
+        "sleeping": _prefs(
+            "sleeping",
+            time_zone="Europe/Amsterdam",
+            quiet_hours=QuietHours(start="21:00", end="08:00"),
+        ),
+    }
+    customers = ["ok", "email-only", "no-consent", "sleeping", "unknown"]
+    result = dry_run(
+        _campaign(),
+        cases=[_case("delayed", customers)],
+        customers=[],
+        contacts=contacts,
+        now=NOW,
+    )
+    got = {o.customer_id: (o.channel, o.reason) for o in result.contacted}
+    assert got == {
+        "ok": ("sms", "ranked"),
+        "email-only": ("email", "ranked"),
+        "sleeping": ("sms", "quiet-hours-deferred"),
+    }
+    sleeping = next(o for o in result.contacted if o.customer_id == "sleeping")
+    assert sleeping.at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+    missed = {o.customer_id: o.reason for o in result.not_contacted}
+    assert missed["unknown"] == "no-preferences"
+    assert (
+        missed["no-consent"].startswith("no-channel-left(")
+        and "sms:no-consent" in missed["no-consent"]
+    )
+
+
+def test_filter_and_expiry_say_why_not() -> None:
+    contacts = {
+        "sleeping": _prefs(
+            "sleeping",
+            time_zone="Europe/Amsterdam",
+            quiet_hours=QuietHours(start="21:00", end="08:00"),
+        )
+    }
+    result = dry_run(
+        _campaign(),
+        cases=[_case("on time", ["sleeping"])],
+        customers=[],
+        contacts=contacts,
+        now=NOW,
+    )
+    assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("sleeping", "filter")]
+
+    short = _campaign(timing={"expires_after_seconds": 3600})
+    result = dry_run(
+        short, cases=[_case("delayed", ["sleeping"])], customers=[], contacts=contacts, now=NOW
+    )
+    assert [o.reason for o in result.not_contacted] == ["expires-before-quiet-hours-end"]
+
+
+def test_schedule_dry_run_applies_the_audience_at_the_next_fire() -> None:
+    campaign = _campaign(
+        trigger={
+            "kind": "schedule",
+            "cron": "0 9 * * mon",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'contact.locale == "nl"',
+        }
+    )
+    contacts = {"nl": _prefs("nl", locale="nl"), "en": _prefs("en")}
+    result = dry_run(campaign, cases=[], customers=["nl", "en"], contacts=contacts, now=NOW)
+    assert [(o.customer_id, o.at) for o in result.contacted] == [
+        ("nl", datetime(2026, 3, 9, 8, 0, tzinfo=UTC))
+    ]
+    assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("en", "audience")]
+
+
+def test_templates_may_loop_and_use_globals_but_not_unknown_fields() -> None:
+    from herald_scheduler.domain.campaigns import template_problems
+
+    ok = "{% for k in case.attributes %}{{ loop.index }} {{ k }}{% endfor %}{{ range(2) | list }}"
+    assert template_problems(ok) == []
+    assert template_problems("{{ case.nope }} {{ who }}") == [
+        "unknown field 'case.nope'",
+        "unknown field 'who'",
+    ]
+
+
+ZONES = ["UTC", "Europe/Amsterdam", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
+
+
+@given(
+    at=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+    start=st.integers(0, 23 * 60 + 59),
+    end=st.integers(0, 23 * 60 + 59),
+    zone=st.sampled_from(ZONES),
+)
+def test_a_deferred_contact_lands_outside_quiet_hours_within_a_day(
+    at: datetime, start: int, end: int, zone: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    assume(start != end)
+    quiet = QuietHours(
+        start=f"{start // 60:02d}:{start % 60:02d}", end=f"{end // 60:02d}:{end % 60:02d}"
+    )
+    when = after_quiet_hours(at, quiet, zone)
+    assert at <= when <= at + timedelta(hours=25)
+    local = when.astimezone(ZoneInfo(zone))
+    minute = local.hour * 60 + local.minute
+    inside = start <= minute < end if start < end else (minute >= start or minute < end)
+    assert not inside
