@@ -87,3 +87,91 @@ class Decisions:
         """Decisions matching a field, oldest first."""
         cursor = self.decisions.find(query, {"_id": 0}).sort("at", 1).limit(500)
         return [d async for d in cursor]
+
+
+class Ledger:
+    """What the dispatcher has emitted: latest requests, contacts for caps, attempts, success."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.latest = db["latest_requests"]
+        self.contacts = db["contacts_sent"]
+        self.attempts = db["attempts"]
+        self.outcomes = db["request_outcomes"]
+
+    async def ensure_indexes(self) -> None:
+        """Cap counts by customer, priority and time; attempts by customer and case."""
+        await self.contacts.create_index([("customer_id", 1), ("priority", 1), ("at", 1)])
+        await self.attempts.create_index([("customer_id", 1), ("case_id", 1)])
+
+    async def note_request(self, key: str, order: int) -> int:
+        """Remember the newest trigger order seen for (campaign, case, customer); return it."""
+        try:
+            await self.latest.update_one(
+                {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}, upsert=True
+            )
+        except DuplicateKeyError:
+            pass  # a newer (or the same) request is already known
+        doc = await self.latest.find_one({"_id": key})
+        return int(doc["order"]) if doc else order
+
+    async def told_version(self, key: str) -> int:
+        """The newest case version already sent to the customer for (campaign, case)."""
+        doc = await self.latest.find_one({"_id": key})
+        return int(doc.get("told", 0)) if doc else 0
+
+    async def note_told(self, key: str, version: int) -> None:
+        """Record that the customer has heard about this case version."""
+        await self.latest.update_one(
+            {"_id": key, "$or": [{"told": {"$lt": version}}, {"told": {"$exists": False}}]},
+            {"$set": {"told": version}},
+        )
+
+    async def sent_times(
+        self, customer_id: str, priority: str, since: datetime, *, exclude: str = ""
+    ) -> list[datetime]:
+        """When this customer was contacted at this priority since a moment (but for one)."""
+        query = {
+            "customer_id": customer_id,
+            "priority": priority,
+            "at": {"$gt": since},
+            "_id": {"$ne": exclude},
+        }
+        cursor = self.contacts.find(query, {"at": 1})
+        return [d["at"] async for d in cursor]
+
+    async def note_contact(
+        self, request_id: str, customer_id: str, priority: str, at: datetime
+    ) -> None:
+        """Count one contact towards the customer's caps (once per request)."""
+        await insert_if_absent(
+            self.contacts,
+            {"_id": request_id, "customer_id": customer_id, "priority": priority, "at": at},
+        )
+
+    async def note_attempt(self, doc: Doc) -> None:
+        """An emitted message, by message id, with what escalation needs."""
+        await insert_if_absent(self.attempts, doc)
+
+    async def attempt(self, message_id: str) -> Doc | None:
+        """One emitted message."""
+        return await self.attempts.find_one({"_id": message_id})
+
+    async def open_attempts(self, customer_id: str, case_id: str) -> list[Doc]:
+        """Emitted messages for a customer's case (to stop escalation on a reply)."""
+        cursor = self.attempts.find({"customer_id": customer_id, "case_id": case_id})
+        return [d async for d in cursor]
+
+    async def mark(self, request_id: str, field: str) -> bool:
+        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new."""
+        result = await self.outcomes.update_one(
+            {"_id": request_id, field: {"$ne": True}}, {"$set": {field: True}}, upsert=False
+        )
+        if result.modified_count:
+            return True
+        if await self.outcomes.find_one({"_id": request_id}) is None:
+            return await insert_if_absent(self.outcomes, {"_id": request_id, field: True})
+        return False
+
+    async def outcome(self, request_id: str) -> Doc:
+        """A request's outcome flags."""
+        return await self.outcomes.find_one({"_id": request_id}) or {}
