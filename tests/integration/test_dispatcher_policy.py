@@ -39,7 +39,7 @@ from herald_contracts import (
 from herald_dispatcher.app import create_app
 from herald_dispatcher.config import Settings
 from herald_dispatcher.messaging.catchup import partitions
-from herald_kit import EventProducer, decode
+from herald_kit import EventProducer, LinkSigner, decode
 from support import api_keys, eventually, running, unique_phone
 
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -62,7 +62,17 @@ class Harness:
     http: httpx.AsyncClient
     producer: EventProducer
     clock: Clock
+    db: Any = None
     records: dict[str, list[ConsumerRecord[bytes, bytes]]] = field(default_factory=dict)
+
+    async def view_holds(self, case: CaseState) -> None:
+        """Wait until the dispatcher's local view holds this case version (the test's setup)."""
+
+        async def probe() -> bool:
+            doc = await self.db["view_cases"].find_one({"_id": case.case_id})
+            return doc is not None and doc["version"] >= case.version
+
+        await eventually(probe)
 
     def on(self, base: str) -> list[ConsumerRecord[bytes, bytes]]:
         return self.records.setdefault(base, [])
@@ -122,12 +132,13 @@ async def _collect(
 
 @pytest.fixture
 async def harness(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str], mongo: Any
 ) -> AsyncIterator[Harness]:
+    database = db_name("dispatcher")
     settings = Settings(
         kafka_bootstrap=infra["kafka"],
         mongo_uri=infra["mongo"],
-        mongo_db=db_name("dispatcher"),
+        mongo_db=database,
         topic_namespace=namespace,
         api_keys=api_keys(),
         link_secret="test-link-secret",
@@ -147,7 +158,7 @@ async def harness(
         Topics.CONTACT_REQUESTS,
         dlq_topic("dispatcher"),
     ]
-    h = Harness(http=httpx.AsyncClient(), producer=producer, clock=clock)
+    h = Harness(http=httpx.AsyncClient(), producer=producer, clock=clock, db=mongo[database])
     names = {t.base: t.name(namespace) for t in watched}
     task = asyncio.create_task(_collect(infra["kafka"], names, h.records))
     try:
@@ -273,6 +284,7 @@ async def test_delayed_send_uses_latest_state_and_sends_once(harness: Harness) -
     campaign = _campaign()
     v1, v2 = _case(prefs.customer_id, 1, 14), _case(prefs.customer_id, 2, 16)
     await _publish(h, prefs, v1, v2)
+    await h.view_holds(v2)
     # The request fired for version 1 arrives after the case moved to version 2 ...
     await _publish(h, _request(prefs, campaign, v1))
     # ... and the request fired for version 2 arrives after it.
@@ -308,7 +320,9 @@ async def test_case_resolved_before_send_is_suppressed_with_reason(harness: Harn
     campaign = _campaign(still_applies='case.status != "resolved"')
     v1 = _case(prefs.customer_id, 1, 14)
     resolved = _case(prefs.customer_id, 2, 14, status="resolved")
-    await _publish(h, prefs, v1, resolved, _request(prefs, campaign, v1))
+    await _publish(h, prefs, v1, resolved)
+    await h.view_holds(resolved)
+    await _publish(h, _request(prefs, campaign, v1))
     [decision] = await h.decided(prefs.customer_id, 1)
     assert (decision["outcome"], decision["rule"]) == ("suppressed", "still-applies")
     assert "case moved on" in decision["detail"]
@@ -361,7 +375,9 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     [email] = await eventually(lambda: h.emails(prefs.customer_id))
     assert email.attempt == 2
     assert email.subject == f"Case {case.case_id}"
-    assert "http://127.0.0.1:8101/status/" in email.text
+    token = email.text.split("http://127.0.0.1:8102/s/")[1]
+    claims = LinkSigner("test-link-secret", "case-status").verify(token, max_age_seconds=60)
+    assert claims == {"case": case.case_id, "customer": prefs.customer_id, "locale": "en-GB"}
     assert email.unsubscribe_url and email.html == "<p>engineer booked</p>"
 
     # Nobody answers the email: the escalation timer fires (the scheduler re-sends its request).
@@ -528,3 +544,58 @@ async def test_bad_requests_go_to_dlq_and_template_errors_are_decisions(harness:
     assert (decisions[1]["outcome"], decisions[1]["channel"]) == ("sent", "sms")
     r = await h.http.get("/metrics")
     assert 'herald_dispatcher_decisions_total{outcome="failed",rule="render"}' in r.text
+
+
+async def test_not_ready_until_views_caught_up_and_restart_resumes(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    settings = Settings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db_name("dispatcher"),
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        view_wait_seconds=0,  # no grace: only the catch-up gate can make this pass
+        case_wait_seconds=0,
+    )
+    hello = _campaign(messages={"sms": {"en": MessageTemplate(body="Hello")}})
+    producer = EventProducer(settings, "test")
+    await producer.start()
+    try:
+        customers = [_customer() for _ in range(150)]
+        for prefs in customers:
+            await producer.publish(CONTACT_PREFERENCES, prefs, key=prefs.customer_id)
+        clock = Clock()
+        async with running(create_app(settings, clock=clock)) as http:
+            r = await http.get("/readyz")
+            assert r.json()["checks"]["views-caught-up"] is True
+            last = customers[-1]
+            await producer.publish(
+                CONTACT_REQUESTED, _request(last, hello, None), key=last.customer_id
+            )
+
+            async def sent() -> bool:
+                r = await http.get(f"/v1/decisions/customers/{last.customer_id}")
+                return [d["outcome"] for d in r.json()["items"]] == ["sent"]
+
+            await eventually(sent)
+        # A restart resumes from the committed offsets and the persisted views.
+        newcomer = _customer()
+        await producer.publish(CONTACT_PREFERENCES, newcomer, key=newcomer.customer_id)
+        async with running(create_app(settings, clock=clock)) as http:
+            first = customers[0]
+            await producer.publish(
+                CONTACT_REQUESTED, _request(first, hello, None), key=first.customer_id
+            )
+            await producer.publish(
+                CONTACT_REQUESTED, _request(newcomer, hello, None), key=newcomer.customer_id
+            )
+            for who in (first, newcomer):
+
+                async def decided(who: ContactPreferences = who) -> bool:
+                    r = await http.get(f"/v1/decisions/customers/{who.customer_id}")
+                    return [d["outcome"] for d in r.json()["items"]] == ["sent"]
+
+                await eventually(decided)
+    finally:
+        await producer.stop()

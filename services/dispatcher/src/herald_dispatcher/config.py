@@ -42,6 +42,15 @@ class Settings(ServiceSettings):
         ge=0,
         description="At start, how long requests wait for the local views to catch up.",
     )
+    request_consumers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Consumers of contact.requests in this process (one group); at most the topic's "
+            "partitions, or some stay unassigned and /readyz says so."
+        ),
+    )
     legal_windows: dict[str, dict[str, LocalWindow]] = Field(
         default_factory=_default_legal,
         description=(
@@ -61,10 +70,10 @@ class Settings(ServiceSettings):
         description="Frequency caps per priority, per customer across campaigns.",
     )
     status_url: str = Field(
-        default="http://127.0.0.1:8101/status/{token}",
+        default="http://127.0.0.1:8102/s/{token}",
         description="The case status page; {token} is a signed 'case-status' link.",
     )
     preferences_url: str = Field(
-        default="http://127.0.0.1:8102/preference-centre/{token}",
+        default="http://127.0.0.1:8101/p/{token}",
         description="The preference centre; {token} is a signed 'preferences' link.",
     )

@@ -369,9 +369,13 @@ class Dispatcher:
         if kind == "status":
             if request.case_id is None:
                 raise RenderError("links.status needs a case")
-            token = signer.sign({"case_id": request.case_id, "customer_id": prefs.customer_id})
+            # The payload the case status page (ingest) verifies.
+            token = signer.sign(
+                {"case": request.case_id, "customer": prefs.customer_id, "locale": prefs.locale}
+            )
             return self.settings.status_url.format(token=token)
-        token = signer.sign({"customer_id": prefs.customer_id, "topic": request.campaign.topic})
+        # The payload the preference centre verifies.
+        token = signer.sign({"c": prefs.customer_id, "p": "preferences"})
         return self.settings.preferences_url.format(token=token)
 
     async def _emit(
