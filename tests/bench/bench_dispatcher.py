@@ -107,6 +107,20 @@ async def _relay_rate(
         await producer.stop()
 
 
+async def _db_write_rate(env: BenchEnv) -> float:
+    """Sequential single-document inserts: the database's own ceiling for per-decision writes."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(env.mongo)
+    db = client[f"bench_writes_{uuid.uuid4().hex[:6]}"]
+    try:
+        t0 = time.perf_counter()
+        for i in range(500):
+            await db["w"].insert_one({"_id": i, "v": i})
+        return 500 / (time.perf_counter() - t0)
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
 async def bench(env: BenchEnv) -> list[Figure]:
     """Decisions per second through expiry, still-applies, supersession, claim, channel, windows,
     caps, rendering and emission; p99 from request publish to outbound publish."""
@@ -208,7 +222,9 @@ async def bench(env: BenchEnv) -> list[Figure]:
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - t0
             outcomes = {}
-            async for d in await decisions.aggregate([{"$group": {"_id": "$outcome", "n": {"$sum": 1}}}]):
+            async for d in await decisions.aggregate(
+                [{"$group": {"_id": "$outcome", "n": {"$sum": 1}}}]
+            ):
                 outcomes[d["_id"]] = d["n"]
         latencies: list[float] = []
         while len(latencies) < outcomes.get("sent", 0):
@@ -230,6 +246,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
     headers, _ = encode(CONTACT_REQUESTED, requests[0], source="bench")
     values = [(encode(CONTACT_REQUESTED, r, source="bench")[1], headers) for r in requests]
     raw = await _relay_rate(env, ns, values)
+    db_writes = await _db_write_rate(env)
     rate = n / elapsed
     return [
         Figure(
@@ -255,4 +272,11 @@ async def bench(env: BenchEnv) -> list[Figure]:
         ),
         Figure(NAME, "raw consume+produce, same messages", raw, "msg/s", "same broker, same run"),
         Figure(NAME, "dispatcher / raw relay", rate / raw * 100, "%", ""),
+        Figure(
+            NAME,
+            "raw single-document writes, same database",
+            db_writes,
+            "writes/s",
+            "the dispatcher makes ~7 per decision",
+        ),
     ]

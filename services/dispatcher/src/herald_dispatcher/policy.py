@@ -37,7 +37,7 @@ from herald_contracts import (
 )
 from herald_dispatcher.adapters.store import Decisions, Ledger, Views
 from herald_dispatcher.config import LocalWindow, Settings
-from herald_dispatcher.domain.caps import WEEK, CapLimits, check_caps
+from herald_dispatcher.domain.caps import CapLimits, check_caps
 from herald_dispatcher.domain.channels import choose_channel
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
 from herald_dispatcher.domain.windows import ContactWindow, Window, zone
@@ -164,8 +164,10 @@ class Dispatcher:
             )
             await self._record(claim_key, request, decision, None, None, now)
             return decision
-        prefs = await self._preferences(request.customer_id)
-        case = await self._latest_case(request)
+        # Independent reads: overlap their round trips.
+        prefs, case = await asyncio.gather(
+            self._preferences(request.customer_id), self._latest_case(request)
+        )
         try:
             decision = await self._decide(request, prefs, case, now)
         except RenderError as exc:  # defensive: rendering errors are decisions, never crashes
@@ -256,13 +258,12 @@ class Dispatcher:
             order = request.case_version or (
                 request.case_state.version if request.case_state else 0
             )
-            newest = await self.ledger.note_request(key, order)
+            newest, told = await self.ledger.request_state(key, order)
             if newest > order:
                 return Decision(
                     "suppressed", "superseded", detail=f"a request for case version {newest} exists"
                 )
-            told = await self.ledger.told_version(key) if first else 0
-            if case is not None and told >= case.version:
+            if first and case is not None and told >= case.version:
                 return Decision(
                     "suppressed", "superseded", detail=f"customer already told version {told}"
                 )
@@ -286,7 +287,7 @@ class Dispatcher:
         if first:
             limits = self.settings.caps.get(campaign.priority.value, CapLimits())
             sent = await self.ledger.sent_times(
-                request.customer_id, campaign.priority.value, now - WEEK, exclude=request.request_id
+                request.customer_id, campaign.priority.value, exclude=request.request_id
             )
             verdict = check_caps(sent, now, limits)
             if not verdict.allowed:
@@ -473,28 +474,34 @@ class Dispatcher:
         """Ledger rows for caps, supersession and escalation; the escalation timer."""
         campaign = request.campaign
         nxt = self.next_request(request, channel, mid)
-        await self.ledger.note_attempt(
-            {
-                "_id": mid,
-                "request_id": request.request_id,
-                "attempt": request.attempt,
-                "channel": channel,
-                "customer_id": request.customer_id,
-                "case_id": request.case_id,
-                "success": campaign.success,
-                "next": nxt.model_dump(mode="json") if nxt else None,
-                "at": now,
-            }
-        )
+        writes = [
+            self.ledger.note_attempt(
+                {
+                    "_id": mid,
+                    "request_id": request.request_id,
+                    "attempt": request.attempt,
+                    "channel": channel,
+                    "customer_id": request.customer_id,
+                    "case_id": request.case_id,
+                    "success": campaign.success,
+                    "next": nxt.model_dump(mode="json") if nxt else None,
+                    "at": now,
+                }
+            )
+        ]
         if request.attempt == 1 and request.escalation_of is None:
-            await self.ledger.note_contact(
-                request.request_id, request.customer_id, campaign.priority.value, now
+            writes.append(
+                self.ledger.note_contact(
+                    request.request_id, request.customer_id, campaign.priority.value, now
+                )
             )
             started = request.case_state.updated_at if request.case_state else request.requested_at
             FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
         if request.case_id is not None and case is not None:
             key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
-            await self.ledger.note_told(key, case.version)
+            writes.append(self.ledger.note_told(key, case.version))
+        # Independent documents: write them concurrently, all before the offset is committed.
+        await asyncio.gather(*writes)
         if nxt is not None and campaign.escalate_after_seconds is not None:
             timer = TimerRequest(
                 timer_id=derived_id(mid, "escalate"),

@@ -9,6 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import CaseState, ContactPreferences
+from herald_dispatcher.domain.caps import WEEK
 from herald_kit import Doc, insert_if_absent
 
 
@@ -99,54 +100,54 @@ class Ledger:
         self.outcomes = db["request_outcomes"]
 
     async def ensure_indexes(self) -> None:
-        """Cap counts by customer, priority and time; attempts by customer and case."""
-        await self.contacts.create_index([("customer_id", 1), ("priority", 1), ("at", 1)])
+        """Attempts by customer and case (replies without a message id)."""
         await self.attempts.create_index([("customer_id", 1), ("case_id", 1)])
 
-    async def note_request(self, key: str, order: int) -> int:
-        """Remember the newest trigger order seen for (campaign, case, customer); return it."""
-        try:
+    async def request_state(self, key: str, order: int) -> tuple[int, int]:
+        """For (campaign, case, customer): the newest trigger order known (noting this one) and
+        the newest case version already sent. One read, and a write only when order is newer."""
+        doc = await self.latest.find_one({"_id": key})
+        if doc is None:
+            if await insert_if_absent(self.latest, {"_id": key, "order": order, "told": 0}):
+                return order, 0
+            doc = await self.latest.find_one({"_id": key}) or {}
+        newest, told = int(doc.get("order", 0)), int(doc.get("told", 0))
+        if order > newest:
             await self.latest.update_one(
-                {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}, upsert=True
+                {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}
             )
-        except DuplicateKeyError:
-            pass  # a newer (or the same) request is already known
-        doc = await self.latest.find_one({"_id": key})
-        return int(doc["order"]) if doc else order
-
-    async def told_version(self, key: str) -> int:
-        """The newest case version already sent to the customer for (campaign, case)."""
-        doc = await self.latest.find_one({"_id": key})
-        return int(doc.get("told", 0)) if doc else 0
+            newest = order
+        return newest, told
 
     async def note_told(self, key: str, version: int) -> None:
         """Record that the customer has heard about this case version."""
         await self.latest.update_one(
-            {"_id": key, "$or": [{"told": {"$lt": version}}, {"told": {"$exists": False}}]},
-            {"$set": {"told": version}},
+            {"_id": key, "told": {"$lt": version}}, {"$set": {"told": version}}
         )
 
     async def sent_times(
-        self, customer_id: str, priority: str, since: datetime, *, exclude: str = ""
+        self, customer_id: str, priority: str, *, exclude: str = ""
     ) -> list[datetime]:
-        """When this customer was contacted at this priority since a moment (but for one)."""
-        query = {
-            "customer_id": customer_id,
-            "priority": priority,
-            "at": {"$gt": since},
-            "_id": {"$ne": exclude},
-        }
-        cursor = self.contacts.find(query, {"at": 1})
-        return [d["at"] async for d in cursor]
+        """When this customer was contacted at this priority in the last week (but for one).
+
+        One document per customer and priority, read by _id: FerretDB v1 pushes only _id
+        filters down to its storage, so a query by customer would scan every contact.
+        """
+        doc = await self.contacts.find_one({"_id": f"{customer_id}|{priority}"})
+        return [c["at"] for c in (doc or {}).get("recent", []) if c["r"] != exclude]
 
     async def note_contact(
         self, request_id: str, customer_id: str, priority: str, at: datetime
     ) -> None:
-        """Count one contact towards the customer's caps (once per request)."""
-        await insert_if_absent(
-            self.contacts,
-            {"_id": request_id, "customer_id": customer_id, "priority": priority, "at": at},
-        )
+        """Count one contact towards the customer's caps (once per request; a week is kept)."""
+        key = f"{customer_id}|{priority}"
+        doc = await self.contacts.find_one({"_id": key})
+        recent = [c for c in (doc or {}).get("recent", []) if c["at"] > at - WEEK]
+        if any(c["r"] == request_id for c in recent):
+            return
+        recent.append({"r": request_id, "at": at})
+        # One consumer decides a customer at a time (keyed partitions), so read-modify-write holds.
+        await self.contacts.update_one({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
 
     async def note_attempt(self, doc: Doc) -> None:
         """An emitted message, by message id, with what escalation needs."""
