@@ -45,7 +45,8 @@ def _campaign() -> CampaignRef:
         messages={
             "sms": {
                 "en": MessageTemplate(
-                    body="Case {{ case.case_id }}: engineer at {{ case.appointment.starts_at | time }}"
+                    body="Case {{ case.case_id }}: engineer at "
+                    "{{ case.appointment.starts_at | time }}"
                 ),
                 "zh": MessageTemplate(
                     body="您的工程师将于{{ case.appointment.starts_at | time }}到达"
@@ -205,10 +206,10 @@ async def bench(env: BenchEnv) -> list[Figure]:
             runtime = app.state.runtime
             # Views caught up (the readiness gate) before the clock starts.
             db_ = runtime.db
-            while (
-                await db_["view_cases"].count_documents({}) < n
-                or await db_["view_contacts"].count_documents({}) < customers
-            ):
+            while True:
+                cases_held = await db_["view_cases"].count_documents({})
+                if cases_held >= n and await db_["view_contacts"].count_documents({}) >= customers:
+                    break
                 await asyncio.sleep(0.2)
             sent_at: dict[str, float] = {}
             t0 = time.perf_counter()
@@ -218,7 +219,9 @@ async def bench(env: BenchEnv) -> list[Figure]:
                     CONTACT_REQUESTED, r, key=r.customer_id, event_id=r.request_id
                 )
             decisions = runtime.db["decisions"]
-            while await decisions.count_documents({}) < n:
+            while True:
+                if await decisions.count_documents({}) >= n:
+                    break
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - t0
             outcomes = {}
