@@ -392,7 +392,7 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     h.clock.now = NOON + timedelta(minutes=10)
     await h.producer.publish(CONTACT_REQUESTED, timer.request, key=prefs.customer_id)
     [call] = await eventually(lambda: h.calls(prefs.customer_id))
-    assert call.attempt == 3 and call.language == "en"
+    assert call.attempt == 3 and call.language == "en-GB"
     assert call.say == "Your engineer arrives at 14:00."
     # The first attempt's timer is cancelled; the last attempt schedules no further escalation.
     cancels = [t for t in h.timers(prefs.customer_id) if t.action == "cancel"]
@@ -599,3 +599,28 @@ async def test_not_ready_until_views_caught_up_and_restart_resumes(
                 await eventually(decided)
     finally:
         await producer.stop()
+
+
+async def test_expired_request_and_segment_limit(harness: Harness) -> None:
+    h = harness
+    prefs = _customer(locale="zh-CN", tz="Asia/Shanghai", phone="+8613800138001")
+    case = _case(prefs.customer_id, 1, 8)
+    at_noon_local = datetime(2026, 11, 24, 4, tzinfo=UTC)  # 12:00 in Shanghai
+    expired = _request(prefs, _campaign(), case, expires_at=at_noon_local - timedelta(seconds=1))
+    long_zh = {
+        "sms": {
+            "zh": MessageTemplate(
+                body="您的工程师将于{{ case.appointment.starts_at | time }}到达。" * 6
+            )
+        }
+    }
+    too_long = _request(prefs, _campaign(messages=long_zh, sms_segment_limit=1), case)
+    h.clock.now = at_noon_local
+    await _publish(h, prefs, case, expired, too_long)
+    decisions = await h.decided(prefs.customer_id, 2)
+    assert [(d["outcome"], d["rule"]) for d in decisions] == [
+        ("suppressed", "expired"),
+        ("failed", "segment-limit"),
+    ]
+    assert "UCS-2" in decisions[1]["detail"]
+    assert h.sms(prefs.customer_id) == []

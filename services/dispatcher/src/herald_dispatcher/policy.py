@@ -449,7 +449,11 @@ class Dispatcher:
                 )
             else:
                 say = render(template.body, variables, **opts)
-                voice = OutboundVoice(**common, say=say, language=locale_key)
+                # TTS wants the fullest tag the text is written in: the customer's own locale when
+                # the template is for it or a parent of it (zh → zh-CN), else the template's.
+                own = prefs.locale.lower().startswith(locale_key.lower())
+                language = prefs.locale if own else locale_key
+                voice = OutboundVoice(**common, say=say, language=language)
                 await self.producer.publish(
                     OUTBOUND_VOICE,
                     voice,
