@@ -158,9 +158,9 @@ class Dispatcher:
         not_before = request.not_before.isoformat() if request.not_before else "-"
         claim_key = f"{request.request_id}:{request.attempt}:{not_before}"
         previous = await self.decisions.claim(claim_key, now=now)
-        if previous is not None and previous.get("status") != "deciding":
+        if previous is not None:
             decision = Decision(
-                "ignored", "duplicate", detail=f"decided before: {previous['status']}"
+                "ignored", "duplicate", detail=f"decided before: {previous['outcome']}"
             )
             await self._record(claim_key, request, decision, None, None, now)
             return decision
@@ -173,7 +173,6 @@ class Dispatcher:
         except RenderError as exc:  # defensive: rendering errors are decisions, never crashes
             decision = Decision("failed", "render", detail=str(exc))
         await self._record(claim_key, request, decision, prefs, case, now)
-        await self.decisions.settle(claim_key, decision.outcome)
         return decision
 
     async def _record(
@@ -198,7 +197,8 @@ class Dispatcher:
             )
         await self.decisions.record(
             {
-                "_id": f"{claim_key}:{decision.outcome}",
+                # The decision of a claim has the claim's key; a duplicate's is beside it.
+                "_id": claim_key if decision.rule != "duplicate" else f"{claim_key}:duplicate",
                 "request_id": request.request_id,
                 "attempt": request.attempt,
                 "customer_id": request.customer_id,

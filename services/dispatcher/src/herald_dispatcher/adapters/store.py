@@ -71,14 +71,14 @@ class Decisions:
         await self.decisions.create_index([("request_id", 1), ("at", 1)])
 
     async def claim(self, key: str, *, now: datetime) -> Doc | None:
-        """Claim a (request, attempt); the existing claim when it was handled before."""
-        if await insert_if_absent(self.claims, {"_id": key, "status": "deciding", "at": now}):
-            return None
-        return await self.claims.find_one({"_id": key})
+        """Claim a (request, attempt); its recorded decision when it was decided before.
 
-    async def settle(self, key: str, outcome: str) -> None:
-        """Mark a claim as decided."""
-        await self.claims.update_one({"_id": key}, {"$set": {"status": outcome}})
+        None also when a claim exists without a decision (a crash mid-way): decide again. The
+        decision's _id is the claim key, so no second write is needed to settle the claim.
+        """
+        if await insert_if_absent(self.claims, {"_id": key, "at": now}):
+            return None
+        return await self.decisions.find_one({"_id": key})
 
     async def record(self, decision: Doc) -> None:
         """Record a decision (idempotent by _id)."""
