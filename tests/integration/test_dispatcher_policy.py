@@ -624,3 +624,37 @@ async def test_expired_request_and_segment_limit(harness: Harness) -> None:
     ]
     assert "UCS-2" in decisions[1]["detail"]
     assert h.sms(prefs.customer_id) == []
+
+
+async def test_delivery_ends_escalation_when_success_is_delivery(harness: Harness) -> None:
+    h = harness
+    prefs = _customer()
+    campaign = _campaign(escalate_after_seconds=300, success="delivered")
+    case = _case(prefs.customer_id, 1, 14)
+    request = _request(prefs, campaign, case)
+    await _publish(h, prefs, case, request)
+    [sms] = await eventually(lambda: h.sms(prefs.customer_id))
+    [timer] = await eventually(lambda: h.timers(prefs.customer_id))
+    await _publish(
+        h,
+        DeliveryStatus(
+            message_id=sms.message_id,
+            request_id=request.request_id,
+            campaign_id=campaign.id,
+            customer_id=prefs.customer_id,
+            case_id=case.case_id,
+            channel="sms",
+            status="delivered",
+            at=NOON,
+        ),
+    )
+    await eventually(
+        lambda: any(
+            t.action == "cancel" and t.key == timer.key for t in h.timers(prefs.customer_id)
+        )
+    )
+    assert timer.request is not None
+    await h.producer.publish(CONTACT_REQUESTED, timer.request, key=prefs.customer_id)
+    decisions = await h.decided(prefs.customer_id, 2)
+    assert (decisions[1]["outcome"], decisions[1]["rule"]) == ("suppressed", "escalation-success")
+    assert h.emails(prefs.customer_id) == []
