@@ -136,7 +136,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
         topic_namespace=ns,
         view_wait_seconds=5,
         case_wait_seconds=0,
-        request_consumers=PARTITIONS,
+        request_consumers=1,  # FerretDB v1 (SQLite) slows down under concurrent writers
         legal_windows={"default": {}},  # the bench runs at any hour; windows are property-tested
         caps={"service": {"per_day": 100, "per_week": 1000}},
         log_level="WARNING",
@@ -213,6 +213,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
                 await asyncio.sleep(0.2)
             sent_at: dict[str, float] = {}
             t0 = time.perf_counter()
+            wall0 = time.time()
             for r in requests:
                 sent_at[r.request_id] = time.time()
                 await producer.publish(
@@ -222,7 +223,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             while True:
                 if await decisions.count_documents({}) >= n:
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # a count scans the collection on FerretDB: rarely
             elapsed = time.perf_counter() - t0
             outcomes = {}
             async for d in await decisions.aggregate(
@@ -230,6 +231,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             ):
                 outcomes[d["_id"]] = d["n"]
         latencies: list[float] = []
+        last_out = wall0
         while len(latencies) < outcomes.get("sent", 0):
             got = await outbound.getmany(timeout_ms=1000)
             if not got:
@@ -240,6 +242,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
                     start = sent_at.get(body["request_id"])
                     if start is not None:
                         latencies.append(rec.timestamp / 1000 - start)
+                        last_out = max(last_out, rec.timestamp / 1000)
     finally:
         await outbound.stop()
         await producer.stop()
@@ -250,14 +253,15 @@ async def bench(env: BenchEnv) -> list[Figure]:
     values = [(encode(CONTACT_REQUESTED, r, source="bench")[1], headers) for r in requests]
     raw = await _relay_rate(env, ns, values)
     db_writes = await _db_write_rate(env)
-    rate = n / elapsed
+    # From the first request published to the last message out (the poll above is coarse).
+    rate = n / (last_out - wall0) if len(latencies) == n else n / elapsed
     return [
         Figure(
             NAME,
             "decisions per second (full policy + render)",
             rate,
             "dec/s",
-            f"{n} requests, {PARTITIONS} partitions, outcomes {outcomes}",
+            f"{n} requests, {PARTITIONS} partitions, 1 consumer, outcomes {outcomes}",
         ),
         Figure(
             NAME,

@@ -37,6 +37,7 @@ def create_app(
         routers=[explain.router],
     )
     catchup = CatchUp(settings, "dispatcher-views", VIEW_TOPICS)
+    app.state.catchup = catchup
 
     @runtime.on_start
     async def _wire() -> None:
