@@ -83,3 +83,41 @@ def test_sandbox_refuses_unsafe_templates() -> None:
     with pytest.raises(RenderError):
         render("{{ missing.field }}", {})
     assert render("{{ case.status }}", {"case": {"status": "ok"}}) == "ok"
+
+
+def test_babel_formats_in_customer_locale_and_zone() -> None:
+    case = {"case": {"at": "2026-11-24T08:05:00+00:00", "n": 12345.5}}
+    zh = render(
+        "{{ case.at | time }} {{ case.at | date }}", case, locale="zh-CN", tz="Asia/Shanghai"
+    )
+    assert zh == "16:05 2026年11月24日"
+    us = render(
+        "{{ case.at | time }} {{ case.n | number }}", case, locale="en-US", tz="America/New_York"
+    )
+    assert us == "3:05\u202fAM 12,345.5"
+    de = render("{{ case.n | number }}", case, locale="de-DE", tz="Europe/Berlin")
+    assert de == "12.345,5"
+    with pytest.raises(RenderError):
+        render("{{ case.n | time }}", case)
+
+
+def test_quiet_hours_across_midnight_and_dst() -> None:
+    from zoneinfo import ZoneInfo
+
+    from herald_dispatcher.domain.windows import ContactWindow, Window
+
+    london = ContactWindow(
+        tz=ZoneInfo("Europe/London"),
+        allowed=Window.parse("08:00", "21:00"),
+        quiet=Window.parse("22:00", "09:30"),
+    )
+    # 23:00 local in winter (UTC+0): next moment is 09:30 the next day.
+    assert london.next_allowed(datetime(2026, 11, 24, 23, tzinfo=UTC)) == datetime(
+        2026, 11, 25, 9, 30, tzinfo=UTC
+    )
+    # The night the clocks go forward (29 March 2026): 09:30 BST is 08:30 UTC.
+    assert london.next_allowed(datetime(2026, 3, 29, 0, 30, tzinfo=UTC)) == datetime(
+        2026, 3, 29, 8, 30, tzinfo=UTC
+    )
+    noon = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    assert london.next_allowed(noon) == noon

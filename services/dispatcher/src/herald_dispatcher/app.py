@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
-from herald_contracts import Topics
-from herald_dispatcher.adapters.store import Decisions, Views
+from herald_contracts import Topics, utc_now
+from herald_dispatcher.adapters.store import Decisions, Ledger, Views
 from herald_dispatcher.api import explain
 from herald_dispatcher.config import Settings
-from herald_dispatcher.messaging.handlers import handle_request, handle_view
+from herald_dispatcher.messaging.catchup import CatchUp
+from herald_dispatcher.messaging.handlers import handle_outcome, handle_request, handle_view
 from herald_dispatcher.policy import Dispatcher
 from herald_kit import Runtime, build_app
 
+VIEW_TOPICS = [Topics.CONTACTS_PREFERENCES, Topics.CASES_STATE]
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the dispatcher app; connections open in the lifespan."""
+
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now
+) -> FastAPI:
+    """Build the dispatcher app; connections open in the lifespan.
+
+    `clock` is the dispatcher's notion of now (tests pin it to exercise quiet hours).
+    """
     settings = settings or Settings()
     runtime = Runtime(settings, "dispatcher")
     app = build_app(
@@ -25,25 +36,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Decides whether, when, on which channel and with what words to contact.",
         routers=[explain.router],
     )
+    catchup = CatchUp(settings, "dispatcher-views", VIEW_TOPICS)
+    app.state.catchup = catchup
 
     @runtime.on_start
     async def _wire() -> None:
         app.state.views = Views(runtime.db)
         app.state.decisions = Decisions(runtime.db)
+        app.state.ledger = Ledger(runtime.db)
         await app.state.decisions.ensure_indexes()
+        await app.state.ledger.ensure_indexes()
         app.state.dispatcher = Dispatcher(
             app.state.views,
             app.state.decisions,
+            app.state.ledger,
             runtime.producer,
-            view_wait=settings.view_wait_seconds,
+            settings,
+            clock=clock,
         )
+        await catchup.start()
+
+    runtime.ready_check("views-caught-up", catchup.caught_up)
 
     async def on_view(record: ConsumerRecord[bytes, bytes]) -> None:
         await handle_view(app.state.views, settings.topic_namespace, record)
 
     async def on_request(record: ConsumerRecord[bytes, bytes]) -> None:
+        await catchup.wait(settings.view_catchup_seconds)
         await handle_request(app.state.dispatcher, record)
 
-    runtime.consume("dispatcher-views", [Topics.CONTACTS_PREFERENCES, Topics.CASES_STATE], on_view)
-    runtime.consume("dispatcher", [Topics.CONTACT_REQUESTS], on_request)
+    async def on_outcome(record: ConsumerRecord[bytes, bytes]) -> None:
+        await handle_outcome(app.state.dispatcher, settings.topic_namespace, record)
+
+    runtime.consume("dispatcher-views", VIEW_TOPICS, on_view)
+    # Several members of one group in one process decide different partitions concurrently;
+    # each partition (each customer) is still decided by one member at a time.
+    for _ in range(settings.request_consumers):
+        runtime.consume("dispatcher", [Topics.CONTACT_REQUESTS], on_request)
+    runtime.consume(
+        "dispatcher-outcomes", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
+    )
     return app

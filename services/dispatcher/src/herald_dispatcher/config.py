@@ -1,9 +1,25 @@
 """Dispatcher settings (HERALD_DISPATCHER_*)."""
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from herald_dispatcher.domain.caps import CapLimits
 from herald_kit import ServiceSettings
+
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class LocalWindow(BaseModel):
+    """A daily window in the customer's local time, [start, end)."""
+
+    start: str = Field(pattern=HHMM)
+    end: str = Field(pattern=HHMM)
+
+
+def _default_legal() -> dict[str, dict[str, LocalWindow]]:
+    # SMS and voice only between 08:00 and 21:00 local unless a region says otherwise.
+    window = LocalWindow(start="08:00", end="21:00")
+    return {"default": {"sms": window, "voice": window}}
 
 
 class Settings(ServiceSettings):
@@ -15,4 +31,49 @@ class Settings(ServiceSettings):
     mongo_db: str = "herald_dispatcher"
     view_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long a request waits for a customer's preferences."
+    )
+    case_wait_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a request naming a newer case version waits for the local view.",
+    )
+    view_catchup_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="At start, how long requests wait for the local views to catch up.",
+    )
+    request_consumers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Consumers of contact.requests in this process (one group); at most the topic's "
+            "partitions, or some stay unassigned and /readyz says so."
+        ),
+    )
+    legal_windows: dict[str, dict[str, LocalWindow]] = Field(
+        default_factory=_default_legal,
+        description=(
+            "Legal contact windows per region (ISO 3166 code of the customer's phone number, or "
+            "'default') and channel; a channel not listed has no legal window."
+        ),
+    )
+    critical_windows: dict[str, LocalWindow] = Field(
+        default_factory=dict,
+        description="Windows per channel that service-critical campaigns may use instead.",
+    )
+    caps: dict[str, CapLimits] = Field(
+        default_factory=lambda: {
+            "service": CapLimits(per_day=6, per_week=20),
+            "marketing": CapLimits(per_day=1, per_week=3),
+        },
+        description="Frequency caps per priority, per customer across campaigns.",
+    )
+    status_url: str = Field(
+        default="http://127.0.0.1:8102/s/{token}",
+        description="The case status page; {token} is a signed 'case-status' link.",
+    )
+    preferences_url: str = Field(
+        default="http://127.0.0.1:8101/p/{token}",
+        description="The preference centre; {token} is a signed 'preferences' link.",
     )

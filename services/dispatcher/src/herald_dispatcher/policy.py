@@ -1,28 +1,56 @@
-"""The policy pipeline: each contact request ends in one recorded decision, with its rule."""
+"""The policy pipeline: each contact request ends in one recorded decision, with its rule.
+
+Rules run in the order of the issue: expiry, still-applies, superseded, duplicate (the claim),
+channel choice, quiet hours, frequency caps, rendering, emission. Escalation re-enters the same
+pipeline with the next attempt and the channels already tried.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import phonenumbers
+
 from herald_contracts import (
+    CONTACT_REQUESTED,
+    OUTBOUND_EMAIL,
     OUTBOUND_SMS,
+    OUTBOUND_VOICE,
+    TIMER_REQUESTED,
     CaseState,
+    Channel,
     ContactPreferences,
     ContactRequest,
+    DeliveryStatus,
+    EngagementReply,
+    OutboundEmail,
     OutboundSms,
+    OutboundVoice,
+    TimerRequest,
     utc_now,
 )
-from herald_dispatcher.adapters.store import Decisions, Views
+from herald_dispatcher.adapters.store import Decisions, Ledger, Views
+from herald_dispatcher.config import LocalWindow, Settings
+from herald_dispatcher.domain.caps import CapLimits, check_caps
 from herald_dispatcher.domain.channels import choose_channel
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
-from herald_kit import EventProducer, PermanentError
+from herald_dispatcher.domain.windows import ContactWindow, Window, zone
+from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
+from herald_kit import EventProducer, LinkSigner, PermanentError
+from herald_kit.cel import ExpressionError, evaluate
 
 log = logging.getLogger("herald.dispatcher")
 MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
+# Statuses that mean the message did not reach the customer: escalate at once.
+FAILED: frozenset[str] = frozenset({"failed", "undelivered", "no-answer", "busy"})
+# Statuses that mean it did: success for campaigns whose success is "delivered".
+DELIVERED: frozenset[str] = frozenset({"delivered", "answered"})
 
 
 def message_id(request_id: str, channel: str, attempt: int) -> str:
@@ -30,8 +58,17 @@ def message_id(request_id: str, channel: str, attempt: int) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{request_id}|{channel}|{attempt}"))
 
 
+def derived_id(*parts: object) -> str:
+    """A deterministic id for timers and re-published requests."""
+    return str(uuid.uuid5(MESSAGE_NAMESPACE, "|".join(str(p) for p in parts)))
+
+
 class UnknownCustomer(PermanentError):
     """No preferences are known for the request's customer."""
+
+
+class UnknownCampaign(PermanentError):
+    """The request's campaign has nothing the dispatcher could send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,53 +80,125 @@ class Decision:
     channel: str | None = None
     message_id: str | None = None
     detail: str | None = None
+    due_at: datetime | None = None
+
+
+def _window(w: LocalWindow | None) -> Window | None:
+    return Window.parse(w.start, w.end) if w is not None else None
 
 
 class Dispatcher:
-    """Decide, render, emit, record."""
+    """Decide, render, emit, record; escalate on failure or silence."""
 
     def __init__(
-        self, views: Views, decisions: Decisions, producer: EventProducer, *, view_wait: float
+        self,
+        views: Views,
+        decisions: Decisions,
+        ledger: Ledger,
+        producer: EventProducer,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.views = views
         self.decisions = decisions
+        self.ledger = ledger
         self.producer = producer
-        self.view_wait = view_wait
+        self.settings = settings
+        self.clock = clock
+        secret = settings.link_secret.get_secret_value()
+        self._status_links = LinkSigner(secret, "case-status") if secret else None
+        self._pref_links = LinkSigner(secret, "preferences") if secret else None
+
+    # -- inputs -------------------------------------------------------------------------------
 
     async def _preferences(self, customer_id: str) -> ContactPreferences:
-        deadline = asyncio.get_running_loop().time() + self.view_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.view_wait_seconds
         while True:
             prefs = await self.views.contact(customer_id)
             if prefs is not None:
                 return prefs
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 raise UnknownCustomer(
                     f"no preferences for customer {customer_id!r}", field="customer_id"
                 )
             await asyncio.sleep(0.1)
 
     async def _latest_case(self, request: ContactRequest) -> CaseState | None:
-        held = await self.views.case(request.case_id) if request.case_id else None
+        """The newest case state known: the view's, waiting a bounded time for a named version."""
         carried = request.case_state
+        if request.case_id is None:
+            return carried
+        wanted = request.case_version or (carried.version if carried else 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.case_wait_seconds
+        while True:
+            held = await self.views.case(request.case_id)
+            if held is not None and held.version >= wanted:
+                break
+            if loop.time() >= deadline:
+                break  # decide on what is known; the decision records the versions seen
+            await asyncio.sleep(0.05)
         if held is None:
             return carried
         if carried is None or held.version >= carried.version:
             return held
         return carried
 
-    async def handle(self, request: ContactRequest) -> Decision | None:
-        """Decide one request; None when it was decided before (a redelivery)."""
-        now = utc_now()
-        claim_key = f"{request.request_id}:{request.attempt}"
+    # -- the pipeline -------------------------------------------------------------------------
+
+    async def handle(self, request: ContactRequest) -> Decision:
+        """Decide one request and record the decision (a redelivery is recorded as ignored)."""
+        if not request.campaign.messages:
+            raise UnknownCampaign(
+                f"campaign {request.campaign.id!r} has no messages", field="campaign.messages"
+            )
+        now = self.clock()
+        not_before = request.not_before.isoformat() if request.not_before else "-"
+        claim_key = f"{request.request_id}:{request.attempt}:{not_before}"
         previous = await self.decisions.claim(claim_key, now=now)
-        if previous is not None and previous.get("status") != "deciding":
-            return None
-        prefs = await self._preferences(request.customer_id)
-        case = await self._latest_case(request)
-        decision = await self._decide(request, prefs, case)
+        if previous is not None:
+            decision = Decision(
+                "ignored", "duplicate", detail=f"decided before: {previous['outcome']}"
+            )
+            await self._record(claim_key, request, decision, None, None, now)
+            return decision
+        # Independent reads: overlap their round trips.
+        prefs, case = await asyncio.gather(
+            self._preferences(request.customer_id), self._latest_case(request)
+        )
+        try:
+            decision = await self._decide(request, prefs, case, now)
+        except RenderError as exc:  # defensive: rendering errors are decisions, never crashes
+            decision = Decision("failed", "render", detail=str(exc))
+        await self._record(claim_key, request, decision, prefs, case, now)
+        return decision
+
+    async def _record(
+        self,
+        claim_key: str,
+        request: ContactRequest,
+        decision: Decision,
+        prefs: ContactPreferences | None,
+        case: CaseState | None,
+        now: datetime,
+    ) -> None:
+        DECISIONS.labels(decision.outcome, decision.rule).inc()
+        if decision.outcome == "failed":
+            log.warning(
+                "contact failed",
+                extra={
+                    "rule": decision.rule,
+                    "request_id": request.request_id,
+                    "campaign": request.campaign.id,
+                    "detail": decision.detail,
+                },
+            )
         await self.decisions.record(
             {
-                "_id": f"{claim_key}:{decision.outcome}",
+                # The decision of a claim has the claim's key; a duplicate's is beside it.
+                "_id": claim_key if decision.rule != "duplicate" else f"{claim_key}:duplicate",
                 "request_id": request.request_id,
                 "attempt": request.attempt,
                 "customer_id": request.customer_id,
@@ -101,56 +210,391 @@ class Dispatcher:
                 "channel": decision.channel,
                 "message_id": decision.message_id,
                 "detail": decision.detail,
+                "due_at": decision.due_at,
                 "inputs": {
                     "case_version": case.version if case else None,
-                    "preferences_version": prefs.version,
+                    "case_version_requested": request.case_version,
+                    "preferences_version": prefs.version if prefs else None,
+                    "tried_channels": list(request.tried_channels),
+                    "escalation_of": request.escalation_of,
                 },
                 "at": now,
             }
         )
-        await self.decisions.settle(claim_key, decision.outcome)
-        return decision
 
     async def _decide(
-        self, request: ContactRequest, prefs: ContactPreferences, case: CaseState | None
+        self,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        case: CaseState | None,
+        now: datetime,
     ) -> Decision:
-        if request.expires_at is not None and request.expires_at <= utc_now():
+        campaign = request.campaign
+        first = request.attempt == 1 and request.escalation_of is None
+        # 1. expiry
+        if request.expires_at is not None and request.expires_at <= now:
             return Decision("suppressed", "expired")
-        choice = choose_channel(prefs, request.campaign)
+        if request.attempt > campaign.max_attempts:
+            return Decision("suppressed", "attempts-exhausted")
+        if request.escalation_of is not None:
+            flags = await self.ledger.outcome(request.request_id)
+            if flags.get("engaged") or (campaign.success == "delivered" and flags.get("delivered")):
+                return Decision("suppressed", "escalation-success", detail="customer reached")
+        # 2. still applies, against the latest case state
+        if campaign.still_applies:
+            variables = {"case": case.model_dump(mode="json") if case else {}}
+            try:
+                applies = evaluate(campaign.still_applies, variables)
+            except ExpressionError as exc:
+                return Decision("failed", "still-applies", detail=str(exc))
+            if not applies:
+                version = case.version if case else None
+                return Decision(
+                    "suppressed", "still-applies", detail=f"case moved on (version {version})"
+                )
+        # 3. superseded by a newer request for the same campaign and case
+        if request.case_id is not None:
+            key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
+            order = request.case_version or (
+                request.case_state.version if request.case_state else 0
+            )
+            newest, told = await self.ledger.request_state(key, order)
+            if newest > order:
+                return Decision(
+                    "suppressed", "superseded", detail=f"a request for case version {newest} exists"
+                )
+            if first and case is not None and told >= case.version:
+                return Decision(
+                    "suppressed", "superseded", detail=f"customer already told version {told}"
+                )
+        # 4. duplicates were refused by the claim in handle()
+        # 5. channel
+        choice = choose_channel(prefs, campaign, exclude=frozenset(request.tried_channels))
         if choice.channel is None:
             return Decision("suppressed", "channel", detail=choice.reason)
         channel = choice.channel
-        locale_key, template = pick_template(request.campaign.messages[channel], prefs.locale)
+        # 6. quiet hours and the legal window
+        window = self.contact_window(prefs, channel, critical=campaign.critical)
+        try:
+            allowed_at = window.next_allowed(now)
+        except ValueError:
+            return Decision(
+                "suppressed", "quiet-hours", channel=channel, detail="windows never open"
+            )
+        if allowed_at > now:
+            return await self._defer(request, channel, allowed_at, "quiet-hours")
+        # 7. frequency caps (a contact counts once; escalations of it are not new contacts)
+        if first:
+            limits = self.settings.caps.get(campaign.priority.value, CapLimits())
+            sent = await self.ledger.sent_times(
+                request.customer_id, campaign.priority.value, exclude=request.request_id
+            )
+            verdict = check_caps(sent, now, limits)
+            if not verdict.allowed:
+                if campaign.cap_policy == "suppress" or verdict.retry_at is None:
+                    return Decision(
+                        "suppressed", "frequency-cap", channel=channel, detail=verdict.cap
+                    )
+                try:
+                    due = window.next_allowed(verdict.retry_at)
+                except ValueError:
+                    due = verdict.retry_at
+                return await self._defer(request, channel, due, "frequency-cap", verdict.cap)
+        # 8. render, 9. emit
+        return await self._emit(request, prefs, case, channel, now)
+
+    def contact_window(
+        self, prefs: ContactPreferences, channel: Channel, *, critical: bool
+    ) -> ContactWindow:
+        """The customer's quiet hours and the legal window for the channel and region."""
+        legal: LocalWindow | None = None
+        if critical and channel in self.settings.critical_windows:
+            legal = self.settings.critical_windows[channel]
+        else:
+            region = "default"
+            address = prefs.channels.get(channel)
+            if channel in ("sms", "voice") and address is not None:
+                try:
+                    region = (
+                        phonenumbers.region_code_for_number(
+                            phonenumbers.parse(address.address, None)
+                        )
+                        or "default"
+                    )
+                except phonenumbers.NumberParseException:
+                    region = "default"
+            by_channel = self.settings.legal_windows.get(
+                region, self.settings.legal_windows.get("default", {})
+            )
+            legal = by_channel.get(channel)
+        quiet = prefs.quiet_hours
+        return ContactWindow(
+            tz=zone(prefs.time_zone),
+            allowed=_window(legal),
+            quiet=Window.parse(quiet.start, quiet.end) if quiet else None,
+        )
+
+    async def _defer(
+        self,
+        request: ContactRequest,
+        channel: str,
+        due: datetime,
+        rule: str,
+        detail: str | None = None,
+    ) -> Decision:
+        """Ask the scheduler to re-send the request at the next allowed moment."""
+        not_before = request.not_before.isoformat() if request.not_before else "-"
+        timer = TimerRequest(
+            timer_id=derived_id(request.request_id, request.attempt, not_before, "defer"),
+            key=f"defer:{request.request_id}:{request.attempt}",
+            due_at=due,
+            reason=rule,
+            request=request.model_copy(update={"not_before": due}),
+        )
+        await self.producer.publish(
+            TIMER_REQUESTED, timer, key=request.customer_id, event_id=timer.timer_id
+        )
+        return Decision("deferred", rule, channel=channel, detail=detail, due_at=due)
+
+    def _links(self, request: ContactRequest, prefs: ContactPreferences) -> dict[str, Any]:
+        return {
+            "status": _Link(self, "status", request, prefs),
+            "preferences": _Link(self, "preferences", request, prefs),
+        }
+
+    def link(self, kind: str, request: ContactRequest, prefs: ContactPreferences) -> str:
+        """A signed link to the case status page or the preference centre."""
+        signer = self._status_links if kind == "status" else self._pref_links
+        if signer is None:
+            raise RenderError("the template asks for a signed link but no link secret is set")
+        if kind == "status":
+            if request.case_id is None:
+                raise RenderError("links.status needs a case")
+            # The payload the case status page (ingest) verifies.
+            token = signer.sign(
+                {"case": request.case_id, "customer": prefs.customer_id, "locale": prefs.locale}
+            )
+            return self.settings.status_url.format(token=token)
+        # The payload the preference centre verifies.
+        token = signer.sign({"c": prefs.customer_id, "p": "preferences"})
+        return self.settings.preferences_url.format(token=token)
+
+    async def _emit(
+        self,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        case: CaseState | None,
+        channel: Channel,
+        now: datetime,
+    ) -> Decision:
+        campaign = request.campaign
+        locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
         variables: dict[str, Any] = {
             "case": case.model_dump(mode="json") if case else {},
             "contact": {"customer_id": prefs.customer_id, "locale": prefs.locale},
-            "campaign": {"id": request.campaign.id, "name": request.campaign.name},
+            "campaign": {"id": campaign.id, "name": campaign.name},
+            "links": self._links(request, prefs),
+        }
+        opts: dict[str, Any] = {"locale": prefs.locale, "tz": prefs.time_zone}
+        mid = message_id(request.request_id, channel, request.attempt)
+        common: dict[str, Any] = {
+            "message_id": mid,
+            "request_id": request.request_id,
+            "campaign_id": campaign.id,
+            "customer_id": request.customer_id,
+            "case_id": request.case_id,
+            "attempt": request.attempt,
+            "locale": locale_key,
+            "expires_at": request.expires_at,
+            "created_at": now,
+            "to": prefs.channels[channel].address,
         }
         try:
-            body = render(template.body, variables)
+            if channel == "sms":
+                body = render(template.body, variables, **opts)
+                measure = measure_sms(body)
+                limit = campaign.sms_segment_limit
+                if limit is not None and measure.segments > limit:
+                    return Decision(
+                        "failed",
+                        "segment-limit",
+                        channel=channel,
+                        detail=f"{measure.segments} {measure.encoding} segments > limit {limit}",
+                    )
+                encoding = "GSM-7" if measure.encoding == "GSM-7" else "UCS-2"
+                sms = OutboundSms(**common, body=body, segments=measure.segments, encoding=encoding)
+                await self.producer.publish(
+                    OUTBOUND_SMS,
+                    sms,
+                    key=request.customer_id,
+                    event_id=mid,
+                    subject=request.case_id,
+                )
+            elif channel == "email":
+                subject = render(template.subject or campaign.name, variables, **opts)
+                text = render(template.body, variables, **opts)
+                html = (
+                    render(template.html, variables, html=True, **opts) if template.html else None
+                )
+                unsubscribe = self.link("preferences", request, prefs) if self._pref_links else None
+                email = OutboundEmail(
+                    **common, subject=subject, text=text, html=html, unsubscribe_url=unsubscribe
+                )
+                await self.producer.publish(
+                    OUTBOUND_EMAIL,
+                    email,
+                    key=request.customer_id,
+                    event_id=mid,
+                    subject=request.case_id,
+                )
+            else:
+                say = render(template.body, variables, **opts)
+                # TTS wants the fullest tag the text is written in: the customer's own locale when
+                # the template is for it or a parent of it (zh → zh-CN), else the template's.
+                own = prefs.locale.lower().startswith(locale_key.lower())
+                language = prefs.locale if own else locale_key
+                voice = OutboundVoice(**common, say=say, language=language)
+                await self.producer.publish(
+                    OUTBOUND_VOICE,
+                    voice,
+                    key=request.customer_id,
+                    event_id=mid,
+                    subject=request.case_id,
+                )
         except RenderError as exc:
+            RENDER_ERRORS.labels(channel).inc()
             return Decision("failed", "render", channel=channel, detail=str(exc))
-        mid = message_id(request.request_id, channel, request.attempt)
-        if channel == "sms":
-            measure = measure_sms(body)
-            out = OutboundSms(
-                message_id=mid,
-                request_id=request.request_id,
-                campaign_id=request.campaign.id,
-                customer_id=request.customer_id,
-                case_id=request.case_id,
-                attempt=request.attempt,
-                locale=locale_key,
-                expires_at=request.expires_at,
-                created_at=utc_now(),
-                to=prefs.channels["sms"].address,
-                body=body,
-                segments=measure.segments,
-                encoding="GSM-7" if measure.encoding == "GSM-7" else "UCS-2",
+        await self._after_send(request, case, channel, mid, now)
+        return Decision("sent", "ranked", channel=channel, message_id=mid)
+
+    async def _after_send(
+        self,
+        request: ContactRequest,
+        case: CaseState | None,
+        channel: Channel,
+        mid: str,
+        now: datetime,
+    ) -> None:
+        """Ledger rows for caps, supersession and escalation; the escalation timer."""
+        campaign = request.campaign
+        nxt = self.next_request(request, channel, mid)
+        writes = [
+            self.ledger.note_attempt(
+                {
+                    "_id": mid,
+                    "request_id": request.request_id,
+                    "attempt": request.attempt,
+                    "channel": channel,
+                    "customer_id": request.customer_id,
+                    "case_id": request.case_id,
+                    "success": campaign.success,
+                    "next": nxt.model_dump(mode="json") if nxt else None,
+                    "at": now,
+                }
+            )
+        ]
+        if request.attempt == 1 and request.escalation_of is None:
+            writes.append(
+                self.ledger.note_contact(
+                    request.request_id, request.customer_id, campaign.priority.value, now
+                )
+            )
+            started = request.case_state.updated_at if request.case_state else request.requested_at
+            FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
+        if request.case_id is not None and case is not None:
+            key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
+            writes.append(self.ledger.note_told(key, case.version))
+        # Independent documents: write them concurrently, all before the offset is committed.
+        await asyncio.gather(*writes)
+        if nxt is not None and campaign.escalate_after_seconds is not None:
+            timer = TimerRequest(
+                timer_id=derived_id(mid, "escalate"),
+                key=escalation_key(request.request_id, request.attempt),
+                due_at=now + timedelta(seconds=campaign.escalate_after_seconds),
+                reason="escalation",
+                request=nxt,
             )
             await self.producer.publish(
-                OUTBOUND_SMS, out, key=request.customer_id, event_id=mid, subject=request.case_id
+                TIMER_REQUESTED, timer, key=request.customer_id, event_id=timer.timer_id
             )
-            return Decision("sent", "ranked", channel=channel, message_id=mid)
-        # Email and voice rendering arrive with their senders.
-        return Decision("suppressed", "channel-not-available", channel=channel)
+
+    @staticmethod
+    def next_request(request: ContactRequest, channel: Channel, mid: str) -> ContactRequest | None:
+        """The request that tries the next channel, or None when attempts are exhausted."""
+        if request.attempt >= request.campaign.max_attempts:
+            return None
+        return request.model_copy(
+            update={
+                "attempt": request.attempt + 1,
+                "tried_channels": [*request.tried_channels, channel],
+                "escalation_of": mid,
+                "not_before": None,
+            }
+        )
+
+    # -- outcomes: delivery statuses and replies ----------------------------------------------
+
+    async def on_status(self, status: DeliveryStatus) -> None:
+        """Success stops escalation; a failure escalates to the next channel at once."""
+        attempt = await self.ledger.attempt(status.message_id)
+        if attempt is None:
+            return  # not a message this dispatcher emitted (or emitted before the ledger)
+        rid, number = attempt["request_id"], int(attempt["attempt"])
+        if status.status in DELIVERED:
+            await self.ledger.mark(rid, "delivered")
+            if attempt.get("success") == "delivered":
+                await self._cancel(attempt)
+        elif status.status in FAILED:
+            await self._cancel(attempt)
+            if attempt.get("next") is None:
+                return
+            nxt = ContactRequest.model_validate(attempt["next"])
+            # Through contact.requests (keyed by customer) so one consumer decides per customer;
+            # it is the very request the escalation timer would send, so the claim keeps it single.
+            await self.producer.publish(
+                CONTACT_REQUESTED,
+                nxt,
+                key=nxt.customer_id,
+                event_id=derived_id(rid, number, "escalate-now"),
+                subject=nxt.case_id,
+            )
+
+    async def on_reply(self, reply: EngagementReply) -> None:
+        """A reply is engagement: stop escalating and cancel pending escalation timers."""
+        attempts: list[dict[str, Any]] = []
+        if reply.message_id:
+            found = await self.ledger.attempt(reply.message_id)
+            if found is not None:
+                attempts = [found]
+        if not attempts and reply.case_id:
+            attempts = await self.ledger.open_attempts(reply.customer_id, reply.case_id)
+        for attempt in attempts:
+            await self.ledger.mark(attempt["request_id"], "engaged")
+            await self._cancel(attempt)
+
+    async def _cancel(self, attempt: dict[str, Any]) -> None:
+        key = escalation_key(attempt["request_id"], int(attempt["attempt"]))
+        timer = TimerRequest(timer_id=derived_id(key, "cancel"), key=key, action="cancel")
+        await self.producer.publish(
+            TIMER_REQUESTED, timer, key=attempt["customer_id"], event_id=timer.timer_id
+        )
+
+
+def escalation_key(request_id: str, attempt: int) -> str:
+    """The cancellation key of one attempt's escalation timer."""
+    return f"escalate:{request_id}:{attempt}"
+
+
+class _Link:
+    """A signed link, signed only when a template reads it."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, kind: str, request: ContactRequest, prefs: ContactPreferences
+    ) -> None:
+        self._d, self._kind, self._request, self._prefs = dispatcher, kind, request, prefs
+
+    def __str__(self) -> str:
+        return self._d.link(self._kind, self._request, self._prefs)
+
+    def __html__(self) -> str:
+        return str(self)

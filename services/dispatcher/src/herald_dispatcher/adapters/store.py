@@ -9,6 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import CaseState, ContactPreferences
+from herald_dispatcher.domain.caps import WEEK
 from herald_kit import Doc, insert_if_absent
 
 
@@ -70,14 +71,14 @@ class Decisions:
         await self.decisions.create_index([("request_id", 1), ("at", 1)])
 
     async def claim(self, key: str, *, now: datetime) -> Doc | None:
-        """Claim a (request, attempt); the existing claim when it was handled before."""
-        if await insert_if_absent(self.claims, {"_id": key, "status": "deciding", "at": now}):
-            return None
-        return await self.claims.find_one({"_id": key})
+        """Claim a (request, attempt); its recorded decision when it was decided before.
 
-    async def settle(self, key: str, outcome: str) -> None:
-        """Mark a claim as decided."""
-        await self.claims.update_one({"_id": key}, {"$set": {"status": outcome}})
+        None also when a claim exists without a decision (a crash mid-way): decide again. The
+        decision's _id is the claim key, so no second write is needed to settle the claim.
+        """
+        if await insert_if_absent(self.claims, {"_id": key, "at": now}):
+            return None
+        return await self.decisions.find_one({"_id": key})
 
     async def record(self, decision: Doc) -> None:
         """Record a decision (idempotent by _id)."""
@@ -87,3 +88,91 @@ class Decisions:
         """Decisions matching a field, oldest first."""
         cursor = self.decisions.find(query, {"_id": 0}).sort("at", 1).limit(500)
         return [d async for d in cursor]
+
+
+class Ledger:
+    """What the dispatcher has emitted: latest requests, contacts for caps, attempts, success."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.latest = db["latest_requests"]
+        self.contacts = db["contacts_sent"]
+        self.attempts = db["attempts"]
+        self.outcomes = db["request_outcomes"]
+
+    async def ensure_indexes(self) -> None:
+        """Attempts by customer and case (replies without a message id)."""
+        await self.attempts.create_index([("customer_id", 1), ("case_id", 1)])
+
+    async def request_state(self, key: str, order: int) -> tuple[int, int]:
+        """For (campaign, case, customer): the newest trigger order known (noting this one) and
+        the newest case version already sent. One read, and a write only when order is newer."""
+        doc = await self.latest.find_one({"_id": key})
+        if doc is None:
+            if await insert_if_absent(self.latest, {"_id": key, "order": order, "told": 0}):
+                return order, 0
+            doc = await self.latest.find_one({"_id": key}) or {}
+        newest, told = int(doc.get("order", 0)), int(doc.get("told", 0))
+        if order > newest:
+            await self.latest.update_one(
+                {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}
+            )
+            newest = order
+        return newest, told
+
+    async def note_told(self, key: str, version: int) -> None:
+        """Record that the customer has heard about this case version."""
+        await self.latest.update_one(
+            {"_id": key, "told": {"$lt": version}}, {"$set": {"told": version}}
+        )
+
+    async def sent_times(
+        self, customer_id: str, priority: str, *, exclude: str = ""
+    ) -> list[datetime]:
+        """When this customer was contacted at this priority in the last week (but for one).
+
+        One document per customer and priority, read by _id: FerretDB v1 pushes only _id
+        filters down to its storage, so a query by customer would scan every contact.
+        """
+        doc = await self.contacts.find_one({"_id": f"{customer_id}|{priority}"})
+        return [c["at"] for c in (doc or {}).get("recent", []) if c["r"] != exclude]
+
+    async def note_contact(
+        self, request_id: str, customer_id: str, priority: str, at: datetime
+    ) -> None:
+        """Count one contact towards the customer's caps (once per request; a week is kept)."""
+        key = f"{customer_id}|{priority}"
+        doc = await self.contacts.find_one({"_id": key})
+        recent = [c for c in (doc or {}).get("recent", []) if c["at"] > at - WEEK]
+        if any(c["r"] == request_id for c in recent):
+            return
+        recent.append({"r": request_id, "at": at})
+        # One consumer decides a customer at a time (keyed partitions), so read-modify-write holds.
+        await self.contacts.update_one({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
+
+    async def note_attempt(self, doc: Doc) -> None:
+        """An emitted message, by message id, with what escalation needs."""
+        await insert_if_absent(self.attempts, doc)
+
+    async def attempt(self, message_id: str) -> Doc | None:
+        """One emitted message."""
+        return await self.attempts.find_one({"_id": message_id})
+
+    async def open_attempts(self, customer_id: str, case_id: str) -> list[Doc]:
+        """Emitted messages for a customer's case (to stop escalation on a reply)."""
+        cursor = self.attempts.find({"customer_id": customer_id, "case_id": case_id})
+        return [d async for d in cursor]
+
+    async def mark(self, request_id: str, field: str) -> bool:
+        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new."""
+        result = await self.outcomes.update_one(
+            {"_id": request_id, field: {"$ne": True}}, {"$set": {field: True}}, upsert=False
+        )
+        if result.modified_count:
+            return True
+        if await self.outcomes.find_one({"_id": request_id}) is None:
+            return await insert_if_absent(self.outcomes, {"_id": request_id, field: True})
+        return False
+
+    async def outcome(self, request_id: str) -> Doc:
+        """A request's outcome flags."""
+        return await self.outcomes.find_one({"_id": request_id}) or {}

@@ -4,15 +4,75 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from babel import Locale, UnknownLocaleError
+from babel import dates as babel_dates
+from babel import numbers as babel_numbers
+from jinja2 import StrictUndefined, TemplateError, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from herald_contracts import MessageTemplate
+from herald_dispatcher.domain.windows import zone
 
-_ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
-_HTML_ENV = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+# Templates see the customer's locale and zone through these context names.
+LOCALE_VAR = "_locale"
+TZ_VAR = "_tz"
+
+
+def babel_locale(tag: str) -> Locale:
+    """A Babel locale for a BCP 47 tag, falling back along its chain, then to English."""
+    for candidate in locale_chain(tag):
+        try:
+            return Locale.parse(candidate, sep="-")
+        except (UnknownLocaleError, ValueError):
+            continue
+    return Locale.parse("en")
+
+
+def _instant(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    raise TypeError(f"not a date-time: {type(value).__name__}")
+
+
+@pass_context
+def _f_datetime(ctx: Context, value: Any, fmt: str = "medium") -> str:
+    return babel_dates.format_datetime(
+        _instant(value), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
+    )
+
+
+@pass_context
+def _f_date(ctx: Context, value: Any, fmt: str = "medium") -> str:
+    local = _instant(value).astimezone(zone(ctx[TZ_VAR]))
+    return babel_dates.format_date(local.date(), fmt, locale=ctx[LOCALE_VAR])
+
+
+@pass_context
+def _f_time(ctx: Context, value: Any, fmt: str = "short") -> str:
+    return babel_dates.format_time(
+        _instant(value), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
+    )
+
+
+@pass_context
+def _f_number(ctx: Context, value: Any) -> str:
+    return babel_numbers.format_decimal(value, locale=ctx[LOCALE_VAR])
+
+
+def _environment(*, autoescape: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined)
+    env.filters.update(datetime=_f_datetime, date=_f_date, time=_f_time, number=_f_number)
+    return env
+
+
+_ENV = _environment(autoescape=False)
+_HTML_ENV = _environment(autoescape=True)
 
 GSM7_BASIC = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -69,10 +129,27 @@ def pick_template(
     return key, by_locale[key]
 
 
-def render(text: str, variables: dict[str, Any], *, html: bool = False) -> str:
-    """Render one template string in the sandbox; RenderError on any template failure."""
+def render(
+    text: str,
+    variables: dict[str, Any],
+    *,
+    html: bool = False,
+    locale: str = "en",
+    tz: str = "UTC",
+) -> str:
+    """Render one template string in the sandbox; RenderError on any template failure.
+
+    Filters `datetime`, `date`, `time` and `number` format with Babel in the customer's locale
+    and time zone.
+    """
     env = _HTML_ENV if html else _ENV
     try:
-        return env.from_string(text).render(**variables).strip()
-    except TemplateError as exc:
+        template = env.from_string(text)
+        return template.render(
+            **variables, **{LOCALE_VAR: babel_locale(locale), TZ_VAR: tz}
+        ).strip()
+    except RenderError:
+        raise
+    except (TemplateError, TypeError, ValueError, AttributeError, KeyError, LookupError) as exc:
+        # Operators write templates; any failure of theirs is a recorded decision, not a crash.
         raise RenderError(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,97 @@
+"""Quiet hours and legal contact windows, in the customer's local time.
+
+Every instant this module returns as "allowed" has been checked against the rules on the real
+UTC instant converted to the customer's zone, so daylight-saving gaps and folds cannot make a
+candidate slip outside a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MINUTES_PER_DAY = 24 * 60
+
+
+def parse_hhmm(value: str) -> int:
+    """'08:30' → minutes after midnight."""
+    hours, minutes = value.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A daily window [start, end) in local minutes; it wraps midnight when start > end.
+
+    start == end means the whole day.
+    """
+
+    start: int
+    end: int
+
+    @classmethod
+    def parse(cls, start: str, end: str) -> Window:
+        """From 'HH:MM' strings."""
+        return cls(parse_hhmm(start), parse_hhmm(end))
+
+    def contains(self, minute: int) -> bool:
+        """Whether a local minute-of-day falls inside the window."""
+        if self.start == self.end:
+            return True
+        if self.start < self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+
+def zone(name: str) -> ZoneInfo:
+    """The customer's zone; UTC when the name is unknown (never guess a laxer zone)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactWindow:
+    """When one channel may reach one customer: inside `allowed`, outside `quiet`."""
+
+    tz: ZoneInfo
+    allowed: Window | None = None
+    quiet: Window | None = None
+
+    def permits(self, instant: datetime) -> bool:
+        """Whether a contact at this UTC instant respects both windows."""
+        local = instant.astimezone(self.tz)
+        minute = local.hour * 60 + local.minute
+        if self.allowed is not None and not self.allowed.contains(minute):
+            return False
+        return not (
+            self.quiet is not None
+            and self.quiet.start != self.quiet.end
+            and self.quiet.contains(minute)
+        )
+
+    def next_allowed(self, now: datetime) -> datetime:
+        """`now` when permitted, else the earliest later instant that is (minute precision)."""
+        if self.permits(now):
+            return now
+        candidates: list[datetime] = []
+        opening = [w.start for w in (self.allowed,) if w is not None] + [
+            w.end for w in (self.quiet,) if w is not None
+        ]
+        local_now = now.astimezone(self.tz)
+        for day in range(0, 9):
+            date = (local_now + timedelta(days=day)).date()
+            for minute in opening:
+                naive = datetime.combine(date, time(minute // 60, minute % 60))
+                for fold in (0, 1):
+                    at = naive.replace(tzinfo=self.tz, fold=fold).astimezone(UTC)
+                    if at > now:
+                        candidates.append(at)
+                        # A local time skipped by a DST gap: the hour after is real.
+                        candidates.append(at + timedelta(hours=1))
+        for at in sorted(set(candidates)):
+            if self.permits(at):
+                return at
+        raise ValueError("the windows never open")  # only when allowed and quiet cover the day
