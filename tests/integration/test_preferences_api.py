@@ -375,11 +375,11 @@ async def test_snapshot_is_not_lost_when_kafka_fails_after_the_write(
     snap = await snapshots.until(body["customer_id"], lambda s: s != "tombstone")
     assert snap.version == 1 and failures == 2
 
-    async def clean() -> bool:
-        doc = await app.state.repo.get(body["customer_id"])
-        return bool(doc and not doc["dirty"] and doc["pending"] == [])
+    async def flushed() -> bool:
+        marker = await app.state.repo.outbox.find_one({"_id": body["customer_id"]})
+        return marker is None
 
-    await eventually(clean)
+    await eventually(flushed)
     history = (await api.get(f"/v1/contacts/{body['customer_id']}/consents")).json()
     assert len(history["entries"]) == 2
 

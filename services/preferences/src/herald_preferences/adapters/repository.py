@@ -29,11 +29,15 @@ class ContactRepository:
         self.contacts = db["contacts"]
         self.ledger = db["consent_ledger"]
         self.idempotency = db["idempotency"]
+        # Small: one marker per contact (or import batch) written but not yet flushed. FerretDB
+        # v1 scans collections for anything but _id lookups, so the republisher reads this
+        # instead of searching 100k contacts for a flag.
+        self.outbox = db["outbox"]
 
     async def ensure_indexes(self) -> None:
         """Indexes the queries and the ledger need."""
         await self.ledger.create_index([("customer_id", ASCENDING), ("version", ASCENDING)])
-        await self.contacts.create_index([("dirty", ASCENDING), ("updated_at", ASCENDING)])
+        await self.outbox.create_index([("at", ASCENDING)])
         await self.idempotency.create_index([("customer_id", ASCENDING)])
 
     async def get(self, customer_id: str) -> Doc | None:
@@ -98,31 +102,43 @@ class ContactRepository:
             if any(e["code"] != DUPLICATE for e in exc.details.get("writeErrors", [])):
                 raise
 
-    async def mark_published(self, customer_id: str, version: int) -> bool:
-        """Clear the outbox of a contact still at `version`; False when it moved on."""
-        result = await self.contacts.update_one(
-            {"_id": customer_id, "version": version},
-            {"$set": {"pending": [], "dirty": False, "published_version": version}},
-        )
-        return result.matched_count == 1
-
-    async def mark_many_published(self, customer_ids: Sequence[str], version: int) -> None:
-        """mark_published for many contacts at the same version (bulk import)."""
-        await self.contacts.update_many(
-            {"_id": {"$in": list(customer_ids)}, "version": version},
-            {"$set": {"pending": [], "dirty": False, "published_version": version}},
-        )
-
     async def delete_erased(self, customer_id: str, version: int) -> None:
         """Drop an erased contact's marker once its tombstone is out."""
         await self.contacts.delete_one({"_id": customer_id, "version": version, "erased": True})
 
-    async def dirty(self, *, older_than: datetime, limit: int = 500) -> list[str]:
-        """Contacts whose ledger copy or snapshot is not out yet."""
-        cursor = self.contacts.find(
-            {"dirty": True, "updated_at": {"$lt": older_than}}, {"_id": 1}
-        ).limit(limit)
-        return [doc["_id"] async for doc in cursor]
+    async def intend(self, customer_id: str, *, now: datetime) -> int:
+        """Record, before a write, that the contact must be flushed; the claim number to clear.
+
+        Each intent bumps `n`, so a flush only clears the marker when no later writer has
+        claimed it meanwhile (their write then still gets flushed).
+        """
+        marker = await self.outbox.find_one_and_update(
+            {"_id": customer_id},
+            {"$inc": {"n": 1}, "$set": {"at": now}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert marker is not None
+        return int(marker["n"])
+
+    async def intend_many(
+        self, batch_id: str, customer_ids: Sequence[str], *, now: datetime
+    ) -> str:
+        """One marker for a whole import batch; its id."""
+        marker_id = f"import:{batch_id}"
+        await self.outbox.insert_one(
+            {"_id": marker_id, "n": 0, "at": now, "customers": list(customer_ids)}
+        )
+        return marker_id
+
+    async def done(self, marker_id: str, n: int) -> None:
+        """Clear a flush marker unless someone claimed it again since."""
+        await self.outbox.delete_one({"_id": marker_id, "n": n})
+
+    async def due(self, *, older_than: datetime, limit: int = 500) -> list[Doc]:
+        """Flush markers left behind (a crash or a broker outage after the write)."""
+        cursor = self.outbox.find({"at": {"$lt": older_than}}).limit(limit)
+        return [doc async for doc in cursor]
 
     async def anonymise_ledger(self, customer_id: str, *, secret: bytes) -> int:
         """Replace the customer id in ledger entries by a keyed hash: the evidence stays, the

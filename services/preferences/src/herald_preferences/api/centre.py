@@ -151,10 +151,11 @@ async def centre_save(request: Request, token: str) -> Response:
             now=now,
             extra_changes=lifted,
         )
+        claim = await outbox.intend(customer)
         try:
             await repo.replace(doc, expected_version=current["version"])
         except PreconditionFailed:
             continue
-        await outbox.try_flush(customer)
+        await outbox.try_flush(customer, claim)
         return RedirectResponse(f"/p/{token}?saved=1", status_code=303)
     raise Conflict("the contact kept changing; try again", field="token")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
@@ -182,13 +183,14 @@ async def _write(
             actor=actor,
             now=utc_now(),
         )
+        claim = await outbox.intend(customer_id)
         try:
             stored = await repo.replace(doc, expected_version=current["version"])
         except PreconditionFailed:
             if if_match is not None:
                 raise
             continue
-        await outbox.try_flush(customer_id)
+        await outbox.try_flush(customer_id, claim)
         return _contact_response(stored)
     raise Conflict("the contact kept changing; try again", field="customer_id")
 
@@ -223,8 +225,9 @@ async def create_contact(
             actor=who.name,
             now=utc_now(),
         )
+        claim = await outbox.intend(body.customer_id)
         await repo.create(doc)
-        await outbox.try_flush(body.customer_id)
+        await outbox.try_flush(body.customer_id, claim)
         return _contact_response(doc, 201, Location=f"/v1/contacts/{body.customer_id}")
 
     return await idempotent(request, who, idempotency_key, run, customer_id=body.customer_id)
@@ -465,6 +468,7 @@ async def import_contacts(
             seen.add(body.customer_id)
             docs.append(doc)
             rows_of.append(n)
+        marker = await repo.intend_many(uuid.uuid4().hex, [d["_id"] for d in docs], now=utc_now())
         existing = await repo.create_many(docs)
         for i in sorted(existing):
             errors.append(
@@ -478,9 +482,9 @@ async def import_contacts(
             )
         created = [d for i, d in enumerate(docs) if i not in existing]
         try:
-            await outbox.flush_new(created)
+            await outbox.flush_new(created, marker)
         except (KafkaError, PyMongoError, OSError):
-            # Stored and marked dirty: the republisher copies and publishes them.
+            # Stored, and the batch marker stays: the republisher copies and publishes them.
             log.warning("import flush deferred to the republisher", extra={"rows": len(created)})
         errors.sort(key=lambda e: e.row)
         result = ImportResult(accepted=len(created), rejected=len(errors), errors=errors)
@@ -500,7 +504,7 @@ async def export_contact(customer_id: str, repo: Repo, who: Admin) -> dict[str, 
     stored = await repo.ledger_of(customer_id)
     seen = {e["_id"] for e in stored}
     ledger = stored + [e for e in doc.get("pending", []) if e["_id"] not in seen]
-    contact = {k: v for k, v in doc.items() if k not in ("pending", "dirty", "_id")}
+    contact = {k: v for k, v in doc.items() if k not in ("pending", "_id")}
     exported: dict[str, Any] = json.loads(
         json.dumps(
             {
@@ -534,11 +538,13 @@ async def erase_contact(
 
     async def run() -> Response:
         current = await repo.get(customer_id)
+        claim: int | None = None
         if current is not None and not current.get("erased"):
             if if_match is not None and not _matches(if_match, current["version"]):
                 raise PreconditionFailed("the contact changed since it was read", field="If-Match")
             # Evidence first: queued entries join the ledger before the document loses them.
             await repo.copy_to_ledger(current.get("pending", []))
+            claim = await outbox.intend(customer_id)
             await repo.replace(erased(current, now=utc_now()), expected_version=current["version"])
         secret = (
             settings.pseudonym_secret.get_secret_value()
@@ -548,7 +554,7 @@ async def erase_contact(
         kept = await repo.anonymise_ledger(customer_id, secret=secret.encode())
         if current is None and kept == 0:
             raise NotFound(f"no contact {customer_id!r}", field="customer_id")
-        await outbox.try_flush(customer_id)
+        await outbox.try_flush(customer_id, claim)
         return JSONResponse(
             {"customer_id": customer_id, "erased": True, "ledger_entries_kept": kept}
         )

@@ -78,7 +78,10 @@ def _with_consent(
     new = entries_for(
         customer_id, changes, version=version, source=source, actor=actor, at=now, proof=proof
     )
-    pending = list(base.get("pending", [])) + new
+    ledger = list(ledger)
+    copied = {e["_id"] for e in ledger}
+    # Entries already copied to the ledger leave the document with this write.
+    pending = [e for e in base.get("pending", []) if e["_id"] not in copied] + new
     known = {e["_id"]: e for e in ledger}
     known.update({e["_id"]: e for e in pending})
     consent = fold(known.values())
@@ -92,7 +95,6 @@ def _with_consent(
             "granted": consent.granted,
             "stopped": sorted(consent.stopped),
             "consents": consent.effective(),
-            "dirty": True,
         }
     )
     return out
@@ -134,7 +136,6 @@ def next_contact(
         "quiet_hours": contact.quiet_hours.model_dump() if contact.quiet_hours else None,
         "pending": list((current or {}).get("pending", [])),
         "created_at": (current or {}).get("created_at", now),
-        "published_version": (current or {}).get("published_version", 0),
     }
     return _with_consent(
         base,
@@ -182,9 +183,7 @@ def with_address_status(
         return None
     channels[channel]["status"] = status
     out = dict(current)
-    out.update(
-        {"channels": channels, "version": current["version"] + 1, "updated_at": now, "dirty": True}
-    )
+    out.update({"channels": channels, "version": current["version"] + 1, "updated_at": now})
     return out
 
 
@@ -196,5 +195,4 @@ def erased(current: Mapping[str, Any], *, now: datetime) -> Doc:
         "version": current["version"] + 1,
         "updated_at": now,
         "pending": [],
-        "dirty": True,
     }

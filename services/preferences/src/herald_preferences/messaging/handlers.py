@@ -72,7 +72,7 @@ class PreferenceHandlers:
                 return
             ledger = await self.repo.ledger_of(reply.customer_id)
             if any(e.get("proof") == proof for e in [*ledger, *current.get("pending", [])]):
-                await self.outbox.try_flush(reply.customer_id)
+                await self.outbox.try_flush(reply.customer_id, None)
                 return
             doc = with_consent_changes(
                 current,
@@ -83,11 +83,12 @@ class PreferenceHandlers:
                 now=utc_now(),
                 proof=proof,
             )
+            claim = await self.outbox.intend(reply.customer_id)
             try:
                 await self.repo.replace(doc, expected_version=current["version"])
             except PreconditionFailed:
                 continue  # a concurrent write: read again and re-apply
-            await self.outbox.flush(reply.customer_id)
+            await self.outbox.flush(reply.customer_id, claim)
             return
         raise RetryableError("contact kept changing; retrying the reply")
 
@@ -102,12 +103,13 @@ class PreferenceHandlers:
                 return
             doc = with_address_status(current, status.channel, new, now=utc_now())
             if doc is None:
-                await self.outbox.try_flush(status.customer_id)
+                await self.outbox.try_flush(status.customer_id, None)
                 return
+            claim = await self.outbox.intend(status.customer_id)
             try:
                 await self.repo.replace(doc, expected_version=current["version"])
             except PreconditionFailed:
                 continue
-            await self.outbox.flush(status.customer_id)
+            await self.outbox.flush(status.customer_id, claim)
             return
         raise RetryableError("contact kept changing; retrying the status")

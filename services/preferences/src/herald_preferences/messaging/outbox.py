@@ -1,10 +1,11 @@
-"""The outbox: ledger entries and snapshots leave a contact document after it is written.
+"""The outbox: ledger entries and snapshots leave a contact after it is written.
 
-Every write marks the contact `dirty` in the same single-document update that changes it. The
-writer then flushes it at once (copy queued ledger entries, publish the full snapshot or the
-erase tombstone, mark published if the version did not move). If Kafka hiccups after the
-database write, the contact stays dirty and the republisher loop flushes it later: a snapshot
-is never lost, and a re-publish of the same version is harmless on a compacted topic.
+Before a write, the writer leaves a flush marker (`outbox` collection, one per contact or per
+import batch). After the write it flushes at once: queued ledger entries are copied to the
+ledger (deterministic ids: copying twice is a no-op), the full snapshot (or the erase
+tombstone) is published, and the marker is cleared. If Kafka hiccups after the database write,
+the marker stays and the republisher loop flushes the contact later: a snapshot is never lost,
+and publishing the same version twice is harmless on a compacted topic.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.service import snapshot
 
 log = logging.getLogger("herald.preferences.outbox")
+PASSING = (KafkaError, PyMongoError, OSError)
 
 
 class Outbox:
@@ -32,6 +34,10 @@ class Outbox:
         self.repo = repo
         self.producer = producer
         self._task: asyncio.Task[None] | None = None
+
+    async def intend(self, customer_id: str) -> int:
+        """Leave a flush marker before writing; returns the claim to pass to flush."""
+        return await self.repo.intend(customer_id, now=utc_now())
 
     async def _publish(self, doc: Doc) -> None:
         if doc.get("erased"):
@@ -46,37 +52,39 @@ class Outbox:
             event_id=f"{snap.customer_id}:{snap.version}",
         )
 
-    async def flush(self, customer_id: str, *, rounds: int = 5) -> bool:
-        """Copy queued ledger entries and publish the latest state; True when nothing is left.
+    async def flush(self, customer_id: str, claim: int | None = None, *, rounds: int = 5) -> bool:
+        """Copy queued ledger entries and publish the latest state; clear the marker.
 
-        Loops when another writer moved the version meanwhile, so the last thing published for
-        a key is never older than what is stored.
+        Publishes again when another writer moved the version meanwhile, so the last value
+        published for a key is never older than what is stored. False when it kept moving.
         """
         for _ in range(rounds):
             doc = await self.repo.get(customer_id)
-            if doc is None or not doc.get("dirty"):
-                return True
+            if doc is None:
+                break
             await self.repo.copy_to_ledger(doc.get("pending", []))
             await self._publish(doc)
             if doc.get("erased"):
                 await self.repo.delete_erased(customer_id, doc["version"])
-                return True
-            if await self.repo.mark_published(customer_id, doc["version"]):
-                return True
-        return False
+                break
+            after = await self.repo.get(customer_id)
+            if after is None or after["version"] == doc["version"]:
+                break
+        else:
+            return False
+        if claim is not None:
+            await self.repo.done(customer_id, claim)
+        return True
 
-    async def try_flush(self, customer_id: str) -> None:
+    async def try_flush(self, customer_id: str, claim: int | None) -> None:
         """flush, but a broker or database hiccup only leaves the contact for the republisher."""
         try:
-            await self.flush(customer_id)
-        except (KafkaError, PyMongoError, OSError) as exc:
+            await self.flush(customer_id, claim)
+        except PASSING as exc:
             log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
 
-    async def flush_new(self, docs: Sequence[Doc]) -> None:
-        """Flush freshly inserted contacts (version 1) in bulk: one ledger insert, pipelined
-        publishes, one update."""
-        if not docs:
-            return
+    async def flush_new(self, docs: Sequence[Doc], marker: str) -> None:
+        """Flush freshly inserted contacts in bulk: one ledger insert, pipelined publishes."""
         await self.repo.copy_to_ledger([e for d in docs for e in d.get("pending", [])])
         raw = self.producer.raw
         topic = self.producer.topic_name(Topics.CONTACTS_PREFERENCES)
@@ -94,13 +102,18 @@ class Outbox:
                 await raw.send(topic, value, key=snap.customer_id.encode(), headers=headers)
             )
         await asyncio.gather(*futures)
-        await self.repo.mark_many_published([d["_id"] for d in docs], 1)
+        await self.repo.done(marker, 0)
 
     async def republish_once(self, *, grace: timedelta = timedelta(seconds=2)) -> int:
-        """Flush contacts left dirty for longer than `grace`; how many were flushed."""
+        """Flush what markers older than `grace` name; how many markers were cleared."""
         done = 0
-        for customer_id in await self.repo.dirty(older_than=utc_now() - grace):
-            if await self.flush(customer_id):
+        for marker in await self.repo.due(older_than=utc_now() - grace):
+            customers = marker.get("customers") or [marker["_id"]]
+            ok = True
+            for customer_id in customers:
+                ok = await self.flush(customer_id) and ok
+            if ok:
+                await self.repo.done(marker["_id"], marker["n"])
                 done += 1
         return done
 
@@ -123,5 +136,5 @@ class Outbox:
             await asyncio.sleep(interval)
             try:
                 await self.republish_once()
-            except (KafkaError, PyMongoError, OSError) as exc:
+            except PASSING as exc:
                 log.warning("republish failed, will retry", extra={"error": type(exc).__name__})
