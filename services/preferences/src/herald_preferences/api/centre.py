@@ -41,9 +41,24 @@ _env = Environment(
 ATTEMPTS = 5
 
 
+class NotConfigured(HeraldError):
+    """The service lacks a setting it needs for this request."""
+
+    status = 503
+    title = "Not configured"
+
+
+def link_signer(settings: Settings) -> LinkSigner:
+    """The signer of preference-centre links; 503 when no link secret is configured."""
+    secret = settings.link_secret.get_secret_value()
+    if not secret:
+        raise NotConfigured("no link secret is configured (HERALD_PREFERENCES_LINK_SECRET)")
+    return LinkSigner(secret, "preferences")
+
+
 def _customer(request: Request, token: str) -> str:
     settings: Settings = request.app.state.settings
-    signer = LinkSigner(settings.link_secret.get_secret_value(), "preferences")
+    signer = link_signer(settings)
     payload = signer.verify(token, max_age_seconds=settings.link_max_age_seconds)
     customer = payload.get("c")
     if payload.get("p") != "preferences" or not isinstance(customer, str):

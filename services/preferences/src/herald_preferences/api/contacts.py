@@ -20,7 +20,6 @@ from herald_kit import (
     Conflict,
     HeraldError,
     InvalidInput,
-    LinkSigner,
     MalformedRequest,
     NotFound,
     PreconditionFailed,
@@ -28,6 +27,7 @@ from herald_kit import (
     require_scopes,
 )
 from herald_preferences.adapters.repository import ContactRepository
+from herald_preferences.api.centre import link_signer
 from herald_preferences.api.idempotency import idempotent
 from herald_preferences.config import Settings
 from herald_preferences.domain.contacts import ContactIn
@@ -573,9 +573,7 @@ async def preference_link(
     """Sign a link naming the customer and the purpose 'preferences'."""
     settings: Settings = request.app.state.settings
     _live(await repo.get(customer_id), customer_id)
-    token = LinkSigner(settings.link_secret.get_secret_value(), "preferences").sign(
-        {"c": customer_id, "p": "preferences"}
-    )
+    token = link_signer(settings).sign({"c": customer_id, "p": "preferences"})
     return PreferenceLink(
         url=f"{settings.base_url()}/p/{token}",
         token=token,
