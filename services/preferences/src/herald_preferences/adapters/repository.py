@@ -112,14 +112,19 @@ class ContactRepository:
         Each intent bumps `n`, so a flush only clears the marker when no later writer has
         claimed it meanwhile (their write then still gets flushed).
         """
-        marker = await self.outbox.find_one_and_update(
-            {"_id": customer_id},
-            {"$inc": {"n": 1}, "$set": {"at": now}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert marker is not None
-        return int(marker["n"])
+        for _ in range(3):
+            try:
+                marker = await self.outbox.find_one_and_update(
+                    {"_id": customer_id},
+                    {"$inc": {"n": 1}, "$set": {"at": now}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                continue  # two upserts raced to insert; the marker exists now, so update it
+            if marker is not None:
+                return int(marker["n"])
+        raise RuntimeError("could not leave a flush marker")
 
     async def intend_many(
         self, batch_id: str, customer_ids: Sequence[str], *, now: datetime
