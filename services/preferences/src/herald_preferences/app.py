@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
+from herald_contracts import Topics
 from herald_kit import Runtime, build_app
-from herald_preferences.adapters.repository import ContactRepository
-from herald_preferences.api import contacts
+from herald_preferences.adapters.repository import ContactRepository, IdempotencyStore
+from herald_preferences.api import centre, contacts
 from herald_preferences.config import Settings
+from herald_preferences.messaging.handlers import PreferenceHandlers
+from herald_preferences.messaging.outbox import Outbox
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -18,13 +22,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         runtime,
         title="Herald preferences",
-        description="Customers' channels, ranking, consent evidence and quiet hours.",
-        routers=[contacts.router],
+        description="Customers' channels, ranking, consent evidence and quiet hours; the "
+        "preference centre; STOP/START; GDPR export and erase.",
+        routers=[contacts.router, centre.router],
     )
 
+    async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+        handlers: PreferenceHandlers = app.state.handlers
+        await handlers(record)
+
+    runtime.consume("preferences", [Topics.ENGAGEMENT_REPLIES, Topics.DELIVERY_STATUS], handle)
+
     @runtime.on_start
-    async def _indexes() -> None:
-        app.state.repo = ContactRepository(runtime.db)
-        await app.state.repo.ensure_indexes()
+    async def _start() -> None:
+        repo = ContactRepository(runtime.db)
+        await repo.ensure_indexes()
+        app.state.repo = repo
+        app.state.idempotency = IdempotencyStore(runtime.db)
+        app.state.outbox = Outbox(repo, runtime.producer)
+        app.state.handlers = PreferenceHandlers(repo, app.state.outbox, settings.topic_namespace)
+        app.state.outbox.start(interval=settings.republish_interval_seconds)
+
+    @runtime.on_stop
+    async def _stop() -> None:
+        await app.state.outbox.stop()
 
     return app

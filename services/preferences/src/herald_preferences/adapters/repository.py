@@ -1,16 +1,25 @@
-"""Contacts and the append-only consent ledger in MongoDB."""
+"""Contacts, the append-only consent ledger and idempotency records in MongoDB.
+
+No transactions (FerretDB v1), so a write that changes consent stores the new ledger entries in
+the contact document itself (`pending`) with the same single-document, version-checked write;
+`flush` copies them into the ledger (deterministic ids: a second copy is a no-op) and the
+publisher clears them. A crash between the two loses nothing.
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Any
+import hashlib
+import hmac
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from pymongo import ReturnDocument
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_kit import Conflict, Doc, PreconditionFailed
+
+DUPLICATE = 11000
 
 
 class ContactRepository:
@@ -19,14 +28,36 @@ class ContactRepository:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.contacts = db["contacts"]
         self.ledger = db["consent_ledger"]
+        self.idempotency = db["idempotency"]
+        # Small: one marker per contact (or import batch) written but not yet flushed. FerretDB
+        # v1 scans collections for anything but _id lookups, so the republisher reads this
+        # instead of searching 100k contacts for a flag.
+        self.outbox = db["outbox"]
 
     async def ensure_indexes(self) -> None:
         """Indexes the queries and the ledger need."""
-        await self.ledger.create_index([("customer_id", 1), ("at", 1)])
+        await self.ledger.create_index([("customer_id", ASCENDING), ("version", ASCENDING)])
+        await self.outbox.create_index([("at", ASCENDING)])
+        await self.idempotency.create_index([("customer_id", ASCENDING)])
 
     async def get(self, customer_id: str) -> Doc | None:
-        """A contact, or None."""
+        """A contact (erased ones included until their tombstone is out), or None."""
         return await self.contacts.find_one({"_id": customer_id})
+
+    async def page(self, *, after: str | None, limit: int) -> list[Doc]:
+        """Contacts in customer-id order, after a cursor."""
+        query: Doc = {"erased": {"$ne": True}}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        cursor = self.contacts.find(query).sort("_id", ASCENDING).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def ledger_of(self, customer_id: str) -> list[Doc]:
+        """Every stored ledger entry of a customer, in ledger order."""
+        cursor = self.ledger.find({"customer_id": customer_id}).sort(
+            [("version", ASCENDING), ("n", ASCENDING)]
+        )
+        return [doc async for doc in cursor]
 
     async def create(self, doc: Doc) -> None:
         """Insert a new contact; Conflict when it exists."""
@@ -34,6 +65,21 @@ class ContactRepository:
             await self.contacts.insert_one(doc)
         except DuplicateKeyError as exc:
             raise Conflict(f"contact {doc['_id']!r} exists", field="customer_id") from exc
+
+    async def create_many(self, docs: Sequence[Doc]) -> set[int]:
+        """Insert contacts in one round trip; the indexes of those that already existed."""
+        if not docs:
+            return set()
+        try:
+            await self.contacts.insert_many(list(docs), ordered=False)
+        except BulkWriteError as exc:
+            failed = exc.details.get("writeErrors", [])
+            dupes = {e["index"] for e in failed if e["code"] == DUPLICATE}
+            others = [e for e in failed if e["code"] != DUPLICATE]
+            if others:
+                raise
+            return dupes
+        return set()
 
     async def replace(self, doc: Doc, *, expected_version: int) -> Doc:
         """Replace when the stored version is the expected one; PreconditionFailed otherwise."""
@@ -46,31 +92,136 @@ class ContactRepository:
             raise PreconditionFailed("the contact changed since it was read", field="If-Match")
         return result
 
-    async def append_consents(
-        self,
-        customer_id: str,
-        changes: list[tuple[str, str, bool]],
-        *,
-        source: str,
-        actor: str,
-        at: datetime,
-        proof: str | None = None,
-    ) -> None:
-        """Append ledger entries; the ledger is never rewritten."""
-        if not changes:
+    async def copy_to_ledger(self, entries: Sequence[Doc]) -> None:
+        """Append entries to the ledger; entries already there (same id) are skipped."""
+        if not entries:
             return
-        entries: list[dict[str, Any]] = [
-            {
-                "_id": str(uuid.uuid4()),
-                "customer_id": customer_id,
-                "topic": topic,
-                "channel": channel,
-                "granted": granted,
-                "source": source,
-                "actor": actor,
-                "at": at,
-                "proof": proof,
-            }
-            for topic, channel, granted in changes
+        try:
+            await self.ledger.insert_many(list(entries), ordered=False)
+        except BulkWriteError as exc:
+            if any(e["code"] != DUPLICATE for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def delete_erased(self, customer_id: str, version: int) -> None:
+        """Drop an erased contact's marker once its tombstone is out."""
+        await self.contacts.delete_one({"_id": customer_id, "version": version, "erased": True})
+
+    async def intend(self, customer_id: str, *, now: datetime) -> int:
+        """Record, before a write, that the contact must be flushed; the claim number to clear.
+
+        Each intent bumps `n`, so a flush only clears the marker when no later writer has
+        claimed it meanwhile (their write then still gets flushed).
+        """
+        for _ in range(3):
+            try:
+                marker = await self.outbox.find_one_and_update(
+                    {"_id": customer_id},
+                    {"$inc": {"n": 1}, "$set": {"at": now}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                continue  # two upserts raced to insert; the marker exists now, so update it
+            if marker is not None:
+                return int(marker["n"])
+        raise RuntimeError("could not leave a flush marker")
+
+    async def intend_many(
+        self, batch_id: str, customer_ids: Sequence[str], *, now: datetime
+    ) -> str:
+        """One marker for a whole import batch; its id."""
+        marker_id = f"import:{batch_id}"
+        await self.outbox.insert_one(
+            {"_id": marker_id, "n": 0, "at": now, "customers": list(customer_ids)}
+        )
+        return marker_id
+
+    async def done(self, marker_id: str, n: int) -> None:
+        """Clear a flush marker unless someone claimed it again since."""
+        await self.outbox.delete_one({"_id": marker_id, "n": n})
+
+    async def due(self, *, older_than: datetime, limit: int = 500) -> list[Doc]:
+        """Flush markers left behind (a crash or a broker outage after the write)."""
+        cursor = self.outbox.find({"at": {"$lt": older_than}}).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def anonymise_ledger(self, customer_id: str, *, secret: bytes) -> int:
+        """Replace the customer id in ledger entries by a keyed hash: the evidence stays, the
+        person is no longer named. Returns the number of entries kept."""
+
+        def keyed(value: str) -> str:
+            return "erased:" + hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
+
+        # Entry ids name the customer and an _id cannot change: copy each entry under a keyed
+        # id, then drop the originals. Both steps are idempotent, so a crash in between is
+        # repaired by erasing again.
+        entries = await self.ledger.find({"customer_id": customer_id}).to_list()
+        copies = [
+            {**e, "_id": keyed(e["_id"]), "customer_id": keyed(customer_id), "erased": True}
+            for e in entries
         ]
-        await self.ledger.insert_many(entries)
+        await self.copy_to_ledger(copies)
+        await self.ledger.delete_many({"customer_id": customer_id})
+        await self.idempotency.delete_many({"customer_id": customer_id})
+        return len(copies)
+
+
+class IdempotencyStore:
+    """Idempotency-Key records: the first request's fingerprint and its response."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.rows = db["idempotency"]
+
+    async def claim(
+        self, key: str, fingerprint: str, *, now: datetime, stale: timedelta
+    ) -> Doc | None:
+        """Claim a key; None when this request owns it now, else the existing record.
+
+        A claim left pending by a crashed request is taken over after `stale`.
+        """
+        try:
+            await self.rows.insert_one(
+                {"_id": key, "fingerprint": fingerprint, "state": "pending", "at": now}
+            )
+            return None
+        except DuplicateKeyError:
+            pass
+        taken = await self.rows.find_one_and_update(
+            {
+                "_id": key,
+                "state": "pending",
+                "fingerprint": fingerprint,
+                "at": {"$lt": now - stale},
+            },
+            {"$set": {"at": now}},
+        )
+        if taken is not None:
+            return None
+        return await self.rows.find_one({"_id": key})
+
+    async def complete(
+        self,
+        key: str,
+        *,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        customer_id: str | None,
+    ) -> None:
+        """Store the response to replay."""
+        await self.rows.update_one(
+            {"_id": key},
+            {
+                "$set": {
+                    "state": "done",
+                    "status": status,
+                    "body": body,
+                    "headers": headers,
+                    "customer_id": customer_id,
+                }
+            },
+        )
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose request failed without effect, so it may be retried."""
+        await self.rows.delete_one({"_id": key, "state": "pending"})

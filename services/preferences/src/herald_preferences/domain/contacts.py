@@ -13,7 +13,6 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
 from herald_contracts import Channel, QuietHours
@@ -48,9 +47,9 @@ class ChannelsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sms: str | None = Field(default=None, examples=["+447700900123"])
+    sms: str | None = Field(default=None, examples=["+447911123456"])
     email: str | None = Field(default=None, examples=["ada@example.com"])
-    voice: str | None = Field(default=None, examples=["+447700900123"])
+    voice: str | None = Field(default=None, examples=["+447911123456"])
 
 
 class ContactIn(BaseModel):
@@ -62,7 +61,7 @@ class ContactIn(BaseModel):
             "examples": [
                 {
                     "customer_id": "cust-42",
-                    "channels": {"sms": "+447700900123", "email": "ada@example.com"},
+                    "channels": {"sms": "+447911123456", "email": "ada@example.com"},
                     "ranking": ["sms", "email"],
                     "consents": {"service-updates": {"sms": True, "email": True}},
                     "locale": "en-GB",
@@ -97,8 +96,9 @@ class ContactIn(BaseModel):
             raise ValueError("a channel appears twice in the ranking")
         return value
 
-    @model_validator(mode="after")
-    def _quiet_hours_not_empty(self) -> ContactIn:
-        if self.quiet_hours is not None and self.quiet_hours.start == self.quiet_hours.end:
-            raise ValueError("quiet_hours: start and end must differ")
-        return self
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours_not_empty(cls, value: QuietHours | None) -> QuietHours | None:
+        if value is not None and value.start == value.end:
+            raise ValueError("start and end must differ (an empty or whole-day window)")
+        return value

@@ -1,0 +1,140 @@
+"""The outbox: ledger entries and snapshots leave a contact after it is written.
+
+Before a write, the writer leaves a flush marker (`outbox` collection, one per contact or per
+import batch). After the write it flushes at once: queued ledger entries are copied to the
+ledger (deterministic ids: copying twice is a no-op), the full snapshot (or the erase
+tombstone) is published, and the marker is cleared. If Kafka hiccups after the database write,
+the marker stays and the republisher loop flushes the contact later: a snapshot is never lost,
+and publishing the same version twice is harmless on a compacted topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from aiokafka.errors import KafkaError
+from pymongo.errors import PyMongoError
+
+from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
+from herald_kit import Doc, EventProducer, encode
+from herald_preferences.adapters.repository import ContactRepository
+from herald_preferences.domain.service import snapshot
+
+log = logging.getLogger("herald.preferences.outbox")
+PASSING = (KafkaError, PyMongoError, OSError)
+
+
+class Outbox:
+    """Flush contacts to the ledger and to contacts.preferences.v1."""
+
+    def __init__(self, repo: ContactRepository, producer: EventProducer) -> None:
+        self.repo = repo
+        self.producer = producer
+        self._task: asyncio.Task[None] | None = None
+
+    async def intend(self, customer_id: str) -> int:
+        """Leave a flush marker before writing; returns the claim to pass to flush."""
+        return await self.repo.intend(customer_id, now=utc_now())
+
+    async def _publish(self, doc: Doc) -> None:
+        if doc.get("erased"):
+            await self.producer.tombstone(Topics.CONTACTS_PREFERENCES, doc["_id"])
+            return
+        snap = snapshot(doc)
+        await self.producer.publish(
+            CONTACT_PREFERENCES,
+            snap,
+            key=snap.customer_id,
+            subject=snap.customer_id,
+            event_id=f"{snap.customer_id}:{snap.version}",
+        )
+
+    async def flush(self, customer_id: str, claim: int | None = None, *, rounds: int = 5) -> bool:
+        """Copy queued ledger entries and publish the latest state; clear the marker.
+
+        Publishes again when another writer moved the version meanwhile, so the last value
+        published for a key is never older than what is stored. False when it kept moving.
+        """
+        for _ in range(rounds):
+            doc = await self.repo.get(customer_id)
+            if doc is None:
+                break
+            await self.repo.copy_to_ledger(doc.get("pending", []))
+            await self._publish(doc)
+            if doc.get("erased"):
+                await self.repo.delete_erased(customer_id, doc["version"])
+                break
+            after = await self.repo.get(customer_id)
+            if after is None or after["version"] == doc["version"]:
+                break
+        else:
+            return False
+        if claim is not None:
+            await self.repo.done(customer_id, claim)
+        return True
+
+    async def try_flush(self, customer_id: str, claim: int | None) -> None:
+        """flush, but a broker or database hiccup only leaves the contact for the republisher."""
+        try:
+            await self.flush(customer_id, claim)
+        except PASSING as exc:
+            log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
+
+    async def flush_new(self, docs: Sequence[Doc], marker: str) -> None:
+        """Flush freshly inserted contacts in bulk: one ledger insert, pipelined publishes."""
+        await self.repo.copy_to_ledger([e for d in docs for e in d.get("pending", [])])
+        raw = self.producer.raw
+        topic = self.producer.topic_name(Topics.CONTACTS_PREFERENCES)
+        futures = []
+        for doc in docs:
+            snap = snapshot(doc)
+            headers, value = encode(
+                CONTACT_PREFERENCES,
+                snap,
+                source=self.producer.source,
+                event_id=f"{snap.customer_id}:{snap.version}",
+                subject=snap.customer_id,
+            )
+            futures.append(
+                await raw.send(topic, value, key=snap.customer_id.encode(), headers=headers)
+            )
+        await asyncio.gather(*futures)
+        await self.repo.done(marker, 0)
+
+    async def republish_once(self, *, grace: timedelta = timedelta(seconds=2)) -> int:
+        """Flush what markers older than `grace` name; how many markers were cleared."""
+        done = 0
+        for marker in await self.repo.due(older_than=utc_now() - grace):
+            customers = marker.get("customers") or [marker["_id"]]
+            ok = True
+            for customer_id in customers:
+                ok = await self.flush(customer_id) and ok
+            if ok:
+                await self.repo.done(marker["_id"], marker["n"])
+                done += 1
+        return done
+
+    def start(self, *, interval: float) -> None:
+        """Run the republisher in the background."""
+        self._task = asyncio.create_task(self._loop(interval), name="preferences:republisher")
+
+    async def stop(self) -> None:
+        """Stop the republisher."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.republish_once()
+            except PASSING as exc:
+                log.warning("republish failed, will retry", extra={"error": type(exc).__name__})

@@ -1,0 +1,541 @@
+"""Preferences on the real broker and database: the contacts API, the consent ledger, the
+outbox, STOP/START and bounces from Kafka, GDPR export and erase."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+from fastapi import FastAPI
+from pymongo import AsyncMongoClient
+
+from herald_contracts import (
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    ContactPreferences,
+    DeliveryStatus,
+    EngagementReply,
+    Topics,
+    dlq_topic,
+)
+from herald_kit import decode, encode
+from herald_preferences.app import create_app
+from herald_preferences.config import Settings
+from herald_preferences.domain.ledger import fold
+from support import READ_ONLY_KEY, api_keys, eventually, running, unique_phone
+
+Mongo = AsyncMongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+def settings(infra: dict[str, str], namespace: str, db_name: Callable[[str], str]) -> Settings:
+    return Settings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db_name("preferences"),
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        link_secret="test-link-secret",
+        republish_interval_seconds=0.2,
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
+        yield client
+
+
+class Snapshots:
+    """Reads contacts.preferences.v1 as the dispatcher's local view would."""
+
+    def __init__(self, infra: dict[str, str], namespace: str) -> None:
+        self.topic = Topics.CONTACTS_PREFERENCES.name(namespace)
+        self.consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=infra["kafka"],
+            auto_offset_reset="earliest",
+            group_id=f"reader-{uuid.uuid4().hex[:6]}",
+        )
+        self.records: list[Any] = []
+
+    async def poll(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=200)
+        for recs in batch.values():
+            self.records.extend(recs)
+
+    def latest(self, customer: str) -> ContactPreferences | str | None:
+        """The last value for a key: a snapshot, 'tombstone', or None when none yet."""
+        last: Any = None
+        for r in self.records:
+            if r.key == customer.encode():
+                last = "tombstone" if r.value is None else decode(r, ContactPreferences).data
+        return last  # type: ignore[no-any-return]
+
+    async def until(self, customer: str, probe: Callable[[Any], bool], within: float = 20) -> Any:
+        async def check() -> Any:
+            await self.poll()
+            got = self.latest(customer)
+            return got if got is not None and probe(got) else None
+
+        return await eventually(check, within=within, interval=0.05)
+
+
+@pytest.fixture
+async def snapshots(infra: dict[str, str], namespace: str) -> AsyncIterator[Snapshots]:
+    s = Snapshots(infra, namespace)
+    await s.consumer.start()
+    yield s
+    await s.consumer.stop()
+
+
+def contact(customer: str | None = None, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "customer_id": customer or f"cust-{uuid.uuid4().hex[:8]}",
+        "channels": {"sms": unique_phone(), "email": "ada@example.com"},
+        "ranking": ["sms", "email"],
+        "consents": {"service-updates": {"sms": True, "email": True}},
+        "locale": "en-GB",
+        "time_zone": "Europe/London",
+    }
+    body.update(over)
+    return body
+
+
+def is_problem(r: httpx.Response, status: int, field: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["field"] == field, r.json()
+
+
+async def test_create_normalises_and_publishes_the_ranking(
+    api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    body = contact(ranking=["email", "sms"])
+    body["channels"]["sms"] = "+1 (201) 555-0123"
+    body["channels"]["voice"] = "+44 7911 123456"
+    r = await api.post("/v1/contacts", json=body)
+    assert r.status_code == 201, r.text
+    assert r.headers["etag"] == '"1"'
+    got = r.json()
+    assert got["ranking"] == ["email", "sms"]
+    assert got["channels"]["voice"]["address"] == "+447911123456"
+    assert got["channels"]["sms"]["address"] == "+12015550123"
+    snap = await snapshots.until(body["customer_id"], lambda s: s != "tombstone")
+    assert snap.ranking == ["email", "sms"] and snap.version == 1
+    assert snap.consents == {"service-updates": {"email": True, "sms": True}}
+
+    r = await api.patch(
+        f"/v1/contacts/{body['customer_id']}",
+        content=json.dumps({"ranking": ["voice", "sms", "email"]}),
+        headers={"Content-Type": "application/merge-patch+json", "If-Match": '"1"'},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["ranking"] == ["voice", "sms", "email"] and r.headers["etag"] == '"2"'
+    snap = await snapshots.until(body["customer_id"], lambda s: s.version == 2)
+    assert snap.ranking == ["voice", "sms", "email"]
+
+
+async def test_national_numbers_use_the_default_region(api: httpx.AsyncClient) -> None:
+    body = contact()
+    body["channels"]["sms"] = "07911 123456"  # default region GB
+    r = await api.post("/v1/contacts", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["channels"]["sms"]["address"] == "+447911123456"
+
+
+async def test_consent_is_derived_from_the_ledger(
+    api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact(consents={"service-updates": {"sms": True}, "marketing": {"email": True}})
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    body["consents"] = {"marketing": {"email": False}, "billing": {"sms": True}}
+    r = await api.put(f"/v1/contacts/{cid}", json=body)
+    assert r.status_code == 200, r.text
+    # Consents the caller did not name keep their evidence and value.
+    assert r.json()["consents"] == {
+        "billing": {"sms": True},
+        "marketing": {"email": False},
+        "service-updates": {"sms": True},
+    }
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    entries = [(e["topic"], e["channel"], e["granted"], e["version"]) for e in history["entries"]]
+    assert entries == [
+        ("marketing", "email", True, 1),
+        ("service-updates", "sms", True, 1),
+        ("billing", "sms", True, 2),
+        ("marketing", "email", False, 2),
+    ]
+    assert history["current"] == r.json()["consents"]
+
+    # The ledger is the source: corrupt the cached consent in the stored document and the
+    # history still derives the truth; the next write re-derives the cache from the ledger.
+    db = mongo[settings.mongo_db]
+    stored = await db["consent_ledger"].find({"customer_id": cid}).to_list()
+    assert fold(stored).effective() == history["current"]
+    await db["contacts"].update_one({"_id": cid}, {"$set": {"consents": {}, "granted": {}}})
+    assert (await api.get(f"/v1/contacts/{cid}/consents")).json()["current"] == history["current"]
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"locale": "en-US"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["consents"] == history["current"]
+
+
+async def test_idempotency_key_replays_and_refuses_another_body(
+    api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await api.post("/v1/contacts", json=body, headers=key)
+    again = await api.post("/v1/contacts", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["etag"] == first.headers["etag"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = await api.post("/v1/contacts", json={**body, "locale": "fr"}, headers=key)
+    is_problem(other, 422, "Idempotency-Key")
+    ledger = await mongo[settings.mongo_db]["consent_ledger"].count_documents(
+        {"customer_id": body["customer_id"]}
+    )
+    assert ledger == 2  # one write, not two
+    # Without a key, a second create is a conflict, not a silent duplicate.
+    is_problem(await api.post("/v1/contacts", json=body), 409, "customer_id")
+
+    # A replace under one key applies once: the version moves 1 -> 2, never 3.
+    cid = body["customer_id"]
+    put_key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    changed = {**body, "ranking": ["email"]}
+    a = await api.put(f"/v1/contacts/{cid}", json=changed, headers=put_key)
+    b = await api.put(f"/v1/contacts/{cid}", json=changed, headers=put_key)
+    assert a.json()["version"] == b.json()["version"] == 2
+    assert (await api.get(f"/v1/contacts/{cid}")).json()["version"] == 2
+
+
+async def test_concurrent_writes_one_wins_the_other_gets_412(api: httpx.AsyncClient) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    a = {**body, "ranking": ["email", "sms"], "consents": {"billing": {"email": True}}}
+    b = {**body, "ranking": ["sms"], "consents": {"billing": {"sms": True}}}
+    ra, rb = await asyncio.gather(
+        api.put(f"/v1/contacts/{cid}", json=a, headers={"If-Match": '"1"'}),
+        api.put(f"/v1/contacts/{cid}", json=b, headers={"If-Match": '"1"'}),
+    )
+    assert sorted([ra.status_code, rb.status_code]) == [200, 412]
+    winner, loser = (ra, rb) if ra.status_code == 200 else (rb, ra)
+    is_problem(loser, 412, "If-Match")
+    now = (await api.get(f"/v1/contacts/{cid}")).json()
+    assert now == winner.json() and now["version"] == 2
+    # Only the winner's consent change is in the ledger.
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    assert [e["version"] for e in history["entries"]].count(2) == 1
+    # A stale ETag is refused too.
+    stale = await api.put(f"/v1/contacts/{cid}", json=a, headers={"If-Match": '"1"'})
+    is_problem(stale, 412, "If-Match")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"channels": {"sms": "+1 555 0000"}}, "channels.sms"),
+        ({"channels": {"sms": "not a number"}}, "channels.sms"),
+        ({"channels": {"email": "ada@"}}, "channels.email"),
+        ({"time_zone": "Mars/Olympus_Mons"}, "time_zone"),
+        ({"ranking": ["sms", "fax"]}, "ranking.1"),
+        ({"channels": {"fax": "+12015550100"}}, "channels.fax"),
+        ({"consents": {"billing": {"pigeon": True}}}, "consents.billing.pigeon.[key]"),
+        ({"quiet_hours": {"start": "25:00", "end": "07:00"}}, "quiet_hours.start"),
+        ({"quiet_hours": {"start": "21:00", "end": "7am"}}, "quiet_hours.end"),
+        ({"quiet_hours": {"start": "21:00", "end": "21:00"}}, "quiet_hours"),
+        ({"locale": "english please"}, "locale"),
+    ],
+)
+async def test_bad_input_is_a_problem_naming_the_field_and_stores_nothing(
+    api: httpx.AsyncClient, change: dict[str, Any], field: str
+) -> None:
+    body = contact(**change)
+    r = await api.post("/v1/contacts", json=body)
+    is_problem(r, 422, field)
+    assert (await api.get(f"/v1/contacts/{body['customer_id']}")).status_code == 404
+    assert (await api.get("/v1/contacts")).json()["items"] == []
+
+
+async def test_body_over_the_size_limit_is_413(api: httpx.AsyncClient) -> None:
+    body = contact(notes="x" * 70_000)
+    r = await api.post("/v1/contacts", json=body)
+    is_problem(r, 413, "body")
+    assert (await api.get(f"/v1/contacts/{body['customer_id']}")).status_code == 404
+
+
+async def test_read_only_key_cannot_write_or_erase(api: httpx.AsyncClient) -> None:
+    body = contact()
+    ro = {"Authorization": f"Bearer {READ_ONLY_KEY}"}
+    assert (await api.post("/v1/contacts", json=body, headers=ro)).status_code == 403
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    assert (await api.get(f"/v1/contacts/{body['customer_id']}", headers=ro)).status_code == 200
+    r = await api.delete(f"/v1/contacts/{body['customer_id']}", headers=ro)
+    assert r.status_code == 403
+    r = await api.get(f"/v1/contacts/{body['customer_id']}/export", headers=ro)
+    assert r.status_code == 403
+
+
+async def test_list_pages_through_every_contact(api: httpx.AsyncClient) -> None:
+    ids = sorted(f"page-{i:02d}" for i in range(7))
+    for cid in ids:
+        assert (await api.post("/v1/contacts", json=contact(cid))).status_code == 201
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 3, **({"after": after} if after else {})}
+        page = (await api.get("/v1/contacts", params=params)).json()
+        seen += [c["customer_id"] for c in page["items"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == ids
+
+
+async def test_bulk_import_applies_valid_rows_and_reports_the_others(
+    api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    existing = contact()
+    assert (await api.post("/v1/contacts", json=existing)).status_code == 201
+    good = [contact() for _ in range(3)]
+    rows = [
+        good[0],
+        contact(time_zone="Nowhere/Land"),
+        good[1],
+        existing,
+        good[2],
+        {**good[2]},
+        contact(channels={"sms": "12"}),
+    ]
+    ndjson = "\n".join(json.dumps(r) for r in rows) + "\n{not json\n"
+    r = await api.post(
+        "/v1/contacts/import", content=ndjson, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["accepted"] == 3
+    assert [(e["row"], e["status"], e["field"]) for e in result["errors"]] == [
+        (1, 422, "time_zone"),
+        (3, 409, "customer_id"),
+        (5, 409, "customer_id"),
+        (6, 422, "channels.sms"),
+        (7, 400, "body"),
+    ]
+    for c in good:
+        got = (await api.get(f"/v1/contacts/{c['customer_id']}")).json()
+        assert got["consents"] == {"service-updates": {"email": True, "sms": True}}
+        history = (await api.get(f"/v1/contacts/{c['customer_id']}/consents")).json()
+        assert {e["source"] for e in history["entries"]} == {"import"}
+        await snapshots.until(c["customer_id"], lambda s: s != "tombstone")
+    # A rejected row left nothing behind.
+    assert (await api.get(f"/v1/contacts/{rows[1]['customer_id']}")).status_code == 404
+    # JSON arrays work too.
+    r = await api.post("/v1/contacts/import", json=[contact()])
+    assert r.json()["accepted"] == 1
+
+
+async def test_snapshot_is_not_lost_when_kafka_fails_after_the_write(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    producer = app.state.runtime.producer
+    real = producer.publish
+    failures = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise KafkaConnectionError("broker went away")
+        await real(*args, **kwargs)
+
+    producer.publish = flaky
+    body = contact()
+    r = await api.post("/v1/contacts", json=body)
+    assert r.status_code == 201, r.text  # durable in the database; publishing is the outbox's job
+    snap = await snapshots.until(body["customer_id"], lambda s: s != "tombstone")
+    assert snap.version == 1 and failures == 2
+
+    async def flushed() -> bool:
+        marker = await app.state.repo.outbox.find_one({"_id": body["customer_id"]})
+        return marker is None
+
+    await eventually(flushed)
+    history = (await api.get(f"/v1/contacts/{body['customer_id']}/consents")).json()
+    assert len(history["entries"]) == 2
+
+
+async def _send(infra: dict[str, str], topic: str, items: list[tuple[Any, Any]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
+    await producer.start()
+    try:
+        for et, data in items:
+            if isinstance(data, bytes):
+                await producer.send_and_wait(topic, data, key=b"x", headers=[])
+                continue
+            headers, value = encode(et, data, source="test")
+            await producer.send_and_wait(
+                topic, value, key=data.customer_id.encode(), headers=headers
+            )
+    finally:
+        await producer.stop()
+
+
+def reply(customer: str, intent: str, text: str | None, channel: str = "sms") -> EngagementReply:
+    return EngagementReply.model_validate(
+        {
+            "reply_id": f"r-{uuid.uuid4().hex[:8]}",
+            "customer_id": customer,
+            "channel": channel,
+            "intent": intent,
+            "text": text,
+            "at": datetime.now(UTC),
+        }
+    )
+
+
+async def test_stop_then_start_through_engagement_replies(
+    api: httpx.AsyncClient, snapshots: Snapshots, infra: dict[str, str], namespace: str
+) -> None:
+    body = contact(
+        consents={"service-updates": {"sms": True, "email": True}, "billing": {"sms": True}}
+    )
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    topic = Topics.ENGAGEMENT_REPLIES.name(namespace)
+
+    stop = reply(cid, "stop", "STOP")
+    await _send(infra, topic, [(ENGAGEMENT_REPLY, stop), (ENGAGEMENT_REPLY, stop)])  # redelivered
+    snap = await snapshots.until(cid, lambda s: s.consents["service-updates"]["sms"] is False)
+    assert snap.consents == {
+        "billing": {"sms": False},
+        "service-updates": {"email": True, "sms": False},
+    }
+    # The API cannot quietly override a STOP: stating the old consent again changes nothing.
+    r = await api.put(f"/v1/contacts/{cid}", json=body)
+    assert r.json()["consents"]["service-updates"]["sms"] is False
+
+    start = reply(cid, "start", "START")
+    await _send(infra, topic, [(ENGAGEMENT_REPLY, start)])
+    snap = await snapshots.until(cid, lambda s: s.consents["service-updates"]["sms"] is True)
+    assert snap.consents["billing"] == {"sms": True}  # START restores what was granted
+
+    # Chinese operators' opt-out word, classified by us when the sender could not.
+    await _send(infra, topic, [(ENGAGEMENT_REPLY, reply(cid, "other", "退订"))])
+    await snapshots.until(cid, lambda s: s.consents["billing"]["sms"] is False)
+
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    stops = [e for e in history["entries"] if e["topic"] == "*"]
+    assert [(e["granted"], e["source"]) for e in stops] == [
+        (False, "sms-keyword"),
+        (True, "sms-keyword"),
+        (False, "sms-keyword"),
+    ]  # the redelivered STOP was applied once
+    assert stops[0]["proof"] == f"reply:{stop.reply_id}"
+    assert history["stopped_channels"] == ["sms"]
+
+
+async def test_hard_bounce_marks_the_address_and_bad_bytes_go_to_the_dlq(
+    api: httpx.AsyncClient, snapshots: Snapshots, infra: dict[str, str], namespace: str
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+
+    def status(channel: str, state: str, code: str | None) -> DeliveryStatus:
+        return DeliveryStatus.model_validate(
+            {
+                "message_id": f"m-{uuid.uuid4().hex[:6]}",
+                "request_id": "req",
+                "campaign_id": "camp",
+                "customer_id": cid,
+                "channel": channel,
+                "status": state,
+                "error_code": code,
+                "at": datetime.now(UTC),
+            }
+        )
+
+    topic = Topics.DELIVERY_STATUS.name(namespace)
+    await _send(
+        infra,
+        topic,
+        [
+            (DELIVERY_STATUS, status("email", "failed", "4.2.2")),  # soft: leave it
+            (None, b"\xff not an event"),
+            (DELIVERY_STATUS, status("email", "failed", "5.1.1")),
+            (DELIVERY_STATUS, status("sms", "undelivered", "30003")),
+        ],
+    )
+    snap = await snapshots.until(
+        cid, lambda s: s.channels["sms"].status == "unreachable" and s.version == 3
+    )
+    assert snap.channels["email"].status == "bounced"
+    got = (await api.get(f"/v1/contacts/{cid}")).json()
+    assert got["channels"]["email"]["status"] == "bounced"
+
+    dlq = AIOKafkaConsumer(
+        dlq_topic("preferences").name(namespace),
+        bootstrap_servers=infra["kafka"],
+        auto_offset_reset="earliest",
+        group_id=f"dlq-{uuid.uuid4().hex[:6]}",
+    )
+    await dlq.start()
+    try:
+        found: list[Any] = []
+
+        async def dead() -> bool:
+            for recs in (await dlq.getmany(timeout_ms=300)).values():
+                found.extend(recs)
+            return bool(found)
+
+        await eventually(dead)
+        assert dict(found[0].headers)["x-herald-reason"].startswith(b"missing ce_type")
+    finally:
+        await dlq.stop()
+
+
+async def test_export_then_erase_leaves_anonymised_evidence_and_a_tombstone(
+    api: httpx.AsyncClient, snapshots: Snapshots, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    phone = body["channels"]["sms"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    exported = (await api.get(f"/v1/contacts/{cid}/export")).json()
+    assert exported["contact"]["channels"]["sms"]["address"] == phone
+    assert len(exported["consent_ledger"]) == 2
+
+    r = await api.delete(f"/v1/contacts/{cid}")
+    assert r.status_code == 200, r.text
+    assert r.json()["ledger_entries_kept"] == 2
+    assert await snapshots.until(cid, lambda s: s == "tombstone") == "tombstone"
+    assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
+    assert (await api.get(f"/v1/contacts/{cid}/export")).status_code == 404
+
+    db = mongo[settings.mongo_db]
+    assert await db["contacts"].count_documents({"_id": cid}) == 0
+    kept = await db["consent_ledger"].find({"erased": True}).to_list()
+    assert len(kept) == 2
+    text = json.dumps(kept, default=str)
+    assert cid not in text and phone not in text and "ada@example.com" not in text
+    assert {e["source"] for e in kept} == {"api"}

@@ -1,0 +1,184 @@
+"""The preference centre in a real browser (headless Chromium) against the real service."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+import uvicorn
+
+from herald_kit import LinkSigner
+from herald_preferences.app import create_app
+from herald_preferences.config import Settings
+from support import TEST_KEY, api_keys, unique_phone, wait_ready
+
+SECRET = "centre-test-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def service(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The preferences service listening on a real port, and an API client to it."""
+    port = _free_port()
+    settings = Settings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db_name("preferences"),
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        link_secret=SECRET,
+        port=port,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+            timeout=10,
+        ) as client:
+            await wait_ready(client)
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _contact(api: httpx.AsyncClient, **over: Any) -> str:
+    cid = f"cust-{uuid.uuid4().hex[:8]}"
+    body = {
+        "customer_id": cid,
+        "channels": {"sms": unique_phone(), "email": "ada@example.com", "voice": unique_phone()},
+        "ranking": ["sms", "email"],
+        "consents": {"service-updates": {"sms": True, "email": True}},
+        "locale": "en-GB",
+        "time_zone": "Europe/London",
+        **over,
+    }
+    r = await api.post("/v1/contacts", json=body)
+    assert r.status_code == 201, r.text
+    return cid
+
+
+async def _link(api: httpx.AsyncClient, cid: str) -> str:
+    r = await api.post(f"/v1/contacts/{cid}/preference-link")
+    assert r.status_code == 200, r.text
+    url: str = r.json()["url"]
+    return url
+
+
+async def test_customer_changes_ranking_quiet_hours_and_topics_in_a_browser(
+    service: httpx.AsyncClient, browser: Any
+) -> None:
+    cid = await _contact(service)
+    page = await browser.new_page()
+    try:
+        await page.goto(await _link(service, cid))
+        assert await page.title() == "Your contact preferences"
+        assert await page.input_value("#rank-1") == "sms"
+        await page.select_option("#rank-1", "email")
+        await page.select_option("#rank-2", "voice")
+        await page.select_option("#rank-3", "sms")
+        await page.fill("#quiet-start", "21:30")
+        await page.fill("#quiet-end", "07:45")
+        await page.check("[id='consent:appointments:voice']")
+        await page.uncheck("[id='consent:service-updates:email']")
+        await page.click("#save")
+        await page.wait_for_selector("#saved")
+        # The page shows what is now stored.
+        assert await page.input_value("#rank-1") == "email"
+        assert await page.input_value("#quiet-start") == "21:30"
+    finally:
+        await page.close()
+
+    got = (await service.get(f"/v1/contacts/{cid}")).json()
+    assert got["ranking"] == ["email", "voice", "sms"]
+    assert got["quiet_hours"] == {"start": "21:30", "end": "07:45"}
+    assert got["consents"]["appointments"]["voice"] is True
+    assert got["consents"]["service-updates"] == {"email": False, "sms": True, "voice": False}
+    history = (await service.get(f"/v1/contacts/{cid}/consents")).json()
+    centre = [e for e in history["entries"] if e["source"] == "preference-centre"]
+    assert ("appointments", "voice", True) in [
+        (e["topic"], e["channel"], e["granted"]) for e in centre
+    ]
+    assert {e["actor"] for e in centre} == {"customer"}
+
+
+async def test_the_page_speaks_the_customers_language(
+    service: httpx.AsyncClient, browser: Any
+) -> None:
+    cid = await _contact(service, locale="zh-CN", time_zone="Asia/Shanghai")
+    page = await browser.new_page()
+    try:
+        await page.goto(await _link(service, cid))
+        assert await page.title() == "您的联系偏好"
+        assert await page.get_attribute("html", "lang") == "zh-CN"
+        assert "免打扰时段" in await page.inner_text("body")
+        await page.select_option("#rank-1", "voice")
+        await page.click("#save")
+        await page.wait_for_selector("#saved")
+        assert "您的偏好已保存" in await page.inner_text("#saved")
+    finally:
+        await page.close()
+    assert (await service.get(f"/v1/contacts/{cid}")).json()["ranking"][0] == "voice"
+
+
+async def test_bad_form_input_is_refused_and_changes_nothing(service: httpx.AsyncClient) -> None:
+    cid = await _contact(service)
+    url = await _link(service, cid)
+    r = await service.post(
+        url,
+        content="rank-1=sms&rank-2=sms&quiet-start=&quiet-end=",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 422 and "twice" in r.text
+    r = await service.post(
+        url,
+        content="rank-1=email&quiet-start=22:00&quiet-end=22:00",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 422 and "quiet_hours" in r.text
+    assert (await service.get(f"/v1/contacts/{cid}")).json()["version"] == 1
+
+
+async def test_tampered_expired_or_foreign_links_are_refused(service: httpx.AsyncClient) -> None:
+    cid = await _contact(service)
+    url = await _link(service, cid)
+    token = url.rsplit("/p/", 1)[1]
+    r = await service.get(f"/p/{token[:-2]}xx")
+    assert r.status_code == 403 and "not valid" in r.text
+    # Signed for another purpose (the case status page) with the same secret.
+    other = LinkSigner(SECRET, "case-status").sign({"c": cid, "p": "preferences"})
+    assert (await service.get(f"/p/{other}")).status_code == 403
+    # Genuine, but signed a year ago: older than the allowed age.
+    real = time.time
+    with mock.patch("itsdangerous.timed.time.time", lambda: real() - 365 * 24 * 3600):
+        expired = LinkSigner(SECRET, "preferences").sign({"c": cid, "p": "preferences"})
+    r = await service.get(f"/p/{expired}")
+    assert r.status_code == 410 and "expired" in r.text
+    assert (await service.get(f"/p/{token}")).status_code == 200
+    # A POST with a bad link changes nothing.
+    r = await service.post(f"/p/{token[:-2]}xx", content="rank-1=voice")
+    assert r.status_code == 403
+    assert (await service.get(f"/v1/contacts/{cid}")).json()["version"] == 1

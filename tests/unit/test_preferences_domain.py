@@ -1,0 +1,198 @@
+"""Preferences rules without I/O: the ledger fold, keywords, bounces, the centre's form."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald_contracts import DeliveryStatus
+from herald_kit import InvalidInput
+from herald_preferences.api.contacts import merge_patch
+from herald_preferences.api.i18n import pick_locale
+from herald_preferences.domain.bounces import address_status
+from herald_preferences.domain.centre import contact_from_form
+from herald_preferences.domain.keywords import keyword
+from herald_preferences.domain.ledger import ALL_TOPICS, Change, diff, entries_for, fold
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _entries(*writes: list[Change]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for version, changes in enumerate(writes, start=1):
+        out += entries_for("c1", changes, version=version, source="api", actor="t", at=NOW)
+    return out
+
+
+def test_fold_applies_entries_in_ledger_order_whatever_order_they_arrive_in() -> None:
+    entries = _entries(
+        [Change("billing", "sms", True), Change("marketing", "email", True)],
+        [Change("billing", "sms", False)],
+        [Change("billing", "sms", True)],
+    )
+    assert fold(entries).effective() == {"billing": {"sms": True}, "marketing": {"email": True}}
+    assert fold(reversed(entries)).effective() == fold(entries).effective()
+
+
+def test_stop_withdraws_every_topic_of_a_channel_and_start_restores_them() -> None:
+    entries = _entries(
+        [Change("billing", "sms", True), Change("billing", "email", True)],
+        [Change(ALL_TOPICS, "sms", False)],
+    )
+    consent = fold(entries)
+    assert consent.effective() == {"billing": {"email": True, "sms": False}}
+    assert consent.stopped == {"sms"}
+    entries += _entries([], [], [Change(ALL_TOPICS, "sms", True)])
+    assert fold(entries).effective() == {"billing": {"email": True, "sms": True}}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["billing", "marketing", ALL_TOPICS]),
+            st.sampled_from(["sms", "email"]),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_the_last_word_wins_and_stop_only_ever_narrows(steps: list[tuple[str, str, bool]]) -> None:
+    entries = _entries(*[[Change(t, c, g)] for t, c, g in steps])
+    consent = fold(entries).effective()
+    for topic, channels in consent.items():
+        for channel, ok in channels.items():
+            last_topic = [g for t, c, g in steps if t == topic and c == channel][-1]
+            last_all = [g for t, c, g in steps if t == ALL_TOPICS and c == channel]
+            assert ok == (last_topic and (not last_all or last_all[-1]))
+
+
+def test_diff_records_only_what_changes_and_leaves_unnamed_consent_alone() -> None:
+    before = fold(_entries([Change("billing", "sms", True), Change("marketing", "sms", True)]))
+    assert diff(before, {"billing": {"sms": True, "email": False}}) == [
+        Change("billing", "email", False)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("STOP", "stop"),
+        (" stop ", "stop"),
+        ("Stop.", "stop"),
+        ("STOPALL", "stop"),
+        ("unsubscribe", "stop"),
+        ("Cancel", "stop"),
+        ("END", "stop"),
+        ("quit", "stop"),
+        ("revoke", "stop"),
+        ("optout", "stop"),
+        ("退订", "stop"),
+        ("TD", "stop"),
+        ("ｔｄ", "stop"),  # full-width letters from a Chinese keyboard  # noqa: RUF001
+        ("START", "start"),
+        ("unstop", "start"),
+        ("please stop calling me at night", None),
+        ("yes", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_keywords(text: str | None, expected: str | None) -> None:
+    assert keyword(text) == expected
+
+
+def _status(
+    channel: str, status: str, code: str | None, reason: str | None = None
+) -> DeliveryStatus:
+    return DeliveryStatus(
+        message_id="m",
+        request_id="r",
+        campaign_id="c",
+        customer_id="c1",
+        channel=channel,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        error_code=code,
+        reason=reason,
+        at=NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (_status("email", "failed", "5.1.1"), "bounced"),
+        (_status("email", "failed", "550"), "bounced"),
+        (_status("email", "failed", "4.2.2"), None),
+        (_status("email", "failed", None, "hard bounce: mailbox gone"), "bounced"),
+        (_status("sms", "undelivered", "30003"), "unreachable"),
+        (_status("sms", "failed", "30005"), "unreachable"),
+        (_status("sms", "undelivered", "30007"), None),  # carrier filtering: not the number
+        (_status("voice", "failed", "13224"), "unreachable"),
+        (_status("sms", "delivered", None), None),
+    ],
+)
+def test_which_failures_mark_an_address(status: DeliveryStatus, expected: str | None) -> None:
+    assert address_status(status) == expected
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1]}
+    assert merge_patch(target, {"b": {"c": None, "x": 4}, "e": [2], "a": None}) == {
+        "b": {"d": 3, "x": 4},
+        "e": [2],
+    }
+
+
+CURRENT = {
+    "_id": "c1",
+    "channels": {"sms": {"address": "+12015550100", "status": "valid"}},
+    "locale": "en",
+    "time_zone": "UTC",
+}
+
+
+def test_the_form_lifts_a_stop_only_when_the_customer_opts_in_on_that_channel() -> None:
+    form = {"rank-1": ["sms"], "consent:billing:sms": ["1"]}
+    contact, lifted = contact_from_form(
+        CURRENT, form, topics=["billing", "marketing"], stopped=["sms"]
+    )
+    assert contact["ranking"] == ["sms"]
+    assert contact["consents"] == {"billing": {"sms": True}, "marketing": {"sms": False}}
+    assert lifted == [Change(ALL_TOPICS, "sms", True)]
+    _, lifted = contact_from_form(CURRENT, {"rank-1": ["sms"]}, topics=["billing"], stopped=["sms"])
+    assert lifted == []
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"rank-1": ["fax"]}, "rank-1"),
+        ({"rank-1": ["email"]}, "rank-1"),  # no email address on file
+        ({"rank-1": ["sms"], "rank-2": ["sms"]}, "rank-2"),
+        ({"quiet-start": ["22:00"], "quiet-end": [""]}, "quiet-end"),
+    ],
+)
+def test_the_form_refuses_bad_choices(form: dict[str, list[str]], field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        contact_from_form(CURRENT, form, topics=["billing"], stopped=[])
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("prefs", "expected"),
+    [
+        (("zh-CN", None), "zh_CN"),
+        (("zh", None), "zh_CN"),
+        (("zh-Hans-CN", None), "zh_CN"),
+        (("en-GB", "zh-CN"), "en"),
+        ((None, "zh-CN,zh;q=0.9,en;q=0.8"), "zh_CN"),
+        (("fr-FR", None), "en"),
+        (("not a tag", None), "en"),
+    ],
+)
+def test_locale_choice(prefs: tuple[str | None, str | None], expected: str) -> None:
+    assert pick_locale(*prefs) == expected
