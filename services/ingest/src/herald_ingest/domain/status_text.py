@@ -68,7 +68,8 @@ BUTTONS = ("confirm", "reschedule", "callback")
 
 
 def pick_locale(wanted: str | None, accept_language: str | None = None) -> str:
-    """The best supported locale for what the link or the browser asks; English otherwise."""
+    """The best locale (BCP 47 tag) for what the link or the browser asks, in a language the
+    page speaks; its region still shapes dates (en-GB writes 25 Nov, en-US Nov 25)."""
     candidates = [wanted] if wanted else []
     if accept_language:
         candidates += [part.split(";")[0].strip() for part in accept_language.split(",")]
@@ -82,13 +83,15 @@ def pick_locale(wanted: str | None, accept_language: str | None = None) -> str:
         if loc.language == "zh":
             return "zh-CN"
         if loc.language == "en":
-            return "en"
+            return f"en-{loc.territory}" if loc.territory else "en"
     return "en"
 
 
 def words(locale: str) -> dict[str, str]:
-    """The page's words in a supported locale."""
-    return TEXT.get(locale, TEXT["en"])
+    """The page's words for a locale: by language, English when the page doesn't speak it."""
+    if locale in TEXT:
+        return TEXT[locale]
+    return TEXT["zh-CN"] if locale.startswith("zh") else TEXT["en"]
 
 
 def when(value: Any, locale: str, time_zone: str = "UTC") -> str:
