@@ -26,6 +26,7 @@ from herald_ingest.config import Settings
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import Projection, apply, order_key
 from herald_ingest.processing import event_doc
+from herald_ingest.sweeper import Sweeper
 from herald_kit import encode
 from support import api_keys, eventually, running
 
@@ -142,11 +143,11 @@ async def test_shuffled_arrival_on_the_topic_converges(
         return items if len(items) == len(made) else None
 
     await eventually(all_recorded, within=30)
-    seen = harness.app.state.repo.seen
+    done = harness.app.state.repo.done
+    keys = [f"/crm|{event_id}" for event_id in ids.values()]
 
     async def all_finished() -> bool:
-        n = await seen.count_documents({"case_id": case_id, "status": {"$ne": "received"}})
-        return bool(n == len(made))
+        return bool(await done.count_documents({"_id": {"$in": keys}}) == len(made))
 
     await eventually(all_finished, within=30)
     actual = (await harness.client.get(f"/v1/cases/{case_id}")).json()
@@ -206,16 +207,35 @@ async def test_sweeper_heals_a_half_done_event_and_forgets_old_ones(harness: Har
         time=T0,
         data=CaseEventData(case_id=case_id, customer_ids=["c1"], status="engineer booked"),
     )
-    # As if a replica claimed the event and died before applying it.
-    long_ago = datetime.now(UTC) - timedelta(days=30)
-    await repo.claim(stuck.key, case_id=case_id, now=long_ago, event=event_doc(stuck))
+    # As if a replica claimed the event an hour ago and died before applying it.
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await repo.claim(stuck.key, case_id=case_id, now=an_hour_ago, event=event_doc(stuck))
     assert (await harness.client.get(f"/v1/cases/{case_id}")).status_code == 404
 
-    forgotten, recovered = await sweeper.sweep()
-    assert recovered == 1
+    assert await sweeper.sweep() == (0, 1)
     case = (await harness.client.get(f"/v1/cases/{case_id}")).json()
     assert case["status"] == "engineer booked" and case["version"] == 1
-    # The healed row is now finished and older than the retention window: the next sweep drops it.
-    forgotten, recovered = await sweeper.sweep()
-    assert (forgotten, recovered) == (1, 0)
+    assert await sweeper.sweep() == (0, 0)  # healed once, not again
+    r = await harness.client.post(
+        "/v1/events",
+        json={
+            "specversion": "1.0",
+            "id": "stuck-1",
+            "source": "/crm",
+            "type": "case.updated",
+            "data": {"case_id": case_id, "status": "engineer booked"},
+        },
+    )
+    assert r.json()["duplicate"] == 1  # within the retention window: still a duplicate
+
+    # Past a (short) retention window the dedupe row is forgotten.
+    short = Sweeper(
+        repo,
+        harness.app.state.processor,
+        retention_seconds=1800,
+        recover_after_seconds=1,
+        interval_seconds=3600,
+    )
+    forgotten, _ = await short.sweep()
+    assert forgotten == 1
     assert await repo.seen.count_documents({"_id": stuck.key}) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from herald_contracts import utc_now
 from herald_ingest.adapters.repository import CaseRepository
@@ -31,18 +31,28 @@ class Sweeper:
         self.recover_after = timedelta(seconds=recover_after_seconds)
         self.interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._since: datetime | None = None
 
     async def sweep(self) -> tuple[int, int]:
         """One pass: (dedupe rows forgotten, stuck events applied again)."""
         now = utc_now()
         forgotten = await self.repo.forget_seen(before=now - self.retention)
         recovered = 0
-        for row in await self.repo.stale_claims(before=now - self.recover_after):
-            if "event" not in row:
-                continue  # claimed by an older version that did not keep the event
-            # Processing is idempotent, so two replicas healing the same row is harmless.
-            await self.processor.process(event_from_doc(row["event"]))
-            recovered += 1
+        # Claims are looked at once each, oldest first, from where the last pass stopped.
+        since = self._since or now - self.retention
+        before = now - self.recover_after
+        while True:
+            rows, resume = await self.repo.unfinished(since=since, before=before)
+            for row in rows:
+                if "event" not in row:
+                    continue  # claimed by an older version that did not keep the event
+                # Processing is idempotent, so two replicas healing the same row is harmless.
+                await self.processor.process(event_from_doc(row["event"]))
+                recovered += 1
+            if resume is None:
+                break
+            since = resume
+        self._since = before
         if forgotten or recovered:
             log.info("swept", extra={"forgotten": forgotten, "recovered": recovered})
         return forgotten, recovered

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from pymongo import DESCENDING, ReplaceOne, UpdateOne
+from pymongo import DESCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from herald_contracts import CaseState
+from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import Projection
 from herald_kit import Doc, insert_if_absent
 
 DUPLICATE_KEY = 11000
+# FerretDB v1 stalls on a single write command with a few hundred operations; MongoDB doesn't
+# mind. Chunks of this size cost nothing on either.
+CHUNK = 50
 
 
 def _failed_indexes(exc: BulkWriteError, *, only_duplicates: bool) -> set[int]:
@@ -30,6 +33,9 @@ class CaseRepository:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.seen = db["seen_events"]
+        # How each seen event ended. Insert-only (FerretDB updates cost a transaction each),
+        # so finishing a batch is one cheap insert_many rather than an update per event.
+        self.done = db["seen_done"]
         self.cases = db["cases"]
         self.timeline = db["timeline"]
 
@@ -37,7 +43,8 @@ class CaseRepository:
         """Indexes for reads by customer, the timeline and the sweepers."""
         await self.cases.create_index("state.customer_ids")
         await self.timeline.create_index([("case_id", 1), ("at", 1)])
-        await self.seen.create_index([("status", 1), ("received_at", 1)])
+        await self.seen.create_index("received_at")
+        await self.done.create_index("at")
 
     async def claim(
         self, key: str, *, case_id: str, now: datetime, event: Doc | None = None
@@ -48,7 +55,7 @@ class CaseRepository:
             doc["event"] = event
         if await insert_if_absent(self.seen, doc):
             return None
-        return await self.seen.find_one({"_id": key})
+        return (await self._with_outcome([key])).get(key)
 
     async def claim_many(self, docs: Sequence[Doc]) -> dict[str, Doc]:
         """Record many events as seen in one round trip; the earlier rows of those seen before."""
@@ -59,20 +66,30 @@ class CaseRepository:
             return {}
         except BulkWriteError as exc:
             failed = _failed_indexes(exc, only_duplicates=True)
-        keys = [docs[i]["_id"] for i in failed]
-        return {d["_id"]: d async for d in self.seen.find({"_id": {"$in": keys}})}
+        return await self._with_outcome([docs[i]["_id"] for i in failed])
+
+    async def _with_outcome(self, keys: Sequence[str]) -> dict[str, Doc]:
+        """Seen rows of these keys, with the status they ended in ("received" if unfinished)."""
+        rows = {d["_id"]: d async for d in self.seen.find({"_id": {"$in": list(keys)}})}
+        async for d in self.done.find({"_id": {"$in": list(keys)}}):
+            if d["_id"] in rows:
+                rows[d["_id"]] = {**rows[d["_id"]], "status": d["status"]}
+        return rows
 
     async def mark(self, key: str, status: str, version: int | None) -> None:
         """Record how an event ended."""
-        await self.seen.update_one({"_id": key}, {"$set": {"status": status, "version": version}})
+        await self.mark_many([(key, status, version)])
 
     async def mark_many(self, marks: Sequence[tuple[str, str, int | None]]) -> None:
-        """Record how many events ended, in one round trip."""
-        if marks:
-            await self.seen.bulk_write(
-                [UpdateOne({"_id": k}, {"$set": {"status": s, "version": v}}) for k, s, v in marks],
-                ordered=False,
-            )
+        """Record how many events ended; a second record of the same end is ignored."""
+        if not marks:
+            return
+        now = utc_now()
+        docs = [{"_id": k, "status": s, "version": v, "at": now} for k, s, v in marks]
+        try:
+            await self.done.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            _failed_indexes(exc, only_duplicates=True)
 
     async def load(self, case_id: str) -> tuple[Projection, int, list[str]]:
         """The case's projection, its stored version (0 when new) and its last saved events."""
@@ -120,24 +137,35 @@ class CaseRepository:
         return result.modified_count == 1
 
     async def save_many(self, writes: Sequence[tuple[Projection, int, Sequence[str]]]) -> set[str]:
-        """Conditional writes of several cases in one round trip; the case ids that lost a race.
+        """Conditional writes of several cases in a few round trips; the case ids that lost a race.
 
-        An upsert whose version filter does not match tries an insert, which the unique _id
-        refuses: so a lost race shows up as that operation's duplicate-key error.
+        New cases are inserted (the unique _id refuses a second creator); existing ones are
+        replaced only at the version read. Upserts would do both in one go, but FerretDB v1
+        spends ~20 ms on each one that inserts.
         """
-        if not writes:
-            return set()
-        ops = []
-        ids = []
-        for projection, expected, keys in writes:
-            doc = self._doc(projection, keys)
-            ids.append(doc["_id"])
-            ops.append(ReplaceOne({"_id": doc["_id"], "state.version": expected}, doc, upsert=True))
-        try:
-            await self.cases.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            return {ids[i] for i in _failed_indexes(exc, only_duplicates=True)}
-        return set()
+        lost: set[str] = set()
+        new = [self._doc(p, keys) for p, expected, keys in writes if expected == 0]
+        if new:
+            try:
+                await self.cases.insert_many(new, ordered=False)
+            except BulkWriteError as exc:
+                lost |= {new[i]["_id"] for i in _failed_indexes(exc, only_duplicates=True)}
+        old = [(self._doc(p, keys), expected) for p, expected, keys in writes if expected != 0]
+        matched = 0
+        for start in range(0, len(old), CHUNK):
+            chunk = old[start : start + CHUNK]
+            result = await self.cases.bulk_write(
+                [ReplaceOne({"_id": d["_id"], "state.version": v}, d) for d, v in chunk],
+                ordered=False,
+            )
+            matched += result.matched_count
+        if matched < len(old):
+            # Some filter missed: someone else wrote those cases. Find which by what is stored.
+            wanted = {d["_id"]: d["last_events"] for d, _ in old}
+            async for doc in self.cases.find({"_id": {"$in": list(wanted)}}, {"last_events": 1}):
+                if doc.get("last_events") != wanted[doc["_id"]]:
+                    lost.add(doc["_id"])
+        return lost
 
     async def get(self, case_id: str) -> CaseState | None:
         """The current state of a case."""
@@ -169,14 +197,22 @@ class CaseRepository:
         cursor = self.timeline.find({"case_id": case_id}, {"_id": 0}).sort("at", 1).limit(limit)
         return [d async for d in cursor]
 
-    async def stale_claims(self, *, before: datetime, limit: int = 100) -> list[Doc]:
-        """Events claimed but never finished (a crash mid-way), oldest first."""
-        cursor = self.seen.find({"status": "received", "received_at": {"$lt": before}})
-        return [d async for d in cursor.sort("received_at", 1).limit(limit)]
+    async def unfinished(
+        self, *, since: datetime, before: datetime, limit: int = 500
+    ) -> tuple[list[Doc], datetime | None]:
+        """Events claimed in [since, before) that never finished (a crash mid-way), and the
+        claim time to continue from next time (None when this page reached `before`)."""
+        cursor = self.seen.find({"received_at": {"$gte": since, "$lt": before}})
+        page = [d async for d in cursor.sort("received_at", 1).limit(limit)]
+        finished = {
+            d["_id"]
+            async for d in self.done.find({"_id": {"$in": [d["_id"] for d in page]}}, {"_id": 1})
+        }
+        resume = page[-1]["received_at"] if len(page) == limit else None
+        return [d for d in page if d["_id"] not in finished], resume
 
     async def forget_seen(self, *, before: datetime) -> int:
-        """Drop finished dedupe rows older than the retention window (no TTL index on FerretDB)."""
-        result = await self.seen.delete_many(
-            {"status": {"$in": ["applied", "unchanged"]}, "received_at": {"$lt": before}}
-        )
+        """Drop dedupe rows older than the retention window (FerretDB has no TTL index)."""
+        result = await self.seen.delete_many({"received_at": {"$lt": before}})
+        await self.done.delete_many({"at": {"$lt": before}})
         return int(result.deleted_count)
