@@ -160,7 +160,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             drain_rate = n / max(0.001, (stamps[-1] / 1000) - t0)
 
             # Phase 2: a steady stream at about half the drained rate; latency per event.
-            rate = max(100.0, min(drain_rate * 0.5, 5_000.0))
+            rate = max(10.0, min(drain_rate * 0.5, 5_000.0))
             m = env.n(10_000)
             sent: dict[str, int] = {}
             start = time.monotonic()
