@@ -14,7 +14,7 @@ from herald_contracts import CaseChanged, Topics, dlq_topic
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
 from herald_kit import decode
-from support import api_keys, eventually, running
+from support import READ_ONLY_KEY, api_keys, eventually, running
 
 
 @pytest.fixture
@@ -178,3 +178,54 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
     assert any("ce_type" in reason for reason in reasons)
     assert any("case_id" in reason for reason in reasons)
     assert all(dict(r.headers)["x-herald-source-topic"] == topic.encode() for r in dead)
+
+
+async def test_event_types_have_their_own_rules(ingest: httpx.AsyncClient) -> None:
+    booked = _event()
+    booked["type"] = "appointment.booked"
+    r = await ingest.post("/v1/events", json=booked)
+    assert r.status_code == 422 and r.json()["field"] == "data.appointment"
+    booked["data"]["appointment"] = {"starts_at": "2026-11-25T14:00:00Z", "engineer": "Ada"}
+    assert (await ingest.post("/v1/events", json=booked)).status_code == 202
+    resolved = _event()
+    resolved["type"] = "case.resolved"
+    del resolved["data"]["status"]
+    resolved["time"] = "2030-01-01T00:00:00Z"  # newer than the booking
+    assert (await ingest.post("/v1/events", json=resolved)).status_code == 202
+    case = (await ingest.get("/v1/cases/case-1")).json()
+    assert case["status"] == "resolved"
+    assert case["appointment"]["engineer"] == "Ada"
+
+
+async def test_same_event_twice_in_one_batch_is_applied_once(ingest: httpx.AsyncClient) -> None:
+    ev = _event(status="delayed")
+    r = await ingest.post("/v1/events", json=[ev, ev])
+    assert [x["result"] for x in r.json()["results"]] == ["accepted", "duplicate"]
+    assert (await ingest.get("/v1/cases/case-1")).json()["version"] == 1
+
+
+async def test_timeline_keeps_a_late_event_without_regressing_state(
+    ingest: httpx.AsyncClient,
+) -> None:
+    new = _event(status="engineer 16:00", sequence=2)
+    old = _event(status="engineer 14:00", sequence=1, summary="boiler")
+    await ingest.post("/v1/events", json=new)
+    await ingest.post("/v1/events", json=old)
+    case = (await ingest.get("/v1/cases/case-1")).json()
+    assert (case["status"], case["summary"]) == ("engineer 16:00", "boiler")
+    items = (await ingest.get("/v1/cases/case-1/timeline")).json()["items"]
+    assert sorted(i["data"]["status"] for i in items) == ["engineer 14:00", "engineer 16:00"]
+    by_customer = (await ingest.get("/v1/customers/c1/cases")).json()["items"]
+    assert [c["case_id"] for c in by_customer] == ["case-1"]
+
+
+async def test_reading_cases_needs_the_read_scope(ingest: httpx.AsyncClient) -> None:
+    await ingest.post("/v1/events", json=_event())
+    r = await ingest.get("/v1/cases/case-1", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    r = await ingest.get("/v1/cases/case-1", headers={"Authorization": f"Bearer {READ_ONLY_KEY}"})
+    assert r.status_code == 200
+    r = await ingest.post(
+        "/v1/events", json=_event(), headers={"Authorization": f"Bearer {READ_ONLY_KEY}"}
+    )
+    assert r.status_code == 403

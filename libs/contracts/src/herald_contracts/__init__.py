@@ -3,6 +3,7 @@
 from herald_contracts._events import (
     CHANNELS,
     INBOUND_EVENT_TYPES,
+    INBOUND_MODELS,
     Appointment,
     CampaignRef,
     CaseChanged,
@@ -57,6 +58,7 @@ __all__ = [
     "ENGAGEMENT_REPLY",
     "INBOUND",
     "INBOUND_EVENT_TYPES",
+    "INBOUND_MODELS",
     "OUTBOUND_EMAIL",
     "OUTBOUND_SMS",
     "OUTBOUND_VOICE",

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Channel = Literal["sms", "email", "voice"]
 CHANNELS: tuple[Channel, ...] = ("sms", "email", "voice")
@@ -51,7 +58,71 @@ class CaseEventData(_Body):
     attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
-# The business event types ingest accepts; each names the same body for now.
+class _TypedCaseEvent(CaseEventData):
+    # Fields this event type cannot do without. A model validator rather than a required
+    # field, so the v1 schemas first published without the rule still only grow.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_requires(self) -> Self:
+        missing = [name for name in self.requires if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required for this event type")
+        return self
+
+
+class CaseOpenedData(_TypedCaseEvent):
+    """case.opened: a new case; its status defaults to "open"."""
+
+    status: str | None = Field(default="open", max_length=100)
+
+
+class CaseUpdatedData(_TypedCaseEvent):
+    """case.updated: any change to a case's fields (status, summary, next step, ETA, team)."""
+
+
+class CaseStatusChangedData(_TypedCaseEvent):
+    """case.status_changed: the case moved to a new status; `status` is required."""
+
+    requires: ClassVar[tuple[str, ...]] = ("status",)
+
+
+class AppointmentBookedData(_TypedCaseEvent):
+    """appointment.booked: a visit or call was booked; `appointment` is required."""
+
+    requires: ClassVar[tuple[str, ...]] = ("appointment",)
+
+
+class AppointmentRescheduledData(_TypedCaseEvent):
+    """appointment.rescheduled: the booked visit moved; `appointment` is required."""
+
+    requires: ClassVar[tuple[str, ...]] = ("appointment",)
+
+
+class CaseResolvedData(_TypedCaseEvent):
+    """case.resolved: the problem is fixed; status defaults to "resolved"."""
+
+    status: str | None = Field(default="resolved", max_length=100)
+
+
+class CaseClosedData(_TypedCaseEvent):
+    """case.closed: the case is closed; status defaults to "closed"."""
+
+    status: str | None = Field(default="closed", max_length=100)
+
+
+# Each business event type and the model of its body (its JSON Schema is generated from it).
+INBOUND_MODELS: dict[str, type[CaseEventData]] = {
+    "case.opened": CaseOpenedData,
+    "case.updated": CaseUpdatedData,
+    "case.status_changed": CaseStatusChangedData,
+    "appointment.booked": AppointmentBookedData,
+    "appointment.rescheduled": AppointmentRescheduledData,
+    "case.resolved": CaseResolvedData,
+    "case.closed": CaseClosedData,
+}
+
+# The business event types ingest accepts.
 INBOUND_EVENT_TYPES: tuple[str, ...] = (
     "case.opened",
     "case.updated",

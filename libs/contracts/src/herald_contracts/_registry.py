@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from herald_contracts._events import (
     INBOUND_EVENT_TYPES,
+    INBOUND_MODELS,
     CaseChanged,
     CaseEventData,
     CaseState,
@@ -60,7 +61,8 @@ DELIVERY_STATUS = EventType("herald.delivery.status", DeliveryStatus, Topics.DEL
 ENGAGEMENT_REPLY = EventType("herald.engagement.reply", EngagementReply, Topics.ENGAGEMENT_REPLIES)
 
 INBOUND: dict[str, EventType] = {
-    t: EventType(t, CaseEventData, Topics.EVENTS_INBOUND) for t in INBOUND_EVENT_TYPES
+    t: EventType(t, INBOUND_MODELS.get(t, CaseEventData), Topics.EVENTS_INBOUND)
+    for t in INBOUND_EVENT_TYPES
 }
 
 INTERNAL: tuple[EventType, ...] = (

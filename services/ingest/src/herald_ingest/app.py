@@ -7,10 +7,13 @@ from fastapi import FastAPI
 
 from herald_contracts import Topics
 from herald_ingest.adapters.repository import CaseRepository
-from herald_ingest.api import cases, events
+from herald_ingest.api import cases, events, status_page
 from herald_ingest.config import Settings
-from herald_ingest.messaging.inbound import handle_inbound
+from herald_ingest.domain.intake import EventCatalog
+from herald_ingest.messaging.inbound import BatchInboundLoop
+from herald_ingest.messaging.timeline import handle_timeline
 from herald_ingest.processing import Processor
+from herald_ingest.sweeper import Sweeper
 from herald_kit import Runtime, build_app
 
 
@@ -18,22 +21,63 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ingest app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "ingest")
+    catalog = EventCatalog(settings.custom_event_types)
     app = build_app(
         settings,
         runtime,
         title="Herald ingest",
         description="Business events in; versioned case state, timeline and status page out.",
-        routers=[events.router, cases.router],
+        routers=[events.router, cases.router, status_page.router],
     )
+    app.state.catalog = catalog
 
-    async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-        await handle_inbound(app.state.processor, record)
+    async def not_wired(record: ConsumerRecord[bytes, bytes]) -> None:
+        raise RuntimeError("processor not wired")
+
+    inbound = BatchInboundLoop(
+        settings,
+        runtime.producer,
+        "ingest",
+        [Topics.EVENTS_INBOUND],
+        not_wired,
+        batch=settings.consumer_batch,
+        catalog=catalog,
+    )
+    runtime.consumers.append(inbound)
+
+    async def on_activity(record: ConsumerRecord[bytes, bytes]) -> None:
+        await handle_timeline(app.state.repo, record)
+
+    runtime.consume(
+        "ingest-timeline", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_activity
+    )
 
     @runtime.on_start
     async def _wire() -> None:
-        app.state.repo = CaseRepository(runtime.db)
-        await app.state.repo.ensure_indexes()
-        app.state.processor = Processor(app.state.repo, runtime.producer)
+        repo = CaseRepository(runtime.db)
+        await repo.ensure_indexes()
+        processor = Processor(repo, runtime.producer)
+        app.state.repo = repo
+        app.state.processor = processor
+        inbound.processor = processor
 
-    runtime.consume("ingest", [Topics.EVENTS_INBOUND], handle)
+        async def one(record: ConsumerRecord[bytes, bytes]) -> None:
+            from herald_ingest.messaging.inbound import handle_inbound
+
+            await handle_inbound(processor, record, catalog)
+
+        inbound.handler = one  # the per-record fallback when a whole batch fails
+        app.state.sweeper = Sweeper(
+            repo,
+            processor,
+            retention_seconds=settings.dedupe_retention_seconds,
+            recover_after_seconds=settings.recover_after_seconds,
+            interval_seconds=settings.sweep_interval_seconds,
+        )
+        app.state.sweeper.start()
+
+    @runtime.on_stop
+    async def _unwire() -> None:
+        await app.state.sweeper.stop()
+
     return app

@@ -1,5 +1,7 @@
 """Ingest settings (HERALD_INGEST_*)."""
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,3 +16,20 @@ class Settings(ServiceSettings):
     port: int = 8102
     mongo_db: str = "herald_ingest"
     max_batch: int = Field(default=500, ge=1, le=10_000)
+    custom_event_types: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Custom event types: type name -> JSON Schema (draft 2020-12) of its data. "
+        "The data must carry case_id; other top-level scalars become case attributes.",
+    )
+    dedupe_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a seen (source, id) is remembered; at least the topic's retention.",
+    )
+    recover_after_seconds: int = Field(
+        default=60, ge=1, description="A claimed event not finished after this is applied again."
+    )
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    status_link_max_age_seconds: int = Field(
+        default=14 * 24 * 3600, ge=60, description="How long a customer's status link works."
+    )

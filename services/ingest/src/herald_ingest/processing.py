@@ -1,15 +1,31 @@
-"""Apply one business event: dedupe, project, record, publish. Shared by HTTP and Kafka intake."""
+"""Apply business events: dedupe, project, record, publish. Shared by HTTP and Kafka intake.
+
+`process_batch` is the hot path: a batch costs a handful of database round trips (claim, timeline,
+load, save, mark) and one wait for the broker, whatever its size. `process` handles one event and
+is also the fallback for the rare event a batch can't settle (a lost race, a half-finished claim).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 
-from herald_contracts import CASE_CHANGED, CASE_STATE, CaseChanged, CaseState, EventRef, utc_now
+from herald_contracts import (
+    CASE_CHANGED,
+    CASE_STATE,
+    CaseChanged,
+    CaseEventData,
+    CaseState,
+    EventRef,
+    utc_now,
+)
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.domain.intake import InboundEvent
-from herald_ingest.domain.projection import apply, order_key
-from herald_kit import EventProducer, RetryableError
+from herald_ingest.domain.projection import Projection, apply, order_key
+from herald_kit import Doc, EventProducer, RetryableError, encode
 
 log = logging.getLogger("herald.ingest")
 
@@ -21,6 +37,43 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
 
 
+def event_doc(event: InboundEvent) -> Doc:
+    """What a seen row keeps of an event, so the recovery sweeper can apply it again."""
+    return {
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "time": event.time,
+        "data": event.data.model_dump(mode="json", exclude_none=True),
+    }
+
+
+def event_from_doc(doc: Doc) -> InboundEvent:
+    """The event a seen row kept (already validated when it was first received)."""
+    time = doc.get("time")
+    if isinstance(time, datetime) and time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)  # the database hands back naive UTC
+    return InboundEvent(
+        id=doc["id"],
+        source=doc["source"],
+        type=doc["type"],
+        time=time,
+        data=CaseEventData.model_validate(doc["data"]),
+    )
+
+
+def _timeline_entry(event: InboundEvent, now: datetime) -> Doc:
+    return {
+        "_id": f"event|{event.key}",
+        "case_id": event.data.case_id,
+        "kind": "event",
+        "type": event.type,
+        "at": event.time or now,
+        "received_at": now,
+        "data": event.data.model_dump(mode="json", exclude_none=True),
+    }
+
+
 class Processor:
     """Idempotent: a redelivered event is acknowledged, not reapplied; a crash mid-way resumes."""
 
@@ -28,29 +81,21 @@ class Processor:
         self.repo = repo
         self.producer = producer
 
-    async def process(self, event: InboundEvent) -> Outcome:
+    async def process(self, event: InboundEvent, *, now: datetime | None = None) -> Outcome:
         """Apply the event and publish the change; safe to call again for the same event."""
-        now = utc_now()
-        seen = await self.repo.claim(event.key, case_id=event.data.case_id, now=now)
+        now = now or utc_now()
+        seen = await self.repo.claim(
+            event.key, case_id=event.data.case_id, now=now, event=event_doc(event)
+        )
         if seen is not None and seen.get("status") in ("applied", "unchanged"):
             return Outcome.DUPLICATE
-        await self.repo.add_timeline(
-            {
-                "_id": f"event|{event.key}",
-                "case_id": event.data.case_id,
-                "kind": "event",
-                "type": event.type,
-                "at": event.time or now,
-                "received_at": now,
-                "data": event.data.model_dump(mode="json", exclude_none=True),
-            }
-        )
+        await self.repo.add_timeline(_timeline_entry(event, now))
         key = order_key(event.data, time=event.time, event_key=event.key)
         for _ in range(20):
-            current, stored_version, last_event = await self.repo.load(event.data.case_id)
-            if last_event == event.key and current.state is not None:
+            current, stored_version, last_events = await self.repo.load(event.data.case_id)
+            if event.key in last_events and current.state is not None:
                 # An earlier attempt saved this event but crashed before publishing.
-                await self._publish(event, current.state)
+                await self._publish([(event, current.state)])
                 await self.repo.mark(event.key, "applied", current.state.version)
                 return Outcome.ACCEPTED
             nxt = apply(current, event.data, key=key, now=now)
@@ -62,20 +107,107 @@ class Processor:
                 await self.repo.mark(event.key, "unchanged", stored_version)
                 return Outcome.ACCEPTED
             if await self.repo.save(nxt, expected=stored_version, event_key=event.key):
-                await self._publish(event, nxt.state)
+                await self._publish([(event, nxt.state)])
                 await self.repo.mark(event.key, "applied", nxt.state.version)
                 return Outcome.ACCEPTED
         raise RetryableError(f"case {event.data.case_id} is contended; retry")
 
-    async def _publish(self, event: InboundEvent, state: CaseState) -> None:
-        change = CaseChanged(
-            event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
-            state=state,
-        )
-        eid = f"{state.case_id}:{state.version}"
-        await self.producer.publish(
-            CASE_CHANGED, change, key=state.case_id, event_id=eid, subject=state.case_id
-        )
-        await self.producer.publish(
-            CASE_STATE, state, key=state.case_id, event_id=eid, subject=state.case_id
-        )
+    async def process_batch(self, events: Sequence[InboundEvent]) -> list[Outcome]:
+        """Apply many events with a few round trips; outcomes in the order given."""
+        now = utc_now()
+        outcomes: dict[int, Outcome] = {}
+        first_of: dict[str, int] = {}
+        fresh: list[int] = []
+        for i, event in enumerate(events):
+            if event.key in first_of:
+                outcomes[i] = Outcome.DUPLICATE  # the same event twice in one batch
+            else:
+                first_of[event.key] = i
+                fresh.append(i)
+        claims = [
+            {
+                "_id": events[i].key,
+                "case_id": events[i].data.case_id,
+                "status": "received",
+                "received_at": now,
+                "event": event_doc(events[i]),
+            }
+            for i in fresh
+        ]
+        earlier = await self.repo.claim_many(claims)
+        todo: list[int] = []
+        slow: list[int] = []
+        for i in fresh:
+            row = earlier.get(events[i].key)
+            if row is None:
+                todo.append(i)
+            elif row.get("status") in ("applied", "unchanged"):
+                outcomes[i] = Outcome.DUPLICATE
+            else:
+                slow.append(i)  # claimed before but never finished: the careful path heals it
+        await self.repo.add_timeline_many([_timeline_entry(events[i], now) for i in todo])
+
+        by_case: dict[str, list[int]] = {}
+        for i in todo:
+            by_case.setdefault(events[i].data.case_id, []).append(i)
+        loaded = await self.repo.load_many(list(by_case))
+        writes: list[tuple[Projection, int, list[str]]] = []
+        changes: dict[str, list[tuple[InboundEvent, CaseState]]] = {}
+        marks: dict[str, list[tuple[str, str, int | None]]] = {}
+        for case_id, indexes in by_case.items():
+            projection, stored = loaded.get(case_id, (Projection(None, {}), 0))
+            start = projection
+            applied: list[str] = []
+            for i in indexes:
+                event = events[i]
+                key = order_key(event.data, time=event.time, event_key=event.key)
+                nxt = apply(projection, event.data, key=key, now=now)
+                outcomes[i] = Outcome.ACCEPTED
+                if nxt is None:
+                    marks.setdefault(case_id, []).append((event.key, "unchanged", stored))
+                    continue
+                projection = nxt
+                applied.append(event.key)
+                if nxt.state_changed and nxt.state is not None:
+                    changes.setdefault(case_id, []).append((event, nxt.state))
+                    marks.setdefault(case_id, []).append((event.key, "applied", nxt.state.version))
+                else:
+                    version = projection.state.version if projection.state else stored
+                    marks.setdefault(case_id, []).append((event.key, "unchanged", version))
+            if projection is not start and projection.state is not None:
+                writes.append((projection, stored, applied))
+        lost = await self.repo.save_many(writes)
+        for case_id in lost:
+            # Someone else wrote the case meanwhile: apply its events one by one instead.
+            slow.extend(by_case[case_id])
+            changes.pop(case_id, None)
+            marks.pop(case_id, None)
+        await self._publish([c for case_changes in changes.values() for c in case_changes])
+        await self.repo.mark_many([m for case_marks in marks.values() for m in case_marks])
+        for i in sorted(slow):
+            outcomes[i] = await self.process(events[i], now=now)
+        return [outcomes[i] for i in range(len(events))]
+
+    async def _publish(self, changes: Sequence[tuple[InboundEvent, CaseState]]) -> None:
+        """Publish each change and its snapshot; wait once for all acknowledgements.
+
+        Sends are queued in order (one case's versions stay in order on its partition) and
+        awaited together, so a batch costs one round trip to the broker rather than one each.
+        """
+        raw = self.producer.raw
+        pending = []
+        for event, state in changes:
+            change = CaseChanged(
+                event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
+                state=state,
+            )
+            eid = f"{state.case_id}:{state.version}"
+            key = state.case_id.encode()
+            for et, body in ((CASE_CHANGED, change), (CASE_STATE, state)):
+                headers, value = encode(
+                    et, body, source=self.producer.source, event_id=eid, subject=state.case_id
+                )
+                topic = self.producer.topic_name(et.topic)
+                pending.append(await raw.send(topic, value, key=key, headers=list(headers)))
+        if pending:
+            await asyncio.gather(*pending)

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from pymongo import DESCENDING
+from pymongo import DESCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from herald_contracts import CaseState
+from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import Projection
 from herald_kit import Doc, insert_if_absent
+
+DUPLICATE_KEY = 11000
+# FerretDB v1 stalls on a single write command with a few hundred operations; MongoDB doesn't
+# mind. Chunks of this size cost nothing on either.
+CHUNK = 50
+
+
+def _failed_indexes(exc: BulkWriteError, *, only_duplicates: bool) -> set[int]:
+    errors = exc.details.get("writeErrors", [])
+    if not only_duplicates:
+        return {int(e["index"]) for e in errors}
+    if any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+    return {int(e["index"]) for e in errors}
 
 
 class CaseRepository:
@@ -19,42 +33,100 @@ class CaseRepository:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.seen = db["seen_events"]
+        # How each seen event ended. Insert-only (FerretDB updates cost a transaction each),
+        # so finishing a batch is one cheap insert_many rather than an update per event.
+        self.done = db["seen_done"]
         self.cases = db["cases"]
         self.timeline = db["timeline"]
 
     async def ensure_indexes(self) -> None:
-        """Indexes for reads by customer and the timeline."""
+        """Indexes for reads by customer, the timeline and the sweepers."""
         await self.cases.create_index("state.customer_ids")
         await self.timeline.create_index([("case_id", 1), ("at", 1)])
+        await self.seen.create_index("received_at")
+        await self.done.create_index("at")
 
-    async def claim(self, key: str, *, case_id: str, now: datetime) -> Doc | None:
+    async def claim(
+        self, key: str, *, case_id: str, now: datetime, event: Doc | None = None
+    ) -> Doc | None:
         """Record an event as seen; the existing row when it was seen before."""
         doc = {"_id": key, "case_id": case_id, "status": "received", "received_at": now}
+        if event is not None:
+            doc["event"] = event
         if await insert_if_absent(self.seen, doc):
             return None
-        return await self.seen.find_one({"_id": key})
+        return (await self._with_outcome([key])).get(key)
+
+    async def claim_many(self, docs: Sequence[Doc]) -> dict[str, Doc]:
+        """Record many events as seen in one round trip; the earlier rows of those seen before."""
+        if not docs:
+            return {}
+        try:
+            await self.seen.insert_many(list(docs), ordered=False)
+            return {}
+        except BulkWriteError as exc:
+            failed = _failed_indexes(exc, only_duplicates=True)
+        return await self._with_outcome([docs[i]["_id"] for i in failed])
+
+    async def _with_outcome(self, keys: Sequence[str]) -> dict[str, Doc]:
+        """Seen rows of these keys, with the status they ended in ("received" if unfinished)."""
+        rows = {d["_id"]: d async for d in self.seen.find({"_id": {"$in": list(keys)}})}
+        async for d in self.done.find({"_id": {"$in": list(keys)}}):
+            if d["_id"] in rows:
+                rows[d["_id"]] = {**rows[d["_id"]], "status": d["status"]}
+        return rows
 
     async def mark(self, key: str, status: str, version: int | None) -> None:
         """Record how an event ended."""
-        await self.seen.update_one({"_id": key}, {"$set": {"status": status, "version": version}})
+        await self.mark_many([(key, status, version)])
 
-    async def load(self, case_id: str) -> tuple[Projection, int, str | None]:
-        """The case's projection, its stored version (0 when new) and its last event key."""
+    async def mark_many(self, marks: Sequence[tuple[str, str, int | None]]) -> None:
+        """Record how many events ended; a second record of the same end is ignored."""
+        if not marks:
+            return
+        now = utc_now()
+        docs = [{"_id": k, "status": s, "version": v, "at": now} for k, s, v in marks]
+        try:
+            await self.done.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            _failed_indexes(exc, only_duplicates=True)
+
+    async def load(self, case_id: str) -> tuple[Projection, int, list[str]]:
+        """The case's projection, its stored version (0 when new) and its last saved events."""
         doc = await self.cases.find_one({"_id": case_id})
         if doc is None:
-            return Projection(None, {}), 0, None
-        state = CaseState.model_validate(doc["state"])
-        return Projection(state, doc.get("field_order", {})), state.version, doc.get("last_event")
+            return Projection(None, {}), 0, []
+        return self._projection(doc)
 
-    async def save(self, projection: Projection, *, expected: int, event_key: str) -> bool:
-        """Write when nobody else did meanwhile; False on a lost race."""
+    @staticmethod
+    def _projection(doc: Doc) -> tuple[Projection, int, list[str]]:
+        state = CaseState.model_validate(doc["state"])
+        last = doc.get("last_events") or ([doc["last_event"]] if doc.get("last_event") else [])
+        return Projection(state, doc.get("field_order", {})), state.version, list(last)
+
+    async def load_many(self, case_ids: Sequence[str]) -> dict[str, tuple[Projection, int]]:
+        """Several cases in one round trip; missing cases are absent from the answer."""
+        out: dict[str, tuple[Projection, int]] = {}
+        async for doc in self.cases.find({"_id": {"$in": list(case_ids)}}):
+            projection, version, _ = self._projection(doc)
+            out[doc["_id"]] = (projection, version)
+        return out
+
+    @staticmethod
+    def _doc(projection: Projection, event_keys: Sequence[str]) -> Doc:
         assert projection.state is not None
-        doc: dict[str, Any] = {
+        return {
             "_id": projection.state.case_id,
             "state": projection.state.model_dump(mode="python"),
             "field_order": projection.field_order,
-            "last_event": event_key,
+            "last_event": event_keys[-1],
+            # Events applied by this write: a crash before publishing is found and healed.
+            "last_events": list(event_keys),
         }
+
+    async def save(self, projection: Projection, *, expected: int, event_key: str) -> bool:
+        """Write when nobody else did meanwhile; False on a lost race."""
+        doc = self._doc(projection, [event_key])
         if expected == 0:
             try:
                 await self.cases.insert_one(doc)
@@ -64,14 +136,45 @@ class CaseRepository:
         result = await self.cases.replace_one({"_id": doc["_id"], "state.version": expected}, doc)
         return result.modified_count == 1
 
+    async def save_many(self, writes: Sequence[tuple[Projection, int, Sequence[str]]]) -> set[str]:
+        """Conditional writes of several cases in a few round trips; the case ids that lost a race.
+
+        New cases are inserted (the unique _id refuses a second creator); existing ones are
+        replaced only at the version read. Upserts would do both in one go, but FerretDB v1
+        spends ~20 ms on each one that inserts.
+        """
+        lost: set[str] = set()
+        new = [self._doc(p, keys) for p, expected, keys in writes if expected == 0]
+        if new:
+            try:
+                await self.cases.insert_many(new, ordered=False)
+            except BulkWriteError as exc:
+                lost |= {new[i]["_id"] for i in _failed_indexes(exc, only_duplicates=True)}
+        old = [(self._doc(p, keys), expected) for p, expected, keys in writes if expected != 0]
+        matched = 0
+        for start in range(0, len(old), CHUNK):
+            chunk = old[start : start + CHUNK]
+            result = await self.cases.bulk_write(
+                [ReplaceOne({"_id": d["_id"], "state.version": v}, d) for d, v in chunk],
+                ordered=False,
+            )
+            matched += result.matched_count
+        if matched < len(old):
+            # Some filter missed: someone else wrote those cases. Find which by what is stored.
+            wanted = {d["_id"]: d["last_events"] for d, _ in old}
+            async for doc in self.cases.find({"_id": {"$in": list(wanted)}}, {"last_events": 1}):
+                if doc.get("last_events") != wanted[doc["_id"]]:
+                    lost.add(doc["_id"])
+        return lost
+
     async def get(self, case_id: str) -> CaseState | None:
         """The current state of a case."""
-        doc = await self.cases.find_one({"_id": case_id})
+        doc = await self.cases.find_one({"_id": case_id}, {"state": 1})
         return CaseState.model_validate(doc["state"]) if doc else None
 
     async def by_customer(self, customer_id: str, *, limit: int = 100) -> list[CaseState]:
         """Cases of a customer, newest first."""
-        cursor = self.cases.find({"state.customer_ids": customer_id}).sort(
+        cursor = self.cases.find({"state.customer_ids": customer_id}, {"state": 1}).sort(
             "state.updated_at", DESCENDING
         )
         return [CaseState.model_validate(d["state"]) async for d in cursor.limit(limit)]
@@ -80,7 +183,36 @@ class CaseRepository:
         """Append to a case's timeline (idempotent by _id)."""
         await insert_if_absent(self.timeline, entry)
 
+    async def add_timeline_many(self, entries: Sequence[Doc]) -> None:
+        """Append several entries in one round trip; those already there are left alone."""
+        if not entries:
+            return
+        try:
+            await self.timeline.insert_many(list(entries), ordered=False)
+        except BulkWriteError as exc:
+            _failed_indexes(exc, only_duplicates=True)
+
     async def timeline_of(self, case_id: str, *, limit: int = 500) -> list[Doc]:
         """A case's timeline, oldest first."""
         cursor = self.timeline.find({"case_id": case_id}, {"_id": 0}).sort("at", 1).limit(limit)
         return [d async for d in cursor]
+
+    async def unfinished(
+        self, *, since: datetime, before: datetime, limit: int = 500
+    ) -> tuple[list[Doc], datetime | None]:
+        """Events claimed in [since, before) that never finished (a crash mid-way), and the
+        claim time to continue from next time (None when this page reached `before`)."""
+        cursor = self.seen.find({"received_at": {"$gte": since, "$lt": before}})
+        page = [d async for d in cursor.sort("received_at", 1).limit(limit)]
+        finished = {
+            d["_id"]
+            async for d in self.done.find({"_id": {"$in": [d["_id"] for d in page]}}, {"_id": 1})
+        }
+        resume = page[-1]["received_at"] if len(page) == limit else None
+        return [d for d in page if d["_id"] not in finished], resume
+
+    async def forget_seen(self, *, before: datetime) -> int:
+        """Drop dedupe rows older than the retention window (FerretDB has no TTL index)."""
+        result = await self.seen.delete_many({"received_at": {"$lt": before}})
+        await self.done.delete_many({"at": {"$lt": before}})
+        return int(result.deleted_count)

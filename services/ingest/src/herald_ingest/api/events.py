@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from herald_ingest.config import Settings
-from herald_ingest.domain.intake import Rejected, StructuredCloudEvent, parse_structured
+from herald_ingest.domain.intake import (
+    EventCatalog,
+    InboundEvent,
+    Rejected,
+    StructuredCloudEvent,
+    parse_structured,
+)
 from herald_ingest.processing import Processor
 from herald_kit import (
     HeraldError,
@@ -106,30 +112,27 @@ async def post_events(request: Request, who: Writer) -> Any:
         )
     if not single and not items:
         raise InvalidInput("the batch is empty", field="body")
-    results: list[EventResult] = []
+    catalog: EventCatalog = request.app.state.catalog
+    results: dict[int, EventResult] = {}
+    valid: list[tuple[int, InboundEvent]] = []
     for index, raw in enumerate(items):
         try:
-            event = parse_structured(raw)
+            valid.append((index, parse_structured(raw, catalog)))
         except Rejected as exc:
             if single:
                 raise InvalidInput(f"{exc.field}: {exc.reason}", field=exc.field) from exc
-            results.append(
-                EventResult(
-                    index=index,
-                    id=_id_of(raw),
-                    result="rejected",
-                    field=exc.field,
-                    reason=exc.reason,
-                )
+            results[index] = EventResult(
+                index=index, id=_id_of(raw), result="rejected", field=exc.field, reason=exc.reason
             )
-            continue
-        outcome = await processor.process(event)
-        results.append(EventResult(index=index, id=event.id, result=outcome.value))
+    outcomes = await processor.process_batch([event for _, event in valid])
+    for (index, event), outcome in zip(valid, outcomes, strict=True):
+        results[index] = EventResult(index=index, id=event.id, result=outcome.value)
+    ordered = [results[i] for i in range(len(items))]
     body = BatchResult(
-        accepted=sum(r.result == "accepted" for r in results),
-        duplicate=sum(r.result == "duplicate" for r in results),
-        rejected=sum(r.result == "rejected" for r in results),
-        results=results,
+        accepted=sum(r.result == "accepted" for r in ordered),
+        duplicate=sum(r.result == "duplicate" for r in ordered),
+        rejected=sum(r.result == "rejected" for r in ordered),
+        results=ordered,
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=202)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
+from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from herald_contracts import INBOUND, CaseEventData
@@ -75,7 +77,7 @@ def _first_error(exc: ValidationError, prefix: str = "") -> Rejected:
     return Rejected(f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body", err["msg"])
 
 
-def parse_structured(raw: Any) -> InboundEvent:
+def parse_structured(raw: Any, catalog: EventCatalog | None = None) -> InboundEvent:
     """Validate one structured CloudEvent; Rejected naming the field otherwise."""
     if not isinstance(raw, dict):
         raise Rejected("body", "a CloudEvent must be a JSON object")
@@ -83,19 +85,86 @@ def parse_structured(raw: Any) -> InboundEvent:
         ce = StructuredCloudEvent.model_validate(raw)
     except ValidationError as exc:
         raise _first_error(exc) from exc
-    return validate_event(ce.id, ce.source, ce.type, ce.time, ce.data)
+    return validate_event(ce.id, ce.source, ce.type, ce.time, ce.data, catalog or DEFAULT_CATALOG)
+
+
+class CustomType:
+    """A business event type of the deployment's own, validated by its JSON Schema.
+
+    Its data must carry `case_id`; fields the case projection knows (status, summary, ...) are
+    taken as such, and any other top-level scalar becomes a custom attribute of the case.
+    """
+
+    def __init__(self, name: str, schema: dict[str, Any]) -> None:
+        Draft202012Validator.check_schema(schema)
+        self.name = name
+        self.validator = Draft202012Validator(schema, format_checker=FormatChecker())
+
+    def to_case_data(self, data: Any) -> CaseEventData:
+        """Validate data against the schema, then map it onto the case event body."""
+        error = best_match(self.validator.iter_errors(data))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path)
+            raise Rejected(f"data.{where}" if where else "data", error.message)
+        assert isinstance(data, dict)
+        known = set(CaseEventData.model_fields)
+        body = {k: v for k, v in data.items() if k in known}
+        attributes = dict(body.get("attributes") or {})
+        for k, v in data.items():
+            if k not in known and (v is None or isinstance(v, str | int | float | bool)):
+                attributes[k] = v
+        body["attributes"] = attributes
+        try:
+            return CaseEventData.model_validate(body)
+        except ValidationError as exc:
+            raise _first_error(exc, "data.") from exc
+
+
+class EventCatalog:
+    """The event types ingest accepts: Herald's own (schemas/events/) and custom ones."""
+
+    def __init__(self, custom: dict[str, dict[str, Any]] | None = None) -> None:
+        self.custom: dict[str, CustomType] = {}
+        for name, schema in (custom or {}).items():
+            if name in INBOUND:
+                raise ValueError(f"custom event type {name!r} would shadow a built-in type")
+            self.custom[name] = CustomType(name, schema)
+
+    def types(self) -> list[str]:
+        """Every accepted type name."""
+        return [*INBOUND, *self.custom]
+
+    def validate(self, type_: str, data: Any) -> CaseEventData:
+        """The event's body, checked against its type's schema; Rejected naming the field."""
+        if type_ in self.custom:
+            return self.custom[type_].to_case_data(data)
+        if type_ not in INBOUND:
+            raise Rejected("type", f"unknown event type {type_!r}")
+        model = INBOUND[type_].model
+        if isinstance(data, dict):
+            # Name the missing field rather than the whole body (a model validator can't).
+            for name in getattr(model, "requires", ()):
+                if data.get(name) is None:
+                    raise Rejected(f"data.{name}", f"required for {type_}")
+        try:
+            body = model.model_validate(data)
+        except ValidationError as exc:
+            raise _first_error(exc, "data.") from exc
+        assert isinstance(body, CaseEventData)
+        return body
+
+
+DEFAULT_CATALOG = EventCatalog()
 
 
 def validate_event(
-    event_id: str, source: str, type_: str, time: datetime | None, data: Any
+    event_id: str,
+    source: str,
+    type_: str,
+    time: datetime | None,
+    data: Any,
+    catalog: EventCatalog = DEFAULT_CATALOG,
 ) -> InboundEvent:
     """Check the type is known and the data matches its schema."""
-    if type_ not in INBOUND:
-        raise Rejected("type", f"unknown event type {type_!r}")
-    model = INBOUND[type_].model
-    try:
-        body = model.model_validate(data)
-    except ValidationError as exc:
-        raise _first_error(exc, "data.") from exc
-    assert isinstance(body, CaseEventData)
+    body = catalog.validate(type_, data)
     return InboundEvent(id=event_id, source=source, type=type_, time=time, data=body)

@@ -1,0 +1,150 @@
+"""The customer's case status page: a signed, expiring link shows the latest state and timeline,
+with buttons that send the customer's answer to engagement.replies.v1."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
+
+from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
+from herald_ingest.adapters.repository import CaseRepository
+from herald_ingest.config import Settings
+from herald_ingest.domain.status_text import BUTTONS, pick_locale, when, words
+from herald_ingest.web.templates import status_template
+from herald_kit import (
+    EventProducer,
+    InvalidInput,
+    LinkInvalid,
+    LinkSigner,
+    NotFound,
+    Principal,
+    require_scopes,
+)
+
+router = APIRouter(tags=["status page"])
+Reader = Annotated[Principal, Depends(require_scopes("cases:read"))]
+PURPOSE = "case-status"
+FIELDS = ("status", "summary", "next_step", "assigned_team", "assigned_engineer")
+
+
+def _signer(request: Request) -> LinkSigner:
+    settings: Settings = request.app.state.settings
+    return LinkSigner(settings.link_secret.get_secret_value(), PURPOSE)
+
+
+def _verify(request: Request, token: str) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    claims = _signer(request).verify(token, max_age_seconds=settings.status_link_max_age_seconds)
+    if not isinstance(claims.get("case"), str) or not isinstance(claims.get("customer"), str):
+        raise LinkInvalid("This link is not valid.", field="token")
+    return claims
+
+
+class LinkRequest(BaseModel):
+    """Whom the link is for."""
+
+    customer_id: str = Field(min_length=1, max_length=200)
+    locale: str = Field(default="en", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+
+class StatusLink(BaseModel):
+    """A signed link to a case's status page for one customer."""
+
+    url: str
+    token: str
+    expires_in_seconds: int
+
+
+@router.post(
+    "/v1/cases/{case_id}/status-links",
+    summary="Sign a link to the case's status page for one of its customers.",
+    tags=["cases"],
+)
+async def create_status_link(
+    case_id: str, body: LinkRequest, request: Request, who: Reader
+) -> StatusLink:
+    """The link messages carry; it names the case and the customer and expires."""
+    repo: CaseRepository = request.app.state.repo
+    settings: Settings = request.app.state.settings
+    state = await repo.get(case_id)
+    if state is None:
+        raise NotFound(f"no case {case_id!r}")
+    if body.customer_id not in state.customer_ids:
+        raise InvalidInput("the customer is not on this case", field="customer_id")
+    token = _signer(request).sign(
+        {"case": case_id, "customer": body.customer_id, "locale": body.locale}
+    )
+    return StatusLink(
+        url=f"{settings.base_url()}/s/{token}",
+        token=token,
+        expires_in_seconds=settings.status_link_max_age_seconds,
+    )
+
+
+@router.get(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="The customer's status page (signed link).",
+    responses={403: {"description": "Tampered link"}, 410: {"description": "Expired link"}},
+)
+async def status_page(token: str, request: Request, done: str | None = None) -> HTMLResponse:
+    """The latest state and the timeline, in the customer's language."""
+    claims = _verify(request, token)
+    repo: CaseRepository = request.app.state.repo
+    state = await repo.get(claims["case"])
+    if state is None or claims["customer"] not in state.customer_ids:
+        # Same answer whether the case is gone or never was this customer's: nothing leaks.
+        raise NotFound("There is nothing to show for this link.")
+    locale = pick_locale(claims.get("locale"), request.headers.get("accept-language"))
+    html = status_template.render(
+        locale=locale,
+        t=words(locale),
+        case=state.model_dump(),
+        fields=FIELDS,
+        timeline=await repo.timeline_of(state.case_id),
+        buttons=BUTTONS,
+        done=done in BUTTONS,
+        action=f"/s/{token}/reply",
+        fmt=lambda value: when(value, locale),
+    )
+    return HTMLResponse(
+        html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
+
+
+@router.post(
+    "/s/{token}/reply",
+    summary="The customer's answer from the status page (form post).",
+    status_code=303,
+    responses={303: {"description": "Back to the page, with a thank-you"}},
+)
+async def status_reply(token: str, request: Request) -> RedirectResponse:
+    """Publish the customer's answer to engagement.replies.v1, then show the page again."""
+    claims = _verify(request, token)
+    form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+    intent = (form.get("intent") or [""])[0]
+    if intent not in BUTTONS:
+        raise InvalidInput(f"intent must be one of {', '.join(BUTTONS)}", field="intent")
+    repo: CaseRepository = request.app.state.repo
+    state = await repo.get(claims["case"])
+    if state is None or claims["customer"] not in state.customer_ids:
+        raise NotFound("There is nothing to show for this link.")
+    # One answer per link and intent: a double click publishes the same reply id again,
+    # which every consumer already treats as a duplicate.
+    reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{intent}"))
+    reply = EngagementReply(
+        reply_id=reply_id,
+        customer_id=claims["customer"],
+        channel="web",
+        intent=intent,  # checked against BUTTONS above
+        case_id=state.case_id,
+        at=utc_now(),
+    )
+    producer: EventProducer = request.app.state.runtime.producer
+    await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
+    return RedirectResponse(f"/s/{token}?done={intent}", status_code=303)

@@ -1,0 +1,103 @@
+"""The customer status page's words, per locale (en, zh-CN); dates are formatted with Babel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_datetime, get_timezone
+
+TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Your case",
+        "case": "Case",
+        "status": "Status",
+        "summary": "Summary",
+        "next_step": "Next step",
+        "eta": "Expected by",
+        "assigned_team": "Team",
+        "assigned_engineer": "Engineer",
+        "appointment": "Appointment",
+        "updated": "Last updated",
+        "timeline": "What has happened",
+        "confirm": "Confirm",
+        "reschedule": "Ask to reschedule",
+        "callback": "Call me back",
+        "thanks": "Thank you, we have your answer.",
+        "event": "Update",
+        "contact": "We contacted you",
+        "reply": "Your answer",
+        "intent.confirm": "confirmed",
+        "intent.reschedule": "asked to reschedule",
+        "intent.callback": "asked for a call back",
+        "channel.sms": "by text message",
+        "channel.email": "by email",
+        "channel.voice": "by phone",
+        "channel.web": "on this page",
+    },
+    "zh-CN": {
+        "title": "您的服务单",
+        "case": "服务单",
+        "status": "状态",
+        "summary": "概要",
+        "next_step": "下一步",
+        "eta": "预计完成",
+        "assigned_team": "负责团队",
+        "assigned_engineer": "工程师",
+        "appointment": "预约",
+        "updated": "最后更新",
+        "timeline": "处理记录",
+        "confirm": "确认",
+        "reschedule": "申请改期",
+        "callback": "请给我回电",
+        "thanks": "谢谢，我们已收到您的回复。",  # noqa: RUF001 - Chinese punctuation
+        "event": "更新",
+        "contact": "我们已联系您",
+        "reply": "您的回复",
+        "intent.confirm": "已确认",
+        "intent.reschedule": "申请改期",
+        "intent.callback": "请求回电",
+        "channel.sms": "短信",
+        "channel.email": "电子邮件",
+        "channel.voice": "电话",
+        "channel.web": "网页",
+    },
+}
+BUTTONS = ("confirm", "reschedule", "callback")
+
+
+def pick_locale(wanted: str | None, accept_language: str | None = None) -> str:
+    """The best locale (BCP 47 tag) for what the link or the browser asks, in a language the
+    page speaks; its region still shapes dates (en-GB writes 25 Nov, en-US Nov 25)."""
+    candidates = [wanted] if wanted else []
+    if accept_language:
+        candidates += [part.split(";")[0].strip() for part in accept_language.split(",")]
+    for cand in candidates:
+        if not cand:
+            continue
+        try:
+            loc = Locale.parse(cand.replace("-", "_"))
+        except (ValueError, UnknownLocaleError):
+            continue
+        if loc.language == "zh":
+            return "zh-CN"
+        if loc.language == "en":
+            return f"en-{loc.territory}" if loc.territory else "en"
+    return "en"
+
+
+def words(locale: str) -> dict[str, str]:
+    """The page's words for a locale: by language, English when the page doesn't speak it."""
+    if locale in TEXT:
+        return TEXT[locale]
+    return TEXT["zh-CN"] if locale.startswith("zh") else TEXT["en"]
+
+
+def when(value: Any, locale: str, time_zone: str = "UTC") -> str:
+    """A date and time as the customer's locale writes it."""
+    if not isinstance(value, datetime):
+        return ""
+    return format_datetime(
+        value, "medium", tzinfo=get_timezone(time_zone), locale=locale.replace("-", "_")
+    )

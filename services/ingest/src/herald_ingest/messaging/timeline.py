@@ -1,0 +1,52 @@
+"""Consume delivery.status.v1 and engagement.replies.v1 into case timelines (group ingest-timeline).
+
+So an agent, or the customer, sees every contact and every answer beside the case's events.
+"""
+
+from __future__ import annotations
+
+from aiokafka import ConsumerRecord
+from pydantic import BaseModel
+
+from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, DeliveryStatus, EngagementReply
+from herald_ingest.adapters.repository import CaseRepository
+from herald_kit import DecodeError, Event, decode
+
+
+async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, bytes]) -> None:
+    """Record a contact outcome or a reply on its case; messages about no case are skipped."""
+    event: Event[BaseModel] = decode(record)
+    if event.type == DELIVERY_STATUS.type:
+        status = DeliveryStatus.model_validate(event.data)
+        if status.case_id is None:
+            return
+        # Addresses never reach the timeline: channel and outcome are what an agent needs.
+        await repo.add_timeline(
+            {
+                "_id": f"delivery|{status.message_id}|{status.status}",
+                "case_id": status.case_id,
+                "kind": "contact",
+                "channel": status.channel,
+                "status": status.status,
+                "attempt_of": status.request_id,
+                "reason": status.reason,
+                "at": status.at,
+            }
+        )
+    elif event.type == ENGAGEMENT_REPLY.type:
+        reply = EngagementReply.model_validate(event.data)
+        if reply.case_id is None:
+            return
+        await repo.add_timeline(
+            {
+                "_id": f"reply|{reply.reply_id}",
+                "case_id": reply.case_id,
+                "kind": "reply",
+                "channel": reply.channel,
+                "intent": reply.intent,
+                "text": reply.text,
+                "at": reply.at,
+            }
+        )
+    else:
+        raise DecodeError(f"unexpected event type {event.type!r}", field="ce_type")

@@ -1,0 +1,82 @@
+"""Background upkeep FerretDB can't do for us: expire old dedupe rows, heal half-done events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from herald_contracts import utc_now
+from herald_ingest.adapters.repository import CaseRepository
+from herald_ingest.processing import Processor, event_from_doc
+
+log = logging.getLogger("herald.ingest")
+
+
+class Sweeper:
+    """Runs `sweep` every interval until stopped; each sweep is safe on several replicas."""
+
+    def __init__(
+        self,
+        repo: CaseRepository,
+        processor: Processor,
+        *,
+        retention_seconds: int,
+        recover_after_seconds: int,
+        interval_seconds: float,
+    ) -> None:
+        self.repo = repo
+        self.processor = processor
+        self.retention = timedelta(seconds=retention_seconds)
+        self.recover_after = timedelta(seconds=recover_after_seconds)
+        self.interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._since: datetime | None = None
+
+    async def sweep(self) -> tuple[int, int]:
+        """One pass: (dedupe rows forgotten, stuck events applied again)."""
+        now = utc_now()
+        forgotten = await self.repo.forget_seen(before=now - self.retention)
+        recovered = 0
+        # Claims are looked at once each, oldest first, from where the last pass stopped.
+        since = self._since or now - self.retention
+        before = now - self.recover_after
+        while True:
+            rows, resume = await self.repo.unfinished(since=since, before=before)
+            for row in rows:
+                if "event" not in row:
+                    continue  # claimed by an older version that did not keep the event
+                # Processing is idempotent, so two replicas healing the same row is harmless.
+                await self.processor.process(event_from_doc(row["event"]))
+                recovered += 1
+            if resume is None:
+                break
+            since = resume
+        self._since = before
+        if forgotten or recovered:
+            log.info("swept", extra={"forgotten": forgotten, "recovered": recovered})
+        return forgotten, recovered
+
+    def start(self) -> None:
+        """Sweep in the background."""
+        self._task = asyncio.create_task(self._loop(), name="ingest-sweeper")
+
+    async def stop(self) -> None:
+        """Stop sweeping."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed; next one retries")

@@ -1,0 +1,215 @@
+"""The customer status page in a real browser: signed link, latest state, timeline, buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from itsdangerous import TimestampSigner
+
+from herald_contracts import EngagementReply, Topics
+from herald_ingest.app import create_app
+from herald_ingest.config import Settings
+from herald_kit import LinkSigner, decode
+from support import TEST_KEY, api_keys, eventually, wait_ready
+
+SECRET = "status-page-test-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Served:
+    """An ingest app behind a real HTTP server, so a browser can reach it."""
+
+    def __init__(self, base: str, client: httpx.AsyncClient, namespace: str) -> None:
+        self.base = base
+        self.client = client
+        self.namespace = namespace
+
+
+@pytest.fixture
+async def served(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[Served]:
+    port = _free_port()
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db_name("ingest"),
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        link_secret=SECRET,
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,  # as in production: paths carry customers' tokens
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {TEST_KEY}"}
+        ) as client:
+            await eventually(lambda: server.started, within=30)
+            await wait_ready(client)
+            yield Served(base, client, namespace)
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _open_case(s: Served, case_id: str) -> None:
+    r = await s.client.post(
+        "/v1/events",
+        json=[
+            {
+                "specversion": "1.0",
+                "id": f"{case_id}-1",
+                "source": "/crm",
+                "type": "case.opened",
+                "time": "2026-11-24T09:00:00Z",
+                "data": {"case_id": case_id, "customer_ids": ["c1"], "summary": "No hot water"},
+            },
+            {
+                "specversion": "1.0",
+                "id": f"{case_id}-2",
+                "source": "/crm",
+                "type": "appointment.booked",
+                "time": "2026-11-24T09:05:00Z",
+                "data": {
+                    "case_id": case_id,
+                    "status": "engineer booked",
+                    "appointment": {"starts_at": "2026-11-25T14:00:00Z", "engineer": "Ada"},
+                },
+            },
+        ],
+    )
+    assert r.json()["accepted"] == 2, r.text
+
+
+async def _link(s: Served, case_id: str, locale: str) -> str:
+    r = await s.client.post(
+        f"/v1/cases/{case_id}/status-links", json={"customer_id": "c1", "locale": locale}
+    )
+    assert r.status_code == 200, r.text
+    url: str = r.json()["url"]
+    assert url.startswith(s.base + "/s/")
+    return url
+
+
+async def _replies(infra: dict[str, str], s: Served) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        Topics.ENGAGEMENT_REPLIES.name(s.namespace),
+        bootstrap_servers=infra["kafka"],
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+
+        async def one() -> bool:
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend(recs)
+            return bool(got)
+
+        await eventually(one, within=20)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_customer_sees_state_in_english_and_confirms(
+    served: Served, browser: Any, infra: dict[str, str]
+) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    url = await _link(served, case_id, "en-GB")
+    page = await browser.new_page()
+    await page.goto(url)
+    assert await page.text_content("#status") == "engineer booked"
+    assert await page.text_content("#summary") == "No hot water"
+    assert "Ada" in (await page.text_content("#appointment") or "")
+    assert "25 Nov 2026" in (await page.text_content("#appointment") or "")
+    assert await page.locator("#timeline li").count() == 2
+
+    await page.click("#btn-confirm")
+    await page.wait_for_selector("#done")
+    assert "Thank you" in (await page.text_content("#done") or "")
+    [record] = await _replies(infra, served)
+    reply = decode(record, EngagementReply).data
+    assert (reply.channel, reply.intent, reply.case_id, reply.customer_id) == (
+        "web",
+        "confirm",
+        case_id,
+        "c1",
+    )
+
+    # The answer comes back through engagement.replies.v1 into the case's own timeline.
+    async def answer_shown() -> bool:
+        await page.reload()
+        return bool(await page.locator("#timeline li.reply").count())
+
+    await eventually(answer_shown, within=20, interval=0.5)
+
+
+async def test_customer_sees_the_page_in_chinese(served: Served, browser: Any) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    page = await browser.new_page()
+    await page.goto(await _link(served, case_id, "zh-CN"))
+    assert await page.get_attribute("html", "lang") == "zh-CN"
+    assert "您的服务单" in (await page.text_content("h1") or "")
+    assert "2026年11月25日" in (await page.text_content("#appointment") or "")
+    assert await page.text_content("#btn-callback") == "请给我回电"
+
+
+async def test_expired_tampered_and_foreign_links_are_refused(served: Served) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    url = await _link(served, case_id, "en")
+    token = url.rsplit("/", 1)[1]
+    tampered = token[:-3] + ("aaa" if not token.endswith("aaa") else "bbb")
+    r = await served.client.get(f"/s/{tampered}")
+    assert r.status_code == 403 and r.json()["field"] == "token"
+    r = await served.client.post(f"/s/{tampered}/reply", content=b"intent=confirm")
+    assert r.status_code == 403
+
+    other_purpose = LinkSigner(SECRET, "preferences").sign({"case": case_id, "customer": "c1"})
+    assert (await served.client.get(f"/s/{other_purpose}")).status_code == 403
+
+    signer = LinkSigner(SECRET, "case-status")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 10**8)
+        old = signer.sign({"case": case_id, "customer": "c1"})
+    r = await served.client.get(f"/s/{old}")
+    assert r.status_code == 410 and r.headers["content-type"] == "application/problem+json"
+
+    stranger = signer.sign({"case": case_id, "customer": "someone-else"})
+    assert (await served.client.get(f"/s/{stranger}")).status_code == 404
+    r = await served.client.post(
+        f"/s/{token}/reply",
+        content=b"intent=launch",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "intent"

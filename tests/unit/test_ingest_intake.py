@@ -1,0 +1,70 @@
+"""Intake rules without the network: per-type rules, custom types, status page locales."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from herald_ingest.domain.intake import EventCatalog, Rejected
+from herald_ingest.domain.status_text import pick_locale, when, words
+
+
+@pytest.mark.parametrize(
+    "type_,data,field",
+    [
+        ("appointment.booked", {"case_id": "c"}, "data.appointment"),
+        ("appointment.rescheduled", {"case_id": "c", "appointment": None}, "data.appointment"),
+        ("case.status_changed", {"case_id": "c"}, "data.status"),
+        ("case.updated", {"status": "x"}, "data.case_id"),
+        ("case.exploded", {"case_id": "c"}, "type"),
+    ],
+)
+def test_type_rules_name_the_field(type_: str, data: dict[str, object], field: str) -> None:
+    with pytest.raises(Rejected) as err:
+        EventCatalog().validate(type_, data)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "type_,status",
+    [("case.opened", "open"), ("case.resolved", "resolved"), ("case.closed", "closed")],
+)
+def test_lifecycle_types_set_their_status(type_: str, status: str) -> None:
+    assert EventCatalog().validate(type_, {"case_id": "c"}).status == status
+    # An explicit status still wins.
+    assert EventCatalog().validate(type_, {"case_id": "c", "status": "x"}).status == "x"
+
+
+def test_custom_type_maps_extra_fields_to_attributes() -> None:
+    catalog = EventCatalog({"meter.read": {"type": "object", "required": ["case_id", "kwh"]}})
+    body = catalog.validate("meter.read", {"case_id": "c", "kwh": 12.5, "nested": {"no": 1}})
+    assert body.attributes == {"kwh": 12.5}
+    with pytest.raises(Rejected) as err:
+        catalog.validate("meter.read", {"case_id": "c"})
+    assert err.value.field == "data"
+
+
+@pytest.mark.parametrize(
+    "wanted,accept,expected",
+    [
+        ("zh-CN", None, "zh-CN"),
+        ("zh-Hans-CN", None, "zh-CN"),
+        ("en-GB", None, "en-GB"),
+        (None, "fr-FR,zh;q=0.8", "zh-CN"),
+        ("fr", None, "en"),
+        (None, None, "en"),
+        ("not a locale", "also bad", "en"),
+    ],
+)
+def test_pick_locale(wanted: str | None, accept: str | None, expected: str) -> None:
+    assert pick_locale(wanted, accept) == expected
+
+
+def test_dates_and_words_follow_the_locale() -> None:
+    at = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+    assert "2026年11月25日" in when(at, "zh-CN")
+    assert when(at, "en-GB").startswith("25 Nov 2026")
+    assert words("en-US")["confirm"] == "Confirm"
+    assert words("zh-CN")["confirm"] == "确认"
+    assert set(words("en")) == set(words("zh-CN"))  # every word translated
