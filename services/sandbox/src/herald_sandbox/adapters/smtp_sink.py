@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import secrets
 import time
@@ -189,6 +190,8 @@ class SmtpSink:
 
     async def start(self) -> None:
         """Listen (port 0 picks a free one; `port` then says which)."""
+        # aiosmtpd logs every command at INFO; one line per message is noise here.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         handler = _Handler(self.mailbox)
         self._server = await loop.create_server(
