@@ -59,7 +59,6 @@ def build_email(
     email["Subject"] = _one_line(msg.subject)
     email["Date"] = format_datetime(msg.created_at)
     email["Message-ID"] = message_id_header(msg.message_id, domain=domain)
-    email["Content-Language"] = msg.locale
     # Mark as automated so auto-responders do not answer it (RFC 3834).
     email["Auto-Submitted"] = "auto-generated"
     if unsubscribe_url:
@@ -68,4 +67,6 @@ def build_email(
     email.set_content(msg.text)
     if msg.html:
         email.add_alternative(msg.html, subtype="html")
+    # After the body: set_content() drops every Content-* header set before it.
+    email["Content-Language"] = msg.locale
     return email
