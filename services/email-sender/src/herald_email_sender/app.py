@@ -6,12 +6,13 @@ import logging
 
 from fastapi import FastAPI
 
+from herald_email_sender.adapters.ledger import BatchedLedger
 from herald_email_sender.adapters.smtp import EmailRelay, SmtpRelay
 from herald_email_sender.api import unsubscribe
 from herald_email_sender.config import Settings
 from herald_email_sender.messaging.outbound import EmailSendingRef, outbound_consumer
 from herald_email_sender.sending import EmailSending
-from herald_kit import LinkSigner, Runtime, SendLedger, build_app
+from herald_kit import LinkSigner, Runtime, build_app
 
 log = logging.getLogger("herald.email")
 
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
     async def _wire() -> None:
         if app.state.signer is None:
             log.warning("no link secret: emails go out without List-Unsubscribe")
-        ledger = SendLedger(runtime.db)
+        ledger = BatchedLedger(runtime.db)
         await ledger.ensure_indexes()
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         app.state.relay = relay or SmtpRelay(

@@ -117,6 +117,16 @@ class EmailSending:
                 # A crash between the relay call and the ledger update: never resend blindly.
                 await self.ledger.set(msg.message_id, "unknown")
                 await self.status(msg, "unknown", reason="found in 'sending' after a restart")
+            elif row["status"] in ("sent", "failed", "unknown"):
+                # A stop between the ledger write and the publication would lose the status:
+                # publish it again (same event id, so consumers see a duplicate, not news).
+                await self.status(
+                    msg,
+                    row["status"],
+                    provider_id=row.get("provider_id"),
+                    error_code=row.get("error_code"),
+                    reason=row.get("reason"),
+                )
             return
         if self._expired(msg):
             await self._fail(msg, "expired", "expired before send")
