@@ -53,6 +53,10 @@ class BatchConsumerLoop(ConsumerLoop):
                     by_key[(tp.topic, tp.partition, record.key)].append(record)
                 ends[tp] = records[-1].offset + 1
             await asyncio.gather(*(run_key(rs) for rs in by_key.values()))
-            for tp, offset in ends.items():
-                await self._commit(consumer, tp, offset)
+            try:
+                # One request for every partition of the batch: commits cost a round trip each.
+                await consumer.commit(ends)
+            except KafkaError:
+                for tp, offset in ends.items():
+                    await self._commit(consumer, tp, offset)
             self._update_lag(consumer)

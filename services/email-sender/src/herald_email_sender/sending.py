@@ -169,10 +169,12 @@ class EmailSending:
             if not await self._breaker_allows(msg):
                 await self._fail(msg, "circuit-open", "expired while the relay was failing")
                 return
-            await self.pacer.acquire()
             try:
                 accepted = await self.relay.send(
-                    sender=self.settings.from_address, recipient=recipient, data=data
+                    sender=self.settings.from_address,
+                    recipient=recipient,
+                    data=data,
+                    pace=self.pacer.acquire if self.pacer.enabled else None,
                 )
             except RelayRefused as exc:
                 if exc.slow_down:

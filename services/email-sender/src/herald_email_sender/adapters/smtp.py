@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -17,6 +18,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponseException
 
 Security = Literal["none", "starttls", "tls"]
+Pace = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,10 @@ class EmailRelay(Protocol):
         """The relay's name for pacing and the circuit breaker (host:port)."""
         ...
 
-    async def send(self, *, sender: str, recipient: str, data: bytes) -> Accepted:
-        """Hand one message to the relay."""
+    async def send(
+        self, *, sender: str, recipient: str, data: bytes, pace: Pace | None = None
+    ) -> Accepted:
+        """Hand one message to the relay; `pace` is awaited just before the transaction."""
         ...
 
     async def close(self) -> None:
@@ -137,13 +141,20 @@ class SmtpRelay:
             raise RelayUnavailable(f"cannot connect: {type(exc).__name__}") from exc
         return client
 
-    async def send(self, *, sender: str, recipient: str, data: bytes) -> Accepted:
-        """MAIL, RCPT, DATA on a pooled connection; errors classified as the module says."""
+    async def send(
+        self, *, sender: str, recipient: str, data: bytes, pace: Pace | None = None
+    ) -> Accepted:
+        """MAIL, RCPT, DATA on a pooled connection; errors classified as the module says.
+
+        Pacing waits once a connection is ready, so connecting never bunches sends together.
+        """
         client = await self._pool.get()
         try:
             if client is None or not client.is_connected:
                 client = None
                 client = await self._connect()
+            if pace is not None:
+                await pace()
             accepted = await self._transaction(client, sender, recipient, data)
         except BaseException:
             if client is not None and client.is_connected:
