@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -404,3 +410,63 @@ async def test_one_click_refuses_bad_input_with_problem_details(
         assert r.status_code == 422
         r = await sender.post("/v1/unsubscribe/" + "x" * 40, data={"List-Unsubscribe": "One-Click"})
         assert r.status_code == 403
+
+
+def _sender_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """The email-sender as its own process, configured through its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None or name == "api_keys":
+            continue
+        env[f"HERALD_EMAIL_SENDER_{name.upper()}"] = str(value)
+    env["HERALD_EMAIL_SENDER_MONGO_URI"] = settings.mongo_uri.get_secret_value()
+    env["HERALD_EMAIL_SENDER_LINK_SECRET"] = LINK_SECRET
+    env["HERALD_EMAIL_SENDER_PORT"] = str(_free_port())
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "herald_email_sender"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    sandbox, _ = sink
+    msgs = [outbound() for _ in range(60)]
+    settings = settings_for(rate_per_second=30.0, send_concurrency=8)
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses:
+        await publish(producer, *msgs)
+        proc = _sender_process(settings, tmp_path / "sender.log")
+        try:
+            await eventually(lambda: _count_at_least(sandbox, 10), within=60, interval=0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no shutdown, no commit: a crash
+            proc.wait(10)
+        assert len(await captured(sandbox)) < len(msgs)
+        proc = _sender_process(settings, tmp_path / "sender.log")
+        try:
+            ids = {m.message_id for m in msgs}
+            await eventually(lambda: {s.message_id for s in statuses.statuses()} >= ids, within=90)
+        finally:
+            proc.kill()  # everything is reported; how it stops is not under test here
+            proc.wait(10)
+    recipients = [to for item in await captured(sandbox) for to in item["to"]]
+    assert len(recipients) == len(set(recipients)), "a message went out twice"
+    final = {s.message_id: s.status for s in statuses.statuses()}
+    assert set(final.values()) <= {"sent", "unknown"}
+    assert {m.to for m in msgs if final[m.message_id] == "sent"} <= set(recipients)
