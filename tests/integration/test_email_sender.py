@@ -470,3 +470,39 @@ async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
     final = {s.message_id: s.status for s in statuses.statuses()}
     assert set(final.values()) <= {"sent", "unknown"}
     assert {m.to for m in msgs if final[m.message_id] == "sent"} <= set(recipients)
+
+
+async def test_injected_faults_end_every_message_sent_or_failed_once(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msgs = [outbound() for _ in range(40)]
+    # A fifth of DATA commands answer 451, a tenth of recipients 554.
+    for rule in (
+        {"code": 451, "stage": "data", "share": 0.2},
+        {"code": 554, "stage": "rcpt", "share": 0.1},
+    ):
+        assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for(send_attempts=8))):
+        await publish(producer, *msgs)
+        ids = {m.message_id for m in msgs}
+        await eventually(lambda: {s.message_id for s in statuses.statuses()} >= ids, within=60)
+        await asyncio.sleep(0.5)
+    outcomes = {m.message_id: statuses.statuses(m.message_id) for m in msgs}
+    assert all(len(v) == 1 for v in outcomes.values()), "a message reported twice"
+    recipients = [to for item in await captured(sandbox) for to in item["to"]]
+    assert len(recipients) == len(set(recipients)), "a message went out twice"
+    sent = {m.to for m in msgs if outcomes[m.message_id][0].status == "sent"}
+    assert sent == set(recipients)
+    for m in msgs:
+        s = outcomes[m.message_id][0]
+        assert s.status in ("sent", "failed")
+        if s.status == "failed":
+            assert s.error_code in ("smtp-554", "smtp-451") and s.reason
+    rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert rules[0]["hits"] > 0  # the faults really happened
