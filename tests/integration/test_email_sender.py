@@ -506,3 +506,25 @@ async def test_injected_faults_end_every_message_sent_or_failed_once(
             assert s.error_code in ("smtp-554", "smtp-451") and s.reason
     rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
     assert rules[0]["hits"] > 0  # the faults really happened
+
+
+async def test_421_slows_the_relay_down_then_the_email_goes_out(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    rule = {"recipient": msg.to, "code": 421, "message": "4.7.0 Slow down", "times": 1}
+    assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    settings = settings_for(slow_down_seconds=0.3, rate_per_second=100.0)
+    async with statuses, running(create_app(settings)) as sender:
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+        assert [s.status for s in got] == ["sent"]
+        metrics = (await sender.get("/metrics")).text
+    assert 'herald_email_relay_attempts_total{result="smtp-421"}' in metrics
+    assert len(await captured(sandbox, msg.to)) == 1

@@ -8,6 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from email.policy import SMTP
 
+from prometheus_client import Counter
 from pymongo.errors import PyMongoError
 
 from herald_contracts import (
@@ -30,6 +31,12 @@ from herald_email_sender.domain.pacing import CircuitBreaker, Pacer, backoff
 from herald_kit import EventProducer, InvalidInput, LinkSigner, SendLedger
 
 log = logging.getLogger("herald.email")
+OUTCOMES = Counter(
+    "herald_email_outcomes_total",
+    "Emails by outcome (sent, failed, unknown, skipped) and error code.",
+    ["outcome", "code"],
+)
+RELAY_ATTEMPTS = Counter("herald_email_relay_attempts_total", "Relay calls, by result.", ["result"])
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -79,6 +86,7 @@ class EmailSending:
         reason: str | None = None,
     ) -> None:
         """Publish a delivery status of a message (its id makes a republish a duplicate)."""
+        OUTCOMES.labels(status, error_code or "").inc()
         await self.producer.publish(
             DELIVERY_STATUS,
             DeliveryStatus(
@@ -177,6 +185,7 @@ class EmailSending:
                     pace=self.pacer.acquire if self.pacer.enabled else None,
                 )
             except RelayRefused as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
                 if exc.slow_down:
                     self.breaker.failure()
                     self.pacer.pause(self.settings.slow_down_seconds)
@@ -189,14 +198,17 @@ class EmailSending:
                 last = exc
                 continue
             except RelayUnavailable as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
                 self.breaker.failure()
                 last = exc
                 continue
             except RelayAmbiguous as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
                 self.breaker.failure()
                 await self.ledger.set(msg.message_id, "unknown", error_code=exc.code)
                 await self.status(msg, "unknown", error_code=exc.code, reason=exc.detail)
                 return
+            RELAY_ATTEMPTS.labels("accepted").inc()
             self.breaker.success()
             await self._record_sent(msg.message_id, accepted.provider_id)
             await self.status(msg, "sent", provider_id=accepted.provider_id)
