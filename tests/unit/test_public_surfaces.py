@@ -38,6 +38,8 @@ def test_kit_surface() -> None:
         "hash_key",
         "create_client",
         "insert_if_absent",
+        "SendLedger",
+        "BatchConsumerLoop",
         "PermanentError",
         "RetryableError",
         "problem",

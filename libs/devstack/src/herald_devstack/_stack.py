@@ -28,6 +28,7 @@ ALL_SCOPES = (
     "decisions:read",
 )
 SANDBOX_SID = "AC00000000000000000000000000000000"
+SANDBOX_SMTP_PORT = 2525
 SANDBOX_TOKEN = "sandbox-auth-token"  # noqa: S105 - the sandbox's own fake credential
 
 
@@ -78,6 +79,10 @@ class Stack:
         """A service's base URL in this stack."""
         return f"http://127.0.0.1:{self.port(name)}"
 
+    def smtp_port(self) -> int:
+        """The sandbox's SMTP sink port in this stack."""
+        return SANDBOX_SMTP_PORT + self.config.port_offset
+
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         """Environment of one service process."""
         cfg = self.config
@@ -107,6 +112,12 @@ class Stack:
         if spec.name == "sandbox":
             env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
             env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
+            env[f"{p}SMTP_PORT"] = str(self.smtp_port())
+        if spec.name == "email-sender":
+            # The sandbox's SMTP sink speaks plain SMTP on localhost.
+            env[f"{p}SMTP_HOST"] = "127.0.0.1"
+            env[f"{p}SMTP_PORT"] = str(self.smtp_port())
+            env[f"{p}SMTP_SECURITY"] = "none"
         for key, value in cfg.extra_env.items():
             if key.startswith(p) or not key.startswith("HERALD_"):
                 env[key] = value

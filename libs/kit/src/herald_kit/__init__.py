@@ -9,6 +9,7 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
+from herald_kit._batch import BatchConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
     Conflict,
@@ -29,6 +30,7 @@ from herald_kit._kafka import (
     encode,
     kafka_client_options,
 )
+from herald_kit._ledger import SendLedger
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
@@ -41,6 +43,7 @@ from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
+    "BatchConsumerLoop",
     "Conflict",
     "ConsumerLoop",
     "DecodeError",
@@ -62,6 +65,7 @@ __all__ = [
     "Principal",
     "RetryableError",
     "Runtime",
+    "SendLedger",
     "ServiceSettings",
     "TraceContext",
     "Unauthenticated",

@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
+from herald_email_sender.adapters.ledger import BatchedLedger
+from herald_email_sender.adapters.smtp import EmailRelay, SmtpRelay
+from herald_email_sender.api import unsubscribe
 from herald_email_sender.config import Settings
-from herald_kit import Runtime, build_app
+from herald_email_sender.messaging.outbound import EmailSendingRef, outbound_consumer
+from herald_email_sender.sending import EmailSending
+from herald_kit import LinkSigner, Runtime, build_app
+
+log = logging.getLogger("herald.email")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, relay: EmailRelay | None = None) -> FastAPI:
     """Build the email-sender app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "email-sender")
-    return build_app(
+    app = build_app(
         settings,
         runtime,
         title="Herald email-sender",
-        description="Sends email through an SMTP relay.",
+        description="Sends email through an SMTP relay; RFC 8058 one-click unsubscribe.",
+        routers=[unsubscribe.router],
     )
+    secret = settings.link_secret.get_secret_value()
+    app.state.signer = LinkSigner(secret, "unsubscribe") if secret else None
+    ref = EmailSendingRef()
+    runtime.consumers.append(outbound_consumer(settings, runtime.producer, ref))
+
+    @runtime.on_start
+    async def _wire() -> None:
+        if app.state.signer is None:
+            log.warning("no link secret: emails go out without List-Unsubscribe")
+        ledger = BatchedLedger(runtime.db)
+        await ledger.ensure_indexes()
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        app.state.relay = relay or SmtpRelay(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=password,
+            timeout=settings.smtp_timeout_seconds,
+            pool_size=settings.smtp_pool_size,
+            validate_certs=settings.smtp_validate_certs,
+        )
+        app.state.sending = EmailSending(
+            ledger=ledger,
+            relay=app.state.relay,
+            producer=runtime.producer,
+            settings=settings,
+            signer=app.state.signer,
+        )
+        ref.set(app.state.sending)
+
+    @runtime.on_stop
+    async def _close() -> None:
+        await app.state.relay.close()
+
+    return app

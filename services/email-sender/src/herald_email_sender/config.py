@@ -1,12 +1,15 @@
 """email-sender settings (HERALD_EMAIL_SENDER_*)."""
 
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    """email-sender settings."""
+    """email-sender settings; relay credentials come from a Kubernetes secret or the env."""
 
     model_config = SettingsConfigDict(
         env_prefix="HERALD_EMAIL_SENDER_", extra="ignore", frozen=True
@@ -14,3 +17,39 @@ class Settings(ServiceSettings):
 
     port: int = 8106
     mongo_db: str = "herald_email_sender"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=2525, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        default="starttls", description="none (local sink only), starttls, or implicit tls."
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_validate_certs: bool = True
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=4, ge=1, le=64)
+
+    from_address: str = "updates@herald.example"
+    from_name: str | None = "Herald"
+    message_id_domain: str = Field(
+        default="herald.example", description="Right-hand side of generated Message-IDs."
+    )
+
+    rate_per_second: float = Field(
+        default=0.0, ge=0, description="Messages per second to the relay; 0 turns pacing off."
+    )
+    rate_burst: int = Field(default=1, ge=1)
+    send_concurrency: int = Field(default=32, ge=1, le=1000)
+    send_attempts: int = Field(default=5, ge=1, le=50, description="Relay attempts per message.")
+    send_backoff_base_seconds: float = Field(default=0.5, gt=0)
+    send_backoff_cap_seconds: float = Field(default=60.0, gt=0)
+    slow_down_seconds: float = Field(
+        default=5.0, ge=0, description="Pause for every send after the relay answers 421."
+    )
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
+
+    unsubscribe_base_url: str = Field(
+        default="", description="Public HTTPS base of the one-click endpoint; public_base_url else."
+    )
+    unsubscribe_max_age_seconds: int = Field(default=60 * 60 * 24 * 180, ge=60)

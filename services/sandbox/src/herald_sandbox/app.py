@@ -7,7 +7,8 @@ import asyncio
 from fastapi import FastAPI
 
 from herald_kit import Runtime, build_app
-from herald_sandbox.api import outbox, twilio
+from herald_sandbox.adapters.smtp_sink import Mailbox, SmtpSink
+from herald_sandbox.api import emails, outbox, page, twilio
 from herald_sandbox.config import Settings
 from herald_sandbox.domain.store import Outbox
 
@@ -21,8 +22,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime,
         title="Herald sandbox",
         description="Stand-in for Twilio and an SMTP relay in development and tests.",
-        routers=[twilio.router, outbox.router],
+        routers=[twilio.router, outbox.router, emails.router, page.router],
     )
     app.state.outbox = Outbox()
     app.state.tasks = set[asyncio.Task[None]]()
+    app.state.mailbox = Mailbox()
+    app.state.smtp = SmtpSink(app.state.mailbox, host=settings.host, port=settings.smtp_port)
+    runtime.on_start(app.state.smtp.start)
+    runtime.on_stop(app.state.smtp.stop)
     return app

@@ -1,6 +1,6 @@
 """Sandbox settings (HERALD_SANDBOX_*)."""
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
@@ -15,3 +15,4 @@ class Settings(ServiceSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
     callback_delay_seconds: float = 0.05
+    smtp_port: int = Field(default=2525, ge=0, le=65535, description="SMTP sink; 0 picks one.")

@@ -1,0 +1,206 @@
+"""An SMTP relay through aiosmtplib, with a small connection pool, behind a Protocol.
+
+The transaction runs in explicit steps (MAIL, RCPT, DATA) so a failure can be classified by
+what the relay may have received: before DATA nothing went out and a retry is safe; a lost
+connection during DATA may have delivered, so the sender must not resend blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiosmtplib
+from aiosmtplib import SMTPResponseException
+
+Security = Literal["none", "starttls", "tls"]
+Pace = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The relay took the message; its reply names its queue id."""
+
+    provider_id: str
+
+
+class RelayError(Exception):
+    """Base of the relay's failures."""
+
+    code: str = "relay-error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class RelayRefused(RelayError):
+    """The relay answered with an SMTP error code: 4xx temporary, 5xx permanent."""
+
+    def __init__(self, smtp_code: int, detail: str) -> None:
+        super().__init__(detail, code=f"smtp-{smtp_code}")
+        self.smtp_code = smtp_code
+
+    @property
+    def permanent(self) -> bool:
+        """5xx: this message will never be accepted (a hard bounce)."""
+        return self.smtp_code >= 500
+
+    @property
+    def slow_down(self) -> bool:
+        """421: the relay is closing or throttling us; hold back every send for a while."""
+        return self.smtp_code == 421
+
+
+class RelayUnavailable(RelayError):
+    """No connection to the relay: nothing was sent."""
+
+    code = "relay-unavailable"
+
+
+class RelayAmbiguous(RelayError):
+    """The connection broke during DATA: the message may or may not have gone out."""
+
+    code = "relay-ambiguous"
+
+
+class EmailRelay(Protocol):
+    """What the sender needs of an email relay."""
+
+    @property
+    def identity(self) -> str:
+        """The relay's name for pacing and the circuit breaker (host:port)."""
+        ...
+
+    async def send(
+        self, *, sender: str, recipient: str, data: bytes, pace: Pace | None = None
+    ) -> Accepted:
+        """Hand one message to the relay; `pace` is awaited just before the transaction."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SmtpRelay:
+    """aiosmtplib against a configured relay: plain, STARTTLS or implicit TLS, optional auth."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: Security = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        pool_size: int = 4,
+        validate_certs: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.security = security
+        self._username = username or None
+        self._password = password or None
+        self._timeout = timeout
+        self._validate = validate_certs
+        self._pool: asyncio.Queue[aiosmtplib.SMTP | None] = asyncio.Queue()
+        for _ in range(max(1, pool_size)):
+            self._pool.put_nowait(None)
+
+    @property
+    def identity(self) -> str:
+        """host:port."""
+        return f"{self.host}:{self.port}"
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        tls_context = ssl.create_default_context() if self.security != "none" else None
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.security == "tls",
+            start_tls=True if self.security == "starttls" else False,
+            username=self._username,
+            password=self._password,
+            timeout=self._timeout,
+            validate_certs=self._validate,
+            tls_context=tls_context if self._validate else None,
+        )
+        try:
+            await client.connect()
+        except SMTPResponseException as exc:
+            raise RelayRefused(exc.code, f"connect refused: {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RelayUnavailable(f"cannot connect: {type(exc).__name__}") from exc
+        return client
+
+    async def send(
+        self, *, sender: str, recipient: str, data: bytes, pace: Pace | None = None
+    ) -> Accepted:
+        """MAIL, RCPT, DATA on a pooled connection; errors classified as the module says.
+
+        Pacing waits once a connection is ready, so connecting never bunches sends together.
+        """
+        client = await self._pool.get()
+        try:
+            if client is None or not client.is_connected:
+                client = None
+                client = await self._connect()
+            if pace is not None:
+                await pace()
+            accepted = await self._transaction(client, sender, recipient, data)
+        except BaseException:
+            if client is not None and client.is_connected:
+                # Leave the connection clean for the next message, or drop it.
+                try:
+                    await client.rset()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+                    client = None
+            else:
+                client = None
+            raise
+        finally:
+            self._pool.put_nowait(client if client is not None and client.is_connected else None)
+        return accepted
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> Accepted:
+        try:
+            await client.mail(sender)
+            await client.rcpt(recipient)
+        except SMTPResponseException as exc:
+            raise RelayRefused(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RelayUnavailable(f"lost the relay before DATA: {type(exc).__name__}") from exc
+        try:
+            reply = await client.data(data)
+        except SMTPResponseException as exc:
+            raise RelayRefused(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RelayAmbiguous(f"lost the relay during DATA: {type(exc).__name__}") from exc
+        return Accepted(provider_id=_queue_id(reply.message))
+
+    async def close(self) -> None:
+        """QUIT every idle connection."""
+        while not self._pool.empty():
+            client = self._pool.get_nowait()
+            if client is not None and client.is_connected:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+
+
+def _queue_id(reply: str) -> str:
+    """The relay's queue id from a 250 reply ('2.0.0 Ok: queued as 4BC1F'), else the reply."""
+    marker = "queued as "
+    if marker in reply:
+        return reply.split(marker, 1)[1].split()[0].strip()
+    return reply.strip()[:200]

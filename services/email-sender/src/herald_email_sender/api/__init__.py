@@ -1,0 +1,1 @@
+"""HTTP surfaces: the RFC 8058 one-click unsubscribe endpoint."""

@@ -1,0 +1,1 @@
+"""The email-sender's rules: message building, pacing, circuit breaking, retry timing."""

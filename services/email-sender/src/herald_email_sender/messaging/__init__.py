@@ -1,0 +1,1 @@
+"""Consumers: outbound.email.v1 in concurrent batches."""

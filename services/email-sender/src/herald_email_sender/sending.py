@@ -1,0 +1,236 @@
+"""Send one outbound email exactly once, paced, retried within bounds, and report every status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from email.policy import SMTP
+
+from prometheus_client import Counter
+from pymongo.errors import PyMongoError
+
+from herald_contracts import (
+    DELIVERY_STATUS,
+    DeliveryState,
+    DeliveryStatus,
+    OutboundEmail,
+    utc_now,
+)
+from herald_email_sender.adapters.smtp import (
+    EmailRelay,
+    RelayAmbiguous,
+    RelayError,
+    RelayRefused,
+    RelayUnavailable,
+)
+from herald_email_sender.config import Settings
+from herald_email_sender.domain.message import build_email
+from herald_email_sender.domain.pacing import CircuitBreaker, Pacer, backoff
+from herald_kit import EventProducer, InvalidInput, LinkSigner, SendLedger
+
+log = logging.getLogger("herald.email")
+OUTCOMES = Counter(
+    "herald_email_outcomes_total",
+    "Emails by outcome (sent, failed, unknown, skipped) and error code.",
+    ["outcome", "code"],
+)
+RELAY_ATTEMPTS = Counter("herald_email_relay_attempts_total", "Relay calls, by result.", ["result"])
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class EmailSending:
+    """Ledger, relay, pacer, breaker and status publication together."""
+
+    def __init__(
+        self,
+        *,
+        ledger: SendLedger,
+        relay: EmailRelay,
+        producer: EventProducer,
+        settings: Settings,
+        signer: LinkSigner | None,
+        pacer: Pacer | None = None,
+        breaker: CircuitBreaker | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.ledger = ledger
+        self.relay = relay
+        self.producer = producer
+        self.settings = settings
+        self.signer = signer
+        self.pacer = pacer or Pacer(settings.rate_per_second, settings.rate_burst)
+        self.breaker = breaker or CircuitBreaker(
+            settings.breaker_threshold, settings.breaker_cooldown_seconds
+        )
+        self._sleep = sleep
+        self._rand = rand
+
+    def unsubscribe_url(self, msg: OutboundEmail) -> str | None:
+        """The signed one-click URL for this message, or None without a link secret."""
+        if self.signer is None:
+            return None
+        base = (self.settings.unsubscribe_base_url or self.settings.base_url()).rstrip("/")
+        token = self.signer.sign({"c": msg.customer_id, "m": msg.message_id, "k": msg.case_id})
+        return f"{base}/v1/unsubscribe/{token}"
+
+    async def status(
+        self,
+        msg: OutboundEmail,
+        status: DeliveryState,
+        *,
+        provider_id: str | None = None,
+        error_code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Publish a delivery status of a message (its id makes a republish a duplicate)."""
+        OUTCOMES.labels(status, error_code or "").inc()
+        await self.producer.publish(
+            DELIVERY_STATUS,
+            DeliveryStatus(
+                message_id=msg.message_id,
+                request_id=msg.request_id,
+                campaign_id=msg.campaign_id,
+                customer_id=msg.customer_id,
+                case_id=msg.case_id,
+                channel="email",
+                status=status,
+                provider_id=provider_id,
+                error_code=error_code,
+                reason=reason,
+                at=utc_now(),
+            ),
+            key=msg.customer_id,
+            event_id=f"{msg.message_id}:{status}",
+            subject=msg.case_id,
+        )
+
+    async def _fail(self, msg: OutboundEmail, code: str, reason: str) -> None:
+        await self.ledger.set(msg.message_id, "failed", error_code=code, reason=reason)
+        await self.status(msg, "failed", error_code=code, reason=reason)
+
+    def _expired(self, msg: OutboundEmail, after: float = 0.0) -> bool:
+        if msg.expires_at is None:
+            return False
+        return (msg.expires_at - utc_now()).total_seconds() <= after
+
+    async def send(self, msg: OutboundEmail) -> None:
+        """Send unless the ledger says it was sent or may have been."""
+        may_send, row = await self.ledger.claim(msg.message_id, now=utc_now())
+        if not may_send:
+            assert row is not None
+            if row["status"] == "sending":
+                # A crash between the relay call and the ledger update: never resend blindly.
+                await self.ledger.set(msg.message_id, "unknown")
+                await self.status(msg, "unknown", reason="found in 'sending' after a restart")
+            elif row["status"] in ("sent", "failed", "unknown"):
+                # A stop between the ledger write and the publication would lose the status:
+                # publish it again (same event id, so consumers see a duplicate, not news).
+                await self.status(
+                    msg,
+                    row["status"],
+                    provider_id=row.get("provider_id"),
+                    error_code=row.get("error_code"),
+                    reason=row.get("reason"),
+                )
+            return
+        if self._expired(msg):
+            await self._fail(msg, "expired", "expired before send")
+            return
+        try:
+            email = build_email(
+                msg,
+                from_address=self.settings.from_address,
+                from_name=self.settings.from_name,
+                domain=self.settings.message_id_domain,
+                unsubscribe_url=self.unsubscribe_url(msg),
+            )
+        except InvalidInput as exc:
+            await self._fail(msg, "invalid-address", exc.detail)
+            return
+        data = email.as_bytes(policy=SMTP)
+        recipient = str(email["To"])
+        await self._attempts(msg, recipient, data)
+
+    async def _attempts(self, msg: OutboundEmail, recipient: str, data: bytes) -> None:
+        last: RelayError | None = None
+        for attempt in range(1, self.settings.send_attempts + 1):
+            if attempt > 1:
+                assert last is not None
+                delay = backoff(
+                    attempt - 1,
+                    base=self.settings.send_backoff_base_seconds,
+                    cap=self.settings.send_backoff_cap_seconds,
+                    rand=self._rand,
+                )
+                if self._expired(msg, after=delay):
+                    await self._fail(msg, last.code, f"expired while retrying: {last.detail}")
+                    return
+                # Nothing went out: a crash while we wait must not read as 'maybe sent'.
+                await self.ledger.set(msg.message_id, "retry", error_code=last.code)
+                await self._sleep(delay)
+                may_send, _ = await self.ledger.claim(msg.message_id, now=utc_now())
+                if not may_send:
+                    return  # another consumer took it over after a rebalance
+            if not await self._breaker_allows(msg):
+                await self._fail(msg, "circuit-open", "expired while the relay was failing")
+                return
+            try:
+                accepted = await self.relay.send(
+                    sender=self.settings.from_address,
+                    recipient=recipient,
+                    data=data,
+                    pace=self.pacer.acquire if self.pacer.enabled else None,
+                )
+            except RelayRefused as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
+                if exc.slow_down:
+                    self.breaker.failure()
+                    self.pacer.pause(self.settings.slow_down_seconds)
+                else:
+                    self.breaker.success()  # the relay is healthy; it judged this message
+                if exc.permanent:
+                    await self._fail(msg, exc.code, "hard-bounce")
+                    log.info("hard bounce", extra={"code": exc.code})
+                    return
+                last = exc
+                continue
+            except RelayUnavailable as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
+                self.breaker.failure()
+                last = exc
+                continue
+            except RelayAmbiguous as exc:
+                RELAY_ATTEMPTS.labels(exc.code).inc()
+                self.breaker.failure()
+                await self.ledger.set(msg.message_id, "unknown", error_code=exc.code)
+                await self.status(msg, "unknown", error_code=exc.code, reason=exc.detail)
+                return
+            RELAY_ATTEMPTS.labels("accepted").inc()
+            self.breaker.success()
+            await self._record_sent(msg.message_id, accepted.provider_id)
+            await self.status(msg, "sent", provider_id=accepted.provider_id)
+            return
+        assert last is not None
+        await self._fail(msg, last.code, f"retries exhausted: {last.detail}")
+
+    async def _breaker_allows(self, msg: OutboundEmail) -> bool:
+        """Wait while the relay's breaker is open; False when the message expires meanwhile."""
+        while (wait := self.breaker.wait()) > 0:
+            if self._expired(msg, after=wait):
+                return False
+            await self._sleep(wait)
+        return True
+
+    async def _record_sent(self, message_id: str, provider_id: str) -> None:
+        # The relay has the message: losing this write would turn a sent message into an
+        # 'unknown' one on redelivery, so insist a little before giving up.
+        for delay in (0.2, 0.5, 1.0, 2.0):
+            try:
+                await self.ledger.set(message_id, "sent", provider_id=provider_id)
+                return
+            except PyMongoError:
+                await asyncio.sleep(delay)
+        await self.ledger.set(message_id, "sent", provider_id=provider_id)

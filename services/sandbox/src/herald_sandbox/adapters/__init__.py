@@ -1,0 +1,1 @@
+"""The sandbox's listeners other than HTTP: the SMTP sink."""

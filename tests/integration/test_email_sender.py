@@ -1,0 +1,530 @@
+"""The email-sender against the real Kafka and FerretDB and the sandbox's SMTP sink."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from pymongo import AsyncMongoClient
+
+from herald_contracts import (
+    OUTBOUND_EMAIL,
+    DeliveryStatus,
+    EngagementReply,
+    OutboundEmail,
+    Topics,
+    dlq_topic,
+    utc_now,
+)
+from herald_email_sender.app import create_app
+from herald_email_sender.config import Settings
+from herald_kit import EventProducer, ServiceSettings, decode
+from herald_sandbox.app import create_app as create_sandbox
+from herald_sandbox.config import Settings as SandboxSettings
+from support import eventually, running
+
+LINK_SECRET = "test-link-secret"
+PUBLIC = "https://mail.herald.test"
+
+
+class Tail:
+    """Everything published on a topic of the namespace, read in the background."""
+
+    def __init__(self, kafka: str, topic: str) -> None:
+        self.records: list[Any] = []
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka, auto_offset_reset="earliest", group_id=None
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Tail:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        async for record in self._consumer:
+            self.records.append(record)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    def statuses(self, message_id: str | None = None) -> list[DeliveryStatus]:
+        """Decoded delivery statuses (of one message)."""
+        out = [decode(r, DeliveryStatus).data for r in self.records]
+        return [s for s in out if message_id is None or s.message_id == message_id]
+
+    def replies(self) -> list[EngagementReply]:
+        """Decoded engagement replies."""
+        return [decode(r, EngagementReply).data for r in self.records]
+
+
+@pytest.fixture
+async def sink(infra: dict[str, str]) -> AsyncIterator[tuple[httpx.AsyncClient, int]]:
+    """The sandbox (SMTP sink on a free port) and an HTTP client to its JSON API."""
+    app = create_sandbox(SandboxSettings(smtp_port=0))
+    async with running(app) as client:
+        yield client, app.state.smtp.port
+
+
+@pytest.fixture
+def settings_for(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    sink: tuple[httpx.AsyncClient, int],
+) -> Callable[..., Settings]:
+    """email-sender settings on this test's namespace, database and sink."""
+    db = db_name("email")
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": infra["kafka"],
+            "topic_namespace": namespace,
+            "mongo_uri": infra["mongo"],
+            "mongo_db": db,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": sink[1],
+            "smtp_security": "none",
+            "link_secret": LINK_SECRET,
+            "public_base_url": PUBLIC,
+            "send_backoff_base_seconds": 0.05,
+            "max_body_bytes": 4096,
+            **overrides,
+        }
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def producer(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
+    """Publishes onto the test namespace, as the dispatcher would."""
+    p = EventProducer(
+        ServiceSettings(kafka_bootstrap=infra["kafka"], topic_namespace=namespace), "dispatcher"
+    )
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def outbound(**overrides: Any) -> OutboundEmail:
+    """An outbound email to a unique address."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "message_id": f"msg-{tag}",
+        "request_id": f"req-{tag}",
+        "campaign_id": "camp-1",
+        "customer_id": f"cust-{tag}",
+        "case_id": f"case-{tag}",
+        "to": f"customer-{tag}@example.com",
+        "subject": "Your engineer is booked",
+        "text": "Your engineer arrives at 14:00.",
+        "html": "<p>Your engineer arrives at <b>14:00</b>.</p>",
+        "created_at": utc_now(),
+        **overrides,
+    }
+    return OutboundEmail(**values)
+
+
+async def publish(producer: EventProducer, *msgs: OutboundEmail) -> None:
+    """Put messages on outbound.email.v1."""
+    for m in msgs:
+        await producer.publish(OUTBOUND_EMAIL, m, key=m.customer_id, event_id=m.message_id)
+
+
+async def captured(sandbox: httpx.AsyncClient, to: str | None = None) -> list[dict[str, Any]]:
+    """What the sink accepted (for one address)."""
+    params = {"raw": "true", **({"to": to} if to else {})}
+    items: list[dict[str, Any]] = (await sandbox.get("/sandbox/api/emails", params=params)).json()[
+        "items"
+    ]
+    return items
+
+
+def topic(namespace: str, name: str) -> str:
+    """A topic's full name in the namespace."""
+    return f"{namespace}{name}"
+
+
+async def test_email_has_rfc8058_headers_and_one_click_post_unsubscribes(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    replies = Tail(infra["kafka"], topic(namespace, Topics.ENGAGEMENT_REPLIES.base))
+    async with statuses, replies, running(create_app(settings_for())) as sender:
+        await publish(producer, msg)
+        items = await eventually(lambda: captured(sandbox, msg.to))
+        assert len(items) == 1
+        email = message_from_bytes(items[0]["raw"].encode(), policy=policy.default)
+        assert isinstance(email, EmailMessage)
+        assert email["Subject"] == msg.subject
+        assert email["To"] == msg.to
+        assert email["Message-ID"].startswith("<") and email["Message-ID"].endswith(
+            "@herald.example>"
+        )
+        assert msg.message_id not in email["Message-ID"]  # the internal id does not leak
+        assert email.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in email.iter_parts()] == ["text/plain", "text/html"]
+        # RFC 8058: exactly one HTTPS URI in List-Unsubscribe, and the One-Click POST header.
+        assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        header = email["List-Unsubscribe"]
+        assert header.startswith("<https://") and header.endswith(">") and "," not in header
+        url = urlsplit(header[1:-1])
+        assert url.netloc == "mail.herald.test"
+
+        sent = await eventually(lambda: statuses.statuses(msg.message_id))
+        assert [(s.status, s.channel) for s in sent] == [("sent", "email")]
+        assert sent[0].provider_id == items[0]["id"]
+
+        # A GET (a mail scanner following the link) never unsubscribes.
+        r = await sender.get(url.path)
+        assert r.status_code == 200 and "List-Unsubscribe" in r.text
+
+        # The wrong body, a tampered token: refused, and nothing published.
+        r = await sender.post(url.path, data={"List-Unsubscribe": "Maybe"})
+        assert r.status_code == 400
+        assert r.json()["field"] == "List-Unsubscribe"
+        tampered = url.path[:-4] + ("AAAA" if not url.path.endswith("AAAA") else "BBBB")
+        r = await sender.post(tampered, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 403
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+        r = await sender.post(url.path, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 200, r.text
+        got = await eventually(lambda: replies.replies())
+        await asyncio.sleep(0.5)
+        assert len(replies.replies()) == 1
+        reply = got[0]
+        assert (reply.intent, reply.channel, reply.customer_id) == (
+            "unsubscribe",
+            "email",
+            msg.customer_id,
+        )
+        assert (reply.message_id, reply.case_id) == (msg.message_id, msg.case_id)
+
+
+async def test_5xx_is_a_hard_bounce_and_never_retried(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    r = await sandbox.post("/sandbox/api/emails/rules", json={"recipient": msg.to, "code": 550})
+    assert r.status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for())):
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+        assert [(s.status, s.error_code, s.reason) for s in got] == [
+            ("failed", "smtp-550", "hard-bounce")
+        ]
+    rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert rules[0]["hits"] == 1
+    assert await captured(sandbox, msg.to) == []
+
+
+async def test_4xx_is_retried_then_delivered_once(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    for stage in ("rcpt", "data"):
+        r = await sandbox.post(
+            "/sandbox/api/emails/rules",
+            json={"recipient": msg.to, "code": 451, "stage": stage, "times": 1},
+        )
+        assert r.status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for())):
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+        await asyncio.sleep(0.3)
+        assert [s.status for s in statuses.statuses(msg.message_id)] == ["sent"]
+        assert got[0].provider_id
+    rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert [r["hits"] for r in rules] == [1, 1]
+    assert len(await captured(sandbox, msg.to)) == 1
+
+
+async def test_4xx_until_attempts_run_out_ends_failed_with_reason(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    await sandbox.post("/sandbox/api/emails/rules", json={"recipient": msg.to, "code": 452})
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for(send_attempts=3))):
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert got[0].status == "failed" and got[0].error_code == "smtp-452"
+    assert got[0].reason is not None and got[0].reason.startswith("retries exhausted")
+    rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert rules[0]["hits"] == 3
+
+
+async def test_exactly_once_when_the_sender_stops_mid_batch_and_restarts(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msgs = [outbound() for _ in range(60)]
+    settings = settings_for(rate_per_second=40.0, send_concurrency=8)
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses:
+        await publish(producer, *msgs)
+        async with running(create_app(settings)):
+            # Stop while the batch is being worked through (pacing keeps it in flight).
+            await eventually(lambda: _count_at_least(sandbox, 10), interval=0.05)
+        first_run = len(await captured(sandbox))
+        assert first_run < len(msgs)
+        async with running(create_app(settings)):
+            ids = {m.message_id for m in msgs}
+
+            def all_reported() -> bool:
+                return {s.message_id for s in statuses.statuses()} >= ids
+
+            await eventually(all_reported, within=40)
+            await asyncio.sleep(0.5)
+    items = await captured(sandbox)
+    recipients = [to for item in items for to in item["to"]]
+    assert len(recipients) == len(set(recipients)), "a message went out twice"
+    final: dict[str, str] = {}
+    for s in statuses.statuses():
+        final[s.message_id] = s.status
+    # Every message ended 'sent', or 'unknown' when the stop fell between the relay's answer
+    # and the ledger write: never sent again in that case.
+    assert set(final.values()) <= {"sent", "unknown"}
+    sent_to = {m.to for m in msgs if final[m.message_id] == "sent"}
+    assert sent_to <= set(recipients)
+    assert set(recipients) <= {m.to for m in msgs}
+
+
+async def _count_at_least(sandbox: httpx.AsyncClient, n: int) -> bool:
+    r = await sandbox.get("/sandbox/api/emails")
+    return bool(r.json()["count"] >= n)
+
+
+async def test_a_row_left_sending_by_a_crash_is_reported_unknown_and_not_resent(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    sandbox, _ = sink
+    settings = settings_for()
+    msg = outbound()
+    await mongo[settings.mongo_db]["send_ledger"].insert_one(
+        {"_id": msg.message_id, "status": "sending", "at": utc_now()}
+    )
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings)):
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert got[0].status == "unknown"
+    assert await captured(sandbox, msg.to) == []
+
+
+async def test_bad_messages_go_to_the_dlq_or_fail_with_a_reason_and_the_rest_flows(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    bad_address = outbound(to="not-an-address")
+    expired = outbound(expires_at=utc_now() - timedelta(minutes=1))
+    good = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    dlq = Tail(infra["kafka"], dlq_topic("email-sender").name(namespace))
+    async with statuses, dlq, running(create_app(settings_for())):
+        await producer.send(Topics.OUTBOUND_EMAIL, b"\xff not an event", key="x", headers=[])
+        await publish(producer, bad_address, expired, good)
+        await eventually(lambda: statuses.statuses(good.message_id))
+        await eventually(lambda: dlq.records)
+        assert statuses.statuses(bad_address.message_id)[0].error_code == "invalid-address"
+        assert [(s.status, s.error_code) for s in statuses.statuses(expired.message_id)] == [
+            ("failed", "expired")
+        ]
+    headers = dict(dlq.records[0].headers)
+    assert headers["x-herald-error-kind"] == b"permanent"
+    assert b"ce_type" in headers["x-herald-reason"]
+    assert [i["to"] for i in await captured(sandbox)] == [[good.to]]
+
+
+async def test_one_click_refuses_bad_input_with_problem_details(
+    settings_for: Callable[..., Settings],
+) -> None:
+    async with running(create_app(settings_for())) as sender:
+        r = await sender.post("/v1/unsubscribe/" + "x" * 40, content=b"x" * 8000)
+        assert r.status_code == 413
+        r = await sender.post(
+            "/v1/unsubscribe/" + "x" * 40,
+            content=b"{}",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400
+        assert r.headers["content-type"].startswith("application/problem+json")
+        r = await sender.post("/v1/unsubscribe/short", data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 422
+        r = await sender.post("/v1/unsubscribe/" + "x" * 40, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 403
+
+
+def _sender_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """The email-sender as its own process, configured through its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None or name == "api_keys":
+            continue
+        env[f"HERALD_EMAIL_SENDER_{name.upper()}"] = str(value)
+    env["HERALD_EMAIL_SENDER_MONGO_URI"] = settings.mongo_uri.get_secret_value()
+    env["HERALD_EMAIL_SENDER_LINK_SECRET"] = LINK_SECRET
+    env["HERALD_EMAIL_SENDER_PORT"] = str(_free_port())
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "herald_email_sender"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    sandbox, _ = sink
+    msgs = [outbound() for _ in range(60)]
+    settings = settings_for(rate_per_second=30.0, send_concurrency=8)
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses:
+        await publish(producer, *msgs)
+        proc = _sender_process(settings, tmp_path / "sender.log")
+        try:
+            await eventually(lambda: _count_at_least(sandbox, 10), within=60, interval=0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no shutdown, no commit: a crash
+            proc.wait(10)
+        assert len(await captured(sandbox)) < len(msgs)
+        proc = _sender_process(settings, tmp_path / "sender.log")
+        try:
+            ids = {m.message_id for m in msgs}
+            await eventually(lambda: {s.message_id for s in statuses.statuses()} >= ids, within=90)
+        finally:
+            proc.kill()  # everything is reported; how it stops is not under test here
+            proc.wait(10)
+    recipients = [to for item in await captured(sandbox) for to in item["to"]]
+    assert len(recipients) == len(set(recipients)), "a message went out twice"
+    final = {s.message_id: s.status for s in statuses.statuses()}
+    assert set(final.values()) <= {"sent", "unknown"}
+    assert {m.to for m in msgs if final[m.message_id] == "sent"} <= set(recipients)
+
+
+async def test_injected_faults_end_every_message_sent_or_failed_once(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msgs = [outbound() for _ in range(40)]
+    # A fifth of DATA commands answer 451, a tenth of recipients 554.
+    for rule in (
+        {"code": 451, "stage": "data", "share": 0.2},
+        {"code": 554, "stage": "rcpt", "share": 0.1},
+    ):
+        assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for(send_attempts=8))):
+        await publish(producer, *msgs)
+        ids = {m.message_id for m in msgs}
+        await eventually(lambda: {s.message_id for s in statuses.statuses()} >= ids, within=60)
+        await asyncio.sleep(0.5)
+    outcomes = {m.message_id: statuses.statuses(m.message_id) for m in msgs}
+    assert all(len(v) == 1 for v in outcomes.values()), "a message reported twice"
+    recipients = [to for item in await captured(sandbox) for to in item["to"]]
+    assert len(recipients) == len(set(recipients)), "a message went out twice"
+    sent = {m.to for m in msgs if outcomes[m.message_id][0].status == "sent"}
+    assert sent == set(recipients)
+    for m in msgs:
+        s = outcomes[m.message_id][0]
+        assert s.status in ("sent", "failed")
+        if s.status == "failed":
+            assert s.error_code in ("smtp-554", "smtp-451") and s.reason
+    rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert rules[0]["hits"] > 0  # the faults really happened
+
+
+async def test_421_slows_the_relay_down_then_the_email_goes_out(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    sandbox, _ = sink
+    msg = outbound()
+    rule = {"recipient": msg.to, "code": 421, "message": "4.7.0 Slow down", "times": 1}
+    assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    settings = settings_for(slow_down_seconds=0.3, rate_per_second=100.0)
+    async with statuses, running(create_app(settings)) as sender:
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id))
+        assert [s.status for s in got] == ["sent"]
+        metrics = (await sender.get("/metrics")).text
+    assert 'herald_email_relay_attempts_total{result="smtp-421"}' in metrics
+    assert len(await captured(sandbox, msg.to)) == 1

@@ -1,0 +1,110 @@
+"""The sandbox's page and SMTP sink API: what went out, per recipient, safely rendered."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+
+import aiosmtplib
+import httpx
+import pytest
+
+from herald_sandbox.app import create_app
+from herald_sandbox.config import Settings
+from support import running, unique_phone
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[tuple[httpx.AsyncClient, int]]:
+    """The sandbox app with its SMTP sink on a free port."""
+    app = create_app(Settings(smtp_port=0))
+    async with running(app) as client:
+        yield client, app.state.smtp.port
+
+
+async def smtp_send(port: int, to: str, subject: str, body: str) -> None:
+    email = EmailMessage()
+    email["From"] = "updates@herald.example"
+    email["To"] = to
+    email["Subject"] = subject
+    email.set_content(body)
+    await aiosmtplib.send(email, hostname="127.0.0.1", port=port, start_tls=False)
+
+
+async def test_page_lists_sms_and_emails_per_recipient_and_escapes_content(
+    sandbox: tuple[httpx.AsyncClient, int],
+) -> None:
+    client, port = sandbox
+    settings = Settings()
+    phone = unique_phone()
+    auth = base64.b64encode(
+        f"{settings.twilio_account_sid}:{settings.twilio_auth_token.get_secret_value()}".encode()
+    ).decode()
+    r = await client.post(
+        f"/2010-04-01/Accounts/{settings.twilio_account_sid}/Messages.json",
+        data={"To": phone, "From": "+15005550006", "Body": "Your engineer is on the way"},
+        headers={"Authorization": f"Basic {auth}"},
+    )
+    assert r.status_code == 201, r.text
+    await smtp_send(port, "ann@example.com", "<script>alert(1)</script> booked", "See you at 2")
+    await smtp_send(port, "bob@example.com", "Bob's visit", "Bob's text")
+
+    page = await client.get("/sandbox")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "1 SMS, 0 calls, 2 emails." in html
+    for recipient in (phone, "ann@example.com", "bob@example.com"):
+        assert f"<h2>{recipient}</h2>" in html
+    assert "Your engineer is on the way" in html
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; booked" in html
+
+    only_bob = (await client.get("/sandbox", params={"to": "BOB@example.com"})).text
+    assert "Bob&#39;s visit" in only_bob
+    assert "ann@example.com" not in only_bob and phone not in only_bob
+    assert "0 SMS, 0 calls, 1 emails." in only_bob
+
+
+async def test_sink_rules_refuse_mail_as_told_and_bad_rules_are_problems(
+    sandbox: tuple[httpx.AsyncClient, int],
+) -> None:
+    client, port = sandbox
+    r = await client.post(
+        "/sandbox/api/emails/rules", json={"recipient": "Gone@Example.com", "code": 550}
+    )
+    assert r.status_code == 201
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+        await smtp_send(port, "gone@example.com", "Hi", "text")
+    assert info.value.recipients[0].code == 550
+    r = await client.post(
+        "/sandbox/api/emails/rules",
+        json={"recipient": "later@example.com", "code": 451, "stage": "data", "times": 1},
+    )
+    assert r.status_code == 201
+    with pytest.raises(aiosmtplib.SMTPDataError) as data_info:
+        await smtp_send(port, "later@example.com", "Hi", "text")
+    assert data_info.value.code == 451
+    await smtp_send(port, "later@example.com", "Hi again", "text")  # only once, as told
+    items = (await client.get("/sandbox/api/emails", params={"to": "later@example.com"})).json()
+    assert [i["subject"] for i in items["items"]] == ["Hi again"]
+    assert (await client.get("/sandbox/api/emails", params={"to": "gone@example.com"})).json()[
+        "count"
+    ] == 0
+
+    r = await client.post("/sandbox/api/emails/rules", json={"recipient": "x@y.z", "code": 250})
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["field"] == "code"
+    r = await client.post(
+        "/sandbox/api/emails/rules", json={"code": 450, "message": "bad\r\n250 injected"}
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "message"
+
+    assert (await client.delete("/sandbox/api/emails/rules")).status_code == 204
+    await smtp_send(port, "gone@example.com", "Back", "text")
+    assert (await client.get("/sandbox/api/emails", params={"to": "gone@example.com"})).json()[
+        "count"
+    ] == 1

@@ -1,0 +1,160 @@
+"""The email-sender's pure rules: message building, pacing, circuit breaking, backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.policy import SMTP
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald_contracts import OutboundEmail
+from herald_email_sender.domain.message import build_email, message_id_header
+from herald_email_sender.domain.pacing import CircuitBreaker, Pacer, backoff
+from herald_kit import InvalidInput
+
+
+class FakeClock:
+    """Time that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outbound(**overrides: Any) -> OutboundEmail:
+    values: dict[str, Any] = {
+        "message_id": "msg-1",
+        "request_id": "req-1",
+        "campaign_id": "camp-1",
+        "customer_id": "cust-1",
+        "to": "Someone@Example.com",
+        "subject": "Your visit",
+        "text": "Text body é",
+        "html": "<p>HTML body</p>",
+        "locale": "fr-FR",
+        "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        **overrides,
+    }
+    return OutboundEmail(**values)
+
+
+def roundtrip(email: EmailMessage) -> EmailMessage:
+    parsed = message_from_bytes(email.as_bytes(policy=SMTP), policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def build(msg: OutboundEmail, url: str | None = "https://h.example/v1/unsubscribe/tok") -> Any:
+    return roundtrip(
+        build_email(
+            msg,
+            from_address="news@h.example",
+            from_name="Herald",
+            domain="h.example",
+            unsubscribe_url=url,
+        )
+    )
+
+
+def test_email_is_multipart_with_rfc8058_headers() -> None:
+    email = build(outbound())
+    assert email["List-Unsubscribe"] == "<https://h.example/v1/unsubscribe/tok>"
+    assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert email["From"] == "Herald <news@h.example>"
+    assert email["Content-Language"] == "fr-FR"
+    assert email["Date"] == "Fri, 02 Jan 2026 03:04:05 +0000"
+    assert email.get_body(("plain",)).get_content().strip() == "Text body é"
+    assert email.get_body(("html",)).get_content().strip() == "<p>HTML body</p>"
+
+
+def test_text_only_email_without_unsubscribe_link_has_no_list_headers() -> None:
+    email = build(outbound(html=None), url=None)
+    assert email.get_content_type() == "text/plain"
+    assert "List-Unsubscribe" not in email
+    assert "List-Unsubscribe-Post" not in email
+
+
+def test_message_id_is_stable_per_message_and_hides_the_internal_id() -> None:
+    a = message_id_header("msg-1", domain="h.example")
+    assert a == message_id_header("msg-1", domain="h.example")
+    assert a != message_id_header("msg-2", domain="h.example")
+    assert "msg-1" not in a and a.endswith("@h.example>")
+    assert build(outbound())["Message-ID"] == a
+
+
+def test_line_breaks_in_the_subject_cannot_inject_headers() -> None:
+    email = build(outbound(subject="Hello\r\nBcc: victim@example.com"))
+    assert "Bcc" not in email
+    assert email["Subject"] == "Hello Bcc: victim@example.com"
+
+
+@pytest.mark.parametrize("bad", ["no-at-sign", "a@b@c.example", "x@", "@example.com"])
+def test_an_invalid_recipient_is_refused_naming_the_field(bad: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        build(outbound(to=bad))
+    assert info.value.field == "to"
+
+
+def test_pacer_spaces_slots_at_the_configured_rate() -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=10, clock=clock)
+    assert [round(pacer.reserve(), 6) for _ in range(4)] == [0.0, 0.1, 0.2, 0.3]
+    clock.now += 1.0  # idle for a while: no saved-up burst beyond the configured one
+    assert [round(pacer.reserve(), 6) for _ in range(2)] == [0.0, 0.1]
+
+
+def test_pacer_burst_and_pause() -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=10, burst=3, clock=clock)
+    assert [round(pacer.reserve(), 6) for _ in range(4)] == [0.0, 0.0, 0.0, 0.1]
+    pacer.pause(5.0)
+    assert round(pacer.reserve(), 6) == 5.0
+
+
+def test_pacer_off_never_waits() -> None:
+    pacer = Pacer(rate=0)
+    assert not pacer.enabled
+    assert all(pacer.reserve() == 0 for _ in range(100))
+
+
+@given(rate=st.floats(min_value=0.5, max_value=5000), n=st.integers(min_value=2, max_value=500))
+def test_pacer_rate_is_exact_for_any_rate(rate: float, n: int) -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=rate, clock=clock)
+    delays = [pacer.reserve() for _ in range(n)]
+    achieved = (n - 1) / (delays[-1] - delays[0])
+    assert achieved == pytest.approx(rate, rel=1e-6)
+
+
+def test_breaker_opens_after_threshold_then_lets_one_trial_through() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=clock)
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.state == "closed" and breaker.wait() == 0
+    breaker.failure()
+    assert breaker.state == "open"
+    assert breaker.wait() == pytest.approx(10)
+    clock.now += 10
+    assert breaker.state == "half-open"
+    assert breaker.wait() == 0  # the trial
+    assert breaker.wait() > 0  # everyone else still waits
+    breaker.failure()  # the trial failed: open again for a full cooldown
+    assert breaker.state == "open" and breaker.wait() == pytest.approx(10)
+    clock.now += 10
+    assert breaker.wait() == 0
+    breaker.success()
+    assert breaker.state == "closed" and breaker.wait() == 0
+
+
+@given(attempt=st.integers(min_value=1, max_value=40), r=st.floats(min_value=0, max_value=1))
+def test_backoff_is_bounded_and_grows(attempt: int, r: float) -> None:
+    delay = backoff(attempt, base=0.5, cap=60, rand=lambda: r)
+    assert 0 <= delay <= min(60, 0.5 * 2 ** (attempt - 1))
