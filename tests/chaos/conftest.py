@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from chaos.scenario import free_port_offset
+
 from herald_devstack import Stack, StackConfig
 from support import TEST_KEY
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from chaos.scenario import FaultPlan, Scenario, run_chaos, write_report
+
 from herald_devstack import Stack
 from support import TEST_KEY
 
