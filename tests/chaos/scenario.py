@@ -66,6 +66,7 @@ class Scenario:
     api_key: str
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     suppress_every: int = 10
+    customers: int = 0  # 0: one customer per event; fewer: customers get several cases
     posted_at: dict[int, float] = field(default_factory=dict)  # customer index -> wall time
 
     @property
@@ -77,13 +78,22 @@ class Scenario:
         """Customer id of index i."""
         return f"{self.run_id}-c{i}"
 
+    @property
+    def n_customers(self) -> int:
+        """How many customers the events are spread over."""
+        return self.customers or self.size
+
     def index_of_phone(self) -> dict[str, int]:
         """Phone number -> customer index."""
-        return {phone_of(i): i for i in range(self.size)}
+        return {phone_of(i): i for i in range(self.n_customers)}
+
+    def case_id(self, i: int) -> str:
+        """The case of event i."""
+        return f"{self.run_id}-k{i}"
 
     def consents(self, i: int) -> bool:
-        """Whether customer i agreed to the campaign's topic by SMS."""
-        return i % self.suppress_every != 0
+        """Whether customer i agreed to the campaign's topic by SMS (0: everyone did)."""
+        return self.suppress_every == 0 or i % self.suppress_every != 0
 
     def contact(self, i: int) -> dict[str, Any]:
         """The contact record of customer i."""
@@ -104,8 +114,8 @@ class Scenario:
             "source": "/crm/cases",
             "type": "case.updated",
             "data": {
-                "case_id": f"{self.run_id}-k{i}",
-                "customer_ids": [self.customer(i)],
+                "case_id": self.case_id(i),
+                "customer_ids": [self.customer(i % self.n_customers)],
                 "status": "engineer booked for 14:00",
                 "sequence": 1,
             },
@@ -135,7 +145,7 @@ class Scenario:
         """Create every contact and one active campaign."""
         prefs = f"{self.stack.url('preferences')}/v1/contacts"
         queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(self.size):
+        for i in range(self.n_customers):
             queue.put_nowait(i)
 
         async def worker(http: httpx.AsyncClient) -> None:
@@ -166,6 +176,22 @@ class Scenario:
                 ok={200},
                 within=60,
             )
+
+    async def wait_views(self, *, within: float = 300) -> None:
+        """Wait until the dispatcher's view holds every contact: a request about a customer
+        whose snapshot has not arrived yet is dead-lettered (UnknownCustomer) by design."""
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self.stack.config.mongo_uri, tz_aware=True
+        )
+        try:
+            db = client[f"herald_dispatcher{self.stack.config.db_suffix}"]
+            deadline = time.monotonic() + within
+            while await db["view_contacts"].count_documents({}) < self.n_customers:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the dispatcher's contact view did not catch up")
+                await asyncio.sleep(0.5)
+        finally:
+            await client.close()
 
     async def post_events(
         self,
@@ -518,6 +544,7 @@ async def run_chaos(
 ) -> tuple[Reconciliation, list[str]]:
     """Seed, then post every event at `rate`/s while the faults run; settle; reconcile."""
     await scenario.seed()
+    await scenario.wait_views()
     log(f"[chaos] seeded {scenario.size:,} contacts; posting events at {rate:g}/s under faults")
     posting: Awaitable[None] = scenario.post_events(
         range(scenario.size), rate=rate, batch=10, within=600
