@@ -88,6 +88,4 @@ def test_no_server_errors_and_problem_json_on_every_client_error(fuzz_stack: Sta
     failures = [f for f in failures if not f.startswith(tuple(KNOWN))]
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(sorted(set(failures))[:40])
     if known:
-        pytest.xfail(
-            f"known defects only: {sorted({KNOWN[k] for k in KNOWN if any(f.startswith(k) for f in known)})}"
-        )
+        pytest.xfail(f"known defects only: {sorted(set(known))[:3]}")
