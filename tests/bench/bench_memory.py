@@ -31,7 +31,7 @@ def sample(stack: Stack) -> dict[str, float]:
 
 async def bench(env: BenchEnv) -> list[Figure]:
     """Idle after start-up settles; the peak while a saturating load runs through."""
-    n = env.n(3_000)
+    n = env.n(1_000)
     ns = await env.namespace(partitions=6)
     stack = await asyncio.to_thread(start_stack, env, ns, "bench-memory")
     figures: list[Figure] = []
