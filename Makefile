@@ -6,7 +6,7 @@ PACKAGES := herald_contracts herald_kit herald_devstack herald_preferences heral
 	herald_scheduler herald_dispatcher herald_sms_sender herald_email_sender herald_voice_sender \
 	herald_sandbox
 
-.PHONY: help setup run test test-unit lint fmt schemas bench infra-up infra-down infra-status
+.PHONY: help setup run test test-unit lint fmt schemas bench chaos infra-up infra-down infra-status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ schemas: ## Regenerate schemas/ (event JSON Schemas, AsyncAPI, OpenAPI) from the
 
 bench: setup ## Run the benchmarks; figures land in bench-results/
 	bash scripts/bench.sh
+
+chaos: setup ## Fault injection at full size (20,000 contacts); prints the reconciliation table
+	bash scripts/chaos.sh
 
 infra-up: ## Start only Kafka and FerretDB
 	bash deploy/local/infra.sh start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from herald_kit import ensure_topics
 
@@ -39,6 +39,8 @@ class BenchEnv:
     kafka: str
     mongo: str
     scale: float = 1.0
+    # Figures of the benchmarks already run, so later ones can state ratios to earlier ones.
+    figures: list[Figure] = field(default_factory=list)
 
     @classmethod
     def from_environment(cls, *, scale: float) -> BenchEnv:

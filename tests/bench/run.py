@@ -46,6 +46,7 @@ async def _main(only: list[str], scale: float) -> list[Figure]:
         for fig in got:
             print(f"   {fig.row()}", flush=True)
         figures.extend(got)
+        env.figures.extend(got)
         print(f"   ({time.monotonic() - started:.1f} s)", flush=True)
     return figures
 

@@ -1,0 +1,139 @@
+"""End to end: business events posted to ingest -> the first provider request (the sandbox's
+record of the SMS), at a steady 200 events/s and at saturation, with the ratio to the raw
+single-hop broker rate measured earlier in the same `make bench` (bench_00_broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from chaos.scenario import Scenario, free_port_offset
+
+from benchlib import BenchEnv, Figure, percentile
+from herald_devstack import Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "bench-key-all-scopes"
+STEADY_RATE = 200.0
+CUSTOMERS = 200
+RAW_HOP = "raw consume+produce (single hop)"
+
+
+def start_stack(env: BenchEnv, ns: str, name: str) -> Stack:
+    """Every service as its own process, as `make run` starts them."""
+    stack = Stack(
+        StackConfig(
+            kafka_bootstrap=env.kafka,
+            mongo_uri=env.mongo,
+            namespace=ns,
+            db_suffix="_" + ns.strip("."),
+            port_offset=free_port_offset(),
+            api_key=API_KEY,
+            log_dir=ROOT / ".cache" / "logs" / name,
+        )
+    )
+    stack.start(timeout=180)
+    return stack
+
+
+async def arrivals(scenario: Scenario, indices: range, *, within: float) -> dict[int, float]:
+    """Wait for the provider to hold an SMS for every index; customer index -> arrival time."""
+    # The body names the case ("Case <case id>: ..."), and each event has its own case.
+    wanted = {f"Case {scenario.case_id(i)}:": i for i in indices}
+    deadline = time.monotonic() + within
+    got: dict[int, float] = {}
+    progress = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - progress < 30:
+        items: list[dict[str, Any]] = await scenario.provider_messages()
+        for m in items:
+            i = wanted.get(" ".join(str(m["body"]).split(" ", 2)[:2]))
+            if i is not None and i not in got:
+                got[i] = datetime.fromisoformat(m["date_created"]).timestamp()
+                progress = time.monotonic()
+        if len(got) >= len(wanted):
+            break
+        await asyncio.sleep(0.5)
+    return got
+
+
+def latency_figures(
+    label: str, scenario: Scenario, got: dict[int, float], note: str
+) -> list[Figure]:
+    """p50/p95/p99 of event-posted -> provider-request latency, in milliseconds."""
+    lat = [(t - scenario.posted_at[i]) * 1000 for i, t in got.items() if i in scenario.posted_at]
+    return [
+        Figure("e2e", f"{label} latency p{p}", percentile(lat, p), "ms", note) for p in (50, 95, 99)
+    ]
+
+
+async def bench(env: BenchEnv) -> list[Figure]:
+    """Steady 200 events/s and saturation, one customer and one SMS per event."""
+    n_steady = env.n(2_000)
+    n_sat = env.n(3_000)
+    ns = await env.namespace(partitions=6)
+    stack = await asyncio.to_thread(start_stack, env, ns, "bench-e2e")
+    figures: list[Figure] = []
+    try:
+        # Everyone consented (no suppression here); each event is a new case of one of
+        # CUSTOMERS customers, so setup stays small while every event asks for its own SMS.
+        scenario = Scenario(
+            stack,
+            size=n_steady + n_sat,
+            api_key=API_KEY,
+            suppress_every=0,
+            customers=CUSTOMERS,
+        )
+        t0 = time.monotonic()
+        await scenario.seed(concurrency=8)
+        await scenario.wait_views()
+        seed_s = time.monotonic() - t0
+        figures.append(
+            Figure(
+                "e2e",
+                "setup: contacts created and in the dispatcher's view",
+                scenario.n_customers / seed_s,
+                "contacts/s",
+            )
+        )
+
+        steady = range(n_steady)
+        t0 = time.time()
+        await scenario.post_events(steady, rate=STEADY_RATE, batch=1, concurrency=16)
+        got = await arrivals(scenario, steady, within=300)
+        took = max(got.values(), default=t0) - t0
+        note = f"{n_steady:,} events offered at {STEADY_RATE:g}/s, 1 per request"
+        figures.append(Figure("e2e", "steady: SMS delivered", len(got), "count", note))
+        figures.append(Figure("e2e", "steady: throughput", len(got) / max(took, 1e-9), "SMS/s"))
+        figures += latency_figures("steady 200/s:", scenario, got, note)
+
+        sat = range(n_steady, scenario.size)
+        t0 = time.time()
+        await scenario.post_events(sat, rate=None, batch=100, concurrency=4)
+        accepted_s = time.time() - t0
+        got = await arrivals(scenario, sat, within=900)
+        took = max(got.values(), default=t0) - t0
+        rate = len(got) / max(took, 1e-9)
+        note = f"{n_sat:,} events posted as fast as ingest accepts (batches of 100, 4 posters)"
+        figures.append(Figure("e2e", "saturation: SMS delivered", len(got), "count", note))
+        figures.append(Figure("e2e", "saturation: ingest accepted", n_sat / accepted_s, "ev/s"))
+        figures.append(Figure("e2e", "saturation: throughput (event->SMS)", rate, "SMS/s"))
+        figures += latency_figures("saturation:", scenario, got, note)
+        raw = next((f.value for f in env.figures if f.name == RAW_HOP), None)
+        if raw:
+            figures.append(
+                Figure(
+                    "e2e",
+                    "saturation throughput / raw single hop",
+                    100 * rate / raw,
+                    "%",
+                    f"{100 * rate / raw:.4f}% of raw single hop {raw:,.0f} msg/s "
+                    "(bench_00_broker, same run); "
+                    "pipeline: ingest -> scheduler -> dispatcher -> sms-sender -> provider",
+                )
+            )
+    finally:
+        await asyncio.to_thread(stack.stop)
+    return figures

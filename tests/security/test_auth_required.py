@@ -1,0 +1,113 @@
+"""Every non-public endpoint of every service refuses a missing key (401) and a key without
+the scope it needs (403), answering problem+json. The endpoints come from the OpenAPI documents
+in schemas/openapi/, so an endpoint added later is checked without touching this test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from security.conftest import NO_SCOPE_KEY
+
+from herald_devstack import Stack
+from support import READ_ONLY_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+OPENAPI = ROOT / "schemas" / "openapi"
+
+# Public by design, each for a stated reason; everything else must demand a key.
+PUBLIC_PREFIXES = (
+    "/healthz",  # probes
+    "/readyz",
+    "/metrics",  # scraped inside the cluster
+    "/webhooks/",  # providers' callbacks: authenticated by their signatures instead
+    "/2010-04-01/",  # the sandbox's fake Twilio: Twilio's own Basic auth, checked below
+    "/sandbox/",  # the sandbox's capture API and page: development only, never deployed
+    "/docs",
+    "/openapi.json",
+)
+
+
+def operations() -> list[tuple[str, str, str, bool]]:
+    """(service, method, path, public) for every operation in the OpenAPI documents."""
+    ops = []
+    for doc_path in sorted(OPENAPI.glob("*.json")):
+        doc: dict[str, Any] = json.loads(doc_path.read_text())
+        for path, methods in doc["paths"].items():
+            for method in methods:
+                if method in ("get", "post", "put", "patch", "delete"):
+                    public = path.startswith(PUBLIC_PREFIXES)
+                    ops.append((doc_path.stem, method.upper(), path, public))
+    return ops
+
+
+def concrete(path: str) -> str:
+    """A path with every parameter filled in."""
+    return re.sub(r"\{[^}]+\}", "x-1", path)
+
+
+def is_problem(r: httpx.Response) -> bool:
+    """An RFC 9457 problem document."""
+    return r.headers.get("content-type", "").startswith("application/problem+json") and (
+        "title" in r.json() and "status" in r.json()
+    )
+
+
+def test_the_endpoint_list_is_not_empty() -> None:
+    """The checks below are only as good as the list they walk."""
+    protected = [op for op in operations() if not op[3]]
+    assert len(protected) >= 10, protected
+    services = {op[0] for op in protected}
+    assert {"preferences", "ingest", "scheduler", "dispatcher"} <= services
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+async def test_every_protected_endpoint_refuses_missing_and_unscoped_keys(
+    keyed_stack: Stack,
+) -> None:
+    failures: list[str] = []
+    checked = 0
+    async with httpx.AsyncClient(timeout=20) as http:
+        for service, method, path, public in operations():
+            if public:
+                continue
+            url = keyed_stack.url(service) + concrete(path)
+            # A valid JSON body, so that no parser answers before the key is checked.
+            body = {} if method in ("POST", "PUT", "PATCH") else None
+            for label, headers, expected in (
+                ("no key", {}, 401),
+                ("wrong key", {"Authorization": "Bearer not-a-key"}, 401),
+                ("key without scopes", {"Authorization": f"Bearer {NO_SCOPE_KEY}"}, 403),
+            ):
+                r = await http.request(method, url, json=body, headers=headers)
+                checked += 1
+                if r.status_code != expected or not is_problem(r):
+                    failures.append(f"{method} {service}{path} [{label}] -> {r.status_code}")
+            if method != "GET":
+                # A read-only key must not write.
+                r = await http.request(
+                    method, url, json=body, headers={"Authorization": f"Bearer {READ_ONLY_KEY}"}
+                )
+                checked += 1
+                if r.status_code != 403 or not is_problem(r):
+                    failures.append(f"{method} {service}{path} [read-only key] -> {r.status_code}")
+    assert checked > 30
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+async def test_sandbox_messages_resource_demands_twilio_credentials(keyed_stack: Stack) -> None:
+    url = f"{keyed_stack.url('sandbox')}/2010-04-01/Accounts/AC0/Messages.json"
+    async with httpx.AsyncClient(timeout=20) as http:
+        r = await http.post(url, data={"To": "+12015550100", "From": "+1", "Body": "x"})
+        assert r.status_code == 401
+        r = await http.post(
+            url, data={"To": "+12015550100", "From": "+1", "Body": "x"}, auth=("AC0", "wrong")
+        )
+        assert r.status_code == 401
