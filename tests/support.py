@@ -75,3 +75,38 @@ def unique_phone() -> str:
     import uuid
 
     return f"+1201555{uuid.uuid4().int % 10_000:04d}"
+
+
+def daytime_zone() -> str:
+    """An IANA zone where it is now between 10:00 and 18:00, so legal calling windows allow a
+    send whenever the suite runs."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    zones = (
+        "Pacific/Honolulu",
+        "America/Anchorage",
+        "America/Los_Angeles",
+        "America/Denver",
+        "America/Chicago",
+        "America/New_York",
+        "America/Sao_Paulo",
+        "Atlantic/Azores",
+        "Europe/London",
+        "Europe/Berlin",
+        "Europe/Athens",
+        "Asia/Dubai",
+        "Asia/Karachi",
+        "Asia/Dhaka",
+        "Asia/Bangkok",
+        "Asia/Shanghai",
+        "Asia/Tokyo",
+        "Australia/Sydney",
+        "Pacific/Noumea",
+        "Pacific/Auckland",
+    )
+    now = datetime.now(UTC)
+    for name in zones:
+        if 10 <= now.astimezone(ZoneInfo(name)).hour < 18:
+            return name
+    raise AssertionError("no daytime zone found")  # the list spans every hour of the day

@@ -32,6 +32,7 @@ from pymongo import AsyncMongoClient
 from herald_contracts import ContactRequest, DeliveryStatus, Topics, dlq_topic
 from herald_devstack import Stack
 from herald_kit import DecodeError, decode
+from support import daytime_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fictional-range numbers in several valid US area codes: 10,000 customers per area code.
@@ -103,7 +104,7 @@ class Scenario:
             "ranking": ["sms"],
             "consents": {TOPIC: {"sms": self.consents(i)}},
             "locale": "en-GB",
-            "time_zone": "Europe/London",
+            "time_zone": daytime_zone(),
         }
 
     def event(self, i: int) -> dict[str, Any]:

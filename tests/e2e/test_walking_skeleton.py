@@ -8,7 +8,7 @@ import uuid
 import httpx
 
 from herald_devstack import Stack
-from support import TEST_KEY, eventually, unique_phone
+from support import TEST_KEY, daytime_zone, eventually, unique_phone
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
@@ -26,7 +26,7 @@ async def test_case_update_reaches_customer_by_sms_once(stack: Stack) -> None:
                 "ranking": ["sms", "email"],
                 "consents": {"service-updates": {"sms": True, "email": True}},
                 "locale": "en-GB",
-                "time_zone": "Europe/London",
+                "time_zone": daytime_zone(),
             },
         )
         assert r.status_code == 201, r.text

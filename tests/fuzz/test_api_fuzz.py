@@ -21,13 +21,6 @@ EXAMPLES = 15  # per operation and mode; CI-sized, raise locally to dig deeper
 # The sandbox's fake Twilio answers in Twilio's error format, as Twilio does.
 NOT_PROBLEM_JSON = ("/2010-04-01/",)
 SKIP = ("/metrics",)  # Prometheus text, no input
-# Known defects, reported to their owners; the test xfails while only these remain.
-KNOWN = {
-    # services/preferences/src/herald_preferences/api/contacts.py:58 puts customer_id into the
-    # Location header unquoted: a non-Latin-1 id raises UnicodeEncodeError after the contact
-    # was stored and published, so the caller sees 500 and a retry sees 409.
-    "POST preferences/v1/contacts -> 500": "non-Latin-1 customer_id in the Location header",
-}
 
 
 def _operations() -> list[tuple[str, Any]]:
@@ -84,8 +77,4 @@ def test_no_server_errors_and_problem_json_on_every_client_error(fuzz_stack: Sta
             except Exception as exc:  # an example that could not be generated or sent
                 failures.append(f"{op.method.upper()} {service}{op.path}: {exc!r}"[:300])
     assert len(calls) > 100, failures[:5]
-    known = [f for f in failures if f.startswith(tuple(KNOWN))]
-    failures = [f for f in failures if not f.startswith(tuple(KNOWN))]
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(sorted(set(failures))[:40])
-    if known:
-        pytest.xfail(f"known defects only: {sorted(set(known))[:3]}")

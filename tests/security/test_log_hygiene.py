@@ -111,15 +111,9 @@ async def test_service_logs_hold_no_personal_data_or_secrets(
     lines = sum(len(p.read_text(errors="replace").splitlines()) for p in logs)
     assert logs and lines > 50, "no logs to scan"
     findings = scan(logs)
-    # Known defect, reported: the kit's masking (herald_kit/_logging.py) does not recognise
-    # URL-encoded '+' and '@', so a path like /v1/contacts/%2B1201... survives in access logs.
-    encoded = [f for f in findings if "URL-encoded" in f]
-    findings = [f for f in findings if "URL-encoded" not in f]
     assert not findings, f"{len(findings)} findings in {len(logs)} logs:\n" + "\n".join(
         findings[:40]
     )
-    if encoded:
-        pytest.xfail(f"URL-encoded personal data in access logs: {encoded[:3]}")
 
 
 def _sms(stack: Stack) -> list[object]:

@@ -23,6 +23,11 @@ def test_masks_email_phone_and_secrets() -> None:
     assert "<email>" in out and "<phone>" in out
 
 
+def test_masks_url_encoded_phone_and_email() -> None:
+    out = mask("GET /v1/contacts/%2B12015550199 and ?to=%2b447700900123&e=ada%40example.com")
+    assert "2015550199" not in out and "7700900123" not in out and "ada" not in out
+
+
 def test_keeps_ordinary_numbers_and_ids() -> None:
     assert mask("case-1234 version 12 took 250 ms") == "case-1234 version 12 took 250 ms"
 

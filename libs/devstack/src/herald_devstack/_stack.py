@@ -113,6 +113,9 @@ class Stack:
             env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
             env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
             env[f"{p}SMTP_PORT"] = str(self.smtp_port())
+        if spec.name == "dispatcher":
+            env[f"{p}STATUS_URL"] = f"{self.url('ingest')}/s/{{token}}"
+            env[f"{p}PREFERENCES_URL"] = f"{self.url('preferences')}/p/{{token}}"
         if spec.name == "email-sender":
             # The sandbox's SMTP sink speaks plain SMTP on localhost.
             env[f"{p}SMTP_HOST"] = "127.0.0.1"

@@ -22,8 +22,15 @@ _BEARER = re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+_ENCODED = re.compile(r"%(2[Bb]|40)")
+
+
 def mask(text: str) -> str:
-    """Replace email addresses, phone numbers and secrets with placeholders."""
+    """Replace email addresses, phone numbers and secrets with placeholders.
+
+    URL-encoded '+' and '@' (paths and query strings) are decoded first so they mask too.
+    """
+    text = _ENCODED.sub(lambda m: "+" if m.group(1).lower() == "2b" else "@", text)
     text = _SECRET.sub(r"\1***", text)
     text = _BEARER.sub(r"\1 ***", text)
     text = _EMAIL.sub("<email>", text)

@@ -21,14 +21,21 @@ class Views:
         self.cases = db["view_cases"]
 
     async def _upsert_newer(self, coll: Any, key: str, version: int, body: Doc) -> None:
-        try:
-            await coll.update_one(
-                {"_id": key, "version": {"$lt": version}},
-                {"$set": {"version": version, "body": body}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            pass  # we already hold this version or a newer one
+        # Filters on _id alone: FerretDB v1 scans the collection when an update's filter has
+        # any other field. One consumer owns each key's partition, so read-then-write is safe;
+        # the version check still keeps a redelivered older snapshot from winning.
+        for _ in range(3):
+            current = await coll.find_one({"_id": key}, {"version": 1})
+            if current is not None and current.get("version", 0) >= version:
+                return
+            if current is None:
+                try:
+                    await coll.insert_one({"_id": key, "version": version, "body": body})
+                    return
+                except DuplicateKeyError:
+                    continue
+            await coll.replace_one({"_id": key}, {"version": version, "body": body})
+            return
 
     async def put_contact(self, prefs: ContactPreferences) -> None:
         """Keep a snapshot unless a newer one is held."""

@@ -10,7 +10,7 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
-from jinja2 import StrictUndefined, TemplateError, pass_context
+from jinja2 import StrictUndefined, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -65,8 +65,30 @@ def _f_number(ctx: Context, value: Any) -> str:
     return babel_numbers.format_decimal(value, locale=ctx[LOCALE_VAR])
 
 
+# Bounds on what one operator-written template may build: a message is at most this long.
+MAX_OUTPUT_CHARS = 100_000
+MAX_POWER = 1_000
+
+
+class BoundedSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, plus limits on `*` and `**` so a template cannot exhaust memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """Refuse repetitions and powers whose result would be unreasonably large."""
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    if len(seq) * times > MAX_OUTPUT_CHARS:
+                        raise RenderError("template builds a value over the size limit")
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
+            raise RenderError("template raises a number to an unreasonable power")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment(*, autoescape: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined)
+    env = BoundedSandbox(autoescape=autoescape, undefined=StrictUndefined)
     env.filters.update(datetime=_f_datetime, date=_f_date, time=_f_time, number=_f_number)
     return env
 
@@ -145,11 +167,14 @@ def render(
     env = _HTML_ENV if html else _ENV
     try:
         template = env.from_string(text)
-        return template.render(
-            **variables, **{LOCALE_VAR: babel_locale(locale), TZ_VAR: tz}
-        ).strip()
+        out = template.render(**variables, **{LOCALE_VAR: babel_locale(locale), TZ_VAR: tz})
     except RenderError:
         raise
-    except (TemplateError, TypeError, ValueError, AttributeError, KeyError, LookupError) as exc:
+    except (MemoryError, RecursionError) as exc:
+        raise RenderError(f"{type(exc).__name__}: template too expensive") from exc
+    except Exception as exc:
         # Operators write templates; any failure of theirs is a recorded decision, not a crash.
         raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+    if len(out) > MAX_OUTPUT_CHARS:
+        raise RenderError("rendered message is over the size limit")
+    return out.strip()

@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
@@ -228,7 +229,9 @@ async def create_contact(
         claim = await outbox.intend(body.customer_id)
         await repo.create(doc)
         await outbox.try_flush(body.customer_id, claim)
-        return _contact_response(doc, 201, Location=f"/v1/contacts/{body.customer_id}")
+        return _contact_response(
+            doc, 201, Location=f"/v1/contacts/{quote(body.customer_id, safe='')}"
+        )
 
     return await idempotent(request, who, idempotency_key, run, customer_id=body.customer_id)
 

@@ -64,6 +64,9 @@ def template_problems(text: str) -> list[str]:
     except TemplateSyntaxError as exc:
         return [f"template does not compile: {exc.message}"]
     problems: list[str] = []
+    # Messages are self-contained: the dispatcher has no template loader.
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        problems.append(f"'{type(node).__name__.lower()}' is not allowed in a message template")
     # Names bound inside the template ({% set %}, loop targets) are the template's own, and
     # the engine's globals (range, loop, ...) are always there.
     local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
