@@ -9,6 +9,7 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
+from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
     Conflict,
@@ -41,6 +42,7 @@ from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
+    "ConcurrentConsumerLoop",
     "Conflict",
     "ConsumerLoop",
     "DecodeError",

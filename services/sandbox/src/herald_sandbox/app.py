@@ -7,7 +7,7 @@ import asyncio
 from fastapi import FastAPI
 
 from herald_kit import Runtime, build_app
-from herald_sandbox.api import outbox, twilio
+from herald_sandbox.api import outbox, twilio, twilio_control
 from herald_sandbox.config import Settings
 from herald_sandbox.domain.store import Outbox
 
@@ -21,8 +21,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime,
         title="Herald sandbox",
         description="Stand-in for Twilio and an SMTP relay in development and tests.",
-        routers=[twilio.router, outbox.router],
+        routers=[twilio.router, twilio_control.router, outbox.router],
     )
     app.state.outbox = Outbox()
     app.state.tasks = set[asyncio.Task[None]]()
+    twilio.install(app, runtime, settings)
     return app

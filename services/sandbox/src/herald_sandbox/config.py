@@ -15,3 +15,7 @@ class Settings(ServiceSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
     callback_delay_seconds: float = 0.05
+    # Twilio side (runtime-changeable through POST /sandbox/api/twilio/behaviour).
+    twilio_rate_per_number: float = 0.0
+    twilio_sms_webhook_url: str = ""
+    twilio_callbacks: bool = True
