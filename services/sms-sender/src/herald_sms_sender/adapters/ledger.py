@@ -1,10 +1,11 @@
-"""The send ledger: 'sending' before the provider call, 'sent' with its id after."""
+"""The send ledger: 'sending' before the provider call, 'sent' with its id after; opt-outs."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_kit import Doc, insert_if_absent
@@ -15,25 +16,30 @@ class Ledger:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.rows = db["send_ledger"]
+        self.opt_outs = db["opt_outs"]
 
     async def ensure_indexes(self) -> None:
-        """Callbacks look rows up by the provider's id."""
+        """Callbacks look rows up by the provider's id; replies by the number they came from."""
         await self.rows.create_index("provider_id", sparse=True)
+        await self.rows.create_index([("number_key", 1), ("at", DESCENDING)])
 
-    async def claim(self, message_id: str, *, now: datetime) -> tuple[bool, Doc | None]:
+    async def claim(
+        self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None
+    ) -> tuple[bool, Doc | None]:
         """(True, None) when this caller may send; (False, row) when the row forbids it.
 
         A row in 'retry' (the provider refused with a retryable answer, so nothing went out)
         may be claimed again.
         """
-        if await insert_if_absent(self.rows, {"_id": message_id, "status": "sending", "at": now}):
+        row = {"_id": message_id, "status": "sending", "at": now, **(meta or {})}
+        if await insert_if_absent(self.rows, row):
             return True, None
-        row = await self.rows.find_one_and_update(
+        claimed = await self.rows.find_one_and_update(
             {"_id": message_id, "status": "retry"},
             {"$set": {"status": "sending", "at": now}},
             return_document=ReturnDocument.AFTER,
         )
-        if row is not None:
+        if claimed is not None:
             return True, None
         return False, await self.rows.find_one({"_id": message_id})
 
@@ -41,6 +47,37 @@ class Ledger:
         """Record a status (and provider id, error code...)."""
         await self.rows.update_one({"_id": message_id}, {"$set": {"status": status, **fields}})
 
+    async def get(self, message_id: str) -> Doc | None:
+        """A row by message id."""
+        return await self.rows.find_one({"_id": message_id})
+
     async def by_provider_id(self, provider_id: str) -> Doc | None:
         """The row of a provider's message id."""
         return await self.rows.find_one({"provider_id": provider_id})
+
+    async def last_to(self, number_key: str) -> Doc | None:
+        """The latest message sent to a number: what an inbound reply most likely answers."""
+        return await self.rows.find_one(
+            {"number_key": number_key, "status": {"$in": ["sent", "delivered"]}},
+            sort=[("at", DESCENDING)],
+        )
+
+    async def set_delivery(self, row_id: str, delivery: str, error_code: str | None) -> bool:
+        """Record the delivery outcome once; False when it was already recorded (a repeat)."""
+        result = await self.rows.update_one(
+            {"_id": row_id, "delivery": {"$ne": delivery}},
+            {"$set": {"delivery": delivery, "delivery_error": error_code}},
+        )
+        return result.modified_count == 1
+
+    async def opt_out(self, number_key: str, *, at: datetime) -> None:
+        """The number texted STOP: nothing more is sent to it."""
+        await self.opt_outs.update_one({"_id": number_key}, {"$set": {"at": at}}, upsert=True)
+
+    async def opt_in(self, number_key: str) -> None:
+        """The number texted START."""
+        await self.opt_outs.delete_one({"_id": number_key})
+
+    async def is_opted_out(self, number_key: str) -> bool:
+        """True when the number texted STOP and not START since."""
+        return await self.opt_outs.find_one({"_id": number_key}) is not None
