@@ -33,6 +33,7 @@ from herald_kit._kafka import (
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
+from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
 from herald_kit._serve import serve
 from herald_kit._service import Runtime, build_app
@@ -42,6 +43,7 @@ from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
+    "CircuitBreaker",
     "ConcurrentConsumerLoop",
     "Conflict",
     "ConsumerLoop",
@@ -59,6 +61,7 @@ __all__ = [
     "LinkSigner",
     "MalformedRequest",
     "NotFound",
+    "Pacer",
     "PermanentError",
     "PreconditionFailed",
     "Principal",
@@ -68,6 +71,7 @@ __all__ = [
     "TraceContext",
     "Unauthenticated",
     "all_topics",
+    "backoff",
     "build_app",
     "configure_logging",
     "create_client",

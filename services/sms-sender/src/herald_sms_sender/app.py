@@ -6,12 +6,11 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from herald_contracts import OutboundSms, Topics
-from herald_kit import ConcurrentConsumerLoop, Runtime, build_app, decode
+from herald_kit import CircuitBreaker, ConcurrentConsumerLoop, Pacer, Runtime, build_app, decode
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import SmsProvider, TwilioSms
 from herald_sms_sender.api import webhooks
 from herald_sms_sender.config import Settings
-from herald_sms_sender.domain.pacing import CircuitBreaker, Pacer
 from herald_sms_sender.replies import Replies
 from herald_sms_sender.sending import RetryPolicy, SmsSending
 

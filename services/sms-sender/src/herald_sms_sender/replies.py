@@ -53,6 +53,7 @@ class Replies:
                 message_id=row["_id"],
                 case_id=row.get("case_id"),
                 at=now,
+                callback_number=from_ if intent == "callback" else None,
             )
             await self.producer.publish(
                 ENGAGEMENT_REPLY,

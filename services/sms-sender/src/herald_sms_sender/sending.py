@@ -12,7 +12,7 @@ from urllib.parse import quote
 from prometheus_client import Counter
 
 from herald_contracts import DELIVERY_STATUS, DeliveryState, DeliveryStatus, OutboundSms, utc_now
-from herald_kit import EventProducer
+from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
     ProviderBusy,
@@ -21,7 +21,6 @@ from herald_sms_sender.adapters.provider import (
     SmsProvider,
 )
 from herald_sms_sender.domain.keywords import number_key
-from herald_sms_sender.domain.pacing import CircuitBreaker, Pacer, backoff
 
 log = logging.getLogger("herald.sms")
 
