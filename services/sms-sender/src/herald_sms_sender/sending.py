@@ -131,7 +131,12 @@ class SmsSending:
         if not may_send:
             assert row is not None
             if row["status"] == "sending":
-                # A crash between the provider call and the ledger update: never resend blindly.
+                # A crash between the claim and the ledger update: ask the provider whether it
+                # took the message; if it cannot say, report 'unknown' and never resend blindly.
+                found = await self._reconcile(msg, since=row.get("sending_at") or row["at"])
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(msg.message_id, "unknown")
                 await self.publish(ref, "unknown", reason="found in 'sending' after a restart")
             return
@@ -153,6 +158,7 @@ class SmsSending:
                     break
                 continue
             await self.pacer.acquire(self.identity)
+            await self.ledger.sending(msg.message_id, now=utc_now())
             try:
                 sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
             except ProviderRejected as exc:

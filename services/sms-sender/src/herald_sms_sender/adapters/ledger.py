@@ -28,20 +28,27 @@ class Ledger:
     ) -> tuple[bool, Doc | None]:
         """(True, None) when this caller may send; (False, row) when the row forbids it.
 
-        A row in 'retry' (the provider refused with a retryable answer, so nothing went out)
-        may be claimed again.
+        A claimed row is 'queued' (nothing in flight) until `sending()` marks the provider call.
+        A row in 'queued' or 'retry' (the provider refused with a retryable answer, so nothing
+        went out) may be claimed again, e.g. after a crash while waiting for the pacer.
         """
-        row = {"_id": message_id, "status": "sending", "at": now, **(meta or {})}
+        row = {"_id": message_id, "status": "queued", "at": now, **(meta or {})}
         if await insert_if_absent(self.rows, row):
             return True, None
         claimed = await self.rows.find_one_and_update(
-            {"_id": message_id, "status": "retry"},
-            {"$set": {"status": "sending", "at": now}},
+            {"_id": message_id, "status": {"$in": ["retry", "queued"]}},
+            {"$set": {"status": "queued", "at": now}},
             return_document=ReturnDocument.AFTER,
         )
         if claimed is not None:
             return True, None
         return False, await self.rows.find_one({"_id": message_id})
+
+    async def sending(self, message_id: str, *, now: datetime) -> None:
+        """The provider call is about to be made: from here a crash leaves the outcome unknown."""
+        await self.rows.update_one(
+            {"_id": message_id}, {"$set": {"status": "sending", "sending_at": now}}
+        )
 
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """Record a status (and provider id, error code...)."""

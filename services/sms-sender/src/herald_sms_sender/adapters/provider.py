@@ -74,6 +74,9 @@ class _HeaderKeepingClient(AsyncTwilioHttpClient):  # type: ignore[misc]
             # aiohttp deprecates BasicAuth objects; the header is the same bytes on the wire.
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {token}"}
+        # twilio's async client drops its own timeout (aiohttp would wait 5 minutes): apply it.
+        if kwargs.get("timeout") is None and self.timeout:
+            kwargs["timeout"] = float(self.timeout)  # aiohttp makes it ClientTimeout(total=...)
         try:
             response: Response = await super().request(*args, **kwargs)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -114,6 +117,7 @@ class TwilioSms:
         timeout: float = 10.0,
     ) -> None:
         self._http = _HeaderKeepingClient(timeout=timeout)
+        self._timeout = timeout
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             self._client.api.base_url = base_url.rstrip("/")
@@ -136,7 +140,12 @@ class TwilioSms:
             kwargs["status_callback"] = status_callback
         _last_headers.set(None)
         try:
-            msg = await self._client.messages.create_async(**kwargs)
+            # A hard bound even if the HTTP layer's own timeout does not fire.
+            msg = await asyncio.wait_for(
+                self._client.messages.create_async(**kwargs), self._timeout + 1
+            )
+        except TimeoutError as exc:
+            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
         except TwilioRestException as exc:
             code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -64,6 +65,9 @@ class _Client(AsyncTwilioHttpClient):  # type: ignore[misc]
             # aiohttp deprecates BasicAuth objects; the header is the same bytes on the wire.
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {token}"}
+        # twilio's async client drops its own timeout (aiohttp would wait 5 minutes): apply it.
+        if kwargs.get("timeout") is None and self.timeout:
+            kwargs["timeout"] = float(self.timeout)  # aiohttp makes it ClientTimeout(total=...)
         try:
             response: Response = await super().request(*args, **kwargs)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -97,6 +101,7 @@ class TwilioVoice:
         timeout: float = 10.0,
     ) -> None:
         self._http = _Client(timeout=timeout)
+        self._timeout = timeout
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             self._client.api.base_url = base_url.rstrip("/")
@@ -118,7 +123,12 @@ class TwilioVoice:
         if machine_detection:
             kwargs["machine_detection"] = "Enable"
         try:
-            call = await self._client.calls.create_async(**kwargs)
+            # A hard bound even if the HTTP layer's own timeout does not fire.
+            call = await asyncio.wait_for(
+                self._client.calls.create_async(**kwargs), self._timeout + 1
+            )
+        except TimeoutError as exc:
+            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
         except TwilioRestException as exc:
             code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:
