@@ -103,7 +103,7 @@ async def test_killed_mid_batch_then_restarted_sends_each_message_once(
                 )
 
             try:
-                await eventually(all_final, within=60, interval=0.5)
+                await eventually(all_final, within=40, interval=0.5)
                 settled = True
             except AssertionError:
                 settled = False

@@ -61,7 +61,9 @@ class Pacer:
         """The provider said 429 / Retry-After: no slot for this identity before then."""
         now = self._clock()
         s = self._ids.setdefault(identity, _Schedule(tat=now))
-        s.tat = max(s.tat, now + seconds)
+        # GCRA lets `burst - 1` slots go early; a Retry-After allows none before its time.
+        early = (self.burst - 1) / self.rate if self.rate > 0 else 0.0
+        s.tat = max(s.tat, now + seconds + early)
         s.hold_until = max(s.hold_until, now + seconds)
 
 
