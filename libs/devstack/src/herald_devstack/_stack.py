@@ -107,6 +107,7 @@ class Stack:
         if spec.name == "sandbox":
             env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
             env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
+            env[f"{p}TWILIO_SMS_WEBHOOK_URL"] = f"{self.url('sms-sender')}/webhooks/twilio/inbound"
         for key, value in cfg.extra_env.items():
             if key.startswith(p) or not key.startswith("HERALD_"):
                 env[key] = value
