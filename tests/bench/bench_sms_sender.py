@@ -115,8 +115,8 @@ async def bench(env: BenchEnv) -> list[Figure]:
             NAME, "SMS/s, one sender process, pacing off", rate, "msg/s", f"n={n}, target >= 500"
         )
     ]
-    configured = 100.0
-    m = env.n(1500)
+    configured = 10.0  # below what this shared machine can push, so pacing is what is measured
+    m = env.n(600)
     achieved, rejected = await _run(
         env,
         m,
