@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from pymongo import AsyncMongoClient
 from twilio_support import (
     SANDBOX_SID,
@@ -103,7 +102,7 @@ async def test_killed_mid_batch_then_restarted_sends_each_message_once(
                 )
 
             try:
-                await eventually(all_final, within=40, interval=0.5)
+                await eventually(all_final, within=60, interval=0.5)
                 settled = True
             except AssertionError:
                 settled = False
@@ -120,12 +119,11 @@ async def test_killed_mid_batch_then_restarted_sends_each_message_once(
                 assert got[m.body] == 1
                 assert row["provider_id"].startswith("SM")
             elif row["status"] == "sending":
-                assert not settled and got[m.body] <= 1
+                assert got[m.body] <= 1
             else:
                 # Cut off before the provider saw it: reported, never silently dropped or resent.
                 assert row["status"] == "unknown" and got[m.body] == 0
-        if not settled:
-            pytest.xfail(f"known open issue: {len(stuck)} message(s) left in 'sending'")
+        assert settled, f"{len(stuck)} message(s) left in 'sending'"
         await eventually(
             lambda: (
                 {s.message_id for s in statuses.items if s.status in ("sent", "unknown")}
