@@ -353,6 +353,10 @@ class EngagementReply(_Body):
     case_id: Id | None = None
     topic: Topic | None = None
     at: AwareDatetime
+    callback_number: str | None = Field(
+        default=None,
+        description="E.164 number to call back, set on a 'callback' reply from a phone channel.",
+    )
 
 
 class TimerRequest(_Body):

@@ -10,6 +10,7 @@ from herald_kit._auth import (
     require_scopes,
 )
 from herald_kit._batch import BatchConsumerLoop
+from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
     Conflict,
@@ -34,6 +35,7 @@ from herald_kit._ledger import SendLedger
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
+from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
 from herald_kit._serve import serve
 from herald_kit._service import Runtime, build_app
@@ -44,6 +46,8 @@ __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
     "BatchConsumerLoop",
+    "CircuitBreaker",
+    "ConcurrentConsumerLoop",
     "Conflict",
     "ConsumerLoop",
     "DecodeError",
@@ -60,6 +64,7 @@ __all__ = [
     "LinkSigner",
     "MalformedRequest",
     "NotFound",
+    "Pacer",
     "PermanentError",
     "PreconditionFailed",
     "Principal",
@@ -70,6 +75,7 @@ __all__ = [
     "TraceContext",
     "Unauthenticated",
     "all_topics",
+    "backoff",
     "build_app",
     "configure_logging",
     "create_client",

@@ -16,3 +16,7 @@ class Settings(ServiceSettings):
     twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
     callback_delay_seconds: float = 0.05
     smtp_port: int = Field(default=2525, ge=0, le=65535, description="SMTP sink; 0 picks one.")
+    # Twilio side (runtime-changeable through POST /sandbox/api/twilio/behaviour).
+    twilio_rate_per_number: float = 0.0
+    twilio_sms_webhook_url: str = ""
+    twilio_callbacks: bool = True

@@ -6,11 +6,13 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from herald_contracts import OutboundSms, Topics
-from herald_kit import Runtime, build_app, decode
+from herald_kit import CircuitBreaker, ConcurrentConsumerLoop, Pacer, Runtime, build_app, decode
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import SmsProvider, TwilioSms
+from herald_sms_sender.api import webhooks
 from herald_sms_sender.config import Settings
-from herald_sms_sender.sending import SmsSending
+from herald_sms_sender.replies import Replies
+from herald_sms_sender.sending import RetryPolicy, SmsSending
 
 
 def create_app(settings: Settings | None = None, provider: SmsProvider | None = None) -> FastAPI:
@@ -22,7 +24,9 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
         runtime,
         title="Herald sms-sender",
         description="Sends SMS through Twilio; status callbacks and inbound replies.",
+        routers=[webhooks.router],
     )
+    identity = settings.messaging_service_sid or settings.from_number
 
     @runtime.on_start
     async def _wire() -> None:
@@ -34,6 +38,7 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
             from_number=settings.from_number,
             messaging_service_sid=settings.messaging_service_sid,
             base_url=settings.twilio_base_url,
+            timeout=settings.twilio_timeout_seconds,
         )
         app.state.provider = client
         app.state.sending = SmsSending(
@@ -41,6 +46,24 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
             client,
             runtime.producer,
             callback_url=f"{settings.base_url()}/webhooks/twilio/status",
+            identity=identity,
+            pacer=Pacer(settings.rate_per_second, settings.rate_burst),
+            breaker=CircuitBreaker(
+                threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
+            ),
+            retry=RetryPolicy(
+                attempts=settings.send_attempts,
+                base_seconds=settings.send_backoff_seconds,
+                cap_seconds=settings.send_backoff_cap_seconds,
+            ),
+        )
+        app.state.replies = Replies(
+            ledger,
+            runtime.producer,
+            keywords=settings.reply_keywords,
+            help_answer=settings.help_text.format(
+                brand=settings.brand, contact=settings.help_contact
+            ),
         )
 
     @runtime.on_stop
@@ -50,5 +73,16 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
     async def on_message(record: ConsumerRecord[bytes, bytes]) -> None:
         await app.state.sending.send(decode(record, OutboundSms).data)
 
-    runtime.consume("sms-sender", [Topics.OUTBOUND_SMS], on_message)
+    # Sends wait on the provider, so a batch is handled concurrently (per customer in order).
+    runtime.consumers.append(
+        ConcurrentConsumerLoop(
+            settings,
+            runtime.producer,
+            "sms-sender",
+            [Topics.OUTBOUND_SMS],
+            on_message,
+            batch=settings.consumer_batch,
+            concurrency=settings.concurrency,
+        )
+    )
     return app

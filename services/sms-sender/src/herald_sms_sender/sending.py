@@ -1,46 +1,93 @@
-"""Send one outbound SMS exactly once, and report every status."""
+"""Send one outbound SMS at most once, paced, retried within bounds, and report every status."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from prometheus_client import Counter
 
 from herald_contracts import DELIVERY_STATUS, DeliveryState, DeliveryStatus, OutboundSms, utc_now
-from herald_kit import EventProducer, RetryableError
+from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
 from herald_sms_sender.adapters.ledger import Ledger
-from herald_sms_sender.adapters.provider import ProviderRejected, SmsProvider
+from herald_sms_sender.adapters.provider import (
+    ProviderBusy,
+    ProviderRejected,
+    ProviderTimeout,
+    SmsProvider,
+)
+from herald_sms_sender.domain.keywords import number_key
 
 log = logging.getLogger("herald.sms")
 
+PROVIDER_REQUESTS = Counter(
+    "herald_provider_requests_total",
+    "Requests to an outside provider, by outcome and provider code.",
+    ["provider", "outcome", "code"],
+)
+SEND_OUTCOMES = Counter(
+    "herald_send_outcomes_total",
+    "Final outcome of each message a sender handled.",
+    ["channel", "status"],
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a retryable provider failure is retried."""
+
+    attempts: int = 6
+    base_seconds: float = 0.5
+    cap_seconds: float = 30.0
+
 
 class SmsSending:
-    """Ledger, provider and status publication together."""
+    """Ledger, pacer, breaker, provider and status publication together."""
 
     def __init__(
-        self, ledger: Ledger, provider: SmsProvider, producer: EventProducer, *, callback_url: str
+        self,
+        ledger: Ledger,
+        provider: SmsProvider,
+        producer: EventProducer,
+        *,
+        callback_url: str,
+        identity: str = "default",
+        pacer: Pacer | None = None,
+        breaker: CircuitBreaker | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.ledger = ledger
         self.provider = provider
         self.producer = producer
         self.callback_url = callback_url
+        self.identity = identity
+        self.pacer = pacer or Pacer(0)
+        self.breaker = breaker or CircuitBreaker()
+        self.retry = retry or RetryPolicy()
 
-    async def status(
+    async def publish(
         self,
-        msg: OutboundSms,
+        ref: dict[str, Any],
         status: DeliveryState,
         *,
         provider_id: str | None = None,
         error_code: str | None = None,
         reason: str | None = None,
     ) -> None:
-        """Publish a delivery status of a message."""
+        """Publish a delivery status; its event id makes a repeat recognisable downstream."""
+        SEND_OUTCOMES.labels("sms", status).inc()
         await self.producer.publish(
             DELIVERY_STATUS,
             DeliveryStatus(
-                message_id=msg.message_id,
-                request_id=msg.request_id,
-                campaign_id=msg.campaign_id,
-                customer_id=msg.customer_id,
-                case_id=msg.case_id,
+                message_id=ref["message_id"],
+                request_id=ref["request_id"],
+                campaign_id=ref["campaign_id"],
+                customer_id=ref["customer_id"],
+                case_id=ref.get("case_id"),
                 channel="sms",
                 status=status,
                 provider_id=provider_id,
@@ -48,36 +95,131 @@ class SmsSending:
                 reason=reason,
                 at=utc_now(),
             ),
-            key=msg.customer_id,
-            event_id=f"{msg.message_id}:{status}",
-            subject=msg.case_id,
+            key=ref["customer_id"],
+            event_id=f"{ref['message_id']}:{status}",
+            subject=ref.get("case_id"),
         )
+
+    @staticmethod
+    def ref(msg: OutboundSms) -> dict[str, Any]:
+        """What the ledger keeps of a message to report on it later (no phone number)."""
+        return {
+            "message_id": msg.message_id,
+            "request_id": msg.request_id,
+            "campaign_id": msg.campaign_id,
+            "customer_id": msg.customer_id,
+            "case_id": msg.case_id,
+        }
+
+    async def fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
+        """Record and report a final failure."""
+        await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
+        await self.publish(ref, "failed", error_code=code, reason=reason)
 
     async def send(self, msg: OutboundSms) -> None:
         """Send unless the ledger says it was sent or may have been."""
         now = utc_now()
+        ref = self.ref(msg)
         if msg.expires_at is not None and msg.expires_at <= now:
-            await self.ledger.set(msg.message_id, "failed", error_code="expired")
-            await self.status(msg, "failed", error_code="expired", reason="expired before send")
+            await self.ledger.claim(msg.message_id, now=now, meta=ref)
+            await self.fail(ref, "expired", "expired before send")
             return
-        may_send, row = await self.ledger.claim(msg.message_id, now=now)
+        key = number_key(msg.to)
+        may_send, row = await self.ledger.claim(
+            msg.message_id, now=now, meta={**ref, "number_key": key}
+        )
         if not may_send:
             assert row is not None
             if row["status"] == "sending":
-                # A crash between the provider call and the ledger update: never resend blindly.
+                # A crash between the claim and the ledger update: ask the provider whether it
+                # took the message; if it cannot say, report 'unknown' and never resend blindly.
+                found = await self._reconcile(msg, since=row.get("sending_at") or row["at"])
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(msg.message_id, "unknown")
-                await self.status(msg, "unknown", reason="found in 'sending' after a restart")
+                await self.publish(ref, "unknown", reason="found in 'sending' after a restart")
             return
+        if await self.ledger.is_opted_out(key):
+            await self.fail(ref, "21610", "recipient texted STOP")
+            return
+        await self._attempts(msg, ref, claimed_at=now)
+
+    async def _attempts(
+        self, msg: OutboundSms, ref: dict[str, Any], *, claimed_at: datetime
+    ) -> None:
+        callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
+        last = "none"
+        for attempt in range(1, self.retry.attempts + 1):
+            wait = self.breaker.wait()
+            if wait > 0:
+                last = "circuit-open"
+                if not await self._pause(msg, wait):
+                    break
+                continue
+            await self.pacer.acquire(self.identity)
+            await self.ledger.sending(msg.message_id, now=utc_now())
+            try:
+                sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
+            except ProviderRejected as exc:
+                PROVIDER_REQUESTS.labels("twilio", "rejected", exc.code or "").inc()
+                self.breaker.success()  # the provider is healthy; the message is not
+                await self.fail(ref, exc.code or "rejected", exc.detail)
+                return
+            except ProviderTimeout as exc:
+                PROVIDER_REQUESTS.labels("twilio", "timeout", exc.code or "").inc()
+                self.breaker.failure()
+                # The provider may have taken it: look before sending again.
+                found = await self._reconcile(msg, since=claimed_at)
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
+                last = exc.code or "timeout"
+                delay = backoff(attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds)
+            except ProviderBusy as exc:
+                PROVIDER_REQUESTS.labels("twilio", "busy", exc.code or "").inc()
+                if exc.http_status == 429:
+                    self.pacer.hold(self.identity, exc.retry_after or 1.0)
+                else:
+                    self.breaker.failure()
+                last = exc.code or str(exc.http_status)
+                delay = backoff(
+                    attempt,
+                    base=self.retry.base_seconds,
+                    cap=self.retry.cap_seconds,
+                    retry_after=exc.retry_after,
+                )
+            else:
+                PROVIDER_REQUESTS.labels("twilio", "accepted", "").inc()
+                self.breaker.success()
+                await self._sent(ref, sent.provider_id)
+                return
+            if attempt == self.retry.attempts or not await self._pause(msg, delay):
+                break
+        await self.fail(ref, last, f"gave up after retryable errors (last: {last})")
+
+    async def _pause(self, msg: OutboundSms, delay: float) -> bool:
+        """Sleep before the next attempt unless that passes the expiry; False when it would."""
+        if msg.expires_at is not None and utc_now() + timedelta(seconds=delay) >= msg.expires_at:
+            return False
+        # Nothing is in flight while we wait: a crash now must not leave the row 'sending'.
+        await self.ledger.set(msg.message_id, "retry")
+        await asyncio.sleep(delay)
+        ok, _ = await self.ledger.claim(msg.message_id, now=utc_now())
+        return ok
+
+    async def _reconcile(self, msg: OutboundSms, *, since: datetime) -> str | None:
         try:
-            sent = await self.provider.send(
-                to=msg.to, body=msg.body, status_callback=self.callback_url
-            )
-        except RetryableError:
-            await self.ledger.set(msg.message_id, "retry")
-            raise
-        except ProviderRejected as exc:
-            await self.ledger.set(msg.message_id, "failed", error_code=exc.code)
-            await self.status(msg, "failed", error_code=exc.code, reason=exc.detail)
-            return
-        await self.ledger.set(msg.message_id, "sent", provider_id=sent.provider_id)
-        await self.status(msg, "sent", provider_id=sent.provider_id)
+            found = await self.provider.find_sent(to=msg.to, body=msg.body, since=since)
+        except Exception as exc:  # any failure here means "don't know": treat as not found
+            log.warning("reconcile failed", extra={"error": type(exc).__name__})
+            return None
+        for sid in found:
+            row = await self.ledger.by_provider_id(sid)
+            if row is None or row["_id"] == msg.message_id:
+                return sid
+        return None
+
+    async def _sent(self, ref: dict[str, Any], provider_id: str) -> None:
+        await self.ledger.set(ref["message_id"], "sent", provider_id=provider_id)
+        await self.publish(ref, "sent", provider_id=provider_id)

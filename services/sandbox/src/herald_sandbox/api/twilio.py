@@ -1,4 +1,5 @@
-"""A Twilio-compatible Messages resource, answering as Twilio does, with signed callbacks."""
+"""A Twilio-compatible Messages and Calls resource, answering as Twilio does, with callbacks
+signed exactly as Twilio signs them (HMAC-SHA1 of the URL and sorted form fields)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import base64
 import hmac
 import logging
 import math
+import time
+import xml.etree.ElementTree as ET
 from typing import Annotated, Any
+from urllib.parse import urljoin
 
 import httpx
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import JSONResponse
 from twilio.request_validator import RequestValidator
 
+from herald_kit import Runtime
 from herald_sandbox.config import Settings
-from herald_sandbox.domain.store import Outbox, SmsRecord
+from herald_sandbox.domain.faults import Behaviour
+from herald_sandbox.domain.store import CallRecord, Outbox, SmsRecord
 
 router = APIRouter(prefix="/2010-04-01", tags=["twilio"])
 log = logging.getLogger("herald.sandbox.twilio")
@@ -24,6 +30,17 @@ GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
 )
+API_VERSION = "2010-04-01"
+
+
+def install(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
+    """Give the app the Twilio side's state: rate limits, fault rules, an HTTP client."""
+    app.state.behaviour = Behaviour(rate_per_number=settings.twilio_rate_per_number)
+    app.state.twilio_http = httpx.AsyncClient(timeout=10)
+
+    @runtime.on_stop
+    async def _close() -> None:
+        await app.state.twilio_http.aclose()
 
 
 def segments(body: str) -> int:
@@ -35,7 +52,9 @@ def segments(body: str) -> int:
     return 1 if n <= single else math.ceil(n / multi)
 
 
-def twilio_error(status: int, code: int, message: str) -> JSONResponse:
+def twilio_error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """An error body shaped like Twilio's."""
     return JSONResponse(
         {
@@ -45,6 +64,7 @@ def twilio_error(status: int, code: int, message: str) -> JSONResponse:
             "status": status,
         },
         status_code=status,
+        headers=headers,
     )
 
 
@@ -63,32 +83,53 @@ def _authorised(request: Request, account_sid: str, settings: Settings) -> bool:
     )
 
 
-async def fire_status_callbacks(record: SmsRecord, settings: Settings) -> None:
-    """Post 'sent' then 'delivered' to the StatusCallback, signed as Twilio signs them."""
-    if not record.status_callback:
-        return
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    async with httpx.AsyncClient(timeout=5) as client:
-        for status in ("sent", "delivered"):
-            await asyncio.sleep(settings.callback_delay_seconds)
-            record.status = status
-            params = {
-                "AccountSid": record.account_sid,
-                "MessageSid": record.sid,
-                "SmsSid": record.sid,
-                "MessageStatus": status,
-                "SmsStatus": status,
-                "To": record.to,
-                "From": record.from_,
-                "ApiVersion": "2010-04-01",
-            }
-            signature = validator.compute_signature(record.status_callback, params)
-            try:
-                await client.post(
-                    record.status_callback, data=params, headers={"X-Twilio-Signature": signature}
-                )
-            except httpx.HTTPError as exc:
-                log.warning("status callback failed", extra={"error": type(exc).__name__})
+def _valid_number(number: str) -> bool:
+    return number.startswith("+") and number[1:].isdigit() and 8 <= len(number) <= 16
+
+
+async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> httpx.Response | None:
+    """POST a webhook signed with X-Twilio-Signature as Twilio does; None if unreachable."""
+    settings: Settings = app.state.settings
+    signature = RequestValidator(settings.twilio_auth_token.get_secret_value()).compute_signature(
+        url, params
+    )
+    try:
+        response: httpx.Response = await app.state.twilio_http.post(
+            url, data=params, headers={"X-Twilio-Signature": signature}
+        )
+        return response
+    except httpx.HTTPError as exc:
+        log.warning("webhook call failed", extra={"error": type(exc).__name__})
+        return None
+
+
+def _spawn(request: Request, coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    request.app.state.tasks.add(task)
+    task.add_done_callback(request.app.state.tasks.discard)
+
+
+async def fire_status_callbacks(app: FastAPI, record: SmsRecord, *, final: str) -> None:
+    """Post 'sent' then the final status to the StatusCallback, signed as Twilio signs them."""
+    settings: Settings = app.state.settings
+    for status in ("sent", final):
+        await asyncio.sleep(settings.callback_delay_seconds)
+        record.status = status
+        if not record.status_callback or not settings.twilio_callbacks:
+            continue
+        params = {
+            "AccountSid": record.account_sid,
+            "MessageSid": record.sid,
+            "SmsSid": record.sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "To": record.to,
+            "From": record.from_,
+            "ApiVersion": API_VERSION,
+        }
+        if record.error_code is not None and status == final:
+            params["ErrorCode"] = str(record.error_code)
+        await signed_post(app, record.status_callback, params)
 
 
 @router.post("/Accounts/{account_sid}/Messages.json", status_code=201)
@@ -101,25 +142,217 @@ async def create_message(
     messaging_service_sid: Annotated[str | None, Form(alias="MessagingServiceSid")] = None,
     status_callback: Annotated[str | None, Form(alias="StatusCallback")] = None,
 ) -> Any:
-    """Accept a message as Twilio's Messages resource does."""
+    """Accept a message as Twilio's Messages resource does (limits and faults included)."""
     settings: Settings = request.app.state.settings
     outbox: Outbox = request.app.state.outbox
+    behaviour: Behaviour = request.app.state.behaviour
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
-    if not to.startswith("+") or not to[1:].isdigit():
-        return twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+    if not _valid_number(to):
+        return twilio_error(400, 21211, "The 'To' number is not a valid phone number.")
     if not from_ and not messaging_service_sid:
         return twilio_error(400, 21603, "A 'From' phone number is required.")
+    sender = messaging_service_sid or from_ or ""
+    wait = behaviour.admit(sender)
+    if wait:
+        return twilio_error(
+            429, 20429, "Too Many Requests", headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
+        )
+    fault = behaviour.fault(to, ("server-error", "timeout", "undelivered"))
+    if fault == "server-error":
+        return twilio_error(500, 20500, "An internal server error has occurred")
+    if to in outbox.opted_out:
+        return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient", headers=None)
     record = outbox.add_sms(
         account_sid=account_sid,
         to=to,
-        from_=from_ or messaging_service_sid or "",
+        from_=sender,
         body=body,
         status="queued",
         status_callback=status_callback,
         num_segments=segments(body),
+        accepted_at=time.monotonic(),
     )
-    task = asyncio.create_task(fire_status_callbacks(record, settings))
-    request.app.state.tasks.add(task)
-    task.add_done_callback(request.app.state.tasks.discard)
+    if fault == "undelivered":
+        record.error_code = 30003
+    _spawn(
+        request,
+        fire_status_callbacks(
+            request.app, record, final="undelivered" if fault == "undelivered" else "delivered"
+        ),
+    )
+    if fault == "timeout":
+        # Twilio took the message, but the answer never reaches the client in time.
+        await asyncio.sleep(behaviour.timeout_seconds)
     return JSONResponse(record.as_twilio(), status_code=201)
+
+
+@router.get("/Accounts/{account_sid}/Messages.json")
+async def list_messages(
+    request: Request,
+    account_sid: str,
+    to: Annotated[str | None, Query(alias="To")] = None,
+) -> Any:
+    """List messages, newest first, optionally to one number (a Twilio page of one)."""
+    settings: Settings = request.app.state.settings
+    if not _authorised(request, account_sid, settings):
+        return twilio_error(401, 20003, "Authenticate")
+    items = [m.as_twilio() for m in reversed(request.app.state.outbox.find_sms(to))]
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+    return {
+        "messages": items,
+        "page": 0,
+        "page_size": max(50, len(items)),
+        "first_page_uri": uri,
+        "next_page_uri": None,
+        "previous_page_uri": None,
+        "uri": uri,
+        "start": 0,
+        "end": max(0, len(items) - 1),
+    }
+
+
+@router.get("/Accounts/{account_sid}/Messages/{sid}.json")
+async def fetch_message(request: Request, account_sid: str, sid: str) -> Any:
+    """One message by its sid."""
+    settings: Settings = request.app.state.settings
+    if not _authorised(request, account_sid, settings):
+        return twilio_error(401, 20003, "Authenticate")
+    for m in request.app.state.outbox.sms:
+        if m.sid == sid:
+            return m.as_twilio()
+    return twilio_error(404, 20404, f"The requested resource /Messages/{sid}.json was not found")
+
+
+# --- Calls -------------------------------------------------------------------------------
+
+
+@router.post("/Accounts/{account_sid}/Calls.json", status_code=201)
+async def create_call(
+    request: Request,
+    account_sid: str,
+    to: Annotated[str, Form(alias="To")],
+    from_: Annotated[str, Form(alias="From")] = "",
+    url: Annotated[str, Form(alias="Url")] = "",
+    status_callback: Annotated[str | None, Form(alias="StatusCallback")] = None,
+    machine_detection: Annotated[str | None, Form(alias="MachineDetection")] = None,
+) -> Any:
+    """Place a call as Twilio's Calls resource does; the call then plays out in the background."""
+    settings: Settings = request.app.state.settings
+    behaviour: Behaviour = request.app.state.behaviour
+    if not _authorised(request, account_sid, settings):
+        return twilio_error(401, 20003, "Authenticate")
+    if not _valid_number(to):
+        return twilio_error(400, 21211, "The 'To' number is not a valid phone number.")
+    if not from_:
+        return twilio_error(400, 21213, "No 'From' number is specified")
+    if not url.startswith(("http://", "https://")):
+        return twilio_error(400, 21205, "Url is not a valid URL")
+    wait = behaviour.admit(from_)
+    if wait:
+        return twilio_error(
+            429, 20429, "Too Many Requests", headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
+        )
+    fault = behaviour.fault(to, ("server-error", "machine", "busy", "no-answer", "failed"))
+    if fault == "server-error":
+        return twilio_error(500, 20500, "An internal server error has occurred")
+    record = request.app.state.outbox.add_call(
+        account_sid=account_sid,
+        to=to,
+        from_=from_,
+        url=url,
+        status="queued",
+        status_callback=status_callback,
+        machine_detection=machine_detection,
+    )
+    _spawn(request, play_call(request.app, record, fault))
+    return JSONResponse(record.as_twilio(), status_code=201)
+
+
+@router.get("/Accounts/{account_sid}/Calls/{sid}.json")
+async def fetch_call(request: Request, account_sid: str, sid: str) -> Any:
+    """One call by its sid."""
+    settings: Settings = request.app.state.settings
+    if not _authorised(request, account_sid, settings):
+        return twilio_error(401, 20003, "Authenticate")
+    call = request.app.state.outbox.calls.get(sid)
+    if call is None:
+        return twilio_error(404, 20404, f"The requested resource /Calls/{sid}.json was not found")
+    return call.as_twilio()
+
+
+def _call_params(call: CallRecord, status: str) -> dict[str, str]:
+    params = {
+        "AccountSid": call.account_sid,
+        "CallSid": call.sid,
+        "From": call.from_,
+        "To": call.to,
+        "CallStatus": status,
+        "Direction": "outbound-api",
+        "ApiVersion": API_VERSION,
+    }
+    if call.answered_by:
+        params["AnsweredBy"] = call.answered_by
+    return params
+
+
+async def finish_call(app: FastAPI, call: CallRecord, status: str) -> None:
+    """End a call and tell its StatusCallback."""
+    call.status = status
+    if call.status_callback and app.state.settings.twilio_callbacks:
+        params = _call_params(call, status)
+        params["CallDuration"] = "12" if status == "completed" else "0"
+        await signed_post(app, call.status_callback, params)
+
+
+async def play_call(app: FastAPI, call: CallRecord, fault: str | None) -> None:
+    """Ring; then busy / no-answer / failed, or answer (by a person or a machine) and run TwiML."""
+    await asyncio.sleep(app.state.settings.callback_delay_seconds)
+    if fault in ("busy", "no-answer", "failed"):
+        await finish_call(app, call, str(fault))
+        return
+    call.status = "in-progress"
+    if call.machine_detection:
+        call.answered_by = "machine_start" if fault == "machine" else "human"
+    await run_twiml(app, call, call.url, {})
+
+
+async def run_twiml(app: FastAPI, call: CallRecord, url: str, extra: dict[str, str]) -> str:
+    """Fetch TwiML from the application, follow a <Redirect>, hang up when nothing is left."""
+    for _ in range(5):  # a bound on redirects, as Twilio has one
+        params = _call_params(call, "in-progress") | extra
+        response = await signed_post(app, url, params)
+        if response is None or response.status_code >= 400:
+            await finish_call(app, call, "failed")
+            return response.text if response is not None else ""
+        twiml = response.text
+        call.twiml.append(twiml)
+        try:
+            root = ET.fromstring(twiml)  # noqa: S314 - TwiML from the service under test
+        except ET.ParseError:
+            await finish_call(app, call, "failed")
+            return twiml
+        if root.find("Gather") is not None:
+            return twiml  # waits for a keypress through the sandbox API
+        redirect = root.find("Redirect")
+        if redirect is not None and redirect.text:
+            url, extra = urljoin(url, redirect.text.strip()), {}
+            continue
+        await finish_call(app, call, "completed")
+        return twiml
+    await finish_call(app, call, "completed")
+    return ""
+
+
+async def press(app: FastAPI, call: CallRecord, *, digits: str = "", speech: str = "") -> str:
+    """The callee presses keys (or speaks) on the current <Gather>; the TwiML that follows."""
+    if not call.twiml or call.status != "in-progress":
+        return ""
+    root = ET.fromstring(call.twiml[-1])  # noqa: S314 - TwiML from the service under test
+    gather = root.find("Gather")
+    if gather is None:
+        return ""
+    call.digits.append(digits or speech)
+    action = urljoin(call.url, gather.get("action") or call.url)
+    extra = {"Digits": digits} if digits else {"SpeechResult": speech, "Confidence": "0.9"}
+    return await run_twiml(app, call, action, extra)

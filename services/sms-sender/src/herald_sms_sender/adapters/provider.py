@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextvars
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
+import aiohttp
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from herald_kit import PermanentError, RetryableError
@@ -24,6 +30,18 @@ class ProviderRejected(PermanentError):
     """The provider refused the message for good (e.g. an invalid number)."""
 
 
+class ProviderBusy(RetryableError):
+    """The provider answered 429 or 5xx: nothing was sent; try again later."""
+
+    def __init__(self, detail: str, *, status: int, code: str, retry_after: float | None) -> None:
+        super().__init__(detail, code=code, retry_after=retry_after)
+        self.http_status = status
+
+
+class ProviderTimeout(RetryableError):
+    """No answer in time: the provider may or may not have taken the message."""
+
+
 class SmsProvider(Protocol):
     """What the sender needs of an SMS provider."""
 
@@ -31,9 +49,58 @@ class SmsProvider(Protocol):
         """Send one SMS."""
         ...
 
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
+        """Ids of messages to `to` with `body` the provider accepted since `since`, newest first."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+# The response headers of the request made in the current task (Retry-After lives there, and
+# TwilioRestException does not carry headers).
+_last_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "twilio_last_headers", default=None
+)
+
+
+class _HeaderKeepingClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """Twilio's aiohttp client, remembering response headers and turning timeouts into ours."""
+
+    async def request(self, *args: Any, **kwargs: Any) -> Response:
+        auth = kwargs.pop("auth", None)
+        if auth is not None:
+            # aiohttp deprecates BasicAuth objects; the header is the same bytes on the wire.
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {token}"}
+        # twilio's async client drops its own timeout (aiohttp would wait 5 minutes): apply it.
+        if kwargs.get("timeout") is None and self.timeout:
+            kwargs["timeout"] = float(self.timeout)  # aiohttp makes it ClientTimeout(total=...)
+        try:
+            response: Response = await super().request(*args, **kwargs)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Never connected: nothing can have been sent.
+            raise ProviderBusy(
+                "twilio unreachable", status=503, code="connect", retry_after=None
+            ) from exc
+        except aiohttp.ClientError as exc:
+            # Connected, then lost: the request may have been taken.
+            raise ProviderTimeout(
+                f"twilio connection lost: {type(exc).__name__}", code="io"
+            ) from exc
+        _last_headers.set({k.lower(): v for k, v in (response.headers or {}).items()})
+        return response
+
+
+def _retry_after(headers: dict[str, str] | None) -> float | None:
+    value = (headers or {}).get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class TwilioSms:
@@ -47,16 +114,23 @@ class TwilioSms:
         from_number: str | None,
         messaging_service_sid: str | None,
         base_url: str | None,
+        timeout: float = 10.0,
     ) -> None:
-        self._http = AsyncTwilioHttpClient()
+        self._http = _HeaderKeepingClient(timeout=timeout)
+        self._timeout = timeout
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             self._client.api.base_url = base_url.rstrip("/")
         self._from = from_number
         self._service = messaging_service_sid
 
+    @property
+    def identity(self) -> str:
+        """The sender identity the provider rate-limits: the messaging service, else the number."""
+        return self._service or self._from or "default"
+
     async def send(self, *, to: str, body: str, status_callback: str | None) -> Sent:
-        """Create a Message; map Twilio's errors onto retryable or permanent."""
+        """Create a Message; map Twilio's errors onto busy (retry), rejected (final), timeout."""
         kwargs: dict[str, str] = {"to": to, "body": body}
         if self._service:
             kwargs["messaging_service_sid"] = self._service
@@ -64,17 +138,35 @@ class TwilioSms:
             kwargs["from_"] = self._from
         if status_callback:
             kwargs["status_callback"] = status_callback
+        _last_headers.set(None)
         try:
-            msg = await self._client.messages.create_async(**kwargs)
+            # A hard bound even if the HTTP layer's own timeout does not fire.
+            msg = await asyncio.wait_for(
+                self._client.messages.create_async(**kwargs), self._timeout + 1
+            )
+        except TimeoutError as exc:
+            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
         except TwilioRestException as exc:
+            code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:
-                raise RetryableError(
-                    f"twilio {exc.status} ({exc.code})", code=str(exc.code or exc.status)
+                raise ProviderBusy(
+                    f"twilio {exc.status} ({code})",
+                    status=exc.status,
+                    code=code,
+                    retry_after=_retry_after(_last_headers.get()),
                 ) from exc
-            raise ProviderRejected(
-                f"twilio {exc.status} ({exc.code})", code=str(exc.code or exc.status)
-            ) from exc
+            raise ProviderRejected(f"twilio {exc.status} ({code}): {exc.msg}", code=code) from exc
         return Sent(provider_id=str(msg.sid), status=str(msg.status))
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
+        """Messages to `to` with this body created since `since` (Twilio dates have seconds)."""
+        floor = since - timedelta(seconds=2)
+        msgs = await asyncio.wait_for(self._client.messages.list_async(to=to, limit=50), 30)
+        return [
+            str(m.sid)
+            for m in msgs
+            if m.body == body and m.date_created is not None and m.date_created >= floor
+        ]
 
     async def close(self) -> None:
         """Close the HTTP session."""

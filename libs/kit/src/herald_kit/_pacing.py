@@ -1,0 +1,131 @@
+"""Pacing, backoff and a circuit breaker: how a sender stays within what a provider allows."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Schedule:
+    """GCRA state of one sender identity: the theoretical arrival time of the next send."""
+
+    tat: float = 0.0
+    hold_until: float = 0.0
+
+
+class Pacer:
+    """A token bucket per sender identity (a phone number, a messaging service, a caller id).
+
+    Implemented as GCRA: each send reserves the next slot `1/rate` after the previous one, so
+    concurrent senders queue in order and the long-run rate is exactly `rate`; `burst` sends
+    may go back to back after an idle spell. A rate of 0 turns pacing off.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._sleep = sleep or asyncio.sleep
+        self._ids: dict[str, _Schedule] = {}
+
+    def reserve(self, identity: str) -> float:
+        """Reserve a slot for one send; the seconds to wait before using it."""
+        now = self._clock()
+        s = self._ids.setdefault(identity, _Schedule(tat=now))
+        if self.rate <= 0:
+            return max(0.0, s.hold_until - now)  # unpaced, but a Retry-After still holds
+        interval = 1.0 / self.rate
+        tat = max(s.tat, now)
+        wait = max(0.0, tat - (self.burst - 1) * interval - now)
+        s.tat = tat + interval
+        return wait
+
+    async def acquire(self, identity: str) -> None:
+        """Wait for this identity's next slot."""
+        wait = self.reserve(identity)
+        if wait > 0:
+            await self._sleep(wait)  # type: ignore[misc]
+
+    def hold(self, identity: str, seconds: float) -> None:
+        """The provider said 429 / Retry-After: no slot for this identity before then."""
+        now = self._clock()
+        s = self._ids.setdefault(identity, _Schedule(tat=now))
+        # GCRA lets `burst - 1` slots go early; a Retry-After allows none before its time.
+        early = (self.burst - 1) / self.rate if self.rate > 0 else 0.0
+        s.tat = max(s.tat, now + seconds + early)
+        s.hold_until = max(s.hold_until, now + seconds)
+
+
+def backoff(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rand: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Full-jitter exponential backoff for attempt n (1-based), never sooner than Retry-After."""
+    delay = rand(0, min(cap, base * 2 ** (attempt - 1)))
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class CircuitBreaker:
+    """Stops calling a provider that keeps failing; lets one trial through after a cool-down.
+
+    closed -> (threshold consecutive failures) -> open for `cooldown` s -> half-open: the first
+    caller tries; success closes, failure re-opens.
+    """
+
+    threshold: int = 20
+    cooldown: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    opened_at: float | None = None
+    _trial: bool = field(default=False, repr=False)
+
+    @property
+    def state(self) -> str:
+        """closed, open or half-open."""
+        if self.opened_at is None:
+            return "closed"
+        if self.clock() - self.opened_at < self.cooldown:
+            return "open"
+        return "half-open"
+
+    def wait(self) -> float:
+        """0 when a call may go ahead now, else the seconds until it may."""
+        state = self.state
+        if state == "closed":
+            return 0.0
+        if state == "open":
+            assert self.opened_at is not None
+            return self.cooldown - (self.clock() - self.opened_at)
+        if self._trial:
+            return min(1.0, self.cooldown)  # a trial is in flight; others wait for its verdict
+        self._trial = True
+        return 0.0
+
+    def success(self) -> None:
+        """A call succeeded: close."""
+        self.failures = 0
+        self.opened_at = None
+        self._trial = False
+
+    def failure(self) -> None:
+        """A call failed in a way that blames the provider (5xx, timeout)."""
+        self.failures += 1
+        if self._trial or self.failures >= self.threshold:
+            self.opened_at = self.clock()
+        self._trial = False

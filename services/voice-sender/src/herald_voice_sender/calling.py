@@ -1,0 +1,238 @@
+"""Place each IVR call at most once, paced and retried within bounds; report every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+from herald_contracts import (
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    DeliveryState,
+    DeliveryStatus,
+    EngagementReply,
+    Intent,
+    OutboundVoice,
+    utc_now,
+)
+from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
+from herald_voice_sender.adapters.ledger import CallLedger
+from herald_voice_sender.adapters.provider import (
+    ProviderBusy,
+    ProviderRejected,
+    ProviderTimeout,
+    VoiceProvider,
+)
+
+log = logging.getLogger("herald.voice")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a retryable provider failure is retried."""
+
+    attempts: int = 5
+    base_seconds: float = 0.5
+    cap_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """What placing a call needs, whether from outbound.voice.v1 or a call-back request."""
+
+    message_id: str
+    to: str
+    language: str
+    ref: dict[str, Any]
+    expires_at: Any = None
+    kind: str = "ivr"  # or "callback"
+
+
+class VoiceCalling:
+    """Ledger, pacer, breaker, provider and publication together."""
+
+    def __init__(
+        self,
+        ledger: CallLedger,
+        provider: VoiceProvider,
+        producer: EventProducer,
+        *,
+        base_url: str,
+        identity: str,
+        machine_detection: bool = True,
+        pacer: Pacer | None = None,
+        breaker: CircuitBreaker | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.provider = provider
+        self.producer = producer
+        self.base_url = base_url
+        self.identity = identity
+        self.machine_detection = machine_detection
+        self.pacer = pacer or Pacer(0)
+        self.breaker = breaker or CircuitBreaker()
+        self.retry = retry or RetryPolicy()
+
+    def url(self, what: str, message_id: str, **query: str) -> str:
+        """A webhook URL of ours for one call (the message id rides in the signed URL)."""
+        extra = "".join(f"&{k}={quote(v, safe='')}" for k, v in query.items())
+        return (
+            f"{self.base_url}/webhooks/twilio/voice/{what}?mid={quote(message_id, safe='')}{extra}"
+        )
+
+    async def publish_status(
+        self,
+        ref: dict[str, Any],
+        status: DeliveryState,
+        *,
+        provider_id: str | None = None,
+        error_code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Publish a delivery status of a call."""
+        await self.producer.publish(
+            DELIVERY_STATUS,
+            DeliveryStatus(
+                message_id=ref["message_id"],
+                request_id=ref["request_id"],
+                campaign_id=ref["campaign_id"],
+                customer_id=ref["customer_id"],
+                case_id=ref.get("case_id"),
+                channel="voice",
+                status=status,
+                provider_id=provider_id,
+                error_code=error_code,
+                reason=reason,
+                at=utc_now(),
+            ),
+            key=ref["customer_id"],
+            event_id=f"{ref['message_id']}:{status}",
+            subject=ref.get("case_id"),
+        )
+
+    async def publish_reply(
+        self, ref: dict[str, Any], *, reply_id: str, intent: Intent, text: str | None
+    ) -> None:
+        """Publish what the callee chose."""
+        reply = EngagementReply(
+            reply_id=reply_id,
+            customer_id=ref["customer_id"],
+            channel="voice",
+            intent=intent,
+            text=text,
+            message_id=ref["message_id"],
+            case_id=ref.get("case_id"),
+            at=utc_now(),
+        )
+        await self.producer.publish(
+            ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id, subject=reply.case_id
+        )
+
+    @staticmethod
+    def from_outbound(msg: OutboundVoice) -> Call:
+        """A call for a rendered IVR message."""
+        ref = {
+            "message_id": msg.message_id,
+            "request_id": msg.request_id,
+            "campaign_id": msg.campaign_id,
+            "customer_id": msg.customer_id,
+            "case_id": msg.case_id,
+        }
+        return Call(msg.message_id, msg.to, msg.language, ref, msg.expires_at)
+
+    async def place(self, call: Call, *, say: str = "") -> None:
+        """Place the call unless the ledger says it was placed or may have been."""
+        ref = call.ref
+        now = utc_now()
+        # The number is kept (it is needed to call back); it is never logged.
+        meta = {**ref, "to": call.to, "language": call.language, "say": say, "kind": call.kind}
+        may, row = await self.ledger.claim(call.message_id, now=now, meta=meta)
+        if not may:
+            assert row is not None
+            if row["status"] == "sending":
+                await self.ledger.set(call.message_id, "unknown")
+                await self.publish_status(
+                    ref, "unknown", reason="found in 'sending' after a restart"
+                )
+            return
+        if call.expires_at is not None and call.expires_at <= now:
+            await self._fail(ref, "expired", "expired before the call")
+            return
+        last = "none"
+        for attempt in range(1, self.retry.attempts + 1):
+            wait = self.breaker.wait()
+            if wait > 0:
+                last = "circuit-open"
+                if not await self._pause(call, wait):
+                    break
+                continue
+            await self.pacer.acquire(self.identity)
+            try:
+                placed = await self.provider.call(
+                    to=call.to,
+                    url=self.url("twiml", call.message_id),
+                    status_callback=self.url("status", call.message_id),
+                    machine_detection=self.machine_detection and call.kind == "ivr",
+                )
+            except ProviderRejected as exc:
+                self.breaker.success()
+                await self._fail(ref, exc.code or "rejected", exc.detail)
+                return
+            except ProviderTimeout as exc:
+                # The call may be ringing already: never place a second one blindly.
+                self.breaker.failure()
+                await self.ledger.set(call.message_id, "unknown", error_code=exc.code)
+                await self.publish_status(ref, "unknown", error_code=exc.code, reason=exc.detail)
+                return
+            except ProviderBusy as exc:
+                if exc.http_status == 429:
+                    self.pacer.hold(self.identity, exc.retry_after or 1.0)
+                else:
+                    self.breaker.failure()
+                last = exc.code or str(exc.http_status)
+                delay = backoff(
+                    attempt,
+                    base=self.retry.base_seconds,
+                    cap=self.retry.cap_seconds,
+                    retry_after=exc.retry_after,
+                )
+            else:
+                self.breaker.success()
+                await self.ledger.set(call.message_id, "sent", provider_id=placed.provider_id)
+                await self.publish_status(ref, "sent", provider_id=placed.provider_id)
+                return
+            if attempt == self.retry.attempts or not await self._pause(call, delay):
+                break
+        await self._fail(ref, last, f"gave up after retryable errors (last: {last})")
+
+    async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
+        await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
+        await self.publish_status(ref, "failed", error_code=code, reason=reason)
+
+    async def _pause(self, call: Call, delay: float) -> bool:
+        if call.expires_at is not None and utc_now() + timedelta(seconds=delay) >= call.expires_at:
+            return False
+        await self.ledger.set(call.message_id, "retry")
+        await asyncio.sleep(delay)
+        ok, _ = await self.ledger.claim(call.message_id, now=utc_now())
+        return ok
+
+    async def callback(self, reply: EngagementReply) -> None:
+        """A customer asked to be called back: call the number they gave, straight to an agent."""
+        if reply.callback_number is None:
+            log.info("call-back request without a number", extra={"reply": reply.reply_id})
+            return
+        ref: dict[str, Any] = {
+            "message_id": f"callback-{reply.reply_id}",
+            "request_id": reply.message_id or reply.reply_id,
+            "campaign_id": "callback",
+            "customer_id": reply.customer_id,
+            "case_id": reply.case_id,
+        }
+        call = Call(f"callback-{reply.reply_id}", reply.callback_number, "en", ref, kind="callback")
+        await self.place(call)

@@ -1,0 +1,162 @@
+"""The IVR script: what the call says, what each key means, in the customer's language."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from twilio.twiml.voice_response import VoiceResponse
+
+Choice = Literal["confirm", "agent", "stop", "repeat"]
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The fixed sentences of the script in one language."""
+
+    menu: str
+    voicemail: str
+    confirmed: str
+    connecting: str
+    stopped: str
+    goodbye: str
+    callback: str
+
+
+PROMPTS: dict[str, Prompts] = {
+    "en": Prompts(
+        menu="Press 1 to confirm. Press 2 to talk to an agent. Press 9 to stop these calls. "
+        "Press star to hear this again.",
+        voicemail="We will try to reach you again, or you can call us back.",
+        confirmed="Thank you, that is confirmed. Goodbye.",
+        connecting="Connecting you to an agent.",
+        stopped="You will not receive these calls any more. Goodbye.",
+        goodbye="Goodbye.",
+        callback="You asked us to call you back. Connecting you to an agent.",
+    ),
+    "fr": Prompts(
+        menu="Tapez 1 pour confirmer. Tapez 2 pour parler à un conseiller. Tapez 9 pour ne "
+        "plus recevoir ces appels. Tapez étoile pour réécouter.",
+        voicemail="Nous essaierons de vous rappeler, ou vous pouvez nous rappeler.",
+        confirmed="Merci, c'est confirmé. Au revoir.",
+        connecting="Nous vous mettons en relation avec un conseiller.",
+        stopped="Vous ne recevrez plus ces appels. Au revoir.",
+        goodbye="Au revoir.",
+        callback="Vous avez demandé à être rappelé. Nous vous mettons en relation.",
+    ),
+    "de": Prompts(
+        menu="Drücken Sie 1 zum Bestätigen. Drücken Sie 2 für einen Mitarbeiter. Drücken Sie 9, "
+        "um keine Anrufe mehr zu erhalten. Drücken Sie Stern zum Wiederholen.",
+        voicemail="Wir versuchen es erneut, oder rufen Sie uns zurück.",
+        confirmed="Danke, das ist bestätigt. Auf Wiederhören.",
+        connecting="Wir verbinden Sie mit einem Mitarbeiter.",
+        stopped="Sie erhalten keine solchen Anrufe mehr. Auf Wiederhören.",
+        goodbye="Auf Wiederhören.",
+        callback="Sie haben um Rückruf gebeten. Wir verbinden Sie.",
+    ),
+    "es": Prompts(
+        menu="Pulse 1 para confirmar. Pulse 2 para hablar con un agente. Pulse 9 para no recibir "
+        "más llamadas. Pulse asterisco para repetir.",
+        voicemail="Intentaremos llamarle de nuevo, o puede llamarnos.",
+        confirmed="Gracias, queda confirmado. Adiós.",
+        connecting="Le pasamos con un agente.",
+        stopped="No recibirá más llamadas. Adiós.",
+        goodbye="Adiós.",
+        callback="Pidió que le llamáramos. Le pasamos con un agente.",
+    ),
+}
+
+SPEECH: dict[str, Choice] = {
+    "confirm": "confirm",
+    "yes": "confirm",
+    "one": "confirm",
+    "agent": "agent",
+    "operator": "agent",
+    "representative": "agent",
+    "two": "agent",
+    "stop": "stop",
+    "nine": "stop",
+}
+
+
+def prompts_for(language: str) -> Prompts:
+    """The prompts of a BCP 47 language (en-GB -> en); English when not translated."""
+    return PROMPTS.get(language.split("-")[0].lower(), PROMPTS["en"])
+
+
+def interpret(*, digits: str = "", speech: str = "") -> Choice:
+    """What the callee chose: 1 confirm, 2 agent, 9 stop; anything else repeats the menu."""
+    key = digits.strip()[:1]
+    if key == "1":
+        return "confirm"
+    if key == "2":
+        return "agent"
+    if key == "9":
+        return "stop"
+    for word in speech.lower().replace(".", " ").replace(",", " ").split():
+        if word in SPEECH:
+            return SPEECH[word]
+    return "repeat"
+
+
+def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> str:
+    """Say the message, then gather one key or a word; after silence, once more then goodbye."""
+    p = prompts_for(language)
+    r = VoiceResponse()
+    g = r.gather(
+        input="dtmf speech",
+        num_digits=1,
+        action=gather_url,
+        method="POST",
+        timeout=6,
+        language=language,
+        hints="confirm, agent, stop",
+    )
+    g.say(say, language=language)
+    g.say(p.menu, language=language)
+    if again_url:
+        r.redirect(again_url, method="POST")
+    else:
+        r.say(p.goodbye, language=language)
+        r.hangup()
+    return str(r)
+
+
+def voicemail(*, say: str, language: str, contact_number: str) -> str:
+    """What a machine hears: the message, how to reach us, then hang up (no menu)."""
+    p = prompts_for(language)
+    r = VoiceResponse()
+    r.pause(length=1)
+    r.say(say, language=language)
+    r.say(p.voicemail, language=language)
+    if contact_number:
+        r.say(" ".join(contact_number.lstrip("+")), language=language)
+    r.hangup()
+    return str(r)
+
+
+def after(choice: Choice, *, language: str, contact_number: str, again_url: str) -> str:
+    """The TwiML answering a choice."""
+    p = prompts_for(language)
+    r = VoiceResponse()
+    if choice == "confirm":
+        r.say(p.confirmed, language=language)
+        r.hangup()
+    elif choice == "agent":
+        r.say(p.connecting, language=language)
+        r.dial(contact_number)
+    elif choice == "stop":
+        r.say(p.stopped, language=language)
+        r.hangup()
+    else:
+        r.redirect(again_url, method="POST")
+    return str(r)
+
+
+def callback(*, language: str, contact_number: str) -> str:
+    """A call the customer asked for: straight to an agent."""
+    p = prompts_for(language)
+    r = VoiceResponse()
+    r.say(p.callback, language=language)
+    r.dial(contact_number)
+    return str(r)

@@ -1,0 +1,343 @@
+"""sms-sender against the real broker and database and the sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+from twilio.request_validator import RequestValidator
+from twilio_support import (
+    SANDBOX_SID,
+    SANDBOX_TOKEN,
+    Collector,
+    free_port,
+    outbound_sms,
+    producer,
+    serving,
+)
+
+from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS
+from herald_kit import EventProducer
+from herald_sandbox.app import create_app as sandbox_app
+from herald_sandbox.config import Settings as SandboxSettings
+from herald_sms_sender.app import create_app as sms_app
+from herald_sms_sender.config import Settings as SmsSettings
+from support import eventually, unique_phone
+
+
+@dataclass
+class Env:
+    sandbox: str
+    sender: str
+    http: httpx.AsyncClient
+    producer: EventProducer
+    statuses: Collector
+    replies: Collector
+    ledger: Any
+
+    async def publish(self, msg: Any) -> None:
+        await self.producer.publish(OUTBOUND_SMS, msg, key=msg.customer_id)
+
+    async def sms_to(self, phone: str) -> list[dict[str, Any]]:
+        r = await self.http.get(f"{self.sandbox}/sandbox/api/sms", params={"to": phone})
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    async def behaviour(self, **kw: Any) -> dict[str, Any]:
+        r = await self.http.post(f"{self.sandbox}/sandbox/api/twilio/behaviour", json=kw)
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    async def rejected_429(self) -> int:
+        r = await self.http.get(f"{self.sandbox}/sandbox/api/twilio/behaviour")
+        return int(r.json()["rejected_429"])
+
+    async def ledger_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows = await self.ledger.find({"_id": {"$in": ids}}).to_list(None)
+        return {r["_id"]: r for r in rows}
+
+
+EnvFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def env_factory(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> AsyncIterator[EnvFactory]:
+    """Start the sandbox and an sms-sender (with given settings) on real ports."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+
+        async def make(**sender_settings: Any) -> Env:
+            sb_port, sms_port = free_port(), free_port()
+            sender_url = f"http://127.0.0.1:{sms_port}"
+            sandbox = await stack.enter_async_context(
+                serving(
+                    sandbox_app(
+                        SandboxSettings(
+                            port=sb_port,
+                            mongo_db="",
+                            twilio_account_sid=SANDBOX_SID,
+                            twilio_auth_token=SANDBOX_TOKEN,
+                            callback_delay_seconds=0.01,
+                            twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound",
+                        )
+                    ),
+                    sb_port,
+                )
+            )
+            db = db_name("sms_sender")
+            settings = SmsSettings(
+                port=sms_port,
+                public_base_url=sender_url,
+                kafka_bootstrap=infra["kafka"],
+                mongo_uri=infra["mongo"],
+                mongo_db=db,
+                topic_namespace=namespace,
+                twilio_account_sid=SANDBOX_SID,
+                twilio_auth_token=SANDBOX_TOKEN,
+                twilio_base_url=sandbox,
+                **sender_settings,
+            )
+            sender = await stack.enter_async_context(serving(sms_app(settings), sms_port))
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+            prod = await stack.enter_async_context(producer(infra["kafka"], namespace))
+            statuses = await stack.enter_async_context(
+                Collector(infra["kafka"], namespace, DELIVERY_STATUS)
+            )
+            replies = await stack.enter_async_context(
+                Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY)
+            )
+            await eventually(lambda: _ready(http, sender), within=30)
+            return Env(sandbox, sender, http, prod, statuses, replies, mongo[db]["send_ledger"])
+
+        yield make
+
+
+async def _ready(http: httpx.AsyncClient, url: str) -> bool:
+    return (await http.get(f"{url}/readyz")).status_code == 200
+
+
+async def test_each_message_reaches_the_sandbox_once_and_delivery_is_reported(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory()
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id="cust-a") for _ in range(5)]
+    for m in msgs:
+        await env.publish(m)
+    await env.publish(msgs[0])  # a redelivery of the same message id
+    ids = [m.message_id for m in msgs]
+
+    async def all_delivered() -> bool:
+        return all(env.statuses.where(message_id=i, status="delivered") for i in ids)
+
+    await eventually(all_delivered, within=30)
+    await asyncio.sleep(0.5)
+    got = Tally(item["body"] for item in await env.sms_to(phone))
+    assert got == Tally(m.body for m in msgs)
+    sent = env.statuses.where(status="sent")
+    assert sorted(s.message_id for s in sent) == sorted(ids)
+    assert all(s.provider_id and s.provider_id.startswith("SM") for s in sent)
+
+
+async def test_pacing_holds_the_providers_rate_without_a_429(env_factory: EnvFactory) -> None:
+    env: Env = await env_factory(rate_per_second=20.0, rate_burst=1)
+    # The provider's limit is the same rate; its small burst absorbs scheduling jitter on a busy
+    # machine (an unpaced sender blows through it: see the next test).
+    await env.behaviour(rate_per_number=20, burst=4)
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id=f"cust-{i}") for i in range(40)]
+    for m in msgs:
+        await env.publish(m)
+    ids = [m.message_id for m in msgs]
+
+    async def all_sent() -> bool:
+        rows = await env.ledger_rows(ids)
+        return len(rows) == len(ids) and all(r["status"] == "sent" for r in rows.values())
+
+    await eventually(all_sent, within=40)
+    assert len(await env.sms_to(phone)) == 40
+    assert await env.rejected_429() == 0
+
+
+async def test_without_pacing_the_same_load_meets_429s_yet_nothing_is_lost_or_doubled(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory(rate_per_second=0.0, send_backoff_seconds=0.05, send_attempts=4)
+    await env.behaviour(rate_per_number=20, burst=2)
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id=f"cust-{i}") for i in range(40)]
+    for m in msgs:
+        await env.publish(m)
+    ids = [m.message_id for m in msgs]
+
+    async def all_final() -> bool:
+        rows = await env.ledger_rows(ids)
+        return len(rows) == len(ids) and all(
+            r["status"] in ("sent", "failed") for r in rows.values()
+        )
+
+    await eventually(all_final, within=60)
+    rows = await env.ledger_rows(ids)
+    sent = [m for m in msgs if rows[m.message_id]["status"] == "sent"]
+    assert Tally(i["body"] for i in await env.sms_to(phone)) == Tally(m.body for m in sent)
+    assert all(r["error_code"] == "20429" for r in rows.values() if r["status"] == "failed")
+    assert await env.rejected_429() > 0
+
+
+async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory(
+        twilio_timeout_seconds=0.5,
+        send_backoff_seconds=0.05,
+        send_backoff_cap_seconds=0.5,
+        send_attempts=8,
+        breaker_threshold=1000,
+    )
+    await env.behaviour(
+        faults=[{"kind": "server-error", "share": 0.1}, {"kind": "timeout", "share": 0.1}],
+        timeout_seconds=1.0,
+        seed=7,
+    )
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id=f"cust-{i % 7}") for i in range(60)]
+    for m in msgs:
+        await env.publish(m)
+    ids = [m.message_id for m in msgs]
+
+    async def all_final() -> bool:
+        rows = await env.ledger_rows(ids)
+        return len(rows) == len(ids) and all(
+            r["status"] in ("sent", "failed") for r in rows.values()
+        )
+
+    await eventually(all_final, within=90)
+    rows = await env.ledger_rows(ids)
+    bodies = Tally(item["body"] for item in await env.sms_to(phone))
+    assert max(bodies.values()) == 1, "a message reached the provider twice"
+    for m in msgs:
+        row = rows[m.message_id]
+        if row["status"] == "sent":
+            assert bodies[m.body] == 1
+        else:
+            assert row.get("reason") and row.get("error_code")
+    finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
+    await eventually(lambda: {s.message_id for s in env.statuses.items} >= set(ids), within=10)
+    finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
+    assert finals == set(ids)
+    assert sum(r["status"] == "sent" for r in rows.values()) > len(ids) // 2
+
+
+def _sign(url: str, params: dict[str, str]) -> str:
+    return str(RequestValidator(SANDBOX_TOKEN).compute_signature(url, params))
+
+
+async def test_unsigned_or_tampered_webhooks_get_403_and_publish_nothing(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory()
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-w")
+    await env.publish(msg)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
+    before_status, before_replies = len(env.statuses.items), len(env.replies.items)
+
+    url = f"{env.sender}/webhooks/twilio/inbound"
+    params = {"MessageSid": "SMx1", "From": phone, "To": "+15005550006", "Body": "STOP"}
+    r = await env.http.post(url, data=params)
+    assert r.status_code == 403
+    assert r.headers["content-type"].startswith("application/problem+json")
+    good = _sign(url, params)
+    r = await env.http.post(url, data={**params, "Body": "1"}, headers={"X-Twilio-Signature": good})
+    assert r.status_code == 403
+    status_url = f"{env.sender}/webhooks/twilio/status?mid={msg.message_id}"
+    sparams = {"MessageSid": "SMx", "MessageStatus": "failed"}
+    r = await env.http.post(
+        status_url, data=sparams, headers={"X-Twilio-Signature": _sign(status_url + "x", sparams)}
+    )
+    assert r.status_code == 403
+
+    # Signed but malformed or about an unknown message: a clear 4xx, nothing published.
+    r = await env.http.post(
+        status_url,
+        content=b'{"MessageStatus": "failed"}',
+        headers={"Content-Type": "application/json", "X-Twilio-Signature": "x"},
+    )
+    assert r.status_code == 400
+    missing = {"MessageSid": "SMx"}
+    r = await env.http.post(
+        status_url, data=missing, headers={"X-Twilio-Signature": _sign(status_url, missing)}
+    )
+    assert r.status_code == 400 and r.json()["field"] == "MessageStatus"
+    unknown_url = f"{env.sender}/webhooks/twilio/status?mid=nope"
+    r = await env.http.post(
+        unknown_url, data=sparams, headers={"X-Twilio-Signature": _sign(unknown_url, sparams)}
+    )
+    assert r.status_code == 404
+    r = await env.http.post(
+        url,
+        content=b"Body=" + b"x" * 2_000_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413
+    await asyncio.sleep(1)
+    assert len(env.statuses.items) == before_status
+    assert len(env.replies.items) == before_replies
+    assert (await env.ledger_rows([msg.message_id]))[msg.message_id]["status"] == "sent"
+
+
+async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:
+    env: Env = await env_factory()
+    phone = unique_phone()
+    first = outbound_sms(phone, customer_id="cust-stop")
+    await env.publish(first)
+    await eventually(lambda: env.statuses.where(message_id=first.message_id, status="sent"))
+
+    r = await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/inbound-sms",
+        json={"from": phone, "to": "+15005550006", "body": "Stop"},
+    )
+    assert r.json()["status"] == 200
+    reply = (await eventually(lambda: env.replies.where(intent="stop")))[0]
+    assert reply.customer_id == "cust-stop" and reply.message_id == first.message_id
+    assert reply.case_id == first.case_id and reply.channel == "sms"
+
+    second = outbound_sms(phone, customer_id="cust-stop")
+    await env.publish(second)
+    failed = await eventually(lambda: env.statuses.where(message_id=second.message_id))
+    assert failed[0].status == "failed" and failed[0].error_code == "21610"
+    assert [i["body"] for i in await env.sms_to(phone)] == [first.body]
+
+
+async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
+    env: Env = await env_factory(brand="Acme Energy", help_contact="0800 123 456")
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-r")
+    await env.publish(msg)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    inbound = f"{env.sandbox}/sandbox/api/twilio/inbound-sms"
+    r = await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": "HELP"})
+    assert "Acme Energy" in r.json()["response"] and "0800 123 456" in r.json()["response"]
+    assert "STOP" in r.json()["response"]
+    for body, intent in (
+        ("1", "confirm"),
+        (" 2 ", "reschedule"),
+        ("3", "callback"),
+        ("退订", "stop"),
+    ):
+        await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": body})
+        got = await eventually(lambda i=intent: env.replies.where(intent=i))  # type: ignore[misc]
+        assert got[0].message_id == msg.message_id and got[0].customer_id == "cust-r"

@@ -1,0 +1,227 @@
+"""voice-sender against the real broker and database and the sandbox over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+from twilio_support import (
+    SANDBOX_SID,
+    SANDBOX_TOKEN,
+    Collector,
+    free_port,
+    outbound_voice,
+    producer,
+    serving,
+)
+
+from herald_contracts import (
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    OUTBOUND_VOICE,
+    EngagementReply,
+    utc_now,
+)
+from herald_kit import EventProducer
+from herald_sandbox.app import create_app as sandbox_app
+from herald_sandbox.config import Settings as SandboxSettings
+from herald_voice_sender.app import create_app as voice_app
+from herald_voice_sender.config import Settings as VoiceSettings
+from support import eventually, unique_phone
+
+AGENT = "+15005550009"
+
+
+@dataclass
+class Env:
+    sandbox: str
+    sender: str
+    http: httpx.AsyncClient
+    producer: EventProducer
+    statuses: Collector
+    replies: Collector
+
+    async def calls_to(self, phone: str) -> list[dict[str, Any]]:
+        r = await self.http.get(f"{self.sandbox}/sandbox/api/calls", params={"to": phone})
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    async def answered_call(self, phone: str) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            calls = await self.calls_to(phone)
+            return calls[0] if calls and calls[0]["twiml"] else None
+
+        call: dict[str, Any] = await eventually(probe, within=30)
+        return call
+
+    async def press(self, sid: str, digits: str) -> dict[str, Any]:
+        r = await self.http.post(
+            f"{self.sandbox}/sandbox/api/calls/{sid}/keypad", json={"digits": digits}
+        )
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+
+@pytest.fixture
+async def env(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[Env]:
+    async with AsyncExitStack() as stack:
+        sb_port, port = free_port(), free_port()
+        sandbox = await stack.enter_async_context(
+            serving(
+                sandbox_app(
+                    SandboxSettings(
+                        port=sb_port,
+                        mongo_db="",
+                        twilio_account_sid=SANDBOX_SID,
+                        twilio_auth_token=SANDBOX_TOKEN,
+                        callback_delay_seconds=0.01,
+                    )
+                ),
+                sb_port,
+            )
+        )
+        settings = VoiceSettings(
+            port=port,
+            public_base_url=f"http://127.0.0.1:{port}",
+            kafka_bootstrap=infra["kafka"],
+            mongo_uri=infra["mongo"],
+            mongo_db=db_name("voice_sender"),
+            topic_namespace=namespace,
+            twilio_account_sid=SANDBOX_SID,
+            twilio_auth_token=SANDBOX_TOKEN,
+            twilio_base_url=sandbox,
+            contact_centre_number=AGENT,
+            rate_per_second=0,
+        )
+        sender = await stack.enter_async_context(serving(voice_app(settings), port))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+        prod = await stack.enter_async_context(producer(infra["kafka"], namespace))
+        statuses = await stack.enter_async_context(
+            Collector(infra["kafka"], namespace, DELIVERY_STATUS)
+        )
+        replies = await stack.enter_async_context(
+            Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY)
+        )
+
+        async def ready() -> bool:
+            return (await http.get(f"{sender}/readyz")).status_code == 200
+
+        await eventually(ready, within=30)
+        yield Env(sandbox, sender, http, prod, statuses, replies)
+
+
+async def test_pressing_1_confirms_in_the_customers_language(env: Env) -> None:
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Votre technicien arrive demain à 14 heures.", language="fr-FR")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    menu = call["twiml"][0]
+    assert '<Say language="fr-FR">Votre technicien arrive demain' in menu
+    assert "<Gather" in menu and "Tapez 1 pour confirmer" in menu
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="answered"))
+
+    r = await env.press(call["sid"], "1")
+    assert "<Hangup" in r["twiml"]
+    reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
+    assert reply.intent == "confirm" and reply.channel == "voice"
+    assert reply.customer_id == msg.customer_id and reply.case_id == msg.case_id
+    sent = env.statuses.where(message_id=msg.message_id, status="sent")
+    assert sent and sent[0].provider_id == call["sid"]
+
+
+async def test_pressing_2_dials_the_contact_centre(env: Env) -> None:
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    r = await env.press(call["sid"], "2")
+    assert f"<Dial>{AGENT}</Dial>" in r["twiml"]
+    reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
+    assert (reply.intent, reply.text) == ("other", "agent")
+
+
+async def test_pressing_9_stops_and_star_repeats(env: Env) -> None:
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your parcel is delayed.")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    r = await env.press(call["sid"], "*")
+    assert "<Gather" in r["twiml"] and "Your parcel is delayed." in r["twiml"]
+    r = await env.press(call["sid"], "9")
+    assert "<Hangup" in r["twiml"]
+    reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
+    assert reply.intent == "stop"
+
+
+async def test_a_machine_gets_the_voicemail_and_busy_is_reported(env: Env) -> None:
+    await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": "machine", "share": 1.0, "to_prefix": "+1201"}]},
+    )
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your case is resolved.")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    assert "<Gather" not in call["twiml"][0] and "Your case is resolved." in call["twiml"][0]
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="machine"))
+
+    await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": "busy", "share": 1.0}]},
+    )
+    msg2 = outbound_voice(unique_phone(), "Your case is resolved.")
+    await env.producer.publish(OUTBOUND_VOICE, msg2, key=msg2.customer_id)
+    busy = await eventually(lambda: env.statuses.where(message_id=msg2.message_id, status="busy"))
+    assert busy[0].reason == "call busy"
+
+
+async def test_webhooks_reject_unsigned_tampered_and_unknown(env: Env) -> None:
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Hello.")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    await env.answered_call(phone)
+    before = len(env.replies.items)
+    url = f"{env.sender}/webhooks/twilio/voice/gather?mid={msg.message_id}"
+    params = {"CallSid": "CAx", "Digits": "1"}
+    r = await env.http.post(url, data=params)
+    assert r.status_code == 403
+    sig = RequestValidator(SANDBOX_TOKEN).compute_signature(url, params)
+    r = await env.http.post(
+        url, data={**params, "Digits": "9"}, headers={"X-Twilio-Signature": sig}
+    )
+    assert r.status_code == 403
+    unknown = f"{env.sender}/webhooks/twilio/voice/gather?mid=nope"
+    sig = RequestValidator(SANDBOX_TOKEN).compute_signature(unknown, params)
+    r = await env.http.post(unknown, data=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 404
+    r = await env.http.post(url, json=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 400
+    assert len(env.replies.items) == before
+
+
+async def test_a_callback_request_calls_the_customer_and_connects_an_agent(env: Env) -> None:
+    phone = unique_phone()
+    reply = EngagementReply(
+        reply_id="sms-SMcallback1",
+        customer_id="cust-cb",
+        channel="sms",
+        intent="callback",
+        text="3",
+        message_id="msg-1",
+        case_id="case-1",
+        at=utc_now(),
+        callback_number=phone,
+    )
+    await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)
+    await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)  # a redelivery
+    call = await env.answered_call(phone)
+    assert f"<Dial>{AGENT}</Dial>" in call["twiml"][0]
+    assert len(await env.calls_to(phone)) == 1

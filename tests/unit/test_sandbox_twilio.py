@@ -1,0 +1,210 @@
+"""The sandbox answers as Twilio does: auth, errors, rate limit (429/20429), faults, signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+
+from herald_sandbox.app import create_app
+from herald_sandbox.config import Settings
+
+SID = "AC00000000000000000000000000000000"
+TOKEN = "sandbox-auth-token"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()}
+MSGS = f"/2010-04-01/Accounts/{SID}/Messages.json"
+CALLS = f"/2010-04-01/Accounts/{SID}/Calls.json"
+
+
+class Hooks:
+    """Captures the webhooks the sandbox posts and answers them with TwiML per path."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str], str]] = []
+        self.twiml: dict[str, str] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        params = dict(parse_qsl(request.content.decode()))
+        self.calls.append((str(request.url), params, request.headers["X-Twilio-Signature"]))
+        body = self.twiml.get(request.url.path, "<Response/>")
+        return httpx.Response(200, text=body, headers={"Content-Type": "text/xml"})
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[tuple[httpx.AsyncClient, Hooks]]:
+    app = create_app(Settings(callback_delay_seconds=0.0, mongo_db=""))
+    hooks = Hooks()
+    async with app.router.lifespan_context(app):
+        await app.state.twilio_http.aclose()
+        app.state.twilio_http = httpx.AsyncClient(transport=httpx.MockTransport(hooks.handler))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sb") as client:
+            yield client, hooks
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_message_accepted_and_callbacks_signed_as_twilio_signs(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, hooks = sandbox
+    cb = "https://sender.example/webhooks/twilio/status?x=1"
+    r = await client.post(
+        MSGS,
+        data={"To": "+12015550100", "From": "+15005550006", "Body": "hi", "StatusCallback": cb},
+        headers=AUTH,
+    )
+    assert r.status_code == 201
+    sid = r.json()["sid"]
+    assert sid.startswith("SM") and r.json()["status"] == "queued"
+    await settle()
+    assert [p["MessageStatus"] for _, p, _ in hooks.calls] == ["sent", "delivered"]
+    validator = RequestValidator(TOKEN)
+    for url, params, signature in hooks.calls:
+        assert url == cb
+        assert params["MessageSid"] == sid
+        assert validator.validate(url, params, signature)
+        assert not validator.validate(url, {**params, "MessageStatus": "failed"}, signature)
+
+
+async def test_errors_have_twilio_shape(sandbox: tuple[httpx.AsyncClient, Hooks]) -> None:
+    client, _ = sandbox
+    r = await client.post(MSGS, data={"To": "+12015550100", "From": "+1500", "Body": "x"})
+    assert r.status_code == 401 and r.json()["code"] == 20003
+    r = await client.post(
+        MSGS, data={"To": "12", "From": "+15005550006", "Body": "x"}, headers=AUTH
+    )
+    assert r.status_code == 400 and r.json()["code"] == 21211
+    assert r.json()["more_info"].endswith("/21211")
+
+
+async def test_rate_limit_per_number_answers_429_20429_with_retry_after(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, _ = sandbox
+    await client.post("/sandbox/api/twilio/behaviour", json={"rate_per_number": 2, "burst": 2})
+    codes = []
+    for _ in range(4):
+        r = await client.post(
+            MSGS, data={"To": "+12015550100", "From": "+15005550006", "Body": "x"}, headers=AUTH
+        )
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert r.json()["code"] == 20429
+            assert int(r.headers["Retry-After"]) >= 1
+    assert codes[:2] == [201, 201] and 429 in codes[2:]
+    # Another sending number has its own allowance.
+    r = await client.post(
+        MSGS, data={"To": "+12015550100", "From": "+15005550007", "Body": "x"}, headers=AUTH
+    )
+    assert r.status_code == 201
+    assert (await client.get("/sandbox/api/twilio/behaviour")).json()["rejected_429"] >= 1
+
+
+async def test_fault_rules_inject_server_errors_and_undelivered(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, hooks = sandbox
+    await client.post(
+        "/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": "server-error", "share": 1.0}]},
+    )
+    r = await client.post(
+        MSGS, data={"To": "+12015550100", "From": "+15005550006", "Body": "x"}, headers=AUTH
+    )
+    assert r.status_code == 500 and r.json()["code"] == 20500
+    await client.post(
+        "/sandbox/api/twilio/behaviour", json={"faults": [{"kind": "undelivered", "share": 1.0}]}
+    )
+    r = await client.post(
+        MSGS,
+        data={
+            "To": "+12015550100",
+            "From": "+15005550006",
+            "Body": "x",
+            "StatusCallback": "http://h/s",
+        },
+        headers=AUTH,
+    )
+    assert r.status_code == 201
+    await settle()
+    final = hooks.calls[-1][1]
+    assert final["MessageStatus"] == "undelivered" and final["ErrorCode"] == "30003"
+
+
+async def test_stop_from_customer_blocks_later_messages_with_21610(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, hooks = sandbox
+    r = await client.post(
+        "/sandbox/api/twilio/inbound-sms",
+        json={"from": "+12015550111", "to": "+15005550006", "body": "stop", "url": "http://h/in"},
+    )
+    assert r.json()["status"] == 200
+    url, params, signature = hooks.calls[-1]
+    assert params["Body"] == "stop" and RequestValidator(TOKEN).validate(url, params, signature)
+    r = await client.post(
+        MSGS, data={"To": "+12015550111", "From": "+15005550006", "Body": "x"}, headers=AUTH
+    )
+    assert r.status_code == 400 and r.json()["code"] == 21610
+
+
+async def test_call_runs_twiml_and_keypad_posts_to_gather_action(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, hooks = sandbox
+    hooks.twiml["/voice"] = (
+        '<Response><Gather action="/gather" numDigits="1"><Say>Press 1</Say></Gather></Response>'
+    )
+    hooks.twiml["/gather"] = "<Response><Dial>+15005550009</Dial></Response>"
+    r = await client.post(
+        CALLS,
+        data={
+            "To": "+12015550122",
+            "From": "+15005550006",
+            "Url": "http://app/voice",
+            "StatusCallback": "http://app/status",
+            "MachineDetection": "Enable",
+        },
+        headers=AUTH,
+    )
+    assert r.status_code == 201
+    sid = r.json()["sid"]
+    await settle()
+    voice = hooks.calls[-1][1]
+    assert voice["CallSid"] == sid and voice["AnsweredBy"] == "human"
+    r = await client.post(f"/sandbox/api/calls/{sid}/keypad", json={"digits": "2"})
+    assert "<Dial>" in r.json()["twiml"]
+    assert [u for u, _, _ in hooks.calls][-2:] == ["http://app/gather", "http://app/status"]
+    assert hooks.calls[-2][1]["Digits"] == "2"
+    assert hooks.calls[-1][1]["CallStatus"] == "completed"
+    listed = (await client.get("/sandbox/api/calls", params={"to": "+12015550122"})).json()
+    assert listed["items"][0]["digits"] == ["2"]
+
+
+async def test_busy_fault_reports_busy(sandbox: tuple[httpx.AsyncClient, Hooks]) -> None:
+    client, hooks = sandbox
+    await client.post(
+        "/sandbox/api/twilio/behaviour", json={"faults": [{"kind": "busy", "share": 1.0}]}
+    )
+    r = await client.post(
+        CALLS,
+        data={
+            "To": "+12015550123",
+            "From": "+1500555",
+            "Url": "http://app/v",
+            "StatusCallback": "http://app/s",
+        },
+        headers=AUTH,
+    )
+    assert r.status_code == 201
+    await settle()
+    assert hooks.calls[-1][1]["CallStatus"] == "busy"

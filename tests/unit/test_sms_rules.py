@@ -1,0 +1,111 @@
+"""Keywords, pacing, backoff and the circuit breaker: the rules senders rely on."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald_kit import CircuitBreaker, Pacer, backoff
+from herald_sms_sender.domain.keywords import interpret, number_key
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("STOP", "stop"),
+        (" stop ", "stop"),
+        ("Stop.", "stop"),
+        ("unsubscribe", "stop"),
+        ("退订", "stop"),
+        ("td", "stop"),
+        ("START", "start"),
+        ("unstop", "start"),
+        ("help", "help"),
+        ("1", "confirm"),
+        ("１", "confirm"),  # fullwidth digit from an East Asian keyboard  # noqa: RUF001
+        ("2", "reschedule"),
+        ("3", "callback"),
+        ("stop sending me these please", "other"),
+        ("", "other"),
+    ],
+)
+def test_keywords(text: str, intent: str) -> None:
+    assert interpret(text) == intent
+
+
+def test_reply_codes_are_configurable() -> None:
+    assert interpret("4", {"4": "confirm"}) == "confirm"
+    assert interpret("1", {"4": "confirm"}) == "other"
+
+
+def test_number_key_is_stable_and_not_the_number() -> None:
+    assert number_key("+12015550100") == number_key(" +12015550100 ")
+    assert "2015550100" not in number_key("+12015550100")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@given(rate=st.floats(min_value=0.5, max_value=5000), n=st.integers(min_value=2, max_value=500))
+def test_pacer_spaces_sends_exactly_at_the_rate(rate: float, n: int) -> None:
+    clock = Clock()
+    pacer = Pacer(rate, burst=1, clock=clock)
+    starts = [clock.t + pacer.reserve("+1500") for _ in range(n)]
+    achieved = (n - 1) / (starts[-1] - starts[0])
+    assert achieved == pytest.approx(rate, rel=1e-9)
+
+
+def test_pacer_burst_and_identities_and_hold() -> None:
+    clock = Clock()
+    pacer = Pacer(10, burst=3, clock=clock)
+    assert [pacer.reserve("a") for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
+    assert pacer.reserve("b") == 0  # another sender identity has its own bucket
+    pacer.hold("b", 5.0)  # the provider said Retry-After: 5
+    assert pacer.reserve("b") == pytest.approx(5.0)
+
+
+def test_unpaced_pacer_still_honours_retry_after() -> None:
+    clock = Clock()
+    pacer = Pacer(0, clock=clock)
+    assert pacer.reserve("a") == 0
+    pacer.hold("a", 2.0)
+    assert pacer.reserve("a") == pytest.approx(2.0)
+    clock.t += 3
+    assert pacer.reserve("a") == 0
+
+
+def test_backoff_grows_is_jittered_capped_and_respects_retry_after() -> None:
+    top = lambda lo, hi: hi  # noqa: E731 - the largest jitter
+    assert [backoff(a, base=0.5, cap=3, rand=top) for a in (1, 2, 3, 4, 5)] == [
+        0.5,
+        1.0,
+        2.0,
+        3,
+        3,
+    ]
+    assert backoff(1, base=0.5, cap=3, retry_after=7, rand=top) == 7
+    assert 0 <= backoff(3, base=0.5, cap=3) <= 2.0
+
+
+def test_circuit_breaker_opens_then_lets_one_trial_through() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=clock)
+    for _ in range(3):
+        assert breaker.wait() == 0
+        breaker.failure()
+    assert breaker.state == "open" and breaker.wait() == pytest.approx(10)
+    clock.t += 10
+    assert breaker.wait() == 0  # the trial
+    assert breaker.wait() > 0  # others wait for its verdict
+    breaker.failure()
+    assert breaker.state == "open"
+    clock.t += 10
+    assert breaker.wait() == 0
+    breaker.success()
+    assert breaker.state == "closed" and breaker.wait() == 0

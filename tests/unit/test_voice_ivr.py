@@ -1,0 +1,60 @@
+"""The IVR script: keys and words, TwiML per branch, language fallback."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from herald_voice_sender.domain import ivr
+
+
+@pytest.mark.parametrize(
+    ("digits", "speech", "choice"),
+    [
+        ("1", "", "confirm"),
+        ("2", "", "agent"),
+        ("9", "", "stop"),
+        ("*", "", "repeat"),
+        ("", "Yes please", "confirm"),
+        ("", "an agent.", "agent"),
+        ("", "stop", "stop"),
+        ("", "mumble", "repeat"),
+    ],
+)
+def test_interpret(digits: str, speech: str, choice: str) -> None:
+    assert ivr.interpret(digits=digits, speech=speech) == choice
+
+
+def test_menu_says_the_message_in_language_and_gathers() -> None:
+    xml = ivr.menu(
+        say="Ihr Techniker kommt morgen.",
+        language="de-DE",
+        gather_url="https://h/g?mid=m",
+        again_url="https://h/t?mid=m&again=1",
+    )
+    root = ET.fromstring(xml)  # noqa: S314 - our own output
+    gather = root.find("Gather")
+    assert gather is not None and gather.get("action") == "https://h/g?mid=m"
+    assert gather.get("input") == "dtmf speech" and gather.get("numDigits") == "1"
+    says = [s.text for s in gather.findall("Say")]
+    assert says[0] == "Ihr Techniker kommt morgen." and "Drücken Sie 1" in (says[1] or "")
+    assert all(s.get("language") == "de-DE" for s in gather.findall("Say"))
+    assert root.find("Redirect") is not None
+
+
+def test_second_pass_hangs_up_instead_of_looping() -> None:
+    root = ET.fromstring(  # noqa: S314 - our own output
+        ivr.menu(say="x", language="en-GB", gather_url="g", again_url=None)
+    )
+    assert root.find("Redirect") is None and root.find("Hangup") is not None
+
+
+def test_agent_dials_the_contact_centre_and_unknown_language_falls_back() -> None:
+    xml = ivr.after("agent", language="pt-BR", contact_number="+15005550009", again_url="a")
+    assert "<Dial>+15005550009</Dial>" in xml and "Connecting you" in xml
+
+
+def test_voicemail_has_no_menu() -> None:
+    xml = ivr.voicemail(say="Case resolved.", language="en", contact_number="+15005550009")
+    assert "<Gather" not in xml and "Case resolved." in xml and "<Hangup" in xml
