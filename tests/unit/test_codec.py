@@ -64,3 +64,15 @@ def test_unknown_type() -> None:
     headers = [(k, b"no.such.type" if k == "ce_type" else v) for k, v in headers]
     with pytest.raises(DecodeError, match="unknown event type"):
         decode(_record(headers, value))
+
+
+def test_transient_database_errors_are_retried_not_dead_lettered() -> None:
+    from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
+
+    from herald_kit import is_transient_db_error
+
+    assert is_transient_db_error(OperationFailure("database is locked (5) (SQLITE_BUSY)"))
+    assert is_transient_db_error(OperationFailure("not primary", code=10107))
+    assert is_transient_db_error(AutoReconnect("connection reset"))
+    assert not is_transient_db_error(OperationFailure("bad query", code=2))
+    assert not is_transient_db_error(DuplicateKeyError("dup", code=11000))

@@ -29,6 +29,7 @@ from herald_kit._kafka import (
     EventProducer,
     decode,
     encode,
+    is_transient_db_error,
     kafka_client_options,
 )
 from herald_kit._ledger import SendLedger
@@ -86,6 +87,7 @@ __all__ = [
     "ensure_topics",
     "hash_key",
     "insert_if_absent",
+    "is_transient_db_error",
     "kafka_client_options",
     "mask",
     "new_key",

@@ -216,6 +216,23 @@ Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 # Failures of our own infrastructure: never a reason to drop a message, so retried until the
 # dependency is back (offsets stay uncommitted meanwhile).
 INFRA_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure, KafkaError, OSError)
+# Server answers that mean "try again": SQLite busy under FerretDB, MongoDB shutdowns/elections.
+_TRANSIENT_DB_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """True for database refusals that pass by themselves (busy, locked, stepping down)."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if not isinstance(exc, OperationFailure):
+        return False
+    text = str(exc).lower()
+    return (
+        exc.code in _TRANSIENT_DB_CODES
+        or exc.has_error_label("RetryableWriteError")
+        or "database is locked" in text
+        or "busy" in text
+    )
 
 
 @dataclass
@@ -357,10 +374,14 @@ class ConsumerLoop:
                         break
                     CONSUMED.labels(self.group, base, "retried").inc()
                     await asyncio.sleep(self._backoff(attempt, exc.retry_after))
-                except INFRA_ERRORS as exc:
-                    if isinstance(exc, OperationFailure):
+                except OperationFailure as exc:
+                    if not is_transient_db_error(exc):
                         await self._to_dlq(record, exc, "database-rejected")
                         break
+                    attempt += 1
+                    CONSUMED.labels(self.group, base, "retried").inc()
+                    await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
+                except INFRA_ERRORS as exc:
                     attempt += 1
                     CONSUMED.labels(self.group, base, "retried").inc()
                     log.warning(
