@@ -110,3 +110,19 @@ def daytime_zone() -> str:
         if 10 <= now.astimezone(ZoneInfo(name)).hour < 18:
             return name
     raise AssertionError("no daytime zone found")  # the list spans every hour of the day
+
+
+def registered_consumers() -> dict[str, list[object]]:
+    """Consumer group → the topics it consumes, read from every service's app as built."""
+    import importlib
+
+    from herald_devstack import SERVICES
+
+    out: dict[str, list[object]] = {}
+    for spec in SERVICES:
+        app_mod = importlib.import_module(f"{spec.module}.app")
+        cfg_mod = importlib.import_module(f"{spec.module}.config")
+        app = app_mod.create_app(cfg_mod.Settings(_env_file=None))
+        for loop in app.state.runtime.consumers:
+            out[loop.group] = list(loop.topics)
+    return out

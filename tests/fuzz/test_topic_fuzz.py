@@ -14,19 +14,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 from chaos.scenario import Scenario, read_topic
 
-from herald_contracts import BY_TYPE, Topics, dlq_topic
+from herald_contracts import BY_TYPE, dlq_topic
 from herald_devstack import Stack
 from herald_kit import encode
-from support import TEST_KEY, eventually
+from support import TEST_KEY, eventually, registered_consumers
 
-# Consumer group -> the topics it consumes. A service that adds a consumer adds a line here.
-CONSUMED = {
-    "ingest": [Topics.EVENTS_INBOUND],
-    "scheduler": [Topics.CASES_CHANGES],
-    "dispatcher": [Topics.CONTACT_REQUESTS],
-    "dispatcher-views": [Topics.CONTACTS_PREFERENCES, Topics.CASES_STATE],
-    "sms-sender": [Topics.OUTBOUND_SMS],
-}
+# Consumer group -> the topics it consumes, as the services register them.
+CONSUMED = registered_consumers()
 TYPE_OF = {et.topic.base: et for et in BY_TYPE.values()}
 Hostile = list[tuple[bytes, list[tuple[str, bytes]]]]
 
@@ -91,18 +85,20 @@ async def test_hostile_bytes_land_in_dlqs_and_consumers_keep_going(
 ) -> None:
     ns = fuzz_stack.config.namespace
     rng = random.Random(20261124)
-    sent: dict[str, int] = defaultdict(int)
+    per_topic: dict[str, int] = defaultdict(int)
+    topics_by_base = {t.base: t for topics in CONSUMED.values() for t in topics}
     producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"], enable_idempotence=True)
     await producer.start()
     try:
-        for group, topics in CONSUMED.items():
-            for topic in topics:
-                for value, headers in hostile_records(topic.base, rng):
-                    key = f"fuzz-{uuid.uuid4().hex[:6]}".encode()
-                    await producer.send_and_wait(topic.name(ns), value, key=key, headers=headers)
-                    sent[group] += 1
+        for base, topic in sorted(topics_by_base.items()):
+            for value, headers in hostile_records(base, rng):
+                key = f"fuzz-{uuid.uuid4().hex[:6]}".encode()
+                await producer.send_and_wait(topic.name(ns), value, key=key, headers=headers)
+                per_topic[base] += 1
     finally:
         await producer.stop()
+    # Every group reading a topic must dead-letter every hostile record on it.
+    sent = {g: sum(per_topic[t.base] for t in topics) for g, topics in CONSUMED.items()}
 
     async def dead_lettered() -> dict[str, list[object]]:
         got = {g: await read_topic(infra["kafka"], dlq_topic(g).name(ns)) for g in CONSUMED}

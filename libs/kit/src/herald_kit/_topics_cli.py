@@ -27,6 +27,7 @@ CONSUMER_GROUPS = (
     "sms-sender",
     "email-sender",
     "voice-sender",
+    "voice-sender-callbacks",
 )
 
 

@@ -375,12 +375,12 @@ def _rows(request_body: bytes, content_type: str) -> list[Any]:
                 continue
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8
                 rows.append(_BadRow(f"line {n + 1} is not JSON"))
         return rows
     try:
         parsed = json.loads(request_body)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise MalformedRequest("the body is not JSON", field="body") from exc
     if not isinstance(parsed, list):
         raise InvalidInput("a JSON array of contacts is expected", field="body")

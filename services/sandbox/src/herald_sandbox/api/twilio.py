@@ -90,15 +90,15 @@ def _valid_number(number: str) -> bool:
 async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> httpx.Response | None:
     """POST a webhook signed with X-Twilio-Signature as Twilio does; None if unreachable."""
     settings: Settings = app.state.settings
-    signature = RequestValidator(settings.twilio_auth_token.get_secret_value()).compute_signature(
-        url, params
-    )
     try:
+        signature = RequestValidator(
+            settings.twilio_auth_token.get_secret_value()
+        ).compute_signature(url, params)
         response: httpx.Response = await app.state.twilio_http.post(
             url, data=params, headers={"X-Twilio-Signature": signature}
         )
         return response
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # unreachable, or a bad URL
         log.warning("webhook call failed", extra={"error": type(exc).__name__})
         return None
 

@@ -43,7 +43,12 @@ class InboundSmsIn(BaseModel):
     from_: str = Field(alias="from")
     to: str
     body: str = Field(max_length=1600)
-    url: str | None = Field(default=None, description="Webhook; default the configured one.")
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/$.?#][^\s]*$",
+        max_length=2000,
+        description="Webhook; default the configured one.",
+    )
 
 
 class KeypadIn(BaseModel):
