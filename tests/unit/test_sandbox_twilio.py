@@ -37,7 +37,7 @@ class Hooks:
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[tuple[httpx.AsyncClient, Hooks]]:
-    app = create_app(Settings(callback_delay_seconds=0.0, mongo_db=""))
+    app = create_app(Settings(callback_delay_seconds=0.0, mongo_db="", smtp_port=0))
     hooks = Hooks()
     async with app.router.lifespan_context(app):
         await app.state.twilio_http.aclose()

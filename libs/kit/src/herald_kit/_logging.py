@@ -76,7 +76,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "pymongo", "apscheduler", "twilio", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # Access lines carry raw paths and query strings (ids, tokens); requests are counted in
+    # herald_http_requests_total instead.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False

@@ -15,7 +15,12 @@ class Settings(ServiceSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
     callback_delay_seconds: float = 0.05
-    smtp_port: int = Field(default=2525, ge=0, le=65535, description="SMTP sink; 0 picks one.")
+    smtp_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="SMTP sink port; 0 picks a free one (devstack sets it).",
+    )
     # Twilio side (runtime-changeable through POST /sandbox/api/twilio/behaviour).
     twilio_rate_per_number: float = 0.0
     twilio_sms_webhook_url: str = ""
