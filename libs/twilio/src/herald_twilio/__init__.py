@@ -1,0 +1,18 @@
+"""Twilio plumbing shared by the SMS and voice senders."""
+
+from herald_twilio._client import (
+    ProviderBusy,
+    ProviderRejected,
+    ProviderTimeout,
+    TwilioClient,
+)
+from herald_twilio._webhooks import BadSignature, validate_signed_form
+
+__all__ = [
+    "BadSignature",
+    "ProviderBusy",
+    "ProviderRejected",
+    "ProviderTimeout",
+    "TwilioClient",
+    "validate_signed_form",
+]
