@@ -6,6 +6,7 @@ from herald_twilio._client import (
     ProviderTimeout,
     TwilioClient,
 )
+from herald_twilio._sending import busy_delay, pause_unclaimed, publish_delivery_status
 from herald_twilio._webhooks import BadSignature, validate_signed_form
 
 __all__ = [
@@ -14,5 +15,8 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "TwilioClient",
+    "busy_delay",
+    "pause_unclaimed",
+    "publish_delivery_status",
     "validate_signed_form",
 ]
