@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export HERALD_ROOT := $(CURDIR)
-PACKAGES := herald_contracts herald_kit herald_devstack herald_preferences herald_ingest \
+PACKAGES := herald_contracts herald_kit herald_twilio herald_devstack herald_preferences herald_ingest \
 	herald_scheduler herald_dispatcher herald_sms_sender herald_email_sender herald_voice_sender \
 	herald_sandbox
 

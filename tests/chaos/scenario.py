@@ -20,7 +20,8 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
 
 from herald_contracts import ContactRequest, DeliveryStatus, Topics, dlq_topic
-from herald_devstack import Stack
+from herald_devstack import Stack, StackConfig
 from herald_kit import DecodeError, decode
-from support import daytime_zone
+from support import TEST_KEY, daytime_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fictional-range numbers in several valid US area codes: 10,000 customers per area code.
@@ -495,6 +496,27 @@ def free_port_offset() -> int:
     """A port offset whose ports lie below the kernel's ephemeral range (32768+), so no
     outgoing connection can hold a service's port when it restarts."""
     return random.randrange(12_000, 17_000, 10)
+
+
+@contextmanager
+def whole_stack(infra: dict[str, str], namespace: str, logs: str) -> Iterator[Stack]:
+    """Every service against the real broker and database, isolated by namespace and ports;
+    logs kept under .cache/logs/<logs> for the log scan."""
+    config = StackConfig(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        namespace=namespace,
+        db_suffix="_" + namespace.strip("."),
+        port_offset=free_port_offset(),
+        api_key=TEST_KEY,
+        log_dir=ROOT / ".cache" / "logs" / logs,
+    )
+    s = Stack(config)
+    try:
+        s.start(timeout=120)
+        yield s
+    finally:
+        s.stop()
 
 
 async def inject_faults(

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from chaos.scenario import free_port_offset
+from chaos.scenario import whole_stack
 
-from herald_devstack import Stack, StackConfig
-from support import TEST_KEY
-
-ROOT = Path(__file__).resolve().parents[2]
+from herald_devstack import Stack
 
 
 @pytest.fixture
 def fuzz_stack(infra: dict[str, str], namespace: str) -> Iterator[Stack]:
     """Every service against the real broker and database, isolated by namespace and ports."""
-    config = StackConfig(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        namespace=namespace,
-        db_suffix="_" + namespace.strip("."),
-        port_offset=free_port_offset(),
-        api_key=TEST_KEY,
-        log_dir=ROOT / ".cache" / "logs" / "fuzz",
-    )
-    s = Stack(config)
-    try:
-        s.start(timeout=120)
+    with whole_stack(infra, namespace, "fuzz") as s:
         yield s
-    finally:
-        s.stop()

@@ -32,7 +32,7 @@ from herald_kit._kafka import (
     is_transient_db_error,
     kafka_client_options,
 )
-from herald_kit._ledger import SendLedger
+from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
@@ -70,6 +70,7 @@ __all__ = [
     "PreconditionFailed",
     "Principal",
     "RetryableError",
+    "RetryingSendLedger",
     "Runtime",
     "SendLedger",
     "ServiceSettings",
@@ -95,4 +96,5 @@ __all__ = [
     "problem",
     "require_scopes",
     "serve",
+    "transient",
 ]

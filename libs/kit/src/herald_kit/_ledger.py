@@ -6,12 +6,37 @@ message id, created with an insert-if-absent on the primary key (no transactions
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from herald_kit._mongo import Doc, insert_if_absent
+
+T = TypeVar("T")
+
+
+async def transient(op: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
+    """Run a single-document operation, retrying what the database reports as momentary.
+
+    FerretDB on SQLite answers "database is locked" (SQLITE_BUSY) under concurrent writes; a
+    ledger write must not turn into a dead-lettered message for that.
+    """
+    delay = 0.02
+    for attempt in range(attempts):
+        try:
+            return await op()
+        except (OperationFailure, AutoReconnect) as exc:
+            busy = isinstance(exc, AutoReconnect) or "locked" in str(exc) or "BUSY" in str(exc)
+            if not busy or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
 
 
 class SendLedger:
@@ -19,39 +44,68 @@ class SendLedger:
 
     Statuses: 'sending' (claimed, the provider may have been called), 'retry' (the provider
     refused with a passing error, so nothing went out), 'sent', 'failed', 'unknown'.
+    A subclass may claim rows in another status (`claim_status`) and let more statuses be
+    claimed again (`reclaimable`).
     """
+
+    claim_status: str = "sending"
+    reclaimable: tuple[str, ...] = ("retry",)
 
     def __init__(self, db: AsyncDatabase[Doc], collection: str = "send_ledger") -> None:
         self.rows = db[collection]
+
+    async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
+        """How a single-document operation is run (once, here)."""
+        return await op()
 
     async def ensure_indexes(self) -> None:
         """Callbacks look rows up by the provider's id."""
         await self.rows.create_index("provider_id", sparse=True)
 
-    async def claim(self, message_id: str, *, now: datetime) -> tuple[bool, Doc | None]:
+    async def claim(
+        self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None
+    ) -> tuple[bool, Doc | None]:
         """(True, None) when this caller may send; (False, row) when the row forbids it.
 
-        A row in 'retry' may be claimed again: the provider said nothing went out.
+        A row in a reclaimable status ('retry': the provider said nothing went out) may be
+        claimed again.
         """
-        if await insert_if_absent(self.rows, {"_id": message_id, "status": "sending", "at": now}):
+        row = {"_id": message_id, "status": self.claim_status, "at": now, **(meta or {})}
+        if await self._run(lambda: insert_if_absent(self.rows, row)):
             return True, None
-        row = await self.rows.find_one_and_update(
-            {"_id": message_id, "status": "retry"},
-            {"$set": {"status": "sending", "at": now}},
-            return_document=ReturnDocument.AFTER,
+        again: object = (
+            self.reclaimable[0] if len(self.reclaimable) == 1 else {"$in": list(self.reclaimable)}
         )
-        if row is not None:
+        claimed = await self._run(
+            lambda: self.rows.find_one_and_update(
+                {"_id": message_id, "status": again},
+                {"$set": {"status": self.claim_status, "at": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        if claimed is not None:
             return True, None
-        return False, await self.rows.find_one({"_id": message_id})
+        return False, await self._run(lambda: self.rows.find_one({"_id": message_id}))
 
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """Record a status (and provider id, error code...)."""
-        await self.rows.update_one({"_id": message_id}, {"$set": {"status": status, **fields}})
+        await self._run(
+            lambda: self.rows.update_one(
+                {"_id": message_id}, {"$set": {"status": status, **fields}}
+            )
+        )
 
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""
-        return await self.rows.find_one({"_id": message_id})
+        return await self._run(lambda: self.rows.find_one({"_id": message_id}))
 
     async def by_provider_id(self, provider_id: str) -> Doc | None:
         """The row of a provider's message id."""
-        return await self.rows.find_one({"provider_id": provider_id})
+        return await self._run(lambda: self.rows.find_one({"provider_id": provider_id}))
+
+
+class RetryingSendLedger(SendLedger):
+    """A SendLedger whose every operation retries momentary database refusals (`transient`)."""
+
+    async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
+        return await transient(op)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import Counter
 
-from herald_contracts import DELIVERY_STATUS, DeliveryState, DeliveryStatus, OutboundSms, utc_now
+from herald_contracts import DeliveryState, OutboundSms, utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
@@ -21,6 +20,7 @@ from herald_sms_sender.adapters.provider import (
     SmsProvider,
 )
 from herald_sms_sender.domain.keywords import number_key
+from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status
 
 log = logging.getLogger("herald.sms")
 
@@ -80,24 +80,14 @@ class SmsSending:
     ) -> None:
         """Publish a delivery status; its event id makes a repeat recognisable downstream."""
         SEND_OUTCOMES.labels("sms", status).inc()
-        await self.producer.publish(
-            DELIVERY_STATUS,
-            DeliveryStatus(
-                message_id=ref["message_id"],
-                request_id=ref["request_id"],
-                campaign_id=ref["campaign_id"],
-                customer_id=ref["customer_id"],
-                case_id=ref.get("case_id"),
-                channel="sms",
-                status=status,
-                provider_id=provider_id,
-                error_code=error_code,
-                reason=reason,
-                at=utc_now(),
-            ),
-            key=ref["customer_id"],
-            event_id=f"{ref['message_id']}:{status}",
-            subject=ref.get("case_id"),
+        await publish_delivery_status(
+            self.producer,
+            ref,
+            status,
+            channel="sms",
+            provider_id=provider_id,
+            error_code=error_code,
+            reason=reason,
         )
 
     @staticmethod
@@ -178,16 +168,14 @@ class SmsSending:
                 delay = backoff(attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds)
             except ProviderBusy as exc:
                 PROVIDER_REQUESTS.labels("twilio", "busy", exc.code or "").inc()
-                if exc.http_status == 429:
-                    self.pacer.hold(self.identity, exc.retry_after or 1.0)
-                else:
-                    self.breaker.failure()
-                last = exc.code or str(exc.http_status)
-                delay = backoff(
+                last, delay = busy_delay(
+                    exc,
                     attempt,
                     base=self.retry.base_seconds,
                     cap=self.retry.cap_seconds,
-                    retry_after=exc.retry_after,
+                    pacer=self.pacer,
+                    breaker=self.breaker,
+                    identity=self.identity,
                 )
             else:
                 PROVIDER_REQUESTS.labels("twilio", "accepted", "").inc()
@@ -200,13 +188,9 @@ class SmsSending:
 
     async def _pause(self, msg: OutboundSms, delay: float) -> bool:
         """Sleep before the next attempt unless that passes the expiry; False when it would."""
-        if msg.expires_at is not None and utc_now() + timedelta(seconds=delay) >= msg.expires_at:
-            return False
-        # Nothing is in flight while we wait: a crash now must not leave the row 'sending'.
-        await self.ledger.set(msg.message_id, "retry")
-        await asyncio.sleep(delay)
-        ok, _ = await self.ledger.claim(msg.message_id, now=utc_now())
-        return ok
+        return await pause_unclaimed(
+            self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at
+        )
 
     async def _reconcile(self, msg: OutboundSms, *, since: datetime) -> str | None:
         try:

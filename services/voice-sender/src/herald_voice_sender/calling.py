@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 from herald_contracts import (
-    DELIVERY_STATUS,
     ENGAGEMENT_REPLY,
     DeliveryState,
-    DeliveryStatus,
     EngagementReply,
     Intent,
     OutboundVoice,
     utc_now,
 )
-from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
+from herald_kit import CircuitBreaker, EventProducer, Pacer
+from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status
 from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.adapters.provider import (
     ProviderBusy,
@@ -95,24 +92,14 @@ class VoiceCalling:
         reason: str | None = None,
     ) -> None:
         """Publish a delivery status of a call."""
-        await self.producer.publish(
-            DELIVERY_STATUS,
-            DeliveryStatus(
-                message_id=ref["message_id"],
-                request_id=ref["request_id"],
-                campaign_id=ref["campaign_id"],
-                customer_id=ref["customer_id"],
-                case_id=ref.get("case_id"),
-                channel="voice",
-                status=status,
-                provider_id=provider_id,
-                error_code=error_code,
-                reason=reason,
-                at=utc_now(),
-            ),
-            key=ref["customer_id"],
-            event_id=f"{ref['message_id']}:{status}",
-            subject=ref.get("case_id"),
+        await publish_delivery_status(
+            self.producer,
+            ref,
+            status,
+            channel="voice",
+            provider_id=provider_id,
+            error_code=error_code,
+            reason=reason,
         )
 
     async def publish_reply(
@@ -190,16 +177,14 @@ class VoiceCalling:
                 await self.publish_status(ref, "unknown", error_code=exc.code, reason=exc.detail)
                 return
             except ProviderBusy as exc:
-                if exc.http_status == 429:
-                    self.pacer.hold(self.identity, exc.retry_after or 1.0)
-                else:
-                    self.breaker.failure()
-                last = exc.code or str(exc.http_status)
-                delay = backoff(
+                last, delay = busy_delay(
+                    exc,
                     attempt,
                     base=self.retry.base_seconds,
                     cap=self.retry.cap_seconds,
-                    retry_after=exc.retry_after,
+                    pacer=self.pacer,
+                    breaker=self.breaker,
+                    identity=self.identity,
                 )
             else:
                 self.breaker.success()
@@ -215,12 +200,9 @@ class VoiceCalling:
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
 
     async def _pause(self, call: Call, delay: float) -> bool:
-        if call.expires_at is not None and utc_now() + timedelta(seconds=delay) >= call.expires_at:
-            return False
-        await self.ledger.set(call.message_id, "retry")
-        await asyncio.sleep(delay)
-        ok, _ = await self.ledger.claim(call.message_id, now=utc_now())
-        return ok
+        return await pause_unclaimed(
+            self.ledger, call.message_id, delay=delay, expires_at=call.expires_at
+        )
 
     async def callback(self, reply: EngagementReply) -> None:
         """A customer asked to be called back: call the number they gave, straight to an agent."""

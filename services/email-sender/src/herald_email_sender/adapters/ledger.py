@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -83,14 +84,17 @@ class BatchedLedger(SendLedger):
         self._claims = _InsertBatcher(self.rows, window=window, max_batch=max_batch)
         self._sent = _InsertBatcher(self.outcomes, window=window, max_batch=max_batch)
 
-    async def claim(self, message_id: str, *, now: datetime) -> tuple[bool, Doc | None]:
+    async def claim(
+        self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None
+    ) -> tuple[bool, Doc | None]:
         """(True, None) when this caller may send; (False, row) when a row forbids it."""
-        if await self._claims.insert({"_id": message_id, "status": "sending", "at": now}):
+        row = {"_id": message_id, "status": "sending", "at": now, **(meta or {})}
+        if await self._claims.insert(row):
             return True, None
         outcome = await self.outcomes.find_one({"_id": message_id})
         if outcome is not None:
             return False, outcome
-        return await super().claim(message_id, now=now)
+        return await super().claim(message_id, now=now, meta=meta)
 
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """'sent' goes to the outcome rows in a batch; every other status updates the claim."""

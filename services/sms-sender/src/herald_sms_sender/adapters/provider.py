@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextvars
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
-import aiohttp
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.http.response import Response
-from twilio.rest import Client
+from herald_twilio import ProviderBusy, ProviderRejected, ProviderTimeout, TwilioClient
 
-from herald_kit import PermanentError, RetryableError
+__all__ = [
+    "ProviderBusy",
+    "ProviderRejected",
+    "ProviderTimeout",
+    "Sent",
+    "SmsProvider",
+    "TwilioSms",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,22 +25,6 @@ class Sent:
 
     provider_id: str
     status: str
-
-
-class ProviderRejected(PermanentError):
-    """The provider refused the message for good (e.g. an invalid number)."""
-
-
-class ProviderBusy(RetryableError):
-    """The provider answered 429 or 5xx: nothing was sent; try again later."""
-
-    def __init__(self, detail: str, *, status: int, code: str, retry_after: float | None) -> None:
-        super().__init__(detail, code=code, retry_after=retry_after)
-        self.http_status = status
-
-
-class ProviderTimeout(RetryableError):
-    """No answer in time: the provider may or may not have taken the message."""
 
 
 class SmsProvider(Protocol):
@@ -58,51 +43,6 @@ class SmsProvider(Protocol):
         ...
 
 
-# The response headers of the request made in the current task (Retry-After lives there, and
-# TwilioRestException does not carry headers).
-_last_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "twilio_last_headers", default=None
-)
-
-
-class _HeaderKeepingClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """Twilio's aiohttp client, remembering response headers and turning timeouts into ours."""
-
-    async def request(self, *args: Any, **kwargs: Any) -> Response:
-        auth = kwargs.pop("auth", None)
-        if auth is not None:
-            # aiohttp deprecates BasicAuth objects; the header is the same bytes on the wire.
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {token}"}
-        # twilio's async client drops its own timeout (aiohttp would wait 5 minutes): apply it.
-        if kwargs.get("timeout") is None and self.timeout:
-            kwargs["timeout"] = float(self.timeout)  # aiohttp makes it ClientTimeout(total=...)
-        try:
-            response: Response = await super().request(*args, **kwargs)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
-        except aiohttp.ClientConnectorError as exc:
-            # Never connected: nothing can have been sent.
-            raise ProviderBusy(
-                "twilio unreachable", status=503, code="connect", retry_after=None
-            ) from exc
-        except aiohttp.ClientError as exc:
-            # Connected, then lost: the request may have been taken.
-            raise ProviderTimeout(
-                f"twilio connection lost: {type(exc).__name__}", code="io"
-            ) from exc
-        _last_headers.set({k.lower(): v for k, v in (response.headers or {}).items()})
-        return response
-
-
-def _retry_after(headers: dict[str, str] | None) -> float | None:
-    value = (headers or {}).get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class TwilioSms:
     """The real twilio-python client; `base_url` points it at the sandbox in development."""
 
@@ -116,11 +56,10 @@ class TwilioSms:
         base_url: str | None,
         timeout: float = 10.0,
     ) -> None:
-        self._http = _HeaderKeepingClient(timeout=timeout)
-        self._timeout = timeout
-        self._client = Client(account_sid, auth_token, http_client=self._http)
-        if base_url:
-            self._client.api.base_url = base_url.rstrip("/")
+        self._twilio = TwilioClient(
+            account_sid=account_sid, auth_token=auth_token, base_url=base_url, timeout=timeout
+        )
+        self._client = self._twilio.rest
         self._from = from_number
         self._service = messaging_service_sid
 
@@ -138,24 +77,7 @@ class TwilioSms:
             kwargs["from_"] = self._from
         if status_callback:
             kwargs["status_callback"] = status_callback
-        _last_headers.set(None)
-        try:
-            # A hard bound even if the HTTP layer's own timeout does not fire.
-            msg = await asyncio.wait_for(
-                self._client.messages.create_async(**kwargs), self._timeout + 1
-            )
-        except TimeoutError as exc:
-            raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
-        except TwilioRestException as exc:
-            code = str(exc.code or exc.status)
-            if exc.status == 429 or exc.status >= 500:
-                raise ProviderBusy(
-                    f"twilio {exc.status} ({code})",
-                    status=exc.status,
-                    code=code,
-                    retry_after=_retry_after(_last_headers.get()),
-                ) from exc
-            raise ProviderRejected(f"twilio {exc.status} ({code}): {exc.msg}", code=code) from exc
+        msg = await self._twilio.create(self._client.messages.create_async(**kwargs))
         return Sent(provider_id=str(msg.sid), status=str(msg.status))
 
     async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
@@ -170,4 +92,4 @@ class TwilioSms:
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        await self._http.close()
+        await self._twilio.close()

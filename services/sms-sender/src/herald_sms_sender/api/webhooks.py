@@ -6,48 +6,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
-from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from herald_kit import HeraldError, MalformedRequest, NotFound
+from herald_kit import MalformedRequest, NotFound
 from herald_sms_sender.config import Settings
 from herald_sms_sender.replies import Replies
 from herald_sms_sender.sending import SmsSending
+from herald_twilio import validate_signed_form
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 TWIML = "application/xml"
 
 
-class BadSignature(HeraldError):
-    """The request is not signed by Twilio with our auth token."""
-
-    status = 403
-    title = "Forbidden"
-
-
 async def signed_form(request: Request) -> FormData:
-    """The form fields of a request Twilio signed; 403 when unsigned or tampered, 4xx if malformed.
-
-    The signed URL is the public one Twilio called, rebuilt from configuration because behind a
-    proxy the request's own host and scheme are the proxy's.
-    """
+    """The form fields of a request Twilio signed (see `validate_signed_form`)."""
     settings: Settings = request.app.state.settings
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("application/x-www-form-urlencoded"):
-        raise MalformedRequest("expected an application/x-www-form-urlencoded body", field="body")
-    try:
-        form = await request.form()
-    except Exception as exc:  # starlette raises several types for undecodable bodies
-        raise MalformedRequest("the form body cannot be parsed", field="body") from exc
-    url = settings.base_url() + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
-    signature = request.headers.get("x-twilio-signature", "")
-    params = {k: str(v) for k, v in form.multi_items()}
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(url, params, signature):
-        raise BadSignature("missing or invalid X-Twilio-Signature", field="X-Twilio-Signature")
-    return form
+    return await validate_signed_form(
+        request,
+        public_base=settings.base_url(),
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+    )
 
 
 def _required(form: FormData, name: str) -> str:

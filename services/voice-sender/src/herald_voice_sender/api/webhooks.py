@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
-from twilio.request_validator import RequestValidator
 
 from herald_contracts import DeliveryState, Intent
-from herald_kit import HeraldError, MalformedRequest, NotFound
+from herald_kit import MalformedRequest, NotFound
+from herald_twilio import validate_signed_form
 from herald_voice_sender.calling import VoiceCalling
 from herald_voice_sender.config import Settings
 from herald_voice_sender.domain import ivr
@@ -22,35 +22,14 @@ FORBIDDEN: dict[int | str, dict[str, Any]] = {
 }
 
 
-class BadSignature(HeraldError):
-    """The request is not signed by Twilio with our auth token."""
-
-    status = 403
-    title = "Forbidden"
-
-
 async def signed_form(request: Request) -> FormData:
-    """Form fields of a request Twilio signed; 403 when unsigned or tampered, 400 if malformed.
-
-    The signed URL is the public one Twilio called, rebuilt from configuration because behind a
-    proxy the request's own host and scheme are the proxy's.
-    """
+    """The form fields of a request Twilio signed (see `validate_signed_form`)."""
     settings: Settings = request.app.state.settings
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        raise MalformedRequest("expected an application/x-www-form-urlencoded body", field="body")
-    try:
-        form = await request.form()
-    except Exception as exc:  # starlette raises several types for undecodable bodies
-        raise MalformedRequest("the form body cannot be parsed", field="body") from exc
-    url = settings.base_url() + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
-    signature = request.headers.get("x-twilio-signature", "")
-    params = {k: str(v) for k, v in form.multi_items()}
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(url, params, signature):
-        raise BadSignature("missing or invalid X-Twilio-Signature", field="X-Twilio-Signature")
-    return form
+    return await validate_signed_form(
+        request,
+        public_base=settings.base_url(),
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+    )
 
 
 Signed = Annotated[FormData, Depends(signed_form)]

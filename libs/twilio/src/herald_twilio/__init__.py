@@ -1,0 +1,22 @@
+"""Twilio plumbing shared by the SMS and voice senders."""
+
+from herald_twilio._client import (
+    ProviderBusy,
+    ProviderRejected,
+    ProviderTimeout,
+    TwilioClient,
+)
+from herald_twilio._sending import busy_delay, pause_unclaimed, publish_delivery_status
+from herald_twilio._webhooks import BadSignature, validate_signed_form
+
+__all__ = [
+    "BadSignature",
+    "ProviderBusy",
+    "ProviderRejected",
+    "ProviderTimeout",
+    "TwilioClient",
+    "busy_delay",
+    "pause_unclaimed",
+    "publish_delivery_status",
+    "validate_signed_form",
+]

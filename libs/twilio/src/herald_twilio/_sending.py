@@ -1,0 +1,78 @@
+"""The senders' shared steps around a provider call: back-off after 'busy', pauses, statuses."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from herald_contracts import DELIVERY_STATUS, Channel, DeliveryState, DeliveryStatus, utc_now
+from herald_kit import CircuitBreaker, EventProducer, Pacer, SendLedger, backoff
+from herald_twilio._client import ProviderBusy
+
+
+def busy_delay(
+    exc: ProviderBusy,
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    pacer: Pacer,
+    breaker: CircuitBreaker,
+    identity: str,
+) -> tuple[str, float]:
+    """After a 'busy' answer: hold the pacer on a 429 (else count a breaker failure); the
+    error code to remember and the delay before the next attempt."""
+    if exc.http_status == 429:
+        pacer.hold(identity, exc.retry_after or 1.0)
+    else:
+        breaker.failure()
+    last = exc.code or str(exc.http_status)
+    return last, backoff(attempt, base=base, cap=cap, retry_after=exc.retry_after)
+
+
+async def pause_unclaimed(
+    ledger: SendLedger, message_id: str, *, delay: float, expires_at: datetime | None
+) -> bool:
+    """Sleep before the next attempt unless that passes the expiry; False when it would (or
+    when the row could not be claimed again after the pause)."""
+    if expires_at is not None and utc_now() + timedelta(seconds=delay) >= expires_at:
+        return False
+    # Nothing is in flight while we wait: a crash now must not leave the row 'sending'.
+    await ledger.set(message_id, "retry")
+    await asyncio.sleep(delay)
+    ok, _ = await ledger.claim(message_id, now=utc_now())
+    return ok
+
+
+async def publish_delivery_status(
+    producer: EventProducer,
+    ref: dict[str, Any],
+    status: DeliveryState,
+    *,
+    channel: Channel,
+    provider_id: str | None = None,
+    error_code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Publish a delivery status of the message `ref` names; its event id makes a repeat
+    recognisable downstream."""
+    await producer.publish(
+        DELIVERY_STATUS,
+        DeliveryStatus(
+            message_id=ref["message_id"],
+            request_id=ref["request_id"],
+            campaign_id=ref["campaign_id"],
+            customer_id=ref["customer_id"],
+            case_id=ref.get("case_id"),
+            channel=channel,
+            status=status,
+            provider_id=provider_id,
+            error_code=error_code,
+            reason=reason,
+            at=utc_now(),
+        ),
+        key=ref["customer_id"],
+        event_id=f"{ref['message_id']}:{status}",
+        subject=ref.get("case_id"),
+    )
