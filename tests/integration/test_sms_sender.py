@@ -148,7 +148,9 @@ async def test_each_message_reaches_the_sandbox_once_and_delivery_is_reported(
     got = Tally(item["body"] for item in await env.sms_to(phone))
     assert got == Tally(m.body for m in msgs)
     sent = env.statuses.where(status="sent")
-    assert sorted(s.message_id for s in sent) == sorted(ids)
+    # Statuses are at-least-once (a redelivered message re-publishes its status under the same
+    # event id, which consumers dedupe on); the provider saw each message once (above).
+    assert {s.message_id for s in sent} == set(ids)
     assert all(s.provider_id and s.provider_id.startswith("SM") for s in sent)
 
 

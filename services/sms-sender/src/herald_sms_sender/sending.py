@@ -129,6 +129,16 @@ class SmsSending:
                     return
                 await self.ledger.set(msg.message_id, "unknown")
                 await self.publish(ref, "unknown", reason="found in 'sending' after a restart")
+            elif row["status"] in ("sent", "failed", "unknown"):
+                # A crash after the ledger write may have lost the status event: publish it
+                # again under the same event id (consumers dedupe on it); never resend.
+                await self.publish(
+                    ref,
+                    row["status"],
+                    provider_id=row.get("provider_id"),
+                    error_code=row.get("error_code"),
+                    reason=row.get("reason"),
+                )
             return
         if await self.ledger.is_opted_out(key):
             await self.fail(ref, "21610", "recipient texted STOP")
