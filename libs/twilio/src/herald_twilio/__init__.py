@@ -6,7 +6,12 @@ from herald_twilio._client import (
     ProviderTimeout,
     TwilioClient,
 )
-from herald_twilio._sending import busy_delay, pause_unclaimed, publish_delivery_status
+from herald_twilio._sending import (
+    busy_delay,
+    pause_unclaimed,
+    publish_delivery_status,
+    republish_settled,
+)
 from herald_twilio._webhooks import BadSignature, validate_signed_form
 
 __all__ = [
@@ -18,5 +23,6 @@ __all__ = [
     "busy_delay",
     "pause_unclaimed",
     "publish_delivery_status",
+    "republish_settled",
     "validate_signed_form",
 ]

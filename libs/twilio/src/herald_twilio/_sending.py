@@ -76,3 +76,26 @@ async def publish_delivery_status(
         event_id=f"{ref['message_id']}:{status}",
         subject=ref.get("case_id"),
     )
+
+
+SETTLED = ("sent", "failed", "unknown")
+
+
+async def republish_settled(
+    producer: EventProducer, ref: dict[str, Any], row: dict[str, Any], *, channel: Channel
+) -> bool:
+    """For a redelivered message whose ledger row is settled: publish its recorded status again
+    under the same event id (a crash after the ledger write may have lost it); never resend.
+    False when the row is not settled."""
+    if row.get("status") not in SETTLED:
+        return False
+    await publish_delivery_status(
+        producer,
+        ref,
+        row["status"],
+        channel=channel,
+        provider_id=row.get("provider_id"),
+        error_code=row.get("error_code"),
+        reason=row.get("reason"),
+    )
+    return True

@@ -20,7 +20,7 @@ from herald_sms_sender.adapters.provider import (
     SmsProvider,
 )
 from herald_sms_sender.domain.keywords import number_key
-from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status
+from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
 
 log = logging.getLogger("herald.sms")
 
@@ -129,16 +129,8 @@ class SmsSending:
                     return
                 await self.ledger.set(msg.message_id, "unknown")
                 await self.publish(ref, "unknown", reason="found in 'sending' after a restart")
-            elif row["status"] in ("sent", "failed", "unknown"):
-                # A crash after the ledger write may have lost the status event: publish it
-                # again under the same event id (consumers dedupe on it); never resend.
-                await self.publish(
-                    ref,
-                    row["status"],
-                    provider_id=row.get("provider_id"),
-                    error_code=row.get("error_code"),
-                    reason=row.get("reason"),
-                )
+            else:
+                await republish_settled(self.producer, ref, row, channel="sms")
             return
         if await self.ledger.is_opted_out(key):
             await self.fail(ref, "21610", "recipient texted STOP")

@@ -16,7 +16,7 @@ from herald_contracts import (
     utc_now,
 )
 from herald_kit import CircuitBreaker, EventProducer, Pacer
-from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status
+from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
 from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.adapters.provider import (
     ProviderBusy,
@@ -146,6 +146,8 @@ class VoiceCalling:
                 await self.publish_status(
                     ref, "unknown", reason="found in 'sending' after a restart"
                 )
+            else:
+                await republish_settled(self.producer, ref, row, channel="voice")
             return
         if call.expires_at is not None and call.expires_at <= now:
             await self._fail(ref, "expired", "expired before the call")
