@@ -12,19 +12,22 @@ FERRET_PID="$HERALD_RUN/ferretdb.pid"
 FERRET_LOG="$HERALD_LOGS/ferretdb.log"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-# FerretDB 1.24.2's SQLite backend spells `_id` lookups `_ferretdb_sjson->'$._id'`, while the unique
-# index every collection gets is on `_ferretdb_sjson->"_id"`. SQLite uses an expression index only
-# for the same expression, so every find/update/delete by `_id` scanned the whole table (8.6 s per
-# update at 100k documents), and a filter naming `_id` beside other fields was not pushed down at
-# all. ferretdb/sqlite-id-lookup.patch spells the lookup like the index and pushes `_id` down
-# whenever the filter names it (the handler re-applies the whole filter). We build from a copy of
-# the pinned module with that patch (go.mod `replace` through -modfile). See docs/architecture.md.
+# FerretDB 1.24.2 is built with ferretdb/sqlite-fixes.patch (see docs/architecture.md):
+# - its SQLite backend spells `_id` lookups `_ferretdb_sjson->'$._id'` but indexes
+#   `_ferretdb_sjson->"_id"`; SQLite uses an expression index only for the identical expression,
+#   so every find/update/delete by `_id` scanned the table (8.6 s per update at 100k documents).
+#   The patch spells the lookup like the index and pushes `_id` (a value or an `$in` of values)
+#   down whenever a filter names it (the handler re-applies the whole filter);
+# - update, findAndModify and delete read the matching documents and write them in a separate
+#   statement, so two conditional writes ({_id, version}) could both succeed. The patch holds a
+#   per-collection lock across the read and the write: single-document atomicity, as on MongoDB.
+# We build from a copy of the pinned module with the patch (go.mod `replace` through -modfile).
 patched_module() {
   local mod dir="$HERALD_CACHE/ferretdb-patched"
   mod="$(cd "$HERE/ferretdb" && go mod download -json github.com/FerretDB/FerretDB | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
   [[ -d "$mod" ]] || die "cannot download the FerretDB module"
   rm -rf "$dir" && mkdir -p "$dir" && cp -r "$mod" "$dir/src" && chmod -R u+w "$dir/src"
-  (cd "$dir/src" && git apply "$HERE/ferretdb/sqlite-id-lookup.patch") || die "the FerretDB patch no longer applies"
+  (cd "$dir/src" && git apply "$HERE/ferretdb/sqlite-fixes.patch") || die "the FerretDB patch no longer applies"
   cp "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$dir/"
   (cd "$dir" && go mod edit -replace "github.com/FerretDB/FerretDB=$dir/src")
 }
@@ -33,7 +36,7 @@ install() {
   command -v go >/dev/null || die "go is required"
   # go.mod/go.sum pin the version; the stamp rebuilds the binary when they or the patch change.
   local stamp="$HERALD_CACHE/bin/ferretdb.sha256" want
-  want=$(cat "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/sqlite-id-lookup.patch" | sha256sum | cut -d' ' -f1)
+  want=$(cat "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/sqlite-fixes.patch" | sha256sum | cut -d' ' -f1)
   if [[ -x "$FERRET_BIN" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
   log "building FerretDB with go install (first time takes a minute)"
   mkdir -p "$HERALD_CACHE/bin"
