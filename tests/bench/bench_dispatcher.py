@@ -136,7 +136,6 @@ async def bench(env: BenchEnv) -> list[Figure]:
         topic_namespace=ns,
         view_wait_seconds=5,
         case_wait_seconds=0,
-        request_consumers=1,  # FerretDB v1 (SQLite) slows down under concurrent writers
         legal_windows={"default": {}},  # the bench runs at any hour; windows are property-tested
         caps={"service": {"per_day": 100, "per_week": 1000}},
         log_level="WARNING",

@@ -39,7 +39,6 @@ def test_kit_surface() -> None:
         "create_client",
         "insert_if_absent",
         "SendLedger",
-        "BatchConsumerLoop",
         "PermanentError",
         "RetryableError",
         "problem",

@@ -9,7 +9,6 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
-from herald_kit._batch import BatchConsumerLoop
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
@@ -46,7 +45,6 @@ from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
-    "BatchConsumerLoop",
     "CircuitBreaker",
     "ConcurrentConsumerLoop",
     "Conflict",

@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import Topic
 from herald_kit._auth import KeyStore
+from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._kafka import ConsumerLoop, EventProducer, Handler
 from herald_kit._logging import configure_logging
 from herald_kit._metrics import HTTP_REQUESTS, UP
@@ -50,16 +51,33 @@ class Runtime:
             raise RuntimeError("runtime not started")
         return self.mongo[self.settings.mongo_db]
 
-    def consume(self, group: str, topics: Sequence[Topic], handler: Handler) -> ConsumerLoop:
-        """Register a consumer group; it starts with the runtime."""
-        loop = ConsumerLoop(
-            self.settings,
-            self.producer,
-            group,
-            list(topics),
-            handler,
-            batch=self.settings.consumer_batch,
-        )
+    def consume(
+        self, group: str, topics: Sequence[Topic], handler: Handler, *, concurrency: int = 1
+    ) -> ConsumerLoop:
+        """Register a consumer group; it starts with the runtime.
+
+        With `concurrency` > 1 a polled batch is handled with that many keys in flight (records
+        of one key stay in order); the handler must then be safe across keys.
+        """
+        if concurrency > 1:
+            loop: ConsumerLoop = ConcurrentConsumerLoop(
+                self.settings,
+                self.producer,
+                group,
+                list(topics),
+                handler,
+                batch=self.settings.consumer_batch,
+                concurrency=concurrency,
+            )
+        else:
+            loop = ConsumerLoop(
+                self.settings,
+                self.producer,
+                group,
+                list(topics),
+                handler,
+                batch=self.settings.consumer_batch,
+            )
         self.consumers.append(loop)
         return loop
 

@@ -69,10 +69,14 @@ def create_app(
         await handle_outcome(app.state.dispatcher, settings.topic_namespace, record)
 
     runtime.consume("dispatcher-views", VIEW_TOPICS, on_view)
-    # Several members of one group in one process decide different partitions concurrently;
-    # each partition (each customer) is still decided by one member at a time.
-    for _ in range(settings.request_consumers):
-        runtime.consume("dispatcher", [Topics.CONTACT_REQUESTS], on_request)
+    # A polled batch is decided concurrently across customers; one customer's requests stay in
+    # order (caps, supersession and the request ledger are per customer).
+    runtime.consume(
+        "dispatcher",
+        [Topics.CONTACT_REQUESTS],
+        on_request,
+        concurrency=settings.request_concurrency,
+    )
     runtime.consume(
         "dispatcher-outcomes", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
     )

@@ -42,13 +42,13 @@ class Settings(ServiceSettings):
         ge=0,
         description="At start, how long requests wait for the local views to catch up.",
     )
-    request_consumers: int = Field(
-        default=1,
+    request_concurrency: int = Field(
+        default=32,
         ge=1,
-        le=64,
+        le=256,
         description=(
-            "Consumers of contact.requests in this process (one group); at most the topic's "
-            "partitions, or some stay unassigned and /readyz says so."
+            "Customers decided at once from a polled batch of contact requests (one customer's "
+            "requests stay in order)."
         ),
     )
     legal_windows: dict[str, dict[str, LocalWindow]] = Field(

@@ -7,21 +7,21 @@ from aiokafka import ConsumerRecord
 from herald_contracts import OutboundEmail, Topics
 from herald_email_sender.config import Settings
 from herald_email_sender.sending import EmailSending
-from herald_kit import BatchConsumerLoop, EventProducer, decode
+from herald_kit import ConcurrentConsumerLoop, EventProducer, decode
 
 GROUP = "email-sender"
 
 
 def outbound_consumer(
     settings: Settings, producer: EventProducer, sending: EmailSendingRef
-) -> BatchConsumerLoop:
+) -> ConcurrentConsumerLoop:
     """A batch consumer whose records run concurrently per customer (the topic's key)."""
 
     async def on_message(record: ConsumerRecord[bytes, bytes]) -> None:
         # DecodeError is permanent: the loop puts the record on the DLQ with its reason.
         await sending.get().send(decode(record, OutboundEmail).data)
 
-    return BatchConsumerLoop(
+    return ConcurrentConsumerLoop(
         settings,
         producer,
         GROUP,
