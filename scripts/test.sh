@@ -18,7 +18,8 @@ make --no-print-directory lint
 make --no-print-directory check-deploy
 
 bash deploy/local/infra.sh stop >/dev/null 2>&1 || true
-rm -rf "$HERALD_RUN" "$HERALD_LOGS"
+# The stacks the tests start log under .cache/logs/<suite>; the log scan reads this run's only.
+rm -rf "$HERALD_RUN" "$HERALD_LOGS" .cache/logs/{e2e,fuzz,chaos,deploy,security}
 trap 'bash deploy/local/infra.sh stop >/dev/null 2>&1 || true' EXIT
 echo "== infrastructure (Kafka on :$HERALD_KAFKA_PORT, FerretDB on :$HERALD_MONGO_PORT)"
 bash deploy/local/infra.sh start

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from bench_e2e import API_KEY, CUSTOMERS, arrivals, start_stack
+from bench_e2e import API_KEY, arrivals, start_stack
 from chaos.scenario import Scenario
 
 from benchlib import BenchEnv, Figure
@@ -38,8 +38,8 @@ async def bench(env: BenchEnv) -> list[Figure]:
     try:
         await asyncio.sleep(10)  # let start-up allocations settle
         idle = sample(stack)
-        scenario = Scenario(stack, size=n, api_key=API_KEY, suppress_every=0, customers=CUSTOMERS)
-        await scenario.seed(concurrency=8)
+        scenario = Scenario(stack, size=n, api_key=API_KEY, suppress_every=0)
+        await scenario.seed()
         await scenario.wait_views()
         peak = dict(idle)
 

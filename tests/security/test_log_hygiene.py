@@ -79,7 +79,7 @@ async def test_service_logs_hold_no_personal_data_or_secrets(
     keyed_stack: Stack, infra: dict[str, str]
 ) -> None:
     scenario = Scenario(keyed_stack, size=5, api_key=TEST_KEY, suppress_every=0)
-    await scenario.seed(concurrency=2)
+    await scenario.seed()
     await scenario.wait_views()
     await scenario.post_events(range(5), rate=None, batch=5)
     auth = {"Authorization": f"Bearer {TEST_KEY}"}
