@@ -120,7 +120,7 @@ class TimerRepository:
         """Move a pending coalescing window's close later (its campaign's send pace)."""
         done = await self.timers.update_one(
             {"_id": key, "state": "pending", "case_version": case_version},
-            {"$set": {"due_at": due_at, "request.not_before": due_at.isoformat()}},
+            {"$set": {"due_at": due_at}},
         )
         return bool(done.modified_count)
 
