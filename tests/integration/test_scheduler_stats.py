@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -10,12 +11,21 @@ from test_scheduler_support import (
     campaign_body,
     open_publisher,
     open_requests,
+    preferences,
     publish_audience,
     scheduler,
 )
 
-from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, DeliveryStatus, EngagementReply
-from support import eventually
+from herald_contracts import (
+    CONTACT_PREFERENCES,
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    DeliveryStatus,
+    EngagementReply,
+)
+from herald_dispatcher.app import create_app as dispatcher_app
+from herald_dispatcher.config import Settings as DispatcherSettings
+from support import api_keys, eventually, running
 
 
 async def test_stats_count_requests_statuses_and_replies_once(
@@ -195,3 +205,43 @@ async def test_dry_run_weighs_caps_with_the_customers_earlier_contacts(
         ]
         body = await dry(limits={"counts_towards_cap": False})
         assert len(body["contacted"]) == 2  # type: ignore[arg-type]
+
+
+async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """Scheduler and dispatcher on one namespace: a case change for a customer who gave no
+    consent is requested, suppressed by the dispatcher, and counted by reason."""
+    dispatcher = dispatcher_app(
+        DispatcherSettings(
+            kafka_bootstrap=infra["kafka"],
+            mongo_uri=infra["mongo"],
+            mongo_db=db_name("dispatcher"),
+            topic_namespace=namespace,
+            api_keys=api_keys(),
+            view_wait_seconds=10.0,
+            case_wait_seconds=0.5,
+            retry_attempts=1,
+        )
+    )
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        running(dispatcher),
+        open_publisher(infra, namespace) as publisher,
+    ):
+        cid = await active_campaign(client)
+        silent = preferences("cust-quiet").model_copy(update={"consents": {}})
+        await publisher.send(CONTACT_PREFERENCES, silent, "cust-quiet")
+        await publisher.change("case-q", 1, "open", ["cust-quiet"])
+        await publisher.change("case-q", 1, "open", ["cust-quiet"])  # a replay
+
+        async def counted() -> dict[str, object] | None:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return body if body["suppressed_by_reason"] else None
+
+        body = await eventually(counted, within=60)
+        await asyncio.sleep(1)
+        body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert body["requested"] == 1
+        assert body["suppressed_by_reason"] == {"no-consent": 1}
+        assert body["channels"] == {}
