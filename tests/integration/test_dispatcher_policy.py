@@ -96,6 +96,13 @@ class Harness:
             if r.key == customer.encode()
         ]
 
+    def statuses(self, customer: str) -> list[DeliveryStatus]:
+        return [
+            decode(r, DeliveryStatus).data
+            for r in self.on(Topics.DELIVERY_STATUS.base)
+            if r.key == customer.encode()
+        ]
+
     async def decisions(self, customer: str) -> list[dict[str, Any]]:
         r = await self.http.get(f"/v1/decisions/customers/{customer}")
         assert r.status_code == 200, r.text
@@ -156,6 +163,7 @@ async def harness(
         Topics.OUTBOUND_VOICE,
         Topics.TIMERS_REQUESTS,
         Topics.CONTACT_REQUESTS,
+        Topics.DELIVERY_STATUS,
         dlq_topic("dispatcher"),
     ]
     h = Harness(http=httpx.AsyncClient(), producer=producer, clock=clock, db=mongo[database])
@@ -658,3 +666,110 @@ async def test_delivery_ends_escalation_when_success_is_delivery(harness: Harnes
     decisions = await h.decided(prefs.customer_id, 2)
     assert (decisions[1]["outcome"], decisions[1]["rule"]) == ("suppressed", "escalation-success")
     assert h.emails(prefs.customer_id) == []
+
+
+async def test_suppressions_are_published_once_with_a_machine_readable_reason(
+    harness: Harness,
+) -> None:
+    h = harness
+    nobody = _customer(consents={"sms": False, "email": False, "voice": False})
+    case = _case(nobody.customer_id, 1, 14)
+    no_consent = _request(nobody, _campaign(), case)
+    # Redelivered: decided once, published once (same event id).
+    await _publish(h, nobody, case, no_consent, no_consent)
+    await h.decided(nobody.customer_id, 2)
+
+    capped = _customer()
+    first = _case(capped.customer_id, 1, 14)
+    marketing = {"priority": "marketing"}
+    expired = _request(capped, _campaign(), first, expires_at=NOON - timedelta(minutes=1))
+    await _publish(h, capped, first, _request(capped, _campaign(**marketing), first))
+    await h.decided(capped.customer_id, 1)
+    await _publish(
+        h,
+        _request(capped, _campaign(**marketing), first),  # deferred: not a suppression
+        _request(capped, _campaign(**marketing, cap_policy="suppress"), first),
+        expired,
+    )
+    decisions = await h.decided(capped.customer_id, 4)
+    assert [d["outcome"] for d in decisions] == ["sent", "deferred", "suppressed", "suppressed"]
+
+    async def published() -> list[DeliveryStatus] | None:
+        got = h.statuses(capped.customer_id)
+        return got if len(got) >= 2 and h.statuses(nobody.customer_id) else None
+
+    await eventually(published)
+    await asyncio.sleep(1)  # a second copy, if any, would be on the same partition by now
+    [mine] = h.statuses(nobody.customer_id)
+    assert (mine.status, mine.reason, mine.channel) == ("suppressed", "no-consent", None)
+    assert mine.request_id == no_consent.request_id
+    ids = [
+        r.headers for r in h.on(Topics.DELIVERY_STATUS.base) if r.key == nobody.customer_id.encode()
+    ]
+    assert dict(ids[0])["ce_id"].decode() == mine.message_id
+    got = {(s.reason, s.channel) for s in h.statuses(capped.customer_id)}
+    assert got == {("frequency-cap", "sms"), ("expired", None)}
+    assert all(s.status == "suppressed" for s in h.statuses(capped.customer_id))
+
+
+async def test_a_campaign_that_does_not_count_towards_caps_neither_counts_nor_is_capped(
+    harness: Harness,
+) -> None:
+    h = harness
+    prefs = _customer()
+    case = _case(prefs.customer_id, 1, 14)
+    # Marketing allows one contact a day.
+    free = {"priority": "marketing", "counts_towards_cap": False, "cap_policy": "suppress"}
+    counted = {"priority": "marketing", "cap_policy": "suppress"}
+    await _publish(h, prefs, case, _request(prefs, _campaign(**free), case))
+    await h.decided(prefs.customer_id, 1)
+    # The free contact did not use the day's one: this one goes out and fills the cap ...
+    await _publish(h, _request(prefs, _campaign(**counted), case))
+    await h.decided(prefs.customer_id, 2)
+    # ... which a free contact is not held back by, while a counted one is.
+    await _publish(h, _request(prefs, _campaign(**free), case))
+    await h.decided(prefs.customer_id, 3)
+    await _publish(h, _request(prefs, _campaign(**counted), case))
+    decisions = await h.decided(prefs.customer_id, 4)
+    assert [(d["outcome"], d["rule"]) for d in decisions] == [
+        ("sent", "ranked"),
+        ("sent", "ranked"),
+        ("sent", "ranked"),
+        ("suppressed", "frequency-cap"),
+    ]
+    assert len(h.sms(prefs.customer_id)) == 3
+
+
+async def test_a_suppressed_status_does_not_escalate(harness: Harness) -> None:
+    h = harness
+    prefs = _customer(ranking=("sms", "email"))
+    case = _case(prefs.customer_id, 1, 14)
+    request = _request(prefs, _campaign(), case)
+    await _publish(h, prefs, case, request)
+    [sent] = await h.decided(prefs.customer_id, 1)
+    # A suppressed status naming a real message id (it never would) must not count as a failure.
+    await _publish(
+        h,
+        DeliveryStatus(
+            message_id=sent["message_id"],
+            request_id=request.request_id,
+            campaign_id=request.campaign.id,
+            customer_id=prefs.customer_id,
+            status="suppressed",
+            reason="frequency-cap",
+            at=NOON,
+        ),
+        DeliveryStatus(
+            message_id="other",
+            request_id=request.request_id,
+            campaign_id=request.campaign.id,
+            customer_id=prefs.customer_id,
+            channel="sms",
+            status="failed",
+            at=NOON,
+        ),
+    )
+    # The failed status of an unknown message is a marker: once it is consumed, so was the other.
+    await asyncio.sleep(3)
+    assert h.emails(prefs.customer_id) == []
+    assert len(await h.decisions(prefs.customer_id)) == 1

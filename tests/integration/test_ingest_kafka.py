@@ -183,6 +183,11 @@ async def test_contacts_and_replies_join_the_case_timeline(harness: Harness) -> 
     )
     await harness.send(DELIVERY_STATUS, status, key="c1", event_id="d-1", time=T0)
     await harness.send(DELIVERY_STATUS, status, key="c1", event_id="d-1b", time=T0)  # redelivery
+    # A suppression is no contact: it stays off the timeline (the customer's status page).
+    suppressed = status.model_copy(
+        update={"message_id": "s-1", "channel": None, "status": "suppressed", "reason": "expired"}
+    )
+    await harness.send(DELIVERY_STATUS, suppressed, key="c1", event_id="s-1", time=T0)
     await harness.send(ENGAGEMENT_REPLY, reply, key="c1", event_id="rep-1", time=T0)
 
     async def kinds() -> list[str] | None:

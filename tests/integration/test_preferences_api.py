@@ -483,6 +483,11 @@ async def test_hard_bounce_marks_the_address_and_bad_bytes_go_to_the_dlq(
             (DELIVERY_STATUS, status("email", "failed", "4.2.2")),  # soft: leave it
             (None, b"\xff not an event"),
             (DELIVERY_STATUS, status("email", "failed", "5.1.1")),
+            # The dispatcher's decision not to contact: no channel, no address to mark.
+            (
+                DELIVERY_STATUS,
+                status("sms", "suppressed", None).model_copy(update={"channel": None}),
+            ),
             (DELIVERY_STATUS, status("sms", "undelivered", "30003")),
         ],
     )
@@ -509,6 +514,9 @@ async def test_hard_bounce_marks_the_address_and_bad_bytes_go_to_the_dlq(
             return bool(found)
 
         await eventually(dead)
+        await asyncio.sleep(0.5)  # the suppressed status, were it dead-lettered, follows it
+        found.extend(r for recs in (await dlq.getmany(timeout_ms=300)).values() for r in recs)
+        assert len(found) == 1
         assert dict(found[0].headers)["x-herald-reason"].startswith(b"missing ce_type")
     finally:
         await dlq.stop()

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from test_scheduler_support import active_campaign, open_publisher, open_requests, scheduler
+from test_scheduler_support import (
+    active_campaign,
+    campaign_body,
+    open_publisher,
+    open_requests,
+    preferences,
+    publish_audience,
+    scheduler,
+)
 
-from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, DeliveryStatus, EngagementReply
-from support import eventually
+from herald_contracts import (
+    CONTACT_PREFERENCES,
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    DeliveryStatus,
+    EngagementReply,
+)
+from herald_dispatcher.app import create_app as dispatcher_app
+from herald_dispatcher.config import Settings as DispatcherSettings
+from support import api_keys, eventually, running
 
 
 async def test_stats_count_requests_statuses_and_replies_once(
@@ -78,3 +95,153 @@ async def test_stats_count_requests_statuses_and_replies_once(
         assert body["failed_by_reason"] == {"30003": 1}
         assert body["replies_by_intent"] == {"confirm": 1, "other": 1}
         assert (await client.get("/v1/campaigns/nope/stats")).status_code == 404
+
+
+async def test_suppressions_count_once_by_reason_per_campaign_and_channel(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        open_publisher(infra, namespace) as publisher,
+    ):
+        cid = await active_campaign(client)
+
+        def suppressed(rid: str, reason: str, channel: str | None = None) -> DeliveryStatus:
+            # As the dispatcher publishes them: the id derives from the request.
+            return DeliveryStatus(
+                message_id=f"sup-{rid}",
+                request_id=rid,
+                campaign_id=cid,
+                customer_id="cust-1",
+                channel=channel,  # type: ignore[arg-type]
+                status="suppressed",
+                reason=reason,
+                at=datetime.now(UTC),
+            )
+
+        for st in (
+            suppressed("r1", "no-consent"),
+            suppressed("r1", "no-consent"),  # replayed: counted once
+            suppressed("r2", "frequency-cap", "sms"),
+            suppressed("r3", "still-applies"),
+            suppressed("r4", "frequency-cap", "sms"),
+        ):
+            await publisher.send(DELIVERY_STATUS, st, "cust-1")
+
+        async def counted() -> dict[str, object] | None:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            by = body["suppressed_by_reason"]
+            return body if sum(by.values()) >= 4 else None
+
+        body = await eventually(counted, within=60)
+        assert body["suppressed_by_reason"] == {
+            "no-consent": 1,
+            "frequency-cap": 2,
+            "still-applies": 1,
+        }
+        sms = body["channels"]["sms"]
+        assert sms["suppressed"] == 2 and sms["suppressed_by_reason"] == {"frequency-cap": 2}
+        assert sms["sent"] == 0 and body["failed_by_reason"] == {}
+
+
+async def test_dry_run_weighs_caps_with_the_customers_earlier_contacts(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        open_publisher(infra, namespace) as publisher,
+    ):
+        await publish_audience(publisher, ["dc-1", "dc-2"])
+        # A marketing campaign reached dc-1 an hour ago (marketing: one a day by default).
+        cid = await active_campaign(client, priority="marketing")
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        for mid, status in (("m1", "sent"), ("m1", "delivered")):
+            sent = DeliveryStatus(
+                message_id=mid,
+                request_id="r-dc-1",
+                campaign_id=cid,
+                customer_id="dc-1",
+                channel="sms",
+                status=status,  # type: ignore[arg-type]
+                at=an_hour_ago,
+            )
+            await publisher.send(DELIVERY_STATUS, sent, "dc-1")
+        case = {
+            "case_id": "case-dc",
+            "version": 1,
+            "customer_ids": ["dc-1", "dc-2"],
+            "status": "open",
+            "updated_at": "2026-03-02T10:00:00Z",
+        }
+
+        async def dry(**changes: object) -> dict[str, object]:
+            r = await client.post(
+                "/v1/campaigns/dry-run",
+                json={"campaign": campaign_body(priority="marketing", **changes), "cases": [case]},
+            )
+            assert r.status_code == 200, r.text
+            body: dict[str, object] = r.json()
+            return body
+
+        async def weighed() -> dict[str, object] | None:
+            body = await dry()
+            contacted = body["contacted"]
+            assert isinstance(contacted, list)
+            reasons = {o["customer_id"]: o["reason"] for o in contacted}
+            return body if reasons.get("dc-1", "").startswith("frequency-cap") else None
+
+        body = await eventually(weighed, within=60)
+        contacted = body["contacted"]
+        assert isinstance(contacted, list)
+        outcome = {o["customer_id"]: o for o in contacted}
+        assert outcome["dc-2"]["reason"] == "ranked"
+        assert outcome["dc-1"]["reason"] == "frequency-cap-deferred(per-day)"
+        due = datetime.fromisoformat(outcome["dc-1"]["at"])
+        assert abs((due - (an_hour_ago + timedelta(days=1))).total_seconds()) < 1
+
+        body = await dry(limits={"cap_policy": "suppress"})
+        assert [(o["customer_id"], o["reason"]) for o in body["not_contacted"]] == [  # type: ignore[attr-defined]
+            ("dc-1", "frequency-cap(per-day)")
+        ]
+        body = await dry(limits={"counts_towards_cap": False})
+        assert len(body["contacted"]) == 2  # type: ignore[arg-type]
+
+
+async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """Scheduler and dispatcher on one namespace: a case change for a customer who gave no
+    consent is requested, suppressed by the dispatcher, and counted by reason."""
+    dispatcher = dispatcher_app(
+        DispatcherSettings(
+            kafka_bootstrap=infra["kafka"],
+            mongo_uri=infra["mongo"],
+            mongo_db=db_name("dispatcher"),
+            topic_namespace=namespace,
+            api_keys=api_keys(),
+            view_wait_seconds=10.0,
+            case_wait_seconds=0.5,
+            retry_attempts=1,
+        )
+    )
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        running(dispatcher),
+        open_publisher(infra, namespace) as publisher,
+    ):
+        cid = await active_campaign(client)
+        silent = preferences("cust-quiet").model_copy(update={"consents": {}})
+        await publisher.send(CONTACT_PREFERENCES, silent, "cust-quiet")
+        await publisher.change("case-q", 1, "open", ["cust-quiet"])
+        await publisher.change("case-q", 1, "open", ["cust-quiet"])  # a replay
+
+        async def counted() -> dict[str, object] | None:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return body if body["suppressed_by_reason"] else None
+
+        body = await eventually(counted, within=60)
+        await asyncio.sleep(1)
+        body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert body["requested"] == 1
+        assert body["suppressed_by_reason"] == {"no-consent": 1}
+        assert body["channels"] == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -153,7 +154,7 @@ async def test_update_is_a_new_version_and_running_contacts_keep_theirs(
         await publisher.change("case-v", 1, "open", ["cust-1"])
 
         async def triggered() -> Doc | None:
-            return await mongo[db]["timers"].find_one({"kind": "timer"})
+            return await mongo[db]["timers"].find_one({"kind": "delay"})
 
         # The delayed contact was triggered under version 1; save version 2 meanwhile.
         await eventually(triggered)
@@ -175,3 +176,61 @@ async def test_update_is_a_new_version_and_running_contacts_keep_theirs(
         assert by_version[2].version == 2 and by_version[2].messages["sms"]["en"].body.startswith(
             "v2"
         )
+
+
+async def test_send_rate_paces_event_triggered_requests_and_replays_take_no_slot(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    customers = [f"cust-{i}" for i in range(6)]
+    async with scheduler(infra, namespace, db) as client:
+        paced = await active_campaign(client, name="paced", limits={"rate_per_second": 2})
+        await publisher.change("case-r", 1, "open", customers)
+        await publisher.change("case-r", 1, "open", customers)  # a replay
+        got = await requests.wait_for(lambda items: len(items) >= 6, within=60)
+        # Spaced at 1/rate, from one slot document shared by every replica.
+        slots = sorted(r.not_before for r in got if r.not_before is not None)
+        assert len(slots) == 6
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
+        assert all(abs(g - 0.5) < 0.01 for g in gaps), gaps
+        pace = await mongo[db]["pace"].find_one({"_id": paced})
+        assert pace is not None
+        assert abs(pace["next"] - slots[-1].timestamp() - 0.5) < 0.01  # the replay took none
+        await publisher.change("case-r", 2, "open", ["cust-0"])
+        got = await requests.wait_for(lambda items: len(items) >= 7, within=30)
+        assert len({r.request_id for r in got}) == len(got) == 7
+
+
+async def test_send_rate_paces_coalesced_requests_when_their_windows_close(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    async with scheduler(infra, namespace, db) as client:
+        cid = await active_campaign(
+            client, limits={"rate_per_second": 1}, timing={"coalesce_seconds": 1}
+        )
+        for case in ("case-c1", "case-c2", "case-c3"):
+            await publisher.change(case, 1, "open", ["cust-1"])
+        await publisher.change("case-c1", 2, "open", ["cust-1"])  # joins its window: no slot
+        got = await requests.wait_for(lambda items: len(items) >= 3, within=60)
+        slots = sorted(r.not_before for r in got if r.not_before is not None)
+        assert len(slots) == 3
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
+        assert all(g >= 0.99 for g in gaps), gaps
+        assert {(r.case_id, r.case_version) for r in got} == {
+            ("case-c1", 2),
+            ("case-c2", 1),
+            ("case-c3", 1),
+        }
+        pace = await mongo[db]["pace"].find_one({"_id": cid})
+        assert pace is not None and abs(pace["next"] - slots[-1].timestamp() - 1) < 0.01

@@ -121,3 +121,17 @@ def test_quiet_hours_across_midnight_and_dst() -> None:
     )
     noon = datetime(2026, 11, 24, 12, tzinfo=UTC)
     assert london.next_allowed(noon) == noon
+
+
+def test_no_channel_reason_names_the_one_rule_that_excluded_every_channel() -> None:
+    from herald_dispatcher.domain.channels import ChannelChoice
+
+    assert ChannelChoice(None, "no-ranking").code == "no-ranking"
+    consent = "no-channel-left(sms:no-consent,email:no-consent)"
+    assert ChannelChoice(None, consent).code == "no-consent"
+    # Channels already tried do not change why the rest were excluded.
+    tried = "no-channel-left(sms:tried,email:no-valid-address)"
+    assert ChannelChoice(None, tried).code == "no-valid-address"
+    mixed = "no-channel-left(sms:no-consent,email:no-message)"
+    assert ChannelChoice(None, mixed).code == "no-channel"
+    assert ChannelChoice(None, "no-channel-left(sms:tried)").code == "no-channel"

@@ -19,6 +19,8 @@ def test_contracts_surface() -> None:
         "Topics",
         "dlq_topic",
         "BY_TYPE",
+        "SUPPRESSION_REASONS",
+        "SuppressionReason",
     }
     for name in herald_contracts.__all__:
         assert hasattr(herald_contracts, name), name
@@ -46,3 +48,12 @@ def test_kit_surface() -> None:
     }
     for name in herald_kit.__all__:
         assert hasattr(herald_kit, name), name
+
+
+def test_caps_surface() -> None:
+    """The cap rules the dispatcher enforces and the scheduler's dry run predicts with."""
+    from herald_kit import caps
+
+    for name in ("CapLimits", "CapVerdict", "CapDecision", "check_caps", "apply_caps"):
+        assert hasattr(caps, name), name
+    assert set(caps.default_caps()) == {"service", "marketing"}

@@ -174,3 +174,47 @@ def test_a_deferred_contact_lands_outside_quiet_hours_within_a_day(
     minute = local.hour * 60 + local.minute
     inside = start <= minute < end if start < end else (minute >= start or minute < end)
     assert not inside
+
+
+def test_caps_apply_as_the_dispatcher_applies_them() -> None:
+    from herald_kit.caps import CapLimits
+
+    caps = {"marketing": CapLimits(per_day=1, per_week=3)}
+    contacts = {"a": _prefs("a"), "b": _prefs("b")}
+    cases = [
+        _case("delayed", ["a", "b"]),
+        _case("delayed", ["a"]).model_copy(update={"case_id": "case-2"}),
+    ]
+    earlier = {"b": [NOW - timedelta(hours=2)]}
+
+    def run(**changes: Any) -> Any:
+        return dry_run(
+            _campaign(priority="marketing", **changes),
+            cases=cases,
+            customers=[],
+            contacts=contacts,
+            now=NOW,
+            caps=caps,
+            history=earlier,
+        )
+
+    result = run()
+    by = {(o.customer_id, o.case_id): o for o in [*result.contacted, *result.not_contacted]}
+    # a's first contact fits; its second, in the same run, waits a day for the first to age out.
+    assert by[("a", "case-1")].at == NOW and by[("a", "case-1")].contacted
+    assert by[("a", "case-2")].reason == "frequency-cap-deferred(per-day)"
+    assert by[("a", "case-2")].at == NOW + timedelta(days=1)
+    # b was contacted two hours ago (history): deferred until that ages out.
+    assert by[("b", "case-1")].at == NOW + timedelta(hours=22)
+
+    suppressing = run(limits={"cap_policy": "suppress"})
+    assert {(o.customer_id, o.case_id, o.reason) for o in suppressing.not_contacted} == {
+        ("a", "case-2", "frequency-cap(per-day)"),
+        ("b", "case-1", "frequency-cap(per-day)"),
+    }
+    # A campaign that does not count towards caps is not held back by them.
+    free = run(limits={"counts_towards_cap": False})
+    assert len(free.contacted) == 3 and all(o.at == NOW for o in free.contacted)
+    # Expiry before the cap frees: not contacted.
+    short = run(timing={"expires_after_seconds": 3600})
+    assert {o.reason for o in short.not_contacted} == {"expires-before-cap-frees"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -240,6 +240,13 @@ class CampaignRef(_Body):
         default=False, description="Service-critical: may use the configured critical window."
     )
     sms_segment_limit: int | None = Field(default=None, ge=1, le=10)
+    counts_towards_cap: bool = Field(
+        default=True,
+        description=(
+            "False: this campaign's contacts neither count towards the customer's frequency "
+            "caps nor are held back by them (e.g. service notices)."
+        ),
+    )
 
 
 class ContactRequest(_Body):
@@ -317,22 +324,48 @@ DeliveryState = Literal[
     "no-answer",
     "busy",
     "machine",
+    "suppressed",
 ]
+
+# Why the dispatcher decided not to contact a customer (`DeliveryStatus.reason` of a
+# `suppressed` status). Deferrals (quiet hours, a cap that frees later) are not suppressions.
+SuppressionReason = Literal[
+    "expired",
+    "still-applies",
+    "superseded",
+    "no-ranking",
+    "no-consent",
+    "no-valid-address",
+    "no-message",
+    "no-channel",
+    "quiet-hours",
+    "frequency-cap",
+]
+SUPPRESSION_REASONS: tuple[str, ...] = get_args(SuppressionReason)
 
 
 class DeliveryStatus(_Body):
-    """A status of one message, from a sender."""
+    """A status of one message, from a sender; or, with status `suppressed`, the dispatcher's
+    decision not to contact the customer for a request at all (no message was made)."""
 
-    message_id: Id
+    message_id: Id = Field(
+        description="The message; for `suppressed`, an id derived from the request alone."
+    )
     request_id: Id
     campaign_id: Id
     customer_id: Id
     case_id: Id | None = None
-    channel: Channel
+    channel: Channel | None = Field(
+        default=None,
+        description="Always set by senders; on `suppressed`, only when a channel was chosen.",
+    )
     status: DeliveryState
     provider_id: str | None = None
     error_code: str | None = None
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="Free text from a sender; on `suppressed`, one of the suppression reasons.",
+    )
     at: AwareDatetime
 
 

@@ -113,7 +113,10 @@ class Topics:
         "customer id",
         Cleanup.DELETE,
         7 * DAY_MS,
-        description="Every status of every message, from the senders.",
+        description=(
+            "Every status of every message, from the senders; and, status `suppressed`, each "
+            "contact the dispatcher decided against."
+        ),
     )
     ENGAGEMENT_REPLIES = Topic(
         "engagement.replies.v1",

@@ -3,8 +3,8 @@
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from herald_dispatcher.domain.caps import CapLimits
 from herald_kit import ServiceSettings
+from herald_kit.caps import CapLimits, default_caps
 
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
@@ -63,10 +63,7 @@ class Settings(ServiceSettings):
         description="Windows per channel that service-critical campaigns may use instead.",
     )
     caps: dict[str, CapLimits] = Field(
-        default_factory=lambda: {
-            "service": CapLimits(per_day=6, per_week=20),
-            "marketing": CapLimits(per_day=1, per_week=3),
-        },
+        default_factory=default_caps,
         description="Frequency caps per priority, per customer across campaigns.",
     )
     status_url: str = Field(

@@ -19,6 +19,7 @@ import phonenumbers
 
 from herald_contracts import (
     CONTACT_REQUESTED,
+    DELIVERY_STATUS,
     OUTBOUND_EMAIL,
     OUTBOUND_SMS,
     OUTBOUND_VOICE,
@@ -37,12 +38,12 @@ from herald_contracts import (
 )
 from herald_dispatcher.adapters.store import Decisions, Ledger, Views
 from herald_dispatcher.config import LocalWindow, Settings
-from herald_dispatcher.domain.caps import CapLimits, check_caps
 from herald_dispatcher.domain.channels import choose_channel
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
 from herald_dispatcher.domain.windows import ContactWindow, Window, zone
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
 from herald_kit import EventProducer, LinkSigner, PermanentError
+from herald_kit.caps import CapLimits, apply_caps
 from herald_kit.cel import ExpressionError, evaluate
 
 log = logging.getLogger("herald.dispatcher")
@@ -81,6 +82,7 @@ class Decision:
     message_id: str | None = None
     detail: str | None = None
     due_at: datetime | None = None
+    reason: str | None = None  # a suppression's machine-readable reason (SUPPRESSION_REASONS)
 
 
 def _window(w: LocalWindow | None) -> Window | None:
@@ -172,8 +174,38 @@ class Dispatcher:
             decision = await self._decide(request, prefs, case, now)
         except RenderError as exc:  # defensive: rendering errors are decisions, never crashes
             decision = Decision("failed", "render", detail=str(exc))
+        if decision.outcome == "suppressed":
+            # Before the decision is recorded: a crash in between decides (and publishes) again.
+            await self._publish_suppressed(request, decision, now)
         await self._record(claim_key, request, decision, prefs, case, now)
         return decision
+
+    async def _publish_suppressed(
+        self, request: ContactRequest, decision: Decision, now: datetime
+    ) -> None:
+        """Tell delivery.status.v1 that a contact was not made and why (campaign stats count it).
+
+        Only a contact's own decision: an escalation that stops (customer reached, channels or
+        attempts used up) follows a contact that was made. The id derives from the request, so
+        a replay or a second decision of the same request publishes the same event.
+        """
+        if request.attempt != 1 or request.escalation_of is not None:
+            return
+        sid = derived_id(request.request_id, "suppressed")
+        status = DeliveryStatus(
+            message_id=sid,
+            request_id=request.request_id,
+            campaign_id=request.campaign.id,
+            customer_id=request.customer_id,
+            case_id=request.case_id,
+            channel=decision.channel,
+            status="suppressed",
+            reason=decision.reason or decision.rule,
+            at=now,
+        )
+        await self.producer.publish(
+            DELIVERY_STATUS, status, key=request.customer_id, event_id=sid, subject=request.case_id
+        )
 
     async def _record(
         self,
@@ -233,7 +265,7 @@ class Dispatcher:
         first = request.attempt == 1 and request.escalation_of is None
         # 1. expiry
         if request.expires_at is not None and request.expires_at <= now:
-            return Decision("suppressed", "expired")
+            return Decision("suppressed", "expired", reason="expired")
         if request.attempt > campaign.max_attempts:
             return Decision("suppressed", "attempts-exhausted")
         if request.escalation_of is not None:
@@ -250,7 +282,10 @@ class Dispatcher:
             if not applies:
                 version = case.version if case else None
                 return Decision(
-                    "suppressed", "still-applies", detail=f"case moved on (version {version})"
+                    "suppressed",
+                    "still-applies",
+                    detail=f"case moved on (version {version})",
+                    reason="still-applies",
                 )
         # 3. superseded by a newer request for the same campaign and case
         if request.case_id is not None:
@@ -261,17 +296,23 @@ class Dispatcher:
             newest, told = await self.ledger.request_state(key, order)
             if newest > order:
                 return Decision(
-                    "suppressed", "superseded", detail=f"a request for case version {newest} exists"
+                    "suppressed",
+                    "superseded",
+                    detail=f"a request for case version {newest} exists",
+                    reason="superseded",
                 )
             if first and case is not None and told >= case.version:
                 return Decision(
-                    "suppressed", "superseded", detail=f"customer already told version {told}"
+                    "suppressed",
+                    "superseded",
+                    detail=f"customer already told version {told}",
+                    reason="superseded",
                 )
         # 4. duplicates were refused by the claim in handle()
         # 5. channel
         choice = choose_channel(prefs, campaign, exclude=frozenset(request.tried_channels))
         if choice.channel is None:
-            return Decision("suppressed", "channel", detail=choice.reason)
+            return Decision("suppressed", "channel", detail=choice.reason, reason=choice.code)
         channel = choice.channel
         # 6. quiet hours and the legal window
         window = self.contact_window(prefs, channel, critical=campaign.critical)
@@ -279,27 +320,36 @@ class Dispatcher:
             allowed_at = window.next_allowed(now)
         except ValueError:
             return Decision(
-                "suppressed", "quiet-hours", channel=channel, detail="windows never open"
+                "suppressed",
+                "quiet-hours",
+                channel=channel,
+                detail="windows never open",
+                reason="quiet-hours",
             )
         if allowed_at > now:
             return await self._defer(request, channel, allowed_at, "quiet-hours")
-        # 7. frequency caps (a contact counts once; escalations of it are not new contacts)
-        if first:
+        # 7. frequency caps (a contact counts once; escalations of it are not new contacts; a
+        # campaign that does not count towards caps is not held back by them either)
+        if first and campaign.counts_towards_cap:
             limits = self.settings.caps.get(campaign.priority.value, CapLimits())
             sent = await self.ledger.sent_times(
                 request.customer_id, campaign.priority.value, exclude=request.request_id
             )
-            verdict = check_caps(sent, now, limits)
-            if not verdict.allowed:
-                if campaign.cap_policy == "suppress" or verdict.retry_at is None:
-                    return Decision(
-                        "suppressed", "frequency-cap", channel=channel, detail=verdict.cap
-                    )
+            capped = apply_caps(sent, now, limits, policy=campaign.cap_policy)
+            if capped.action == "suppress":
+                return Decision(
+                    "suppressed",
+                    "frequency-cap",
+                    channel=channel,
+                    detail=capped.cap,
+                    reason="frequency-cap",
+                )
+            if capped.action == "defer" and capped.due is not None:
                 try:
-                    due = window.next_allowed(verdict.retry_at)
+                    due = window.next_allowed(capped.due)
                 except ValueError:
-                    due = verdict.retry_at
-                return await self._defer(request, channel, due, "frequency-cap", verdict.cap)
+                    due = capped.due
+                return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
         return await self._emit(request, prefs, case, channel, now)
 
@@ -494,11 +544,12 @@ class Dispatcher:
             )
         ]
         if request.attempt == 1 and request.escalation_of is None:
-            writes.append(
-                self.ledger.note_contact(
-                    request.request_id, request.customer_id, campaign.priority.value, now
+            if campaign.counts_towards_cap:
+                writes.append(
+                    self.ledger.note_contact(
+                        request.request_id, request.customer_id, campaign.priority.value, now
+                    )
                 )
-            )
             started = request.case_state.updated_at if request.case_state else request.requested_at
             FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
         if request.case_id is not None and case is not None:
@@ -536,6 +587,8 @@ class Dispatcher:
 
     async def on_status(self, status: DeliveryStatus) -> None:
         """Success stops escalation; a failure escalates to the next channel at once."""
+        if status.status == "suppressed":
+            return  # the dispatcher's own decision: no message, nothing to escalate
         attempt = await self.ledger.attempt(status.message_id)
         if attempt is None:
             return  # not a message this dispatcher emitted (or emitted before the ledger)

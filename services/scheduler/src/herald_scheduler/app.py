@@ -11,6 +11,8 @@ from herald_contracts import ContactPreferences, Topics
 from herald_kit import Runtime, build_app, decode
 from herald_scheduler.adapters.audience import ContactView, FireRepository, Lease
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.history import ContactHistory
+from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.api import campaigns
@@ -48,8 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.timers = timers
         stats = StatsRepository(db)
         app.state.stats = stats
-        app.state.stats_consumer = StatsConsumer(stats, settings.topic_namespace)
-        app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer, stats)
+        history = ContactHistory(db)
+        app.state.history = history
+        app.state.stats_consumer = StatsConsumer(
+            stats, settings.topic_namespace, campaigns=app.state.campaigns, history=history
+        )
+        app.state.matcher = Matcher(
+            app.state.campaigns, timers, runtime.producer, stats, SendPace(db)
+        )
         app.state.timer_service = TimerService(
             timers,
             runtime.producer,

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
+from herald_kit.caps import CapLimits, default_caps
 
 
 class Settings(ServiceSettings):
@@ -29,3 +30,10 @@ class Settings(ServiceSettings):
     lease_tick_seconds: float = Field(default=2, gt=0, description="Lease renewal interval.")
     fanout_batch: int = Field(default=5000, ge=1, le=50_000)
     dry_run_limit: int = Field(default=500, ge=1, le=10_000)
+    caps: dict[str, CapLimits] = Field(
+        default_factory=default_caps,
+        description=(
+            "Frequency caps per priority that dry runs predict with; keep equal to the "
+            "dispatcher's HERALD_DISPATCHER_CAPS, which enforces them."
+        ),
+    )

@@ -9,8 +9,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import CaseState, ContactPreferences
-from herald_dispatcher.domain.caps import WEEK
 from herald_kit import Doc, insert_if_absent
+from herald_kit.caps import WEEK
 
 
 class Views:

@@ -14,6 +14,16 @@ class ChannelChoice:
     channel: Channel | None
     reason: str
 
+    @property
+    def code(self) -> str:
+        """Why no channel was left, as one suppression reason: the single rule that excluded
+        every untried channel (no-consent, no-valid-address, no-message), else no-channel."""
+        if self.reason == "no-ranking":
+            return "no-ranking"
+        inner = self.reason.removeprefix("no-channel-left(").removesuffix(")")
+        kinds = {r.split(":", 1)[1] for r in inner.split(",") if ":" in r} - {"tried"}
+        return kinds.pop() if len(kinds) == 1 else "no-channel"
+
 
 def choose_channel(
     prefs: ContactPreferences, campaign: CampaignRef, *, exclude: frozenset[str] = frozenset()

@@ -18,7 +18,9 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
     event: Event[BaseModel] = decode(record)
     if event.type == DELIVERY_STATUS.type:
         status = DeliveryStatus.model_validate(event.data)
-        if status.case_id is None:
+        if status.case_id is None or status.status == "suppressed":
+            # A suppression is no contact; the dispatcher's explain API says why (and the
+            # customer-facing page should not list what the customer never received).
             return
         # Addresses never reach the timeline: channel and outcome are what an agent needs.
         await repo.add_timeline(

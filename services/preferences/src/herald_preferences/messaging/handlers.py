@@ -95,8 +95,8 @@ class PreferenceHandlers:
     async def on_status(self, status: DeliveryStatus) -> None:
         """Mark an address bounced or unreachable after a hard failure."""
         new = address_status(status)
-        if new is None:
-            return
+        if new is None or status.channel is None:
+            return  # not a hard failure (a `suppressed` decision names no message at all)
         for _ in range(ATTEMPTS):
             current = await self.repo.get(status.customer_id)
             if current is None or current.get("erased"):

@@ -70,6 +70,24 @@ class StatsRepository:
         await self._count(campaign_id, inc)
         return True
 
+    async def suppressed(
+        self, *, campaign_id: str, request_id: str, channel: str | None, reason: str
+    ) -> bool:
+        """A contact the dispatcher decided against, once per request; False when counted.
+
+        Per campaign by reason, and per channel when the dispatcher had chosen one (a frequency
+        cap, say) — a contact suppressed before any channel was chosen has no channel.
+        """
+        if not await insert_if_absent(self.seen, {"_id": f"sup|{request_id}"}):
+            return False
+        why = _field(reason)
+        inc = {f"suppressed_by_reason.{why}": 1}
+        if channel is not None:
+            inc[f"channels.{channel}.suppressed"] = 1
+            inc[f"channels.{channel}.suppressed_by_reason.{why}"] = 1
+        await self._count(campaign_id, inc)
+        return True
+
     async def engaged(self, *, reply_id: str, message_id: str | None, intent: str) -> bool:
         """A reply to a message of ours; False when unattributable or already counted."""
         if message_id is None:
@@ -94,5 +112,6 @@ class StatsRepository:
             "requested": doc.get("requested", 0),
             "channels": doc.get("channels", {}),
             "failed_by_reason": doc.get("failed_by_reason", {}),
+            "suppressed_by_reason": doc.get("suppressed_by_reason", {}),
             "replies_by_intent": doc.get("replies_by_intent", {}),
         }

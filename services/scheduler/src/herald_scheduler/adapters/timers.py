@@ -32,14 +32,25 @@ class TimerRepository:
         await self.timers.create_index([("key", ASCENDING)])
 
     async def schedule(
-        self, *, timer_id: str, key: str, due_at: datetime, request: dict[str, Any], now: datetime
+        self,
+        *,
+        timer_id: str,
+        key: str,
+        due_at: datetime,
+        request: dict[str, Any],
+        now: datetime,
+        kind: str = "timer",
     ) -> bool:
-        """A new pending timer; False when this timer id exists already (a replayed request)."""
+        """A new pending timer; False when this timer id exists already (a replayed request).
+
+        `timer`: a dispatcher's timer, re-sending a request already counted; `delay`: the
+        scheduler's own delayed (or paced) request, counted as requested when it fires.
+        """
         return await insert_if_absent(
             self.timers,
             {
                 "_id": timer_id,
-                "kind": "timer",
+                "kind": kind,
                 "key": key,
                 "state": "pending",
                 "due_at": due_at,
@@ -104,6 +115,14 @@ class TimerRepository:
             },
         )
         return "reopened" if reopened.modified_count else "stale"
+
+    async def postpone(self, key: str, *, case_version: int, due_at: datetime) -> bool:
+        """Move a pending coalescing window's close later (its campaign's send pace)."""
+        done = await self.timers.update_one(
+            {"_id": key, "state": "pending", "case_version": case_version},
+            {"$set": {"due_at": due_at}},
+        )
+        return bool(done.modified_count)
 
     async def claim_due(self, *, now: datetime, lease: timedelta) -> Doc | None:
         """Claim the earliest due, unclaimed timer for this replica, or None."""

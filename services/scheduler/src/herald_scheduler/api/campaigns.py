@@ -12,6 +12,7 @@ from herald_contracts import CaseState, ContactPreferences, utc_now
 from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
 from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.history import ContactHistory
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus, ScheduleTrigger
 from herald_scheduler.domain.dryrun import DryRunResult, dry_run
@@ -148,6 +149,10 @@ class ChannelStats(BaseModel):
     failed: int = 0
     undelivered: int = 0
     engaged: int = 0
+    suppressed: int = 0
+    suppressed_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Contacts suppressed after this channel was chosen."
+    )
 
 
 class CampaignStats(BaseModel):
@@ -157,6 +162,10 @@ class CampaignStats(BaseModel):
     requested: int
     channels: dict[str, ChannelStats]
     failed_by_reason: dict[str, int]
+    suppressed_by_reason: dict[str, int] = Field(
+        default_factory=dict,
+        description="Contacts the dispatcher decided against, by reason (all channels).",
+    )
     replies_by_intent: dict[str, int]
 
 
@@ -243,8 +252,10 @@ Contacts = Annotated[ContactView, Depends(_contacts)]
     "/dry-run",
     summary="Who a campaign draft would contact, on which channel and when; nothing is sent.",
 )
-async def dry_run_draft(body: DryRunIn, contacts: Contacts, who: Reader) -> DryRunResult:
-    """Predict contacts from the customers' current preferences and quiet hours."""
+async def dry_run_draft(
+    body: DryRunIn, request: Request, contacts: Contacts, who: Reader
+) -> DryRunResult:
+    """Predict contacts from the customers' current preferences, quiet hours and caps."""
     limit: int = contacts.dry_run_limit
     customers = body.customers
     if customers is None:
@@ -254,10 +265,13 @@ async def dry_run_draft(body: DryRunIn, contacts: Contacts, who: Reader) -> DryR
             customers = sorted({c for case in body.cases for c in case.customer_ids})
     snapshots = await contacts.get_many(customers)
     known = {cid: ContactPreferences.model_validate(p) for cid, p in snapshots.items()}
+    history: ContactHistory = request.app.state.history
     return dry_run(
         body.campaign,
         cases=body.cases,
         customers=customers,
         contacts=known,
         now=body.at or utc_now(),
+        caps=request.app.state.settings.caps,
+        history=await history.sent_times(customers, body.campaign.priority.value),
     )

@@ -236,10 +236,24 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rate_per_second: float | None = Field(
-        default=None, gt=0, le=100_000, description="Per-campaign request rate (audience fan-out)."
+        default=None,
+        gt=0,
+        le=100_000,
+        description=(
+            "Per-campaign request rate: paces an audience fan-out, and event-triggered requests "
+            "(each waits for its slot in a durable timer row)."
+        ),
     )
-    cap_policy: Literal["defer", "suppress"] = "defer"
-    counts_towards_cap: bool = True
+    cap_policy: Literal["defer", "suppress"] = Field(
+        default="defer", description="What a frequency cap does to a contact: defer or suppress."
+    )
+    counts_towards_cap: bool = Field(
+        default=True,
+        description=(
+            "False: contacts neither count towards the customer's frequency caps nor are held "
+            "back by them (e.g. service notices the customer must get)."
+        ),
+    )
 
 
 def _trigger_kind(value: Any) -> str:

@@ -1,12 +1,14 @@
 """Dry run: who a campaign would contact, on which channel and when, and who not and why.
 
 Mirrors the dispatcher's channel rules (ranking, consent per topic, valid address, a message
-for the channel) and quiet hours; frequency caps are counted by the dispatcher at send time
-and are not predicted here.
+for the channel), quiet hours and frequency caps: the cap rules are the dispatcher's own
+(`herald_kit.caps`), weighed against the customer's contacts of the last week (as the scheduler
+saw them on delivery.status.v1) plus the contacts this run itself predicts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel
 
 from herald_contracts import CaseState, Channel, ContactPreferences, QuietHours
+from herald_kit.caps import CapLimits, apply_caps
 from herald_scheduler.domain.campaigns import CampaignIn, EventTrigger, ScheduleTrigger
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 
@@ -80,11 +83,24 @@ def dry_run(
     customers: list[str],
     contacts: dict[str, ContactPreferences],
     now: datetime,
+    caps: Mapping[str, CapLimits] | None = None,
+    history: Mapping[str, list[datetime]] | None = None,
 ) -> DryRunResult:
-    """Predict a campaign's contacts without sending anything."""
+    """Predict a campaign's contacts without sending anything.
+
+    `caps` are the frequency caps per priority (none: caps are not predicted); `history` the
+    customers' earlier contacts at the campaign's priority.
+    """
     yes: list[Outcome] = []
     no: list[Outcome] = []
-    notes = ["frequency caps are applied by the dispatcher at send time and are not predicted"]
+    notes: list[str] = []
+    limits = caps.get(campaign.priority.value, CapLimits()) if caps is not None else None
+    if limits is None:
+        notes.append("frequency caps are not predicted")
+    elif not campaign.limits.counts_towards_cap:
+        notes.append("this campaign does not count towards frequency caps, nor is held by them")
+    # Contacts this run predicts count towards the caps of the customers' next ones.
+    predicted: dict[str, list[datetime]] = {}
     trigger = campaign.trigger
     expires = campaign.timing.expires_after_seconds
 
@@ -103,6 +119,7 @@ def dry_run(
             no.append(Outcome(customer_id=customer, case_id=case_id, contacted=False, reason=why))
             return
         when = after_quiet_hours(at, prefs.quiet_hours, prefs.time_zone)
+        reason = "quiet-hours-deferred" if when != at else why
         if expires is not None and when >= triggered + timedelta(seconds=expires):
             no.append(
                 Outcome(
@@ -114,7 +131,42 @@ def dry_run(
                 )
             )
             return
-        reason = "quiet-hours-deferred" if when != at else why
+        if limits is not None:
+            sent = [*(history or {}).get(customer, []), *predicted.get(customer, [])]
+            capped = apply_caps(
+                sent,
+                when,
+                limits,
+                policy=campaign.limits.cap_policy,
+                counts_towards_cap=campaign.limits.counts_towards_cap,
+            )
+            if capped.action == "suppress":
+                no.append(
+                    Outcome(
+                        customer_id=customer,
+                        case_id=case_id,
+                        contacted=False,
+                        channel=channel,
+                        reason=f"frequency-cap({capped.cap})",
+                    )
+                )
+                return
+            if capped.action == "defer" and capped.due is not None:
+                when = after_quiet_hours(capped.due, prefs.quiet_hours, prefs.time_zone)
+                reason = f"frequency-cap-deferred({capped.cap})"
+                if expires is not None and when >= triggered + timedelta(seconds=expires):
+                    no.append(
+                        Outcome(
+                            customer_id=customer,
+                            case_id=case_id,
+                            contacted=False,
+                            channel=channel,
+                            reason="expires-before-cap-frees",
+                        )
+                    )
+                    return
+            if campaign.limits.counts_towards_cap:
+                predicted.setdefault(customer, []).append(when)
         yes.append(
             Outcome(
                 customer_id=customer,

@@ -16,6 +16,7 @@ from herald_contracts import (
 )
 from herald_kit import Doc, EventProducer, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.domain.campaigns import Timing, definition_of, request_id
@@ -40,6 +41,7 @@ def campaign_ref(doc: Doc) -> CampaignRef:
         success=d.escalation.success,
         escalate_after_seconds=d.escalation.escalate_after_seconds,
         cap_policy=d.limits.cap_policy,
+        counts_towards_cap=d.limits.counts_towards_cap,
         critical=d.critical,
     )
 
@@ -59,21 +61,24 @@ class Matcher:
         timers: TimerRepository,
         producer: EventProducer,
         stats: StatsRepository,
+        pace: SendPace,
     ) -> None:
         self.campaigns = campaigns
         self.timers = timers
         self.producer = producer
         self.stats = stats
+        self.pace = pace
         # Validating a stored definition parses its templates; do it once per version.
-        self._refs: dict[tuple[str, int], tuple[CampaignRef, Timing]] = {}
+        self._refs: dict[tuple[str, int], tuple[CampaignRef, Timing, float | None]] = {}
 
-    def _compiled(self, doc: Doc) -> tuple[CampaignRef, Timing]:
+    def _compiled(self, doc: Doc) -> tuple[CampaignRef, Timing, float | None]:
         key = (doc["_id"], doc["version"])
         got = self._refs.get(key)
         if got is None:
             if len(self._refs) > 1000:
                 self._refs.clear()
-            got = self._refs[key] = (campaign_ref(doc), definition_of(doc).timing)
+            d = definition_of(doc)
+            got = self._refs[key] = (campaign_ref(doc), d.timing, d.limits.rate_per_second)
         return got
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -95,12 +100,12 @@ class Matcher:
                         "campaign filter failed", extra={"campaign": doc["_id"], "error": str(exc)}
                     )
                     continue
-            ref, timing = self._compiled(doc)
+            ref, timing, rate = self._compiled(doc)
             now = utc_now()
             trigger_key = f"{state.case_id}:{state.version}"
             for customer in state.customer_ids:
                 rid = request_id(ref.id, trigger_key, customer)
-                wait = timedelta(seconds=timing.wait_seconds)
+                due = now + timedelta(seconds=timing.wait_seconds)
                 request = ContactRequest(
                     request_id=rid,
                     campaign=ref,
@@ -110,26 +115,45 @@ class Matcher:
                     case_state=state,
                     trigger_key=trigger_key,
                     requested_at=now,
-                    not_before=now + wait if wait else None,
+                    not_before=due if due > now else None,
                     expires_at=expiry(doc, now),
                 )
                 if timing.coalesce_seconds:
                     # One row per (campaign, case, customer) holds the window and the latest
                     # version; it fires once when the window closes.
-                    await self.timers.coalesce(
-                        key=f"coalesce:{ref.id}:{state.case_id}:{customer}",
+                    window = f"coalesce:{ref.id}:{state.case_id}:{customer}"
+                    outcome = await self.timers.coalesce(
+                        key=window,
                         case_version=state.version,
-                        due_at=now + wait,
+                        due_at=due,
                         request=request.model_dump(mode="json"),
                         now=now,
                     )
-                elif wait:
+                    if rate and outcome in ("opened", "reopened"):
+                        # A window that closes is one request: it takes one slot of the pace.
+                        slot = await self.pace.reserve(ref.id, rate, due)
+                        if slot > due:
+                            await self.timers.postpone(
+                                window, case_version=state.version, due_at=slot
+                            )
+                    continue
+                timer_id = f"delay:{rid}"
+                if rate:
+                    # Paced: every request waits for its slot in a durable row (a replayed
+                    # change finds the row and takes no second slot).
+                    if await self.timers.get(timer_id) is not None:
+                        continue
+                    due = await self.pace.reserve(ref.id, rate, due)
+                if due > now or rate:
                     await self.timers.schedule(
-                        timer_id=f"delay:{rid}",
+                        timer_id=timer_id,
                         key=f"case:{ref.id}:{state.case_id}:{customer}",
-                        due_at=now + wait,
-                        request=request.model_dump(mode="json"),
+                        due_at=due,
+                        request=request.model_copy(update={"not_before": due}).model_dump(
+                            mode="json"
+                        ),
                         now=now,
+                        kind="delay",
                     )
                 else:
                     await self.producer.publish(

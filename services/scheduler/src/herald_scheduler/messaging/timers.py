@@ -100,6 +100,10 @@ class TimerService:
             if row is None:
                 break
             request = ContactRequest.model_validate(row["request"])
+            if row["kind"] == "coalesce":
+                # The window's close (moved later by the campaign's send pace), not the time of
+                # the last change that joined it.
+                request = request.model_copy(update={"not_before": row["due_at"]})
             now = utc_now()
             if request.expires_at is not None and request.expires_at <= now:
                 # Never send after the expiry: the row is closed without a request.

@@ -1,10 +1,15 @@
-"""Frequency caps: how many contacts one customer may receive per day and per week."""
+"""Frequency caps: how many contacts one customer may receive per day and per week.
+
+Pure rules shared by the dispatcher (which applies them at send time) and the scheduler's dry
+run (which predicts them), so the two can never disagree.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -53,3 +58,41 @@ def check_caps(sent: Sequence[datetime], now: datetime, limits: CapLimits) -> Ca
     if cap is None:
         return CapVerdict(True)
     return CapVerdict(False, cap, retry_at)
+
+
+def default_caps() -> dict[str, CapLimits]:
+    """Caps per priority when none are configured."""
+    return {
+        "service": CapLimits(per_day=6, per_week=20),
+        "marketing": CapLimits(per_day=1, per_week=3),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CapDecision:
+    """What a cap does to one contact: nothing, defer it to `due`, or suppress it."""
+
+    action: Literal["allow", "defer", "suppress"]
+    cap: str | None = None
+    due: datetime | None = None
+
+
+def apply_caps(
+    sent: Sequence[datetime],
+    now: datetime,
+    limits: CapLimits,
+    *,
+    policy: Literal["defer", "suppress"],
+    counts_towards_cap: bool = True,
+) -> CapDecision:
+    """A campaign's cap outcome for one contact: a contact that does not count is never capped;
+    a capped one is suppressed by policy, or when nothing ever frees (a zero cap), else deferred
+    to when the cap frees (the caller still moves that into the contact windows)."""
+    if not counts_towards_cap:
+        return CapDecision("allow")
+    verdict = check_caps(sent, now, limits)
+    if verdict.allowed:
+        return CapDecision("allow")
+    if policy == "suppress" or verdict.retry_at is None:
+        return CapDecision("suppress", verdict.cap)
+    return CapDecision("defer", verdict.cap, verdict.retry_at)

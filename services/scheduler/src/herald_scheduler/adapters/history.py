@@ -1,0 +1,44 @@
+"""Who was contacted when, per customer and priority: what dry runs weigh frequency caps with.
+
+Built from `sent` statuses on delivery.status.v1 (the scheduler reads no dispatcher collection).
+A contact counts once per request, as the dispatcher counts it: escalations of it share the
+request id. One document per (customer, priority), addressed by `_id` (FerretDB v1 pushes only
+`_id` filters down), holding the last week.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from herald_kit import Doc
+from herald_kit.caps import WEEK
+
+
+class ContactHistory:
+    """The `contact_history` collection."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.history = db["contact_history"]
+
+    async def note(self, *, customer_id: str, priority: str, request_id: str, at: datetime) -> None:
+        """One contact (idempotent by request id; a redelivered status changes nothing)."""
+        key = f"{customer_id}|{priority}"
+        doc = await self.history.find_one({"_id": key})
+        held = (doc or {}).get("recent", [])
+        if any(c["r"] == request_id for c in held):
+            return
+        recent = [c for c in held if c["at"] > at - WEEK]
+        recent.append({"r": request_id, "at": at})
+        # Statuses are keyed by customer: one consumer writes a customer's rows at a time.
+        await self.history.update_one({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
+
+    async def sent_times(self, customer_ids: list[str], priority: str) -> dict[str, list[datetime]]:
+        """Each customer's contacts at this priority in the last week (absent: none)."""
+        keys = [f"{c}|{priority}" for c in customer_ids]
+        out: dict[str, list[datetime]] = {}
+        async for doc in self.history.find({"_id": {"$in": keys}}):
+            customer = str(doc["_id"]).rsplit("|", 1)[0]
+            out[customer] = [c["at"] for c in doc.get("recent", [])]
+        return out
