@@ -113,7 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_timer(record: ConsumerRecord[bytes, bytes]) -> None:
         await app.state.timer_service.handle(record)
 
-    runtime.consume("scheduler", [Topics.CASES_CHANGES, Topics.CONTACTS_PREFERENCES], on_record)
+    # Keyed records (a case, a customer) are matched concurrently across keys, in order within one.
+    runtime.consume(
+        "scheduler",
+        [Topics.CASES_CHANGES, Topics.CONTACTS_PREFERENCES],
+        on_record,
+        concurrency=settings.match_concurrency,
+    )
 
     async def on_outcome(record: ConsumerRecord[bytes, bytes]) -> None:
         await app.state.stats_consumer.handle(record)

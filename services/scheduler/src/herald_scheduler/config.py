@@ -29,6 +29,15 @@ class Settings(ServiceSettings):
     )
     lease_tick_seconds: float = Field(default=2, gt=0, description="Lease renewal interval.")
     fanout_batch: int = Field(default=5000, ge=1, le=50_000)
+    match_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description=(
+            "Cases matched at once from a polled batch of cases.changes (one case's changes, "
+            "and one customer's snapshots, stay in order)."
+        ),
+    )
     dry_run_limit: int = Field(default=500, ge=1, le=10_000)
     caps: dict[str, CapLimits] = Field(
         default_factory=default_caps,
