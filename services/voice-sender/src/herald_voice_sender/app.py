@@ -45,9 +45,11 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
             base_url=settings.base_url(),
             identity=settings.caller_id,
             machine_detection=settings.machine_detection,
-            pacer=Pacer(settings.rate_per_second, settings.rate_burst),
+            pacer=Pacer(settings.rate_per_second, settings.rate_burst, name="voice-sender"),
             breaker=CircuitBreaker(
-                threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
+                threshold=settings.breaker_threshold,
+                cooldown=settings.breaker_cooldown_seconds,
+                name="voice-sender",
             ),
             retry=RetryPolicy(
                 attempts=settings.send_attempts,

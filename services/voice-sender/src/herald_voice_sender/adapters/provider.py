@@ -50,9 +50,14 @@ class TwilioVoice:
         caller_id: str,
         base_url: str | None,
         timeout: float = 10.0,
+        sender: str = "voice-sender",
     ) -> None:
         self._twilio = TwilioClient(
-            account_sid=account_sid, auth_token=auth_token, base_url=base_url, timeout=timeout
+            account_sid=account_sid,
+            auth_token=auth_token,
+            base_url=base_url,
+            timeout=timeout,
+            sender=sender,
         )
         self._client = self._twilio.rest
         self.caller_id = caller_id
