@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -142,6 +143,12 @@ class VoiceCalling:
         if not may:
             assert row is not None
             if row["status"] == "sending":
+                # A crash during the provider call: ask Twilio whether the call exists; if it
+                # cannot say, report 'unknown' and never place it again blindly.
+                found = await self._lookup(call, since=row.get("sending_at") or row["at"])
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(call.message_id, "unknown")
                 await self.publish_status(
                     ref, "unknown", reason="found in 'sending' after a restart"
@@ -161,6 +168,8 @@ class VoiceCalling:
                     break
                 continue
             await self.pacer.acquire(self.identity)
+            sending_at = utc_now()
+            await self.ledger.sending(call.message_id, now=sending_at)
             try:
                 placed = await self.provider.call(
                     to=call.to,
@@ -173,8 +182,12 @@ class VoiceCalling:
                 await self._fail(ref, exc.code or "rejected", exc.detail)
                 return
             except ProviderTimeout as exc:
-                # The call may be ringing already: never place a second one blindly.
+                # The call may be ringing already: look it up, never place a second one blindly.
                 self.breaker.failure()
+                found = await self._lookup(call, since=sending_at)
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(call.message_id, "unknown", error_code=exc.code)
                 await self.publish_status(ref, "unknown", error_code=exc.code, reason=exc.detail)
                 return
@@ -190,12 +203,34 @@ class VoiceCalling:
                 )
             else:
                 self.breaker.success()
-                await self.ledger.set(call.message_id, "sent", provider_id=placed.provider_id)
-                await self.publish_status(ref, "sent", provider_id=placed.provider_id)
+                await self._sent(ref, placed.provider_id)
                 return
             if attempt == self.retry.attempts or not await self._pause(call, delay):
                 break
         await self._fail(ref, last, f"gave up after retryable errors (last: {last})")
+
+    async def _sent(self, ref: dict[str, Any], provider_id: str) -> None:
+        await self.ledger.set(ref["message_id"], "sent", provider_id=provider_id)
+        await self.publish_status(ref, "sent", provider_id=provider_id)
+
+    async def _lookup(self, call: Call, *, since: datetime) -> str | None:
+        """The sid of the one call Twilio created for this message since `since`, else None.
+
+        Twilio's Call resource echoes neither our Url nor our StatusCallback, so a call is
+        recognised by To, From and creation time, minus the sids other ledger rows own. Two
+        or more candidates are ambiguous: None ('unknown'), never a guess.
+        """
+        try:
+            sids = await self.provider.find_placed(to=call.to, since=since)
+        except Exception as exc:  # any failure here means "don't know"
+            log.warning("call lookup failed", extra={"error": type(exc).__name__})
+            return None
+        mine: list[str] = []
+        for sid in sids:
+            row = await self.ledger.by_provider_id(sid)
+            if row is None or row["_id"] == call.message_id:
+                mine.append(sid)
+        return mine[0] if len(mine) == 1 else None
 
     async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
