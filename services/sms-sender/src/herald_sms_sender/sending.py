@@ -101,9 +101,9 @@ class SmsSending:
             await self.fail(ref, "expired", "expired before send")
             return
         key = number_key(msg.to)
-        may_send, row = await self.ledger.claim(
-            msg.message_id, now=now, meta={**ref, "number_key": key}
-        )
+        # The expiry is the campaign's window for a call-back the customer may ask for in reply.
+        meta = {**ref, "number_key": key, "expires_at": msg.expires_at}
+        may_send, row = await self.ledger.claim(msg.message_id, now=now, meta=meta)
         if not may_send:
             assert row is not None
             if row["status"] == "sending":

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from herald_contracts import (
     ENGAGEMENT_REPLY,
+    TIMER_REQUESTED,
     DeliveryState,
     EngagementReply,
     Intent,
     OutboundVoice,
+    TimerRequest,
     utc_now,
 )
 from herald_kit import CircuitBreaker, EventProducer, Pacer
@@ -25,6 +27,7 @@ from herald_voice_sender.adapters.provider import (
     ProviderTimeout,
     VoiceProvider,
 )
+from herald_voice_sender.domain.window import CallingHours, callback_slot, zones_for
 
 log = logging.getLogger("herald.voice")
 
@@ -65,6 +68,8 @@ class VoiceCalling:
         pacer: Pacer | None = None,
         breaker: CircuitBreaker | None = None,
         retry: RetryPolicy | None = None,
+        calling_hours: CallingHours | None = None,
+        callback_max_defer: timedelta = timedelta(hours=24),
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -75,6 +80,8 @@ class VoiceCalling:
         self.pacer = pacer or Pacer(0)
         self.breaker = breaker or CircuitBreaker()
         self.retry = retry or RetryPolicy()
+        self.calling_hours = calling_hours or CallingHours()
+        self.callback_max_defer = callback_max_defer
 
     def url(self, what: str, message_id: str, **query: str) -> str:
         """A webhook URL of ours for one call (the message id rides in the signed URL)."""
@@ -242,16 +249,51 @@ class VoiceCalling:
         )
 
     async def callback(self, reply: EngagementReply) -> None:
-        """A customer asked to be called back: call the number they gave, straight to an agent."""
+        """A customer asked to be called back: call the number they gave, straight to an agent,
+        inside legal calling hours and before the campaign's window ends.
+
+        Outside the hours the call-back is deferred durably: a scheduler timer
+        (`timers.requests.v1`) re-publishes this very reply when the hours open, and it comes
+        back here. A window that closes before the hours open means no call, reported failed.
+        """
         if reply.callback_number is None:
             log.info("call-back request without a number", extra={"reply": reply.reply_id})
             return
+        mid = f"callback-{reply.reply_id}"
         ref: dict[str, Any] = {
-            "message_id": f"callback-{reply.reply_id}",
+            "message_id": mid,
             "request_id": reply.message_id or reply.reply_id,
             "campaign_id": "callback",
             "customer_id": reply.customer_id,
             "case_id": reply.case_id,
         }
-        call = Call(f"callback-{reply.reply_id}", reply.callback_number, "en", ref, kind="callback")
+        now = utc_now()
+        until = reply.callback_until or reply.at + self.callback_max_defer
+        zones = zones_for(reply.callback_number)
+        slot = callback_slot(hours=self.calling_hours, zones=zones, now=now, until=until)
+        if slot is None:
+            may, row = await self.ledger.claim(mid, now=now, meta={**ref, "kind": "callback"})
+            if may:
+                await self._fail(
+                    ref, "outside-window", "the calling window closes before calling hours open"
+                )
+            elif row is not None:
+                await republish_settled(self.producer, ref, row, channel="voice")
+            return
+        if slot > now:
+            timer = TimerRequest(
+                timer_id=f"callback:{reply.reply_id}",
+                key=mid,
+                due_at=slot,
+                reason="call-back outside calling hours",
+                reply=reply,
+            )
+            # Idempotent: the scheduler keeps one timer per id, so a redelivered reply is no
+            # second call-back.
+            await self.producer.publish(
+                TIMER_REQUESTED, timer, key=reply.customer_id, event_id=timer.timer_id
+            )
+            log.info("call-back deferred", extra={"reply": reply.reply_id, "due_at": str(slot)})
+            return
+        call = Call(mid, reply.callback_number, "en", ref, expires_at=until, kind="callback")
         await self.place(call)

@@ -32,22 +32,30 @@ class TimerRepository:
         await self.timers.create_index([("key", ASCENDING)])
 
     async def schedule(
-        self, *, timer_id: str, key: str, due_at: datetime, request: dict[str, Any], now: datetime
+        self,
+        *,
+        timer_id: str,
+        key: str,
+        due_at: datetime,
+        request: dict[str, Any] | None,
+        now: datetime,
+        reply: dict[str, Any] | None = None,
     ) -> bool:
-        """A new pending timer; False when this timer id exists already (a replayed request)."""
-        return await insert_if_absent(
-            self.timers,
-            {
-                "_id": timer_id,
-                "kind": "timer",
-                "key": key,
-                "state": "pending",
-                "due_at": due_at,
-                "claimed_until": EPOCH,
-                "request": request,
-                "created_at": now,
-            },
-        )
+        """A new pending timer that re-sends a request (or re-publishes a reply); False when
+        this timer id exists already (a replayed request)."""
+        row: dict[str, Any] = {
+            "_id": timer_id,
+            "kind": "timer",
+            "key": key,
+            "state": "pending",
+            "due_at": due_at,
+            "claimed_until": EPOCH,
+            "request": request,
+            "created_at": now,
+        }
+        if reply is not None:
+            row["reply"] = reply
+        return await insert_if_absent(self.timers, row)
 
     async def cancel(self, key: str, *, now: datetime) -> int:
         """Cancel every pending timer under a key; how many were cancelled."""
