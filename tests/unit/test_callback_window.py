@@ -9,7 +9,13 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herald_voice_sender.domain.window import CallingHours, callback_slot, permits, zones_for
+from herald_voice_sender.domain.window import (
+    CallingHours,
+    callback_slot,
+    hours_close,
+    permits,
+    zones_for,
+)
 
 NY = [ZoneInfo("America/New_York")]
 HOURS = CallingHours("08:00", "21:00")
@@ -59,3 +65,10 @@ def test_a_slot_is_always_inside_the_hours_and_before_the_window_ends(
     slot = callback_slot(hours=HOURS, zones=zones, now=now, until=until)
     assert slot is not None  # a daily window always opens within 30 hours
     assert now <= slot < until and permits(HOURS, zones, slot)
+
+
+def test_retries_of_a_call_back_end_when_the_hours_close() -> None:
+    now = datetime(2026, 6, 1, 0, 30, tzinfo=UTC)  # 20:30 in New York
+    assert hours_close(hours=HOURS, zones=NY, now=now) == datetime(2026, 6, 1, 1, 0, tzinfo=UTC)
+    always = CallingHours("00:00", "00:00")
+    assert hours_close(hours=always, zones=NY, now=now) == now + timedelta(days=1)

@@ -27,7 +27,12 @@ from herald_voice_sender.adapters.provider import (
     ProviderTimeout,
     VoiceProvider,
 )
-from herald_voice_sender.domain.window import CallingHours, callback_slot, zones_for
+from herald_voice_sender.domain.window import (
+    CallingHours,
+    callback_slot,
+    hours_close,
+    zones_for,
+)
 
 log = logging.getLogger("herald.voice")
 
@@ -295,5 +300,9 @@ class VoiceCalling:
             )
             log.info("call-back deferred", extra={"reply": reply.reply_id, "due_at": str(slot)})
             return
-        call = Call(mid, reply.callback_number, "en", ref, expires_at=until, kind="callback")
+        # Retries stop at the end of the window or of the calling hours, whichever comes first.
+        closes = hours_close(hours=self.calling_hours, zones=zones, now=now)
+        call = Call(
+            mid, reply.callback_number, "en", ref, expires_at=min(until, closes), kind="callback"
+        )
         await self.place(call)

@@ -81,3 +81,15 @@ def callback_slot(
             return candidate
         candidate += timedelta(minutes=1)
     return None
+
+
+def hours_close(*, hours: CallingHours, zones: list[ZoneInfo], now: datetime) -> datetime:
+    """The first minute after `now` outside the calling hours (in some zone): retries of a
+    call-back placed now stop before it. Within a day, else a day from now (always open)."""
+    candidate = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    limit = now + timedelta(days=1)
+    while candidate < limit:
+        if not permits(hours, zones, candidate):
+            return candidate
+        candidate += timedelta(minutes=1)
+    return limit
