@@ -343,3 +343,9 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
         await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": body})
         got = await eventually(lambda i=intent: env.replies.where(intent=i))  # type: ignore[misc]
         assert got[0].message_id == msg.message_id and got[0].customer_id == "cust-r"
+    # A call-back asked for in reply carries the number and the campaign's window (the expiry
+    # of the message it answers), within which the voice-sender must place it.
+    callback = env.replies.where(intent="callback")[0]
+    assert callback.callback_number == phone
+    assert msg.expires_at is not None and callback.callback_until is not None
+    assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored

@@ -100,6 +100,9 @@ async def env(
             twilio_base_url=sandbox,
             contact_centre_number=AGENT,
             rate_per_second=0,
+            # Any hour: these tests are about the call itself (calling hours have their own).
+            calling_hours_start="00:00",
+            calling_hours_end="00:00",
         )
         sender = await stack.enter_async_context(serving(voice_app(settings), port))
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))

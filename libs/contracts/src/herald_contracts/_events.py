@@ -390,6 +390,13 @@ class EngagementReply(_Body):
         default=None,
         description="E.164 number to call back, set on a 'callback' reply from a phone channel.",
     )
+    callback_until: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "End of the campaign's window for a call-back (the expiry of the contact answered): "
+            "the call is placed before it, inside legal calling hours, or not at all."
+        ),
+    )
 
 
 class TimerRequest(_Body):
@@ -402,6 +409,13 @@ class TimerRequest(_Body):
     reason: str | None = None
     request: ContactRequest | None = Field(
         default=None, description="Re-sent when the timer fires."
+    )
+    reply: EngagementReply | None = Field(
+        default=None,
+        description=(
+            "Re-published to engagement.replies.v1 (same event id) when the timer fires: a "
+            "call-back deferred until the calling window opens. Set instead of `request`."
+        ),
     )
 
 

@@ -34,6 +34,7 @@ from herald_kit._kafka import (
 from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
+from herald_kit._metrics import count_send_outcome, observe_provider_request
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
@@ -78,6 +79,7 @@ __all__ = [
     "backoff",
     "build_app",
     "configure_logging",
+    "count_send_outcome",
     "create_client",
     "current_trace",
     "decode",
@@ -90,6 +92,7 @@ __all__ = [
     "kafka_client_options",
     "mask",
     "new_key",
+    "observe_provider_request",
     "ping",
     "problem",
     "require_scopes",

@@ -95,6 +95,15 @@ class SendLedger:
             )
         )
 
+    async def sending(self, message_id: str, *, now: datetime) -> None:
+        """The provider call is about to be made: from here a crash leaves the outcome unknown
+        (for a ledger that claims rows in another status, e.g. 'queued')."""
+        await self._run(
+            lambda: self.rows.update_one(
+                {"_id": message_id}, {"$set": {"status": "sending", "sending_at": now}}
+            )
+        )
+
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""
         return await self._run(lambda: self.rows.find_one({"_id": message_id}))

@@ -26,3 +26,60 @@ HTTP_REQUESTS = Counter(
     "herald_http_requests_total", "HTTP requests answered.", ["route", "method", "status"]
 )
 UP = Gauge("herald_service_ready", "1 when the service's dependencies are reachable.", ["service"])
+
+# Senders talking to an outside provider (Twilio, an SMTP relay). `sender` is the service name:
+# never a phone number or any other identity of a customer or of ours.
+PROVIDER_REQUESTS = Counter(
+    "herald_provider_requests_total",
+    "Requests to an outside provider, by outcome (accepted, rejected, busy, timeout) and code.",
+    ["sender", "outcome", "code"],
+)
+PROVIDER_SECONDS = Histogram(
+    "herald_provider_request_seconds",
+    "Time a provider took to answer one request (or to time out), by outcome.",
+    ["sender", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SEND_OUTCOMES = Counter(
+    "herald_send_outcomes_total",
+    "Delivery statuses a sender published (sent, failed, unknown, ...).",
+    ["channel", "status"],
+)
+PACER_WAIT = Histogram(
+    "herald_pacer_wait_seconds",
+    "Time a send waited for its pacer slot (0 when a token was free).",
+    ["sender"],
+    buckets=(0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PACER_HOLDS = Counter(
+    "herald_pacer_holds_total",
+    "Times a provider's 429 / Retry-After held a sender's pacer.",
+    ["sender"],
+)
+PACER_RATE = Gauge(
+    "herald_pacer_rate_per_second", "A sender's configured pace (0 = unpaced).", ["sender"]
+)
+PACER_TOKENS = Gauge(
+    "herald_pacer_tokens",
+    "Sends a sender's pacer allows back to back right now (its fullest identity's bucket).",
+    ["sender"],
+)
+BREAKER_STATE = Gauge(
+    "herald_circuit_breaker_state",
+    "A sender's provider circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["sender"],
+)
+BREAKER_OPENED = Counter(
+    "herald_circuit_breaker_opened_total", "Times a sender's circuit breaker opened.", ["sender"]
+)
+
+
+def observe_provider_request(*, sender: str, outcome: str, code: str, seconds: float) -> None:
+    """Count one provider request and its latency (outcome: accepted, rejected, busy, timeout)."""
+    PROVIDER_REQUESTS.labels(sender, outcome, code).inc()
+    PROVIDER_SECONDS.labels(sender, outcome).observe(seconds)
+
+
+def count_send_outcome(*, channel: str, status: str) -> None:
+    """Count one delivery status a sender published."""
+    SEND_OUTCOMES.labels(channel, status).inc()

@@ -8,6 +8,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from herald_kit._metrics import (
+    BREAKER_OPENED,
+    BREAKER_STATE,
+    PACER_HOLDS,
+    PACER_RATE,
+    PACER_TOKENS,
+    PACER_WAIT,
+)
+
 
 @dataclass
 class _Schedule:
@@ -23,6 +32,7 @@ class Pacer:
     Implemented as GCRA: each send reserves the next slot `1/rate` after the previous one, so
     concurrent senders queue in order and the long-run rate is exactly `rate`; `burst` sends
     may go back to back after an idle spell. A rate of 0 turns pacing off.
+    With a `name` (the sender's service name) it exports its waits, holds, rate and tokens.
     """
 
     def __init__(
@@ -32,12 +42,32 @@ class Pacer:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
+        name: str | None = None,
     ) -> None:
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
         self._ids: dict[str, _Schedule] = {}
+        self.name = name
+        if name is not None:
+            PACER_RATE.labels(name).set(rate)
+            PACER_TOKENS.labels(name).set_function(self.tokens)
+
+    def tokens(self) -> float:
+        """Sends the fullest identity's bucket allows back to back now (`burst` when idle)."""
+        if self.rate <= 0:
+            return float(self.burst)
+        now = self._clock()
+        if not self._ids:
+            return float(self.burst)
+        best = 0.0
+        for s in self._ids.values():
+            if s.hold_until > now:
+                continue
+            backlog = max(0.0, s.tat - now) * self.rate  # slots already reserved ahead
+            best = max(best, self.burst - backlog)
+        return max(0.0, min(float(self.burst), best))
 
     def reserve(self, identity: str) -> float:
         """Reserve a slot for one send; the seconds to wait before using it."""
@@ -54,11 +84,15 @@ class Pacer:
     async def acquire(self, identity: str) -> None:
         """Wait for this identity's next slot."""
         wait = self.reserve(identity)
+        if self.name is not None:
+            PACER_WAIT.labels(self.name).observe(wait)
         if wait > 0:
             await self._sleep(wait)  # type: ignore[misc]
 
     def hold(self, identity: str, seconds: float) -> None:
         """The provider said 429 / Retry-After: no slot for this identity before then."""
+        if self.name is not None:
+            PACER_HOLDS.labels(self.name).inc()
         now = self._clock()
         s = self._ids.setdefault(identity, _Schedule(tat=now))
         # GCRA lets `burst - 1` slots go early; a Retry-After allows none before its time.
@@ -85,7 +119,8 @@ class CircuitBreaker:
     """Stops calling a provider that keeps failing; lets one trial through after a cool-down.
 
     closed -> (threshold consecutive failures) -> open for `cooldown` s -> half-open: the first
-    caller tries; success closes, failure re-opens.
+    caller tries; success closes, failure re-opens. With a `name` (the sender's service name)
+    it exports its state and how often it opened.
     """
 
     threshold: int = 20
@@ -93,7 +128,14 @@ class CircuitBreaker:
     clock: Callable[[], float] = time.monotonic
     failures: int = 0
     opened_at: float | None = None
+    name: str | None = None
     _trial: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            BREAKER_STATE.labels(self.name).set_function(
+                lambda: {"closed": 0.0, "half-open": 1.0, "open": 2.0}[self.state]
+            )
 
     @property
     def state(self) -> str:
@@ -127,5 +169,7 @@ class CircuitBreaker:
         """A call failed in a way that blames the provider (5xx, timeout)."""
         self.failures += 1
         if self._trial or self.failures >= self.threshold:
+            if self.name is not None and (self.opened_at is None or self._trial):
+                BREAKER_OPENED.labels(self.name).inc()
             self.opened_at = self.clock()
         self._trial = False

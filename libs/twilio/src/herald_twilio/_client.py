@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from herald_kit import PermanentError, RetryableError
+from herald_kit import PermanentError, RetryableError, observe_provider_request
 
 T = TypeVar("T")
 
@@ -81,13 +82,24 @@ def _retry_after(headers: dict[str, str] | None) -> float | None:
 
 
 class TwilioClient:
-    """The real twilio-python client; `base_url` points it at the sandbox in development."""
+    """The real twilio-python client; `base_url` points it at the sandbox in development.
+
+    Every request made through it is counted and timed under the `sender` label
+    (`herald_provider_requests_total`, `herald_provider_request_seconds`).
+    """
 
     def __init__(
-        self, *, account_sid: str, auth_token: str, base_url: str | None, timeout: float = 10.0
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        base_url: str | None,
+        timeout: float = 10.0,
+        sender: str = "twilio",
     ) -> None:
         self._http = _HeaderKeepingClient(timeout=timeout)
         self._timeout = timeout
+        self.sender = sender
         self.rest = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             self.rest.api.base_url = base_url.rstrip("/")
@@ -95,6 +107,38 @@ class TwilioClient:
     async def create(self, request: Awaitable[T]) -> T:
         """Make one create request; map Twilio's errors onto busy (retry), rejected (final),
         timeout (outcome unknown)."""
+        started = time.monotonic()
+        try:
+            result = await self._create(request)
+        except ProviderBusy as exc:
+            self._observe("busy", exc.code or str(exc.http_status), started)
+            raise
+        except ProviderRejected as exc:
+            self._observe("rejected", exc.code or "", started)
+            raise
+        except ProviderTimeout as exc:
+            self._observe("timeout", exc.code or "timeout", started)
+            raise
+        self._observe("accepted", "", started)
+        return result
+
+    async def lookup(self, request: Awaitable[T]) -> T:
+        """Make one read request (a list or fetch), bounded like a create; errors as create's."""
+        started = time.monotonic()
+        try:
+            result = await self._create(request)
+        except (ProviderBusy, ProviderRejected, ProviderTimeout) as exc:
+            self._observe("lookup-failed", exc.code or "", started)
+            raise
+        self._observe("lookup", "", started)
+        return result
+
+    def _observe(self, outcome: str, code: str, started: float) -> None:
+        observe_provider_request(
+            sender=self.sender, outcome=outcome, code=code, seconds=time.monotonic() - started
+        )
+
+    async def _create(self, request: Awaitable[T]) -> T:
         _last_headers.set(None)
         try:
             # A hard bound even if the HTTP layer's own timeout does not fire.

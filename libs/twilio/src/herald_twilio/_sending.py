@@ -7,7 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from herald_contracts import DELIVERY_STATUS, Channel, DeliveryState, DeliveryStatus, utc_now
-from herald_kit import CircuitBreaker, EventProducer, Pacer, SendLedger, backoff
+from herald_kit import (
+    CircuitBreaker,
+    EventProducer,
+    Pacer,
+    SendLedger,
+    backoff,
+    count_send_outcome,
+)
 from herald_twilio._client import ProviderBusy
 
 
@@ -57,6 +64,7 @@ async def publish_delivery_status(
 ) -> None:
     """Publish a delivery status of the message `ref` names; its event id makes a repeat
     recognisable downstream."""
+    count_send_outcome(channel=channel, status=status)
     await producer.publish(
         DELIVERY_STATUS,
         DeliveryStatus(

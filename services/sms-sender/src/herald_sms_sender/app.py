@@ -47,9 +47,11 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
             runtime.producer,
             callback_url=f"{settings.base_url()}/webhooks/twilio/status",
             identity=identity,
-            pacer=Pacer(settings.rate_per_second, settings.rate_burst),
+            pacer=Pacer(settings.rate_per_second, settings.rate_burst, name="sms-sender"),
             breaker=CircuitBreaker(
-                threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
+                threshold=settings.breaker_threshold,
+                cooldown=settings.breaker_cooldown_seconds,
+                name="sms-sender",
             ),
             retry=RetryPolicy(
                 attempts=settings.send_attempts,

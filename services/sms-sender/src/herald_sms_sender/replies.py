@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, Intent, utc_now
 from herald_kit import EventProducer
@@ -54,6 +55,7 @@ class Replies:
                 case_id=row.get("case_id"),
                 at=now,
                 callback_number=from_ if intent == "callback" else None,
+                callback_until=_aware(row.get("expires_at")) if intent == "callback" else None,
             )
             await self.producer.publish(
                 ENGAGEMENT_REPLY,
@@ -63,3 +65,10 @@ class Replies:
                 subject=reply.case_id,
             )
         return self.help_answer if intent == "help" else None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A stored time as UTC-aware (a client without tz_aware returns naive UTC)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

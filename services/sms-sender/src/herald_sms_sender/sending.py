@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from prometheus_client import Counter
-
 from herald_contracts import DeliveryState, OutboundSms, utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
 from herald_sms_sender.adapters.ledger import Ledger
@@ -23,17 +21,6 @@ from herald_sms_sender.domain.keywords import number_key
 from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
 
 log = logging.getLogger("herald.sms")
-
-PROVIDER_REQUESTS = Counter(
-    "herald_provider_requests_total",
-    "Requests to an outside provider, by outcome and provider code.",
-    ["provider", "outcome", "code"],
-)
-SEND_OUTCOMES = Counter(
-    "herald_send_outcomes_total",
-    "Final outcome of each message a sender handled.",
-    ["channel", "status"],
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +66,6 @@ class SmsSending:
         reason: str | None = None,
     ) -> None:
         """Publish a delivery status; its event id makes a repeat recognisable downstream."""
-        SEND_OUTCOMES.labels("sms", status).inc()
         await publish_delivery_status(
             self.producer,
             ref,
@@ -115,9 +101,9 @@ class SmsSending:
             await self.fail(ref, "expired", "expired before send")
             return
         key = number_key(msg.to)
-        may_send, row = await self.ledger.claim(
-            msg.message_id, now=now, meta={**ref, "number_key": key}
-        )
+        # The expiry is the campaign's window for a call-back the customer may ask for in reply.
+        meta = {**ref, "number_key": key, "expires_at": msg.expires_at}
+        may_send, row = await self.ledger.claim(msg.message_id, now=now, meta=meta)
         if not may_send:
             assert row is not None
             if row["status"] == "sending":
@@ -154,12 +140,10 @@ class SmsSending:
             try:
                 sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
             except ProviderRejected as exc:
-                PROVIDER_REQUESTS.labels("twilio", "rejected", exc.code or "").inc()
                 self.breaker.success()  # the provider is healthy; the message is not
                 await self.fail(ref, exc.code or "rejected", exc.detail)
                 return
             except ProviderTimeout as exc:
-                PROVIDER_REQUESTS.labels("twilio", "timeout", exc.code or "").inc()
                 self.breaker.failure()
                 # The provider may have taken it: look before sending again.
                 found = await self._reconcile(msg, since=claimed_at)
@@ -169,7 +153,6 @@ class SmsSending:
                 last = exc.code or "timeout"
                 delay = backoff(attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds)
             except ProviderBusy as exc:
-                PROVIDER_REQUESTS.labels("twilio", "busy", exc.code or "").inc()
                 last, delay = busy_delay(
                     exc,
                     attempt,
@@ -180,7 +163,6 @@ class SmsSending:
                     identity=self.identity,
                 )
             else:
-                PROVIDER_REQUESTS.labels("twilio", "accepted", "").inc()
                 self.breaker.success()
                 await self._sent(ref, sent.provider_id)
                 return

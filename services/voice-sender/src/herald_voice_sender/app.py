@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
@@ -12,6 +14,7 @@ from herald_voice_sender.adapters.provider import TwilioVoice, VoiceProvider
 from herald_voice_sender.api import webhooks
 from herald_voice_sender.calling import RetryPolicy, VoiceCalling
 from herald_voice_sender.config import Settings
+from herald_voice_sender.domain.window import CallingHours
 
 
 def create_app(settings: Settings | None = None, provider: VoiceProvider | None = None) -> FastAPI:
@@ -45,10 +48,14 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
             base_url=settings.base_url(),
             identity=settings.caller_id,
             machine_detection=settings.machine_detection,
-            pacer=Pacer(settings.rate_per_second, settings.rate_burst),
+            pacer=Pacer(settings.rate_per_second, settings.rate_burst, name="voice-sender"),
             breaker=CircuitBreaker(
-                threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
+                threshold=settings.breaker_threshold,
+                cooldown=settings.breaker_cooldown_seconds,
+                name="voice-sender",
             ),
+            calling_hours=CallingHours(settings.calling_hours_start, settings.calling_hours_end),
+            callback_max_defer=timedelta(hours=settings.callback_max_defer_hours),
             retry=RetryPolicy(
                 attempts=settings.send_attempts,
                 base_seconds=settings.send_backoff_seconds,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from herald_contracts import (
     ENGAGEMENT_REPLY,
+    TIMER_REQUESTED,
     DeliveryState,
     EngagementReply,
     Intent,
     OutboundVoice,
+    TimerRequest,
     utc_now,
 )
 from herald_kit import CircuitBreaker, EventProducer, Pacer
@@ -23,6 +26,12 @@ from herald_voice_sender.adapters.provider import (
     ProviderRejected,
     ProviderTimeout,
     VoiceProvider,
+)
+from herald_voice_sender.domain.window import (
+    CallingHours,
+    callback_slot,
+    hours_close,
+    zones_for,
 )
 
 log = logging.getLogger("herald.voice")
@@ -64,6 +73,8 @@ class VoiceCalling:
         pacer: Pacer | None = None,
         breaker: CircuitBreaker | None = None,
         retry: RetryPolicy | None = None,
+        calling_hours: CallingHours | None = None,
+        callback_max_defer: timedelta = timedelta(hours=24),
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -74,6 +85,8 @@ class VoiceCalling:
         self.pacer = pacer or Pacer(0)
         self.breaker = breaker or CircuitBreaker()
         self.retry = retry or RetryPolicy()
+        self.calling_hours = calling_hours or CallingHours()
+        self.callback_max_defer = callback_max_defer
 
     def url(self, what: str, message_id: str, **query: str) -> str:
         """A webhook URL of ours for one call (the message id rides in the signed URL)."""
@@ -142,6 +155,12 @@ class VoiceCalling:
         if not may:
             assert row is not None
             if row["status"] == "sending":
+                # A crash during the provider call: ask Twilio whether the call exists; if it
+                # cannot say, report 'unknown' and never place it again blindly.
+                found = await self._lookup(call, since=row.get("sending_at") or row["at"])
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(call.message_id, "unknown")
                 await self.publish_status(
                     ref, "unknown", reason="found in 'sending' after a restart"
@@ -161,6 +180,8 @@ class VoiceCalling:
                     break
                 continue
             await self.pacer.acquire(self.identity)
+            sending_at = utc_now()
+            await self.ledger.sending(call.message_id, now=sending_at)
             try:
                 placed = await self.provider.call(
                     to=call.to,
@@ -173,8 +194,12 @@ class VoiceCalling:
                 await self._fail(ref, exc.code or "rejected", exc.detail)
                 return
             except ProviderTimeout as exc:
-                # The call may be ringing already: never place a second one blindly.
+                # The call may be ringing already: look it up, never place a second one blindly.
                 self.breaker.failure()
+                found = await self._lookup(call, since=sending_at)
+                if found is not None:
+                    await self._sent(ref, found)
+                    return
                 await self.ledger.set(call.message_id, "unknown", error_code=exc.code)
                 await self.publish_status(ref, "unknown", error_code=exc.code, reason=exc.detail)
                 return
@@ -190,12 +215,34 @@ class VoiceCalling:
                 )
             else:
                 self.breaker.success()
-                await self.ledger.set(call.message_id, "sent", provider_id=placed.provider_id)
-                await self.publish_status(ref, "sent", provider_id=placed.provider_id)
+                await self._sent(ref, placed.provider_id)
                 return
             if attempt == self.retry.attempts or not await self._pause(call, delay):
                 break
         await self._fail(ref, last, f"gave up after retryable errors (last: {last})")
+
+    async def _sent(self, ref: dict[str, Any], provider_id: str) -> None:
+        await self.ledger.set(ref["message_id"], "sent", provider_id=provider_id)
+        await self.publish_status(ref, "sent", provider_id=provider_id)
+
+    async def _lookup(self, call: Call, *, since: datetime) -> str | None:
+        """The sid of the one call Twilio created for this message since `since`, else None.
+
+        Twilio's Call resource echoes neither our Url nor our StatusCallback, so a call is
+        recognised by To, From and creation time, minus the sids other ledger rows own. Two
+        or more candidates are ambiguous: None ('unknown'), never a guess.
+        """
+        try:
+            sids = await self.provider.find_placed(to=call.to, since=since)
+        except Exception as exc:  # any failure here means "don't know"
+            log.warning("call lookup failed", extra={"error": type(exc).__name__})
+            return None
+        mine: list[str] = []
+        for sid in sids:
+            row = await self.ledger.by_provider_id(sid)
+            if row is None or row["_id"] == call.message_id:
+                mine.append(sid)
+        return mine[0] if len(mine) == 1 else None
 
     async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
@@ -207,16 +254,55 @@ class VoiceCalling:
         )
 
     async def callback(self, reply: EngagementReply) -> None:
-        """A customer asked to be called back: call the number they gave, straight to an agent."""
+        """A customer asked to be called back: call the number they gave, straight to an agent,
+        inside legal calling hours and before the campaign's window ends.
+
+        Outside the hours the call-back is deferred durably: a scheduler timer
+        (`timers.requests.v1`) re-publishes this very reply when the hours open, and it comes
+        back here. A window that closes before the hours open means no call, reported failed.
+        """
         if reply.callback_number is None:
             log.info("call-back request without a number", extra={"reply": reply.reply_id})
             return
+        mid = f"callback-{reply.reply_id}"
         ref: dict[str, Any] = {
-            "message_id": f"callback-{reply.reply_id}",
+            "message_id": mid,
             "request_id": reply.message_id or reply.reply_id,
             "campaign_id": "callback",
             "customer_id": reply.customer_id,
             "case_id": reply.case_id,
         }
-        call = Call(f"callback-{reply.reply_id}", reply.callback_number, "en", ref, kind="callback")
+        now = utc_now()
+        until = reply.callback_until or reply.at + self.callback_max_defer
+        zones = zones_for(reply.callback_number)
+        slot = callback_slot(hours=self.calling_hours, zones=zones, now=now, until=until)
+        if slot is None:
+            may, row = await self.ledger.claim(mid, now=now, meta={**ref, "kind": "callback"})
+            if may:
+                await self._fail(
+                    ref, "outside-window", "the calling window closes before calling hours open"
+                )
+            elif row is not None:
+                await republish_settled(self.producer, ref, row, channel="voice")
+            return
+        if slot > now:
+            timer = TimerRequest(
+                timer_id=f"callback:{reply.reply_id}",
+                key=mid,
+                due_at=slot,
+                reason="call-back outside calling hours",
+                reply=reply,
+            )
+            # Idempotent: the scheduler keeps one timer per id, so a redelivered reply is no
+            # second call-back.
+            await self.producer.publish(
+                TIMER_REQUESTED, timer, key=reply.customer_id, event_id=timer.timer_id
+            )
+            log.info("call-back deferred", extra={"reply": reply.reply_id, "due_at": str(slot)})
+            return
+        # Retries stop at the end of the window or of the calling hours, whichever comes first.
+        closes = hours_close(hours=self.calling_hours, zones=zones, now=now)
+        call = Call(
+            mid, reply.callback_number, "en", ref, expires_at=min(until, closes), kind="callback"
+        )
         await self.place(call)

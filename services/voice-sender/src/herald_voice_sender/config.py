@@ -36,3 +36,14 @@ class Settings(ServiceSettings):
     send_backoff_cap_seconds: float = Field(default=30.0, gt=0)
     breaker_threshold: int = Field(default=10, ge=1)
     breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
+    calling_hours_start: str = Field(
+        default="08:00",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="Legal calling hours (local time of the number called) for call-backs.",
+    )
+    calling_hours_end: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    callback_max_defer_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="A call-back with no campaign window of its own is placed within this.",
+    )

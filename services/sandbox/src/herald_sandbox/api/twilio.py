@@ -253,7 +253,9 @@ async def create_call(
         return twilio_error(
             429, 20429, "Too Many Requests", headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
         )
-    fault = behaviour.fault(to, ("server-error", "machine", "busy", "no-answer", "failed"))
+    fault = behaviour.fault(
+        to, ("server-error", "timeout", "machine", "busy", "no-answer", "failed")
+    )
     if fault == "server-error":
         return twilio_error(500, 20500, "An internal server error has occurred")
     record = request.app.state.outbox.add_call(
@@ -265,8 +267,38 @@ async def create_call(
         status_callback=status_callback,
         machine_detection=machine_detection,
     )
-    _spawn(request, play_call(request.app, record, fault))
+    _spawn(request, play_call(request.app, record, None if fault == "timeout" else fault))
+    if fault == "timeout":
+        # Twilio placed the call, but the answer never reaches the client in time.
+        await asyncio.sleep(behaviour.timeout_seconds)
     return JSONResponse(record.as_twilio(), status_code=201)
+
+
+@router.get("/Accounts/{account_sid}/Calls.json")
+async def list_calls(
+    request: Request,
+    account_sid: str,
+    to: Annotated[str | None, Query(alias="To")] = None,
+    from_: Annotated[str | None, Query(alias="From")] = None,
+) -> Any:
+    """List calls, newest first, optionally to and/or from one number (a Twilio page of one)."""
+    settings: Settings = request.app.state.settings
+    if not _authorised(request, account_sid, settings):
+        return twilio_error(401, 20003, "Authenticate")
+    calls = request.app.state.outbox.find_calls(to)
+    items = [c.as_twilio() for c in reversed(calls) if from_ is None or c.from_ == from_]
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Calls.json"
+    return {
+        "calls": items,
+        "page": 0,
+        "page_size": max(50, len(items)),
+        "first_page_uri": uri,
+        "next_page_uri": None,
+        "previous_page_uri": None,
+        "uri": uri,
+        "start": 0,
+        "end": max(0, len(items) - 1),
+    }
 
 
 @router.get("/Accounts/{account_sid}/Calls/{sid}.json")

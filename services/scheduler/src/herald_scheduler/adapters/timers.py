@@ -37,28 +37,30 @@ class TimerRepository:
         timer_id: str,
         key: str,
         due_at: datetime,
-        request: dict[str, Any],
+        request: dict[str, Any] | None,
         now: datetime,
         kind: str = "timer",
+        reply: dict[str, Any] | None = None,
     ) -> bool:
-        """A new pending timer; False when this timer id exists already (a replayed request).
+        """A new pending timer that re-sends a request (or re-publishes a reply); False when
+        this timer id exists already (a replayed request).
 
         `timer`: a dispatcher's timer, re-sending a request already counted; `delay`: the
         scheduler's own delayed (or paced) request, counted as requested when it fires.
         """
-        return await insert_if_absent(
-            self.timers,
-            {
-                "_id": timer_id,
-                "kind": kind,
-                "key": key,
-                "state": "pending",
-                "due_at": due_at,
-                "claimed_until": EPOCH,
-                "request": request,
-                "created_at": now,
-            },
-        )
+        row: dict[str, Any] = {
+            "_id": timer_id,
+            "kind": kind,
+            "key": key,
+            "state": "pending",
+            "due_at": due_at,
+            "claimed_until": EPOCH,
+            "request": request,
+            "created_at": now,
+        }
+        if reply is not None:
+            row["reply"] = reply
+        return await insert_if_absent(self.timers, row)
 
     async def cancel(self, key: str, *, now: datetime) -> int:
         """Cancel every pending timer under a key; how many were cancelled."""

@@ -8,7 +8,14 @@ from datetime import timedelta
 
 from aiokafka import ConsumerRecord
 
-from herald_contracts import CONTACT_REQUESTED, ContactRequest, TimerRequest, utc_now
+from herald_contracts import (
+    CONTACT_REQUESTED,
+    ENGAGEMENT_REPLY,
+    ContactRequest,
+    EngagementReply,
+    TimerRequest,
+    utc_now,
+)
 from herald_kit import EventProducer, PermanentError, decode
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
@@ -47,6 +54,17 @@ class TimerService:
             return
         if req.due_at is None:
             raise PermanentError("a scheduled timer needs due_at", field="due_at")
+        if req.reply is not None:
+            # A deferred call-back (voice-sender): the reply is re-published when due.
+            await self.timers.schedule(
+                timer_id=req.timer_id,
+                key=req.key,
+                due_at=req.due_at,
+                request=None,
+                reply=req.reply.model_dump(mode="json"),
+                now=now,
+            )
+            return
         if req.request is None:
             raise PermanentError("a scheduled timer needs the request to re-send", field="request")
         await self.timers.schedule(
@@ -99,6 +117,9 @@ class TimerService:
             row = await self.timers.claim_due(now=utc_now(), lease=self.lease)
             if row is None:
                 break
+            if row.get("reply") is not None:
+                settled += await self._fire_reply(row)
+                continue
             request = ContactRequest.model_validate(row["request"])
             if row["kind"] == "coalesce":
                 # The window's close (moved later by the campaign's send pace), not the time of
@@ -128,3 +149,24 @@ class TimerService:
             TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
             settled += 1
         return settled
+
+    async def _fire_reply(self, row: dict[str, object]) -> int:
+        """A deferred call-back: re-publish its reply under the reply's own event id (to every
+        consumer a redelivery, which they already handle idempotently), unless its window
+        closed."""
+        reply = EngagementReply.model_validate(row["reply"])
+        now = utc_now()
+        if reply.callback_until is not None and reply.callback_until <= now:
+            outcome = "expired"
+        else:
+            await self.producer.publish(
+                ENGAGEMENT_REPLY,
+                reply,
+                key=reply.customer_id,
+                event_id=reply.reply_id,
+                subject=reply.case_id,
+            )
+            outcome = "fired"
+        ok = await self.timers.settle(row, outcome, now=now)
+        TIMERS_FIRED.labels("callback", outcome if ok else "superseded").inc()
+        return 1

@@ -30,14 +30,6 @@ class Ledger(RetryingSendLedger):
         await super().ensure_indexes()
         await self.rows.create_index([("number_key", 1), ("at", DESCENDING)])
 
-    async def sending(self, message_id: str, *, now: datetime) -> None:
-        """The provider call is about to be made: from here a crash leaves the outcome unknown."""
-        await transient(
-            lambda: self.rows.update_one(
-                {"_id": message_id}, {"$set": {"status": "sending", "sending_at": now}}
-            )
-        )
-
     async def last_to(self, number_key: str) -> Doc | None:
         """The latest message sent to a number: what an inbound reply most likely answers."""
         return await transient(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -55,9 +54,14 @@ class TwilioSms:
         messaging_service_sid: str | None,
         base_url: str | None,
         timeout: float = 10.0,
+        sender: str = "sms-sender",
     ) -> None:
         self._twilio = TwilioClient(
-            account_sid=account_sid, auth_token=auth_token, base_url=base_url, timeout=timeout
+            account_sid=account_sid,
+            auth_token=auth_token,
+            base_url=base_url,
+            timeout=timeout,
+            sender=sender,
         )
         self._client = self._twilio.rest
         self._from = from_number
@@ -83,7 +87,7 @@ class TwilioSms:
     async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
         """Messages to `to` with this body created since `since` (Twilio dates have seconds)."""
         floor = since - timedelta(seconds=2)
-        msgs = await asyncio.wait_for(self._client.messages.list_async(to=to, limit=50), 30)
+        msgs = await self._twilio.lookup(self._client.messages.list_async(to=to, limit=50))
         return [
             str(m.sid)
             for m in msgs

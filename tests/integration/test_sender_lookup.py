@@ -1,0 +1,219 @@
+"""A provider timeout that still created the SMS or call is settled by a lookup at Twilio.
+
+Real broker and database; the sandbox over real HTTP with its `timeout` fault, which takes the
+message (places the call) and withholds the answer. The sender must find the resource in
+Twilio's list, record `sent` with its sid, and never send it again, in process and across a
+kill -9 and restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+from twilio_support import (
+    SANDBOX_SID,
+    SANDBOX_TOKEN,
+    Collector,
+    free_port,
+    outbound_sms,
+    outbound_voice,
+    producer,
+    serving,
+)
+
+from herald_contracts import DELIVERY_STATUS, OUTBOUND_SMS, OUTBOUND_VOICE
+from herald_devstack import BY_NAME, Stack, StackConfig
+from herald_sandbox.app import create_app as sandbox_app
+from herald_sandbox.config import Settings as SandboxSettings
+from herald_sms_sender.app import create_app as sms_app
+from herald_sms_sender.config import Settings as SmsSettings
+from herald_voice_sender.app import create_app as voice_app
+from herald_voice_sender.config import Settings as VoiceSettings
+from support import eventually, unique_phone
+
+CHANNELS = {
+    # channel: (sender, ledger collection, topic, sandbox list, Twilio sid prefix)
+    "sms": ("sms-sender", "send_ledger", OUTBOUND_SMS, "sms", "SM"),
+    "voice": ("voice-sender", "call_ledger", OUTBOUND_VOICE, "calls", "CA"),
+}
+
+
+def _message(channel: str, phone: str) -> Any:
+    if channel == "sms":
+        return outbound_sms(phone)
+    return outbound_voice(phone, "Your engineer is booked for 2 pm.")
+
+
+def _sandbox(port: int) -> Any:
+    return sandbox_app(
+        SandboxSettings(
+            port=port,
+            mongo_db="",
+            twilio_account_sid=SANDBOX_SID,
+            twilio_auth_token=SANDBOX_TOKEN,
+            callback_delay_seconds=0.01,
+        )
+    )
+
+
+async def _timeouts(http: httpx.AsyncClient, sandbox: str, seconds: float) -> None:
+    r = await http.post(
+        f"{sandbox}/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": "timeout", "share": 1.0}], "timeout_seconds": seconds},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def _in_sandbox(http: httpx.AsyncClient, sandbox: str, what: str, phone: str) -> list[Any]:
+    r = await http.get(f"{sandbox}/sandbox/api/{what}", params={"to": phone})
+    items: list[Any] = r.json()["items"]
+    return items
+
+
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
+    channel: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    sender_name, collection, topic, what, prefix = CHANNELS[channel]
+    async with AsyncExitStack() as stack:
+        sb_port, port = free_port(), free_port()
+        sandbox = await stack.enter_async_context(serving(_sandbox(sb_port), sb_port))
+        db = db_name(sender_name.replace("-", "_"))
+        common: dict[str, Any] = {
+            "port": port,
+            "public_base_url": f"http://127.0.0.1:{port}",
+            "kafka_bootstrap": infra["kafka"],
+            "mongo_uri": infra["mongo"],
+            "mongo_db": db,
+            "topic_namespace": namespace,
+            "twilio_account_sid": SANDBOX_SID,
+            "twilio_auth_token": SANDBOX_TOKEN,
+            "twilio_base_url": sandbox,
+            "twilio_timeout_seconds": 0.5,
+            "rate_per_second": 0,
+        }
+        app = (
+            sms_app(SmsSettings(**common))
+            if channel == "sms"
+            else voice_app(VoiceSettings(**common))
+        )
+        sender = await stack.enter_async_context(serving(app, port))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+        prod = await stack.enter_async_context(producer(infra["kafka"], namespace))
+        statuses = await stack.enter_async_context(
+            Collector(infra["kafka"], namespace, DELIVERY_STATUS)
+        )
+
+        async def ready() -> bool:
+            return (await http.get(f"{sender}/readyz")).status_code == 200
+
+        await eventually(ready, within=30)
+        await _timeouts(http, sandbox, 3.0)
+        phone = unique_phone()
+        msg = _message(channel, phone)
+        await prod.publish(topic, msg, key=msg.customer_id)
+
+        sent = await eventually(
+            lambda: statuses.where(message_id=msg.message_id, status="sent"), within=30
+        )
+        row = await mongo[db][collection].find_one({"_id": msg.message_id})
+        assert row is not None and row["status"] == "sent"
+        assert row["provider_id"].startswith(prefix)
+        items = await _in_sandbox(http, sandbox, what, phone)
+        assert [i["sid"] for i in items] == [row["provider_id"]] == [sent[0].provider_id]
+        assert not statuses.where(message_id=msg.message_id, status="unknown")
+        metrics = (await http.get(f"{sender}/metrics")).text
+        assert (
+            f'herald_provider_requests_total{{code="timeout",outcome="timeout",sender="{sender_name}"}}'
+            in metrics
+        )
+        assert (
+            f'herald_provider_requests_total{{code="",outcome="lookup",sender="{sender_name}"}}'
+            in metrics
+        )
+
+
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_killed_during_a_timed_out_request_then_restarted_settles_sent_once(
+    channel: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    sender_name, collection, topic, what, prefix = CHANNELS[channel]
+    sb_port = free_port()
+    async with (
+        serving(_sandbox(sb_port), sb_port) as sandbox,
+        httpx.AsyncClient(timeout=10) as http,
+        producer(infra["kafka"], namespace) as prod,
+        Collector(infra["kafka"], namespace, DELIVERY_STATUS) as statuses,
+    ):
+        db = db_name(sender_name.replace("-", "_"))
+        env_prefix = BY_NAME[sender_name].env_prefix
+        stack = Stack(
+            StackConfig(
+                kafka_bootstrap=infra["kafka"],
+                mongo_uri=infra["mongo"],
+                namespace=namespace,
+                db_suffix=db.removeprefix("herald_" + sender_name.replace("-", "_")),
+                # Service ports land in 20000-28000, away from the defaults and ephemeral ports.
+                port_offset=random.randrange(12_000, 19_000),
+                log_dir=tmp_path,
+                extra_env={
+                    f"{env_prefix}MONGO_DB": db,
+                    f"{env_prefix}TWILIO_BASE_URL": sandbox,
+                    f"{env_prefix}RATE_PER_SECOND": "0",
+                    # Longer than the kill takes: the request is in flight when the process dies.
+                    f"{env_prefix}TWILIO_TIMEOUT_SECONDS": "20",
+                },
+            ),
+            services=[BY_NAME["sandbox"], BY_NAME[sender_name]],  # only the sender is started
+        )
+        await _timeouts(http, sandbox, 15.0)
+        phone = unique_phone()
+        msg = _message(channel, phone)
+        ledger = mongo[db][collection]
+        try:
+            stack.start_one(sender_name)
+            await asyncio.to_thread(stack.wait_ready, 60)
+            await prod.publish(topic, msg, key=msg.customer_id)
+            # The provider took it and the sender waits for the answer, its row in 'sending'.
+            await eventually(lambda: _in_sandbox(http, sandbox, what, phone), within=30)
+            row = await ledger.find_one({"_id": msg.message_id})
+            assert row is not None and row["status"] == "sending"
+            stack.kill(sender_name)  # SIGKILL: the offset stays uncommitted
+
+            stack.start_one(sender_name)
+            await asyncio.to_thread(stack.wait_ready, 60)
+
+            async def settled() -> dict[str, Any] | None:
+                r = await ledger.find_one({"_id": msg.message_id})
+                return r if r is not None and r["status"] != "sending" else None
+
+            row = await eventually(settled, within=60, interval=0.5)
+        finally:
+            stack.stop()
+
+        items = await _in_sandbox(http, sandbox, what, phone)
+        assert len(items) == 1, "sent twice"
+        assert row["status"] == "sent" and row["provider_id"] == items[0]["sid"]
+        assert row["provider_id"].startswith(prefix)
+        sent = await eventually(
+            lambda: statuses.where(message_id=msg.message_id, status="sent"), within=20
+        )
+        assert sent[0].provider_id == items[0]["sid"]
+        assert not statuses.where(message_id=msg.message_id, status="unknown")
