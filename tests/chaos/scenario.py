@@ -483,6 +483,10 @@ class FaultPlan:
     kafka_restart: bool = True
     db_outage_seconds: float = 30.0
     gap_seconds: float = 2.0  # between faults, so each hits work in flight
+    # Share of provider requests the sandbox fails, half as 5xx (nothing sent) and half as a
+    # timeout (the message is taken but the answer never comes), for the whole run.
+    provider_faults: float = 0.10
+    provider_timeout_seconds: float = 12.0  # longer than the sms-sender's Twilio timeout (10 s)
 
 
 def _infra(script: str, action: str) -> None:
@@ -536,10 +540,26 @@ def whole_stack(infra: dict[str, str], namespace: str, logs: str) -> Iterator[St
         s.stop()
 
 
+async def provider_faults(stack: Stack, plan: FaultPlan) -> None:
+    """Make the sandbox fail a share of provider requests for the rest of the run."""
+    half = plan.provider_faults / 2
+    body = {
+        "faults": [{"kind": "server-error", "share": half}, {"kind": "timeout", "share": half}]
+        if plan.provider_faults
+        else [],
+        "timeout_seconds": plan.provider_timeout_seconds,
+        "seed": 7,
+    }
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{stack.url('sandbox')}/sandbox/api/twilio/behaviour", json=body)
+        r.raise_for_status()
+
+
 async def inject_faults(
     stack: Stack, plan: FaultPlan, log: Callable[[str], None] = print
 ) -> list[str]:
-    """Kill -9 and restart each service in turn, restart Kafka, stop the database; the journal."""
+    """Kill -9 and restart each service in turn, restart Kafka, stop the database; the journal.
+    (Provider faults are set before the events are posted: `provider_faults`.)"""
     journal: list[str] = []
 
     def note(msg: str) -> None:
@@ -585,7 +605,11 @@ async def run_chaos(
     """Seed, then post every event at `rate`/s while the faults run; settle; reconcile."""
     await scenario.seed()
     await scenario.wait_views()
-    log(f"[chaos] seeded {scenario.size:,} contacts; posting events at {rate:g}/s under faults")
+    await provider_faults(scenario.stack, plan)
+    log(
+        f"[chaos] seeded {scenario.size:,} contacts; provider faults {plan.provider_faults:.0%} "
+        f"(5xx and timeouts); posting events at {rate:g}/s under faults"
+    )
     posting: Awaitable[None] = scenario.post_events(
         range(scenario.size), rate=rate, batch=10, within=600
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
-from jinja2 import StrictUndefined, pass_context
+from jinja2 import StrictUndefined, Template, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -96,6 +97,13 @@ def _environment(*, autoescape: bool) -> SandboxedEnvironment:
 _ENV = _environment(autoescape=False)
 _HTML_ENV = _environment(autoescape=True)
 
+
+@functools.lru_cache(maxsize=512)
+def _compiled(text: str, html: bool) -> Template:
+    """A template compiled once per text (compiling costs more than rendering)."""
+    return (_HTML_ENV if html else _ENV).from_string(text)
+
+
 GSM7_BASIC = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -164,9 +172,8 @@ def render(
     Filters `datetime`, `date`, `time` and `number` format with Babel in the customer's locale
     and time zone.
     """
-    env = _HTML_ENV if html else _ENV
     try:
-        template = env.from_string(text)
+        template = _compiled(text, html)
         out = template.render(**variables, **{LOCALE_VAR: babel_locale(locale), TZ_VAR: tz})
     except RenderError:
         raise
