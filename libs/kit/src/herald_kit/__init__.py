@@ -9,6 +9,7 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
+from herald_kit._batching import IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
@@ -56,6 +57,8 @@ __all__ = [
     "EventProducer",
     "Forbidden",
     "HeraldError",
+    "IdLoader",
+    "InsertBatcher",
     "InvalidInput",
     "JsonFormatter",
     "KeyStore",
@@ -75,6 +78,7 @@ __all__ = [
     "ServiceSettings",
     "TraceContext",
     "Unauthenticated",
+    "UpdateBatcher",
     "all_topics",
     "backoff",
     "build_app",

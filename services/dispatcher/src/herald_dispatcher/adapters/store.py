@@ -9,7 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import CaseState, ContactPreferences
-from herald_kit import Doc, insert_if_absent
+from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher, insert_if_absent
 from herald_kit.caps import WEEK
 
 
@@ -19,6 +19,9 @@ class Views:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.contacts = db["view_contacts"]
         self.cases = db["view_cases"]
+        # Decisions of many customers run at once: their reads go to the database together.
+        self._contact = IdLoader(self.contacts)
+        self._case = IdLoader(self.cases)
 
     async def _upsert_newer(self, coll: Any, key: str, version: int, body: Doc) -> None:
         # Filters on _id alone: FerretDB v1 scans the collection when an update's filter has
@@ -55,12 +58,12 @@ class Views:
 
     async def contact(self, customer_id: str) -> ContactPreferences | None:
         """A customer's preferences as last seen."""
-        doc = await self.contacts.find_one({"_id": customer_id})
+        doc = await self._contact.get(customer_id)
         return ContactPreferences.model_validate(doc["body"]) if doc else None
 
     async def case(self, case_id: str) -> CaseState | None:
         """A case as last seen."""
-        doc = await self.cases.find_one({"_id": case_id})
+        doc = await self._case.get(case_id)
         return CaseState.model_validate(doc["body"]) if doc else None
 
 
@@ -70,6 +73,8 @@ class Decisions:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.claims = db["request_claims"]
         self.decisions = db["decisions"]
+        self._claims = InsertBatcher(self.claims)
+        self._decisions = InsertBatcher(self.decisions)
 
     async def ensure_indexes(self) -> None:
         """Explain queries by customer, case and request."""
@@ -83,13 +88,13 @@ class Decisions:
         None also when a claim exists without a decision (a crash mid-way): decide again. The
         decision's _id is the claim key, so no second write is needed to settle the claim.
         """
-        if await insert_if_absent(self.claims, {"_id": key, "at": now}):
+        if await self._claims.insert({"_id": key, "at": now}):
             return None
         return await self.decisions.find_one({"_id": key})
 
     async def record(self, decision: Doc) -> None:
         """Record a decision (idempotent by _id)."""
-        await insert_if_absent(self.decisions, decision)
+        await self._decisions.insert(decision)
 
     async def find(self, **query: str) -> list[Doc]:
         """Decisions matching a field, oldest first."""
@@ -105,6 +110,14 @@ class Ledger:
         self.contacts = db["contacts_sent"]
         self.attempts = db["attempts"]
         self.outcomes = db["request_outcomes"]
+        # The hot path's single-document calls, coalesced across concurrent decisions.
+        self._latest = IdLoader(self.latest)
+        self._new_latest = InsertBatcher(self.latest)
+        self._latest_updates = UpdateBatcher(self.latest)
+        self._contacts = IdLoader(self.contacts)
+        self._contact_updates = UpdateBatcher(self.contacts)
+        self._attempts = InsertBatcher(self.attempts)
+        self._outcome = IdLoader(self.outcomes)
 
     async def ensure_indexes(self) -> None:
         """Attempts by customer and case (replies without a message id)."""
@@ -113,14 +126,14 @@ class Ledger:
     async def request_state(self, key: str, order: int) -> tuple[int, int]:
         """For (campaign, case, customer): the newest trigger order known (noting this one) and
         the newest case version already sent. One read, and a write only when order is newer."""
-        doc = await self.latest.find_one({"_id": key})
+        doc = await self._latest.get(key)
         if doc is None:
-            if await insert_if_absent(self.latest, {"_id": key, "order": order, "told": 0}):
+            if await self._new_latest.insert({"_id": key, "order": order, "told": 0}):
                 return order, 0
-            doc = await self.latest.find_one({"_id": key}) or {}
+            doc = await self._latest.get(key) or {}
         newest, told = int(doc.get("order", 0)), int(doc.get("told", 0))
         if order > newest:
-            await self.latest.update_one(
+            await self._latest_updates.update(
                 {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}
             )
             newest = order
@@ -128,7 +141,7 @@ class Ledger:
 
     async def note_told(self, key: str, version: int) -> None:
         """Record that the customer has heard about this case version."""
-        await self.latest.update_one(
+        await self._latest_updates.update(
             {"_id": key, "told": {"$lt": version}}, {"$set": {"told": version}}
         )
 
@@ -140,7 +153,7 @@ class Ledger:
         One document per customer and priority, read by _id: FerretDB v1 pushes only _id
         filters down to its storage, so a query by customer would scan every contact.
         """
-        doc = await self.contacts.find_one({"_id": f"{customer_id}|{priority}"})
+        doc = await self._contacts.get(f"{customer_id}|{priority}")
         return [c["at"] for c in (doc or {}).get("recent", []) if c["r"] != exclude]
 
     async def note_contact(
@@ -148,17 +161,17 @@ class Ledger:
     ) -> None:
         """Count one contact towards the customer's caps (once per request; a week is kept)."""
         key = f"{customer_id}|{priority}"
-        doc = await self.contacts.find_one({"_id": key})
+        doc = await self._contacts.get(key)
         recent = [c for c in (doc or {}).get("recent", []) if c["at"] > at - WEEK]
         if any(c["r"] == request_id for c in recent):
             return
         recent.append({"r": request_id, "at": at})
         # One consumer decides a customer at a time (keyed partitions), so read-modify-write holds.
-        await self.contacts.update_one({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
+        await self._contact_updates.update({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
 
     async def note_attempt(self, doc: Doc) -> None:
         """An emitted message, by message id, with what escalation needs."""
-        await insert_if_absent(self.attempts, doc)
+        await self._attempts.insert(doc)
 
     async def attempt(self, message_id: str) -> Doc | None:
         """One emitted message."""
@@ -182,4 +195,4 @@ class Ledger:
 
     async def outcome(self, request_id: str) -> Doc:
         """A request's outcome flags."""
-        return await self.outcomes.find_one({"_id": request_id}) or {}
+        return await self._outcome.get(request_id) or {}

@@ -9,68 +9,12 @@ outcome is a second row (insert-only, so it can be batched) in `send_outcomes`. 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from herald_kit import Doc, SendLedger
-
-DUPLICATE_KEY = 11000
-
-
-class _InsertBatcher:
-    """Coalesce concurrent insert-if-absent calls into one unordered insert_many."""
-
-    def __init__(self, rows: AsyncCollection[Doc], *, window: float, max_batch: int) -> None:
-        self.rows = rows
-        self.window = window
-        self.max_batch = max_batch
-        self._pending: list[tuple[Doc, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def insert(self, doc: Doc) -> bool:
-        """True when inserted, False when a row with this _id already exists."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((doc, fut))
-        if len(self._pending) >= self.max_batch:
-            await self._flush()
-        elif self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later())
-        return await fut
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.window)
-        self._flusher = None
-        await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        duplicates: set[int] = set()
-        try:
-            await self.rows.insert_many([doc for doc, _ in batch], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if others:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                return
-            duplicates = {int(e["index"]) for e in errors}
-        except Exception as exc:  # a database outage: every waiter sees it and retries
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for i, (_, fut) in enumerate(batch):
-            if not fut.done():
-                fut.set_result(i not in duplicates)
+from herald_kit import Doc, InsertBatcher, SendLedger
 
 
 class BatchedLedger(SendLedger):
@@ -81,8 +25,8 @@ class BatchedLedger(SendLedger):
     ) -> None:
         super().__init__(db)
         self.outcomes = db["send_outcomes"]
-        self._claims = _InsertBatcher(self.rows, window=window, max_batch=max_batch)
-        self._sent = _InsertBatcher(self.outcomes, window=window, max_batch=max_batch)
+        self._claims = InsertBatcher(self.rows, window=window, max_batch=max_batch)
+        self._sent = InsertBatcher(self.outcomes, window=window, max_batch=max_batch)
 
     async def claim(
         self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None

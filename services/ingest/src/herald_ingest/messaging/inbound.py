@@ -42,7 +42,8 @@ async def handle_inbound(
 
 @dataclass
 class BatchInboundLoop(ConsumerLoop):
-    """The kit's consumer loop, but each partition's batch is applied in one go.
+    """The kit's consumer loop, but each partition's batch is applied in one go (partitions of
+    a poll side by side).
 
     Per-record handling costs five database round trips and a broker acknowledgement per event;
     a batch costs about as much as one event. Bad records still go to the DLQ one by one with
@@ -63,11 +64,16 @@ class BatchInboundLoop(ConsumerLoop):
                 log.warning("poll failed, retrying", extra={"group": self.group, "error": str(exc)})
                 await asyncio.sleep(1)
                 continue
-            for tp, records in batches.items():
+            if not batches:
+                continue
+
+            async def partition(tp: TopicPartition, records: list[Any]) -> None:
                 await self._handle_batch(records)
                 await self._commit(consumer, tp, records[-1].offset + 1)
-            if batches:
-                self._update_lag(consumer)
+
+            # Partitions hold different cases: their batches are applied side by side.
+            await asyncio.gather(*(partition(tp, rs) for tp, rs in batches.items()))
+            self._update_lag(consumer)
 
     async def _handle_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self.processor is not None

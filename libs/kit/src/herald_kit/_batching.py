@@ -1,0 +1,149 @@
+"""Coalesce concurrent single-document operations into one database command.
+
+A handler that runs many keys concurrently (the kit's ConcurrentConsumerLoop) makes the same
+few single-document calls for each of them. On FerretDB (and MongoDB) one `insert_many`, one
+`find` by `_id: {$in}` or one `bulk_write` costs about as much as one single-document call, so
+calls made within a short window are written or read together. Each caller still gets its own
+answer (inserted or duplicate, its document), and an error reaches every caller of the batch,
+so the consumer's retries and DLQ work as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
+
+from herald_kit._mongo import Doc
+
+DUPLICATE_KEY = 11000
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+
+class _Coalescer(Generic[K, R]):
+    """Calls within `window` seconds (or `max_batch` of them) run as one `run(batch)`."""
+
+    def __init__(
+        self,
+        run: Callable[[list[K]], Awaitable[list[R | BaseException]]],
+        *,
+        window: float,
+        max_batch: int,
+    ) -> None:
+        self._run = run
+        self.window = window
+        self.max_batch = max_batch
+        self._pending: list[tuple[K, asyncio.Future[R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, item: K) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if len(self._pending) >= self.max_batch:
+            await self._flush()
+        elif self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later())
+        return await fut
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.window)
+        self._flusher = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            results = await self._run([item for item, _ in batch])
+        except Exception as exc:  # an outage: every waiter sees it, and its consumer retries
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+
+class InsertBatcher:
+    """Concurrent insert-if-absent calls as one unordered `insert_many`."""
+
+    def __init__(
+        self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 500
+    ) -> None:
+        self.rows = rows
+        self._c: _Coalescer[Any, bool] = _Coalescer(
+            self._insert, window=window, max_batch=max_batch
+        )
+
+    async def insert(self, doc: Doc) -> bool:
+        """True when inserted, False when a row with this _id already exists."""
+        return await self._c.call(doc)
+
+    async def _insert(self, docs: list[Doc]) -> list[bool | BaseException]:
+        try:
+            await self.rows.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            results: list[bool | BaseException] = [True] * len(docs)
+            for e in exc.details.get("writeErrors", []):
+                # A duplicate _id is an answer (already there); any other error is the caller's.
+                results[int(e["index"])] = False if e.get("code") == DUPLICATE_KEY else exc
+            return results
+        return [True] * len(docs)
+
+
+class IdLoader:
+    """Concurrent `find_one({_id})` calls as one `find({_id: {$in: [...]}})`."""
+
+    def __init__(
+        self,
+        rows: AsyncCollection[Doc],
+        *,
+        projection: Doc | None = None,
+        window: float = 0.002,
+        max_batch: int = 500,
+    ) -> None:
+        self.rows = rows
+        self.projection = projection
+        self._c: _Coalescer[Any, Doc | None] = _Coalescer(
+            self._load, window=window, max_batch=max_batch
+        )
+
+    async def get(self, key: Any) -> Doc | None:
+        """The document with this _id, or None."""
+        return await self._c.call(key)
+
+    async def _load(self, keys: list[Any]) -> list[Doc | BaseException | None]:
+        wanted = list(dict.fromkeys(keys))
+        found = {
+            d["_id"]: d async for d in self.rows.find({"_id": {"$in": wanted}}, self.projection)
+        }
+        return [found.get(k) for k in keys]
+
+
+class UpdateBatcher:
+    """Concurrent `update_one` calls as one unordered `bulk_write` (no per-call counts)."""
+
+    def __init__(
+        self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 200
+    ) -> None:
+        self.rows = rows
+        self._c: _Coalescer[Any, None] = _Coalescer(self._write, window=window, max_batch=max_batch)
+
+    async def update(self, flt: Doc, change: Doc, *, upsert: bool = False) -> None:
+        """Apply one update with the batch; an error of the batch is raised to every caller."""
+        await self._c.call(UpdateOne(flt, change, upsert=upsert))
+
+    async def _write(self, ops: Sequence[UpdateOne]) -> list[BaseException | None]:
+        await self.rows.bulk_write(list(ops), ordered=False)
+        return [None] * len(ops)
