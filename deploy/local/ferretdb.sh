@@ -20,7 +20,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 #   down whenever a filter names it (the handler re-applies the whole filter);
 # - update, findAndModify and delete read the matching documents and write them in a separate
 #   statement, so two conditional writes ({_id, version}) could both succeed. The patch holds a
-#   per-collection lock across the read and the write: single-document atomicity, as on MongoDB.
+#   per-collection lock across the read and the write: single-document atomicity, as on MongoDB;
+# - an update command kept every update's query rows (one pooled connection each, 100 in all)
+#   open until it returned, so a bulk_write of over 100 updates hung FerretDB. The patch closes
+#   them after each update.
 # We build from a copy of the pinned module with the patch (go.mod `replace` through -modfile).
 patched_module() {
   local mod dir="$HERALD_CACHE/ferretdb-patched"

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReplaceOne, ReturnDocument
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -61,3 +61,19 @@ async def test_lookups_by_id_keep_their_meaning_beside_other_conditions(
     assert (await coll.update_one({"_id": "d2", "v": 0}, {"$set": {"v": 9}})).matched_count == 0
     assert (await coll.delete_many({"_id": {"$in": ["d3", "d5"]}, "v": 0})).deleted_count == 1
     assert await coll.count_documents({}) == 29
+
+
+async def test_a_bulk_write_of_more_updates_than_pooled_connections_completes(
+    mongo: Client, db_name: Callable[[str], str]
+) -> None:
+    coll = mongo[db_name("guarantees")]["bulk"]
+    await coll.insert_many([{"_id": f"b{i}", "v": 0} for i in range(300)])
+    result = await asyncio.wait_for(
+        coll.bulk_write(
+            [ReplaceOne({"_id": f"b{i}", "v": 0}, {"v": i + 1}) for i in range(300)],
+            ordered=False,
+        ),
+        timeout=60,
+    )
+    assert result.modified_count == 300
+    assert await coll.find_one({"_id": "b299"}) == {"_id": "b299", "v": 300}
