@@ -52,8 +52,19 @@ class ContactRepository:
         cursor = self.contacts.find(query).sort("_id", ASCENDING).limit(limit)
         return [doc async for doc in cursor]
 
-    async def ledger_of(self, customer_id: str) -> list[Doc]:
-        """Every stored ledger entry of a customer, in ledger order."""
+    async def ledger_of(self, customer_id: str, contact: Doc | None = None) -> list[Doc]:
+        """Every stored ledger entry of a customer, in ledger order.
+
+        A contact written since entries were indexed names them all (`ledger_ids`), and they
+        are read by `_id` (FerretDB v1 would scan the whole ledger for a customer_id filter);
+        otherwise, by customer id.
+        """
+        ids = (contact or {}).get("ledger_ids")
+        if ids is not None:
+            entries = (
+                [e async for e in self.ledger.find({"_id": {"$in": list(ids)}})] if ids else []
+            )
+            return sorted(entries, key=lambda e: (e["version"], e["n"]))
         cursor = self.ledger.find({"customer_id": customer_id}).sort(
             [("version", ASCENDING), ("n", ASCENDING)]
         )

@@ -154,7 +154,7 @@ async def centre_save(request: Request, token: str) -> Response:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return _page(request, current, status=422, error=f"{where}: {first['msg']}")
-        ledger = await repo.ledger_of(customer)
+        ledger = await repo.ledger_of(customer, current)
         now = utc_now()
         doc = next_contact(
             body,

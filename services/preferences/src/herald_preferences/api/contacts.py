@@ -178,7 +178,7 @@ async def _write(
         doc = next_contact(
             body,
             current=current,
-            ledger=await repo.ledger_of(customer_id),
+            ledger=await repo.ledger_of(customer_id, current),
             region=settings.default_region,
             source="api",
             actor=actor,
@@ -355,7 +355,7 @@ async def list_contacts(
 async def consent_history(customer_id: str, repo: Repo, who: Reader) -> ConsentHistory:
     """Every ledger entry in order, and the current consent folded from them (not the cache)."""
     current = _live(await repo.get(customer_id), customer_id)
-    stored = await repo.ledger_of(customer_id)
+    stored = await repo.ledger_of(customer_id, current)
     seen = {e["_id"] for e in stored}
     entries = stored + [e for e in current.get("pending", []) if e["_id"] not in seen]
     consent = fold(entries)
@@ -504,10 +504,10 @@ async def import_contacts(
 async def export_contact(customer_id: str, repo: Repo, who: Admin) -> dict[str, Any]:
     """The stored contact, its snapshot and its whole consent ledger, as JSON."""
     doc = _live(await repo.get(customer_id), customer_id)
-    stored = await repo.ledger_of(customer_id)
+    stored = await repo.ledger_of(customer_id, doc)
     seen = {e["_id"] for e in stored}
     ledger = stored + [e for e in doc.get("pending", []) if e["_id"] not in seen]
-    contact = {k: v for k, v in doc.items() if k not in ("pending", "_id")}
+    contact = {k: v for k, v in doc.items() if k not in ("pending", "_id", "ledger_ids")}
     exported: dict[str, Any] = json.loads(
         json.dumps(
             {

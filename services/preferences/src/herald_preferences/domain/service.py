@@ -92,6 +92,8 @@ def _with_consent(
             "version": version,
             "updated_at": now,
             "pending": pending,
+            # Every ledger entry of the customer, so the ledger is read by _id (see ledger_of).
+            "ledger_ids": sorted(known),
             "granted": consent.granted,
             "stopped": sorted(consent.stopped),
             "consents": consent.effective(),

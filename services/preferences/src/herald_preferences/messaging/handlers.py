@@ -70,7 +70,7 @@ class PreferenceHandlers:
             if current is None or current.get("erased"):
                 log.info("reply for an unknown contact ignored", extra={"intent": reply.intent})
                 return
-            ledger = await self.repo.ledger_of(reply.customer_id)
+            ledger = await self.repo.ledger_of(reply.customer_id, current)
             if any(e.get("proof") == proof for e in [*ledger, *current.get("pending", [])]):
                 await self.outbox.try_flush(reply.customer_id, None)
                 return
