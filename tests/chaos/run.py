@@ -45,7 +45,7 @@ async def _main(size: int, rate: float, db_outage: float) -> int:
             db_suffix="_" + ns.strip("."),
             port_offset=free_port_offset(),
             api_key=API_KEY,
-            log_dir=ROOT / ".cache" / "logs" / "chaos",
+            log_dir=ROOT / ".cache" / "logs" / "chaos-full",
         )
     )
     try:
