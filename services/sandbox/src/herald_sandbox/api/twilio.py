@@ -198,9 +198,13 @@ async def list_messages(
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
     items = [m.as_twilio() for m in reversed(request.app.state.outbox.find_sms(to))]
-    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+    return _page("messages", items, f"/{API_VERSION}/Accounts/{account_sid}/Messages.json")
+
+
+def _page(name: str, items: list[Any], uri: str) -> dict[str, Any]:
+    """A Twilio list answer holding every item on page 0."""
     return {
-        "messages": items,
+        name: items,
         "page": 0,
         "page_size": max(50, len(items)),
         "first_page_uri": uri,
@@ -287,18 +291,7 @@ async def list_calls(
         return twilio_error(401, 20003, "Authenticate")
     calls = request.app.state.outbox.find_calls(to)
     items = [c.as_twilio() for c in reversed(calls) if from_ is None or c.from_ == from_]
-    uri = f"/{API_VERSION}/Accounts/{account_sid}/Calls.json"
-    return {
-        "calls": items,
-        "page": 0,
-        "page_size": max(50, len(items)),
-        "first_page_uri": uri,
-        "next_page_uri": None,
-        "previous_page_uri": None,
-        "uri": uri,
-        "start": 0,
-        "end": max(0, len(items) - 1),
-    }
+    return _page("calls", items, f"/{API_VERSION}/Accounts/{account_sid}/Calls.json")
 
 
 @router.get("/Accounts/{account_sid}/Calls/{sid}.json")

@@ -106,30 +106,30 @@ def dry_run(
 
     def judge(customer: str, case: CaseState | None, at: datetime, triggered: datetime) -> None:
         case_id = case.case_id if case else None
-        prefs = contacts.get(customer)
-        if prefs is None:
-            no.append(
-                Outcome(
-                    customer_id=customer, case_id=case_id, contacted=False, reason="no-preferences"
-                )
-            )
-            return
-        channel, why = pick_channel(prefs, campaign)
-        if channel is None:
-            no.append(Outcome(customer_id=customer, case_id=case_id, contacted=False, reason=why))
-            return
-        when = after_quiet_hours(at, prefs.quiet_hours, prefs.time_zone)
-        reason = "quiet-hours-deferred" if when != at else why
-        if expires is not None and when >= triggered + timedelta(seconds=expires):
+
+        def refuse(reason: str, channel: Channel | None = None) -> None:
             no.append(
                 Outcome(
                     customer_id=customer,
                     case_id=case_id,
                     contacted=False,
                     channel=channel,
-                    reason="expires-before-quiet-hours-end",
+                    reason=reason,
                 )
             )
+
+        prefs = contacts.get(customer)
+        if prefs is None:
+            refuse("no-preferences")
+            return
+        channel, why = pick_channel(prefs, campaign)
+        if channel is None:
+            refuse(why)
+            return
+        when = after_quiet_hours(at, prefs.quiet_hours, prefs.time_zone)
+        reason = "quiet-hours-deferred" if when != at else why
+        if expires is not None and when >= triggered + timedelta(seconds=expires):
+            refuse("expires-before-quiet-hours-end", channel)
             return
         if limits is not None:
             sent = [*(history or {}).get(customer, []), *predicted.get(customer, [])]
@@ -141,29 +141,13 @@ def dry_run(
                 counts_towards_cap=campaign.limits.counts_towards_cap,
             )
             if capped.action == "suppress":
-                no.append(
-                    Outcome(
-                        customer_id=customer,
-                        case_id=case_id,
-                        contacted=False,
-                        channel=channel,
-                        reason=f"frequency-cap({capped.cap})",
-                    )
-                )
+                refuse(f"frequency-cap({capped.cap})", channel)
                 return
             if capped.action == "defer" and capped.due is not None:
                 when = after_quiet_hours(capped.due, prefs.quiet_hours, prefs.time_zone)
                 reason = f"frequency-cap-deferred({capped.cap})"
                 if expires is not None and when >= triggered + timedelta(seconds=expires):
-                    no.append(
-                        Outcome(
-                            customer_id=customer,
-                            case_id=case_id,
-                            contacted=False,
-                            channel=channel,
-                            reason="expires-before-cap-frees",
-                        )
-                    )
+                    refuse("expires-before-cap-frees", channel)
                     return
             if campaign.limits.counts_towards_cap:
                 predicted.setdefault(customer, []).append(when)
