@@ -72,6 +72,14 @@ start() {
       -t "$("${JAVA_CMD[@]}" kafka.tools.StorageTool random-uuid)" \
       -c "$HERALD_RUN/kafka-server.properties" >> "$KAFKA_LOG" 2>&1
   fi
+  # A broker that just stopped leaves its ports' connections in TIME_WAIT, and a new broker's
+  # listener then fails to bind ("Address already in use"): wait them out, bounded.
+  if command -v ss >/dev/null; then
+    for _ in $(seq 1 90); do
+      [[ -z "$(ss -Htan "( sport = :$KAFKA_PORT or sport = :$KAFKA_CONTROLLER_PORT )")" ]] && break
+      sleep 1
+    done
+  fi
   log "starting on $KAFKA_HOST:$KAFKA_PORT (log: $KAFKA_LOG)"
   java_cmd
   nohup "${JAVA_CMD[@]}" kafka.Kafka "$HERALD_RUN/kafka-server.properties" >> "$KAFKA_LOG" 2>&1 &

@@ -35,6 +35,8 @@ stop_pid() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
+    # A killed JVM holds its sockets until it is gone: a restart must not race it for the port.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     log "$name stopped"
   else
     log "$name not running"
