@@ -15,7 +15,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from herald_kit._mongo import Doc, insert_if_absent
+from herald_kit._batching import InsertBatcher, UpdateBatcher
+from herald_kit._mongo import Doc
 
 T = TypeVar("T")
 
@@ -53,6 +54,9 @@ class SendLedger:
 
     def __init__(self, db: AsyncDatabase[Doc], collection: str = "send_ledger") -> None:
         self.rows = db[collection]
+        # The hot path (claim, sending, sent) of concurrent sends, coalesced into one command.
+        self._inserts = InsertBatcher(self.rows)
+        self._updates = UpdateBatcher(self.rows)
 
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
         """How a single-document operation is run (once, here)."""
@@ -71,7 +75,7 @@ class SendLedger:
         claimed again.
         """
         row = {"_id": message_id, "status": self.claim_status, "at": now, **(meta or {})}
-        if await self._run(lambda: insert_if_absent(self.rows, row)):
+        if await self._run(lambda: self._inserts.insert(row)):
             return True, None
         again: object = (
             self.reclaimable[0] if len(self.reclaimable) == 1 else {"$in": list(self.reclaimable)}
@@ -90,7 +94,7 @@ class SendLedger:
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """Record a status (and provider id, error code...)."""
         await self._run(
-            lambda: self.rows.update_one(
+            lambda: self._updates.update(
                 {"_id": message_id}, {"$set": {"status": status, **fields}}
             )
         )
@@ -99,7 +103,7 @@ class SendLedger:
         """The provider call is about to be made: from here a crash leaves the outcome unknown
         (for a ledger that claims rows in another status, e.g. 'queued')."""
         await self._run(
-            lambda: self.rows.update_one(
+            lambda: self._updates.update(
                 {"_id": message_id}, {"$set": {"status": "sending", "sending_at": now}}
             )
         )
