@@ -35,7 +35,7 @@ async def _run(env: BenchEnv, n: int, extra: dict[str, str]) -> tuple[float, int
             mongo_uri=env.mongo,
             namespace=ns,
             db_suffix=suffix,
-            port_offset=random.randrange(30_000, 35_000, 10),
+            port_offset=random.randrange(12_000, 17_000, 10),
             log_dir=Path(".cache/logs/bench"),
             extra_env={
                 "HERALD_SANDBOX_TWILIO_CALLBACKS": "false",

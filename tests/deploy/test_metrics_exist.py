@@ -64,7 +64,7 @@ def stack(infra: dict[str, str], namespace: str) -> Iterator[Stack]:
             mongo_uri=infra["mongo"],
             namespace=namespace,
             db_suffix="_" + namespace.strip("."),
-            port_offset=random.randrange(24_000, 28_000, 10),  # below the ephemeral range
+            port_offset=random.randrange(17_000, 24_000, 10),  # below the ephemeral range
             api_key=TEST_KEY,
             log_dir=ROOT / ".cache" / "logs" / "deploy",
         )

@@ -59,7 +59,7 @@ async def test_killed_mid_batch_then_restarted_sends_each_message_once(
                 mongo_uri=infra["mongo"].rstrip("/") + "/?socketTimeoutMS=5000",
                 namespace=namespace,
                 db_suffix=suffix,
-                port_offset=random.randrange(20_000, 30_000),
+                port_offset=random.randrange(17_000, 24_000, 10),
                 log_dir=tmp_path,
                 extra_env={
                     "HERALD_SMS_SENDER_MONGO_DB": db,
