@@ -615,7 +615,9 @@ async def run_chaos(
     )
     _, journal = await asyncio.gather(posting, inject_faults(scenario.stack, plan, log))
     log("[chaos] every event accepted; waiting for the system to settle")
-    await scenario.wait_settled(mongo_uri, within=settle_within)
+    # Quiet for a minute, not seconds: a provider timeout holds its batch for the sender's
+    # Twilio timeout (10 s) and the lookup after it, and nothing reaches the provider meanwhile.
+    await scenario.wait_settled(mongo_uri, within=settle_within, quiet=60.0)
     result = await reconcile(scenario, kafka=kafka, mongo_uri=mongo_uri)
     return result, journal
 
