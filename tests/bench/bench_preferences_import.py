@@ -155,6 +155,6 @@ async def bench(env: BenchEnv) -> list[Figure]:
             f"STOP to snapshot p50, {accepted:,} contacts",
             percentile(large, 50) * 1000,
             "ms",
-            f"max {max(large) * 1000:,.0f} ms over {len(large)}; FerretDB v1 updates scan",
+            f"max {max(large) * 1000:,.0f} ms over {len(large)}",
         ),
     ]
