@@ -213,3 +213,38 @@ async def test_expired_tampered_and_foreign_links_are_refused(served: Served) ->
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 422 and r.json()["field"] == "intent"
+
+
+async def test_customer_asks_for_a_call_back_on_the_number_they_type(
+    served: Served, browser: Any, infra: dict[str, str]
+) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    url = await _link(served, case_id, "en-GB")
+    page = await browser.new_page()
+    await page.goto(url)
+    # A national number is read in the region of the link's locale (GB).
+    await page.fill("#callback-number", "020 7946 0018")
+    await page.click("#btn-callback")
+    await page.wait_for_selector("#done")
+    [record] = await _replies(infra, served)
+    reply = decode(record, EngagementReply).data
+    assert (reply.intent, reply.case_id, reply.callback_number) == (
+        "callback",
+        case_id,
+        "+442079460018",
+    )
+
+
+async def test_a_call_back_without_a_callable_number_is_refused(served: Served) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    url = await _link(served, case_id, "en-GB")
+    token = url.rsplit("/s/", 1)[1]
+    r = await served.client.post(
+        f"/s/{token}/reply",
+        content=b"intent=callback&callback_number=12",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 422, r.text
+    assert "callback_number" in r.text

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
+import phonenumbers
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
@@ -134,6 +135,7 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
     state = await repo.get(claims["case"])
     if state is None or claims["customer"] not in state.customer_ids:
         raise NotFound("There is nothing to show for this link.")
+    number = _callback_number(form, claims.get("locale")) if intent == "callback" else None
     # One answer per link and intent: a double click publishes the same reply id again,
     # which every consumer already treats as a duplicate.
     reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{intent}"))
@@ -143,8 +145,23 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
         channel="web",
         intent=intent,  # checked against BUTTONS above
         case_id=state.case_id,
+        callback_number=number,
         at=utc_now(),
     )
     producer: EventProducer = request.app.state.runtime.producer
     await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
     return RedirectResponse(f"/s/{token}?done={intent}", status_code=303)
+
+
+def _callback_number(form: dict[str, list[str]], locale: str | None) -> str:
+    """The number the customer typed for the call-back, as E.164 (national numbers read in the
+    region of the link's locale, e.g. en-GB → GB)."""
+    raw = (form.get("callback_number") or [""])[0].strip()
+    region = (locale or "").rpartition("-")[2].upper() or None
+    try:
+        parsed = phonenumbers.parse(raw, region if region and len(region) == 2 else None)
+    except phonenumbers.NumberParseException:
+        parsed = None
+    if parsed is None or not phonenumbers.is_valid_number(parsed):
+        raise InvalidInput("a phone number we can call", field="callback_number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

@@ -24,6 +24,7 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm": "Confirm",
         "reschedule": "Ask to reschedule",
         "callback": "Call me back",
+        "callback_number": "Number to call you on",
         "thanks": "Thank you, we have your answer.",
         "event": "Update",
         "contact": "We contacted you",
@@ -51,6 +52,7 @@ TEXT: dict[str, dict[str, str]] = {
         "confirm": "确认",
         "reschedule": "申请改期",
         "callback": "请给我回电",
+        "callback_number": "回电号码",
         "thanks": "谢谢，我们已收到您的回复。",  # noqa: RUF001 - Chinese punctuation
         "event": "更新",
         "contact": "我们已联系您",
