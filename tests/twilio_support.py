@@ -50,6 +50,26 @@ async def serving(app: FastAPI, port: int) -> AsyncIterator[str]:
         await task
 
 
+@asynccontextmanager
+async def sandbox_serving(**settings: Any) -> AsyncIterator[str]:
+    """The sandbox on a free port with the tests' Twilio credentials and prompt callbacks; its
+    base URL. Keyword arguments override its settings."""
+    from herald_sandbox.app import create_app
+    from herald_sandbox.config import Settings
+
+    port = free_port()
+    config = {
+        "port": port,
+        "mongo_db": "",
+        "twilio_account_sid": SANDBOX_SID,
+        "twilio_auth_token": SANDBOX_TOKEN,
+        "callback_delay_seconds": 0.01,
+        **settings,
+    }
+    async with serving(create_app(Settings(**config)), port) as url:
+        yield url
+
+
 def outbound_sms(to: str, body: str | None = None, **kw: Any) -> OutboundSms:
     """An OutboundSms with unique ids."""
     mid = kw.pop("message_id", f"msg-{uuid.uuid4().hex[:12]}")

@@ -26,13 +26,12 @@ from twilio_support import (
     outbound_sms,
     outbound_voice,
     producer,
+    sandbox_serving,
     serving,
 )
 
 from herald_contracts import DELIVERY_STATUS, OUTBOUND_SMS, OUTBOUND_VOICE
 from herald_devstack import BY_NAME, Stack, StackConfig
-from herald_sandbox.app import create_app as sandbox_app
-from herald_sandbox.config import Settings as SandboxSettings
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
 from herald_voice_sender.app import create_app as voice_app
@@ -50,18 +49,6 @@ def _message(channel: str, phone: str) -> Any:
     if channel == "sms":
         return outbound_sms(phone)
     return outbound_voice(phone, "Your engineer is booked for 2 pm.")
-
-
-def _sandbox(port: int) -> Any:
-    return sandbox_app(
-        SandboxSettings(
-            port=port,
-            mongo_db="",
-            twilio_account_sid=SANDBOX_SID,
-            twilio_auth_token=SANDBOX_TOKEN,
-            callback_delay_seconds=0.01,
-        )
-    )
 
 
 async def _timeouts(http: httpx.AsyncClient, sandbox: str, seconds: float) -> None:
@@ -88,8 +75,8 @@ async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
 ) -> None:
     sender_name, collection, topic, what, prefix = CHANNELS[channel]
     async with AsyncExitStack() as stack:
-        sb_port, port = free_port(), free_port()
-        sandbox = await stack.enter_async_context(serving(_sandbox(sb_port), sb_port))
+        port = free_port()
+        sandbox = await stack.enter_async_context(sandbox_serving())
         db = db_name(sender_name.replace("-", "_"))
         common: dict[str, Any] = {
             "port": port,
@@ -155,9 +142,8 @@ async def test_killed_during_a_timed_out_request_then_restarted_settles_sent_onc
     tmp_path: Path,
 ) -> None:
     sender_name, collection, topic, what, prefix = CHANNELS[channel]
-    sb_port = free_port()
     async with (
-        serving(_sandbox(sb_port), sb_port) as sandbox,
+        sandbox_serving() as sandbox,
         httpx.AsyncClient(timeout=10) as http,
         producer(infra["kafka"], namespace) as prod,
         Collector(infra["kafka"], namespace, DELIVERY_STATUS) as statuses,

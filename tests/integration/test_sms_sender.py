@@ -19,13 +19,12 @@ from twilio_support import (
     free_port,
     outbound_sms,
     producer,
+    sandbox_serving,
     serving,
 )
 
 from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS
 from herald_kit import EventProducer
-from herald_sandbox.app import create_app as sandbox_app
-from herald_sandbox.config import Settings as SandboxSettings
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
 from support import eventually, unique_phone
@@ -80,22 +79,10 @@ async def env_factory(
     async with AsyncExitStack() as stack:
 
         async def make(**sender_settings: Any) -> Env:
-            sb_port, sms_port = free_port(), free_port()
+            sms_port = free_port()
             sender_url = f"http://127.0.0.1:{sms_port}"
             sandbox = await stack.enter_async_context(
-                serving(
-                    sandbox_app(
-                        SandboxSettings(
-                            port=sb_port,
-                            mongo_db="",
-                            twilio_account_sid=SANDBOX_SID,
-                            twilio_auth_token=SANDBOX_TOKEN,
-                            callback_delay_seconds=0.01,
-                            twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound",
-                        )
-                    ),
-                    sb_port,
-                )
+                sandbox_serving(twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound")
             )
             db = db_name("sms_sender")
             settings = SmsSettings(

@@ -17,6 +17,7 @@ from twilio_support import (
     free_port,
     outbound_voice,
     producer,
+    sandbox_serving,
     serving,
 )
 
@@ -28,8 +29,6 @@ from herald_contracts import (
     utc_now,
 )
 from herald_kit import EventProducer
-from herald_sandbox.app import create_app as sandbox_app
-from herald_sandbox.config import Settings as SandboxSettings
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
 from support import eventually, unique_phone
@@ -73,21 +72,8 @@ async def env(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[Env]:
     async with AsyncExitStack() as stack:
-        sb_port, port = free_port(), free_port()
-        sandbox = await stack.enter_async_context(
-            serving(
-                sandbox_app(
-                    SandboxSettings(
-                        port=sb_port,
-                        mongo_db="",
-                        twilio_account_sid=SANDBOX_SID,
-                        twilio_auth_token=SANDBOX_TOKEN,
-                        callback_delay_seconds=0.01,
-                    )
-                ),
-                sb_port,
-            )
-        )
+        port = free_port()
+        sandbox = await stack.enter_async_context(sandbox_serving())
         settings = VoiceSettings(
             port=port,
             public_base_url=f"http://127.0.0.1:{port}",
