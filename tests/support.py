@@ -126,3 +126,36 @@ def registered_consumers() -> dict[str, list[object]]:
         for loop in app.state.runtime.consumers:
             out[loop.group] = list(loop.topics)
     return out
+
+
+async def consumer_lag(kafka: str, groups: dict[str, list[str]]) -> dict[str, int]:
+    """How far each consumer group's commits are behind the ends of the topics it reads
+    (group name -> topic names, both as on the broker)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        topics = {t for names in groups.values() for t in names}
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    lag: dict[str, int] = {}
+    for group, names in groups.items():
+        done = committed[group]
+        lag[group] = sum(
+            max(0, end - (done[tp].offset if tp in done else 0))
+            for tp, end in ends.items()
+            if tp.topic in names
+        )
+    return lag

@@ -33,7 +33,7 @@ from pymongo import AsyncMongoClient
 from herald_contracts import ContactRequest, DeliveryStatus, Topics, dlq_topic
 from herald_devstack import Stack, StackConfig
 from herald_kit import DecodeError, decode
-from support import TEST_KEY, daytime_zone
+from support import TEST_KEY, consumer_lag, daytime_zone, registered_consumers
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fictional-range numbers in several valid US area codes: 10,000 customers per area code.
@@ -267,28 +267,37 @@ class Scenario:
         """The dispatcher's decisions collection in this stack's database."""
         return client[f"herald_dispatcher{self.stack.config.db_suffix}"]["decisions"]
 
-    async def wait_settled(self, mongo_uri: str, *, within: float, quiet: float = 5.0) -> None:
-        """Wait until every customer has a decision and the provider's count stops moving."""
+    async def wait_settled(
+        self, mongo_uri: str, kafka: str, *, within: float, quiet: float = 10.0
+    ) -> None:
+        """Wait until every customer has a decision and every consumer group has committed past
+        the end of what it reads (nothing is in flight: not a sender's batch held by a provider
+        timeout, not a request waiting for its view); then until the provider's count holds
+        still for `quiet` seconds or matches the decisions to send."""
+        ns = self.stack.config.namespace
+        groups = {
+            f"{ns}{group}": [t.name(ns) for t in topics]  # type: ignore[attr-defined]
+            for group, topics in registered_consumers().items()
+        }
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
         try:
             coll = self.decisions_collection(client)
             deadline = time.monotonic() + within
             last, still_since = -1, time.monotonic()
             while time.monotonic() < deadline:
+                await asyncio.sleep(1)
                 try:
                     decided = len(await coll.distinct("request_id"))
                     sent = await coll.count_documents({"outcome": "sent"})
-                except Exception:  # the database may be the fault under test
-                    await asyncio.sleep(1)
-                    continue
+                    lag = await consumer_lag(kafka, groups)
+                except Exception:  # the database or the broker may be the fault under test
+                    lag = {"unknown": 1}
+                    decided = sent = 0
                 delivered = len(await self.provider_messages())
-                if decided >= self.size and delivered >= sent:
-                    return
-                if delivered != last:
+                if delivered != last or any(lag.values()) or decided < self.size:
                     last, still_since = delivered, time.monotonic()
-                elif decided >= self.size and time.monotonic() - still_since > quiet:
-                    return  # nothing moves any more: reconcile what there is
-                await asyncio.sleep(1)
+                elif delivered >= sent or time.monotonic() - still_since > quiet:
+                    return
         finally:
             await client.close()
 
@@ -615,9 +624,7 @@ async def run_chaos(
     )
     _, journal = await asyncio.gather(posting, inject_faults(scenario.stack, plan, log))
     log("[chaos] every event accepted; waiting for the system to settle")
-    # Quiet for a minute, not seconds: a provider timeout holds its batch for the sender's
-    # Twilio timeout (10 s) and the lookup after it, and nothing reaches the provider meanwhile.
-    await scenario.wait_settled(mongo_uri, within=settle_within, quiet=60.0)
+    await scenario.wait_settled(mongo_uri, kafka, within=settle_within)
     result = await reconcile(scenario, kafka=kafka, mongo_uri=mongo_uri)
     return result, journal
 

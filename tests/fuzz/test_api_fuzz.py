@@ -3,6 +3,7 @@ invalid inputs alike: no answer is a 5xx, and every 4xx is problem+json (RFC 945
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from support import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = ROOT / "schemas" / "openapi"
-EXAMPLES = 15  # per operation and mode; CI-sized, raise locally to dig deeper
+# Per operation and mode: CI-sized; HERALD_FUZZ_EXAMPLES=200 digs deeper locally.
+EXAMPLES = int(os.environ.get("HERALD_FUZZ_EXAMPLES", "15"))
 # The sandbox's fake Twilio answers in Twilio's error format, as Twilio does.
 NOT_PROBLEM_JSON = ("/2010-04-01/",)
 SKIP = ("/metrics",)  # Prometheus text, no input
@@ -57,7 +59,8 @@ def _prober(
         calls.append(resp.status_code)
         where = f"{case.method} {service}{case.formatted_path}"
         if resp.status_code >= 500:
-            failures.append(f"{where} -> {resp.status_code}; body sent: {case.body!r}"[:600])
+            sent = f"headers sent: {case.headers!r}; body sent: {case.body!r}"
+            failures.append(f"{where} -> {resp.status_code}; {sent}"[:800])
         elif resp.status_code >= 400 and not case.path.startswith(NOT_PROBLEM_JSON):
             ctype = str(resp.headers.get("content-type", ""))
             # Pages customers open in a browser answer errors as HTML pages; APIs as problems.

@@ -9,15 +9,13 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka import AIOKafkaProducer
 from chaos.scenario import Scenario, read_topic
 
 from herald_contracts import BY_TYPE, dlq_topic
 from herald_devstack import Stack
 from herald_kit import encode
-from support import TEST_KEY, eventually, registered_consumers
+from support import TEST_KEY, consumer_lag, eventually, registered_consumers
 
 # Consumer group -> the topics it consumes, as the services register them.
 CONSUMED = registered_consumers()
@@ -50,32 +48,6 @@ class _Empty:
 
     def model_dump(self, **_: object) -> dict[str, object]:
         return {}
-
-
-async def _lag(kafka: str, group: str, topics: list[str]) -> int:
-    """How far a group's commits are behind the topics' ends."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        committed: dict[
-            TopicPartition, OffsetAndMetadata
-        ] = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())
-        ]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return sum(
-        max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items()
-    )
 
 
 @pytest.mark.e2e
@@ -131,6 +103,6 @@ async def test_hostile_bytes_land_in_dlqs_and_consumers_keep_going(
         names = [t.name(ns) for t in topics]
 
         async def caught_up(g: str = group, n: list[str] = names) -> bool:
-            return await _lag(infra["kafka"], f"{ns}{g}", n) == 0
+            return (await consumer_lag(infra["kafka"], {f"{ns}{g}": n}))[f"{ns}{g}"] == 0
 
         await eventually(caught_up, within=60, interval=1)

@@ -85,6 +85,11 @@ async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncC
     r = await client.put(f"/v1/campaigns/{cid}", json=body)
     assert r.status_code == 428 and r.json()["field"] == "If-Match"
 
+    # A digit outside ASCII ("²" counts as a digit to str.isdigit) is not a version.
+    superscript_two = '"\u00b2"'.encode("latin-1")
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": superscript_two})
+    assert r.status_code == 412 and r.json()["field"] == "If-Match"
+
     assert (await client.post(f"/v1/campaigns/{cid}/archive")).status_code == 200
     r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"2"'})
     assert r.status_code == 409 and r.json()["field"] == "status"

@@ -84,7 +84,8 @@ def _authorised(request: Request, account_sid: str, settings: Settings) -> bool:
 
 
 def _valid_number(number: str) -> bool:
-    return number.startswith("+") and number[1:].isdigit() and 8 <= len(number) <= 16
+    digits = number[1:]
+    return number[:1] == "+" and digits.isascii() and digits.isdigit() and 8 <= len(number) <= 16
 
 
 async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> httpx.Response | None:

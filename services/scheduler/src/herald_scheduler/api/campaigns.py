@@ -76,7 +76,7 @@ def _expected_version(if_match: str | None) -> int:
             "send If-Match with the version you read (its ETag)", field="If-Match"
         )
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise PreconditionFailed(f"If-Match {if_match!r} is not a campaign ETag", field="If-Match")
     return int(value)
 
