@@ -54,7 +54,8 @@ start() {
   port_open "$FERRET_HOST" "$FERRET_PORT" && die "port $FERRET_PORT is taken by another process"
   mkdir -p "$FERRET_DATA"
   log "starting on $FERRET_HOST:$FERRET_PORT (log: $FERRET_LOG)"
-  nohup "$FERRET_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DATA/" \
+  # synchronous(normal): WAL commits without an fsync each (see docs/architecture.md).
+  nohup "$FERRET_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DATA/?_pragma=synchronous(normal)" \
     --listen-addr="$FERRET_HOST:$FERRET_PORT" \
     --log-level="${HERALD_MONGO_LOG_LEVEL:-error}" >> "$FERRET_LOG" 2>&1 &
   echo $! > "$FERRET_PID"
