@@ -36,7 +36,7 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_dispatcher.adapters.store import Decisions, Ledger, Views
+from herald_dispatcher.adapters.store import Decisions, Ledger, RequestState, Views
 from herald_dispatcher.config import LocalWindow, Settings
 from herald_dispatcher.domain.channels import choose_channel
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
@@ -288,26 +288,42 @@ class Dispatcher:
                     reason="still-applies",
                 )
         # 3. superseded by a newer request for the same campaign and case
-        if request.case_id is not None:
-            key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
-            order = request.case_version or (
-                request.case_state.version if request.case_state else 0
+        if request.case_id is None:
+            return await self._reach(request, prefs, case, now, None)
+        key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
+        order = request.case_version or (request.case_state.version if request.case_state else 0)
+        state = await self.ledger.request_state(key, order)
+        if state.order > order:
+            return Decision(
+                "suppressed",
+                "superseded",
+                detail=f"a request for case version {state.order} exists",
+                reason="superseded",
             )
-            newest, told = await self.ledger.request_state(key, order)
-            if newest > order:
-                return Decision(
-                    "suppressed",
-                    "superseded",
-                    detail=f"a request for case version {newest} exists",
-                    reason="superseded",
-                )
-            if first and case is not None and told >= case.version:
-                return Decision(
-                    "suppressed",
-                    "superseded",
-                    detail=f"customer already told version {told}",
-                    reason="superseded",
-                )
+        if first and case is not None and state.told >= case.version:
+            decision = Decision(
+                "suppressed",
+                "superseded",
+                detail=f"customer already told version {state.told}",
+                reason="superseded",
+            )
+        else:
+            decision = await self._reach(request, prefs, case, now, state)
+        if decision.outcome != "sent":  # a sent decision wrote the state with what was told
+            await self.ledger.save_request_state(state)
+        return decision
+
+    async def _reach(
+        self,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        case: CaseState | None,
+        now: datetime,
+        state: RequestState | None,
+    ) -> Decision:
+        """Rules 4 to 9: the channel, its windows, the caps, then render and emit."""
+        campaign = request.campaign
+        first = request.attempt == 1 and request.escalation_of is None
         # 4. duplicates were refused by the claim in handle()
         # 5. channel
         choice = choose_channel(prefs, campaign, exclude=frozenset(request.tried_channels))
@@ -351,7 +367,7 @@ class Dispatcher:
                     due = capped.due
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
-        return await self._emit(request, prefs, case, channel, now)
+        return await self._emit(request, prefs, case, channel, now, state)
 
     def contact_window(
         self, prefs: ContactPreferences, channel: Channel, *, critical: bool
@@ -436,6 +452,7 @@ class Dispatcher:
         case: CaseState | None,
         channel: Channel,
         now: datetime,
+        state: RequestState | None,
     ) -> Decision:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
@@ -514,7 +531,7 @@ class Dispatcher:
         except RenderError as exc:
             RENDER_ERRORS.labels(channel).inc()
             return Decision("failed", "render", channel=channel, detail=str(exc))
-        await self._after_send(request, case, channel, mid, now)
+        await self._after_send(request, case, channel, mid, now, state)
         return Decision("sent", "ranked", channel=channel, message_id=mid)
 
     async def _after_send(
@@ -524,6 +541,7 @@ class Dispatcher:
         channel: Channel,
         mid: str,
         now: datetime,
+        state: RequestState | None,
     ) -> None:
         """Ledger rows for caps, supersession and escalation; the escalation timer."""
         campaign = request.campaign
@@ -552,9 +570,9 @@ class Dispatcher:
                 )
             started = request.case_state.updated_at if request.case_state else request.requested_at
             FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
-        if request.case_id is not None and case is not None:
-            key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
-            writes.append(self.ledger.note_told(key, case.version))
+        if state is not None:
+            told = case.version if case is not None else 0
+            writes.append(self.ledger.save_request_state(state, told=told))
         # Independent documents: write them concurrently, all before the offset is committed.
         await asyncio.gather(*writes)
         if nxt is not None and campaign.escalate_after_seconds is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -102,6 +103,17 @@ class Decisions:
         return [d async for d in cursor]
 
 
+@dataclass(slots=True)
+class RequestState:
+    """Supersession state of (campaign, case, customer): the newest trigger order and the newest
+    case version the customer was told, and what the ledger holds (None: nothing yet)."""
+
+    key: str
+    order: int
+    told: int
+    stored: tuple[int, int] | None
+
+
 class Ledger:
     """What the dispatcher has emitted: latest requests, contacts for caps, attempts, success."""
 
@@ -115,6 +127,7 @@ class Ledger:
         self._new_latest = InsertBatcher(self.latest)
         self._latest_updates = UpdateBatcher(self.latest)
         self._contacts = IdLoader(self.contacts)
+        self._new_contacts = InsertBatcher(self.contacts)
         self._contact_updates = UpdateBatcher(self.contacts)
         self._attempts = InsertBatcher(self.attempts)
         self._outcome = IdLoader(self.outcomes)
@@ -123,27 +136,32 @@ class Ledger:
         """Attempts by customer and case (replies without a message id)."""
         await self.attempts.create_index([("customer_id", 1), ("case_id", 1)])
 
-    async def request_state(self, key: str, order: int) -> tuple[int, int]:
-        """For (campaign, case, customer): the newest trigger order known (noting this one) and
-        the newest case version already sent. One read, and a write only when order is newer."""
+    async def request_state(self, key: str, order: int) -> RequestState:
+        """For (campaign, case, customer): the newest trigger order known (counting this one) and
+        the newest case version already sent. One read; `save_request_state` writes once."""
         doc = await self._latest.get(key)
         if doc is None:
-            if await self._new_latest.insert({"_id": key, "order": order, "told": 0}):
-                return order, 0
-            doc = await self._latest.get(key) or {}
-        newest, told = int(doc.get("order", 0)), int(doc.get("told", 0))
-        if order > newest:
-            await self._latest_updates.update(
-                {"_id": key, "order": {"$lt": order}}, {"$set": {"order": order}}
-            )
-            newest = order
-        return newest, told
+            return RequestState(key, order=order, told=0, stored=None)
+        stored = (int(doc.get("order", 0)), int(doc.get("told", 0)))
+        return RequestState(key, order=max(order, stored[0]), told=stored[1], stored=stored)
 
-    async def note_told(self, key: str, version: int) -> None:
-        """Record that the customer has heard about this case version."""
+    async def save_request_state(self, state: RequestState, *, told: int = 0) -> None:
+        """Write what the decision learnt (a newer order, a version told) in one write: an insert
+        the first time (cheap and batched on FerretDB), else one `$max` update when it moved.
+        Requests of one customer are decided one at a time (keyed partitions), and `$max`
+        keeps the newest values should two writers ever meet."""
+        state.told = max(state.told, told)
+        if state.stored is None:
+            body = {"_id": state.key, "order": state.order, "told": state.told}
+            if await self._new_latest.insert(body):
+                state.stored = (state.order, state.told)
+                return
+        elif (state.order, state.told) == state.stored:
+            return
         await self._latest_updates.update(
-            {"_id": key, "told": {"$lt": version}}, {"$set": {"told": version}}
+            {"_id": state.key}, {"$max": {"order": state.order, "told": state.told}}
         )
+        state.stored = (state.order, state.told)
 
     async def sent_times(
         self, customer_id: str, priority: str, *, exclude: str = ""
@@ -166,7 +184,11 @@ class Ledger:
         if any(c["r"] == request_id for c in recent):
             return
         recent.append({"r": request_id, "at": at})
-        # One consumer decides a customer at a time (keyed partitions), so read-modify-write holds.
+        # A customer's first contact is an insert (batched; an upsert costs a read and a write
+        # on FerretDB). One consumer decides a customer at a time (keyed partitions), so
+        # read-modify-write holds.
+        if doc is None and await self._new_contacts.insert({"_id": key, "recent": recent}):
+            return
         await self._contact_updates.update({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
 
     async def note_attempt(self, doc: Doc) -> None:
