@@ -70,6 +70,9 @@ class Scenario:
     suppress_every: int = 10
     customers: int = 0  # 0: one customer per event; fewer: customers get several cases
     posted_at: dict[int, float] = field(default_factory=dict)  # customer index -> wall time
+    # What the sandbox holds, read incrementally (a full listing of many thousand SMS per poll
+    # would cost the sandbox more CPU than sending them).
+    _provider_seen: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -258,10 +261,13 @@ class Scenario:
     async def provider_messages(self) -> list[dict[str, Any]]:
         """Every message the sandbox (the provider) accepted in this stack."""
         async with httpx.AsyncClient(timeout=60) as http:
-            r = await http.get(f"{self.stack.url('sandbox')}/sandbox/api/sms")
+            r = await http.get(
+                f"{self.stack.url('sandbox')}/sandbox/api/sms",
+                params={"after": len(self._provider_seen)},
+            )
             r.raise_for_status()
-            items: list[dict[str, Any]] = r.json()["items"]
-            return items
+            self._provider_seen.extend(r.json()["items"])
+            return list(self._provider_seen)
 
     def decisions_collection(self, client: AsyncMongoClient[dict[str, Any]]) -> Any:
         """The dispatcher's decisions collection in this stack's database."""

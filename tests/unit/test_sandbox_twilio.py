@@ -208,3 +208,26 @@ async def test_busy_fault_reports_busy(sandbox: tuple[httpx.AsyncClient, Hooks])
     assert r.status_code == 201
     await settle()
     assert hooks.calls[-1][1]["CallStatus"] == "busy"
+
+
+async def test_outbox_listing_reads_on_from_where_the_last_poll_stopped(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, _ = sandbox
+    for n, to in enumerate(["+12015550101", "+12015550102", "+12015550101"]):
+        r = await client.post(
+            MSGS, data={"To": to, "From": "+15005550006", "Body": f"m{n}"}, headers=AUTH
+        )
+        assert r.status_code == 201
+    first = (await client.get("/sandbox/api/sms")).json()
+    assert [m["body"] for m in first["items"]] == ["m0", "m1", "m2"] and first["next"] == 3
+    r = await client.post(
+        MSGS, data={"To": "+12015550101", "From": "+15005550006", "Body": "m3"}, headers=AUTH
+    )
+    newer = (await client.get("/sandbox/api/sms", params={"after": first["next"]})).json()
+    assert [m["body"] for m in newer["items"]] == ["m3"] and newer["next"] == 4
+    # A number's SMS from a point on: the filter applies to what is newer.
+    one = (await client.get("/sandbox/api/sms", params={"after": 1, "to": "+12015550101"})).json()
+    assert [m["body"] for m in one["items"]] == ["m2", "m3"]
+    r = await client.get("/sandbox/api/sms", params={"after": -1})
+    assert r.status_code == 422 and r.json()["field"] == "after"

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 router = APIRouter(prefix="/sandbox/api", tags=["sandbox"])
 
 
 @router.get("/sms", summary="SMS the sandbox accepted, optionally for one number.")
-async def list_sms(request: Request, to: str | None = None) -> dict[str, Any]:
-    """Captured SMS, oldest first."""
-    items = [m.as_json() for m in request.app.state.outbox.find_sms(to)]
-    return {"items": items, "count": len(items)}
+async def list_sms(
+    request: Request,
+    to: str | None = None,
+    after: Annotated[
+        int, Query(ge=0, description="Skip the first `after` SMS accepted (pass the last `next`).")
+    ] = 0,
+) -> dict[str, Any]:
+    """Captured SMS, oldest first; `next` is where a poll for newer ones starts."""
+    outbox = request.app.state.outbox
+    total = len(outbox.sms)
+    items = [m.as_json() for m in outbox.sms[after:total] if to is None or m.to == to]
+    return {"items": items, "count": len(items), "next": total}
