@@ -31,12 +31,18 @@ GSM7 = set(
     "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
 )
 API_VERSION = "2010-04-01"
+WEBHOOK_CONCURRENCY = 32
 
 
 def install(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
     """Give the app the Twilio side's state: rate limits, fault rules, an HTTP client."""
     app.state.behaviour = Behaviour(rate_per_number=settings.twilio_rate_per_number)
-    app.state.twilio_http = httpx.AsyncClient(timeout=10)
+    app.state.twilio_http = httpx.AsyncClient(
+        timeout=10, limits=httpx.Limits(max_connections=WEBHOOK_CONCURRENCY)
+    )
+    # Webhooks wait their turn here, not in httpcore's pool: its queue is matched against every
+    # connection on each change, which at thousands of pending callbacks took a whole core.
+    app.state.webhook_slots = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
 
     @runtime.on_stop
     async def _close() -> None:
@@ -95,9 +101,10 @@ async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> httpx.R
         signature = RequestValidator(
             settings.twilio_auth_token.get_secret_value()
         ).compute_signature(url, params)
-        response: httpx.Response = await app.state.twilio_http.post(
-            url, data=params, headers={"X-Twilio-Signature": signature}
-        )
+        async with app.state.webhook_slots:
+            response: httpx.Response = await app.state.twilio_http.post(
+                url, data=params, headers={"X-Twilio-Signature": signature}
+            )
         return response
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # unreachable, or a bad URL
         log.warning("webhook call failed", extra={"error": type(exc).__name__})
