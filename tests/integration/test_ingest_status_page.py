@@ -234,6 +234,7 @@ async def test_customer_asks_for_a_call_back_on_the_number_they_type(
         case_id,
         "+442079460018",
     )
+    assert reply.locale == "en-GB"  # the call-back speaks the page's language
 
 
 async def test_a_call_back_without_a_callable_number_is_refused(served: Served) -> None:

@@ -314,7 +314,7 @@ async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFacto
 async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     env: Env = await env_factory(brand="Acme Energy", help_contact="0800 123 456")
     phone = unique_phone()
-    msg = outbound_sms(phone, customer_id="cust-r")
+    msg = outbound_sms(phone, customer_id="cust-r", locale="zh-CN")
     await env.publish(msg)
     await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
     inbound = f"{env.sandbox}/sandbox/api/twilio/inbound-sms"
@@ -334,5 +334,6 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     # of the message it answers), within which the voice-sender must place it.
     callback = env.replies.where(intent="callback")[0]
     assert callback.callback_number == phone
+    assert callback.locale == msg.locale  # the call-back speaks the language of the SMS
     assert msg.expires_at is not None and callback.callback_until is not None
     assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored

@@ -31,6 +31,7 @@ from herald_contracts import (
 from herald_kit import EventProducer
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
+from herald_voice_sender.domain import ivr
 from support import eventually, unique_phone
 
 AGENT = "+15005550009"
@@ -213,4 +214,24 @@ async def test_a_callback_request_calls_the_customer_and_connects_an_agent(env: 
     await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)  # a redelivery
     call = await env.answered_call(phone)
     assert f"<Dial>{AGENT}</Dial>" in call["twiml"][0]
+    assert 'language="en-US"' in call["twiml"][0]  # no locale on the reply: English
     assert len(await env.calls_to(phone)) == 1
+
+
+async def test_a_callback_speaks_the_language_the_customer_was_addressed_in(env: Env) -> None:
+    phone = unique_phone()
+    reply = EngagementReply(
+        reply_id="web-callback-zh",
+        customer_id="cust-cb-zh",
+        channel="web",
+        intent="callback",
+        case_id="case-1",
+        at=utc_now(),
+        callback_number=phone,
+        locale="zh",  # the SMS answered was written from the campaign's zh template
+    )
+    await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)
+    call = await env.answered_call(phone)
+    twiml = call["twiml"][0]
+    assert ivr.PROMPTS["zh"].callback in twiml and 'language="zh-CN"' in twiml
+    assert f"<Dial>{AGENT}</Dial>" in twiml

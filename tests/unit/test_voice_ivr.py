@@ -20,6 +20,9 @@ from herald_voice_sender.domain import ivr
         ("", "an agent.", "agent"),
         ("", "stop", "stop"),
         ("", "mumble", "repeat"),
+        ("", "我要转人工", "agent"),
+        ("", "确认", "confirm"),
+        ("", "停止", "stop"),
     ],
 )
 def test_interpret(digits: str, speech: str, choice: str) -> None:
@@ -58,3 +61,22 @@ def test_agent_dials_the_contact_centre_and_unknown_language_falls_back() -> Non
 def test_voicemail_has_no_menu() -> None:
     xml = ivr.voicemail(say="Case resolved.", language="en", contact_number="+15005550009")
     assert "<Gather" not in xml and "Case resolved." in xml and "<Hangup" in xml
+
+
+@pytest.mark.parametrize(
+    ("tag", "spoken"),
+    [
+        ("zh", "zh-CN"),
+        ("zh-Hant", "zh-TW"),
+        ("zh-CN", "zh-CN"),
+        ("en", "en-US"),
+        ("en-GB", "en-GB"),
+    ],
+)
+def test_tts_language_adds_the_likeliest_region(tag: str, spoken: str) -> None:
+    assert ivr.tts_language(tag) == spoken
+
+
+def test_chinese_prompts_for_chinese_tags() -> None:
+    assert ivr.prompts_for("zh-CN") is ivr.PROMPTS["zh"]
+    assert ivr.prompts_for("zh-Hant-TW") is ivr.PROMPTS["zh"]

@@ -397,6 +397,13 @@ class EngagementReply(_Body):
             "the call is placed before it, inside legal calling hours, or not at all."
         ),
     )
+    locale: Locale | None = Field(
+        default=None,
+        description=(
+            "The language the customer was addressed in (BCP 47), when the channel that "
+            "answered knows it: a call-back speaks it."
+        ),
+    )
 
 
 class TimerRequest(_Body):

@@ -56,6 +56,7 @@ class Replies:
                 at=now,
                 callback_number=from_ if intent == "callback" else None,
                 callback_until=_aware(row.get("expires_at")) if intent == "callback" else None,
+                locale=row.get("locale"),
             )
             await self.producer.publish(
                 ENGAGEMENT_REPLY,

@@ -101,8 +101,9 @@ class SmsSending:
             await self.fail(ref, "expired", "expired before send")
             return
         key = number_key(msg.to)
-        # The expiry is the campaign's window for a call-back the customer may ask for in reply.
-        meta = {**ref, "number_key": key, "expires_at": msg.expires_at}
+        # The expiry is the campaign's window for a call-back the customer may ask for in reply,
+        # spoken in the language the SMS was written in.
+        meta = {**ref, "number_key": key, "expires_at": msg.expires_at, "locale": msg.locale}
         may_send, row = await self.ledger.claim(msg.message_id, now=now, meta=meta)
         if not may_send:
             assert row is not None

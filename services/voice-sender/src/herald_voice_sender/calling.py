@@ -27,6 +27,7 @@ from herald_voice_sender.adapters.provider import (
     ProviderTimeout,
     VoiceProvider,
 )
+from herald_voice_sender.domain.ivr import tts_language
 from herald_voice_sender.domain.window import (
     CallingHours,
     callback_slot,
@@ -302,7 +303,14 @@ class VoiceCalling:
             return
         # Retries stop at the end of the window or of the calling hours, whichever comes first.
         closes = hours_close(hours=self.calling_hours, zones=zones, now=now)
+        # Spoken in the language the customer was addressed in (English when unknown).
+        language = tts_language(reply.locale or "en")
         call = Call(
-            mid, reply.callback_number, "en", ref, expires_at=min(until, closes), kind="callback"
+            mid,
+            reply.callback_number,
+            language,
+            ref,
+            expires_at=min(until, closes),
+            kind="callback",
         )
         await self.place(call)

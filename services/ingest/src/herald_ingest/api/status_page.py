@@ -146,6 +146,7 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
         intent=intent,  # checked against BUTTONS above
         case_id=state.case_id,
         callback_number=number,
+        locale=claims.get("locale"),
         at=utc_now(),
     )
     producer: EventProducer = request.app.state.runtime.producer

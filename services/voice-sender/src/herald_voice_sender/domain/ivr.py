@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
 from twilio.twiml.voice_response import VoiceResponse
 
 Choice = Literal["confirm", "agent", "stop", "repeat"]
@@ -64,6 +66,15 @@ PROMPTS: dict[str, Prompts] = {
         goodbye="Adiós.",
         callback="Pidió que le llamáramos. Le pasamos con un agente.",
     ),
+    "zh": Prompts(
+        menu="确认请按1。转人工服务请按2。不再接听此类来电请按9。重听请按星号键。",
+        voicemail="我们会再次与您联系，您也可以给我们回电。",  # noqa: RUF001 - Chinese punctuation
+        confirmed="谢谢，已为您确认。再见。",  # noqa: RUF001 - Chinese punctuation
+        connecting="正在为您转接人工服务。",
+        stopped="您将不再收到此类来电。再见。",
+        goodbye="再见。",
+        callback="您请求我们回电。正在为您转接人工服务。",
+    ),
 }
 
 SPEECH: dict[str, Choice] = {
@@ -77,6 +88,32 @@ SPEECH: dict[str, Choice] = {
     "stop": "stop",
     "nine": "stop",
 }
+# Words of languages written without spaces, found anywhere in what was heard.
+SPEECH_PHRASES: dict[str, Choice] = {
+    "确认": "confirm",
+    "是的": "confirm",
+    "人工": "agent",
+    "客服": "agent",
+    "停止": "stop",
+    "退订": "stop",
+}
+
+
+def tts_language(tag: str) -> str:
+    """A BCP 47 tag as text-to-speech wants it, with a region: zh -> zh-CN, zh-Hant -> zh-TW,
+    en -> en-US (the likeliest region, from CLDR through Babel); a tag that has a region, or
+    that CLDR does not know, is kept."""
+    try:
+        loc = Locale.parse(tag, sep="-")
+    except (ValueError, UnknownLocaleError):
+        return tag
+    if loc.territory:
+        return tag
+    subtags = get_global("likely_subtags")
+    tried = [f"{loc.language}_{loc.script}", f"und_{loc.script}"] if loc.script else []
+    found = next((subtags[k] for k in [*tried, loc.language] if k in subtags), loc.language)
+    likely = Locale.parse(found)
+    return f"{loc.language}-{likely.territory}" if likely.territory else tag
 
 
 def prompts_for(language: str) -> Prompts:
@@ -96,6 +133,9 @@ def interpret(*, digits: str = "", speech: str = "") -> Choice:
     for word in speech.lower().replace(".", " ").replace(",", " ").split():
         if word in SPEECH:
             return SPEECH[word]
+    for phrase, choice in SPEECH_PHRASES.items():
+        if phrase in speech:
+            return choice
     return "repeat"
 
 
@@ -110,7 +150,7 @@ def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> 
         method="POST",
         timeout=6,
         language=language,
-        hints="confirm, agent, stop",
+        hints="confirm, agent, stop, 确认, 人工, 停止",
     )
     g.say(say, language=language)
     g.say(p.menu, language=language)
