@@ -527,4 +527,19 @@ async def test_421_slows_the_relay_down_then_the_email_goes_out(
         assert [s.status for s in got] == ["sent"]
         metrics = (await sender.get("/metrics")).text
     assert 'herald_email_relay_attempts_total{result="smtp-421"}' in metrics
+    # The kit's pacer and provider metrics, as the SMS and voice senders export them.
+    holds = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('herald_pacer_holds_total{sender="email-sender"}')
+    ]
+    assert holds and holds[0] >= 1  # the 421 held the relay's pacer
+    assert (
+        'herald_provider_requests_total{code="smtp-421",outcome="busy",sender="email-sender"}'
+        in metrics
+    )
+    assert 'herald_provider_requests_total{code="",outcome="accepted",sender="email-sender"}' in (
+        metrics
+    )
+    assert 'herald_circuit_breaker_state{sender="email-sender"}' in metrics
     assert len(await captured(sandbox, msg.to)) == 1

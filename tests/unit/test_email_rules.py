@@ -1,4 +1,5 @@
-"""The email-sender's pure rules: message building, pacing, circuit breaking, backoff."""
+"""The email-sender's pure rules: message building (pacing, circuit breaking and backoff are
+the kit's, tested with the other senders' in test_sms_rules.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ from email.policy import SMTP
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from herald_contracts import OutboundEmail
 from herald_email_sender.domain.message import build_email, message_id_header
-from herald_email_sender.domain.pacing import CircuitBreaker, Pacer, backoff
 from herald_kit import InvalidInput
 
 
@@ -100,61 +98,3 @@ def test_an_invalid_recipient_is_refused_naming_the_field(bad: str) -> None:
     with pytest.raises(InvalidInput) as info:
         build(outbound(to=bad))
     assert info.value.field == "to"
-
-
-def test_pacer_spaces_slots_at_the_configured_rate() -> None:
-    clock = FakeClock()
-    pacer = Pacer(rate=10, clock=clock)
-    assert [round(pacer.reserve(), 6) for _ in range(4)] == [0.0, 0.1, 0.2, 0.3]
-    clock.now += 1.0  # idle for a while: no saved-up burst beyond the configured one
-    assert [round(pacer.reserve(), 6) for _ in range(2)] == [0.0, 0.1]
-
-
-def test_pacer_burst_and_pause() -> None:
-    clock = FakeClock()
-    pacer = Pacer(rate=10, burst=3, clock=clock)
-    assert [round(pacer.reserve(), 6) for _ in range(4)] == [0.0, 0.0, 0.0, 0.1]
-    pacer.pause(5.0)
-    assert round(pacer.reserve(), 6) == 5.0
-
-
-def test_pacer_off_never_waits() -> None:
-    pacer = Pacer(rate=0)
-    assert not pacer.enabled
-    assert all(pacer.reserve() == 0 for _ in range(100))
-
-
-@given(rate=st.floats(min_value=0.5, max_value=5000), n=st.integers(min_value=2, max_value=500))
-def test_pacer_rate_is_exact_for_any_rate(rate: float, n: int) -> None:
-    clock = FakeClock()
-    pacer = Pacer(rate=rate, clock=clock)
-    delays = [pacer.reserve() for _ in range(n)]
-    achieved = (n - 1) / (delays[-1] - delays[0])
-    assert achieved == pytest.approx(rate, rel=1e-6)
-
-
-def test_breaker_opens_after_threshold_then_lets_one_trial_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=clock)
-    for _ in range(2):
-        breaker.failure()
-    assert breaker.state == "closed" and breaker.wait() == 0
-    breaker.failure()
-    assert breaker.state == "open"
-    assert breaker.wait() == pytest.approx(10)
-    clock.now += 10
-    assert breaker.state == "half-open"
-    assert breaker.wait() == 0  # the trial
-    assert breaker.wait() > 0  # everyone else still waits
-    breaker.failure()  # the trial failed: open again for a full cooldown
-    assert breaker.state == "open" and breaker.wait() == pytest.approx(10)
-    clock.now += 10
-    assert breaker.wait() == 0
-    breaker.success()
-    assert breaker.state == "closed" and breaker.wait() == 0
-
-
-@given(attempt=st.integers(min_value=1, max_value=40), r=st.floats(min_value=0, max_value=1))
-def test_backoff_is_bounded_and_grows(attempt: int, r: float) -> None:
-    delay = backoff(attempt, base=0.5, cap=60, rand=lambda: r)
-    assert 0 <= delay <= min(60, 0.5 * 2 ** (attempt - 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from email.policy import SMTP
 
@@ -19,6 +20,7 @@ from herald_contracts import (
     utc_now,
 )
 from herald_email_sender.adapters.smtp import (
+    Accepted,
     EmailRelay,
     RelayAmbiguous,
     RelayError,
@@ -27,10 +29,19 @@ from herald_email_sender.adapters.smtp import (
 )
 from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import build_email
-from herald_email_sender.domain.pacing import CircuitBreaker, Pacer, backoff
-from herald_kit import EventProducer, InvalidInput, LinkSigner, SendLedger
+from herald_kit import (
+    CircuitBreaker,
+    EventProducer,
+    InvalidInput,
+    LinkSigner,
+    Pacer,
+    SendLedger,
+    backoff,
+    observe_provider_request,
+)
 
 log = logging.getLogger("herald.email")
+SENDER = "email-sender"  # the name its pacer, breaker and provider metrics carry
 OUTCOMES = Counter(
     "herald_email_outcomes_total",
     "Emails by outcome (sent, failed, unknown, skipped) and error code.",
@@ -54,17 +65,21 @@ class EmailSending:
         pacer: Pacer | None = None,
         breaker: CircuitBreaker | None = None,
         sleep: Sleep = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.ledger = ledger
         self.relay = relay
         self.producer = producer
         self.settings = settings
         self.signer = signer
-        self.pacer = pacer or Pacer(settings.rate_per_second, settings.rate_burst)
+        # The kit's pacer and breaker, as the other senders use them; the relay is the identity.
+        self.pacer = pacer or Pacer(settings.rate_per_second, settings.rate_burst, name=SENDER)
         self.breaker = breaker or CircuitBreaker(
-            settings.breaker_threshold, settings.breaker_cooldown_seconds
+            threshold=settings.breaker_threshold,
+            cooldown=settings.breaker_cooldown_seconds,
+            name=SENDER,
         )
+        self.relay_id = f"{settings.smtp_host}:{settings.smtp_port}"
         self._sleep = sleep
         self._rand = rand
 
@@ -178,17 +193,12 @@ class EmailSending:
                 await self._fail(msg, "circuit-open", "expired while the relay was failing")
                 return
             try:
-                accepted = await self.relay.send(
-                    sender=self.settings.from_address,
-                    recipient=recipient,
-                    data=data,
-                    pace=self.pacer.acquire if self.pacer.enabled else None,
-                )
+                accepted = await self._relay(recipient, data)
             except RelayRefused as exc:
                 RELAY_ATTEMPTS.labels(exc.code).inc()
                 if exc.slow_down:
                     self.breaker.failure()
-                    self.pacer.pause(self.settings.slow_down_seconds)
+                    self.pacer.hold(self.relay_id, self.settings.slow_down_seconds)
                 else:
                     self.breaker.success()  # the relay is healthy; it judged this message
                 if exc.permanent:
@@ -215,6 +225,36 @@ class EmailSending:
             return
         assert last is not None
         await self._fail(msg, last.code, f"retries exhausted: {last.detail}")
+
+    async def _relay(self, recipient: str, data: bytes) -> Accepted:
+        """One relay transaction, paced per relay, observed as the other senders' provider
+        requests are (accepted, rejected, busy, timeout) from after the pacer's wait."""
+        started = time.monotonic()
+
+        async def pace() -> None:
+            nonlocal started
+            await self.pacer.acquire(self.relay_id)
+            started = time.monotonic()
+
+        def observe(outcome: str, code: str) -> None:
+            seconds = time.monotonic() - started
+            observe_provider_request(sender=SENDER, outcome=outcome, code=code, seconds=seconds)
+
+        try:
+            accepted = await self.relay.send(
+                sender=self.settings.from_address, recipient=recipient, data=data, pace=pace
+            )
+        except RelayRefused as exc:
+            observe("rejected" if exc.permanent else "busy", exc.code)
+            raise
+        except RelayUnavailable as exc:
+            observe("busy", exc.code)
+            raise
+        except RelayAmbiguous as exc:
+            observe("timeout", exc.code)
+            raise
+        observe("accepted", "")
+        return accepted
 
     async def _breaker_allows(self, msg: OutboundEmail) -> bool:
         """Wait while the relay's breaker is open; False when the message expires meanwhile."""
