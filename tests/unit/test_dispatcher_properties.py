@@ -22,10 +22,10 @@ from herald_contracts import (
     QuietHours,
 )
 from herald_dispatcher.config import Settings
-from herald_dispatcher.domain.channels import choose_channel
-from herald_dispatcher.domain.windows import ContactWindow, Window
 from herald_dispatcher.policy import Dispatcher
 from herald_kit.caps import CapLimits, check_caps
+from herald_kit.channels import choose_channel
+from herald_kit.windows import ContactWindow, Window
 
 ZONES = sorted(
     z for z in zoneinfo.available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from herald_contracts import CampaignRef, ChannelAddress, ContactPreferences, MessageTemplate
-from herald_dispatcher.domain.channels import choose_channel
 from herald_dispatcher.domain.render import (
     RenderError,
     locale_chain,
@@ -17,6 +16,7 @@ from herald_dispatcher.domain.render import (
     pick_template,
     render,
 )
+from herald_kit.channels import choose_channel
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 T = MessageTemplate(body="hi")
@@ -104,7 +104,7 @@ def test_babel_formats_in_customer_locale_and_zone() -> None:
 def test_quiet_hours_across_midnight_and_dst() -> None:
     from zoneinfo import ZoneInfo
 
-    from herald_dispatcher.domain.windows import ContactWindow, Window
+    from herald_kit.windows import ContactWindow, Window
 
     london = ContactWindow(
         tz=ZoneInfo("Europe/London"),
@@ -124,7 +124,7 @@ def test_quiet_hours_across_midnight_and_dst() -> None:
 
 
 def test_no_channel_reason_names_the_one_rule_that_excluded_every_channel() -> None:
-    from herald_dispatcher.domain.channels import ChannelChoice
+    from herald_kit.channels import ChannelChoice
 
     assert ChannelChoice(None, "no-ranking").code == "no-ranking"
     consent = "no-channel-left(sms:no-consent,email:no-consent)"

@@ -9,8 +9,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from herald_contracts import CaseState, ChannelAddress, ContactPreferences, QuietHours
+from herald_kit.windows import LocalWindow, contact_window, default_legal_windows
 from herald_scheduler.domain.campaigns import CampaignIn
-from herald_scheduler.domain.dryrun import after_quiet_hours, dry_run
+from herald_scheduler.domain.dryrun import dry_run
 
 NOW = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # a Monday, 22:30 in Amsterdam
 
@@ -50,6 +51,14 @@ def _case(status: str, customers: list[str]) -> CaseState:
     return CaseState(
         case_id="case-1", version=1, customer_ids=customers, status=status, updated_at=NOW
     )
+
+
+def after_quiet_hours(at: datetime, quiet: QuietHours | None, zone: str) -> datetime:
+    """When the dry run would place an SMS for a customer with these quiet hours (no legal
+    window): the kit's contact window, which the dispatcher uses too."""
+    prefs = _prefs("q", quiet_hours=quiet, time_zone=zone)
+    window = contact_window(prefs, "sms", critical=False, legal_windows={}, critical_windows={})
+    return window.next_allowed(at)
 
 
 def test_quiet_hours_defer_to_their_end_in_the_customers_zone() -> None:
@@ -218,3 +227,40 @@ def test_caps_apply_as_the_dispatcher_applies_them() -> None:
     # Expiry before the cap frees: not contacted.
     short = run(timing={"expires_after_seconds": 3600})
     assert {o.reason for o in short.not_contacted} == {"expires-before-cap-frees"}
+
+
+def test_legal_windows_defer_as_the_dispatcher_would() -> None:
+    # 21:30 UTC: 16:30 in New York (inside 08:00-21:00), 22:30 in Amsterdam (after it).
+    contacts = {
+        "ny": _prefs("ny", time_zone="America/New_York"),
+        "ams": _prefs("ams", time_zone="Europe/Amsterdam"),
+        "ams-email": _prefs("ams-email", time_zone="Europe/Amsterdam", ranking=["email"]),
+    }
+    cases = [_case("delayed", list(contacts))]
+    legal = default_legal_windows()
+    result = dry_run(
+        _campaign(), cases=cases, customers=[], contacts=contacts, now=NOW, legal_windows=legal
+    )
+    by = {o.customer_id: o for o in result.contacted}
+    assert (by["ny"].at, by["ny"].reason) == (NOW, "ranked")
+    # SMS waits for 08:00 in Amsterdam; email has no legal window by default.
+    assert by["ams"].at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+    assert by["ams"].reason == "quiet-hours-deferred"
+    assert (by["ams-email"].channel, by["ams-email"].at) == ("email", NOW)
+    assert not any("legal contact windows" in n for n in result.notes)
+
+    # A service-critical campaign may use its own window, as the dispatcher allows.
+    critical = dry_run(
+        _campaign(critical=True),
+        cases=cases,
+        customers=[],
+        contacts=contacts,
+        now=NOW,
+        legal_windows=legal,
+        critical_windows={"sms": LocalWindow(start="07:00", end="23:00")},
+    )
+    assert {o.customer_id: o.at for o in critical.contacted}["ams"] == NOW
+
+    # Without the windows the run says what it did not predict.
+    unknown = dry_run(_campaign(), cases=cases, customers=[], contacts=contacts, now=NOW)
+    assert any("legal contact windows are not predicted" in n for n in unknown.notes)

@@ -1,28 +1,13 @@
 """Dispatcher settings (HERALD_DISPATCHER_*)."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
-from herald_kit.caps import CapLimits, default_caps
-
-HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+from herald_kit.contact_policy import ContactPolicySettings
 
 
-class LocalWindow(BaseModel):
-    """A daily window in the customer's local time, [start, end)."""
-
-    start: str = Field(pattern=HHMM)
-    end: str = Field(pattern=HHMM)
-
-
-def _default_legal() -> dict[str, dict[str, LocalWindow]]:
-    # SMS and voice only between 08:00 and 21:00 local unless a region says otherwise.
-    window = LocalWindow(start="08:00", end="21:00")
-    return {"default": {"sms": window, "voice": window}}
-
-
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ContactPolicySettings):
     """Dispatcher service settings."""
 
     model_config = SettingsConfigDict(env_prefix="HERALD_DISPATCHER_", extra="ignore", frozen=True)
@@ -50,21 +35,6 @@ class Settings(ServiceSettings):
             "Customers decided at once from a polled batch of contact requests (one customer's "
             "requests stay in order)."
         ),
-    )
-    legal_windows: dict[str, dict[str, LocalWindow]] = Field(
-        default_factory=_default_legal,
-        description=(
-            "Legal contact windows per region (ISO 3166 code of the customer's phone number, or "
-            "'default') and channel; a channel not listed has no legal window."
-        ),
-    )
-    critical_windows: dict[str, LocalWindow] = Field(
-        default_factory=dict,
-        description="Windows per channel that service-critical campaigns may use instead.",
-    )
-    caps: dict[str, CapLimits] = Field(
-        default_factory=default_caps,
-        description="Frequency caps per priority, per customer across campaigns.",
     )
     status_url: str = Field(
         default="http://127.0.0.1:8102/s/{token}",

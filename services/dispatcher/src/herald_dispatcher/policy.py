@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import phonenumbers
-
 from herald_contracts import (
     CONTACT_REQUESTED,
     DELIVERY_STATUS,
@@ -37,14 +35,14 @@ from herald_contracts import (
     utc_now,
 )
 from herald_dispatcher.adapters.store import Decisions, Ledger, RequestState, Views
-from herald_dispatcher.config import LocalWindow, Settings
-from herald_dispatcher.domain.channels import choose_channel
+from herald_dispatcher.config import Settings
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
-from herald_dispatcher.domain.windows import ContactWindow, Window, zone
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
 from herald_kit import EventProducer, LinkSigner, PermanentError
 from herald_kit.caps import CapLimits, apply_caps
 from herald_kit.cel import ExpressionError, evaluate
+from herald_kit.channels import choose_channel
+from herald_kit.windows import ContactWindow, contact_window
 
 log = logging.getLogger("herald.dispatcher")
 MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
@@ -83,10 +81,6 @@ class Decision:
     detail: str | None = None
     due_at: datetime | None = None
     reason: str | None = None  # a suppression's machine-readable reason (SUPPRESSION_REASONS)
-
-
-def _window(w: LocalWindow | None) -> Window | None:
-    return Window.parse(w.start, w.end) if w is not None else None
 
 
 class Dispatcher:
@@ -373,31 +367,12 @@ class Dispatcher:
         self, prefs: ContactPreferences, channel: Channel, *, critical: bool
     ) -> ContactWindow:
         """The customer's quiet hours and the legal window for the channel and region."""
-        legal: LocalWindow | None = None
-        if critical and channel in self.settings.critical_windows:
-            legal = self.settings.critical_windows[channel]
-        else:
-            region = "default"
-            address = prefs.channels.get(channel)
-            if channel in ("sms", "voice") and address is not None:
-                try:
-                    region = (
-                        phonenumbers.region_code_for_number(
-                            phonenumbers.parse(address.address, None)
-                        )
-                        or "default"
-                    )
-                except phonenumbers.NumberParseException:
-                    region = "default"
-            by_channel = self.settings.legal_windows.get(
-                region, self.settings.legal_windows.get("default", {})
-            )
-            legal = by_channel.get(channel)
-        quiet = prefs.quiet_hours
-        return ContactWindow(
-            tz=zone(prefs.time_zone),
-            allowed=_window(legal),
-            quiet=Window.parse(quiet.start, quiet.end) if quiet else None,
+        return contact_window(
+            prefs,
+            channel,
+            critical=critical,
+            legal_windows=self.settings.legal_windows,
+            critical_windows=self.settings.critical_windows,
         )
 
     async def _defer(

@@ -6,10 +6,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
-from herald_kit.caps import CapLimits, default_caps
+from herald_kit.contact_policy import ContactPolicySettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ContactPolicySettings):
     """Scheduler service settings."""
 
     model_config = SettingsConfigDict(env_prefix="HERALD_SCHEDULER_", extra="ignore", frozen=True)
@@ -39,10 +39,3 @@ class Settings(ServiceSettings):
         ),
     )
     dry_run_limit: int = Field(default=500, ge=1, le=10_000)
-    caps: dict[str, CapLimits] = Field(
-        default_factory=default_caps,
-        description=(
-            "Frequency caps per priority that dry runs predict with; keep equal to the "
-            "dispatcher's HERALD_DISPATCHER_CAPS, which enforces them."
-        ),
-    )

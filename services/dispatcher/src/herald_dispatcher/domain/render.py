@@ -16,7 +16,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from herald_contracts import MessageTemplate
-from herald_dispatcher.domain.windows import zone
+from herald_kit.windows import zone
 
 # Templates see the customer's locale and zone through these context names.
 LOCALE_VAR = "_locale"

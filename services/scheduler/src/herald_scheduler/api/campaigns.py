@@ -274,4 +274,6 @@ async def dry_run_draft(
         now=body.at or utc_now(),
         caps=request.app.state.settings.caps,
         history=await history.sent_times(customers, body.campaign.priority.value),
+        legal_windows=request.app.state.settings.legal_windows,
+        critical_windows=request.app.state.settings.critical_windows,
     )

@@ -1,22 +1,24 @@
 """Dry run: who a campaign would contact, on which channel and when, and who not and why.
 
-Mirrors the dispatcher's channel rules (ranking, consent per topic, valid address, a message
-for the channel), quiet hours and frequency caps: the cap rules are the dispatcher's own
-(`herald_kit.caps`), weighed against the customer's contacts of the last week (as the scheduler
-saw them on delivery.status.v1) plus the contacts this run itself predicts.
+Applies the dispatcher's own rules from the kit: channel choice (`herald_kit.channels`:
+ranking, consent per topic, valid address, a message for the channel), the customer's quiet
+hours and the legal contact window per channel and region (`herald_kit.windows`), and the
+frequency caps (`herald_kit.caps`), weighed against the customer's contacts of the last week
+(as the scheduler saw them on delivery.status.v1) plus the contacts this run itself predicts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
 
-from herald_contracts import CaseState, Channel, ContactPreferences, QuietHours
+from herald_contracts import CaseState, Channel, ContactPreferences
 from herald_kit.caps import CapLimits, apply_caps
+from herald_kit.channels import choose_channel
+from herald_kit.windows import ContactWindow, LegalWindows, LocalWindow, contact_window
 from herald_scheduler.domain.campaigns import CampaignIn, EventTrigger, ScheduleTrigger
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 
@@ -40,40 +42,12 @@ class DryRunResult(BaseModel):
     notes: list[str]
 
 
-def pick_channel(prefs: ContactPreferences, campaign: CampaignIn) -> tuple[Channel | None, str]:
-    """The first channel in the customer's ranking that every rule allows, or why none."""
-    if not prefs.ranking:
-        return None, "no-ranking"
-    reasons = []
-    for channel in prefs.ranking:
-        if not prefs.consents.get(campaign.topic, {}).get(channel, False):
-            reasons.append(f"{channel}:no-consent")
-        elif (addr := prefs.channels.get(channel)) is None or addr.status != "valid":
-            reasons.append(f"{channel}:no-valid-address")
-        elif channel not in campaign.messages:
-            reasons.append(f"{channel}:no-message")
-        else:
-            return channel, "ranked"
-    return None, "no-channel-left(" + ",".join(reasons) + ")"
-
-
-def after_quiet_hours(at: datetime, quiet: QuietHours | None, zone: str) -> datetime:
-    """`at`, or the end of the customer's quiet hours when `at` falls inside them."""
-    if quiet is None:
-        return at
+def _next_allowed(window: ContactWindow, at: datetime) -> datetime | None:
+    """The first moment from `at` the windows allow; None when they never open."""
     try:
-        tz = ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = ZoneInfo("UTC")
-    local = at.astimezone(tz)
-    start = time.fromisoformat(quiet.start)
-    end = time.fromisoformat(quiet.end)
-    now_t = local.time().replace(tzinfo=None)
-    inside = (start <= now_t < end) if start <= end else (now_t >= start or now_t < end)
-    if not inside:
-        return at
-    day = local.date() if now_t < end else local.date() + timedelta(days=1)
-    return datetime.combine(day, end, tzinfo=tz).astimezone(at.tzinfo)
+        return window.next_allowed(at)
+    except ValueError:
+        return None
 
 
 def dry_run(
@@ -85,11 +59,14 @@ def dry_run(
     now: datetime,
     caps: Mapping[str, CapLimits] | None = None,
     history: Mapping[str, list[datetime]] | None = None,
+    legal_windows: LegalWindows | None = None,
+    critical_windows: Mapping[str, LocalWindow] | None = None,
 ) -> DryRunResult:
     """Predict a campaign's contacts without sending anything.
 
     `caps` are the frequency caps per priority (none: caps are not predicted); `history` the
-    customers' earlier contacts at the campaign's priority.
+    customers' earlier contacts at the campaign's priority; `legal_windows` and
+    `critical_windows` the dispatcher's contact windows (none: only quiet hours are predicted).
     """
     yes: list[Outcome] = []
     no: list[Outcome] = []
@@ -97,6 +74,8 @@ def dry_run(
     limits = caps.get(campaign.priority.value, CapLimits()) if caps is not None else None
     if limits is None:
         notes.append("frequency caps are not predicted")
+    if legal_windows is None:
+        notes.append("legal contact windows are not predicted, only the customers' quiet hours")
     elif not campaign.limits.counts_towards_cap:
         notes.append("this campaign does not count towards frequency caps, nor is held by them")
     # Contacts this run predicts count towards the caps of the customers' next ones.
@@ -122,12 +101,24 @@ def dry_run(
         if prefs is None:
             refuse("no-preferences")
             return
-        channel, why = pick_channel(prefs, campaign)
-        if channel is None:
-            refuse(why)
+        choice = choose_channel(prefs, campaign)
+        if choice.channel is None:
+            refuse(choice.reason)
             return
-        when = after_quiet_hours(at, prefs.quiet_hours, prefs.time_zone)
-        reason = "quiet-hours-deferred" if when != at else why
+        channel = choice.channel
+        window = contact_window(
+            prefs,
+            channel,
+            critical=campaign.critical,
+            legal_windows=legal_windows or {},
+            critical_windows=critical_windows or {},
+        )
+        allowed = _next_allowed(window, at)
+        if allowed is None:
+            refuse("quiet-hours(windows never open)", channel)
+            return
+        when = allowed
+        reason = "quiet-hours-deferred" if when != at else choice.reason
         if expires is not None and when >= triggered + timedelta(seconds=expires):
             refuse("expires-before-quiet-hours-end", channel)
             return
@@ -144,7 +135,7 @@ def dry_run(
                 refuse(f"frequency-cap({capped.cap})", channel)
                 return
             if capped.action == "defer" and capped.due is not None:
-                when = after_quiet_hours(capped.due, prefs.quiet_hours, prefs.time_zone)
+                when = _next_allowed(window, capped.due) or capped.due
                 reason = f"frequency-cap-deferred({capped.cap})"
                 if expires is not None and when >= triggered + timedelta(seconds=expires):
                     refuse("expires-before-cap-frees", channel)

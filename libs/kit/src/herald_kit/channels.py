@@ -1,10 +1,26 @@
-"""Channel choice: the customer's ranking, filtered by consent, address and campaign messages."""
+"""Channel choice: the customer's ranking, filtered by consent, address and campaign messages.
+
+Shared by the dispatcher (which chooses at send time) and the scheduler's dry run (which
+predicts the choice), so the two can never disagree.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from herald_contracts import CampaignRef, Channel, ContactPreferences
+from herald_contracts import Channel, ContactPreferences
+
+
+class Campaign(Protocol):
+    """What channel choice reads of a campaign (a CampaignRef, or a campaign being defined)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def messages(self) -> Mapping[Any, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +42,7 @@ class ChannelChoice:
 
 
 def choose_channel(
-    prefs: ContactPreferences, campaign: CampaignRef, *, exclude: frozenset[str] = frozenset()
+    prefs: ContactPreferences, campaign: Campaign, *, exclude: frozenset[str] = frozenset()
 ) -> ChannelChoice:
     """The first channel in the customer's ranking that every rule allows."""
     if not prefs.ranking:

@@ -1,17 +1,42 @@
 """Quiet hours and legal contact windows, in the customer's local time.
 
-Every instant this module returns as "allowed" has been checked against the rules on the real
-UTC instant converted to the customer's zone, so daylight-saving gaps and folds cannot make a
-candidate slip outside a window.
+Pure rules shared by the dispatcher (which applies them at send time) and the scheduler's dry
+run (which predicts them), so the two can never disagree. Every instant this module returns as
+"allowed" has been checked against the rules on the real UTC instant converted to the
+customer's zone, so daylight-saving gaps and folds cannot make a candidate slip outside a
+window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
+from pydantic import BaseModel, Field
+
+from herald_contracts import Channel, ContactPreferences
+
 MINUTES_PER_DAY = 24 * 60
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class LocalWindow(BaseModel):
+    """A daily window in the customer's local time, [start, end) (configuration)."""
+
+    start: str = Field(pattern=HHMM)
+    end: str = Field(pattern=HHMM)
+
+
+LegalWindows = Mapping[str, Mapping[str, LocalWindow]]
+
+
+def default_legal_windows() -> dict[str, dict[str, LocalWindow]]:
+    """SMS and voice only between 08:00 and 21:00 local unless a region says otherwise."""
+    window = LocalWindow(start="08:00", end="21:00")
+    return {"default": {"sms": window, "voice": window}}
 
 
 def parse_hhmm(value: str) -> int:
@@ -95,3 +120,44 @@ class ContactWindow:
             if self.permits(at):
                 return at
         raise ValueError("the windows never open")  # only when allowed and quiet cover the day
+
+
+def _window(w: LocalWindow | None) -> Window | None:
+    return Window.parse(w.start, w.end) if w is not None else None
+
+
+def region_of(prefs: ContactPreferences, channel: Channel) -> str:
+    """The region (ISO 3166) of the customer's number on a phone channel; 'default' else."""
+    address = prefs.channels.get(channel)
+    if channel not in ("sms", "voice") or address is None:
+        return "default"
+    try:
+        number = phonenumbers.parse(address.address, None)
+    except phonenumbers.NumberParseException:
+        return "default"
+    return phonenumbers.region_code_for_number(number) or "default"
+
+
+def contact_window(
+    prefs: ContactPreferences,
+    channel: Channel,
+    *,
+    critical: bool,
+    legal_windows: LegalWindows,
+    critical_windows: Mapping[str, LocalWindow],
+) -> ContactWindow:
+    """The customer's quiet hours and the legal window for the channel and the region of the
+    customer's number (a service-critical campaign may use its own window per channel)."""
+    legal: LocalWindow | None
+    if critical and channel in critical_windows:
+        legal = critical_windows[channel]
+    else:
+        region = region_of(prefs, channel)
+        by_channel = legal_windows.get(region, legal_windows.get("default", {}))
+        legal = by_channel.get(channel)
+    quiet = prefs.quiet_hours
+    return ContactWindow(
+        tz=zone(prefs.time_zone),
+        allowed=_window(legal),
+        quiet=Window.parse(quiet.start, quiet.end) if quiet else None,
+    )
