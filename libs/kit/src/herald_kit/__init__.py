@@ -9,7 +9,7 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
-from herald_kit._batching import IdLoader, InsertBatcher, UpdateBatcher
+from herald_kit._batching import CounterBatcher, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "ConcurrentConsumerLoop",
     "Conflict",
     "ConsumerLoop",
+    "CounterBatcher",
     "DecodeError",
     "Doc",
     "Event",

@@ -125,7 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.stats_consumer.handle(record)
 
     runtime.consume("scheduler-timers", [Topics.TIMERS_REQUESTS], on_timer)
+    # Counting is commutative and guarded per status: many customers' statuses at once.
     runtime.consume(
-        "scheduler-stats", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
+        "scheduler-stats",
+        [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES],
+        on_outcome,
+        concurrency=settings.match_concurrency,
     )
     return app

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc
+from herald_kit import Doc, InsertBatcher
 from herald_kit.caps import WEEK
 
 
@@ -21,6 +21,7 @@ class ContactHistory:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.history = db["contact_history"]
+        self._new = InsertBatcher(self.history)
 
     async def note(self, *, customer_id: str, priority: str, request_id: str, at: datetime) -> None:
         """One contact (idempotent by request id; a redelivered status changes nothing)."""
@@ -31,7 +32,10 @@ class ContactHistory:
             return
         recent = [c for c in held if c["at"] > at - WEEK]
         recent.append({"r": request_id, "at": at})
-        # Statuses are keyed by customer: one consumer writes a customer's rows at a time.
+        # Statuses are keyed by customer: one consumer writes a customer's rows at a time. A
+        # customer's first contact is an insert (an upsert costs a read and a write on FerretDB).
+        if doc is None and await self._new.insert({"_id": key, "recent": recent}):
+            return
         await self.history.update_one({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
 
     async def sent_times(self, customer_ids: list[str], priority: str) -> dict[str, list[datetime]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, insert_if_absent
+from herald_kit import CounterBatcher, Doc, InsertBatcher, insert_if_absent
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -29,9 +29,14 @@ class StatsRepository:
         self.stats = db["stats"]
         self.seen = db["stats_seen"]
         self.messages = db["stats_messages"]
+        # Statuses of many customers are counted at once: guards and message rows go in as one
+        # insert, and a window's increments of one campaign as one update of its counters.
+        self._seen = InsertBatcher(self.seen)
+        self._messages = InsertBatcher(self.messages)
+        self._counts = CounterBatcher(self.stats)
 
     async def _count(self, campaign_id: str, inc: dict[str, int]) -> None:
-        await self.stats.update_one({"_id": campaign_id}, {"$inc": inc}, upsert=True)
+        await self._counts.add(campaign_id, inc)
 
     async def requested(self, campaign_id: str, request_ids: list[str]) -> None:
         """Requests emitted for a campaign (event triggers and timers), once per request id."""
@@ -57,12 +62,11 @@ class StatsRepository:
         reason: str | None,
     ) -> bool:
         """One status of one message; False when already counted."""
-        await self.messages.update_one(
-            {"_id": message_id},
-            {"$setOnInsert": {"campaign_id": campaign_id, "channel": channel}},
-            upsert=True,
+        # The message's campaign, for replies to it (the first status of a message writes it).
+        await self._messages.insert(
+            {"_id": message_id, "campaign_id": campaign_id, "channel": channel}
         )
-        if not await insert_if_absent(self.seen, {"_id": f"st|{message_id}|{status}"}):
+        if not await self._seen.insert({"_id": f"st|{message_id}|{status}"}):
             return False
         inc = {f"channels.{channel}.{_field(status)}": 1}
         if status in ("failed", "undelivered") and reason:
@@ -78,7 +82,7 @@ class StatsRepository:
         Per campaign by reason, and per channel when the dispatcher had chosen one (a frequency
         cap, say) — a contact suppressed before any channel was chosen has no channel.
         """
-        if not await insert_if_absent(self.seen, {"_id": f"sup|{request_id}"}):
+        if not await self._seen.insert({"_id": f"sup|{request_id}"}):
             return False
         why = _field(reason)
         inc = {f"suppressed_by_reason.{why}": 1}
@@ -95,7 +99,7 @@ class StatsRepository:
         msg = await self.messages.find_one({"_id": message_id})
         if msg is None:
             return False
-        if not await insert_if_absent(self.seen, {"_id": f"re|{reply_id}"}):
+        if not await self._seen.insert({"_id": f"re|{reply_id}"}):
             return False
         inc = {
             f"channels.{msg['channel']}.engaged": 1,
