@@ -68,9 +68,12 @@ def create_app(
     async def on_outcome(record: ConsumerRecord[bytes, bytes]) -> None:
         await handle_outcome(app.state.dispatcher, settings.topic_namespace, record)
 
-    runtime.consume("dispatcher-views", VIEW_TOPICS, on_view)
-    # A polled batch is decided concurrently across customers; one customer's requests stay in
-    # order (caps, supersession and the request ledger are per customer).
+    # Every consumer runs a polled batch concurrently across keys, one key's records in order:
+    # a customer's or case's snapshots (newest version wins), a customer's requests (caps,
+    # supersession and the request ledger are per customer), a customer's statuses and replies.
+    runtime.consume(
+        "dispatcher-views", VIEW_TOPICS, on_view, concurrency=settings.request_concurrency
+    )
     runtime.consume(
         "dispatcher",
         [Topics.CONTACT_REQUESTS],
@@ -78,6 +81,9 @@ def create_app(
         concurrency=settings.request_concurrency,
     )
     runtime.consume(
-        "dispatcher-outcomes", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_outcome
+        "dispatcher-outcomes",
+        [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES],
+        on_outcome,
+        concurrency=settings.request_concurrency,
     )
     return app

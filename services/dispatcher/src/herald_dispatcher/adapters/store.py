@@ -7,10 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import CaseState, ContactPreferences
-from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher, insert_if_absent
+from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit.caps import WEEK
 
 
@@ -23,21 +22,30 @@ class Views:
         # Decisions of many customers run at once: their reads go to the database together.
         self._contact = IdLoader(self.contacts)
         self._case = IdLoader(self.cases)
+        # Snapshots of many keys are applied at once: their version reads and first inserts too.
+        self._versions = {
+            self.contacts.name: IdLoader(self.contacts, projection={"version": 1}),
+            self.cases.name: IdLoader(self.cases, projection={"version": 1}),
+        }
+        self._inserts = {
+            self.contacts.name: InsertBatcher(self.contacts),
+            self.cases.name: InsertBatcher(self.cases),
+        }
 
     async def _upsert_newer(self, coll: Any, key: str, version: int, body: Doc) -> None:
         # Filters on _id alone: FerretDB v1 scans the collection when an update's filter has
-        # any other field. One consumer owns each key's partition, so read-then-write is safe;
-        # the version check still keeps a redelivered older snapshot from winning.
+        # any other field. One consumer owns each key's partition and handles a key's records
+        # in order, so read-then-write is safe; the version check still keeps a redelivered
+        # older snapshot from winning.
         for _ in range(3):
-            current = await coll.find_one({"_id": key}, {"version": 1})
+            current = await self._versions[coll.name].get(key)
             if current is not None and current.get("version", 0) >= version:
                 return
             if current is None:
-                try:
-                    await coll.insert_one({"_id": key, "version": version, "body": body})
+                doc = {"_id": key, "version": version, "body": body}
+                if await self._inserts[coll.name].insert(doc):
                     return
-                except DuplicateKeyError:
-                    continue
+                continue
             await coll.replace_one({"_id": key}, {"version": version, "body": body})
             return
 
@@ -131,6 +139,7 @@ class Ledger:
         self._contact_updates = UpdateBatcher(self.contacts)
         self._attempts = InsertBatcher(self.attempts)
         self._outcome = IdLoader(self.outcomes)
+        self._new_outcome = InsertBatcher(self.outcomes)
 
     async def ensure_indexes(self) -> None:
         """Attempts by customer and case (replies without a message id)."""
@@ -206,14 +215,13 @@ class Ledger:
 
     async def mark(self, request_id: str, field: str) -> bool:
         """Set a request's outcome flag ('delivered', 'engaged'); True when it is new."""
+        # Most flags are a request's first (an insert, batched); a second flag is an update.
+        if await self._new_outcome.insert({"_id": request_id, field: True}):
+            return True
         result = await self.outcomes.update_one(
             {"_id": request_id, field: {"$ne": True}}, {"$set": {field: True}}, upsert=False
         )
-        if result.modified_count:
-            return True
-        if await self.outcomes.find_one({"_id": request_id}) is None:
-            return await insert_if_absent(self.outcomes, {"_id": request_id, field: True})
-        return False
+        return bool(result.modified_count)
 
     async def outcome(self, request_id: str) -> Doc:
         """A request's outcome flags."""
