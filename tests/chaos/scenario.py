@@ -369,7 +369,7 @@ class Reconciliation:
         for dlq, n in sorted(self.dlq.items()):
             lines.append(f"  DLQ {dlq:<40} {n:>9,}")
         for kind, samples in self.anomalies.items():
-            lines.append(f"  e.g. {kind}: {', '.join(samples[:5])}")
+            lines.append(f"  {kind} x{len(samples):,}, e.g. {', '.join(samples[:3])}")
         return "\n".join(lines)
 
 
@@ -430,8 +430,8 @@ async def reconcile(scenario: Scenario, *, kafka: str, mongo_uri: str) -> Reconc
                 rows["unaccounted: no decision"] += 1
                 flag("no-decision", cust)
                 continue
-            if len(outcomes) > 1:
-                flag("conflicting-decisions", cust)
+            if len(outcomes) > 1:  # e.g. sent, then 'ignored' when redelivered after a kill
+                flag(f"several decisions ({'+'.join(sorted(outcomes))})", cust)
             d = decisions[rid][0]
             outcome = d["outcome"]
             if outcome == "sent":

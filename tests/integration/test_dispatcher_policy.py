@@ -308,6 +308,34 @@ async def test_delayed_send_uses_latest_state_and_sends_once(harness: Harness) -
     assert sms[0].body == "Your engineer arrives at 16:00."
 
 
+async def test_a_request_decided_again_after_a_crash_is_still_sent_not_superseded(
+    harness: Harness,
+) -> None:
+    h = harness
+    prefs = _customer()
+    campaign = _campaign()
+    v1 = _case(prefs.customer_id, 1, 14)
+    request = _request(prefs, campaign, v1)
+    await _publish(h, prefs, v1)
+    await h.view_holds(v1)
+    await _publish(h, request)
+    [first] = await h.decided(prefs.customer_id, 1)
+    assert (first["outcome"], first["rule"]) == ("sent", "ranked")
+    # A crash after the emission, before the decision was recorded: the claim stays, the
+    # decision is gone, and the request comes again (its offset was never committed).
+    removed = await h.db["decisions"].delete_many({"request_id": request.request_id})
+    assert removed.deleted_count == 1
+    await _publish(h, request)
+    [again] = await h.decided(prefs.customer_id, 1)
+    # The customer heard of version 1 from this very request: not "already told", but sent,
+    # with the same message id (the sender's ledger sends it once).
+    assert (again["outcome"], again["rule"]) == ("sent", "ranked")
+    assert again["message_id"] == first["message_id"]
+    assert {m.message_id for m in await eventually(lambda: h.sms(prefs.customer_id))} == {
+        first["message_id"]
+    }
+
+
 async def test_older_request_is_superseded_by_a_newer_one(harness: Harness) -> None:
     h = harness
     prefs = _customer()

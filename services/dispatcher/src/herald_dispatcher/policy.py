@@ -294,7 +294,15 @@ class Dispatcher:
                 detail=f"a request for case version {state.order} exists",
                 reason="superseded",
             )
-        if first and case is not None and state.told >= case.version:
+        # A request that told this version itself is being decided again (a crash after its
+        # emission, before its decision was recorded): it goes on, and emits the same message
+        # id, which the sender's ledger sends once.
+        if (
+            first
+            and case is not None
+            and state.told >= case.version
+            and (state.told_by != request.request_id)
+        ):
             decision = Decision(
                 "suppressed",
                 "superseded",
@@ -547,7 +555,7 @@ class Dispatcher:
             FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
         if state is not None:
             told = case.version if case is not None else 0
-            writes.append(self.ledger.save_request_state(state, told=told))
+            writes.append(self.ledger.save_request_state(state, told=told, by=request.request_id))
         # Independent documents: write them concurrently, all before the offset is committed.
         await asyncio.gather(*writes)
         if nxt is not None and campaign.escalate_after_seconds is not None:

@@ -120,6 +120,7 @@ class RequestState:
     order: int
     told: int
     stored: tuple[int, int] | None
+    told_by: str | None = None  # the request whose contact told the customer `told`
 
 
 class Ledger:
@@ -152,24 +153,31 @@ class Ledger:
         if doc is None:
             return RequestState(key, order=order, told=0, stored=None)
         stored = (int(doc.get("order", 0)), int(doc.get("told", 0)))
-        return RequestState(key, order=max(order, stored[0]), told=stored[1], stored=stored)
+        return RequestState(
+            key,
+            order=max(order, stored[0]),
+            told=stored[1],
+            stored=stored,
+            told_by=doc.get("told_by"),
+        )
 
-    async def save_request_state(self, state: RequestState, *, told: int = 0) -> None:
-        """Write what the decision learnt (a newer order, a version told) in one write: an insert
-        the first time (cheap and batched on FerretDB), else one `$max` update when it moved.
-        Requests of one customer are decided one at a time (keyed partitions), and `$max`
-        keeps the newest values should two writers ever meet."""
-        state.told = max(state.told, told)
+    async def save_request_state(
+        self, state: RequestState, *, told: int = 0, by: str | None = None
+    ) -> None:
+        """Write what the decision learnt (a newer order, a version told and by which request)
+        in one write: an insert the first time (cheap and batched on FerretDB), else one update
+        when it moved. Requests of one customer are decided one at a time (keyed partitions),
+        so the values read are the values to move on from."""
+        if told > state.told:
+            state.told, state.told_by = told, by
+        body = {"order": state.order, "told": state.told, "told_by": state.told_by}
         if state.stored is None:
-            body = {"_id": state.key, "order": state.order, "told": state.told}
-            if await self._new_latest.insert(body):
+            if await self._new_latest.insert({"_id": state.key, **body}):
                 state.stored = (state.order, state.told)
                 return
         elif (state.order, state.told) == state.stored:
             return
-        await self._latest_updates.update(
-            {"_id": state.key}, {"$max": {"order": state.order, "told": state.told}}
-        )
+        await self._latest_updates.update({"_id": state.key}, {"$set": body})
         state.stored = (state.order, state.told)
 
     async def sent_times(
