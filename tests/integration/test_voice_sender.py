@@ -197,10 +197,19 @@ async def test_webhooks_reject_unsigned_tampered_and_unknown(env: Env) -> None:
     assert len(env.replies.items) == before
 
 
-async def test_a_callback_request_calls_the_customer_and_connects_an_agent(env: Env) -> None:
+@pytest.mark.parametrize(
+    ("locale", "language"),
+    [
+        (None, "en-US"),  # no locale on the reply: English
+        ("zh", "zh-CN"),  # the SMS answered was written from the campaign's zh template
+    ],
+)
+async def test_a_callback_calls_the_customer_in_their_language_and_connects_an_agent(
+    env: Env, locale: str | None, language: str
+) -> None:
     phone = unique_phone()
     reply = EngagementReply(
-        reply_id="sms-SMcallback1",
+        reply_id=f"sms-SMcallback-{locale or 'none'}",
         customer_id="cust-cb",
         channel="sms",
         intent="callback",
@@ -209,29 +218,12 @@ async def test_a_callback_request_calls_the_customer_and_connects_an_agent(env: 
         case_id="case-1",
         at=utc_now(),
         callback_number=phone,
+        locale=locale,
     )
     await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)
     await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)  # a redelivery
     call = await env.answered_call(phone)
-    assert f"<Dial>{AGENT}</Dial>" in call["twiml"][0]
-    assert 'language="en-US"' in call["twiml"][0]  # no locale on the reply: English
-    assert len(await env.calls_to(phone)) == 1
-
-
-async def test_a_callback_speaks_the_language_the_customer_was_addressed_in(env: Env) -> None:
-    phone = unique_phone()
-    reply = EngagementReply(
-        reply_id="web-callback-zh",
-        customer_id="cust-cb-zh",
-        channel="web",
-        intent="callback",
-        case_id="case-1",
-        at=utc_now(),
-        callback_number=phone,
-        locale="zh",  # the SMS answered was written from the campaign's zh template
-    )
-    await env.producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id)
-    call = await env.answered_call(phone)
     twiml = call["twiml"][0]
-    assert ivr.PROMPTS["zh"].callback in twiml and 'language="zh-CN"' in twiml
     assert f"<Dial>{AGENT}</Dial>" in twiml
+    assert ivr.prompts_for(language).callback in twiml and f'language="{language}"' in twiml
+    assert len(await env.calls_to(phone)) == 1
