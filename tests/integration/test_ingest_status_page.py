@@ -117,6 +117,15 @@ async def _link(s: Served, case_id: str, locale: str) -> str:
     return url
 
 
+async def _customer_page(s: Served, browser: Any, locale: str) -> tuple[str, Any]:
+    """A new case, and a browser page open on its status link in `locale`."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(s, case_id)
+    page = await browser.new_page()
+    await page.goto(await _link(s, case_id, locale))
+    return case_id, page
+
+
 async def _replies(infra: dict[str, str], s: Served) -> list[Any]:
     consumer = AIOKafkaConsumer(
         Topics.ENGAGEMENT_REPLIES.name(s.namespace),
@@ -142,11 +151,7 @@ async def _replies(infra: dict[str, str], s: Served) -> list[Any]:
 async def test_customer_sees_state_in_english_and_confirms(
     served: Served, browser: Any, infra: dict[str, str]
 ) -> None:
-    case_id = f"sp-{uuid.uuid4().hex[:8]}"
-    await _open_case(served, case_id)
-    url = await _link(served, case_id, "en-GB")
-    page = await browser.new_page()
-    await page.goto(url)
+    case_id, page = await _customer_page(served, browser, "en-GB")
     assert await page.text_content("#status") == "engineer booked"
     assert await page.text_content("#summary") == "No hot water"
     assert "Ada" in (await page.text_content("#appointment") or "")
@@ -174,10 +179,7 @@ async def test_customer_sees_state_in_english_and_confirms(
 
 
 async def test_customer_sees_the_page_in_chinese(served: Served, browser: Any) -> None:
-    case_id = f"sp-{uuid.uuid4().hex[:8]}"
-    await _open_case(served, case_id)
-    page = await browser.new_page()
-    await page.goto(await _link(served, case_id, "zh-CN"))
+    _, page = await _customer_page(served, browser, "zh-CN")
     assert await page.get_attribute("html", "lang") == "zh-CN"
     assert "您的服务单" in (await page.text_content("h1") or "")
     assert "2026年11月25日" in (await page.text_content("#appointment") or "")
@@ -218,11 +220,7 @@ async def test_expired_tampered_and_foreign_links_are_refused(served: Served) ->
 async def test_customer_asks_for_a_call_back_on_the_number_they_type(
     served: Served, browser: Any, infra: dict[str, str]
 ) -> None:
-    case_id = f"sp-{uuid.uuid4().hex[:8]}"
-    await _open_case(served, case_id)
-    url = await _link(served, case_id, "en-GB")
-    page = await browser.new_page()
-    await page.goto(url)
+    case_id, page = await _customer_page(served, browser, "en-GB")
     # A national number is read in the region of the link's locale (GB).
     await page.fill("#callback-number", "020 7946 0018")
     await page.click("#btn-callback")
