@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from herald_contracts import (
     DELIVERY_STATUS,
@@ -313,7 +314,7 @@ async def test_list_pages_through_every_contact(api: httpx.AsyncClient) -> None:
 
 
 async def test_bulk_import_applies_valid_rows_and_reports_the_others(
-    api: httpx.AsyncClient, snapshots: Snapshots
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
 ) -> None:
     existing = contact()
     assert (await api.post("/v1/contacts", json=existing)).status_code == 201
@@ -347,11 +348,59 @@ async def test_bulk_import_applies_valid_rows_and_reports_the_others(
         history = (await api.get(f"/v1/contacts/{c['customer_id']}/consents")).json()
         assert {e["source"] for e in history["entries"]} == {"import"}
         await snapshots.until(c["customer_id"], lambda s: s != "tombstone")
-    # A rejected row left nothing behind.
+    # A rejected row left nothing behind, and the existing contact's evidence is its own.
     assert (await api.get(f"/v1/contacts/{rows[1]['customer_id']}")).status_code == 404
+    history = (await api.get(f"/v1/contacts/{existing['customer_id']}/consents")).json()
+    assert {e["source"] for e in history["entries"]} == {"api"}
+    ledger = app.state.repo.ledger
+    assert {e["source"] async for e in ledger.find({"customer_id": existing["customer_id"]})} == {
+        "api"
+    }
     # JSON arrays work too.
     r = await api.post("/v1/contacts/import", json=[contact()])
     assert r.json()["accepted"] == 1
+
+
+async def test_an_import_interrupted_after_its_ledger_copy_leaves_no_evidence_behind(
+    app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    repo = app.state.repo
+    rows = [contact(), contact()]
+
+    async def crash(docs: Any) -> set[int]:
+        raise AutoReconnect("the database went away here")
+
+    repo.create_many = crash  # the ledger entries are in, the contacts never will be
+    r = await api.post("/v1/contacts/import", json=rows)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    ids = [row["customer_id"] for row in rows]
+
+    async def cleaned() -> bool:
+        left = [e async for e in repo.ledger.find({"customer_id": {"$in": ids}})]
+        return not left and await repo.outbox.count_documents({"batch": {"$exists": True}}) == 0
+
+    await eventually(cleaned)
+    for cid in ids:
+        assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
+
+
+async def test_an_import_interrupted_before_publishing_is_published_by_the_republisher(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    outbox = app.state.outbox
+
+    async def crash(docs: Any, marker: str) -> None:
+        raise KafkaConnectionError("broker went away")
+
+    outbox.flush_new = crash
+    rows = [contact(), contact()]
+    r = await api.post("/v1/contacts/import", json=rows)
+    assert r.json()["accepted"] == 2  # durable; publishing is the republisher's job now
+    for row in rows:
+        snap = await snapshots.until(row["customer_id"], lambda s: s != "tombstone")
+        assert snap.consents == {"service-updates": {"email": True, "sms": True}}
+        history = (await api.get(f"/v1/contacts/{row['customer_id']}/consents")).json()
+        assert [e["proof"].startswith("import:") for e in history["entries"]] == [True, True]
 
 
 async def test_snapshot_is_not_lost_when_kafka_fails_after_the_write(

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -98,6 +100,21 @@ def install_problem_handlers(app: FastAPI) -> None:
             str(exc.detail),
             instance=request.url.path,
             headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(ConnectionFailure)
+    @app.exception_handler(KafkaError)
+    async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+        # The database or the broker failed mid-request: nothing half-done is reported as done
+        # (writers leave outbox markers first), so the caller may retry.
+        log.warning(
+            "dependency failed on %s", request.url.path, extra={"error": type(exc).__name__}
+        )
+        return problem(
+            503,
+            "Service unavailable",
+            "The database or the message broker did not answer; retry shortly.",
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

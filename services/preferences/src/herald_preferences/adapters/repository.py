@@ -3,7 +3,8 @@
 No transactions (FerretDB v1), so a write that changes consent stores the new ledger entries in
 the contact document itself (`pending`) with the same single-document, version-checked write;
 `flush` copies them into the ledger (deterministic ids: a second copy is a no-op) and the
-publisher clears them. A crash between the two loses nothing.
+publisher clears them. A crash between the two loses nothing. An import of new contacts copies
+its entries to the ledger before inserting the contacts instead (see create_imported).
 """
 
 from __future__ import annotations
@@ -137,15 +138,42 @@ class ContactRepository:
                 return int(marker["n"])
         raise RuntimeError("could not leave a flush marker")
 
-    async def intend_many(
-        self, batch_id: str, customer_ids: Sequence[str], *, now: datetime
-    ) -> str:
-        """One marker for a whole import batch; its id."""
+    async def create_imported(
+        self, batch_id: str, docs: Sequence[Doc], *, now: datetime
+    ) -> tuple[str, set[int]]:
+        """Insert new contacts from one import batch; the flush marker and the indexes of the
+        contacts that already existed.
+
+        Ledger first, then contacts, so no entry waits in the contact document (`pending`): a
+        contact's document is the larger part of an import's database work. The batch's
+        entries carry the batch in their ids (see entries_for), so they never stand in for
+        another writer's entry; those of rows that turned out to exist are deleted, and the
+        marker, written first, names every row and its entry count so the republisher can
+        finish the same after a crash (a contact whose `ledger_ids` name the entries is the
+        batch's; otherwise the entries are removed).
+        """
+        entries = [list(d.get("pending", [])) for d in docs]
+        rows = [{k: v for k, v in d.items() if k != "pending"} for d in docs]
         marker_id = f"import:{batch_id}"
         await self.outbox.insert_one(
-            {"_id": marker_id, "n": 0, "at": now, "customers": list(customer_ids)}
+            {
+                "_id": marker_id,
+                "n": 0,
+                "at": now,
+                "batch": batch_id,
+                "customers": [d["_id"] for d in rows],
+                "entries": [len(e) for e in entries],
+            }
         )
-        return marker_id
+        await self.copy_to_ledger([e for row in entries for e in row])
+        existing = await self.create_many(rows)
+        await self.drop_ledger([e["_id"] for i in existing for e in entries[i]])
+        return marker_id, existing
+
+    async def drop_ledger(self, entry_ids: Sequence[str]) -> None:
+        """Delete ledger entries by id (an import batch's entries of rows it did not create)."""
+        if entry_ids:
+            await self.ledger.delete_many({"_id": {"$in": list(entry_ids)}})
 
     async def done(self, marker_id: str, n: int) -> None:
         """Clear a flush marker unless someone claimed it again since."""

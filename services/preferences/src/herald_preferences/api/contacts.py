@@ -426,6 +426,7 @@ async def import_contacts(
         rows_of: list[int] = []
         seen: set[str] = set()
         now = utc_now()
+        batch = uuid.uuid4().hex
         for n, raw in enumerate(rows):
             cid = raw.get("customer_id") if isinstance(raw, dict) else None
             cid = cid if isinstance(cid, str) else None
@@ -444,6 +445,8 @@ async def import_contacts(
                     source="import",
                     actor=who.name,
                     now=now,
+                    proof=f"import:{batch}",
+                    id_suffix=batch,
                 )
             except ValidationError as exc:
                 first = exc.errors()[0]
@@ -471,8 +474,7 @@ async def import_contacts(
             seen.add(body.customer_id)
             docs.append(doc)
             rows_of.append(n)
-        marker = await repo.intend_many(uuid.uuid4().hex, [d["_id"] for d in docs], now=utc_now())
-        existing = await repo.create_many(docs)
+        marker, existing = await repo.create_imported(batch, docs, now=utc_now())
         for i in sorted(existing):
             errors.append(
                 RowError(

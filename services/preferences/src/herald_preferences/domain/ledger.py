@@ -93,6 +93,11 @@ def diff(before: Consent, desired: Mapping[str, Mapping[Any, bool]]) -> list[Cha
     return changes
 
 
+def entry_id(customer_id: str, version: int, n: int, suffix: str | None = None) -> str:
+    """The id of the n-th entry a contact's write at `version` made (see entries_for)."""
+    return f"{customer_id}:{version}:{n}" + (f":{suffix}" if suffix else "")
+
+
 def entries_for(
     customer_id: str,
     changes: Iterable[Change],
@@ -102,12 +107,14 @@ def entries_for(
     actor: str,
     at: datetime,
     proof: str | None = None,
+    id_suffix: str | None = None,
 ) -> list[dict[str, Any]]:
     """Ledger rows for changes written at `version`; ids are deterministic so a re-flush is a
-    no-op."""
+    no-op. `id_suffix` makes them unique to one writer (an import batch), whose entries are
+    copied before the contact exists and must never take the id of another writer's entry."""
     return [
         {
-            "_id": f"{customer_id}:{version}:{n}",
+            "_id": entry_id(customer_id, version, n, id_suffix),
             "customer_id": customer_id,
             "version": version,
             "n": n,

@@ -72,11 +72,19 @@ def _with_consent(
     actor: str,
     now: datetime,
     proof: str | None,
+    id_suffix: str | None = None,
 ) -> Doc:
     """base plus the new ledger entries queued in `pending`, and consent folded from the whole
     ledger (stored entries, entries still queued, and the new ones)."""
     new = entries_for(
-        customer_id, changes, version=version, source=source, actor=actor, at=now, proof=proof
+        customer_id,
+        changes,
+        version=version,
+        source=source,
+        actor=actor,
+        at=now,
+        proof=proof,
+        id_suffix=id_suffix,
     )
     ledger = list(ledger)
     copied = {e["_id"] for e in ledger}
@@ -112,12 +120,14 @@ def next_contact(
     actor: str,
     now: datetime,
     extra_changes: Iterable[Change] = (),
+    proof: str | None = None,
+    id_suffix: str | None = None,
 ) -> Doc:
     """The stored contact after a create/replace/patch/import: addresses normalised (a kept
     address keeps its status), consent changes written to the ledger and folded.
 
     extra_changes are channel-wide entries the caller adds (the preference centre lifting a
-    STOP) in the same write.
+    STOP) in the same write; proof and id_suffix go on the new ledger entries (entries_for).
     """
     ledger = list(ledger)
     channels = normalised_channels(contact, region=region)
@@ -148,7 +158,8 @@ def next_contact(
         source=source,
         actor=actor,
         now=now,
-        proof=None,
+        proof=proof,
+        id_suffix=id_suffix,
     )
 
 

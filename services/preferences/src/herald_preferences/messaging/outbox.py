@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
 from herald_kit import Doc, EventProducer, encode
 from herald_preferences.adapters.repository import ContactRepository
+from herald_preferences.domain.ledger import entry_id
 from herald_preferences.domain.service import snapshot
 
 log = logging.getLogger("herald.preferences.outbox")
@@ -84,8 +85,7 @@ class Outbox:
             log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
 
     async def flush_new(self, docs: Sequence[Doc], marker: str) -> None:
-        """Flush freshly inserted contacts in bulk: one ledger insert, pipelined publishes."""
-        await self.repo.copy_to_ledger([e for d in docs for e in d.get("pending", [])])
+        """Publish freshly imported contacts (their ledger entries are in already), pipelined."""
         raw = self.producer.raw
         topic = self.producer.topic_name(Topics.CONTACTS_PREFERENCES)
         futures = []
@@ -108,14 +108,30 @@ class Outbox:
         """Flush what markers older than `grace` name; how many markers were cleared."""
         done = 0
         for marker in await self.repo.due(older_than=utc_now() - grace):
-            customers = marker.get("customers") or [marker["_id"]]
-            ok = True
-            for customer_id in customers:
-                ok = await self.flush(customer_id) and ok
+            if "batch" in marker:
+                ok = await self._finish_import(marker)
+            else:
+                ok = True
+                for customer_id in marker.get("customers") or [marker["_id"]]:
+                    ok = await self.flush(customer_id) and ok
             if ok:
                 await self.repo.done(marker["_id"], marker["n"])
                 done += 1
         return done
+
+    async def _finish_import(self, marker: Doc) -> bool:
+        """Finish an import batch a crash interrupted (see ContactRepository.create_imported):
+        publish the contacts it created, remove its entries of rows it did not create."""
+        batch = marker["batch"]
+        ok = True
+        for customer_id, count in zip(marker["customers"], marker["entries"], strict=True):
+            doc = await self.repo.get(customer_id)
+            ids = [entry_id(customer_id, 1, n, batch) for n in range(count)]
+            if doc is not None and all(i in doc.get("ledger_ids", ()) for i in ids):
+                ok = await self.flush(customer_id) and ok
+            else:
+                await self.repo.drop_ledger(ids)
+        return ok
 
     def start(self, *, interval: float) -> None:
         """Run the republisher in the background."""
