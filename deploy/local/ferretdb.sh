@@ -23,7 +23,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 #   per-collection lock across the read and the write: single-document atomicity, as on MongoDB;
 # - an update command kept every update's query rows (one pooled connection each, 100 in all)
 #   open until it returned, so a bulk_write of over 100 updates hung FerretDB. The patch closes
-#   them after each update.
+#   them after each update;
+# - every SQL statement was logged twice at debug level, and slog's Logger.With formats its
+#   attributes (the statement's arguments: whole documents) before the level is checked, so a
+#   quarter of the server's CPU went into quoting strings nobody reads. The patch checks the
+#   level first.
 # We build from a copy of the pinned module with the patch (go.mod `replace` through -modfile).
 patched_module() {
   local mod dir="$HERALD_CACHE/ferretdb-patched"
@@ -37,9 +41,9 @@ patched_module() {
 
 install() {
   command -v go >/dev/null || die "go is required"
-  # go.mod/go.sum pin the version; the stamp rebuilds the binary when they or the patch change.
+  # go.mod/go.sum pin the version; the stamp rebuilds the binary when they, main.go or the patch change.
   local stamp="$HERALD_CACHE/bin/ferretdb.sha256" want
-  want=$(cat "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/sqlite-fixes.patch" | sha256sum | cut -d' ' -f1)
+  want=$(cat "$HERE/ferretdb/main.go" "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/sqlite-fixes.patch" | sha256sum | cut -d' ' -f1)
   if [[ -x "$FERRET_BIN" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
   log "building FerretDB with go install (first time takes a minute)"
   mkdir -p "$HERALD_CACHE/bin"
@@ -57,7 +61,8 @@ start() {
   # synchronous(normal): WAL commits without an fsync each (see docs/architecture.md).
   nohup "$FERRET_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DATA/?_pragma=synchronous(normal)" \
     --listen-addr="$FERRET_HOST:$FERRET_PORT" \
-    --log-level="${HERALD_MONGO_LOG_LEVEL:-error}" >> "$FERRET_LOG" 2>&1 &
+    --log-level="${HERALD_MONGO_LOG_LEVEL:-error}" \
+    --debug-addr="${HERALD_MONGO_DEBUG_ADDR:-}" >> "$FERRET_LOG" 2>&1 &
   echo $! > "$FERRET_PID"
   wait_port "$FERRET_HOST" "$FERRET_PORT" 30 "$FERRET_PID" || { tail -20 "$FERRET_LOG" >&2; die "FerretDB did not start"; }
   log "ready"

@@ -10,6 +10,8 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only with --debug-addr
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,6 +25,7 @@ func main() {
 	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite URI (a directory) for the sqlite handler")
 	pgURL := flag.String("postgresql-url", "", "PostgreSQL URL for the postgresql handler")
 	level := flag.String("log-level", "warn", "log level: debug, info, warn, error")
+	debugAddr := flag.String("debug-addr", "", "serve Go's /debug/pprof on this address (off when empty)")
 	flag.Parse()
 
 	var lvl slog.Level
@@ -42,6 +45,15 @@ func main() {
 	if err != nil {
 		logger.Error("cannot start FerretDB", "error", err)
 		os.Exit(1)
+	}
+
+	if *debugAddr != "" {
+		go func() {
+			// Profiling the local database under a benchmark: go tool pprof http://ADDR/debug/pprof/profile
+			if err := http.ListenAndServe(*debugAddr, nil); err != nil {
+				logger.Error("debug listener stopped", "error", err)
+			}
+		}()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
