@@ -134,7 +134,6 @@ async def bench(env: BenchEnv) -> list[Figure]:
         mongo_uri=env.mongo,
         mongo_db=f"bench_ingest_{uuid.uuid4().hex[:8]}",
         topic_namespace=ns,
-        consumer_batch=500,
         log_level="WARNING",
     )
     producer = AIOKafkaProducer(
@@ -183,7 +182,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
     finally:
         await watcher.stop()
         await producer.stop()
-    note = f"{n:,} events over {CASES:,} cases; batch 500; 6 partitions"
+    note = f"{n:,} events over {CASES:,} cases; batch {settings.consumer_batch}; 6 partitions"
     return [
         Figure("ingest", "raw consume+produce (single hop)", raw_rate, "msg/s", f"{n:,} msgs"),
         Figure("ingest", "ingest events -> cases.changes", drain_rate, "events/s", note),

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+
+def _span_id() -> str:
+    # Trace and span ids need to be unique, not secret: like OpenTelemetry's RandomIdGenerator,
+    # take them from `random` (an os.urandom read per id cost a syscall per published event).
+    # All zeros is invalid in W3C trace context.
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +27,12 @@ class TraceContext:
 
     def child(self) -> TraceContext:
         """A new span in the same trace."""
-        return TraceContext(self.trace_id, secrets.token_hex(8))
+        return TraceContext(self.trace_id, _span_id())
 
     @classmethod
     def new(cls) -> TraceContext:
         """A fresh trace."""
-        return cls(secrets.token_hex(16), secrets.token_hex(8))
+        return cls(f"{random.getrandbits(128) or 1:032x}", _span_id())
 
     @classmethod
     def parse(cls, value: str | None) -> TraceContext | None:

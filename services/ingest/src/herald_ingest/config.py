@@ -16,6 +16,14 @@ class Settings(ServiceSettings):
     port: int = 8102
     mongo_db: str = "herald_ingest"
     max_batch: int = Field(default=500, ge=1, le=10_000)
+    consumer_batch: int = Field(
+        default=2000,
+        ge=1,
+        le=10_000,
+        description="Records per poll of events.inbound.v1. A poll's events are applied with a "
+        "few round trips per partition however many they are, so a large batch is what keeps up "
+        "with a backlog; when traffic is light a poll returns what is there at once.",
+    )
     custom_event_types: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Custom event types: type name -> JSON Schema (draft 2020-12) of its data. "
