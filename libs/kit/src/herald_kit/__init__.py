@@ -9,7 +9,13 @@ from herald_kit._auth import (
     new_key,
     require_scopes,
 )
-from herald_kit._batching import CounterBatcher, IdLoader, InsertBatcher, UpdateBatcher
+from herald_kit._batching import (
+    Coalescer,
+    CounterBatcher,
+    IdLoader,
+    InsertBatcher,
+    UpdateBatcher,
+)
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
@@ -48,6 +54,7 @@ __all__ = [
     "PROBLEM",
     "ApiKeyEntry",
     "CircuitBreaker",
+    "Coalescer",
     "ConcurrentConsumerLoop",
     "Conflict",
     "ConsumerLoop",

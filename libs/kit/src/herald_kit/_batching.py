@@ -25,8 +25,12 @@ K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
 
-class _Coalescer(Generic[K, R]):
-    """Calls within `window` seconds (or `max_batch` of them) run as one `run(batch)`."""
+class Coalescer(Generic[K, R]):
+    """Calls within `window` seconds (or `max_batch` of them) run as one `run(batch)`.
+
+    With `max_in_flight`, at most that many `run`s go at once and calls made meanwhile wait
+    for the next one (group commit): the busier the database, the larger the batches.
+    """
 
     def __init__(
         self,
@@ -34,12 +38,14 @@ class _Coalescer(Generic[K, R]):
         *,
         window: float,
         max_batch: int,
+        max_in_flight: int | None = None,
     ) -> None:
         self._run = run
         self.window = window
         self.max_batch = max_batch
         self._pending: list[tuple[K, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     async def call(self, item: K) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -52,10 +58,20 @@ class _Coalescer(Generic[K, R]):
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
-        self._flusher = None
-        await self._flush()
+        if self._slots is None:
+            self._flusher = None
+            await self._flush()
+            return
+        async with self._slots:
+            # Calls made while waiting for a slot join this batch (no new flusher meanwhile).
+            self._flusher = None
+            await self._flush(slotted=True)
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, slotted: bool = False) -> None:
+        if self._slots is not None and not slotted:
+            async with self._slots:
+                await self._flush(slotted=True)
+            return
         batch, self._pending = self._pending, []
         if not batch:
             return
@@ -82,9 +98,7 @@ class InsertBatcher:
         self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 500
     ) -> None:
         self.rows = rows
-        self._c: _Coalescer[Any, bool] = _Coalescer(
-            self._insert, window=window, max_batch=max_batch
-        )
+        self._c: Coalescer[Any, bool] = Coalescer(self._insert, window=window, max_batch=max_batch)
 
     async def insert(self, doc: Doc) -> bool:
         """True when inserted, False when a row with this _id already exists."""
@@ -115,7 +129,7 @@ class IdLoader:
     ) -> None:
         self.rows = rows
         self.projection = projection
-        self._c: _Coalescer[Any, Doc | None] = _Coalescer(
+        self._c: Coalescer[Any, Doc | None] = Coalescer(
             self._load, window=window, max_batch=max_batch
         )
 
@@ -138,7 +152,7 @@ class UpdateBatcher:
         self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 200
     ) -> None:
         self.rows = rows
-        self._c: _Coalescer[Any, None] = _Coalescer(self._write, window=window, max_batch=max_batch)
+        self._c: Coalescer[Any, None] = Coalescer(self._write, window=window, max_batch=max_batch)
 
     async def update(self, flt: Doc, change: Doc, *, upsert: bool = False) -> None:
         """Apply one update with the batch; an error of the batch is raised to every caller."""
@@ -157,7 +171,7 @@ class CounterBatcher:
         self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 500
     ) -> None:
         self.rows = rows
-        self._c: _Coalescer[Any, None] = _Coalescer(self._write, window=window, max_batch=max_batch)
+        self._c: Coalescer[Any, None] = Coalescer(self._write, window=window, max_batch=max_batch)
 
     async def add(self, key: Any, inc: dict[str, int]) -> None:
         """Add these increments to the document `key` (created when absent)."""

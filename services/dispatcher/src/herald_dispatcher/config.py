@@ -28,13 +28,21 @@ class Settings(ServiceSettings, ContactPolicySettings):
         description="At start, how long requests wait for the local views to catch up.",
     )
     request_concurrency: int = Field(
-        default=32,
+        default=256,
         ge=1,
-        le=256,
+        le=1024,
         description=(
             "Customers decided at once from a polled batch of contact requests (one customer's "
-            "requests stay in order)."
+            "requests stay in order). A decision mostly waits on database round trips, which "
+            "concurrent decisions share (see herald_kit's batching), so throughput grows with "
+            "it until the CPU is busy: 32 gave 463 decisions/s on the benchmark, 256 gave 613."
         ),
+    )
+    consumer_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Records per poll; the concurrency above can only use what a poll holds.",
     )
     status_url: str = Field(
         default="http://127.0.0.1:8102/s/{token}",

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _wire() -> None:
         repo = CaseRepository(runtime.db)
         await repo.ensure_indexes()
-        processor = Processor(repo, runtime.producer)
+        processor = Processor(repo, runtime.producer, max_batch=settings.consumer_batch)
         app.state.repo = repo
         app.state.processor = processor
         inbound.processor = processor

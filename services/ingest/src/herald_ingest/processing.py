@@ -25,7 +25,7 @@ from herald_contracts import (
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import Projection, apply, order_key
-from herald_kit import Doc, EventProducer, RetryableError, encode
+from herald_kit import Coalescer, Doc, EventProducer, RetryableError, encode
 
 log = logging.getLogger("herald.ingest")
 
@@ -77,9 +77,25 @@ def _timeline_entry(event: InboundEvent, now: datetime) -> Doc:
 class Processor:
     """Idempotent: a redelivered event is acknowledged, not reapplied; a crash mid-way resumes."""
 
-    def __init__(self, repo: CaseRepository, producer: EventProducer) -> None:
+    def __init__(
+        self, repo: CaseRepository, producer: EventProducer, *, max_batch: int = 2000
+    ) -> None:
         self.repo = repo
         self.producer = producer
+        # HTTP intake: concurrent requests (often one event each) share process_batch calls,
+        # two at most in flight, so a burst of posts costs a few batches, not a batch each.
+        self._intake: Coalescer[InboundEvent, Outcome] = Coalescer(
+            self._intake_batch, window=0.002, max_batch=max_batch, max_in_flight=2
+        )
+
+    async def submit(self, events: Sequence[InboundEvent]) -> list[Outcome]:
+        """process_batch for one caller's events, batched with other callers' (their order
+        kept); outcomes in the order given."""
+        return list(await asyncio.gather(*(self._intake.call(e) for e in events)))
+
+    async def _intake_batch(self, events: list[InboundEvent]) -> list[Outcome | BaseException]:
+        outcomes: list[Outcome | BaseException] = [*await self.process_batch(events)]
+        return outcomes
 
     async def process(self, event: InboundEvent, *, now: datetime | None = None) -> Outcome:
         """Apply the event and publish the change; safe to call again for the same event."""

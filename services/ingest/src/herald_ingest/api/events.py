@@ -124,7 +124,7 @@ async def post_events(request: Request, who: Writer) -> Any:
             results[index] = EventResult(
                 index=index, id=_id_of(raw), result="rejected", field=exc.field, reason=exc.reason
             )
-    outcomes = await processor.process_batch([event for _, event in valid])
+    outcomes = await processor.submit([event for _, event in valid])
     for (index, event), outcome in zip(valid, outcomes, strict=True):
         results[index] = EventResult(index=index, id=event.id, result=outcome.value)
     ordered = [results[i] for i in range(len(items))]
