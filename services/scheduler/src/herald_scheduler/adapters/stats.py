@@ -7,12 +7,13 @@ loses that one count rather than doubling it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import CounterBatcher, Doc, InsertBatcher, insert_if_absent
+from herald_kit import CounterBatcher, Doc, InsertBatcher
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -40,10 +41,11 @@ class StatsRepository:
 
     async def requested(self, campaign_id: str, request_ids: list[str]) -> None:
         """Requests emitted for a campaign (event triggers and timers), once per request id."""
-        fresh = 0
-        for rid in request_ids:
-            if await insert_if_absent(self.seen, {"_id": f"req|{rid}"}):
-                fresh += 1
+        # One insert_many for the lot (the guards of concurrent callers join it too).
+        inserted = await asyncio.gather(
+            *(self._seen.insert({"_id": f"req|{r}"}) for r in request_ids)
+        )
+        fresh = sum(inserted)
         if fresh:
             await self._count(campaign_id, {"requested": fresh})
 
