@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.campaigns.ensure_indexes()
         timers = TimerRepository(db)
         await timers.ensure_indexes()
+        await timers.index_pending_keys()
         fires = FireRepository(db)
         await fires.ensure_indexes()
         app.state.contacts = ContactView(db, dry_run_limit=settings.dry_run_limit)

@@ -1,13 +1,19 @@
 """Durable timers: rows with a due time, claimed atomically by any replica, fired once.
 
-No TTL indexes or change streams on FerretDB v1, so replicas poll for due rows and claim one at
-a time with findOneAndUpdate; a claim is a lease, so a replica that dies mid-fire leaves a row
-that another replica fires after the lease (with the same request id, which the dispatcher
-dedupes).
+No TTL indexes or change streams on FerretDB v1, so replicas poll for due rows and claim each
+with a conditional findOneAndUpdate by `_id`; a claim is a lease, so a replica that dies
+mid-fire leaves a row that another replica fires after the lease (with the same request id,
+which the dispatcher dedupes).
+
+FerretDB v1 serves only `_id` filters from an index (docs/architecture.md): any other filter
+reads the whole collection. So one query finds a batch of due rows and each is claimed by
+`_id`, rather than a sorted findOneAndUpdate (a full read) per row; and cancellation by key
+reads `timer_keys` (key -> timer ids) by `_id` instead of updating by `key`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +21,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, insert_if_absent
+from herald_kit import Doc, InsertBatcher, insert_if_absent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -25,6 +31,8 @@ class TimerRepository:
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.timers = db["timers"]
+        self.keys = db["timer_keys"]
+        self._new_keys = InsertBatcher(self.keys)
 
     async def ensure_indexes(self) -> None:
         """Due rows by time; cancellation by key."""
@@ -60,12 +68,31 @@ class TimerRepository:
         }
         if reply is not None:
             row["reply"] = reply
+        # The key first: a crash in between leaves a key naming no row, never a row that a
+        # cancel cannot find.
+        await self._index_key(key, timer_id)
         return await insert_if_absent(self.timers, row)
+
+    async def index_pending_keys(self) -> int:
+        """At start: name every pending timer under its key (rows written before `timer_keys`
+        existed); how many rows were read. Idempotent."""
+        rows = [r async for r in self.timers.find({"state": "pending"}, {"key": 1})]
+        await asyncio.gather(*(self._index_key(r["key"], r["_id"]) for r in rows if "key" in r))
+        return len(rows)
+
+    async def _index_key(self, key: str, timer_id: str) -> None:
+        # Most keys name one timer: an insert (batched); a further timer under it, an update.
+        if await self._new_keys.insert({"_id": key, "ids": [timer_id]}):
+            return
+        await self.keys.update_one({"_id": key}, {"$addToSet": {"ids": timer_id}})
 
     async def cancel(self, key: str, *, now: datetime) -> int:
         """Cancel every pending timer under a key; how many were cancelled."""
+        index = await self.keys.find_one({"_id": key})
+        if index is None:
+            return 0
         result = await self.timers.update_many(
-            {"key": key, "state": "pending"},
+            {"_id": {"$in": list(index["ids"])}, "key": key, "state": "pending"},
             {"$set": {"state": "cancelled", "cancelled_at": now}},
         )
         return result.modified_count
@@ -97,6 +124,7 @@ class TimerRepository:
             "created_at": now,
         }
         if await insert_if_absent(self.timers, row):
+            await self._index_key(key, key)
             return "opened"
         joined = await self.timers.update_one(
             {"_id": key, "state": "pending", "case_version": {"$lt": case_version}},
@@ -126,12 +154,29 @@ class TimerRepository:
         )
         return bool(done.modified_count)
 
-    async def claim_due(self, *, now: datetime, lease: timedelta) -> Doc | None:
-        """Claim the earliest due, unclaimed timer for this replica, or None."""
+    async def due(self, *, now: datetime, limit: int) -> list[str]:
+        """Ids of due, unclaimed timers, earliest first (claim each with `claim`)."""
+        cursor = (
+            self.timers.find(
+                {"state": "pending", "due_at": {"$lte": now}, "claimed_until": {"$lte": now}},
+                {"_id": 1},
+            )
+            .sort("due_at", ASCENDING)
+            .limit(limit)
+        )
+        return [d["_id"] async for d in cursor]
+
+    async def claim(self, timer_id: str, *, now: datetime, lease: timedelta) -> Doc | None:
+        """Claim one due timer for this replica; None when another replica claimed it, it was
+        cancelled, or it is not due."""
         return await self.timers.find_one_and_update(
-            {"state": "pending", "due_at": {"$lte": now}, "claimed_until": {"$lte": now}},
+            {
+                "_id": timer_id,
+                "state": "pending",
+                "due_at": {"$lte": now},
+                "claimed_until": {"$lte": now},
+            },
             {"$set": {"claimed_until": now + lease, "claim": uuid.uuid4().hex}},
-            sort=[("due_at", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
 

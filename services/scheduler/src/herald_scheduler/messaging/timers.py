@@ -113,10 +113,10 @@ class TimerService:
     async def fire_due(self, limit: int = 500) -> int:
         """Fire up to `limit` due timers; how many were settled."""
         settled = 0
-        while settled < limit:
-            row = await self.timers.claim_due(now=utc_now(), lease=self.lease)
+        for timer_id in await self.timers.due(now=utc_now(), limit=limit):
+            row = await self.timers.claim(timer_id, now=utc_now(), lease=self.lease)
             if row is None:
-                break
+                continue  # another replica took it, or it was cancelled meanwhile
             if row.get("reply") is not None:
                 settled += await self._fire_reply(row)
                 continue
