@@ -4,6 +4,7 @@ commits only after the handler's effects are durable and sends what it cannot pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,8 @@ from herald_kit._metrics import CONSUMED, DLQ, HANDLE_SECONDS, LAG, PRODUCED
 from herald_kit._settings import ServiceSettings
 
 log = logging.getLogger("herald.kafka")
+# Errors after which an idempotent producer refuses every later send (see EventProducer.recover).
+POISONED_PRODUCER: tuple[type[BaseException], ...] = (OutOfOrderSequenceNumber,)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -141,6 +144,7 @@ class EventProducer:
         self.settings = settings
         self.source = source
         self._producer: AIOKafkaProducer | None = None
+        self._restart = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect."""
@@ -158,6 +162,30 @@ class EventProducer:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    async def recover(self, exc: BaseException) -> bool:
+        """Replace the producer when `exc` says it can no longer publish; True when it did.
+
+        After a broker restart an idempotent producer can be refused every send with
+        OutOfOrderSequenceNumber (the broker no longer knows its sequence numbers, and aiokafka
+        does not reset them as the Java client does): only a new producer, with a new producer
+        id, publishes again. Sends that failed are retried by their callers, and consumers
+        dedupe by event id, so nothing is lost or applied twice.
+        """
+        if not isinstance(exc, POISONED_PRODUCER) or self._producer is None:
+            return False
+        poisoned = self._producer
+        async with self._restart:
+            if self._producer is not poisoned:
+                return True  # another caller replaced it already
+            log.warning(
+                "producer refused by the broker; starting a new one",
+                extra={"error": type(exc).__name__},
+            )
+            await self.start()
+        with contextlib.suppress(Exception):
+            await poisoned.stop()
+        return True
 
     @property
     def raw(self) -> AIOKafkaProducer:
@@ -382,6 +410,7 @@ class ConsumerLoop:
                     CONSUMED.labels(self.group, base, "retried").inc()
                     await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
                 except INFRA_ERRORS as exc:
+                    await self.producer.recover(exc)
                     attempt += 1
                     CONSUMED.labels(self.group, base, "retried").inc()
                     log.warning(

@@ -110,6 +110,10 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.warning(
             "dependency failed on %s", request.url.path, extra={"error": type(exc).__name__}
         )
+        runtime = getattr(request.app.state, "runtime", None)
+        producer = getattr(runtime, "producer", None)
+        if producer is not None:
+            await producer.recover(exc)  # a producer the broker refuses for good is replaced
         return problem(
             503,
             "Service unavailable",
