@@ -29,6 +29,7 @@ from herald_contracts import (
     TimerRequest,
     Topics,
 )
+from herald_scheduler.adapters.timers import TimerRepository
 from support import eventually
 
 
@@ -320,3 +321,39 @@ async def test_pausing_halts_a_fan_out_and_a_paused_schedule_fires_nothing(
     # was settled, and nothing was sent after it.
     got = await requests.wait_for(lambda items: len(items) >= row["requested"])
     assert len({r.customer_id for r in got if r.campaign.id == cid}) == row["requested"]
+
+
+async def test_timers_written_before_the_key_index_can_still_be_cancelled(
+    infra: dict[str, str], db_name: Callable[[str], str]
+) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra["mongo"])
+    try:
+        repo = TimerRepository(client[db_name("scheduler")])
+        now = datetime.now(UTC)
+        # A row as an earlier version wrote it (no timer_keys entry), and one written now.
+        await repo.timers.insert_one(
+            {
+                "_id": "old",
+                "kind": "timer",
+                "key": "escalate:r1:1",
+                "state": "pending",
+                "due_at": now + timedelta(hours=1),
+                "claimed_until": now,
+                "request": None,
+            }
+        )
+        assert await repo.schedule(
+            timer_id="new",
+            key="escalate:r1:1",
+            due_at=now + timedelta(hours=1),
+            request=None,
+            now=now,
+        )
+        assert await repo.index_pending_keys() == 2
+        assert await repo.index_pending_keys() == 0  # once per database
+        assert await repo.cancel("escalate:r1:1", now=now) == 2
+        assert await repo.cancel("escalate:nobody:1", now=now) == 0
+        states = {d["_id"]: d["state"] async for d in repo.timers.find({})}
+        assert states == {"old": "cancelled", "new": "cancelled"}
+    finally:
+        await client.close()

@@ -32,6 +32,7 @@ class TimerRepository:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.timers = db["timers"]
         self.keys = db["timer_keys"]
+        self.migrations = db["migrations"]
         self._new_keys = InsertBatcher(self.keys)
 
     async def ensure_indexes(self) -> None:
@@ -74,10 +75,14 @@ class TimerRepository:
         return await insert_if_absent(self.timers, row)
 
     async def index_pending_keys(self) -> int:
-        """At start: name every pending timer under its key (rows written before `timer_keys`
-        existed); how many rows were read. Idempotent."""
+        """Once per database: name every pending timer under its key (rows written before
+        `timer_keys` existed); how many rows were read. Later rows are named when scheduled,
+        so a restart reads nothing; a crash midway repeats it, harmlessly."""
+        if await self.migrations.find_one({"_id": "timer_keys"}) is not None:
+            return 0
         rows = [r async for r in self.timers.find({"state": "pending"}, {"key": 1})]
         await asyncio.gather(*(self._index_key(r["key"], r["_id"]) for r in rows if "key" in r))
+        await insert_if_absent(self.migrations, {"_id": "timer_keys"})
         return len(rows)
 
     async def _index_key(self, key: str, timer_id: str) -> None:
