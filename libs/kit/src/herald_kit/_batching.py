@@ -11,6 +11,7 @@ so the consumer's retries and DLQ work as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -58,30 +59,23 @@ class Coalescer(Generic[K, R]):
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
-        if self._slots is None:
-            self._flusher = None
-            await self._flush()
-            return
-        async with self._slots:
-            # Calls made while waiting for a slot join this batch (no new flusher meanwhile).
-            self._flusher = None
-            await self._flush(slotted=True)
+        await self._flush(flusher=True)
 
-    async def _flush(self, *, slotted: bool = False) -> None:
-        if self._slots is not None and not slotted:
-            async with self._slots:
-                await self._flush(slotted=True)
-            return
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            results = await self._run([item for item, _ in batch])
-        except Exception as exc:  # an outage: every waiter sees it, and its consumer retries
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+    async def _flush(self, *, flusher: bool = False) -> None:
+        async with self._slots or contextlib.nullcontext():
+            if flusher:
+                # Calls made while waiting for a slot joined this batch (no new flusher).
+                self._flusher = None
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                results = await self._run([item for item, _ in batch])
+            except Exception as exc:  # an outage: every waiter sees it, and its consumer retries
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue

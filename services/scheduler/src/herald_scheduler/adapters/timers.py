@@ -128,8 +128,8 @@ class TimerRepository:
             "request": request,
             "created_at": now,
         }
+        # Not under timer_keys: nothing cancels a coalescing window by key.
         if await insert_if_absent(self.timers, row):
-            await self._index_key(key, key)
             return "opened"
         joined = await self.timers.update_one(
             {"_id": key, "state": "pending", "case_version": {"$lt": case_version}},
