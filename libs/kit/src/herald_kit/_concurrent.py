@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -32,10 +33,11 @@ class ConcurrentConsumerLoop(ConsumerLoop):
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
-        limit = asyncio.Semaphore(max(1, self.concurrency))
 
-        async def lane(records: list[ConsumerRecord[bytes, bytes]]) -> None:
-            async with limit:
+        async def worker(lanes: Iterator[list[ConsumerRecord[bytes, bytes]]]) -> None:
+            # Workers take the next lane as they finish one: no task or semaphore wait per lane
+            # (asyncio's Semaphore checks every waiter on each acquire before Python 3.12).
+            for records in lanes:
                 for record in records:
                     await self._handle_one(record)
 
@@ -56,7 +58,10 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                     lanes[(tp, record.key)].append(record)
                 ends[tp] = records[-1].offset + 1
             # Every record is handled (or sent to the DLQ) before any offset is committed.
-            await asyncio.gather(*(lane(rs) for rs in lanes.values()))
+            queue = iter(list(lanes.values()))
+            await asyncio.gather(
+                *(worker(queue) for _ in range(min(max(1, self.concurrency), len(lanes))))
+            )
             try:
                 # One request for every partition of the batch: commits cost a round trip each.
                 await consumer.commit(ends)

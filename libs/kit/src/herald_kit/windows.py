@@ -9,6 +9,7 @@ window.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -131,11 +132,16 @@ def region_of(prefs: ContactPreferences, channel: Channel) -> str:
     address = prefs.channels.get(channel)
     if channel not in ("sms", "voice") or address is None:
         return "default"
+    return _number_region(address.address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_region(number: str) -> str:
     try:
-        number = phonenumbers.parse(address.address, None)
+        parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
         return "default"
-    return phonenumbers.region_code_for_number(number) or "default"
+    return phonenumbers.region_code_for_number(parsed) or "default"
 
 
 def contact_window(

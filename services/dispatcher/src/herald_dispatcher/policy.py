@@ -257,6 +257,9 @@ class Dispatcher:
     ) -> Decision:
         campaign = request.campaign
         first = request.attempt == 1 and request.escalation_of is None
+        case_json = (
+            case.model_dump(mode="json") if case else {}
+        )  # what conditions and templates see
         # 1. expiry
         if request.expires_at is not None and request.expires_at <= now:
             return Decision("suppressed", "expired", reason="expired")
@@ -268,7 +271,7 @@ class Dispatcher:
                 return Decision("suppressed", "escalation-success", detail="customer reached")
         # 2. still applies, against the latest case state
         if campaign.still_applies:
-            variables = {"case": case.model_dump(mode="json") if case else {}}
+            variables = {"case": case_json}
             try:
                 applies = evaluate(campaign.still_applies, variables)
             except ExpressionError as exc:
@@ -283,7 +286,7 @@ class Dispatcher:
                 )
         # 3. superseded by a newer request for the same campaign and case
         if request.case_id is None:
-            return await self._reach(request, prefs, case, now, None)
+            return await self._reach(request, prefs, case, case_json, now, None)
         key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
         order = request.case_version or (request.case_state.version if request.case_state else 0)
         state = await self.ledger.request_state(key, order)
@@ -310,7 +313,7 @@ class Dispatcher:
                 reason="superseded",
             )
         else:
-            decision = await self._reach(request, prefs, case, now, state)
+            decision = await self._reach(request, prefs, case, case_json, now, state)
         if decision.outcome != "sent":  # a sent decision wrote the state with what was told
             await self.ledger.save_request_state(state)
         return decision
@@ -320,6 +323,7 @@ class Dispatcher:
         request: ContactRequest,
         prefs: ContactPreferences,
         case: CaseState | None,
+        case_json: dict[str, Any],
         now: datetime,
         state: RequestState | None,
     ) -> Decision:
@@ -369,7 +373,7 @@ class Dispatcher:
                     due = capped.due
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
-        return await self._emit(request, prefs, case, channel, now, state)
+        return await self._emit(request, prefs, case, case_json, channel, now, state)
 
     def contact_window(
         self, prefs: ContactPreferences, channel: Channel, *, critical: bool
@@ -433,6 +437,7 @@ class Dispatcher:
         request: ContactRequest,
         prefs: ContactPreferences,
         case: CaseState | None,
+        case_json: dict[str, Any],
         channel: Channel,
         now: datetime,
         state: RequestState | None,
@@ -440,7 +445,7 @@ class Dispatcher:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
         variables: dict[str, Any] = {
-            "case": case.model_dump(mode="json") if case else {},
+            "case": case_json,
             "contact": {"customer_id": prefs.customer_id, "locale": prefs.locale},
             "campaign": {"id": campaign.id, "name": campaign.name},
             "links": self._links(request, prefs),

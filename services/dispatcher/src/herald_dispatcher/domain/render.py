@@ -23,6 +23,7 @@ LOCALE_VAR = "_locale"
 TZ_VAR = "_tz"
 
 
+@functools.lru_cache(maxsize=256)
 def babel_locale(tag: str) -> Locale:
     """A Babel locale for a BCP 47 tag, falling back along its chain, then to English."""
     for candidate in locale_chain(tag):
