@@ -44,6 +44,30 @@ async def client(
         ({"messages": {"sms": {"en": {"body": "{{ case.colour }}"}}}}, "messages", "case.colour"),
         ({"messages": {"sms": {"en": {"body": "{{ secrets }}"}}}}, "messages", "secrets"),
         (
+            {"messages": {"sms": {"en": {"body": "{{ case.status | nosuchfilter }}"}}}},
+            "messages",
+            "nosuchfilter",
+        ),
+        (
+            {
+                "messages": {
+                    "email": {"en": {"body": "x", "html": "{{ case.case_id is nosuchtest }}"}}
+                }
+            },
+            "messages",
+            "email.en.html: template does not compile: No test named 'nosuchtest'",
+        ),
+        (
+            {"messages": {"sms": {"en": {"body": '{{ case["colour"] }}'}}}},
+            "messages",
+            "case.colour",
+        ),
+        (
+            {"messages": {"sms": {"en": {"body": '{{ campaign["secret"] }}'}}}},
+            "messages",
+            "campaign.secret",
+        ),
+        (
             {"timing": {"delay_seconds": 600, "expires_after_seconds": 60}},
             "timing",
             "expires_after_seconds",
