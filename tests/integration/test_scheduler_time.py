@@ -4,6 +4,8 @@ replicas, and an audience fan-out that resumes after a crash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,7 @@ from herald_contracts import (
     Topics,
 )
 from herald_scheduler.adapters.timers import TimerRepository
+from herald_scheduler.domain.campaigns import fire_key
 from support import eventually
 
 
@@ -217,6 +220,85 @@ async def test_two_replicas_emit_each_fire_once(
     complete = [k for k, n in per_fire.items() if n == len(audience)]
     assert len(complete) >= len(per_fire) - 1  # only a fire cut short by the pause may be partial
     assert len({r.request_id for r in items}) == len(items)
+
+
+@pytest.mark.parametrize("death", ["crashed", "stalled"])
+async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_lease(
+    death: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    """crashed: the holder's process is gone (no renewal, no jobs, no release). stalled: only
+    its renewal stopped, so its APScheduler keeps firing beside the new holder's until it
+    notices; fire keys keep each fire once either way."""
+    db = db_name("scheduler")
+    audience = ["cust-a", "cust-b"]
+    await publish_audience(publisher, audience)
+    leases = mongo[db]["leases"]
+    async with scheduler(infra, namespace, db, instance_id="one") as one:
+
+        async def view_ready() -> bool:
+            return await mongo[db]["contacts"].count_documents({}) == len(audience)
+
+        await eventually(view_ready)
+        cid = await active_campaign(one, trigger=SCHEDULE_EVERY_SECOND)
+        fires: set[str] = set()
+
+        def fired(n: int) -> Callable[[list[ContactRequest]], bool]:
+            def check(items: list[ContactRequest]) -> bool:
+                fires.update(r.trigger_key for r in items)
+                return len(fires) >= n
+
+            return check
+
+        await requests.wait_for(fired(2))
+        async with scheduler(infra, namespace, db, instance_id="two") as two:
+            standby = two._transport.app.state.schedules  # type: ignore[attr-defined]
+            lease = await leases.find_one({"_id": "schedules"})
+            assert lease is not None and lease["holder"] == "one" and not standby.leading
+            # The holder dies: its renewal loop ends without the release a clean stop does.
+            runner = one._transport.app.state.schedules  # type: ignore[attr-defined]
+            runner._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner._task
+            if death == "crashed":
+                await runner._step_down()
+            died = datetime.now(UTC)
+            # While the dead holder's lease runs, the standby does not take it.
+            await standby.tick()
+            assert not standby.leading
+            lease = await leases.find_one({"_id": "schedules"})
+            assert lease is not None and lease["holder"] == "one" and lease["until"] > died
+
+            async def taken_over() -> bool:
+                lease = await leases.find_one({"_id": "schedules"})
+                return lease is not None and lease["holder"] == "two" and standby.leading
+
+            await eventually(taken_over)
+            took_over = datetime.now(UTC)
+            # Not before the lease (2 s, renewed every 0.3 s) ran out.
+            assert took_over - died >= timedelta(seconds=1)
+            # The new holder fires the schedule: fires scheduled after the takeover go out.
+            after = fire_key(took_over + timedelta(seconds=1))
+
+            def fired_after(items: list[ContactRequest]) -> bool:
+                fires.update(r.trigger_key for r in items)
+                return sum(1 for k in fires if k > after) >= 2
+
+            await requests.wait_for(fired_after)
+            assert (await two.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
+    items = await requests.poll()
+    pairs = Counter((r.trigger_key, r.customer_id) for r in items)
+    assert all(n == 1 for n in pairs.values()), pairs
+    assert len({r.request_id for r in items}) == len(items)
+    # No fire was lost in the gap: the new holder caught up on the seconds nobody fired.
+    keys = sorted(fires)
+    seconds = [datetime.strptime(k, "fire:%Y-%m-%dT%H:%M:%SZ") for k in keys]
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(seconds)), keys
 
 
 async def test_killed_fan_out_resumes_and_completes_without_duplicates(
