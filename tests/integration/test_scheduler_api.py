@@ -122,6 +122,35 @@ async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncC
     assert r.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "prepare,action,status",
+    [
+        (["archive"], "resume", "archived"),
+        (["archive"], "activate", "archived"),
+        (["archive"], "archive", "archived"),
+        ([], "pause", "draft"),
+        ([], "resume", "draft"),
+        (["activate"], "activate", "active"),
+    ],
+)
+async def test_a_disallowed_status_change_is_a_conflict_naming_the_status(
+    client: httpx.AsyncClient, prepare: list[str], action: str, status: str
+) -> None:
+    cid = (await client.post("/v1/campaigns", json=campaign_body())).json()["id"]
+    for step in prepare:
+        assert (await client.post(f"/v1/campaigns/{cid}/{step}")).status_code == 200
+    r = await client.post(f"/v1/campaigns/{cid}/{action}")
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["status"] == 409 and problem["field"] == "status", problem
+    assert problem["detail"] == f"cannot {action} a campaign that is {status}", problem
+    # Nothing changed.
+    assert (await client.get(f"/v1/campaigns/{cid}")).json()["status"] == status
+    r = await client.post(f"/v1/campaigns/nope/{action}")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem")
+
+
 async def test_read_only_key_cannot_write(client: httpx.AsyncClient) -> None:
     from support import READ_ONLY_KEY
 

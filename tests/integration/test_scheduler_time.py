@@ -125,6 +125,105 @@ async def test_timer_survives_a_restart_and_fires_once(
     assert len(await requests.poll()) == 1
 
 
+async def test_two_replicas_racing_for_the_same_due_timers_fire_each_once(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    n = 60
+    async with scheduler(infra, namespace, db, instance_id="one") as one:
+        async with scheduler(infra, namespace, db, instance_id="two") as two:
+            apps = [c._transport.app for c in (one, two)]  # type: ignore[attr-defined]
+            # All due at the same instant, so both replicas' pollers find them in one poll.
+            due = datetime.now(UTC) + timedelta(seconds=1)
+            repo: TimerRepository = apps[0].state.timers
+            for i in range(n):
+                request = _request(f"race-{i}", f"cust-{i}").model_dump(mode="json")
+                await repo.schedule(
+                    timer_id=f"t-{i}", key=f"race-{i}", due_at=due, request=request, now=due
+                )
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            # Beside the two pollers, both replicas fire at once on purpose.
+            await asyncio.gather(*(app.state.timer_service.fire_due() for app in apps * 2))
+
+            async def all_fired() -> bool:
+                return await timers.count_documents({"state": "fired"}) == n
+
+            await eventually(all_fired)
+            items = await requests.wait_for(lambda items: len(items) >= n)
+            await asyncio.sleep(1)  # a duplicate would have arrived by now
+            items = await requests.poll()
+    per_request = Counter(r.request_id for r in items)
+    assert per_request == Counter({f"race-{i}": 1 for i in range(n)}), per_request
+
+
+async def test_a_timer_whose_request_expired_is_closed_without_sending(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def expired_count(kind: str) -> float:
+        labels = {"kind": kind, "outcome": "expired"}
+        return REGISTRY.get_sample_value("herald_scheduler_timers_total", labels) or 0.0
+
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    before = {kind: expired_count(kind) for kind in ("timer", "delay")}
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        now = datetime.now(UTC)
+        rows = [
+            # (timer id, kind, request id, expiry): a dispatcher's escalation whose request
+            # expired while it waited, the scheduler's own delayed request likewise, and a
+            # delayed request still in time.
+            ("t-exp", "timer", "r-exp", now - timedelta(seconds=1)),
+            ("d-exp", "delay", "r-dexp", now - timedelta(seconds=1)),
+            ("d-live", "delay", "r-live", now + timedelta(hours=1)),
+        ]
+        for i, (tid, kind, rid, expires) in enumerate(rows):
+            request = _request(rid, "cust-1").model_copy(update={"expires_at": expires})
+            await app.state.timers.schedule(
+                timer_id=tid,
+                key=rid,
+                kind=kind,
+                # Earliest first: the expired rows settle before the live one is sent.
+                due_at=now - timedelta(seconds=len(rows) - i),
+                request=request.model_dump(mode="json"),
+                now=now,
+            )
+
+        async def settled() -> bool:
+            return await timers.count_documents({"state": "pending"}) == 0
+
+        await eventually(settled)
+        states = {d["_id"]: d async for d in timers.find({})}
+        assert {k: d["state"] for k, d in states.items()} == {
+            "t-exp": "expired",
+            "d-exp": "expired",
+            "d-live": "fired",
+        }
+        assert all(d["fired_at"] is not None for d in states.values())
+
+        async def counted() -> bool:
+            return (await app.state.stats.get("camp-1"))["requested"] == 1
+
+        await eventually(counted)  # the expired delay was never requested, so never counted
+        got = await requests.wait_for(lambda items: bool(items))
+        await asyncio.sleep(0.5)  # anything else sent would have arrived by now
+        got = await requests.poll()
+    assert [r.request_id for r in got] == ["r-live"]
+    assert expired_count("timer") == before["timer"] + 1
+    assert expired_count("delay") == before["delay"] + 1
+
+
 async def test_timer_without_due_time_goes_to_the_dlq(
     infra: dict[str, str],
     namespace: str,

@@ -193,6 +193,14 @@ for _action in ("activate", "pause", "resume", "archive"):
         summary=f"{_action.capitalize()} a campaign.",
         name=f"{_action}_campaign",
         response_model=Campaign,
+        responses={
+            409: {
+                "description": (
+                    "The campaign's status does not allow this change (problem+json, field "
+                    "`status`)."
+                )
+            }
+        },
     )
 
 
