@@ -99,3 +99,15 @@ def test_filter_evaluates_over_event_and_case() -> None:
 def test_request_ids_are_deterministic() -> None:
     assert request_id("c", "case:3", "u") == request_id("c", "case:3", "u")
     assert request_id("c", "case:3", "u") != request_id("c", "case:4", "u")
+
+
+def test_the_documented_examples_are_valid() -> None:
+    """The OpenAPI examples of the campaign API are what it accepts and answers."""
+    from herald_scheduler.api.campaigns import Campaign, CampaignStats
+    from herald_scheduler.domain.dryrun import DryRunResult
+
+    for model in (CampaignIn, Campaign, CampaignStats, DryRunResult):
+        examples = model.model_json_schema(mode="serialization").get("examples")
+        assert examples, model.__name__
+        for example in examples:
+            model.model_validate(example)

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     StringConstraints,
     Tag,
     field_validator,
@@ -293,43 +294,40 @@ Trigger = Annotated[
 ]
 
 
+# Drafts as the API documents them (also inside the stored campaign's example).
+CAMPAIGN_EXAMPLES: list[JsonValue] = [
+    {
+        "name": "Delayed parcel updates",
+        "topic": "service-updates",
+        "priority": "service",
+        "trigger": {
+            "kind": "event",
+            "event_types": ["case.updated"],
+            "filter": 'case.status == "delayed"',
+        },
+        "messages": {"sms": {"en": {"body": "Your case {{ case.case_id }}: {{ case.status }}"}}},
+        "timing": {"coalesce_seconds": 300, "expires_after_seconds": 86400},
+        "still_applies": 'case.status == "delayed"',
+    },
+    {
+        "name": "Monday reminder",
+        "topic": "reminders",
+        "priority": "marketing",
+        "trigger": {
+            "kind": "schedule",
+            "cron": "0 9 * * mon",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'contact.locale == "nl"',
+        },
+        "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
+    },
+]
+
+
 class CampaignIn(BaseModel):
     """A campaign draft."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Delayed parcel updates",
-                    "topic": "service-updates",
-                    "priority": "service",
-                    "trigger": {
-                        "kind": "event",
-                        "event_types": ["case.updated"],
-                        "filter": 'case.status == "delayed"',
-                    },
-                    "messages": {
-                        "sms": {"en": {"body": "Your case {{ case.case_id }}: {{ case.status }}"}}
-                    },
-                    "timing": {"coalesce_seconds": 300, "expires_after_seconds": 86400},
-                    "still_applies": 'case.status == "delayed"',
-                },
-                {
-                    "name": "Monday reminder",
-                    "topic": "reminders",
-                    "priority": "marketing",
-                    "trigger": {
-                        "kind": "schedule",
-                        "cron": "0 9 * * mon",
-                        "time_zone": "Europe/Amsterdam",
-                        "audience": 'contact.locale == "nl"',
-                    },
-                    "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
-                },
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": CAMPAIGN_EXAMPLES})
 
     name: str = Field(min_length=1, max_length=200)
     topic: Topic
