@@ -44,6 +44,30 @@ async def client(
         ({"messages": {"sms": {"en": {"body": "{{ case.colour }}"}}}}, "messages", "case.colour"),
         ({"messages": {"sms": {"en": {"body": "{{ secrets }}"}}}}, "messages", "secrets"),
         (
+            {"messages": {"sms": {"en": {"body": "{{ case.status | nosuchfilter }}"}}}},
+            "messages",
+            "nosuchfilter",
+        ),
+        (
+            {
+                "messages": {
+                    "email": {"en": {"body": "x", "html": "{{ case.case_id is nosuchtest }}"}}
+                }
+            },
+            "messages",
+            "email.en.html: template does not compile: No test named 'nosuchtest'",
+        ),
+        (
+            {"messages": {"sms": {"en": {"body": '{{ case["colour"] }}'}}}},
+            "messages",
+            "case.colour",
+        ),
+        (
+            {"messages": {"sms": {"en": {"body": '{{ campaign["secret"] }}'}}}},
+            "messages",
+            "campaign.secret",
+        ),
+        (
             {"timing": {"delay_seconds": 600, "expires_after_seconds": 60}},
             "timing",
             "expires_after_seconds",
@@ -96,6 +120,35 @@ async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncC
 
     r = await client.put("/v1/campaigns/nope", json=body, headers={"If-Match": '"1"'})
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "prepare,action,status",
+    [
+        (["archive"], "resume", "archived"),
+        (["archive"], "activate", "archived"),
+        (["archive"], "archive", "archived"),
+        ([], "pause", "draft"),
+        ([], "resume", "draft"),
+        (["activate"], "activate", "active"),
+    ],
+)
+async def test_a_disallowed_status_change_is_a_conflict_naming_the_status(
+    client: httpx.AsyncClient, prepare: list[str], action: str, status: str
+) -> None:
+    cid = (await client.post("/v1/campaigns", json=campaign_body())).json()["id"]
+    for step in prepare:
+        assert (await client.post(f"/v1/campaigns/{cid}/{step}")).status_code == 200
+    r = await client.post(f"/v1/campaigns/{cid}/{action}")
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["status"] == 409 and problem["field"] == "status", problem
+    assert problem["detail"] == f"cannot {action} a campaign that is {status}", problem
+    # Nothing changed.
+    assert (await client.get(f"/v1/campaigns/{cid}")).json()["status"] == status
+    r = await client.post(f"/v1/campaigns/nope/{action}")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem")
 
 
 async def test_read_only_key_cannot_write(client: httpx.AsyncClient) -> None:

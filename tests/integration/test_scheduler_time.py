@@ -4,6 +4,8 @@ replicas, and an audience fan-out that resumes after a crash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,7 @@ from herald_contracts import (
     Topics,
 )
 from herald_scheduler.adapters.timers import TimerRepository
+from herald_scheduler.domain.campaigns import fire_key
 from support import eventually
 
 
@@ -120,6 +123,105 @@ async def test_timer_survives_a_restart_and_fires_once(
         assert await app.state.timers.sweep(before=later) == 2
         assert [d["_id"] async for d in timers.find({})] == ["t-3"]
     assert len(await requests.poll()) == 1
+
+
+async def test_two_replicas_racing_for_the_same_due_timers_fire_each_once(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    n = 60
+    async with scheduler(infra, namespace, db, instance_id="one") as one:
+        async with scheduler(infra, namespace, db, instance_id="two") as two:
+            apps = [c._transport.app for c in (one, two)]  # type: ignore[attr-defined]
+            # All due at the same instant, so both replicas' pollers find them in one poll.
+            due = datetime.now(UTC) + timedelta(seconds=1)
+            repo: TimerRepository = apps[0].state.timers
+            for i in range(n):
+                request = _request(f"race-{i}", f"cust-{i}").model_dump(mode="json")
+                await repo.schedule(
+                    timer_id=f"t-{i}", key=f"race-{i}", due_at=due, request=request, now=due
+                )
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            # Beside the two pollers, both replicas fire at once on purpose.
+            await asyncio.gather(*(app.state.timer_service.fire_due() for app in apps * 2))
+
+            async def all_fired() -> bool:
+                return await timers.count_documents({"state": "fired"}) == n
+
+            await eventually(all_fired)
+            items = await requests.wait_for(lambda items: len(items) >= n)
+            await asyncio.sleep(1)  # a duplicate would have arrived by now
+            items = await requests.poll()
+    per_request = Counter(r.request_id for r in items)
+    assert per_request == Counter({f"race-{i}": 1 for i in range(n)}), per_request
+
+
+async def test_a_timer_whose_request_expired_is_closed_without_sending(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def expired_count(kind: str) -> float:
+        labels = {"kind": kind, "outcome": "expired"}
+        return REGISTRY.get_sample_value("herald_scheduler_timers_total", labels) or 0.0
+
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    before = {kind: expired_count(kind) for kind in ("timer", "delay")}
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        now = datetime.now(UTC)
+        rows = [
+            # (timer id, kind, request id, expiry): a dispatcher's escalation whose request
+            # expired while it waited, the scheduler's own delayed request likewise, and a
+            # delayed request still in time.
+            ("t-exp", "timer", "r-exp", now - timedelta(seconds=1)),
+            ("d-exp", "delay", "r-dexp", now - timedelta(seconds=1)),
+            ("d-live", "delay", "r-live", now + timedelta(hours=1)),
+        ]
+        for i, (tid, kind, rid, expires) in enumerate(rows):
+            request = _request(rid, "cust-1").model_copy(update={"expires_at": expires})
+            await app.state.timers.schedule(
+                timer_id=tid,
+                key=rid,
+                kind=kind,
+                # Earliest first: the expired rows settle before the live one is sent.
+                due_at=now - timedelta(seconds=len(rows) - i),
+                request=request.model_dump(mode="json"),
+                now=now,
+            )
+
+        async def settled() -> bool:
+            return await timers.count_documents({"state": "pending"}) == 0
+
+        await eventually(settled)
+        states = {d["_id"]: d async for d in timers.find({})}
+        assert {k: d["state"] for k, d in states.items()} == {
+            "t-exp": "expired",
+            "d-exp": "expired",
+            "d-live": "fired",
+        }
+        assert all(d["fired_at"] is not None for d in states.values())
+
+        async def counted() -> bool:
+            return (await app.state.stats.get("camp-1"))["requested"] == 1
+
+        await eventually(counted)  # the expired delay was never requested, so never counted
+        got = await requests.wait_for(lambda items: bool(items))
+        await asyncio.sleep(0.5)  # anything else sent would have arrived by now
+        got = await requests.poll()
+    assert [r.request_id for r in got] == ["r-live"]
+    assert expired_count("timer") == before["timer"] + 1
+    assert expired_count("delay") == before["delay"] + 1
 
 
 async def test_timer_without_due_time_goes_to_the_dlq(
@@ -217,6 +319,85 @@ async def test_two_replicas_emit_each_fire_once(
     complete = [k for k, n in per_fire.items() if n == len(audience)]
     assert len(complete) >= len(per_fire) - 1  # only a fire cut short by the pause may be partial
     assert len({r.request_id for r in items}) == len(items)
+
+
+@pytest.mark.parametrize("death", ["crashed", "stalled"])
+async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_lease(
+    death: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    """crashed: the holder's process is gone (no renewal, no jobs, no release). stalled: only
+    its renewal stopped, so its APScheduler keeps firing beside the new holder's until it
+    notices; fire keys keep each fire once either way."""
+    db = db_name("scheduler")
+    audience = ["cust-a", "cust-b"]
+    await publish_audience(publisher, audience)
+    leases = mongo[db]["leases"]
+    async with scheduler(infra, namespace, db, instance_id="one") as one:
+
+        async def view_ready() -> bool:
+            return await mongo[db]["contacts"].count_documents({}) == len(audience)
+
+        await eventually(view_ready)
+        cid = await active_campaign(one, trigger=SCHEDULE_EVERY_SECOND)
+        fires: set[str] = set()
+
+        def fired(n: int) -> Callable[[list[ContactRequest]], bool]:
+            def check(items: list[ContactRequest]) -> bool:
+                fires.update(r.trigger_key for r in items)
+                return len(fires) >= n
+
+            return check
+
+        await requests.wait_for(fired(2))
+        async with scheduler(infra, namespace, db, instance_id="two") as two:
+            standby = two._transport.app.state.schedules  # type: ignore[attr-defined]
+            lease = await leases.find_one({"_id": "schedules"})
+            assert lease is not None and lease["holder"] == "one" and not standby.leading
+            # The holder dies: its renewal loop ends without the release a clean stop does.
+            runner = one._transport.app.state.schedules  # type: ignore[attr-defined]
+            runner._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner._task
+            if death == "crashed":
+                await runner._step_down()
+            died = datetime.now(UTC)
+            # While the dead holder's lease runs, the standby does not take it.
+            await standby.tick()
+            assert not standby.leading
+            lease = await leases.find_one({"_id": "schedules"})
+            assert lease is not None and lease["holder"] == "one" and lease["until"] > died
+
+            async def taken_over() -> bool:
+                lease = await leases.find_one({"_id": "schedules"})
+                return lease is not None and lease["holder"] == "two" and standby.leading
+
+            await eventually(taken_over)
+            took_over = datetime.now(UTC)
+            # Not before the lease (2 s, renewed every 0.3 s) ran out.
+            assert took_over - died >= timedelta(seconds=1)
+            # The new holder fires the schedule: fires scheduled after the takeover go out.
+            after = fire_key(took_over + timedelta(seconds=1))
+
+            def fired_after(items: list[ContactRequest]) -> bool:
+                fires.update(r.trigger_key for r in items)
+                return sum(1 for k in fires if k > after) >= 2
+
+            await requests.wait_for(fired_after)
+            assert (await two.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
+    items = await requests.poll()
+    pairs = Counter((r.trigger_key, r.customer_id) for r in items)
+    assert all(n == 1 for n in pairs.values()), pairs
+    assert len({r.request_id for r in items}) == len(items)
+    # No fire was lost in the gap: the new holder caught up on the seconds nobody fired.
+    keys = sorted(fires)
+    seconds = [datetime.strptime(k, "fire:%Y-%m-%dT%H:%M:%SZ") for k in keys]
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(seconds)), keys
 
 
 async def test_killed_fan_out_resumes_and_completes_without_duplicates(

@@ -4,56 +4,15 @@ in schemas/openapi/, so an endpoint added later is checked without touching this
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from endpoints import READ_ONLY_POSTS, operations
 from security.conftest import NO_SCOPE_KEY
 
 from herald_devstack import Stack
 from support import READ_ONLY_KEY
-
-ROOT = Path(__file__).resolve().parents[2]
-OPENAPI = ROOT / "schemas" / "openapi"
-
-# Public by design, each for a stated reason; everything else must demand a key.
-PUBLIC_PREFIXES = (
-    "/healthz",  # probes
-    "/readyz",
-    "/metrics",  # scraped inside the cluster
-    "/webhooks/",  # providers' callbacks: authenticated by their signatures instead
-    "/2010-04-01/",  # the sandbox's fake Twilio: Twilio's own Basic auth, checked below
-    "/sandbox",  # the sandbox's capture API and page: development only, never deployed
-    # Customer pages and one-click unsubscribe: authenticated by their signed, expiring token.
-    "/p/",
-    "/s/",
-    "/v1/unsubscribe/",
-    "/docs",
-    "/openapi.json",
-)
-
-
-# POSTs that change nothing and so need only a read scope, each for a stated reason.
-READ_ONLY_POSTS = {
-    ("scheduler", "/v1/campaigns/dry-run"),  # answers who would be contacted; sends nothing
-    ("ingest", "/v1/cases/{case_id}/status-links"),  # signs a link to what cases:read shows
-}
-
-
-def operations() -> list[tuple[str, str, str, bool]]:
-    """(service, method, path, public) for every operation in the OpenAPI documents."""
-    ops = []
-    for doc_path in sorted(OPENAPI.glob("*.json")):
-        doc: dict[str, Any] = json.loads(doc_path.read_text())
-        for path, methods in doc["paths"].items():
-            for method in methods:
-                if method in ("get", "post", "put", "patch", "delete"):
-                    public = path.startswith(PUBLIC_PREFIXES)
-                    ops.append((doc_path.stem, method.upper(), path, public))
-    return ops
 
 
 def concrete(path: str) -> str:

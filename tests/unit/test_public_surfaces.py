@@ -57,3 +57,13 @@ def test_caps_surface() -> None:
     for name in ("CapLimits", "CapVerdict", "CapDecision", "check_caps", "apply_caps"):
         assert hasattr(caps, name), name
     assert set(caps.default_caps()) == {"service", "marketing"}
+
+
+def test_templates_surface() -> None:
+    """The template environment the dispatcher renders in and the scheduler validates with."""
+    from herald_kit import templates
+
+    for name in templates.__all__:
+        assert hasattr(templates, name), name
+    assert {"datetime", "date", "time", "number"} <= set(templates.message_environment().filters)
+    assert templates.message_environment(html=True).autoescape

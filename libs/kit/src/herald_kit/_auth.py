@@ -10,7 +10,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from herald_kit._errors import HeraldError
 from herald_kit._settings import ApiKeyEntry
@@ -64,6 +65,25 @@ class KeyStore:
         return found
 
 
+# The two ways to present a key, as OpenAPI security schemes: either one will do. They only
+# document the key (auto_error=False); the dependency below reads and checks it. Each operation
+# names the scopes it needs in its security requirement (OpenAPI 3.1 allows role names there
+# for schemes other than OAuth2).
+_ROLES = "The operation's security requirement lists the scopes the key must hold."
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    bearerFormat="hk_…",
+    description=f"A Herald API key: `Authorization: Bearer <key>`. {_ROLES}",
+)
+HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ApiKeyHeader",
+    description=f"The same Herald API key in the `X-API-Key` header. {_ROLES}",
+)
+
+
 def _presented_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -72,9 +92,22 @@ def _presented_key(request: Request) -> str | None:
 
 
 def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency: the caller must hold every named scope."""
+    """A FastAPI dependency: the caller must hold every named scope.
 
-    async def dependency(request: Request) -> Principal:
+    Every operation that uses it declares the API-key security schemes with these scopes in
+    the service's OpenAPI document.
+    """
+
+    # Defaults, not Annotated: the scopes are this call's, which a string annotation (postponed
+    # evaluation) could not see.
+    bearer = Security(BEARER, scopes=list(scopes))
+    header = Security(HEADER, scopes=list(scopes))
+
+    async def dependency(
+        request: Request,
+        _bearer: HTTPAuthorizationCredentials | None = bearer,
+        _header: str | None = header,
+    ) -> Principal:
         store: KeyStore = request.app.state.keystore
         key = _presented_key(request)
         if key is None:

@@ -14,7 +14,12 @@ from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.adapters.history import ContactHistory
 from herald_scheduler.adapters.stats import StatsRepository
-from herald_scheduler.domain.campaigns import CampaignIn, CampaignStatus, ScheduleTrigger
+from herald_scheduler.domain.campaigns import (
+    CAMPAIGN_EXAMPLES,
+    CampaignIn,
+    CampaignStatus,
+    ScheduleTrigger,
+)
 from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -24,6 +29,21 @@ Writer = Annotated[Principal, Depends(require_scopes("campaigns:write"))]
 
 class Campaign(BaseModel):
     """A campaign as stored: its definition, version and status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f0c9a4e-2b7d-4c1a-9e55-0d6b1f2a8c31",
+                    "version": 2,
+                    "status": "active",
+                    "definition": CAMPAIGN_EXAMPLES[0],
+                    "created_at": "2026-11-20T10:15:00Z",
+                    "updated_at": "2026-11-21T08:30:00Z",
+                }
+            ]
+        }
+    )
 
     id: str
     version: int
@@ -158,6 +178,44 @@ class ChannelStats(BaseModel):
 class CampaignStats(BaseModel):
     """What a campaign did so far."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign_id": "3f0c9a4e-2b7d-4c1a-9e55-0d6b1f2a8c31",
+                    "requested": 1200,
+                    "channels": {
+                        "sms": {
+                            "sent": 1100,
+                            "delivered": 1050,
+                            "failed": 20,
+                            "undelivered": 30,
+                            "engaged": 140,
+                            "suppressed": 12,
+                            "suppressed_by_reason": {"frequency-cap": 12},
+                        },
+                        "email": {
+                            "sent": 40,
+                            "delivered": 38,
+                            "failed": 2,
+                            "undelivered": 0,
+                            "engaged": 9,
+                            "suppressed": 0,
+                            "suppressed_by_reason": {},
+                        },
+                    },
+                    "failed_by_reason": {"30003": 30, "30005": 20, "bounced": 2},
+                    "suppressed_by_reason": {
+                        "frequency-cap": 12,
+                        "no-consent": 30,
+                        "expired": 6,
+                    },
+                    "replies_by_intent": {"stop": 3, "callback": 7},
+                }
+            ]
+        }
+    )
+
     campaign_id: str
     requested: int
     channels: dict[str, ChannelStats]
@@ -193,6 +251,14 @@ for _action in ("activate", "pause", "resume", "archive"):
         summary=f"{_action.capitalize()} a campaign.",
         name=f"{_action}_campaign",
         response_model=Campaign,
+        responses={
+            409: {
+                "description": (
+                    "The campaign's status does not allow this change (problem+json, field "
+                    "`status`)."
+                )
+            }
+        },
     )
 
 

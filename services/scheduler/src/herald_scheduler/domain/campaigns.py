@@ -11,13 +11,13 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from jinja2 import TemplateSyntaxError, nodes
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     StringConstraints,
     Tag,
     field_validator,
@@ -25,21 +25,22 @@ from pydantic import (
 )
 
 from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
+from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import ExpressionError, check
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
-_TEMPLATES = SandboxedEnvironment(autoescape=False)
 
 # A campaign id, case and customer give a request id that a replay reproduces exactly.
 REQUEST_NAMESPACE = uuid.UUID("6f1c2b36-6a55-4a2f-9d0e-3a8c7f0b9e11")
 
 # What the dispatcher passes to templates (herald_dispatcher.policy): a template naming anything
-# else would fail at send time, so it is refused at save time instead. None: any sub-field.
+# else would fail at send time, so it is refused at save time instead.
 TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "case": frozenset(CaseState.model_fields),
     "contact": frozenset({"customer_id", "locale"}),
     "campaign": frozenset({"id", "name"}),
+    "links": frozenset({"status", "preferences"}),
 }
 
 
@@ -57,28 +58,53 @@ def _cel(value: str | None) -> str | None:
     return value
 
 
-def template_problems(text: str) -> list[str]:
-    """Why a template cannot be used: syntax errors, or names the dispatcher does not provide."""
+def template_problems(text: str, *, html: bool = False) -> list[str]:
+    """Why a template cannot be used: it does not compile in the dispatcher's environment, or
+    it names a field, filter or test the dispatcher does not provide."""
+    env = message_environment(html=html)
     try:
-        ast = _TEMPLATES.parse(text)
+        # Compiling (not only parsing) is what finds unknown filters and tests outside `if`s.
+        env.compile(text)
+        ast = env.parse(text)
     except TemplateSyntaxError as exc:
         return [f"template does not compile: {exc.message}"]
     problems: list[str] = []
     # Messages are self-contained: the dispatcher has no template loader.
     for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
         problems.append(f"'{type(node).__name__.lower()}' is not allowed in a message template")
+    # Jinja defers a missing filter or test inside an `{% if %}` to render time: look for them.
+    for flt in ast.find_all(nodes.Filter):
+        if flt.name not in env.filters:
+            problems.append(f"unknown filter {flt.name!r}")
+    for tst in ast.find_all(nodes.Test):
+        if tst.name not in env.tests:
+            problems.append(f"unknown test {tst.name!r}")
     # Names bound inside the template ({% set %}, loop targets) are the template's own, and
     # the engine's globals (range, loop, ...) are always there.
     local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    local |= set(_TEMPLATES.globals) | {"loop"}
+    local |= set(env.globals) | {"loop"}
     for name in ast.find_all(nodes.Name):
         if name.ctx == "load" and name.name not in TEMPLATE_FIELDS and name.name not in local:
             problems.append(f"unknown field {name.name!r}")
+    # case.colour and case["colour"] are the same lookup. A computed key (case[k]) could name
+    # anything, so it is refused: the fields a message uses are known when it is saved.
     for attr in ast.find_all(nodes.Getattr):
-        if isinstance(attr.node, nodes.Name) and attr.node.name in TEMPLATE_FIELDS:
-            if attr.attr not in TEMPLATE_FIELDS[attr.node.name]:
-                problems.append(f"unknown field '{attr.node.name}.{attr.attr}'")
+        problems.extend(_unknown_member(attr.node, attr.attr))
+    for item in ast.find_all(nodes.Getitem):
+        problems.extend(_unknown_member(item.node, item.arg))
     return sorted(set(problems))
+
+
+def _unknown_member(node: nodes.Node, member: str | nodes.Node) -> list[str]:
+    if not (isinstance(node, nodes.Name) and node.ctx == "load" and node.name in TEMPLATE_FIELDS):
+        return []
+    if isinstance(member, nodes.Const):
+        member = member.value
+    elif isinstance(member, nodes.Node):
+        return [f"a computed key on {node.name!r} cannot be checked; name the field"]
+    if member not in TEMPLATE_FIELDS[node.name]:
+        return [f"unknown field '{node.name}.{member}'"]
+    return []
 
 
 def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
@@ -268,43 +294,40 @@ Trigger = Annotated[
 ]
 
 
+# Drafts as the API documents them (also inside the stored campaign's example).
+CAMPAIGN_EXAMPLES: list[JsonValue] = [
+    {
+        "name": "Delayed parcel updates",
+        "topic": "service-updates",
+        "priority": "service",
+        "trigger": {
+            "kind": "event",
+            "event_types": ["case.updated"],
+            "filter": 'case.status == "delayed"',
+        },
+        "messages": {"sms": {"en": {"body": "Your case {{ case.case_id }}: {{ case.status }}"}}},
+        "timing": {"coalesce_seconds": 300, "expires_after_seconds": 86400},
+        "still_applies": 'case.status == "delayed"',
+    },
+    {
+        "name": "Monday reminder",
+        "topic": "reminders",
+        "priority": "marketing",
+        "trigger": {
+            "kind": "schedule",
+            "cron": "0 9 * * mon",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'contact.locale == "nl"',
+        },
+        "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
+    },
+]
+
+
 class CampaignIn(BaseModel):
     """A campaign draft."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Delayed parcel updates",
-                    "topic": "service-updates",
-                    "priority": "service",
-                    "trigger": {
-                        "kind": "event",
-                        "event_types": ["case.updated"],
-                        "filter": 'case.status == "delayed"',
-                    },
-                    "messages": {
-                        "sms": {"en": {"body": "Your case {{ case.case_id }}: {{ case.status }}"}}
-                    },
-                    "timing": {"coalesce_seconds": 300, "expires_after_seconds": 86400},
-                    "still_applies": 'case.status == "delayed"',
-                },
-                {
-                    "name": "Monday reminder",
-                    "topic": "reminders",
-                    "priority": "marketing",
-                    "trigger": {
-                        "kind": "schedule",
-                        "cron": "0 9 * * mon",
-                        "time_zone": "Europe/Amsterdam",
-                        "audience": 'contact.locale == "nl"',
-                    },
-                    "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
-                },
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": CAMPAIGN_EXAMPLES})
 
     name: str = Field(min_length=1, max_length=200)
     topic: Topic
@@ -331,7 +354,7 @@ class CampaignIn(BaseModel):
                     text = getattr(tpl, part)
                     if text is None:
                         continue
-                    problems = template_problems(text)
+                    problems = template_problems(text, html=part == "html")
                     if problems:
                         raise ValueError(f"{channel}.{locale}.{part}: {'; '.join(problems)}")
         return value

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from herald_contracts import CaseState, Channel, ContactPreferences
 from herald_kit.caps import CapLimits, apply_caps
@@ -36,6 +36,52 @@ class Outcome(BaseModel):
 
 class DryRunResult(BaseModel):
     """Who would and would not be contacted."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "contacted": [
+                        {
+                            "customer_id": "cust-1",
+                            "case_id": "case-42",
+                            "contacted": True,
+                            "channel": "sms",
+                            "at": "2026-11-24T09:00:00Z",
+                            "reason": "ranked",
+                        },
+                        {
+                            "customer_id": "cust-2",
+                            "case_id": "case-42",
+                            "contacted": True,
+                            "channel": "sms",
+                            "at": "2026-11-25T08:00:00Z",
+                            "reason": "quiet-hours-deferred",
+                        },
+                    ],
+                    "not_contacted": [
+                        {
+                            "customer_id": "cust-3",
+                            "case_id": "case-42",
+                            "contacted": False,
+                            "channel": None,
+                            "at": None,
+                            "reason": "no-channel-left(sms:no-consent,email:no-valid-address)",
+                        },
+                        {
+                            "customer_id": "cust-4",
+                            "case_id": None,
+                            "contacted": False,
+                            "channel": None,
+                            "at": None,
+                            "reason": "no-preferences",
+                        },
+                    ],
+                    "notes": [],
+                }
+            ]
+        }
+    )
 
     contacted: list[Outcome]
     not_contacted: list[Outcome]
