@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -20,7 +24,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import trustme
 from aiokafka import AIOKafkaConsumer
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pymongo import AsyncMongoClient
 
 from herald_contracts import (
@@ -577,3 +583,202 @@ async def test_421_slows_the_relay_down_then_the_email_goes_out(
     )
     assert 'herald_circuit_breaker_state{sender="email-sender"}' in metrics
     assert len(await captured(sandbox, msg.to)) == 1
+
+
+RELAY_USER = "herald-relay"
+
+
+class SecureRelay:
+    """A relay that wants TLS (STARTTLS or implicit) and AUTH, its certificate from `ca`."""
+
+    def __init__(
+        self, ca: trustme.CA, *, password: str, implicit: bool = False, mechanism: str = "PLAIN"
+    ) -> None:
+        self.password = password
+        self.implicit = implicit
+        self.cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.mechanisms = {"LOGIN", "PLAIN"}
+        self.exclude = self.mechanisms - {mechanism}
+        self.received: list[tuple[list[str], bytes, bool]] = []  # (to, data, over TLS)
+        self.logins: list[tuple[str, str, bool]] = []  # (mechanism, user, accepted)
+        self.mail_from: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            RELAY_USER.encode(),
+            self.password.encode(),
+        )
+        user = data.login.decode() if isinstance(data, LoginPassword) else "?"
+        self.logins.append((mechanism, user, ok))
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 235 / 535
+
+    async def handle_MAIL(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mail_from.append(address)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        assert server.transport is not None
+        tls = server.transport.get_extra_info("ssl_object") is not None
+        self.received.append((list(envelope.rcpt_tos), envelope.original_content or b"", tls))
+        return f"250 2.0.0 Ok: queued as Q{len(self.received)}"
+
+    async def __aenter__(self) -> SecureRelay:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(server_ctx)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> SMTP:
+            with warnings.catch_warnings():
+                # Implicit TLS: aiosmtpd sees no TLS and warns that AUTH goes without it.
+                warnings.simplefilter("ignore", UserWarning)
+                return SMTP(
+                    self,
+                    hostname="relay.test",
+                    tls_context=None if self.implicit else server_ctx,
+                    require_starttls=not self.implicit,
+                    auth_required=True,
+                    # aiosmtpd cannot tell an implicit-TLS socket from a plain one.
+                    auth_require_tls=not self.implicit,
+                    auth_exclude_mechanism=self.exclude,
+                    authenticator=self._authenticate,
+                    loop=loop,
+                )
+
+        self._server = await loop.create_server(
+            protocol,
+            host="127.0.0.1",
+            port=0,
+            ssl=server_ctx if self.implicit else None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        if hasattr(self._server, "close_clients"):  # Python 3.12+
+            self._server.close_clients()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> tuple[trustme.CA, Path]:
+    """A throwaway CA and its certificate as a PEM file (what smtp_ca_file points to)."""
+    authority = trustme.CA()
+    path = tmp_path / "relay-ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    return authority, path
+
+
+@pytest.mark.parametrize(
+    ("security", "mechanism"), [("starttls", "LOGIN"), ("starttls", "PLAIN"), ("tls", "PLAIN")]
+)
+async def test_tls_and_auth_to_the_relay_deliver_the_email(
+    security: str,
+    mechanism: str,
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    relay = SecureRelay(ca[0], password=password, implicit=security == "tls", mechanism=mechanism)
+    async with relay:
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security=security,
+            smtp_username=RELAY_USER,
+            smtp_password=password,
+            smtp_ca_file=str(ca[1]),
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert [(s.status, s.provider_id) for s in got] == [("sent", "Q1")]
+    assert relay.logins == [(mechanism, RELAY_USER, True)]
+    [(to, data, over_tls)] = relay.received
+    assert to == [msg.to] and over_tls
+    assert message_from_bytes(data, policy=policy.default)["Subject"] == msg.subject
+
+
+async def test_wrong_relay_credentials_fail_the_email_with_a_reason_and_never_log_the_password(
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with SecureRelay(ca[0], password="the-right-one") as relay:
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security="starttls",
+            smtp_username=RELAY_USER,
+            smtp_password=wrong,
+            smtp_ca_file=str(ca[1]),
+            send_attempts=2,
+            log_level="DEBUG",
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+            await asyncio.sleep(0.3)
+            got = statuses.statuses(msg.message_id)
+    assert [(s.status, s.error_code) for s in got] == [("failed", "smtp-auth-535")]
+    assert got[0].reason is not None and "refused the credentials" in got[0].reason
+    assert len(relay.logins) == 2 and not any(ok for _, _, ok in relay.logins)
+    assert relay.received == [] and relay.mail_from == []
+    # The password, and its base64 forms in AUTH PLAIN / AUTH LOGIN, appear in no log line.
+    logs = caplog.text + capsys.readouterr().out
+    assert "refused the credentials" in logs  # the failure itself was logged...
+    secrets = [
+        wrong,
+        base64.b64encode(wrong.encode()).decode(),
+        base64.b64encode(f"\0{RELAY_USER}\0{wrong}".encode()).decode(),
+    ]
+    assert not [s for s in secrets if s in logs]  # ...without the secret
+
+
+async def test_the_relay_certificate_is_verified_unless_its_ca_is_configured(
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with SecureRelay(ca[0], password=password) as relay:
+        # No CA file: the system store does not know the relay's CA, so nothing is sent.
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security="starttls",
+            smtp_username=RELAY_USER,
+            smtp_password=password,
+            send_attempts=2,
+        )
+        assert settings.smtp_ca_file is None and settings.smtp_validate_certs
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert [(s.status, s.error_code) for s in got] == [("failed", "tls-untrusted")]
+    assert got[0].reason is not None and "certificate" in got[0].reason
+    assert relay.logins == [] and relay.received == []  # no credentials to an unverified peer

@@ -25,7 +25,14 @@ class Settings(ServiceSettings):
     )
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_validate_certs: bool = True
+    smtp_validate_certs: bool = Field(
+        default=True, description="Verify the relay's TLS certificate and name (keep it on)."
+    )
+    smtp_ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the relay's certificate (a private "
+        "relay); None trusts the system store.",
+    )
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
 

@@ -225,6 +225,8 @@ class EmailSending:
             except RelayUnavailable as exc:
                 RELAY_ATTEMPTS.labels(exc.code).inc()
                 self.breaker.failure()
+                # e.g. "relay refused the credentials (535 ...)": the detail carries no secret.
+                log.warning("relay unusable", extra={"code": exc.code, "detail": exc.detail})
                 last = exc
                 continue
             except RelayAmbiguous as exc:
