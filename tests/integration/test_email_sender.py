@@ -782,3 +782,105 @@ async def test_the_relay_certificate_is_verified_unless_its_ca_is_configured(
     assert [(s.status, s.error_code) for s in got] == [("failed", "tls-untrusted")]
     assert got[0].reason is not None and "certificate" in got[0].reason
     assert relay.logins == [] and relay.received == []  # no credentials to an unverified peer
+
+
+class StallingRelay:
+    """A plain relay that, the first `stalls` times a command reaches `stage`, stops answering
+    (the connection stays open) until the test ends. At DATA it has the message by then, as
+    a relay that queued it and then hung would: it counts as received."""
+
+    def __init__(self, *, stage: str, stalls: int) -> None:
+        self.stage = stage
+        self.stalls = stalls
+        self.received: list[str] = []  # recipients of the messages it got
+        self.rcpts: list[str] = []
+        self.port = 0
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def _maybe_stall(self, stage: str) -> None:
+        if stage == self.stage and self.stalls > 0:
+            self.stalls -= 1
+            await self._release.wait()
+
+    async def handle_RCPT(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.rcpts.append(address)
+        await self._maybe_stall("rcpt")
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.received.extend(envelope.rcpt_tos)
+        await self._maybe_stall("data")
+        return f"250 2.0.0 Ok: queued as S{len(self.received)}"
+
+    async def __aenter__(self) -> StallingRelay:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="stall.test", loop=loop), host="127.0.0.1", port=0
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        if hasattr(self._server, "close_clients"):  # Python 3.12+
+            self._server.close_clients()
+        await self._server.wait_closed()
+
+
+async def test_a_relay_that_stalls_after_data_leaves_the_email_unknown_and_never_resends_it(
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    stalled, after = outbound(), outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with StallingRelay(stage="data", stalls=1) as relay:
+        settings = settings_for(
+            smtp_port=relay.port, smtp_timeout_seconds=0.5, smtp_pool_size=1, send_attempts=4
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, stalled)
+            got = await eventually(lambda: statuses.statuses(stalled.message_id))
+            await publish(producer, after)
+            await eventually(lambda: statuses.statuses(after.message_id))
+            # The same message delivered again (a redelivery): its outcome is repeated, the
+            # email is not.
+            await publish(producer, stalled)
+            await eventually(lambda: len(statuses.statuses(stalled.message_id)) >= 2)
+            await asyncio.sleep(0.5)
+    # The relay took the message and never answered: it may have gone out, so 'unknown' with
+    # the reason, never a second copy.
+    assert [(s.status, s.error_code) for s in got] == [("unknown", "relay-ambiguous")]
+    assert got[0].reason == "no answer to DATA within 0.5 s: the relay may have the message"
+    assert {s.status for s in statuses.statuses(stalled.message_id)} == {"unknown"}
+    assert [s.status for s in statuses.statuses(after.message_id)] == ["sent"]
+    assert Counter(relay.received) == {stalled.to: 1, after.to: 1}
+
+
+async def test_a_relay_that_stalls_before_data_is_retried_and_delivers_once(
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with StallingRelay(stage="rcpt", stalls=1) as relay:
+        settings = settings_for(smtp_port=relay.port, smtp_timeout_seconds=0.5, send_attempts=4)
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            await eventually(lambda: statuses.statuses(msg.message_id))
+            await asyncio.sleep(0.5)
+    # Nothing was handed over before DATA, so a retry is safe: sent, once.
+    assert [s.status for s in statuses.statuses(msg.message_id)] == ["sent"]
+    assert relay.rcpts == [msg.to, msg.to]
+    assert relay.received == [msg.to]

@@ -217,7 +217,11 @@ class SmtpRelay:
             reply = await client.data(data)
         except SMTPResponseException as exc:
             raise RelayRefused(exc.code, exc.message) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiosmtplib's SMTPTimeoutError is one too
+            raise RelayAmbiguous(
+                f"no answer to DATA within {self._timeout:g} s: the relay may have the message"
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
             raise RelayAmbiguous(f"lost the relay during DATA: {type(exc).__name__}") from exc
         return Accepted(provider_id=_queue_id(reply.message))
 
