@@ -92,7 +92,7 @@ class EmailSending:
         """The signed one-click URL for this message, or None without a link secret."""
         if self.signer is None:
             return None
-        base = (self.settings.unsubscribe_base_url or self.settings.base_url()).rstrip("/")
+        base = self.settings.unsubscribe_base()  # https, unless allowed for local development
         token = self.signer.sign({"c": msg.customer_id, "m": msg.message_id, "k": msg.case_id})
         return f"{base}/v1/unsubscribe/{token}"
 
