@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import uuid
+import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -19,7 +24,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import trustme
 from aiokafka import AIOKafkaConsumer
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pymongo import AsyncMongoClient
 
 from herald_contracts import (
@@ -31,6 +38,7 @@ from herald_contracts import (
     dlq_topic,
     utc_now,
 )
+from herald_email_sender.adapters.ledger import BatchedLedger
 from herald_email_sender.app import create_app
 from herald_email_sender.config import Settings
 from herald_kit import EventProducer, ServiceSettings, decode
@@ -307,7 +315,8 @@ async def test_exactly_once_when_the_sender_stops_mid_batch_and_restarts(
 ) -> None:
     sandbox, _ = sink
     msgs = [outbound() for _ in range(60)]
-    settings = settings_for(rate_per_second=40.0, send_concurrency=8)
+    # More messages in flight than relay connections: most wait for a connection or the pacer.
+    settings = settings_for(rate_per_second=40.0, send_concurrency=16, smtp_pool_size=2)
     statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses:
         await publish(producer, *msgs)
@@ -324,18 +333,28 @@ async def test_exactly_once_when_the_sender_stops_mid_batch_and_restarts(
 
             await eventually(all_reported, within=40)
             await asyncio.sleep(0.5)
-    items = await captured(sandbox)
-    recipients = [to for item in items for to in item["to"]]
-    assert len(recipients) == len(set(recipients)), "a message went out twice"
-    final: dict[str, str] = {}
-    for s in statuses.statuses():
-        final[s.message_id] = s.status
-    # Every message ended 'sent', or 'unknown' when the stop fell between the relay's answer
-    # and the ledger write: never sent again in that case.
+    _assert_exactly_once(msgs, statuses, await captured(sandbox), settings.smtp_pool_size)
+
+
+def _assert_exactly_once(
+    msgs: list[OutboundEmail], statuses: Tail, items: list[dict[str, Any]], in_transaction: int
+) -> None:
+    """Every message reached the sink exactly once and ended 'sent', except at most
+    `in_transaction` (the relay connections: only a message in its SMTP transaction can be
+    cut off between the relay's answer and the ledger write), which end 'unknown' and were
+    never sent again."""
+    at_sink = Counter(to for item in items for to in item["to"])
+    assert set(at_sink) <= {m.to for m in msgs}
+    assert all(n == 1 for n in at_sink.values()), "a message went out twice"
+    final = {s.message_id: s.status for s in statuses.statuses()}
     assert set(final.values()) <= {"sent", "unknown"}
-    sent_to = {m.to for m in msgs if final[m.message_id] == "sent"}
-    assert sent_to <= set(recipients)
-    assert set(recipients) <= {m.to for m in msgs}
+    unknown = [m for m in msgs if final[m.message_id] == "unknown"]
+    for m in msgs:
+        if final[m.message_id] == "sent":
+            assert at_sink[m.to] == 1
+    # Waiting for a connection or for the pacer, nothing was handed to the relay: such a
+    # message is sent after the restart, not written off as 'unknown'.
+    assert len(unknown) <= in_transaction, f"{len(unknown)} unknown, > {in_transaction}"
 
 
 async def _count_at_least(sandbox: httpx.AsyncClient, n: int) -> bool:
@@ -363,6 +382,29 @@ async def test_a_row_left_sending_by_a_crash_is_reported_unknown_and_not_resent(
         got = await eventually(lambda: statuses.statuses(msg.message_id))
     assert got[0].status == "unknown"
     assert await captured(sandbox, msg.to) == []
+
+
+async def test_ledger_queued_rows_are_reclaimed_and_only_the_last_claim_may_send(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    ledger = BatchedLedger(mongo[db_name("email")])
+    now = utc_now()
+    assert await ledger.claim("m-1", now=now, meta={"claim": "a"}) == (True, None)
+    # Still queued (waiting for the pacer when a crash or a rebalance came): claimed again...
+    assert await ledger.claim("m-1", now=now, meta={"claim": "b"}) == (True, None)
+    # ...and the first claimant, once the pacer lets it go, must not send it too.
+    assert await ledger.start_sending("m-1", claim="a", now=now) is False
+    assert await ledger.start_sending("m-1", claim="b", now=now) is True
+    # From 'sending' the relay may have it: nobody may claim it again.
+    may_send, row = await ledger.claim("m-1", now=now, meta={"claim": "c"})
+    assert may_send is False and row is not None and row["status"] == "sending"
+    # Concurrent starts of different messages are written together, each answered right.
+    for mid in ("m-2", "m-3"):
+        await ledger.claim(mid, now=now, meta={"claim": mid})
+    assert await asyncio.gather(
+        ledger.start_sending("m-2", claim="m-2", now=now),
+        ledger.start_sending("m-3", claim="stale", now=now),
+    ) == [True, False]
 
 
 async def test_bad_messages_go_to_the_dlq_or_fail_with_a_reason_and_the_rest_flows(
@@ -447,7 +489,9 @@ async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
 ) -> None:
     sandbox, _ = sink
     msgs = [outbound() for _ in range(60)]
-    settings = settings_for(rate_per_second=30.0, send_concurrency=8)
+    # More messages in flight than relay connections: most wait for a connection or the pacer
+    # when the process dies, and those were never handed to the relay.
+    settings = settings_for(rate_per_second=30.0, send_concurrency=16, smtp_pool_size=2)
     statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses:
         await publish(producer, *msgs)
@@ -465,11 +509,7 @@ async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
         finally:
             proc.kill()  # everything is reported; how it stops is not under test here
             proc.wait(10)
-    recipients = [to for item in await captured(sandbox) for to in item["to"]]
-    assert len(recipients) == len(set(recipients)), "a message went out twice"
-    final = {s.message_id: s.status for s in statuses.statuses()}
-    assert set(final.values()) <= {"sent", "unknown"}
-    assert {m.to for m in msgs if final[m.message_id] == "sent"} <= set(recipients)
+    _assert_exactly_once(msgs, statuses, await captured(sandbox), settings.smtp_pool_size)
 
 
 async def test_injected_faults_end_every_message_sent_or_failed_once(
@@ -543,3 +583,304 @@ async def test_421_slows_the_relay_down_then_the_email_goes_out(
     )
     assert 'herald_circuit_breaker_state{sender="email-sender"}' in metrics
     assert len(await captured(sandbox, msg.to)) == 1
+
+
+RELAY_USER = "herald-relay"
+
+
+class SecureRelay:
+    """A relay that wants TLS (STARTTLS or implicit) and AUTH, its certificate from `ca`."""
+
+    def __init__(
+        self, ca: trustme.CA, *, password: str, implicit: bool = False, mechanism: str = "PLAIN"
+    ) -> None:
+        self.password = password
+        self.implicit = implicit
+        self.cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.mechanisms = {"LOGIN", "PLAIN"}
+        self.exclude = self.mechanisms - {mechanism}
+        self.received: list[tuple[list[str], bytes, bool]] = []  # (to, data, over TLS)
+        self.logins: list[tuple[str, str, bool]] = []  # (mechanism, user, accepted)
+        self.mail_from: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            RELAY_USER.encode(),
+            self.password.encode(),
+        )
+        user = data.login.decode() if isinstance(data, LoginPassword) else "?"
+        self.logins.append((mechanism, user, ok))
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 235 / 535
+
+    async def handle_MAIL(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mail_from.append(address)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        assert server.transport is not None
+        tls = server.transport.get_extra_info("ssl_object") is not None
+        self.received.append((list(envelope.rcpt_tos), envelope.original_content or b"", tls))
+        return f"250 2.0.0 Ok: queued as Q{len(self.received)}"
+
+    async def __aenter__(self) -> SecureRelay:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(server_ctx)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> SMTP:
+            with warnings.catch_warnings():
+                # Implicit TLS: aiosmtpd sees no TLS and warns that AUTH goes without it.
+                warnings.simplefilter("ignore", UserWarning)
+                return SMTP(
+                    self,
+                    hostname="relay.test",
+                    tls_context=None if self.implicit else server_ctx,
+                    require_starttls=not self.implicit,
+                    auth_required=True,
+                    # aiosmtpd cannot tell an implicit-TLS socket from a plain one.
+                    auth_require_tls=not self.implicit,
+                    auth_exclude_mechanism=self.exclude,
+                    authenticator=self._authenticate,
+                    loop=loop,
+                )
+
+        self._server = await loop.create_server(
+            protocol,
+            host="127.0.0.1",
+            port=0,
+            ssl=server_ctx if self.implicit else None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        if hasattr(self._server, "close_clients"):  # Python 3.12+
+            self._server.close_clients()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> tuple[trustme.CA, Path]:
+    """A throwaway CA and its certificate as a PEM file (what smtp_ca_file points to)."""
+    authority = trustme.CA()
+    path = tmp_path / "relay-ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    return authority, path
+
+
+@pytest.mark.parametrize(
+    ("security", "mechanism"), [("starttls", "LOGIN"), ("starttls", "PLAIN"), ("tls", "PLAIN")]
+)
+async def test_tls_and_auth_to_the_relay_deliver_the_email(
+    security: str,
+    mechanism: str,
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    relay = SecureRelay(ca[0], password=password, implicit=security == "tls", mechanism=mechanism)
+    async with relay:
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security=security,
+            smtp_username=RELAY_USER,
+            smtp_password=password,
+            smtp_ca_file=str(ca[1]),
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert [(s.status, s.provider_id) for s in got] == [("sent", "Q1")]
+    assert relay.logins == [(mechanism, RELAY_USER, True)]
+    [(to, data, over_tls)] = relay.received
+    assert to == [msg.to] and over_tls
+    assert message_from_bytes(data, policy=policy.default)["Subject"] == msg.subject
+
+
+async def test_wrong_relay_credentials_fail_the_email_with_a_reason_and_never_log_the_password(
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with SecureRelay(ca[0], password="the-right-one") as relay:
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security="starttls",
+            smtp_username=RELAY_USER,
+            smtp_password=wrong,
+            smtp_ca_file=str(ca[1]),
+            send_attempts=2,
+            log_level="DEBUG",
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+            await asyncio.sleep(0.3)
+            got = statuses.statuses(msg.message_id)
+    assert [(s.status, s.error_code) for s in got] == [("failed", "smtp-auth-535")]
+    assert got[0].reason is not None and "refused the credentials" in got[0].reason
+    assert len(relay.logins) == 2 and not any(ok for _, _, ok in relay.logins)
+    assert relay.received == [] and relay.mail_from == []
+    # The password, and its base64 forms in AUTH PLAIN / AUTH LOGIN, appear in no log line.
+    logs = caplog.text + capsys.readouterr().out
+    assert "refused the credentials" in logs  # the failure itself was logged...
+    secrets = [
+        wrong,
+        base64.b64encode(wrong.encode()).decode(),
+        base64.b64encode(f"\0{RELAY_USER}\0{wrong}".encode()).decode(),
+    ]
+    assert not [s for s in secrets if s in logs]  # ...without the secret
+
+
+async def test_the_relay_certificate_is_verified_unless_its_ca_is_configured(
+    ca: tuple[trustme.CA, Path],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with SecureRelay(ca[0], password=password) as relay:
+        # No CA file: the system store does not know the relay's CA, so nothing is sent.
+        settings = settings_for(
+            smtp_port=relay.port,
+            smtp_security="starttls",
+            smtp_username=RELAY_USER,
+            smtp_password=password,
+            send_attempts=2,
+        )
+        assert settings.smtp_ca_file is None and settings.smtp_validate_certs
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            got = await eventually(lambda: statuses.statuses(msg.message_id))
+    assert [(s.status, s.error_code) for s in got] == [("failed", "tls-untrusted")]
+    assert got[0].reason is not None and "certificate" in got[0].reason
+    assert relay.logins == [] and relay.received == []  # no credentials to an unverified peer
+
+
+class StallingRelay:
+    """A plain relay that, the first `stalls` times a command reaches `stage`, stops answering
+    (the connection stays open) until the test ends. At DATA it has the message by then, as
+    a relay that queued it and then hung would: it counts as received."""
+
+    def __init__(self, *, stage: str, stalls: int) -> None:
+        self.stage = stage
+        self.stalls = stalls
+        self.received: list[str] = []  # recipients of the messages it got
+        self.rcpts: list[str] = []
+        self.port = 0
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def _maybe_stall(self, stage: str) -> None:
+        if stage == self.stage and self.stalls > 0:
+            self.stalls -= 1
+            await self._release.wait()
+
+    async def handle_RCPT(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.rcpts.append(address)
+        await self._maybe_stall("rcpt")
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.received.extend(envelope.rcpt_tos)
+        await self._maybe_stall("data")
+        return f"250 2.0.0 Ok: queued as S{len(self.received)}"
+
+    async def __aenter__(self) -> StallingRelay:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="stall.test", loop=loop), host="127.0.0.1", port=0
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        if hasattr(self._server, "close_clients"):  # Python 3.12+
+            self._server.close_clients()
+        await self._server.wait_closed()
+
+
+async def test_a_relay_that_stalls_after_data_leaves_the_email_unknown_and_never_resends_it(
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    stalled, after = outbound(), outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with StallingRelay(stage="data", stalls=1) as relay:
+        settings = settings_for(
+            smtp_port=relay.port, smtp_timeout_seconds=0.5, smtp_pool_size=1, send_attempts=4
+        )
+        async with statuses, running(create_app(settings)):
+            await publish(producer, stalled)
+            got = await eventually(lambda: statuses.statuses(stalled.message_id))
+            await publish(producer, after)
+            await eventually(lambda: statuses.statuses(after.message_id))
+            # The same message delivered again (a redelivery): its outcome is repeated, the
+            # email is not.
+            await publish(producer, stalled)
+            await eventually(lambda: len(statuses.statuses(stalled.message_id)) >= 2)
+            await asyncio.sleep(0.5)
+    # The relay took the message and never answered: it may have gone out, so 'unknown' with
+    # the reason, never a second copy.
+    assert [(s.status, s.error_code) for s in got] == [("unknown", "relay-ambiguous")]
+    assert got[0].reason == "no answer to DATA within 0.5 s: the relay may have the message"
+    assert {s.status for s in statuses.statuses(stalled.message_id)} == {"unknown"}
+    assert [s.status for s in statuses.statuses(after.message_id)] == ["sent"]
+    assert Counter(relay.received) == {stalled.to: 1, after.to: 1}
+
+
+async def test_a_relay_that_stalls_before_data_is_retried_and_delivers_once(
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    msg = outbound()
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with StallingRelay(stage="rcpt", stalls=1) as relay:
+        settings = settings_for(smtp_port=relay.port, smtp_timeout_seconds=0.5, send_attempts=4)
+        async with statuses, running(create_app(settings)):
+            await publish(producer, msg)
+            await eventually(lambda: statuses.statuses(msg.message_id))
+            await asyncio.sleep(0.5)
+    # Nothing was handed over before DATA, so a retry is safe: sent, once.
+    assert [s.status for s in statuses.statuses(msg.message_id)] == ["sent"]
+    assert relay.rcpts == [msg.to, msg.to]
+    assert relay.received == [msg.to]

@@ -3,6 +3,7 @@ the kit's, tested with the other senders' in test_sms_rules.py)."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -10,8 +11,11 @@ from email.policy import SMTP
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from herald_contracts import OutboundEmail
+from herald_devstack import Stack, StackConfig
+from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import build_email, message_id_header
 from herald_kit import InvalidInput
 
@@ -98,3 +102,51 @@ def test_an_invalid_recipient_is_refused_naming_the_field(bad: str) -> None:
     with pytest.raises(InvalidInput) as info:
         build(outbound(to=bad))
     assert info.value.field == "to"
+
+
+def test_the_one_click_url_must_be_https_unless_http_is_allowed_explicitly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("HERALD_EMAIL_SENDER_"):
+            monkeypatch.delenv(name)
+    # RFC 8058: List-Unsubscribe-Post needs an HTTPS URI. A link secret turns the header on,
+    # so an http:// one-click address (given, or the default http://host:port) is refused.
+    for given in (
+        {},
+        {"public_base_url": "http://mail.herald.test"},
+        {"unsubscribe_base_url": "http://mail.herald.test", "public_base_url": "https://x.test"},
+        {"unsubscribe_base_url": "mail.herald.test"},
+    ):
+        with pytest.raises(ValidationError, match="https://"):
+            Settings(link_secret="s", **given)
+    # The error names the setting, never the secrets it was given with.
+    with pytest.raises(ValidationError) as refused:
+        Settings(link_secret="link-s3cret", smtp_password="smtp-s3cret")
+    assert "unsubscribe_base_url" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    assert Settings(link_secret="s", public_base_url="https://mail.herald.test")
+    assert Settings(link_secret="s", unsubscribe_base_url="https://u.herald.test/")
+    assert Settings(public_base_url="http://mail.herald.test")  # no secret: no header at all
+    # Local development says so, explicitly (here as the environment would).
+    monkeypatch.setenv("HERALD_EMAIL_SENDER_UNSUBSCRIBE_ALLOW_HTTP", "true")
+    assert Settings(link_secret="s").unsubscribe_allow_http
+    with pytest.raises(ValidationError, match="https://"):
+        Settings(link_secret="s", unsubscribe_base_url="ftp://mail.herald.test")
+
+
+def test_the_local_stack_allows_an_http_one_click_url_explicitly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `make run` has no public HTTPS address; its email-sender must still start.
+    stack = Stack(StackConfig())
+    spec = next(s for s in stack.specs if s.name == "email-sender")
+    for name in list(os.environ):
+        if name.startswith("HERALD_EMAIL_SENDER_"):
+            monkeypatch.delenv(name)
+    for name, value in stack.env_for(spec).items():
+        if name.startswith("HERALD_EMAIL_SENDER_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.link_secret.get_secret_value() and settings.unsubscribe_allow_http
+    assert settings.unsubscribe_base().startswith("http://127.0.0.1:")

@@ -46,6 +46,9 @@ data:
   {{ $p }}KAFKA_SSL_CAFILE: "/etc/herald/kafka-ca/ca.crt"
   {{- end }}
   {{- end }}
+  {{- if and .svc.smtpCaSecret .svc.smtpCaSecret.name }}
+  {{ $p }}SMTP_CA_FILE: "/etc/herald/smtp-ca/ca.crt"
+  {{- end }}
   {{- if .svc.mongo }}
   {{ $p }}MONGO_DB: {{ .svc.mongoDb | default (printf "herald_%s" (.name | replace "-" "_")) | quote }}
   {{- end }}
@@ -189,6 +192,11 @@ spec:
               mountPath: /etc/herald/kafka-ca
               readOnly: true
             {{- end }}
+            {{- if and $svc.smtpCaSecret $svc.smtpCaSecret.name }}
+            - name: smtp-ca
+              mountPath: /etc/herald/smtp-ca
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -199,6 +207,14 @@ spec:
             secretName: {{ $root.Values.kafka.tls.caSecret.name }}
             items:
               - key: {{ $root.Values.kafka.tls.caSecret.key }}
+                path: ca.crt
+        {{- end }}
+        {{- if and $svc.smtpCaSecret $svc.smtpCaSecret.name }}
+        - name: smtp-ca
+          secret:
+            secretName: {{ $svc.smtpCaSecret.name }}
+            items:
+              - key: {{ $svc.smtpCaSecret.key | default "ca.crt" }}
                 path: ca.crt
         {{- end }}
       {{- with $svc.nodeSelector }}

@@ -122,6 +122,8 @@ class Stack:
             env[f"{p}SMTP_HOST"] = "127.0.0.1"
             env[f"{p}SMTP_PORT"] = str(self.smtp_port())
             env[f"{p}SMTP_SECURITY"] = "none"
+            # Its one-click URL is this stack's http://127.0.0.1 address (RFC 8058 wants https).
+            env[f"{p}UNSUBSCRIBE_ALLOW_HTTP"] = "true"
         for key, value in cfg.extra_env.items():
             if key.startswith(p) or not key.startswith("HERALD_"):
                 env[key] = value

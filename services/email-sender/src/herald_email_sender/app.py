@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
             timeout=settings.smtp_timeout_seconds,
             pool_size=settings.smtp_pool_size,
             validate_certs=settings.smtp_validate_certs,
+            ca_file=settings.smtp_ca_file,
         )
         app.state.sending = EmailSending(
             ledger=ledger,

@@ -1,8 +1,9 @@
 """email-sender settings (HERALD_EMAIL_SENDER_*)."""
 
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
@@ -11,8 +12,9 @@ from herald_kit import ServiceSettings
 class Settings(ServiceSettings):
     """email-sender settings; relay credentials come from a Kubernetes secret or the env."""
 
+    # A settings error must not print the input: it holds the link secret and SMTP password.
     model_config = SettingsConfigDict(
-        env_prefix="HERALD_EMAIL_SENDER_", extra="ignore", frozen=True
+        env_prefix="HERALD_EMAIL_SENDER_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
     port: int = 8106
@@ -25,7 +27,14 @@ class Settings(ServiceSettings):
     )
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_validate_certs: bool = True
+    smtp_validate_certs: bool = Field(
+        default=True, description="Verify the relay's TLS certificate and name (keep it on)."
+    )
+    smtp_ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the relay's certificate (a private "
+        "relay); None trusts the system store.",
+    )
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
 
@@ -52,4 +61,29 @@ class Settings(ServiceSettings):
     unsubscribe_base_url: str = Field(
         default="", description="Public HTTPS base of the one-click endpoint; public_base_url else."
     )
+    unsubscribe_allow_http: bool = Field(
+        default=False,
+        description="Local development only: let the one-click URL be http://. RFC 8058 needs "
+        "HTTPS, so without this an http:// address refuses to start.",
+    )
     unsubscribe_max_age_seconds: int = Field(default=60 * 60 * 24 * 180, ge=60)
+
+    def unsubscribe_base(self) -> str:
+        """The one-click endpoint's public base: unsubscribe_base_url, else public_base_url."""
+        return (self.unsubscribe_base_url or self.base_url()).rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_click_over_https(self) -> Self:
+        # With a link secret every email carries List-Unsubscribe and List-Unsubscribe-Post,
+        # and RFC 8058 requires that URI to be HTTPS (mailbox providers ignore it otherwise).
+        if not self.link_secret.get_secret_value():
+            return self
+        url = urlsplit(self.unsubscribe_base())
+        allowed = ("https", "http") if self.unsubscribe_allow_http else ("https",)
+        if url.scheme not in allowed or not url.netloc:
+            raise ValueError(
+                "unsubscribe_base_url (or public_base_url) must be an https:// URL for RFC 8058 "
+                "one-click unsubscribe; set unsubscribe_allow_http=true for local development "
+                "only"
+            )
+        return self

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from email.policy import SMTP
 
@@ -19,6 +20,7 @@ from herald_contracts import (
     OutboundEmail,
     utc_now,
 )
+from herald_email_sender.adapters.ledger import BatchedLedger
 from herald_email_sender.adapters.smtp import (
     Accepted,
     EmailRelay,
@@ -35,7 +37,6 @@ from herald_kit import (
     InvalidInput,
     LinkSigner,
     Pacer,
-    SendLedger,
     backoff,
     observe_provider_request,
 )
@@ -51,13 +52,17 @@ RELAY_ATTEMPTS = Counter("herald_email_relay_attempts_total", "Relay calls, by r
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class ClaimLost(Exception):
+    """Another consumer claimed the message again (a rebalance) before it went out."""
+
+
 class EmailSending:
     """Ledger, relay, pacer, breaker and status publication together."""
 
     def __init__(
         self,
         *,
-        ledger: SendLedger,
+        ledger: BatchedLedger,
         relay: EmailRelay,
         producer: EventProducer,
         settings: Settings,
@@ -87,7 +92,7 @@ class EmailSending:
         """The signed one-click URL for this message, or None without a link secret."""
         if self.signer is None:
             return None
-        base = (self.settings.unsubscribe_base_url or self.settings.base_url()).rstrip("/")
+        base = self.settings.unsubscribe_base()  # https, unless allowed for local development
         token = self.signer.sign({"c": msg.customer_id, "m": msg.message_id, "k": msg.case_id})
         return f"{base}/v1/unsubscribe/{token}"
 
@@ -133,11 +138,15 @@ class EmailSending:
 
     async def send(self, msg: OutboundEmail) -> None:
         """Send unless the ledger says it was sent or may have been."""
-        may_send, row = await self.ledger.claim(msg.message_id, now=utc_now())
+        claim = uuid.uuid4().hex
+        may_send, row = await self.ledger.claim(
+            msg.message_id, now=utc_now(), meta={"claim": claim}
+        )
         if not may_send:
             assert row is not None
             if row["status"] == "sending":
-                # A crash between the relay call and the ledger update: never resend blindly.
+                # A crash during the SMTP transaction (or before its outcome was written): the
+                # relay may have the message, so never resend blindly.
                 await self.ledger.set(msg.message_id, "unknown")
                 await self.status(msg, "unknown", reason="found in 'sending' after a restart")
             elif row["status"] in ("sent", "failed", "unknown"):
@@ -167,9 +176,9 @@ class EmailSending:
             return
         data = email.as_bytes(policy=SMTP)
         recipient = str(email["To"])
-        await self._attempts(msg, recipient, data)
+        await self._attempts(msg, recipient, data, claim)
 
-    async def _attempts(self, msg: OutboundEmail, recipient: str, data: bytes) -> None:
+    async def _attempts(self, msg: OutboundEmail, recipient: str, data: bytes, claim: str) -> None:
         last: RelayError | None = None
         for attempt in range(1, self.settings.send_attempts + 1):
             if attempt > 1:
@@ -186,14 +195,20 @@ class EmailSending:
                 # Nothing went out: a crash while we wait must not read as 'maybe sent'.
                 await self.ledger.set(msg.message_id, "retry", error_code=last.code)
                 await self._sleep(delay)
-                may_send, _ = await self.ledger.claim(msg.message_id, now=utc_now())
+                claim = uuid.uuid4().hex
+                may_send, _ = await self.ledger.claim(
+                    msg.message_id, now=utc_now(), meta={"claim": claim}
+                )
                 if not may_send:
                     return  # another consumer took it over after a rebalance
             if not await self._breaker_allows(msg):
                 await self._fail(msg, "circuit-open", "expired while the relay was failing")
                 return
             try:
-                accepted = await self._relay(recipient, data)
+                accepted = await self._relay(msg.message_id, claim, recipient, data)
+            except ClaimLost:
+                log.info("claimed again elsewhere before sending; left to that consumer")
+                return
             except RelayRefused as exc:
                 RELAY_ATTEMPTS.labels(exc.code).inc()
                 if exc.slow_down:
@@ -210,6 +225,8 @@ class EmailSending:
             except RelayUnavailable as exc:
                 RELAY_ATTEMPTS.labels(exc.code).inc()
                 self.breaker.failure()
+                # e.g. "relay refused the credentials (535 ...)": the detail carries no secret.
+                log.warning("relay unusable", extra={"code": exc.code, "detail": exc.detail})
                 last = exc
                 continue
             except RelayAmbiguous as exc:
@@ -226,14 +243,21 @@ class EmailSending:
         assert last is not None
         await self._fail(msg, last.code, f"retries exhausted: {last.detail}")
 
-    async def _relay(self, recipient: str, data: bytes) -> Accepted:
+    async def _relay(self, message_id: str, claim: str, recipient: str, data: bytes) -> Accepted:
         """One relay transaction, paced per relay, observed as the other senders' provider
-        requests are (accepted, rejected, busy, timeout) from after the pacer's wait."""
+        requests are (accepted, rejected, busy, timeout) from after the pacer's wait.
+
+        The ledger row turns 'sending' only once a connection is ready and the pacer lets the
+        message go, just before MAIL FROM: a crash while waiting for either leaves it 'queued'
+        (nothing handed to the relay), so it is sent after a restart, not written off.
+        """
         started = time.monotonic()
 
         async def pace() -> None:
             nonlocal started
             await self.pacer.acquire(self.relay_id)
+            if not await self.ledger.start_sending(message_id, claim=claim, now=utc_now()):
+                raise ClaimLost(message_id)
             started = time.monotonic()
 
         def observe(outcome: str, code: str) -> None:

@@ -1,10 +1,18 @@
-"""The send ledger with its hot path batched: claims and 'sent' records as bulk inserts.
+"""The send ledger with its hot path batched: claims, 'sending' marks and 'sent' records.
 
-On FerretDB (and MongoDB) one insert_many costs about as much as one single write, so
-concurrent senders' claims and outcomes are coalesced for a moment and written together. The
-rules are the kit's SendLedger's: a claim is an insert-if-absent on the message id; a 'sent'
-outcome is a second row (insert-only, so it can be batched) in `send_outcomes`. Rare paths
-(retry, failed, unknown) use the kit's single-document updates.
+On FerretDB (and MongoDB) one insert_many or bulk_write costs about as much as one single
+write, so concurrent senders' ledger writes are coalesced for a moment and written together.
+
+A message's row goes through:
+- 'queued': claimed (an insert-if-absent on the message id) with a claim token; the message
+  waits for a relay connection and the pacer, and nothing has been handed to the relay, so a
+  row found 'queued' after a crash is claimed again and sent.
+- 'sending': set by `start_sending` just before the SMTP transaction, only if the row is still
+  this claim's (a redelivery after a rebalance may have claimed it again meanwhile). From here
+  a crash leaves the outcome unknown: such a row is reported 'unknown', never resent.
+- 'retry': the relay refused with a passing error (nothing went out); claimed again.
+- 'sent' (a second, insert-only row in `send_outcomes`, so it can be batched), 'failed',
+  'unknown': final.
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, InsertBatcher, SendLedger
+from herald_kit import Coalescer, Doc, InsertBatcher, SendLedger
 
 
 class BatchedLedger(SendLedger):
-    """SendLedger whose claims and 'sent' records are written in coalesced batches."""
+    """SendLedger whose claims, 'sending' marks and 'sent' records are written in batches."""
+
+    claim_status = "queued"
+    reclaimable = ("queued", "retry")
 
     def __init__(
         self, db: AsyncDatabase[Doc], *, window: float = 0.003, max_batch: int = 500
@@ -27,18 +39,59 @@ class BatchedLedger(SendLedger):
         self.outcomes = db["send_outcomes"]
         self._claims = InsertBatcher(self.rows, window=window, max_batch=max_batch)
         self._sent = InsertBatcher(self.outcomes, window=window, max_batch=max_batch)
+        self._starts: Coalescer[tuple[str, str, datetime], bool] = Coalescer(
+            self._start_batch, window=window, max_batch=max_batch
+        )
 
     async def claim(
         self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None
     ) -> tuple[bool, Doc | None]:
-        """(True, None) when this caller may send; (False, row) when a row forbids it."""
-        row = {"_id": message_id, "status": "sending", "at": now, **(meta or {})}
+        """(True, None) when this caller may send; (False, row) when a row forbids it.
+
+        `meta` should carry this claim's token (`claim`) for `start_sending`.
+        """
+        row = {"_id": message_id, "status": self.claim_status, "at": now, **(meta or {})}
         if await self._claims.insert(row):
             return True, None
         outcome = await self.outcomes.find_one({"_id": message_id})
         if outcome is not None:
             return False, outcome
-        return await super().claim(message_id, now=now, meta=meta)
+        claimed = await self.rows.find_one_and_update(
+            {"_id": message_id, "status": {"$in": list(self.reclaimable)}},
+            {"$set": {"status": self.claim_status, "at": now, **(meta or {})}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is not None:
+            return True, None
+        return False, await self.rows.find_one({"_id": message_id})
+
+    async def start_sending(self, message_id: str, *, claim: str, now: datetime) -> bool:
+        """'queued' → 'sending' just before the SMTP transaction; False when the row is no
+        longer this claim's (another consumer took the message over): do not send then."""
+        return await self._starts.call((message_id, claim, now))
+
+    async def _start_batch(
+        self, items: list[tuple[str, str, datetime]]
+    ) -> list[bool | BaseException]:
+        ops = [
+            UpdateOne(
+                {"_id": mid, "status": self.claim_status, "claim": claim},
+                {"$set": {"status": "sending", "sending_at": now}},
+            )
+            for mid, claim, now in items
+        ]
+        result = await self.rows.bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            return [True for _ in ops]
+        # Some row was claimed again by someone else: look which ones are still ours.
+        ours = {
+            (row["_id"], row.get("claim"))
+            async for row in self.rows.find(
+                {"_id": {"$in": [mid for mid, _, _ in items]}, "status": "sending"},
+                {"claim": 1},
+            )
+        }
+        return [(mid, claim) in ours for mid, claim, _ in items]
 
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """'sent' goes to the outcome rows in a batch; every other status updates the claim."""

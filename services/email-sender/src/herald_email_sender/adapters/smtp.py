@@ -64,6 +64,24 @@ class RelayUnavailable(RelayError):
     code = "relay-unavailable"
 
 
+class RelayAuthFailed(RelayUnavailable):
+    """The relay refused our credentials (AUTH answered 535 or the like): nothing was sent.
+    Retried like an unreachable relay (a secret being rotated), so a wrong secret ends every
+    message 'failed' with this reason once its attempts run out."""
+
+    def __init__(self, smtp_code: int, message: str) -> None:
+        super().__init__(
+            f"relay refused the credentials ({smtp_code} {message})", code=f"smtp-auth-{smtp_code}"
+        )
+
+
+class RelayUntrusted(RelayUnavailable):
+    """The relay's TLS certificate did not verify (unknown CA, wrong name, expired): nothing,
+    not even the credentials, was sent to it."""
+
+    code = "tls-untrusted"
+
+
 class RelayAmbiguous(RelayError):
     """The connection broke during DATA: the message may or may not have gone out."""
 
@@ -103,6 +121,7 @@ class SmtpRelay:
         timeout: float = 30.0,
         pool_size: int = 4,
         validate_certs: bool = True,
+        ca_file: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -111,6 +130,7 @@ class SmtpRelay:
         self._password = password or None
         self._timeout = timeout
         self._validate = validate_certs
+        self._ca_file = ca_file or None
         self._pool: asyncio.Queue[aiosmtplib.SMTP | None] = asyncio.Queue()
         for _ in range(max(1, pool_size)):
             self._pool.put_nowait(None)
@@ -121,7 +141,10 @@ class SmtpRelay:
         return f"{self.host}:{self.port}"
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        tls_context = ssl.create_default_context() if self.security != "none" else None
+        tls_context = None
+        if self.security != "none" and self._validate:
+            # Certificate and host name verified against the system store or the given CA.
+            tls_context = ssl.create_default_context(cafile=self._ca_file)
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -131,13 +154,22 @@ class SmtpRelay:
             password=self._password,
             timeout=self._timeout,
             validate_certs=self._validate,
-            tls_context=tls_context if self._validate else None,
+            tls_context=tls_context,
         )
         try:
-            await client.connect()
+            await client.connect()  # with STARTTLS and AUTH when configured
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            if exc.code >= 500:
+                raise RelayAuthFailed(exc.code, exc.message) from exc
+            raise RelayRefused(exc.code, f"authentication: {exc.message}") from exc
         except SMTPResponseException as exc:
             raise RelayRefused(exc.code, f"connect refused: {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            untrusted = _cert_error(exc)
+            if untrusted is not None:
+                raise RelayUntrusted(
+                    f"relay certificate not trusted: {untrusted.verify_message}"
+                ) from exc
             raise RelayUnavailable(f"cannot connect: {type(exc).__name__}") from exc
         return client
 
@@ -185,7 +217,11 @@ class SmtpRelay:
             reply = await client.data(data)
         except SMTPResponseException as exc:
             raise RelayRefused(exc.code, exc.message) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiosmtplib's SMTPTimeoutError is one too
+            raise RelayAmbiguous(
+                f"no answer to DATA within {self._timeout:g} s: the relay may have the message"
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
             raise RelayAmbiguous(f"lost the relay during DATA: {type(exc).__name__}") from exc
         return Accepted(provider_id=_queue_id(reply.message))
 
@@ -196,6 +232,18 @@ class SmtpRelay:
             if client is not None and client.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
+
+
+def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an error, if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain: aiosmtplib wraps the ssl error once or twice
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _queue_id(reply: str) -> str:
