@@ -34,7 +34,13 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_dispatcher.adapters.store import Decisions, Ledger, RequestState, Views
+from herald_dispatcher.adapters.store import (
+    CapHistory,
+    Decisions,
+    Ledger,
+    RequestState,
+    Views,
+)
 from herald_dispatcher.config import Settings
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
@@ -350,13 +356,13 @@ class Dispatcher:
             )
         if allowed_at > now:
             return await self._defer(request, channel, allowed_at, "quiet-hours")
+        history: CapHistory | None = None
         # 7. frequency caps (a contact counts once; escalations of it are not new contacts; a
         # campaign that does not count towards caps is not held back by them either)
         if first and campaign.counts_towards_cap:
             limits = self.settings.caps.get(campaign.priority.value, CapLimits())
-            sent = await self.ledger.sent_times(
-                request.customer_id, campaign.priority.value, exclude=request.request_id
-            )
+            history = await self.ledger.cap_history(request.customer_id, campaign.priority.value)
+            sent = history.sent_times(exclude=request.request_id)
             capped = apply_caps(sent, now, limits, policy=campaign.cap_policy)
             if capped.action == "suppress":
                 return Decision(
@@ -373,7 +379,7 @@ class Dispatcher:
                     due = capped.due
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
-        return await self._emit(request, prefs, case, case_json, channel, now, state)
+        return await self._emit(request, prefs, case, case_json, channel, now, state, history)
 
     def contact_window(
         self, prefs: ContactPreferences, channel: Channel, *, critical: bool
@@ -441,6 +447,7 @@ class Dispatcher:
         channel: Channel,
         now: datetime,
         state: RequestState | None,
+        history: CapHistory | None,
     ) -> Decision:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
@@ -519,7 +526,7 @@ class Dispatcher:
         except RenderError as exc:
             RENDER_ERRORS.labels(channel).inc()
             return Decision("failed", "render", channel=channel, detail=str(exc))
-        await self._after_send(request, case, channel, mid, now, state)
+        await self._after_send(request, case, channel, mid, now, state, history)
         return Decision("sent", "ranked", channel=channel, message_id=mid)
 
     async def _after_send(
@@ -530,6 +537,7 @@ class Dispatcher:
         mid: str,
         now: datetime,
         state: RequestState | None,
+        history: CapHistory | None,
     ) -> None:
         """Ledger rows for caps, supersession and escalation; the escalation timer."""
         campaign = request.campaign
@@ -551,11 +559,7 @@ class Dispatcher:
         ]
         if request.attempt == 1 and request.escalation_of is None:
             if campaign.counts_towards_cap:
-                writes.append(
-                    self.ledger.note_contact(
-                        request.request_id, request.customer_id, campaign.priority.value, now
-                    )
-                )
+                writes.append(self._note_contact(request, history, now))
             started = request.case_state.updated_at if request.case_state else request.requested_at
             FIRST_CONTACT.observe(max(0.0, (now - started).total_seconds()))
         if state is not None:
@@ -574,6 +578,15 @@ class Dispatcher:
             await self.producer.publish(
                 TIMER_REQUESTED, timer, key=request.customer_id, event_id=timer.timer_id
             )
+
+    async def _note_contact(
+        self, request: ContactRequest, history: CapHistory | None, now: datetime
+    ) -> None:
+        """Count the contact towards caps, from the history the cap rule read (else read it)."""
+        if history is None:
+            priority = request.campaign.priority.value
+            history = await self.ledger.cap_history(request.customer_id, priority)
+        await self.ledger.note_contact(request.request_id, history, now)
 
     @staticmethod
     def next_request(request: ContactRequest, channel: Channel, mid: str) -> ContactRequest | None:

@@ -123,6 +123,19 @@ class RequestState:
     told_by: str | None = None  # the request whose contact told the customer `told`
 
 
+@dataclass(slots=True)
+class CapHistory:
+    """A customer's recent contacts at one priority, as read from the ledger."""
+
+    key: str
+    recent: list[dict[str, Any]]
+    stored: bool
+
+    def sent_times(self, *, exclude: str = "") -> list[datetime]:
+        """When the customer was contacted (but for one request)."""
+        return [c["at"] for c in self.recent if c["r"] != exclude]
+
+
 class Ledger:
     """What the dispatcher has emitted: latest requests, contacts for caps, attempts, success."""
 
@@ -180,33 +193,35 @@ class Ledger:
         await self._latest_updates.update({"_id": state.key}, {"$set": body})
         state.stored = (state.order, state.told)
 
-    async def sent_times(
-        self, customer_id: str, priority: str, *, exclude: str = ""
-    ) -> list[datetime]:
-        """When this customer was contacted at this priority in the last week (but for one).
+    async def cap_history(self, customer_id: str, priority: str) -> CapHistory:
+        """This customer's contacts at this priority in the last week, read once per decision.
 
         One document per customer and priority, read by _id: FerretDB v1 pushes only _id
         filters down to its storage, so a query by customer would scan every contact.
         """
-        doc = await self._contacts.get(f"{customer_id}|{priority}")
-        return [c["at"] for c in (doc or {}).get("recent", []) if c["r"] != exclude]
-
-    async def note_contact(
-        self, request_id: str, customer_id: str, priority: str, at: datetime
-    ) -> None:
-        """Count one contact towards the customer's caps (once per request; a week is kept)."""
         key = f"{customer_id}|{priority}"
         doc = await self._contacts.get(key)
-        recent = [c for c in (doc or {}).get("recent", []) if c["at"] > at - WEEK]
+        return CapHistory(key, list((doc or {}).get("recent", [])), stored=doc is not None)
+
+    async def note_contact(self, request_id: str, history: CapHistory, at: datetime) -> None:
+        """Count one contact towards the customer's caps (once per request; a week is kept).
+
+        `history` is what this decision read: one consumer decides a customer at a time (keyed
+        partitions), so read-modify-write holds.
+        """
+        recent = [c for c in history.recent if c["at"] > at - WEEK]
         if any(c["r"] == request_id for c in recent):
             return
         recent.append({"r": request_id, "at": at})
         # A customer's first contact is an insert (batched; an upsert costs a read and a write
-        # on FerretDB). One consumer decides a customer at a time (keyed partitions), so
-        # read-modify-write holds.
-        if doc is None and await self._new_contacts.insert({"_id": key, "recent": recent}):
+        # on FerretDB).
+        if not history.stored and await self._new_contacts.insert(
+            {"_id": history.key, "recent": recent}
+        ):
             return
-        await self._contact_updates.update({"_id": key}, {"$set": {"recent": recent}}, upsert=True)
+        await self._contact_updates.update(
+            {"_id": history.key}, {"$set": {"recent": recent}}, upsert=True
+        )
 
     async def note_attempt(self, doc: Doc) -> None:
         """An emitted message, by message id, with what escalation needs."""
