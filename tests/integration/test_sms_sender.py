@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from twilio_support import (
     serving,
 )
 
-from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS
+from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS, utc_now
 from herald_kit import EventProducer
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
@@ -337,3 +338,24 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     assert callback.locale == msg.locale  # the call-back speaks the language of the SMS
     assert msg.expires_at is not None and callback.callback_until is not None
     assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored
+
+
+async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory()
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-late", expires_at=utc_now() + timedelta(seconds=2))
+    await env.publish(msg)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
+    assert msg.expires_at is not None
+    await asyncio.sleep(max(0.0, (msg.expires_at - utc_now()).total_seconds()) + 0.2)
+
+    await env.publish(msg)  # a redelivery once the message has expired
+    # The settled status is published again under the same event id; nothing contradicts it.
+    await eventually(lambda: len(env.statuses.where(message_id=msg.message_id, status="sent")) == 2)
+    await asyncio.sleep(0.5)
+    assert not env.statuses.where(message_id=msg.message_id, status="failed")
+    row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
+    assert row["status"] == "sent" and row["provider_id"].startswith("SM")
+    assert len(await env.sms_to(phone)) == 1

@@ -96,10 +96,6 @@ class SmsSending:
         """Send unless the ledger says it was sent or may have been."""
         now = utc_now()
         ref = self.ref(msg)
-        if msg.expires_at is not None and msg.expires_at <= now:
-            await self.ledger.claim(msg.message_id, now=now, meta=ref)
-            await self.fail(ref, "expired", "expired before send")
-            return
         key = number_key(msg.to)
         # The expiry is the campaign's window for a call-back the customer may ask for in reply,
         # spoken in the language the SMS was written in.
@@ -118,6 +114,11 @@ class SmsSending:
                 await self.publish(ref, "unknown", reason="found in 'sending' after a restart")
             else:
                 await republish_settled(self.producer, ref, row, channel="sms")
+            return
+        # Claimed first, expiry second: a redelivery after the expiry of a message already sent
+        # (or left 'sending') must keep that outcome, not be overwritten with 'failed'.
+        if msg.expires_at is not None and msg.expires_at <= now:
+            await self.fail(ref, "expired", "expired before send")
             return
         if await self.ledger.is_opted_out(key):
             await self.fail(ref, "21610", "recipient texted STOP")
