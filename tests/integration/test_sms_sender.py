@@ -28,6 +28,7 @@ from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS, ut
 from herald_kit import EventProducer
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
+from herald_sms_sender.domain.keywords import number_key
 from support import eventually, unique_phone
 
 
@@ -291,6 +292,9 @@ async def test_unsigned_or_tampered_webhooks_get_403_and_publish_nothing(
 
 async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:
     env: Env = await env_factory()
+    # Twilio's own STOP blocking off: whatever the sender asks for now goes out, so only the
+    # sender's own consent handling can hold the next message back.
+    assert (await env.behaviour(enforce_opt_out=False))["enforce_opt_out"] is False
     phone = unique_phone()
     first = outbound_sms(phone, customer_id="cust-stop")
     await env.publish(first)
@@ -301,15 +305,33 @@ async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFacto
         json={"from": phone, "to": "+15005550006", "body": "Stop"},
     )
     assert r.json()["status"] == 200
+    # Consent is withdrawn before the webhook is answered: the reply for preferences is out and
+    # the sender's own opt-out is recorded (by a hash of the number, never the number).
     reply = (await eventually(lambda: env.replies.where(intent="stop")))[0]
     assert reply.customer_id == "cust-stop" and reply.message_id == first.message_id
     assert reply.case_id == first.case_id and reply.channel == "sms"
+    opt_outs = env.ledger.database["opt_outs"]
+    assert await opt_outs.find_one({"_id": number_key(phone)}) is not None
+    assert await opt_outs.find_one({"_id": phone}) is None
 
     second = outbound_sms(phone, customer_id="cust-stop")
     await env.publish(second)
     failed = await eventually(lambda: env.statuses.where(message_id=second.message_id))
     assert failed[0].status == "failed" and failed[0].error_code == "21610"
+    assert failed[0].reason == "recipient texted STOP"
+    # No Messages request reached the provider for it (the sandbox would have accepted one).
     assert [i["body"] for i in await env.sms_to(phone)] == [first.body]
+
+    # START gives consent back: the next message goes out.
+    await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/inbound-sms",
+        json={"from": phone, "to": "+15005550006", "body": "START"},
+    )
+    await eventually(lambda: env.replies.where(intent="start"))
+    third = outbound_sms(phone, customer_id="cust-stop")
+    await env.publish(third)
+    await eventually(lambda: env.statuses.where(message_id=third.message_id, status="sent"))
+    assert [i["body"] for i in await env.sms_to(phone)] == [first.body, third.body]
 
 
 async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:

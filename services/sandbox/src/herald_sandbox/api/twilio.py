@@ -36,7 +36,10 @@ WEBHOOK_CONCURRENCY = 32
 
 def install(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
     """Give the app the Twilio side's state: rate limits, fault rules, an HTTP client."""
-    app.state.behaviour = Behaviour(rate_per_number=settings.twilio_rate_per_number)
+    app.state.behaviour = Behaviour(
+        rate_per_number=settings.twilio_rate_per_number,
+        enforce_opt_out=settings.twilio_enforce_opt_out,
+    )
     app.state.twilio_http = httpx.AsyncClient(
         timeout=10, limits=httpx.Limits(max_connections=WEBHOOK_CONCURRENCY)
     )
@@ -169,7 +172,7 @@ async def create_message(
     fault = behaviour.fault(to, ("server-error", "timeout", "undelivered"))
     if fault == "server-error":
         return twilio_error(500, 20500, "An internal server error has occurred")
-    if to in outbox.opted_out:
+    if behaviour.enforce_opt_out and to in outbox.opted_out:
         return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient", headers=None)
     record = outbox.add_sms(
         account_sid=account_sid,
