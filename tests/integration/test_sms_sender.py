@@ -198,13 +198,20 @@ async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
         send_attempts=8,
         breaker_threshold=1000,
     )
+    phone, hard = unique_phone(), unique_phone()
+    # 20% 5xx and timeouts for everyone; one number almost always answered 5xx, so that some
+    # messages exhaust their attempts and end failed.
     await env.behaviour(
-        faults=[{"kind": "server-error", "share": 0.1}, {"kind": "timeout", "share": 0.1}],
+        faults=[
+            {"kind": "server-error", "share": 0.1},
+            {"kind": "timeout", "share": 0.1},
+            {"kind": "server-error", "share": 0.9, "to_prefix": hard},
+        ],
         timeout_seconds=1.0,
         seed=7,
     )
-    phone = unique_phone()
     msgs = [outbound_sms(phone, customer_id=f"cust-{i % 7}") for i in range(60)]
+    msgs += [outbound_sms(hard, customer_id=f"cust-h{i % 3}") for i in range(12)]
     for m in msgs:
         await env.publish(m)
     ids = [m.message_id for m in msgs]
@@ -218,13 +225,18 @@ async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
     await eventually(all_final, within=90)
     rows = await env.ledger_rows(ids)
     bodies = Tally(item["body"] for item in await env.sms_to(phone))
+    bodies += Tally(item["body"] for item in await env.sms_to(hard))
     assert max(bodies.values()) == 1, "a message reached the provider twice"
     for m in msgs:
         row = rows[m.message_id]
         if row["status"] == "sent":
-            assert bodies[m.body] == 1
+            assert bodies[m.body] == 1, "a message reported sent is not at the provider once"
         else:
             assert row.get("reason") and row.get("error_code")
+            # A timeout may have let it through: 'failed' must mean nothing went out.
+            assert bodies[m.body] == 0, "a message reported failed reached the provider"
+    assert set(bodies) <= {m.body for m in msgs}
+    assert any(rows[m.message_id]["status"] == "failed" for m in msgs if m.to == hard)
     finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
     await eventually(lambda: {s.message_id for s in env.statuses.items} >= set(ids), within=10)
     finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
