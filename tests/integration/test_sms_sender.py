@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from twilio.request_validator import RequestValidator
 from twilio_support import (
@@ -393,3 +394,66 @@ async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
     row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
     assert row["status"] == "sent" and row["provider_id"].startswith("SM")
     assert len(await env.sms_to(phone)) == 1
+
+
+async def _metric(env: Env, name: str, **labels: str) -> float:
+    """The sender's /metrics value of one series (0 when absent)."""
+    text = (await env.http.get(f"{env.sender}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_breaker_opens_on_a_failing_provider_then_closes_and_nothing_is_lost(
+    env_factory: EnvFactory,
+) -> None:
+    cooldown = 3.0
+    env: Env = await env_factory(
+        breaker_threshold=3,
+        breaker_cooldown_seconds=cooldown,
+        send_backoff_seconds=0.05,
+        send_backoff_cap_seconds=0.2,
+    )
+    sender = {"sender": "sms-sender"}
+    busy = {**sender, "outcome": "busy", "code": "20500"}
+    opened_before = await _metric(env, "herald_circuit_breaker_opened_total", **sender)
+    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0}])
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id=f"cust-b{i}") for i in range(5)]
+    for m in msgs:
+        await env.publish(m)
+
+    async def state() -> float:
+        return await _metric(env, "herald_circuit_breaker_state", **sender)
+
+    async def is_open() -> bool:
+        return await state() == 2.0
+
+    await eventually(is_open, within=20, interval=0.05)
+    assert await _metric(env, "herald_circuit_breaker_opened_total", **sender) > opened_before
+    # Requests already in flight when it opened finish; then the provider hears nothing more
+    # for the rest of the open period.
+    await asyncio.sleep(0.3)
+    requests = await _metric(env, "herald_provider_requests_total", **busy)
+    assert requests >= 3
+    await asyncio.sleep(cooldown - 1.0)
+    assert await state() == 2.0
+    assert await _metric(env, "herald_provider_requests_total", **busy) == requests
+    assert await _metric(env, "herald_provider_requests_total", **sender, outcome="accepted") == 0
+
+    await env.behaviour(faults=[])  # the provider recovers
+    ids = [m.message_id for m in msgs]
+
+    async def all_sent() -> bool:
+        rows = await env.ledger_rows(ids)
+        return len(rows) == len(ids) and all(r["status"] == "sent" for r in rows.values())
+
+    await eventually(all_sent, within=30)
+    assert await state() == 0.0  # closed again
+    assert Tally(i["body"] for i in await env.sms_to(phone)) == Tally(m.body for m in msgs)
+    await eventually(
+        lambda: {s.message_id for s in env.statuses.where(status="sent")} >= set(ids), within=10
+    )
+    assert not [s for s in env.statuses.items if s.status == "failed"]
