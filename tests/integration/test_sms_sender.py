@@ -457,3 +457,37 @@ async def test_breaker_opens_on_a_failing_provider_then_closes_and_nothing_is_lo
         lambda: {s.message_id for s in env.statuses.where(status="sent")} >= set(ids), within=10
     )
     assert not [s for s in env.statuses.items if s.status == "failed"]
+
+
+async def test_retries_stop_at_the_expiry_and_the_message_fails_with_a_reason(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory(
+        send_attempts=50,
+        send_backoff_seconds=0.2,
+        send_backoff_cap_seconds=0.4,
+        breaker_threshold=1000,
+    )
+    phone = unique_phone()
+    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0, "to_prefix": phone}])
+    busy = {"sender": "sms-sender", "outcome": "busy", "code": "20500"}
+    before = await _metric(env, "herald_provider_requests_total", **busy)
+    msg = outbound_sms(phone, customer_id="cust-exp", expires_at=utc_now() + timedelta(seconds=2))
+    await env.publish(msg)
+    assert msg.expires_at is not None
+
+    # 50 attempts would take ~20 s; the expiry ends them after ~2 s.
+    [failed] = await eventually(
+        lambda: env.statuses.where(message_id=msg.message_id, status="failed"), within=10
+    )
+    assert failed.error_code == "20500"
+    assert failed.reason == "expired during retries (last: 20500)"
+    assert failed.at <= msg.expires_at + timedelta(seconds=0.5)
+    tried = await _metric(env, "herald_provider_requests_total", **busy) - before
+    assert 2 <= tried < 50
+    await asyncio.sleep(max(0.0, (msg.expires_at - utc_now()).total_seconds()) + 1.0)
+    # Nothing more went to the provider once it had given up, nor after the expiry.
+    assert await _metric(env, "herald_provider_requests_total", **busy) - before == tried
+    row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
+    assert row["status"] == "failed" and row["reason"] == failed.reason
+    assert await env.sms_to(phone) == []

@@ -18,7 +18,14 @@ from herald_sms_sender.adapters.provider import (
     SmsProvider,
 )
 from herald_sms_sender.domain.keywords import number_key
-from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
+from herald_twilio import (
+    PauseOutcome,
+    busy_delay,
+    gave_up_reason,
+    pause_unclaimed,
+    publish_delivery_status,
+    republish_settled,
+)
 
 log = logging.getLogger("herald.sms")
 
@@ -130,11 +137,13 @@ class SmsSending:
     ) -> None:
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
+        paused: PauseOutcome | None = None
         for attempt in range(1, self.retry.attempts + 1):
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                if not await self._pause(msg, wait):
+                paused = await self._pause(msg, wait)
+                if paused != "resumed":
                     break
                 continue
             await self.pacer.acquire(self.identity)
@@ -168,12 +177,17 @@ class SmsSending:
                 self.breaker.success()
                 await self._sent(ref, sent.provider_id)
                 return
-            if attempt == self.retry.attempts or not await self._pause(msg, delay):
+            if attempt == self.retry.attempts:
                 break
-        await self.fail(ref, last, f"gave up after retryable errors (last: {last})")
+            paused = await self._pause(msg, delay)
+            if paused != "resumed":
+                break
+        if paused == "taken":
+            return  # another consumer holds the row now; its outcome stands
+        await self.fail(ref, last, gave_up_reason(paused, last))
 
-    async def _pause(self, msg: OutboundSms, delay: float) -> bool:
-        """Sleep before the next attempt unless that passes the expiry; False when it would."""
+    async def _pause(self, msg: OutboundSms, delay: float) -> PauseOutcome:
+        """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""
         return await pause_unclaimed(
             self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at
         )
