@@ -81,24 +81,31 @@ async def env_factory(
 
     async with AsyncExitStack() as stack:
 
-        async def make(**sender_settings: Any) -> Env:
+        async def make(
+            sandbox_settings: dict[str, Any] | None = None, **sender_settings: Any
+        ) -> Env:
             sms_port = free_port()
             sender_url = f"http://127.0.0.1:{sms_port}"
             sandbox = await stack.enter_async_context(
-                sandbox_serving(twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound")
+                sandbox_serving(
+                    twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound",
+                    **(sandbox_settings or {}),
+                )
             )
             db = db_name("sms_sender")
             settings = SmsSettings(
-                port=sms_port,
-                public_base_url=sender_url,
-                kafka_bootstrap=infra["kafka"],
-                mongo_uri=infra["mongo"],
-                mongo_db=db,
-                topic_namespace=namespace,
-                twilio_account_sid=SANDBOX_SID,
-                twilio_auth_token=SANDBOX_TOKEN,
-                twilio_base_url=sandbox,
-                **sender_settings,
+                **{
+                    "port": sms_port,
+                    "public_base_url": sender_url,
+                    "kafka_bootstrap": infra["kafka"],
+                    "mongo_uri": infra["mongo"],
+                    "mongo_db": db,
+                    "topic_namespace": namespace,
+                    "twilio_account_sid": SANDBOX_SID,
+                    "twilio_auth_token": SANDBOX_TOKEN,
+                    "twilio_base_url": sandbox,
+                    **sender_settings,
+                }
             )
             sender = await stack.enter_async_context(serving(sms_app(settings), sms_port))
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
@@ -301,6 +308,46 @@ async def test_unsigned_or_tampered_webhooks_get_403_and_publish_nothing(
     assert len(env.statuses.items) == before_status
     assert len(env.replies.items) == before_replies
     assert (await env.ledger_rows([msg.message_id]))[msg.message_id]["status"] == "sent"
+
+
+async def test_behind_a_proxy_signatures_are_checked_over_the_public_url(
+    env_factory: EnvFactory,
+) -> None:
+    """Twilio signs the URL it called (the proxy's), not the address the sender listens on."""
+    public = "https://hooks.example.com/base"
+    # The sandbox cannot reach the public URL, so it sends no callbacks; the test posts them.
+    env: Env = await env_factory({"twilio_callbacks": False}, public_base_url=public)
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-proxy")
+    await env.publish(msg)
+    [sent] = await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    inbound = {"MessageSid": "SMproxy1", "From": phone, "To": "+15005550006", "Body": "1"}
+    query = f"?mid={msg.message_id}"
+    status = {"MessageSid": sent.provider_id, "MessageStatus": "delivered"}
+    hooks = (("/webhooks/twilio/inbound", inbound), (f"/webhooks/twilio/status{query}", status))
+
+    for path, params in hooks:  # signed over the internal address: refused
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(env.sender + path, params)},
+        )
+        assert r.status_code == 403, r.text
+        assert r.json()["field"] == "X-Twilio-Signature"
+    await asyncio.sleep(0.5)
+    assert not env.replies.items
+    assert not env.statuses.where(message_id=msg.message_id, status="delivered")
+
+    for path, params in hooks:  # signed over the public URL: accepted
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(public + path, params)},
+        )
+        assert r.status_code in (200, 204), r.text
+    [reply] = await eventually(lambda: env.replies.where(intent="confirm"))
+    assert reply.message_id == msg.message_id
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
 
 
 async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:
