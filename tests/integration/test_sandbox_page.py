@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from typing import Any
 
 import aiosmtplib
 import httpx
 import pytest
+from fastapi import FastAPI, Response
+from twilio.twiml.voice_response import VoiceResponse
+from twilio_support import SANDBOX_SID, SANDBOX_TOKEN, free_port, sandbox_serving, serving
 
 from herald_sandbox.app import create_app
 from herald_sandbox.config import Settings
-from support import running, unique_phone
+from support import eventually, running, unique_phone
 
 
 @pytest.fixture
@@ -108,3 +112,49 @@ async def test_sink_rules_refuse_mail_as_told_and_bad_rules_are_problems(
     assert (await client.get("/sandbox/api/emails", params={"to": "gone@example.com"})).json()[
         "count"
     ] == 1
+
+
+async def test_page_lists_placed_calls_under_their_recipient_with_status(browser: Any) -> None:
+    """A call placed on the fake Calls resource shows under its number, with how it ended."""
+    answered, busy = unique_phone(), unique_phone()
+    twiml = FastAPI()
+
+    @twiml.post("/voice")
+    async def voice() -> Response:
+        said = VoiceResponse()
+        said.say("Your engineer arrives at two")
+        return Response(str(said), media_type="application/xml")
+
+    async with (
+        serving(twiml, free_port()) as app_url,
+        sandbox_serving() as sandbox_url,
+        httpx.AsyncClient(base_url=sandbox_url, auth=(SANDBOX_SID, SANDBOX_TOKEN)) as client,
+    ):
+        r = await client.post(
+            "/sandbox/api/twilio/behaviour",
+            json={"faults": [{"kind": "busy", "share": 1, "to_prefix": busy}]},
+        )
+        assert r.status_code == 200, r.text
+        for to in (answered, busy):
+            r = await client.post(
+                f"/2010-04-01/Accounts/{SANDBOX_SID}/Calls.json",
+                data={"To": to, "From": "+15005550006", "Url": f"{app_url}/voice"},
+            )
+            assert r.status_code == 201, r.text
+
+        async def ended() -> bool:
+            calls = (await client.get("/sandbox/api/calls")).json()["items"]
+            return {c["status"] for c in calls} == {"completed", "busy"}
+
+        await eventually(ended, within=10)
+
+        page = await browser.new_page()
+        await page.goto(f"{sandbox_url}/sandbox")
+        assert "0 SMS, 2 calls, 0 emails." in (await page.text_content("body") or "")
+        done = page.locator("section.recipient", has=page.locator("h2", has_text=answered))
+        assert await done.locator("tr.call").count() == 1
+        row = done.locator("tr.call td")
+        assert await row.nth(2).text_content() == "completed"
+        assert "Your engineer arrives at two" in (await row.nth(3).text_content() or "")
+        refused = page.locator("section.recipient", has=page.locator("h2", has_text=busy))
+        assert await refused.locator("tr.call td").nth(2).text_content() == "busy"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,13 @@ from twilio_support import (
     serving,
 )
 
-from herald_contracts import DELIVERY_STATUS, OUTBOUND_SMS, OUTBOUND_VOICE
+from herald_contracts import DELIVERY_STATUS, OUTBOUND_SMS, OUTBOUND_VOICE, utc_now
 from herald_devstack import BY_NAME, Stack, StackConfig
+from herald_kit import EventProducer
+from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
+from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
 from support import eventually, unique_phone
@@ -65,19 +70,26 @@ async def _in_sandbox(http: httpx.AsyncClient, sandbox: str, what: str, phone: s
     return items
 
 
-@pytest.mark.parametrize("channel", ["sms", "voice"])
-async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
-    channel: str,
-    infra: dict[str, str],
-    namespace: str,
-    db_name: Callable[[str], str],
-    mongo: AsyncMongoClient[dict[str, Any]],
-) -> None:
-    sender_name, collection, topic, what, prefix = CHANNELS[channel]
+@dataclass
+class Served:
+    """A sender app and the sandbox over real HTTP, with a producer and a status collector."""
+
+    sender: str
+    sandbox: str
+    http: httpx.AsyncClient
+    prod: EventProducer
+    statuses: Collector
+    db: str
+
+
+@asynccontextmanager
+async def served(
+    channel: str, infra: dict[str, str], namespace: str, db: str
+) -> AsyncIterator[Served]:
+    """The channel's sender (in process) and the sandbox on free ports."""
     async with AsyncExitStack() as stack:
         port = free_port()
         sandbox = await stack.enter_async_context(sandbox_serving())
-        db = db_name(sender_name.replace("-", "_"))
         common: dict[str, Any] = {
             "port": port,
             "public_base_url": f"http://127.0.0.1:{port}",
@@ -107,6 +119,21 @@ async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
             return (await http.get(f"{sender}/readyz")).status_code == 200
 
         await eventually(ready, within=30)
+        yield Served(sender, sandbox, http, prod, statuses, db)
+
+
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
+    channel: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    sender_name, collection, topic, what, prefix = CHANNELS[channel]
+    db = db_name(sender_name.replace("-", "_"))
+    async with served(channel, infra, namespace, db) as s:
+        sender, sandbox, http, prod, statuses = s.sender, s.sandbox, s.http, s.prod, s.statuses
         await _timeouts(http, sandbox, 3.0)
         phone = unique_phone()
         msg = _message(channel, phone)
@@ -130,6 +157,54 @@ async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
             f'herald_provider_requests_total{{code="",outcome="lookup",sender="{sender_name}"}}'
             in metrics
         )
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["live", "expired"])
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_a_row_left_sending_that_the_provider_never_saw_ends_unknown_never_resent(
+    channel: str,
+    expired: bool,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    """A crash left the row 'sending'; Twilio has nothing: 'unknown', and no blind resend (also
+    when the redelivery comes after the message's expiry)."""
+    sender_name, collection, topic, what, _ = CHANNELS[channel]
+    db = db_name(sender_name.replace("-", "_"))
+    phone = unique_phone()
+    msg = _message(channel, phone)
+    if expired:
+        msg = msg.model_copy(update={"expires_at": utc_now() - timedelta(seconds=1)})
+    # The state a crash during the provider call leaves, written by the sender's own ledger.
+    ledger = Ledger(mongo[db]) if channel == "sms" else CallLedger(mongo[db])
+    crashed_at = utc_now() - timedelta(seconds=5)
+    meta = {k: getattr(msg, k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
+    assert (await ledger.claim(msg.message_id, now=crashed_at, meta=meta))[0]
+    await ledger.sending(msg.message_id, now=crashed_at)
+
+    async with served(channel, infra, namespace, db) as s:
+        await s.prod.publish(topic, msg, key=msg.customer_id)
+        [unknown] = await eventually(
+            lambda: s.statuses.where(message_id=msg.message_id, status="unknown"), within=30
+        )
+        assert unknown.reason == "found in 'sending' after a restart"
+        row = await mongo[db][collection].find_one({"_id": msg.message_id})
+        assert row is not None and row["status"] == "unknown"
+
+        await s.prod.publish(topic, msg, key=msg.customer_id)  # redelivered again
+        await eventually(
+            lambda: len(s.statuses.where(message_id=msg.message_id, status="unknown")) == 2,
+            within=30,
+        )
+        await asyncio.sleep(0.5)
+        assert await _in_sandbox(s.http, s.sandbox, what, phone) == [], "sent blindly"
+        assert {st.status for st in s.statuses.where(message_id=msg.message_id)} == {"unknown"}
+        row = await mongo[db][collection].find_one({"_id": msg.message_id})
+        assert row is not None and row["status"] == "unknown"
+        metrics = (await s.http.get(f"{s.sender}/metrics")).text
+        assert f'outcome="lookup",sender="{sender_name}"' in metrics
 
 
 @pytest.mark.parametrize("channel", ["sms", "voice"])

@@ -6,10 +6,12 @@ import asyncio
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from twilio.request_validator import RequestValidator
 from twilio_support import (
@@ -23,10 +25,11 @@ from twilio_support import (
     serving,
 )
 
-from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS
+from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS, utc_now
 from herald_kit import EventProducer
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
+from herald_sms_sender.domain.keywords import number_key
 from support import eventually, unique_phone
 
 
@@ -78,24 +81,31 @@ async def env_factory(
 
     async with AsyncExitStack() as stack:
 
-        async def make(**sender_settings: Any) -> Env:
+        async def make(
+            sandbox_settings: dict[str, Any] | None = None, **sender_settings: Any
+        ) -> Env:
             sms_port = free_port()
             sender_url = f"http://127.0.0.1:{sms_port}"
             sandbox = await stack.enter_async_context(
-                sandbox_serving(twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound")
+                sandbox_serving(
+                    twilio_sms_webhook_url=f"{sender_url}/webhooks/twilio/inbound",
+                    **(sandbox_settings or {}),
+                )
             )
             db = db_name("sms_sender")
             settings = SmsSettings(
-                port=sms_port,
-                public_base_url=sender_url,
-                kafka_bootstrap=infra["kafka"],
-                mongo_uri=infra["mongo"],
-                mongo_db=db,
-                topic_namespace=namespace,
-                twilio_account_sid=SANDBOX_SID,
-                twilio_auth_token=SANDBOX_TOKEN,
-                twilio_base_url=sandbox,
-                **sender_settings,
+                **{
+                    "port": sms_port,
+                    "public_base_url": sender_url,
+                    "kafka_bootstrap": infra["kafka"],
+                    "mongo_uri": infra["mongo"],
+                    "mongo_db": db,
+                    "topic_namespace": namespace,
+                    "twilio_account_sid": SANDBOX_SID,
+                    "twilio_auth_token": SANDBOX_TOKEN,
+                    "twilio_base_url": sandbox,
+                    **sender_settings,
+                }
             )
             sender = await stack.enter_async_context(serving(sms_app(settings), sms_port))
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
@@ -196,13 +206,20 @@ async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
         send_attempts=8,
         breaker_threshold=1000,
     )
+    phone, hard = unique_phone(), unique_phone()
+    # 20% 5xx and timeouts for everyone; one number almost always answered 5xx, so that some
+    # messages exhaust their attempts and end failed.
     await env.behaviour(
-        faults=[{"kind": "server-error", "share": 0.1}, {"kind": "timeout", "share": 0.1}],
+        faults=[
+            {"kind": "server-error", "share": 0.1},
+            {"kind": "timeout", "share": 0.1},
+            {"kind": "server-error", "share": 0.9, "to_prefix": hard},
+        ],
         timeout_seconds=1.0,
         seed=7,
     )
-    phone = unique_phone()
     msgs = [outbound_sms(phone, customer_id=f"cust-{i % 7}") for i in range(60)]
+    msgs += [outbound_sms(hard, customer_id=f"cust-h{i % 3}") for i in range(12)]
     for m in msgs:
         await env.publish(m)
     ids = [m.message_id for m in msgs]
@@ -216,13 +233,18 @@ async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
     await eventually(all_final, within=90)
     rows = await env.ledger_rows(ids)
     bodies = Tally(item["body"] for item in await env.sms_to(phone))
+    bodies += Tally(item["body"] for item in await env.sms_to(hard))
     assert max(bodies.values()) == 1, "a message reached the provider twice"
     for m in msgs:
         row = rows[m.message_id]
         if row["status"] == "sent":
-            assert bodies[m.body] == 1
+            assert bodies[m.body] == 1, "a message reported sent is not at the provider once"
         else:
             assert row.get("reason") and row.get("error_code")
+            # A timeout may have let it through: 'failed' must mean nothing went out.
+            assert bodies[m.body] == 0, "a message reported failed reached the provider"
+    assert set(bodies) <= {m.body for m in msgs}
+    assert any(rows[m.message_id]["status"] == "failed" for m in msgs if m.to == hard)
     finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
     await eventually(lambda: {s.message_id for s in env.statuses.items} >= set(ids), within=10)
     finals = {s.message_id for s in env.statuses.items if s.status in ("sent", "failed")}
@@ -288,8 +310,51 @@ async def test_unsigned_or_tampered_webhooks_get_403_and_publish_nothing(
     assert (await env.ledger_rows([msg.message_id]))[msg.message_id]["status"] == "sent"
 
 
+async def test_behind_a_proxy_signatures_are_checked_over_the_public_url(
+    env_factory: EnvFactory,
+) -> None:
+    """Twilio signs the URL it called (the proxy's), not the address the sender listens on."""
+    public = "https://hooks.example.com/base"
+    # The sandbox cannot reach the public URL, so it sends no callbacks; the test posts them.
+    env: Env = await env_factory({"twilio_callbacks": False}, public_base_url=public)
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-proxy")
+    await env.publish(msg)
+    [sent] = await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    inbound = {"MessageSid": "SMproxy1", "From": phone, "To": "+15005550006", "Body": "1"}
+    query = f"?mid={msg.message_id}"
+    status = {"MessageSid": sent.provider_id, "MessageStatus": "delivered"}
+    hooks = (("/webhooks/twilio/inbound", inbound), (f"/webhooks/twilio/status{query}", status))
+
+    for path, params in hooks:  # signed over the internal address: refused
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(env.sender + path, params)},
+        )
+        assert r.status_code == 403, r.text
+        assert r.json()["field"] == "X-Twilio-Signature"
+    await asyncio.sleep(0.5)
+    assert not env.replies.items
+    assert not env.statuses.where(message_id=msg.message_id, status="delivered")
+
+    for path, params in hooks:  # signed over the public URL: accepted
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(public + path, params)},
+        )
+        assert r.status_code in (200, 204), r.text
+    [reply] = await eventually(lambda: env.replies.where(intent="confirm"))
+    assert reply.message_id == msg.message_id
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
+
+
 async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:
     env: Env = await env_factory()
+    # Twilio's own STOP blocking off: whatever the sender asks for now goes out, so only the
+    # sender's own consent handling can hold the next message back.
+    assert (await env.behaviour(enforce_opt_out=False))["enforce_opt_out"] is False
     phone = unique_phone()
     first = outbound_sms(phone, customer_id="cust-stop")
     await env.publish(first)
@@ -300,15 +365,33 @@ async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFacto
         json={"from": phone, "to": "+15005550006", "body": "Stop"},
     )
     assert r.json()["status"] == 200
+    # Consent is withdrawn before the webhook is answered: the reply for preferences is out and
+    # the sender's own opt-out is recorded (by a hash of the number, never the number).
     reply = (await eventually(lambda: env.replies.where(intent="stop")))[0]
     assert reply.customer_id == "cust-stop" and reply.message_id == first.message_id
     assert reply.case_id == first.case_id and reply.channel == "sms"
+    opt_outs = env.ledger.database["opt_outs"]
+    assert await opt_outs.find_one({"_id": number_key(phone)}) is not None
+    assert await opt_outs.find_one({"_id": phone}) is None
 
     second = outbound_sms(phone, customer_id="cust-stop")
     await env.publish(second)
     failed = await eventually(lambda: env.statuses.where(message_id=second.message_id))
     assert failed[0].status == "failed" and failed[0].error_code == "21610"
+    assert failed[0].reason == "recipient texted STOP"
+    # No Messages request reached the provider for it (the sandbox would have accepted one).
     assert [i["body"] for i in await env.sms_to(phone)] == [first.body]
+
+    # START gives consent back: the next message goes out.
+    await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/inbound-sms",
+        json={"from": phone, "to": "+15005550006", "body": "START"},
+    )
+    await eventually(lambda: env.replies.where(intent="start"))
+    third = outbound_sms(phone, customer_id="cust-stop")
+    await env.publish(third)
+    await eventually(lambda: env.statuses.where(message_id=third.message_id, status="sent"))
+    assert [i["body"] for i in await env.sms_to(phone)] == [first.body, third.body]
 
 
 async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
@@ -337,3 +420,125 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     assert callback.locale == msg.locale  # the call-back speaks the language of the SMS
     assert msg.expires_at is not None and callback.callback_until is not None
     assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored
+
+
+async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory()
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-late", expires_at=utc_now() + timedelta(seconds=2))
+    await env.publish(msg)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
+    assert msg.expires_at is not None
+    await asyncio.sleep(max(0.0, (msg.expires_at - utc_now()).total_seconds()) + 0.2)
+
+    await env.publish(msg)  # a redelivery once the message has expired
+    # The settled status is published again under the same event id; nothing contradicts it.
+    await eventually(lambda: len(env.statuses.where(message_id=msg.message_id, status="sent")) == 2)
+    await asyncio.sleep(0.5)
+    assert not env.statuses.where(message_id=msg.message_id, status="failed")
+    row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
+    assert row["status"] == "sent" and row["provider_id"].startswith("SM")
+    assert len(await env.sms_to(phone)) == 1
+
+
+async def _metric(env: Env, name: str, **labels: str) -> float:
+    """The sender's /metrics value of one series (0 when absent)."""
+    text = (await env.http.get(f"{env.sender}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_breaker_opens_on_a_failing_provider_then_closes_and_nothing_is_lost(
+    env_factory: EnvFactory,
+) -> None:
+    cooldown = 3.0
+    env: Env = await env_factory(
+        breaker_threshold=3,
+        breaker_cooldown_seconds=cooldown,
+        send_backoff_seconds=0.05,
+        send_backoff_cap_seconds=0.2,
+    )
+    sender = {"sender": "sms-sender"}
+    busy = {**sender, "outcome": "busy", "code": "20500"}
+    # The registry is the process's: compare with what earlier tests left in it.
+    opened_before = await _metric(env, "herald_circuit_breaker_opened_total", **sender)
+    accepted = {**sender, "outcome": "accepted", "code": ""}
+    accepted_before = await _metric(env, "herald_provider_requests_total", **accepted)
+    busy_before = await _metric(env, "herald_provider_requests_total", **busy)
+    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0}])
+    phone = unique_phone()
+    msgs = [outbound_sms(phone, customer_id=f"cust-b{i}") for i in range(5)]
+    for m in msgs:
+        await env.publish(m)
+
+    async def state() -> float:
+        return await _metric(env, "herald_circuit_breaker_state", **sender)
+
+    async def is_open() -> bool:
+        return await state() == 2.0
+
+    await eventually(is_open, within=20, interval=0.05)
+    assert await _metric(env, "herald_circuit_breaker_opened_total", **sender) > opened_before
+    # Requests already in flight when it opened finish; then the provider hears nothing more
+    # for the rest of the open period.
+    await asyncio.sleep(0.3)
+    requests = await _metric(env, "herald_provider_requests_total", **busy)
+    assert requests - busy_before >= 3
+    await asyncio.sleep(cooldown - 1.0)
+    assert await state() == 2.0
+    assert await _metric(env, "herald_provider_requests_total", **busy) == requests
+    assert await _metric(env, "herald_provider_requests_total", **accepted) == accepted_before
+
+    await env.behaviour(faults=[])  # the provider recovers
+    ids = [m.message_id for m in msgs]
+
+    async def all_sent() -> bool:
+        rows = await env.ledger_rows(ids)
+        return len(rows) == len(ids) and all(r["status"] == "sent" for r in rows.values())
+
+    await eventually(all_sent, within=30)
+    assert await state() == 0.0  # closed again
+    assert Tally(i["body"] for i in await env.sms_to(phone)) == Tally(m.body for m in msgs)
+    await eventually(
+        lambda: {s.message_id for s in env.statuses.where(status="sent")} >= set(ids), within=10
+    )
+    assert not [s for s in env.statuses.items if s.status == "failed"]
+
+
+async def test_retries_stop_at_the_expiry_and_the_message_fails_with_a_reason(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory(
+        send_attempts=50,
+        send_backoff_seconds=0.2,
+        send_backoff_cap_seconds=0.4,
+        breaker_threshold=1000,
+    )
+    phone = unique_phone()
+    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0, "to_prefix": phone}])
+    busy = {"sender": "sms-sender", "outcome": "busy", "code": "20500"}
+    before = await _metric(env, "herald_provider_requests_total", **busy)
+    msg = outbound_sms(phone, customer_id="cust-exp", expires_at=utc_now() + timedelta(seconds=2))
+    await env.publish(msg)
+    assert msg.expires_at is not None
+
+    # 50 attempts would take ~20 s; the expiry ends them after ~2 s.
+    [failed] = await eventually(
+        lambda: env.statuses.where(message_id=msg.message_id, status="failed"), within=10
+    )
+    assert failed.error_code == "20500"
+    assert failed.reason == "expired during retries (last: 20500)"
+    assert failed.at <= msg.expires_at + timedelta(seconds=0.5)
+    tried = await _metric(env, "herald_provider_requests_total", **busy) - before
+    assert 2 <= tried < 50
+    await asyncio.sleep(max(0.0, (msg.expires_at - utc_now()).total_seconds()) + 1.0)
+    # Nothing more went to the provider once it had given up, nor after the expiry.
+    assert await _metric(env, "herald_provider_requests_total", **busy) - before == tried
+    row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
+    assert row["status"] == "failed" and row["reason"] == failed.reason
+    assert await env.sms_to(phone) == []

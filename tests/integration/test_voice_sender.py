@@ -227,3 +227,28 @@ async def test_a_callback_calls_the_customer_in_their_language_and_connects_an_a
     assert f"<Dial>{AGENT}</Dial>" in twiml
     assert ivr.prompts_for(language).callback in twiml and f'language="{language}"' in twiml
     assert len(await env.calls_to(phone)) == 1
+
+
+@pytest.mark.parametrize("outcome", ["no-answer", "failed"])
+async def test_a_call_nobody_answers_or_that_fails_reports_that_outcome(
+    env: Env, outcome: str
+) -> None:
+    phone = unique_phone()
+    r = await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": outcome, "share": 1.0, "to_prefix": phone}]},
+    )
+    assert r.status_code == 200, r.text
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    [final] = await eventually(
+        lambda: env.statuses.where(message_id=msg.message_id, status=outcome)
+    )
+    [call] = await env.calls_to(phone)
+    assert call["status"] == outcome and call["twiml"] == []  # never answered
+    assert final.reason == f"call {outcome}" and final.provider_id == call["sid"]
+    assert final.channel == "voice" and final.case_id == msg.case_id
+    [sent] = env.statuses.where(message_id=msg.message_id, status="sent")
+    assert sent.provider_id == call["sid"]
+    assert not env.statuses.where(message_id=msg.message_id, status="answered")
+    assert not env.replies.where(message_id=msg.message_id)

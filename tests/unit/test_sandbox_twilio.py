@@ -155,6 +155,13 @@ async def test_stop_from_customer_blocks_later_messages_with_21610(
         MSGS, data={"To": "+12015550111", "From": "+15005550006", "Body": "x"}, headers=AUTH
     )
     assert r.status_code == 400 and r.json()["code"] == 21610
+    # With Twilio's blocking switched off the sandbox takes it: senders must stop by themselves.
+    r = await client.post("/sandbox/api/twilio/behaviour", json={"enforce_opt_out": False})
+    assert r.json()["enforce_opt_out"] is False
+    r = await client.post(
+        MSGS, data={"To": "+12015550111", "From": "+15005550006", "Body": "x"}, headers=AUTH
+    )
+    assert r.status_code == 201
 
 
 async def test_call_runs_twiml_and_keypad_posts_to_gather_action(

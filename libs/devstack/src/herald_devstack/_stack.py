@@ -113,7 +113,10 @@ class Stack:
             env[f"{p}TWILIO_ACCOUNT_SID"] = SANDBOX_SID
             env[f"{p}TWILIO_AUTH_TOKEN"] = SANDBOX_TOKEN
             env[f"{p}SMTP_PORT"] = str(self.smtp_port())
-            env[f"{p}TWILIO_SMS_WEBHOOK_URL"] = f"{self.url('sms-sender')}/webhooks/twilio/inbound"
+            if any(s.name == "sms-sender" for s in self.specs):  # a stack may run without it
+                env[f"{p}TWILIO_SMS_WEBHOOK_URL"] = (
+                    f"{self.url('sms-sender')}/webhooks/twilio/inbound"
+                )
         if spec.name == "dispatcher":
             env[f"{p}STATUS_URL"] = f"{self.url('ingest')}/s/{{token}}"
             env[f"{p}PREFERENCES_URL"] = f"{self.url('preferences')}/p/{{token}}"

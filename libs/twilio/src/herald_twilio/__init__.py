@@ -7,7 +7,9 @@ from herald_twilio._client import (
     TwilioClient,
 )
 from herald_twilio._sending import (
+    PauseOutcome,
     busy_delay,
+    gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
     republish_settled,
@@ -16,11 +18,13 @@ from herald_twilio._webhooks import BadSignature, validate_signed_form
 
 __all__ = [
     "BadSignature",
+    "PauseOutcome",
     "ProviderBusy",
     "ProviderRejected",
     "ProviderTimeout",
     "TwilioClient",
     "busy_delay",
+    "gave_up_reason",
     "pause_unclaimed",
     "publish_delivery_status",
     "republish_settled",

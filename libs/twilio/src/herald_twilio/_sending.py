@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from herald_contracts import DELIVERY_STATUS, Channel, DeliveryState, DeliveryStatus, utc_now
 from herald_kit import (
@@ -38,18 +38,33 @@ def busy_delay(
     return last, backoff(attempt, base=base, cap=cap, retry_after=exc.retry_after)
 
 
+PauseOutcome = Literal["resumed", "expired", "taken"]
+
+
 async def pause_unclaimed(
     ledger: SendLedger, message_id: str, *, delay: float, expires_at: datetime | None
-) -> bool:
-    """Sleep before the next attempt unless that passes the expiry; False when it would (or
-    when the row could not be claimed again after the pause)."""
+) -> PauseOutcome:
+    """Sleep before the next attempt unless that passes the expiry.
+
+    'resumed': slept and claimed the row again, go on; 'expired': the next attempt would come
+    after the expiry, so no further provider request (nothing slept); 'taken': after the pause
+    the row could not be claimed again (another consumer took it over), so its outcome is not
+    ours to record.
+    """
     if expires_at is not None and utc_now() + timedelta(seconds=delay) >= expires_at:
-        return False
+        return "expired"
     # Nothing is in flight while we wait: a crash now must not leave the row 'sending'.
     await ledger.set(message_id, "retry")
     await asyncio.sleep(delay)
     ok, _ = await ledger.claim(message_id, now=utc_now())
-    return ok
+    return "resumed" if ok else "taken"
+
+
+def gave_up_reason(outcome: PauseOutcome | None, last: str) -> str:
+    """Why retrying stopped: the expiry came first, or the attempts ran out."""
+    if outcome == "expired":
+        return f"expired during retries (last: {last})"
+    return f"gave up after retryable errors (last: {last})"
 
 
 async def publish_delivery_status(

@@ -25,3 +25,6 @@ class Settings(ServiceSettings):
     twilio_rate_per_number: float = 0.0
     twilio_sms_webhook_url: str = ""
     twilio_callbacks: bool = True
+    twilio_enforce_opt_out: bool = Field(
+        default=True, description="Refuse (21610) numbers that texted STOP, as Twilio does."
+    )

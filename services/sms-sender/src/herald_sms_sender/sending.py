@@ -18,7 +18,14 @@ from herald_sms_sender.adapters.provider import (
     SmsProvider,
 )
 from herald_sms_sender.domain.keywords import number_key
-from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
+from herald_twilio import (
+    PauseOutcome,
+    busy_delay,
+    gave_up_reason,
+    pause_unclaimed,
+    publish_delivery_status,
+    republish_settled,
+)
 
 log = logging.getLogger("herald.sms")
 
@@ -96,10 +103,6 @@ class SmsSending:
         """Send unless the ledger says it was sent or may have been."""
         now = utc_now()
         ref = self.ref(msg)
-        if msg.expires_at is not None and msg.expires_at <= now:
-            await self.ledger.claim(msg.message_id, now=now, meta=ref)
-            await self.fail(ref, "expired", "expired before send")
-            return
         key = number_key(msg.to)
         # The expiry is the campaign's window for a call-back the customer may ask for in reply,
         # spoken in the language the SMS was written in.
@@ -119,6 +122,11 @@ class SmsSending:
             else:
                 await republish_settled(self.producer, ref, row, channel="sms")
             return
+        # Claimed first, expiry second: a redelivery after the expiry of a message already sent
+        # (or left 'sending') must keep that outcome, not be overwritten with 'failed'.
+        if msg.expires_at is not None and msg.expires_at <= now:
+            await self.fail(ref, "expired", "expired before send")
+            return
         if await self.ledger.is_opted_out(key):
             await self.fail(ref, "21610", "recipient texted STOP")
             return
@@ -129,11 +137,13 @@ class SmsSending:
     ) -> None:
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
+        paused: PauseOutcome | None = None
         for attempt in range(1, self.retry.attempts + 1):
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                if not await self._pause(msg, wait):
+                paused = await self._pause(msg, wait)
+                if paused != "resumed":
                     break
                 continue
             await self.pacer.acquire(self.identity)
@@ -167,12 +177,17 @@ class SmsSending:
                 self.breaker.success()
                 await self._sent(ref, sent.provider_id)
                 return
-            if attempt == self.retry.attempts or not await self._pause(msg, delay):
+            if attempt == self.retry.attempts:
                 break
-        await self.fail(ref, last, f"gave up after retryable errors (last: {last})")
+            paused = await self._pause(msg, delay)
+            if paused != "resumed":
+                break
+        if paused == "taken":
+            return  # another consumer holds the row now; its outcome stands
+        await self.fail(ref, last, gave_up_reason(paused, last))
 
-    async def _pause(self, msg: OutboundSms, delay: float) -> bool:
-        """Sleep before the next attempt unless that passes the expiry; False when it would."""
+    async def _pause(self, msg: OutboundSms, delay: float) -> PauseOutcome:
+        """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""
         return await pause_unclaimed(
             self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at
         )

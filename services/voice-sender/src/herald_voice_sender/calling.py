@@ -19,7 +19,14 @@ from herald_contracts import (
     utc_now,
 )
 from herald_kit import CircuitBreaker, EventProducer, Pacer
-from herald_twilio import busy_delay, pause_unclaimed, publish_delivery_status, republish_settled
+from herald_twilio import (
+    PauseOutcome,
+    busy_delay,
+    gave_up_reason,
+    pause_unclaimed,
+    publish_delivery_status,
+    republish_settled,
+)
 from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.adapters.provider import (
     ProviderBusy,
@@ -173,11 +180,13 @@ class VoiceCalling:
             await self._fail(ref, "expired", "expired before the call")
             return
         last = "none"
+        paused: PauseOutcome | None = None
         for attempt in range(1, self.retry.attempts + 1):
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                if not await self._pause(call, wait):
+                paused = await self._pause(call, wait)
+                if paused != "resumed":
                     break
                 continue
             await self.pacer.acquire(self.identity)
@@ -218,9 +227,14 @@ class VoiceCalling:
                 self.breaker.success()
                 await self._sent(ref, placed.provider_id)
                 return
-            if attempt == self.retry.attempts or not await self._pause(call, delay):
+            if attempt == self.retry.attempts:
                 break
-        await self._fail(ref, last, f"gave up after retryable errors (last: {last})")
+            paused = await self._pause(call, delay)
+            if paused != "resumed":
+                break
+        if paused == "taken":
+            return  # another consumer holds the row now; its outcome stands
+        await self._fail(ref, last, gave_up_reason(paused, last))
 
     async def _sent(self, ref: dict[str, Any], provider_id: str) -> None:
         await self.ledger.set(ref["message_id"], "sent", provider_id=provider_id)
@@ -249,7 +263,7 @@ class VoiceCalling:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
 
-    async def _pause(self, call: Call, delay: float) -> bool:
+    async def _pause(self, call: Call, delay: float) -> PauseOutcome:
         return await pause_unclaimed(
             self.ledger, call.message_id, delay=delay, expires_at=call.expires_at
         )

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, select_autoescape
 
+from herald_sandbox.domain.store import CallRecord, Outbox
+
 router = APIRouter(tags=["sandbox"])
 
 # Autoescaped: captured bodies are whatever senders produced, and must not run as markup.
@@ -46,11 +48,15 @@ h2{margin-top:2rem}
 )
 
 
+def _call_status(call: CallRecord) -> str:
+    return f"{call.status} ({call.answered_by})" if call.answered_by else call.status
+
+
 def _rows(request: Request) -> list[dict[str, Any]]:
     """SMS, calls and emails as uniform rows; SMS and calls come from the Twilio outbox."""
     rows: list[dict[str, Any]] = []
-    outbox = getattr(request.app.state, "outbox", None)
-    for sms in getattr(outbox, "sms", []):
+    outbox: Outbox = request.app.state.outbox
+    for sms in outbox.sms:
         rows.append(
             {
                 "channel": "sms",
@@ -61,15 +67,17 @@ def _rows(request: Request) -> list[dict[str, Any]]:
                 "body": sms.body,
             }
         )
-    for call in getattr(outbox, "calls", []):
+    # Outbox.calls is keyed by sid; find_calls() gives the records themselves.
+    for call in outbox.find_calls():
+        pressed = [f"pressed {d}" for d in call.digits]
         rows.append(
             {
                 "channel": "call",
-                "to": getattr(call, "to", "?"),
-                "when": getattr(call, "date_created", None),
-                "status": getattr(call, "status", ""),
+                "to": call.to,
+                "when": call.date_created,
+                "status": _call_status(call),
                 "subject": None,
-                "body": getattr(call, "twiml", "") or "",
+                "body": " ".join([*call.twiml, *pressed]),
             }
         )
     mailbox = getattr(request.app.state, "mailbox", None)

@@ -36,7 +36,10 @@ WEBHOOK_CONCURRENCY = 32
 
 def install(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
     """Give the app the Twilio side's state: rate limits, fault rules, an HTTP client."""
-    app.state.behaviour = Behaviour(rate_per_number=settings.twilio_rate_per_number)
+    app.state.behaviour = Behaviour(
+        rate_per_number=settings.twilio_rate_per_number,
+        enforce_opt_out=settings.twilio_enforce_opt_out,
+    )
     app.state.twilio_http = httpx.AsyncClient(
         timeout=10, limits=httpx.Limits(max_connections=WEBHOOK_CONCURRENCY)
     )
@@ -144,8 +147,9 @@ async def fire_status_callbacks(app: FastAPI, record: SmsRecord, *, final: str) 
 async def create_message(
     request: Request,
     account_sid: str,
-    to: Annotated[str, Form(alias="To")],
-    body: Annotated[str, Form(alias="Body")],
+    # Optional here so that a missing field gets Twilio's 400 and code, not a 422.
+    to: Annotated[str, Form(alias="To")] = "",
+    body: Annotated[str, Form(alias="Body")] = "",
     from_: Annotated[str | None, Form(alias="From")] = None,
     messaging_service_sid: Annotated[str | None, Form(alias="MessagingServiceSid")] = None,
     status_callback: Annotated[str | None, Form(alias="StatusCallback")] = None,
@@ -156,8 +160,12 @@ async def create_message(
     behaviour: Behaviour = request.app.state.behaviour
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
+    if not to:
+        return twilio_error(400, 21604, "A 'To' phone number is required.")
     if not _valid_number(to):
         return twilio_error(400, 21211, "The 'To' number is not a valid phone number.")
+    if not body:
+        return twilio_error(400, 21602, "Message body is required.")
     if not from_ and not messaging_service_sid:
         return twilio_error(400, 21603, "A 'From' phone number is required.")
     sender = messaging_service_sid or from_ or ""
@@ -169,7 +177,7 @@ async def create_message(
     fault = behaviour.fault(to, ("server-error", "timeout", "undelivered"))
     if fault == "server-error":
         return twilio_error(500, 20500, "An internal server error has occurred")
-    if to in outbox.opted_out:
+    if behaviour.enforce_opt_out and to in outbox.opted_out:
         return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient", headers=None)
     record = outbox.add_sms(
         account_sid=account_sid,
@@ -243,7 +251,7 @@ async def fetch_message(request: Request, account_sid: str, sid: str) -> Any:
 async def create_call(
     request: Request,
     account_sid: str,
-    to: Annotated[str, Form(alias="To")],
+    to: Annotated[str, Form(alias="To")] = "",
     from_: Annotated[str, Form(alias="From")] = "",
     url: Annotated[str, Form(alias="Url")] = "",
     status_callback: Annotated[str | None, Form(alias="StatusCallback")] = None,
@@ -254,6 +262,8 @@ async def create_call(
     behaviour: Behaviour = request.app.state.behaviour
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
+    if not to:
+        return twilio_error(400, 21201, "No 'To' number is specified")
     if not _valid_number(to):
         return twilio_error(400, 21211, "The 'To' number is not a valid phone number.")
     if not from_:

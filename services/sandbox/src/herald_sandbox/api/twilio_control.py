@@ -34,6 +34,9 @@ class BehaviourIn(BaseModel):
     burst: float | None = Field(default=None, ge=1)
     faults: list[FaultIn] | None = None
     timeout_seconds: float | None = Field(default=None, ge=0, le=60)
+    enforce_opt_out: bool | None = Field(
+        default=None, description="Refuse (21610) numbers that texted STOP, as Twilio does."
+    )
     seed: int | None = None
 
 
@@ -64,6 +67,7 @@ def _behaviour_json(b: Behaviour) -> dict[str, Any]:
         "burst": b.burst,
         "faults": [{"kind": r.kind, "share": r.share, "to_prefix": r.to_prefix} for r in b.rules],
         "timeout_seconds": b.timeout_seconds,
+        "enforce_opt_out": b.enforce_opt_out,
         "rejected_429": b.rejected_429,
     }
 
@@ -87,6 +91,7 @@ async def set_behaviour(request: Request, body: BehaviourIn) -> dict[str, Any]:
             else None
         ),
         timeout_seconds=body.timeout_seconds,
+        enforce_opt_out=body.enforce_opt_out,
         seed=body.seed,
     )
     return _behaviour_json(b)

@@ -46,8 +46,13 @@ class TokenBucket:
 class Behaviour:
     """Rate limit per sending number and fault rules, changeable at runtime."""
 
-    def __init__(self, *, rate_per_number: float = 0.0, seed: int | None = None) -> None:
+    def __init__(
+        self, *, rate_per_number: float = 0.0, enforce_opt_out: bool = True, seed: int | None = None
+    ) -> None:
         self.rate_per_number = rate_per_number
+        # Twilio refuses (21610) to message a number that texted STOP; off, the sandbox accepts
+        # it, so a test can see whether a sender honours STOP on its own.
+        self.enforce_opt_out = enforce_opt_out
         self.burst = max(1.0, rate_per_number)
         self.rules: list[FaultRule] = []
         self.timeout_seconds = 5.0
@@ -62,6 +67,7 @@ class Behaviour:
         burst: float | None = None,
         rules: list[FaultRule] | None = None,
         timeout_seconds: float | None = None,
+        enforce_opt_out: bool | None = None,
         seed: int | None = None,
     ) -> None:
         """Change what the sandbox does from now on; counters and buckets start afresh."""
@@ -74,6 +80,8 @@ class Behaviour:
             self.rules = rules
         if timeout_seconds is not None:
             self.timeout_seconds = timeout_seconds
+        if enforce_opt_out is not None:
+            self.enforce_opt_out = enforce_opt_out
         if seed is not None:
             self._random.seed(seed)
         self._buckets.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +79,7 @@ class CallRecord:
     twiml: list[str] = field(default_factory=list)
     digits: list[str] = field(default_factory=list)
     date_created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    accepted_at: float = field(default_factory=time.monotonic)  # for pacing measurements
 
     def as_twilio(self) -> dict[str, Any]:
         """The resource as Twilio's REST API renders it."""
