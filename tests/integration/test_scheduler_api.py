@@ -36,6 +36,17 @@ async def client(
             "",
         ),
         (
+            # `case` is an event trigger's variable: an audience reads `contact` and `cases`.
+            {"trigger": {**SCHEDULE, "audience": 'case.status == "delayed"'}},
+            "trigger.schedule.audience",
+            "unknown variable(s) case",
+        ),
+        (
+            {"trigger": {**SCHEDULE, "audience": "cases.exists(c, c.status == wanted)"}},
+            "trigger.schedule.audience",
+            "unknown variable(s) wanted",
+        ),
+        (
             {"trigger": {"kind": "event", "event_types": ["case.updated"], "filter": "a ++ b("}},
             "trigger.event.filter",
             "parse",
@@ -220,6 +231,25 @@ async def test_dry_run_answers_who_when_and_why_without_sending(
     assert r.status_code == 200, r.text
     reasons = {o["customer_id"]: o["reason"] for o in r.json()["not_contacted"]}
     assert reasons == {"dr-en": "no-channel-left(sms:no-consent)", "nobody": "no-preferences"}
+    # An audience over cases sees each customer's sample cases, as a fire sees cases.state.v1;
+    # without customers named, the sample cases' customers are the audience sample.
+    r = await client.post(
+        "/v1/campaigns/dry-run",
+        json={
+            "campaign": campaign_body(
+                trigger={**SCHEDULE, "audience": 'cases.exists(c, c.status == "delayed")'}
+            ),
+            "cases": [
+                {**case, "customer_ids": ["dr-nl"]},
+                {**case, "case_id": "case-o", "customer_ids": ["dr-en"], "status": "open"},
+            ],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert [o["customer_id"] for o in r.json()["contacted"]] == ["dr-nl"]
+    assert [(o["customer_id"], o["reason"]) for o in r.json()["not_contacted"]] == [
+        ("dr-en", "audience")
+    ]
     # A dry run is refused like a save when the draft is wrong.
     r = await client.post(
         "/v1/campaigns/dry-run",

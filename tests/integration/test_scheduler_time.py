@@ -181,15 +181,19 @@ async def test_a_timer_whose_request_expired_is_closed_without_sending(
         app = client._transport.app  # type: ignore[attr-defined]
         now = datetime.now(UTC)
         rows = [
-            # (timer id, kind, request id, expiry): a dispatcher's escalation whose request
-            # expired while it waited, the scheduler's own delayed request likewise, and a
-            # delayed request still in time.
-            ("t-exp", "timer", "r-exp", now - timedelta(seconds=1)),
-            ("d-exp", "delay", "r-dexp", now - timedelta(seconds=1)),
-            ("d-live", "delay", "r-live", now + timedelta(hours=1)),
+            # (timer id, kind, request id, attempt, expiry): a dispatcher's escalation whose
+            # request expired while it waited, a first attempt the dispatcher deferred (quiet
+            # hours) that expired likewise, the scheduler's own delayed request likewise, and
+            # a delayed request still in time.
+            ("t-exp", "timer", "r-exp", 2, now - timedelta(seconds=1)),
+            ("t-exp1", "timer", "r-exp1", 1, now - timedelta(seconds=1)),
+            ("d-exp", "delay", "r-dexp", 1, now - timedelta(seconds=1)),
+            ("d-live", "delay", "r-live", 1, now + timedelta(hours=1)),
         ]
-        for i, (tid, kind, rid, expires) in enumerate(rows):
-            request = _request(rid, "cust-1").model_copy(update={"expires_at": expires})
+        for i, (tid, kind, rid, attempt, expires) in enumerate(rows):
+            request = _request(rid, "cust-1").model_copy(
+                update={"expires_at": expires, "attempt": attempt}
+            )
             await app.state.timers.schedule(
                 timer_id=tid,
                 key=rid,
@@ -207,20 +211,33 @@ async def test_a_timer_whose_request_expired_is_closed_without_sending(
         states = {d["_id"]: d async for d in timers.find({})}
         assert {k: d["state"] for k, d in states.items()} == {
             "t-exp": "expired",
+            "t-exp1": "expired",
             "d-exp": "expired",
             "d-live": "fired",
         }
         assert all(d["fired_at"] is not None for d in states.values())
 
+        # Each first attempt that expired while it waited ends as suppressed (expired) in the
+        # campaign's stats; the expired delayed request counts as requested too (it never went
+        # out, so nothing else counted it). The escalation (attempt 2) followed a contact that
+        # was made, so it adds nothing.
         async def counted() -> bool:
-            return (await app.state.stats.get("camp-1"))["requested"] == 1
+            stats = await app.state.stats.get("camp-1")
+            return stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 2}
 
-        await eventually(counted)  # the expired delay was never requested, so never counted
+        await eventually(counted)
+        # Firing an expired row again (a replica whose claim lapsed) counts nothing twice.
+        await app.state.timer_service._publish_expired(
+            _request("r-dexp", "cust-1").model_copy(update={"attempt": 1}), "delay", now
+        )
+        await asyncio.sleep(0.5)
+        stats = await app.state.stats.get("camp-1")
+        assert stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 2}
         got = await requests.wait_for(lambda items: bool(items))
         await asyncio.sleep(0.5)  # anything else sent would have arrived by now
         got = await requests.poll()
     assert [r.request_id for r in got] == ["r-live"]
-    assert expired_count("timer") == before["timer"] + 1
+    assert expired_count("timer") == before["timer"] + 2
     assert expired_count("delay") == before["delay"] + 1
 
 

@@ -146,6 +146,30 @@ def test_schedule_dry_run_applies_the_audience_at_the_next_fire() -> None:
     assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("en", "audience")]
 
 
+def test_schedule_dry_run_reads_each_customers_cases_for_the_audience() -> None:
+    campaign = _campaign(
+        trigger={
+            "kind": "schedule",
+            "cron": "0 9 * * mon",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'cases.exists(c, c.status == "delayed") && contact.locale == "en"',
+        }
+    )
+    contacts = {c: _prefs(c) for c in ("late", "open", "none")}
+    cases = [_case("delayed", ["late"]), _case("open", ["open", "late"])]
+    result = dry_run(
+        campaign, cases=cases, customers=["late", "open", "none"], contacts=contacts, now=NOW
+    )
+    assert [o.customer_id for o in result.contacted] == ["late"]
+    assert [(o.customer_id, o.reason) for o in result.not_contacted] == [
+        ("open", "audience"),
+        ("none", "audience"),
+    ]
+    # Without sample cases nobody has a case, and the result says so.
+    result = dry_run(campaign, cases=[], customers=["late"], contacts=contacts, now=NOW)
+    assert result.contacted == [] and any("no sample cases" in n for n in result.notes)
+
+
 def test_templates_may_loop_and_use_globals_but_not_unknown_fields() -> None:
     from herald_scheduler.domain.campaigns import template_problems
 

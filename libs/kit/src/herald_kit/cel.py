@@ -15,6 +15,7 @@ from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError, CELParser
 from celpy.celtypes import BoolType
 from celpy.evaluation import CELEvalError
+from lark import Token, Tree
 
 
 class ExpressionError(ValueError):
@@ -48,6 +49,63 @@ def _program(expr: str) -> tuple[Any, Any]:
 def check(expr: str) -> None:
     """Raise ExpressionError when expr does not compile."""
     _program(expr)
+
+
+# Macros whose first argument names a variable bound inside the others (CEL spec).
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+
+def _bound_name(expr: Any) -> str | None:
+    """The bare identifier an expression consists of (a macro's bound variable), if it is one."""
+    idents = [t for t in expr.iter_subtrees() if t.data == "ident"]
+    tokens = list(expr.scan_values(lambda v: isinstance(v, Token)))
+    if len(idents) == 1 and len(tokens) == 1:
+        return str(idents[0].children[0])
+    return None
+
+
+def _free(tree: Any, bound: frozenset[str], found: set[str]) -> None:
+    if not isinstance(tree, Tree):
+        return
+    if tree.data == "ident" and str(tree.children[0]) not in bound:
+        found.add(str(tree.children[0]))
+        return
+    if tree.data == "dot_ident":  # `.name`: a variable named from the root
+        found.add(str(tree.children[0]))
+        return
+    if tree.data == "member_dot_arg" and str(tree.children[1]) in _MACROS:
+        target, _, args = tree.children
+        _free(target, bound, found)
+        exprs = list(args.children)
+        name = _bound_name(exprs[0]) if exprs else None
+        inner = bound | {name} if name else bound
+        for e in exprs[1:] if name else exprs:
+            _free(e, inner, found)
+        return
+    for child in tree.children:
+        _free(child, bound, found)
+
+
+def free_variables(expr: str) -> set[str]:
+    """The variables an expression reads (names bound by its macros left out)."""
+    found: set[str] = set()
+    _free(_program(expr)[1], frozenset(), found)
+    return found
+
+
+def named_members(expr: str) -> set[str]:
+    """Every member name and string literal in an expression: a superset of the fields it can
+    read from a map (`c.status` and `c["status"]` alike), so a map may be cut down to these."""
+    names: set[str] = set()
+    for tok in _program(expr)[1].scan_values(lambda v: isinstance(v, Token)):
+        if tok.type == "IDENT":
+            names.add(str(tok))
+        elif tok.type in ("STRING_LIT", "MLSTRING_LIT"):
+            # Field names carry no escapes: the text between the quotes is enough.
+            text = str(tok).lstrip("rRbB")
+            quote = text[:3] if tok.type == "MLSTRING_LIT" else text[:1]
+            names.add(text[len(quote) : -len(quote)])
+    return names
 
 
 def _interpret(ast: Any, activation: Any) -> Any:

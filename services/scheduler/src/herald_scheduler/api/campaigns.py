@@ -19,6 +19,7 @@ from herald_scheduler.domain.campaigns import (
     CampaignIn,
     CampaignStatus,
     ScheduleTrigger,
+    audience_reads_cases,
 )
 from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
@@ -296,7 +297,12 @@ class DryRunIn(BaseModel):
 
     campaign: CampaignIn
     cases: list[CaseState] = Field(
-        default_factory=list, max_length=200, description="Sample cases (event triggers)."
+        default_factory=list,
+        max_length=200,
+        description=(
+            "Sample cases: for event triggers, the changes to match; for an audience that "
+            "reads `cases`, the customers' cases."
+        ),
     )
     customers: list[str] | None = Field(
         default=None,
@@ -324,11 +330,16 @@ async def dry_run_draft(
     """Predict contacts from the customers' current preferences, quiet hours and caps."""
     limit: int = contacts.dry_run_limit
     customers = body.customers
+    trigger = body.campaign.trigger
     if customers is None:
-        if isinstance(body.campaign.trigger, ScheduleTrigger):
-            customers = [d["_id"] for d in await contacts.page(after="", limit=limit)]
-        else:
+        by_cases = not isinstance(trigger, ScheduleTrigger) or (
+            body.cases and audience_reads_cases(trigger.audience)
+        )
+        if by_cases:
+            # Event triggers, and audiences over the sample cases: the cases' customers.
             customers = sorted({c for case in body.cases for c in case.customer_ids})
+        else:
+            customers = [d["_id"] for d in await contacts.page(after="", limit=limit)]
     snapshots = await contacts.get_many(customers)
     known = {cid: ContactPreferences.model_validate(p) for cid, p in snapshots.items()}
     history: ContactHistory = request.app.state.history

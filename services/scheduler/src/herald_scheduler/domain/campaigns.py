@@ -26,7 +26,7 @@ from pydantic import (
 
 from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
 from herald_kit.templates import message_environment
-from herald_scheduler.domain.expressions import ExpressionError, check
+from herald_scheduler.domain.expressions import ExpressionError, check, free_variables
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
@@ -56,6 +56,15 @@ def _cel(value: str | None) -> str | None:
         except ExpressionError as exc:
             raise ValueError(str(exc)) from exc
     return value
+
+
+# What an audience filter reads: the customer's preference snapshot, and their cases.
+AUDIENCE_VARIABLES = frozenset({"contact", "cases"})
+
+
+def audience_reads_cases(audience: str | None) -> bool:
+    """True when an audience filter reads the customer's cases (a fire then streams them)."""
+    return audience is not None and "cases" in free_variables(audience)
 
 
 def template_problems(text: str, *, html: bool = False) -> list[str]:
@@ -172,8 +181,12 @@ class ScheduleTrigger(BaseModel):
     audience: str | None = Field(
         default=None,
         max_length=2000,
-        description="CEL over `contact` (the customer's preference snapshot); none: everyone.",
-        examples=['contact.locale == "nl"'],
+        description=(
+            "CEL over `contact` (the customer's preference snapshot) and `cases` (the latest "
+            "state of every case naming the customer, as on cases.state.v1; empty when none); "
+            "none: everyone."
+        ),
+        examples=['contact.locale == "nl"', 'cases.exists(c, c.status == "delayed")'],
     )
 
     @field_validator("time_zone")
@@ -188,7 +201,15 @@ class ScheduleTrigger(BaseModel):
     @field_validator("audience")
     @classmethod
     def _audience_parses(cls, value: str | None) -> str | None:
-        return _cel(value)
+        value = _cel(value)
+        if value is not None:
+            unknown = sorted(free_variables(value) - AUDIENCE_VARIABLES)
+            if unknown:
+                raise ValueError(
+                    f"unknown variable(s) {', '.join(unknown)}: an audience reads "
+                    "`contact` and `cases`"
+                )
+        return value
 
     @field_validator("cron")
     @classmethod
@@ -320,6 +341,19 @@ CAMPAIGN_EXAMPLES: list[JsonValue] = [
             "audience": 'contact.locale == "nl"',
         },
         "messages": {"email": {"nl": {"subject": "Herinnering", "body": "Hallo"}}},
+    },
+    {
+        "name": "Daily note to customers with a delayed case",
+        "topic": "service-updates",
+        "priority": "service",
+        "trigger": {
+            "kind": "schedule",
+            "cron": "0 10 * * *",
+            "time_zone": "Europe/Amsterdam",
+            "audience": 'cases.exists(c, c.status == "delayed") && contact.locale == "en"',
+        },
+        "messages": {"sms": {"en": {"body": "One of your cases is delayed; we are on it."}}},
+        "timing": {"expires_after_seconds": 28800},
     },
 ]
 

@@ -19,7 +19,12 @@ from herald_contracts import CaseState, Channel, ContactPreferences
 from herald_kit.caps import CapLimits, apply_caps
 from herald_kit.channels import choose_channel
 from herald_kit.windows import ContactWindow, LegalWindows, LocalWindow, contact_window
-from herald_scheduler.domain.campaigns import CampaignIn, EventTrigger, ScheduleTrigger
+from herald_scheduler.domain.campaigns import (
+    CampaignIn,
+    EventTrigger,
+    ScheduleTrigger,
+    audience_reads_cases,
+)
 from herald_scheduler.domain.expressions import ExpressionError, evaluate
 
 
@@ -229,9 +234,21 @@ def dry_run(
         if fire is None:
             notes.append("the schedule has no future fire time")
             return DryRunResult(contacted=yes, not_contacted=no, notes=notes)
+        # An audience reading `cases` sees each customer's sample cases, as a fire sees the
+        # cases on cases.state.v1 that name the customer.
+        by_customer: dict[str, list[dict[str, Any]]] = {}
+        for case in cases:
+            for customer in case.customer_ids:
+                by_customer.setdefault(customer, []).append(case.model_dump(mode="json"))
+        if audience_reads_cases(trigger.audience) and not cases:
+            notes.append("the audience reads `cases` but no sample cases were given: none apply")
         for customer in customers:
             prefs = contacts.get(customer)
-            snapshot = {"contact": prefs.model_dump(mode="json")} if prefs else None
+            snapshot = (
+                {"contact": prefs.model_dump(mode="json"), "cases": by_customer.get(customer, [])}
+                if prefs
+                else None
+            )
             reason = _fails(trigger.audience, snapshot, "audience") if snapshot else ""
             if reason:
                 no.append(Outcome(customer_id=customer, contacted=False, reason=reason))

@@ -1,5 +1,5 @@
 """Campaign filters and still-applies conditions in CEL: the shared helper in herald_kit.cel."""
 
-from herald_kit.cel import ExpressionError, check, evaluate
+from herald_kit.cel import ExpressionError, check, evaluate, free_variables, named_members
 
-__all__ = ["ExpressionError", "check", "evaluate"]
+__all__ = ["ExpressionError", "check", "evaluate", "free_variables", "named_members"]

@@ -9,6 +9,13 @@ older snapshots and tombstones), a second pass publishes for those. The checkpoi
 (partition, offset) after each published batch, so a crash resumes where it stopped; a batch
 published but not checkpointed goes out again with the same request ids (campaign, fire time,
 customer), which the dispatcher drops.
+
+An audience filter that reads `cases` (the customer's cases) makes the fire pin the compacted
+cases.state.v1 topic's end offsets too. Each run (a resume included) first streams that topic up
+to its pins and keeps, per live case, only the fields the filter names (`named_members`: its
+member names and string literals) and the customers it names, grouped per customer as one JSON
+array; memory is bounded by the live cases times those fields, not by the full states. Request
+ids stay (campaign, fire time, customer): the cases decide who is in the audience, not how often.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Top
 from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
 from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.adapters.stats import StatsRepository
-from herald_scheduler.domain.campaigns import request_id
-from herald_scheduler.domain.expressions import ExpressionError, evaluate
+from herald_scheduler.domain.campaigns import audience_reads_cases, request_id
+from herald_scheduler.domain.expressions import ExpressionError, evaluate, named_members
 from herald_scheduler.metrics import REQUESTS
 
 log = logging.getLogger("herald.scheduler.fanout")
@@ -84,16 +91,19 @@ class FanOut:
         self.producer = producer
         self.batch = batch
         self.topic = Topics.CONTACTS_PREFERENCES.name(settings.topic_namespace)
+        self.case_topic = Topics.CASES_STATE.name(settings.topic_namespace)
 
-    async def audience_ends(self) -> dict[str, int]:
-        """Each partition's end offset now: the audience a fire starting now will cover."""
+    async def audience_ends(self, *, cases: bool = False) -> dict[str, int]:
+        """Each partition's end offset now: the audience a fire starting now will cover (with
+        `cases`, the cases it will see)."""
+        topic = self.case_topic if cases else self.topic
         consumer = self._consumer()
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(self.topic) or set()
+            parts = consumer.partitions_for_topic(topic) or set()
             if not parts:
-                parts = set(await consumer._client._wait_on_metadata(self.topic) or ())
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                parts = set(await consumer._client._wait_on_metadata(topic) or ())
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
             ends = await consumer.end_offsets(tps)
             return {str(tp.partition): off for tp, off in ends.items()}
         finally:
@@ -138,6 +148,11 @@ class FanOut:
         consumer = self._consumer()
         await consumer.start()
         try:
+            if audience_reads_cases(job.audience):
+                assert job.audience is not None
+                job.cases = await self._load_cases(
+                    consumer, fire.get("case_ends") or {}, named_members(job.audience)
+                )
             for part in sorted(fire["ends"], key=int):
                 p, end = int(part), fire["ends"][part]
                 if p < job.cp_part:
@@ -210,6 +225,41 @@ class FanOut:
             return False
         return True
 
+    async def _load_cases(
+        self, consumer: AIOKafkaConsumer, ends: dict[str, int], names: set[str]
+    ) -> dict[str, bytes]:
+        """Each customer's cases as of the pinned ends: a JSON array of the cases' latest
+        states, cut down to the fields the audience filter names."""
+        latest: dict[bytes, tuple[int, tuple[str, ...], bytes]] = {}
+        for part, end in sorted(ends.items(), key=lambda kv: int(kv[0])):
+            tp = TopicPartition(self.case_topic, int(part))
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            async for records in self._read(consumer, tp, end):
+                for r in records:
+                    if r.key is None:
+                        continue
+                    if r.value is None:
+                        latest.pop(r.key, None)  # the case is gone
+                        continue
+                    try:
+                        state = json.loads(r.value)
+                        version = int(state.get("version", 0))
+                        customers = tuple(str(c) for c in state.get("customer_ids") or ())
+                    except (ValueError, TypeError, AttributeError):
+                        continue  # not a case state: it cannot be in anyone's audience
+                    held = latest.get(r.key)
+                    if held is not None and held[0] > version:
+                        continue  # never regress to an older version of the case
+                    kept = {k: v for k, v in state.items() if k in names}
+                    latest[r.key] = (version, customers, json.dumps(kept).encode())
+        grouped: dict[str, list[bytes]] = {}
+        for _, customers, kept_json in latest.values():
+            for customer in customers:
+                grouped.setdefault(customer, []).append(kept_json)
+        del latest
+        return {c: b"[" + b",".join(parts) + b"]" for c, parts in grouped.items()}
+
     async def _send_batches(
         self, job: _Job, p: int, members: list[tuple[int, bytes, bytes]]
     ) -> tuple[list[Any], int]:
@@ -272,13 +322,16 @@ class FanOut:
         job: _Job, key: bytes, snapshot: bytes
     ) -> tuple[list[tuple[str, bytes]], bytes] | None:
         """A request for one audience member, or None when the audience filter excludes them."""
+        customer = key.decode()
         if job.audience:
             try:
-                if not evaluate(job.audience, {"contact": json.loads(snapshot)}):
+                variables: dict[str, Any] = {"contact": json.loads(snapshot)}
+                if job.cases is not None:
+                    variables["cases"] = json.loads(job.cases.get(customer, b"[]"))
+                if not evaluate(job.audience, variables):
                     return None
             except (ValueError, ExpressionError):
                 return None
-        customer = key.decode()
         return job.encoder.encode(request_id(job.ref.id, job.trigger_key, customer), customer)
 
     async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
@@ -310,6 +363,8 @@ class _Job:
         self.out_topic = out_topic
         self.trigger_key: str = fire["trigger_key"]
         self.audience: str | None = fire.get("audience")
+        # Per customer, their cases as a JSON array (only when the audience reads `cases`).
+        self.cases: dict[str, bytes] | None = None
         self.rate: float | None = fire.get("rate_per_second")
         self.cp_part: int = fire["cp_part"]
         self.cp_off: int = fire["cp_off"]
@@ -329,9 +384,15 @@ class _Job:
 
 
 def fire_row(
-    doc: Doc, ref: CampaignRef, scheduled: datetime, trigger_key: str, ends: dict[str, int]
+    doc: Doc,
+    ref: CampaignRef,
+    scheduled: datetime,
+    trigger_key: str,
+    ends: dict[str, int],
+    case_ends: dict[str, int] | None = None,
 ) -> Doc:
-    """A fire row for a campaign version at a scheduled time, over the audience as of now."""
+    """A fire row for a campaign version at a scheduled time, over the audience (and, when its
+    filter reads them, the cases) as of now."""
     d = doc["definition"]
     return {
         "_id": f"{doc['_id']}|{trigger_key}",
@@ -343,6 +404,7 @@ def fire_row(
         "rate_per_second": d.get("limits", {}).get("rate_per_second"),
         "expires_after_seconds": d.get("timing", {}).get("expires_after_seconds"),
         "ends": ends,
+        "case_ends": case_ends,
         "done": False,
         "created_at": utc_now(),
     }

@@ -27,7 +27,12 @@ from herald_contracts import utc_now
 from herald_kit import Doc
 from herald_scheduler.adapters.audience import FireRepository, Lease
 from herald_scheduler.adapters.campaigns import CampaignRepository
-from herald_scheduler.domain.campaigns import ScheduleTrigger, definition_of, fire_key
+from herald_scheduler.domain.campaigns import (
+    ScheduleTrigger,
+    audience_reads_cases,
+    definition_of,
+    fire_key,
+)
 from herald_scheduler.messaging.fanout import FanOut, fire_row
 from herald_scheduler.messaging.matcher import campaign_ref
 from herald_scheduler.metrics import LEADER
@@ -198,7 +203,13 @@ class ScheduleRunner:
             if await self.fires.get(f"{campaign_id}|{key}") is not None:
                 return  # fired already (a double fire or a replay): nothing new
             ends = await self.fanout.audience_ends()
-            row = fire_row(doc, campaign_ref(doc), scheduled, key, ends)
+            audience = doc["definition"]["trigger"].get("audience")
+            case_ends = (
+                await self.fanout.audience_ends(cases=True)
+                if audience_reads_cases(audience)
+                else None
+            )
+            row = fire_row(doc, campaign_ref(doc), scheduled, key, ends, case_ends)
             if await self.fires.begin(row):
                 log.info("campaign fired", extra={"campaign": campaign_id, "trigger": key})
                 self._spawn(row["_id"])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord
 
 from herald_contracts import (
     CONTACT_REQUESTED,
+    DELIVERY_STATUS,
     ENGAGEMENT_REPLY,
     ContactRequest,
+    DeliveryStatus,
     EngagementReply,
     TimerRequest,
     utc_now,
@@ -22,6 +25,15 @@ from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
 
 log = logging.getLogger("herald.scheduler.timers")
+
+# The dispatcher's namespace for ids derived from a request (herald_dispatcher.policy): an
+# expiry noted here and one the dispatcher notes for the same request are the same event.
+MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
+
+
+def suppressed_id(request_id: str) -> str:
+    """The id of a request's `suppressed` status, as the dispatcher derives it."""
+    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{request_id}|suppressed"))
 
 
 class TimerService:
@@ -127,7 +139,9 @@ class TimerService:
                 request = request.model_copy(update={"not_before": row["due_at"]})
             now = utc_now()
             if request.expires_at is not None and request.expires_at <= now:
-                # Never send after the expiry: the row is closed without a request.
+                # Never send after the expiry: the row is closed without a request, and the
+                # contact ends as suppressed (expired) in the campaign's stats.
+                await self._publish_expired(request, row["kind"], now)
                 outcome = "expired"
             else:
                 # A dispatcher timer re-sends its request unchanged; its event id is the timer's
@@ -149,6 +163,32 @@ class TimerService:
             TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
             settled += 1
         return settled
+
+    async def _publish_expired(self, request: ContactRequest, kind: str, now: datetime) -> None:
+        """Tell delivery.status.v1 that a contact expired while it waited here, as the
+        dispatcher does for one that expires with it: only for a contact's first attempt (an
+        escalation follows a contact that was made), under an id derived from the request, so a
+        second firing of the row publishes the same event."""
+        if request.attempt != 1 or request.escalation_of is not None:
+            return
+        if kind != "timer":
+            # The scheduler's own delayed request was never published, so never counted as
+            # requested: count it now, so its suppression has a request to end.
+            await self.stats.requested(request.campaign.id, [request.request_id])
+        sid = suppressed_id(request.request_id)
+        status = DeliveryStatus(
+            message_id=sid,
+            request_id=request.request_id,
+            campaign_id=request.campaign.id,
+            customer_id=request.customer_id,
+            case_id=request.case_id,
+            status="suppressed",
+            reason="expired",
+            at=now,
+        )
+        await self.producer.publish(
+            DELIVERY_STATUS, status, key=request.customer_id, event_id=sid, subject=request.case_id
+        )
 
     async def _fire_reply(self, row: dict[str, object]) -> int:
         """A deferred call-back: re-publish its reply under the reply's own event id (to every
