@@ -7,7 +7,6 @@ import os
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.policy import SMTP
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 from herald_contracts import OutboundEmail
 from herald_devstack import Stack, StackConfig
 from herald_email_sender.config import Settings
-from herald_email_sender.domain.message import build_email, message_id_header
+from herald_email_sender.domain.message import BuiltEmail, build_email, message_id_header
 from herald_kit import InvalidInput
 
 
@@ -47,8 +46,8 @@ def outbound(**overrides: Any) -> OutboundEmail:
     return OutboundEmail(**values)
 
 
-def roundtrip(email: EmailMessage) -> EmailMessage:
-    parsed = message_from_bytes(email.as_bytes(policy=SMTP), policy=policy.default)
+def roundtrip(email: BuiltEmail) -> EmailMessage:
+    parsed = message_from_bytes(email.data, policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -150,3 +149,40 @@ def test_the_local_stack_allows_an_http_one_click_url_explicitly(
     settings = Settings()
     assert settings.link_secret.get_secret_value() and settings.unsubscribe_allow_http
     assert settings.unsubscribe_base().startswith("http://127.0.0.1:")
+
+
+def test_non_ascii_subject_sender_name_and_bodies_reach_the_customer_intact() -> None:
+    subject = "您的工程师将于 14:00 到达 — Case 123 " * 3
+    text = "Bonjour, votre technicien arrive à 14h00.\n" + "x" * 1200
+    msg = outbound(subject=subject, text=text, html="<p>您好</p>")
+    email = roundtrip(
+        build_email(
+            msg,
+            from_address="news@h.example",
+            from_name='Herald Énergie, "Ltd"',
+            domain="h.example",
+            unsubscribe_url=None,
+        )
+    )
+    assert email["Subject"] == " ".join(subject.split())
+    assert email["From"].addresses[0].display_name == 'Herald Énergie, "Ltd"'
+    assert email["From"].addresses[0].addr_spec == "news@h.example"
+    assert email.get_body(("plain",)).get_content().rstrip("\n") == text
+    assert email.get_body(("html",)).get_content().strip() == "<p>您好</p>"
+    assert not email.defects and not any(part.defects for part in email.walk())
+
+
+def test_an_internationalised_domain_is_addressed_in_ascii_and_a_non_ascii_mailbox_refused() -> (
+    None
+):
+    built = build_email(
+        outbound(to="ann@bücher.example"),
+        from_address="news@h.example",
+        from_name=None,
+        domain="h.example",
+        unsubscribe_url=None,
+    )
+    assert built.recipient == "ann@xn--bcher-kva.example"
+    with pytest.raises(InvalidInput) as info:
+        build(outbound(to="ü@example.com"))
+    assert info.value.field == "to"

@@ -8,7 +8,6 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from email.policy import SMTP
 
 from prometheus_client import Counter
 from pymongo.errors import PyMongoError
@@ -174,9 +173,7 @@ class EmailSending:
         except InvalidInput as exc:
             await self._fail(msg, "invalid-address", exc.detail)
             return
-        data = email.as_bytes(policy=SMTP)
-        recipient = str(email["To"])
-        await self._attempts(msg, recipient, data, claim)
+        await self._attempts(msg, email.recipient, email.data, claim)
 
     async def _attempts(self, msg: OutboundEmail, recipient: str, data: bytes, claim: str) -> None:
         last: RelayError | None = None
