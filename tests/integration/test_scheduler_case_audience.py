@@ -5,18 +5,15 @@ without duplicates."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from pymongo import AsyncMongoClient
 from test_scheduler_support import (
     Doc,
     Publisher,
     Requests,
     active_campaign,
-    open_publisher,
-    open_requests,
     publish_audience,
     scheduler,
 )
@@ -25,18 +22,6 @@ from herald_contracts import CASE_STATE, CaseState, Topics
 from support import eventually
 
 DELAYED = 'cases.exists(c, c.status == "delayed")'
-
-
-@pytest.fixture
-async def publisher(infra: dict[str, str], namespace: str) -> AsyncIterator[Publisher]:
-    async with open_publisher(infra, namespace) as p:
-        yield p
-
-
-@pytest.fixture
-async def requests(infra: dict[str, str], namespace: str) -> AsyncIterator[Requests]:
-    async with open_requests(infra, namespace) as r:
-        yield r
 
 
 async def publish_case(

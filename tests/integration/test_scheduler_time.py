@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,8 +18,6 @@ from test_scheduler_support import (
     Publisher,
     Requests,
     active_campaign,
-    open_publisher,
-    open_requests,
     publish_audience,
     scheduler,
 )
@@ -34,18 +32,6 @@ from herald_contracts import (
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.domain.campaigns import fire_key
 from support import eventually
-
-
-@pytest.fixture
-async def publisher(infra: dict[str, str], namespace: str) -> AsyncIterator[Publisher]:
-    async with open_publisher(infra, namespace) as p:
-        yield p
-
-
-@pytest.fixture
-async def requests(infra: dict[str, str], namespace: str) -> AsyncIterator[Requests]:
-    async with open_requests(infra, namespace) as r:
-        yield r
 
 
 def _request(rid: str, customer: str) -> ContactRequest:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from pymongo import AsyncMongoClient
 from test_scheduler_support import (
     Doc,
@@ -15,24 +14,10 @@ from test_scheduler_support import (
     Requests,
     active_campaign,
     campaign_body,
-    open_publisher,
-    open_requests,
     scheduler,
 )
 
 from support import eventually
-
-
-@pytest.fixture
-async def publisher(infra: dict[str, str], namespace: str) -> AsyncIterator[Publisher]:
-    async with open_publisher(infra, namespace) as p:
-        yield p
-
-
-@pytest.fixture
-async def requests(infra: dict[str, str], namespace: str) -> AsyncIterator[Requests]:
-    async with open_requests(infra, namespace) as r:
-        yield r
 
 
 async def test_filter_matches_one_change_and_not_another(
