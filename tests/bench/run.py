@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from benchlib import BenchEnv, Figure  # noqa: E402
+from herald_kit import tune_gc  # noqa: E402
 
 
 def _modules(only: list[str]) -> list[Path]:
@@ -59,7 +60,9 @@ def main() -> None:
     parser.add_argument("only", nargs="*", help="substrings of benchmark module names")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink or grow every workload")
     args = parser.parse_args()
-    # The services run on uvloop (uvicorn picks it when installed): so do the in-process ones.
+    # The services run on uvloop (uvicorn picks it when installed) with the kit's collector
+    # settings (serve() calls tune_gc): so do the in-process ones.
+    tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         figures = runner.run(_main(args.only, args.scale))
     out = Path("bench-results")

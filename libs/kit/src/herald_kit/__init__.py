@@ -45,7 +45,7 @@ from herald_kit._metrics import count_send_outcome, observe_provider_request
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
-from herald_kit._serve import serve
+from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
 from herald_kit._settings import ApiKeyEntry, ServiceSettings
 from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
@@ -110,4 +110,5 @@ __all__ = [
     "require_scopes",
     "serve",
     "transient",
+    "tune_gc",
 ]

@@ -14,6 +14,9 @@ class ApiKeyEntry(BaseModel):
     scopes: list[str] = Field(default_factory=list)
 
 
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (see tune_gc)
+
+
 class ServiceSettings(BaseSettings):
     """What every service needs: where it listens, Kafka, MongoDB, keys, logging."""
 
@@ -48,6 +51,12 @@ class ServiceSettings(BaseSettings):
     consumer_batch: int = Field(default=200, ge=1, le=10_000)
     retry_attempts: int = Field(default=5, ge=0, le=50)
     retry_base_seconds: float = Field(default=0.2, gt=0)
+    gc_threshold: int = Field(
+        default=GC_THRESHOLD,
+        ge=700,
+        description="Allocations between young-generation garbage collections (Python's "
+        "default is 700; see tune_gc).",
+    )
 
     def base_url(self) -> str:
         """Where this service is reachable from outside."""
