@@ -19,13 +19,19 @@ class Figure:
     unit: str
     note: str = ""
 
+    def shown(self) -> str:
+        """The value as printed: ratios below 10 with three decimals (0.33 vs 0.3 matters)."""
+        if self.unit == "ratio" and abs(self.value) < 10:
+            return f"{self.value:.3f}"
+        return f"{self.value:,.1f}"
+
     def row(self) -> str:
         """A console line."""
-        return f"{self.name:<48} {self.value:>12,.1f} {self.unit:<10} {self.note}"
+        return f"{self.name:<48} {self.shown():>12} {self.unit:<10} {self.note}"
 
     def md(self) -> str:
         """A markdown table row."""
-        return f"| {self.bench} | {self.name} | {self.value:,.1f} | {self.unit} | {self.note} |"
+        return f"| {self.bench} | {self.name} | {self.shown()} | {self.unit} | {self.note} |"
 
     def as_dict(self) -> dict[str, object]:
         """JSON form."""

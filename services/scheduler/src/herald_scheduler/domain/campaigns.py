@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -47,6 +48,25 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
 def request_id(campaign_id: str, trigger_key: str, customer_id: str) -> str:
     """Deterministic contact request id from (campaign id, trigger key, customer id)."""
     return str(uuid.uuid5(REQUEST_NAMESPACE, f"{campaign_id}|{trigger_key}|{customer_id}"))
+
+
+class RequestIds:
+    """`request_id` for the customers of one (campaign, trigger key), as a fan-out needs a
+    million of them: the shared prefix is hashed once and the UUID is formatted directly
+    (uuid.uuid5 and UUID.__str__ were a third of a fan-out's CPU). Same ids as request_id."""
+
+    def __init__(self, campaign_id: str, trigger_key: str) -> None:
+        prefix = REQUEST_NAMESPACE.bytes + f"{campaign_id}|{trigger_key}|".encode()
+        self._prefix = hashlib.sha1(prefix, usedforsecurity=False)
+
+    def __call__(self, customer_id: str) -> str:
+        digest = self._prefix.copy()
+        digest.update(customer_id.encode())
+        b = bytearray(digest.digest()[:16])
+        b[6] = (b[6] & 0x0F) | 0x50  # version 5
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = b.hex()
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _cel(value: str | None) -> str | None:

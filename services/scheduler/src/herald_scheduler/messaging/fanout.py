@@ -35,7 +35,7 @@ from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Top
 from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
 from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.adapters.stats import StatsRepository
-from herald_scheduler.domain.campaigns import audience_reads_cases, request_id
+from herald_scheduler.domain.campaigns import RequestIds, audience_reads_cases
 from herald_scheduler.domain.expressions import ExpressionError, evaluate, named_members
 from herald_scheduler.metrics import REQUESTS
 
@@ -332,7 +332,7 @@ class FanOut:
                     return None
             except (ValueError, ExpressionError):
                 return None
-        return job.encoder.encode(request_id(job.ref.id, job.trigger_key, customer), customer)
+        return job.encoder.encode(job.request_id(customer), customer)
 
     async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
         ok = await self.fires.advance(
@@ -362,6 +362,7 @@ class _Job:
         self.encoder = encoder
         self.out_topic = out_topic
         self.trigger_key: str = fire["trigger_key"]
+        self.request_id = RequestIds(ref.id, self.trigger_key)
         self.audience: str | None = fire.get("audience")
         # Per customer, their cases as a JSON array (only when the audience reads `cases`).
         self.cases: dict[str, bytes] | None = None
