@@ -40,6 +40,7 @@ from herald_dispatcher.adapters.store import (
     Ledger,
     RequestState,
     Views,
+    stored_request,
 )
 from herald_dispatcher.config import Settings
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
@@ -552,7 +553,8 @@ class Dispatcher:
                     "customer_id": request.customer_id,
                     "case_id": request.case_id,
                     "success": campaign.success,
-                    "next": nxt.model_dump(mode="json") if nxt else None,
+                    # A JSON string: one opaque field to store (see Views), read once if ever.
+                    "next": nxt.model_dump_json() if nxt else None,
                     "at": now,
                 }
             )
@@ -620,7 +622,7 @@ class Dispatcher:
             await self._cancel(attempt)
             if attempt.get("next") is None:
                 return
-            nxt = ContactRequest.model_validate(attempt["next"])
+            nxt = stored_request(attempt["next"])
             # Through contact.requests (keyed by customer) so one consumer decides per customer;
             # it is the very request the escalation timer would send, so the claim keeps it single.
             await self.producer.publish(

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_contracts import CaseState, ContactPreferences
+from herald_contracts import CaseState, ContactPreferences, ContactRequest
 from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit.caps import WEEK
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _snapshot(model: type[M], doc: Doc | None) -> M | None:
+    """A view row's snapshot: a JSON string (one opaque field for the database to store and
+    return, where a nested document costs FerretDB a conversion per field), or the nested
+    `body` of rows written before it."""
+    if doc is None:
+        return None
+    if "json" in doc:
+        return model.model_validate_json(doc["json"])
+    return model.model_validate(doc["body"])
+
+
+def stored_request(value: str | Doc) -> ContactRequest:
+    """An attempt's next request: a JSON string, or a nested document in rows written before."""
+    if isinstance(value, str):
+        return ContactRequest.model_validate_json(value)
+    return ContactRequest.model_validate(value)
 
 
 class Views:
@@ -32,7 +53,7 @@ class Views:
             self.cases.name: InsertBatcher(self.cases),
         }
 
-    async def _upsert_newer(self, coll: Any, key: str, version: int, body: Doc) -> None:
+    async def _upsert_newer(self, coll: Any, key: str, version: int, body: str) -> None:
         # Filters on _id alone: FerretDB v1 scans the collection when an update's filter has
         # any other field. One consumer owns each key's partition and handles a key's records
         # in order, so read-then-write is safe; the version check still keeps a redelivered
@@ -42,17 +63,17 @@ class Views:
             if current is not None and current.get("version", 0) >= version:
                 return
             if current is None:
-                doc = {"_id": key, "version": version, "body": body}
+                doc = {"_id": key, "version": version, "json": body}
                 if await self._inserts[coll.name].insert(doc):
                     return
                 continue
-            await coll.replace_one({"_id": key}, {"version": version, "body": body})
+            await coll.replace_one({"_id": key}, {"version": version, "json": body})
             return
 
     async def put_contact(self, prefs: ContactPreferences) -> None:
         """Keep a snapshot unless a newer one is held."""
         await self._upsert_newer(
-            self.contacts, prefs.customer_id, prefs.version, prefs.model_dump(mode="json")
+            self.contacts, prefs.customer_id, prefs.version, prefs.model_dump_json()
         )
 
     async def erase_contact(self, customer_id: str) -> None:
@@ -61,19 +82,17 @@ class Views:
 
     async def put_case(self, state: CaseState) -> None:
         """Keep a case state unless a newer one is held."""
-        await self._upsert_newer(
-            self.cases, state.case_id, state.version, state.model_dump(mode="json")
-        )
+        await self._upsert_newer(self.cases, state.case_id, state.version, state.model_dump_json())
 
     async def contact(self, customer_id: str) -> ContactPreferences | None:
         """A customer's preferences as last seen."""
         doc = await self._contact.get(customer_id)
-        return ContactPreferences.model_validate(doc["body"]) if doc else None
+        return _snapshot(ContactPreferences, doc)
 
     async def case(self, case_id: str) -> CaseState | None:
         """A case as last seen."""
         doc = await self._case.get(case_id)
-        return CaseState.model_validate(doc["body"]) if doc else None
+        return _snapshot(CaseState, doc)
 
 
 class Decisions:
