@@ -110,3 +110,33 @@ async def test_health_is_public_and_metrics_are_prometheus(client: httpx.AsyncCl
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     r = await client.get("/metrics")
     assert "herald_http_requests_total" in r.text
+
+
+def _answered(route: str, method: str, status: str) -> float:
+    from herald_kit._metrics import HTTP_REQUESTS
+
+    return HTTP_REQUESTS.labels(route, method, status)._value.get()
+
+
+async def test_requests_are_counted_by_route_template_method_and_status(
+    client: httpx.AsyncClient,
+) -> None:
+    # Dashboards chart answered requests per route and status: refused ones count too.
+    before = (
+        _answered("/things", "POST", "401"),
+        _answered("unmatched", "POST", "413"),  # refused before routing
+        _answered("unmatched", "GET", "404"),
+    )
+    await client.post("/things", json={"name": "a", "size": 1})
+    await client.post(
+        "/things",
+        content=b"x" * 5000,
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
+    await client.get("/no/such/route")
+    after = (
+        _answered("/things", "POST", "401"),
+        _answered("unmatched", "POST", "413"),  # refused before routing
+        _answered("unmatched", "GET", "404"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]

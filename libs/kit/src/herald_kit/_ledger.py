@@ -15,7 +15,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from herald_kit._batching import InsertBatcher, UpdateBatcher
+from herald_kit._batching import IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit._mongo import Doc
 
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class SendLedger:
         # The hot path (claim, sending, sent) of concurrent sends, coalesced into one command.
         self._inserts = InsertBatcher(self.rows)
         self._updates = UpdateBatcher(self.rows)
+        # Status callbacks arrive by the hundred a second: their reads by _id go together.
+        self._rows = IdLoader(self.rows)
 
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
         """How a single-document operation is run (once, here)."""
@@ -110,7 +112,7 @@ class SendLedger:
 
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""
-        return await self._run(lambda: self.rows.find_one({"_id": message_id}))
+        return await self._run(lambda: self._rows.get(message_id))
 
     async def by_provider_id(self, provider_id: str) -> Doc | None:
         """The row of a provider's message id."""

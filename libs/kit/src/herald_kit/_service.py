@@ -7,13 +7,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald_contracts import Topic
 from herald_kit._auth import KeyStore
@@ -141,6 +141,37 @@ class Runtime:
         return checks
 
 
+class RequestCounter:
+    """ASGI middleware: count answered requests by route template, method and status.
+
+    Plain ASGI: Starlette's `@app.middleware("http")` runs every request in a task of its own
+    with memory streams between the two halves, a tenth of a webhook receiver's CPU.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; count it with the status it was answered with."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception that escapes is answered 500 by the server
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            # The router records the matched route in the scope it was given.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(path, scope["method"], str(status)).inc()
+
+
 def build_app(
     settings: ServiceSettings,
     runtime: Runtime,
@@ -169,14 +200,7 @@ def build_app(
     app.state.keystore = KeyStore(settings.api_keys)
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive.")
     async def healthz() -> dict[str, str]:
