@@ -76,3 +76,18 @@ def test_provider_requests_are_counted_and_timed_by_outcome_and_code() -> None:
     labels = {"sender": "unit-twilio", "outcome": "busy"}
     assert sample("herald_provider_requests_total", **labels, code="20429") == 1
     assert sample("herald_provider_request_seconds_count", **labels) == 1
+
+
+def test_remembered_label_children_count_into_the_exported_series() -> None:
+    from prometheus_client import generate_latest
+
+    from herald_kit import labelled
+    from herald_kit._metrics import CONSUMED
+
+    child = labelled(CONSUMED, "probe-group", "probe.v1", "ok")
+    assert child is labelled(CONSUMED, "probe-group", "probe.v1", "ok")
+    before = CONSUMED.labels("probe-group", "probe.v1", "ok")._value.get()
+    child.inc()
+    child.inc()
+    assert CONSUMED.labels("probe-group", "probe.v1", "ok")._value.get() == before + 2
+    assert b'group="probe-group"' in generate_latest()

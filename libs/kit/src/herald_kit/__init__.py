@@ -41,7 +41,7 @@ from herald_kit._kafka import (
 from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
 from herald_kit._logging import JsonFormatter, configure_logging, mask
-from herald_kit._metrics import count_send_outcome, observe_provider_request
+from herald_kit._metrics import count_send_outcome, labelled, observe_provider_request
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
@@ -102,6 +102,7 @@ __all__ = [
     "insert_if_absent",
     "is_transient_db_error",
     "kafka_client_options",
+    "labelled",
     "mask",
     "new_key",
     "observe_provider_request",

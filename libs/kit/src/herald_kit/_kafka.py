@@ -25,7 +25,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 from herald_contracts import BY_TYPE, SOURCE_PREFIX, EventType, Topic, dlq_topic
 from herald_kit._context import TraceContext, current_trace, event_id_var, trace_var
 from herald_kit._errors import PermanentError, RetryableError
-from herald_kit._metrics import CONSUMED, DLQ, HANDLE_SECONDS, LAG, PRODUCED
+from herald_kit._metrics import CONSUMED, DLQ, HANDLE_SECONDS, LAG, PRODUCED, labelled
 from herald_kit._settings import ServiceSettings
 
 log = logging.getLogger("herald.kafka")
@@ -227,7 +227,7 @@ class EventProducer:
         name = topic if isinstance(topic, str) else self.topic_name(topic)
         k = key.encode() if isinstance(key, str) else key
         await self.raw.send_and_wait(name, value, key=k, headers=list(headers))
-        PRODUCED.labels(topic if isinstance(topic, str) else topic.base).inc()
+        labelled(PRODUCED, topic if isinstance(topic, str) else topic.base).inc()
 
     async def ready(self) -> bool:
         """True when the broker answers a metadata request."""
@@ -388,9 +388,9 @@ class ConsumerLoop:
             event_id_var.set(ce_id.decode(errors="replace") if ce_id else None)
             while True:
                 try:
-                    with HANDLE_SECONDS.labels(self.group, base).time():
+                    with labelled(HANDLE_SECONDS, self.group, base).time():
                         await self.handler(record)
-                    CONSUMED.labels(self.group, base, "ok").inc()
+                    labelled(CONSUMED, self.group, base, "ok").inc()
                     break
                 except PermanentError as exc:
                     await self._to_dlq(record, exc, "permanent")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMED = Counter(
@@ -83,3 +86,10 @@ def observe_provider_request(*, sender: str, outcome: str, code: str, seconds: f
 def count_send_outcome(*, channel: str, status: str) -> None:
     """Count one delivery status a sender published."""
     SEND_OUTCOMES.labels(channel, status).inc()
+
+
+@functools.lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: the lookup formats and locks on every call, and hot
+    paths count every record and publish."""
+    return metric.labels(*values)

@@ -45,7 +45,7 @@ from herald_dispatcher.adapters.store import (
 from herald_dispatcher.config import Settings
 from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
-from herald_kit import EventProducer, LinkSigner, PermanentError
+from herald_kit import EventProducer, LinkSigner, PermanentError, labelled
 from herald_kit.caps import CapLimits, apply_caps
 from herald_kit.cel import ExpressionError, evaluate
 from herald_kit.channels import choose_channel
@@ -217,7 +217,7 @@ class Dispatcher:
         case: CaseState | None,
         now: datetime,
     ) -> None:
-        DECISIONS.labels(decision.outcome, decision.rule).inc()
+        labelled(DECISIONS, decision.outcome, decision.rule).inc()
         if decision.outcome == "failed":
             log.warning(
                 "contact failed",
