@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from senderbench import provider_rate
+from senderbench import pacing_figure, provider_rate
 
 from benchlib import BenchEnv, Figure
 from herald_contracts import OUTBOUND_SMS, OutboundSms, utc_now
@@ -50,23 +50,14 @@ async def bench(env: BenchEnv) -> list[Figure]:
             NAME, "SMS/s, one sender process, pacing off", rate, "msg/s", f"n={n}, target >= 500"
         )
     ]
-    configured = 10.0  # below what this shared machine can push, so pacing is what is measured
-    m = env.n(600)
-    achieved, rejected = await _run(
-        env,
-        m,
-        {
-            "HERALD_SMS_SENDER_RATE_PER_SECOND": str(configured),
-            "HERALD_SANDBOX_TWILIO_RATE_PER_NUMBER": str(configured),
-        },
-    )
     figures.append(
-        Figure(
+        await pacing_figure(
+            env,
             NAME,
-            f"pacing accuracy at {configured:.0f}/s (achieved / configured)",
-            100 * achieved / configured,
-            "%",
-            f"n={m}, {rejected} x 429 from the provider, target 98-102 %",
+            _run,
+            rate_setting="HERALD_SMS_SENDER_RATE_PER_SECOND",
+            configured=10.0,  # below what this machine can push: pacing is what is measured
+            n=env.n(600),
         )
     )
     return figures

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from senderbench import provider_rate
+from senderbench import pacing_figure, provider_rate
 
 from benchlib import BenchEnv, Figure
 from herald_contracts import OUTBOUND_VOICE, OutboundVoice, utc_now
@@ -57,23 +57,14 @@ async def bench(env: BenchEnv) -> list[Figure]:
         {"HERALD_VOICE_SENDER_RATE_PER_SECOND": "0", "HERALD_VOICE_SENDER_CONCURRENCY": "64"},
     )
     figures = [Figure(NAME, "calls/s, one sender process, pacing off", rate, "call/s", f"n={n}")]
-    configured = 5.0  # a caller id's pace is low in practice (the default is 1/s)
-    m = env.n(250)
-    achieved, rejected = await _run(
-        env,
-        m,
-        {
-            "HERALD_VOICE_SENDER_RATE_PER_SECOND": str(configured),
-            "HERALD_SANDBOX_TWILIO_RATE_PER_NUMBER": str(configured),
-        },
-    )
     figures.append(
-        Figure(
+        await pacing_figure(
+            env,
             NAME,
-            f"pacing accuracy at {configured:.0f}/s (achieved / configured)",
-            100 * achieved / configured,
-            "%",
-            f"n={m}, {rejected} x 429 from the provider, target 98-102 %",
+            _run,
+            rate_setting="HERALD_VOICE_SENDER_RATE_PER_SECOND",
+            configured=5.0,  # a caller id's pace is low in practice (the default is 1/s)
+            n=env.n(250),
         )
     )
     return figures

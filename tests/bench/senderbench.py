@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from benchlib import BenchEnv
+from benchlib import BenchEnv, Figure
 from herald_contracts import EventType
 from herald_devstack import BY_NAME, Stack, StackConfig
 from herald_kit import encode
@@ -98,3 +98,28 @@ async def provider_rate(
         return (len(times) - 1) / (times[-1] - times[0]), rejected
     finally:
         stack.stop()
+
+
+async def pacing_figure(
+    env: BenchEnv,
+    name: str,
+    run: Callable[[BenchEnv, int, dict[str, str]], Awaitable[tuple[float, int]]],
+    *,
+    rate_setting: str,
+    configured: float,
+    n: int,
+) -> Figure:
+    """Achieved / configured rate with the sender paced at `configured` (its `rate_setting`)
+    and the provider limiting each number to the same rate."""
+    achieved, rejected = await run(
+        env,
+        n,
+        {rate_setting: str(configured), "HERALD_SANDBOX_TWILIO_RATE_PER_NUMBER": str(configured)},
+    )
+    return Figure(
+        name,
+        f"pacing accuracy at {configured:.0f}/s (achieved / configured)",
+        100 * achieved / configured,
+        "%",
+        f"n={n}, {rejected} x 429 from the provider, target 98-102 %",
+    )
