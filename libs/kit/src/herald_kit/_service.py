@@ -20,7 +20,7 @@ from herald_kit._auth import KeyStore
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._kafka import ConsumerLoop, EventProducer, Handler
 from herald_kit._logging import configure_logging
-from herald_kit._metrics import HTTP_REQUESTS, UP
+from herald_kit._metrics import HTTP_REQUESTS, UP, labelled
 from herald_kit._mongo import Doc, create_client, ping
 from herald_kit._problems import BodyLimit, install_problem_handlers, problem
 from herald_kit._settings import ServiceSettings
@@ -169,7 +169,7 @@ class RequestCounter:
         finally:
             # The router records the matched route in the scope it was given.
             path = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(path, scope["method"], str(status)).inc()
+            labelled(HTTP_REQUESTS, path, scope["method"], str(status)).inc()
 
 
 def build_app(
