@@ -457,6 +457,46 @@ async def test_killed_fan_out_resumes_and_completes_without_duplicates(
     assert final is not None and final["requested"] == len(audience)
 
 
+async def test_an_unpaced_fan_out_publishes_every_chunk_once_and_counts_it(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    # No rate: a chunk's checkpoint and stats are written while the next chunk goes out. Chunks
+    # of 7 over 61 customers leave a short last chunk on every partition.
+    db = db_name("scheduler")
+    audience = [f"cust-{i:03d}" for i in range(61)]
+    await publish_audience(publisher, audience)
+    fires = mongo[db]["fires"]
+    async with scheduler(infra, namespace, db, fanout_batch=7) as client:
+
+        async def view_ready() -> bool:
+            return await mongo[db]["contacts"].count_documents({}) == len(audience)
+
+        await eventually(view_ready)
+        at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        cid = await active_campaign(
+            client, trigger={"kind": "schedule", "at": at, "time_zone": "UTC"}
+        )
+
+        async def done() -> Doc | None:
+            return await fires.find_one({"campaign_id": cid, "done": True})
+
+        row = await eventually(done)
+        items = await requests.wait_for(
+            lambda items: {r.customer_id for r in items if r.campaign.id == cid} == set(audience)
+        )
+        stats = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+    mine = [r for r in items if r.campaign.id == cid]
+    assert row["outcome"] == "completed"
+    assert sorted(r.customer_id for r in mine) == audience  # each customer exactly once
+    assert row["requested"] == len(audience) == stats["requested"]
+    assert row["cp_part"] == len(row["ends"]) and row["cp_off"] == 0  # past the last partition
+
+
 async def test_pausing_halts_a_fan_out_and_a_paused_schedule_fires_nothing(
     infra: dict[str, str],
     namespace: str,

@@ -41,6 +41,9 @@ from herald_scheduler.metrics import REQUESTS
 
 log = logging.getLogger("herald.scheduler.fanout")
 
+# How long the broker may hold a fan-out fetch that finds no records (see FanOut._consumer).
+FETCH_WAIT_MS = 5
+
 
 class RequestEncoder:
     """Encodes one fire's requests fast: the envelope and the body's shared part are serialised
@@ -110,12 +113,16 @@ class FanOut:
             await consumer.stop()
 
     def _consumer(self) -> AIOKafkaConsumer:
+        # A fire reads pinned ranges, never waits for new records: a fetch past a partition's end
+        # must not long-poll, since the next partition's first fetch queues behind it (with the
+        # default 500 ms wait, a third of a million-customer fan-out went into those waits).
         return AIOKafkaConsumer(
             **kafka_client_options(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
 
     async def run(self, fire_id: str) -> int:
@@ -202,28 +209,39 @@ class FanOut:
         # on the partition its snapshot came from, so requests go out as whole record batches
         # (the per-message path hashes and queues every record, and costs three times more).
         batched = job.same_partitions and self._hashes_to([m[1] for m in members[:100]], p, job)
-        # One chunk is in flight while the next is encoded; a chunk is checkpointed only once
-        # the broker acknowledged all of it.
-        pending: tuple[list[Any], int, int] | None = None
+        # Chunks are settled in order, each once the broker acknowledged all of it: its
+        # checkpoint and stats are written while the next chunk is encoded and sent, so a
+        # chunk's database round trips never hold up the encoding.
+        settler = _Settler(self, job, p)
+        try:
+            return await self._publish(job, p, members, settler, batched=batched)
+        finally:
+            settler.abandon()
+
+    async def _publish(
+        self,
+        job: _Job,
+        p: int,
+        members: list[tuple[int, bytes, bytes]],
+        settler: _Settler,
+        *,
+        batched: bool,
+    ) -> bool:
         for i in range(0, len(members), self.batch):
             chunk = members[i : i + self.batch]
             if self.status is not None and await self.status(job.ref.id) != "active":
                 # Paused or archived mid-way: what is in flight is settled, the rest of this
                 # fire's audience is not contacted.
                 job.outcome = "halted"
-                if pending is not None:
-                    await self._settle(job, p, *pending)
+                await settler.drain()
                 return False
             if batched:
                 futures, count = await self._send_batches(job, p, chunk)
             else:
                 futures, count = await self._send_each(job, chunk)
-            if pending is not None and not await self._settle(job, p, *pending):
+            if not await settler.add(futures, count, chunk[-1][0] + 1):
                 return False
-            pending = (futures, count, chunk[-1][0] + 1)
-        if pending is not None and not await self._settle(job, p, *pending):
-            return False
-        return True
+        return await settler.drain()
 
     async def _load_cases(
         self, consumer: AIOKafkaConsumer, ends: dict[str, int], names: set[str]
@@ -349,6 +367,51 @@ class FanOut:
         if self.stats is not None:
             await self.stats.requested_batch(job.ref.id, count)
         return True
+
+
+class _Settler:
+    """A partition's published chunks, settled in order: the previous chunk's settling (acks,
+    checkpoint, stats, pacing) runs while the next chunk is encoded; at most two chunks wait."""
+
+    def __init__(self, fanout: FanOut, job: _Job, p: int) -> None:
+        self.fanout = fanout
+        self.job = job
+        self.p = p
+        self.pending: tuple[list[Any], int, int] | None = None
+        self.running: asyncio.Task[bool] | None = None
+
+    async def add(self, futures: list[Any], count: int, offset: int) -> bool:
+        """A chunk sent; False when settling an earlier one found the checkpoint moved."""
+        if self.running is not None and not await self.running:
+            self.running = None
+            return False
+        self.running = None
+        if self.pending is not None:
+            self.running = asyncio.create_task(self.fanout._settle(self.job, self.p, *self.pending))
+        self.pending = (futures, count, offset)
+        if self.job.rate and self.running is not None:
+            # A paced fire sleeps while settling: it must not run a chunk further ahead.
+            ok = await self.running
+            self.running = None
+            return ok
+        return True
+
+    def abandon(self) -> None:
+        """The partition's loop failed: stop settling (the checkpoint stays where it was)."""
+        if self.running is not None:
+            self.running.cancel()
+            self.running = None
+
+    async def drain(self) -> bool:
+        """Settle everything sent; False when a checkpoint had moved."""
+        ok = True
+        if self.running is not None:
+            ok = await self.running
+            self.running = None
+        if ok and self.pending is not None:
+            ok = await self.fanout._settle(self.job, self.p, *self.pending)
+        self.pending = None
+        return ok
 
 
 class _Job:
