@@ -9,8 +9,9 @@ publishing, checkpointing in the database.
 The raw figure is like-for-like: the fan-out's own producer (`request_producer`: idempotent,
 acks=all, linger 5 ms, 512 KB record batches), records of the same key and value sizes as the
 fan-out's requests, sent the way the fan-out sends them (whole record batches per partition,
-one chunk of `fanout_batch` records in flight while the next is built) to a topic with as many
-partitions as contact.requests.v1 — only the reading, encoding and checkpointing are left out.
+chunks of `fanout_batch` records, at most two unacknowledged while the next is built) to a topic
+with as many partitions as contact.requests.v1 — only the reading, encoding and checkpointing are
+left out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from benchlib import BenchEnv, Figure
+from benchlib import BenchEnv, Figure, settle
 from herald_contracts import (
     CONTACT_PREFERENCES,
     ChannelAddress,
@@ -97,16 +98,15 @@ async def _raw(
         return futures
 
     t0 = time.perf_counter()
-    pending: list[Any] | None = None
+    waiting: list[list[Any]] = []
     for p in range(PARTITIONS):
         members = range(p, n, PARTITIONS)  # a partition's share of the audience, in order
         for start in range(0, len(members), chunk):
-            futures = await send_chunk(p, members[start : start + chunk])
-            if pending is not None:
-                await asyncio.gather(*pending)
-            pending = futures
-    if pending is not None:
-        await asyncio.gather(*pending)
+            waiting.append(await send_chunk(p, members[start : start + chunk]))
+            if len(waiting) > 2:  # as the fan-out: at most two chunks unacknowledged
+                await asyncio.gather(*waiting.pop(0))
+    for futures in waiting:
+        await asyncio.gather(*futures)
     return n / (time.perf_counter() - t0)
 
 
@@ -155,6 +155,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             source="scheduler",
         )
         sample = _customer(0)
+        await settle()
         headers, value = encoder.encode(request_id(ref.id, key, sample), sample)
         raw_rate = await _raw(
             raw_producer,
@@ -180,6 +181,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
         )
         row = fire_row(doc, ref, now, key, await fanout.audience_ends())
         await fires.begin(row)
+        await settle()
         t0 = time.perf_counter()
         published = await fanout.run(row["_id"])
         fan_rate = published / (time.perf_counter() - t0)

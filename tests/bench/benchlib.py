@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -75,3 +76,9 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[k]
+
+
+async def settle() -> None:
+    """Write what earlier steps left in the page cache to disk before a measurement, so the
+    kernel's write-back of one step's gigabyte does not land in the next step's timing."""
+    await asyncio.to_thread(os.sync)

@@ -2,6 +2,8 @@
 
 Each module defines `async def bench(env: BenchEnv) -> list[Figure]`. Figures are printed as a
 table and written as JSON with the command that produced them. Nothing here asserts a time.
+Each benchmark starts after the page cache's dirty pages are on disk (`settle`): the broker
+writes gigabytes in some of them, and their write-back would otherwise fall into the next one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import BenchEnv, Figure  # noqa: E402
+from benchlib import BenchEnv, Figure, settle  # noqa: E402
 from herald_kit import tune_gc  # noqa: E402
 
 
@@ -41,6 +43,7 @@ async def _main(only: list[str], scale: float) -> list[Figure]:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         print(f"== {path.stem}", flush=True)
+        await settle()
         started = time.monotonic()
         try:
             got = await module.bench(env)
