@@ -178,6 +178,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             batch=settings.fanout_batch,
             stats=StatsRepository(db),
             status=status,
+            read_ahead_records=settings.fanout_read_ahead_records,
         )
         row = fire_row(doc, ref, now, key, await fanout.audience_ends())
         await fires.begin(row)

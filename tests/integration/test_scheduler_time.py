@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -457,7 +458,10 @@ async def test_killed_fan_out_resumes_and_completes_without_duplicates(
     assert final is not None and final["requested"] == len(audience)
 
 
+@pytest.mark.parametrize("read_ahead", [0, 1], ids=["in-process", "read-ahead worker"])
 async def test_an_unpaced_fan_out_publishes_every_chunk_once_and_counts_it(
+    read_ahead: int,
+    capsys: pytest.CaptureFixture[str],
     infra: dict[str, str],
     namespace: str,
     db_name: Callable[[str], str],
@@ -466,12 +470,15 @@ async def test_an_unpaced_fan_out_publishes_every_chunk_once_and_counts_it(
     mongo: AsyncMongoClient[Doc],
 ) -> None:
     # No rate: a chunk's checkpoint and stats are written while the next chunk goes out. Chunks
-    # of 7 over 61 customers leave a short last chunk on every partition.
+    # of 7 over 61 customers leave a short last chunk on every partition. With the read-ahead
+    # worker (a large fire's), partitions after the first are read in a second process.
     db = db_name("scheduler")
     audience = [f"cust-{i:03d}" for i in range(61)]
     await publish_audience(publisher, audience)
     fires = mongo[db]["fires"]
-    async with scheduler(infra, namespace, db, fanout_batch=7) as client:
+    async with scheduler(
+        infra, namespace, db, fanout_batch=7, fanout_read_ahead_records=read_ahead
+    ) as client:
 
         async def view_ready() -> bool:
             return await mongo[db]["contacts"].count_documents({}) == len(audience)
@@ -495,6 +502,14 @@ async def test_an_unpaced_fan_out_publishes_every_chunk_once_and_counts_it(
     assert sorted(r.customer_id for r in mine) == audience  # each customer exactly once
     assert row["requested"] == len(audience) == stats["requested"]
     assert row["cp_part"] == len(row["ends"]) and row["cp_off"] == 0  # past the last partition
+    # The service's log line (JSON on stdout) says how many partitions the worker read: all
+    # but the first, which the fan-out reads itself while the worker starts.
+    logged = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    ended = [r for r in logged if r.get("msg") == "fan-out ended"]
+    worker_read = sum(1 for end in row["ends"].values() if end) - 1 if read_ahead else 0
+    assert [r["read_ahead_partitions"] for r in ended] == [worker_read]
 
 
 async def test_pausing_halts_a_fan_out_and_a_paused_schedule_fires_nothing(

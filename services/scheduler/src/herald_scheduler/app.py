@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batch=settings.fanout_batch,
                 stats=stats,
                 status=campaign_status,
+                read_ahead_records=settings.fanout_read_ahead_records,
             ),
             lease=Lease(
                 db,

@@ -29,6 +29,15 @@ class Settings(ServiceSettings, ContactPolicySettings):
     )
     lease_tick_seconds: float = Field(default=2, gt=0, description="Lease renewal interval.")
     fanout_batch: int = Field(default=5000, ge=1, le=50_000)
+    fanout_read_ahead_records: int = Field(
+        default=200_000,
+        ge=0,
+        description=(
+            "A fire over at least this many audience records (the compacted topic's, older "
+            "snapshots included) reads the next partition in a second process while publishing "
+            "one; 0 never does."
+        ),
+    )
     match_concurrency: int = Field(
         default=16,
         ge=1,

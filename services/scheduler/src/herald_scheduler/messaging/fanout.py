@@ -25,14 +25,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
+from multiprocessing import get_context
 from typing import Any
 
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
-from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options
+from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options, tune_gc
 from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import RequestIds, audience_reads_cases
@@ -41,8 +44,79 @@ from herald_scheduler.metrics import REQUESTS
 
 log = logging.getLogger("herald.scheduler.fanout")
 
-# How long the broker may hold a fan-out fetch that finds no records (see FanOut._consumer).
+
+# How long the broker may hold a fan-out fetch that finds no records (see audience_consumer).
 FETCH_WAIT_MS = 5
+
+Member = tuple[int, bytes, bytes]  # (offset, customer id key, snapshot or b"" when not needed)
+
+
+def audience_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
+    """A consumer for reading pinned ranges. It never waits for new records: a fetch past a
+    partition's end must not long-poll, since the next partition's first fetch queues behind it
+    (with the default 500 ms wait, a third of a million-customer fan-out went into those waits)."""
+    return AIOKafkaConsumer(
+        **kafka_client_options(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+    )
+
+
+async def read_range(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, batch: int
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The partition's records from the consumer's position up to `end` (exclusive)."""
+    while await consumer.position(tp) < end:
+        got = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
+        records = [r for r in got.get(tp, []) if r.offset < end]
+        if records:
+            yield records
+
+
+async def partition_members(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, *, keep: bool, batch: int
+) -> list[Member]:
+    """One read of the partition up to the pinned end finds each customer's latest record;
+    older snapshots and customers whose latest record is a tombstone are left out, and so are
+    those before `start` (already published). In offset order; the snapshot is kept only when
+    an audience filter needs it."""
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    latest: dict[bytes, tuple[int, bytes | None]] = {}
+    async for records in read_range(consumer, tp, end, batch):
+        for r in records:
+            if r.key is not None:
+                value = r.value if keep or r.value is None else b""
+                latest[r.key] = (r.offset, value)
+    return sorted(
+        (off, key, value)
+        for key, (off, value) in latest.items()
+        if value is not None and off >= start
+    )
+
+
+def read_partition_members(
+    settings: ServiceSettings, topic: str, p: int, start: int, end: int, keep: bool, batch: int
+) -> list[Member]:
+    """`partition_members` in a process of its own (the fan-out's read-ahead worker), on the
+    event loop and collector settings the service runs with."""
+    tune_gc(settings.gc_threshold)
+
+    async def read() -> list[Member]:
+        consumer = audience_consumer(settings)
+        await consumer.start()
+        try:
+            return await partition_members(
+                consumer, TopicPartition(topic, p), start, end, keep=keep, batch=batch
+            )
+        finally:
+            await consumer.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(read())
 
 
 class RequestEncoder:
@@ -86,7 +160,9 @@ class FanOut:
         batch: int,
         stats: StatsRepository | None = None,
         status: Callable[[str], Awaitable[str]] | None = None,
+        read_ahead_records: int = 0,
     ) -> None:
+        self.read_ahead_records = read_ahead_records
         self.stats = stats
         self.status = status
         self.settings = settings
@@ -113,17 +189,7 @@ class FanOut:
             await consumer.stop()
 
     def _consumer(self) -> AIOKafkaConsumer:
-        # A fire reads pinned ranges, never waits for new records: a fetch past a partition's end
-        # must not long-poll, since the next partition's first fetch queues behind it (with the
-        # default 500 ms wait, a third of a million-customer fan-out went into those waits).
-        return AIOKafkaConsumer(
-            **kafka_client_options(self.settings),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
+        return audience_consumer(self.settings)
 
     async def run(self, fire_id: str) -> int:
         """Publish the rest of a fire's audience; how many requests this call published."""
@@ -154,24 +220,42 @@ class FanOut:
         job.partition_count = len(out_parts)
         consumer = self._consumer()
         await consumer.start()
+        ahead: _ReadAhead | None = None
         try:
+            parts = [
+                (p, job.cp_off if p == job.cp_part else 0, end)
+                for p, end in sorted((int(k), v) for k, v in fire["ends"].items())
+                if p >= job.cp_part
+            ]
+            ahead = self._read_ahead(fire, job, parts)
             if audience_reads_cases(job.audience):
                 assert job.audience is not None
                 job.cases = await self._load_cases(
                     consumer, fire.get("case_ends") or {}, named_members(job.audience)
                 )
-            for part in sorted(fire["ends"], key=int):
-                p, end = int(part), fire["ends"][part]
-                if p < job.cp_part:
-                    continue
-                start = job.cp_off if p == job.cp_part else 0
-                if start < end and not await self._partition(consumer, job, p, start, end):
-                    break
+            for p, start, end in parts:
+                if start < end:
+                    if ahead is not None and ahead.holds(p):
+                        members = await ahead.take(p)
+                        job.read_ahead += 1
+                    else:
+                        members = await partition_members(
+                            consumer,
+                            TopicPartition(self.topic, p),
+                            start,
+                            end,
+                            keep=bool(job.audience),
+                            batch=self.batch,
+                        )
+                    if not await self._partition(job, p, members):
+                        break
                 if not await self._checkpoint(job, p + 1, 0, 0):
                     break
             else:
                 job.outcome = "completed"
         finally:
+            if ahead is not None:
+                ahead.close()
             await consumer.stop()
             await job.producer.stop()
         if job.outcome is None:
@@ -179,32 +263,29 @@ class FanOut:
         await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
         log.info(
             "fan-out ended",
-            extra={"fire": fire_id, "published": job.published, "outcome": job.outcome},
+            extra={
+                "fire": fire_id,
+                "published": job.published,
+                "outcome": job.outcome,
+                "read_ahead_partitions": job.read_ahead,
+            },
         )
         return job.published
 
-    async def _partition(
-        self, consumer: AIOKafkaConsumer, job: _Job, p: int, start: int, end: int
-    ) -> bool:
-        tp = TopicPartition(self.topic, p)
-        consumer.assign([tp])
-        # One read of the partition up to the pinned end finds each customer's latest record;
-        # older snapshots and customers whose latest record is a tombstone are left out. The
-        # snapshot is kept only when an audience filter needs it.
-        latest: dict[bytes, tuple[int, bytes | None]] = {}
-        keep = bool(job.audience)
-        consumer.seek(tp, 0)
-        async for records in self._read(consumer, tp, end):
-            for r in records:
-                if r.key is not None:
-                    value = r.value if keep or r.value is None else b""
-                    latest[r.key] = (r.offset, value)
-        members = sorted(
-            (off, key, value)
-            for key, (off, value) in latest.items()
-            if value is not None and off >= start
-        )
-        del latest
+    def _read_ahead(
+        self, fire: Doc, job: _Job, parts: list[tuple[int, int, int]]
+    ) -> _ReadAhead | None:
+        """A worker process reading the next partition while this one is published, for fires
+        over at least `read_ahead_records` records (0: never); None otherwise."""
+        if not self.read_ahead_records or sum(fire["ends"].values()) < self.read_ahead_records:
+            return None
+        # The first partition is read here while the worker starts and reads the second.
+        todo = [part for part in parts if part[1] < part[2]][1:]
+        if not todo:
+            return None
+        return _ReadAhead(self.settings, self.topic, self.batch, todo, keep=bool(job.audience))
+
+    async def _partition(self, job: _Job, p: int, members: list[Member]) -> bool:
         # Both topics are keyed by customer id: with equal partition counts the request belongs
         # on the partition its snapshot came from, so requests go out as whole record batches
         # (the per-message path hashes and queues every record, and costs three times more).
@@ -253,7 +334,7 @@ class FanOut:
             tp = TopicPartition(self.case_topic, int(part))
             consumer.assign([tp])
             consumer.seek(tp, 0)
-            async for records in self._read(consumer, tp, end):
+            async for records in read_range(consumer, tp, end, self.batch):
                 for r in records:
                     if r.key is None:
                         continue
@@ -319,15 +400,6 @@ class FanOut:
         await job.pace()
         return True
 
-    async def _read(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
-    ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
-        while await consumer.position(tp) < end:
-            got = await consumer.getmany(tp, timeout_ms=1000, max_records=self.batch)
-            records = [r for r in got.get(tp, []) if r.offset < end]
-            if records:
-                yield records
-
     @staticmethod
     def _hashes_to(sample: list[bytes], p: int, job: _Job) -> bool:
         """True when these keys hash to partition p as the producer would place them (a topic
@@ -367,6 +439,65 @@ class FanOut:
         if self.stats is not None:
             await self.stats.requested_batch(job.ref.id, count)
         return True
+
+
+class _ReadAhead:
+    """A worker process that reads a fire's partitions one ahead of the publishing: while
+    partition p is encoded and sent here, p+1's latest records are found there. The read is a
+    third of a large fan-out's CPU; the worker puts it on another core."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        topic: str,
+        batch: int,
+        todo: list[tuple[int, int, int]],
+        *,
+        keep: bool,
+    ) -> None:
+        self._args = (settings, topic)
+        self._batch = batch
+        self._keep = keep
+        self._todo = list(todo)
+        # spawn, not fork: the service's threads (the database driver's, the event loop's)
+        # must not be copied mid-operation into the child.
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+        self._next: tuple[int, asyncio.Future[list[Member]]] | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        if not self._todo:
+            self._next = None
+            return
+        p, start, end = self._todo.pop(0)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            read_partition_members,
+            *self._args,
+            p,
+            start,
+            end,
+            self._keep,
+            self._batch,
+        )
+        self._next = (p, future)
+
+    def holds(self, p: int) -> bool:
+        """True when partition p is the one being read ahead."""
+        return self._next is not None and self._next[0] == p
+
+    async def take(self, p: int) -> list[Member]:
+        """Partition p's members (read ahead), and start reading the next partition."""
+        assert self._next is not None and self._next[0] == p, "partitions are taken in order"
+        members = await self._next[1]
+        self._submit()
+        return members
+
+    def close(self) -> None:
+        """Stop the worker (a read in progress is abandoned)."""
+        if self._next is not None:
+            self._next[1].cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Settler:
@@ -433,6 +564,7 @@ class _Job:
         self.cp_part: int = fire["cp_part"]
         self.cp_off: int = fire["cp_off"]
         self.published = 0
+        self.read_ahead = 0  # partitions the read-ahead worker read
         self.same_partitions = False
         self.outcome: str | None = None
         self.partition_count = 0
