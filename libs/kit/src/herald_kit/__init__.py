@@ -14,6 +14,7 @@ from herald_kit._batching import (
     CounterBatcher,
     IdLoader,
     InsertBatcher,
+    RecentKeys,
     UpdateBatcher,
 )
 from herald_kit._concurrent import ConcurrentConsumerLoop
@@ -79,6 +80,7 @@ __all__ = [
     "PermanentError",
     "PreconditionFailed",
     "Principal",
+    "RecentKeys",
     "RetryableError",
     "RetryingSendLedger",
     "Runtime",

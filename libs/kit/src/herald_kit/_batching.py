@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -183,3 +184,25 @@ class CounterBatcher:
         await self.rows.bulk_write(ops, ordered=False)
         done: list[BaseException | None] = [None] * len(items)
         return done
+
+
+class RecentKeys:
+    """The last `size` keys seen, oldest forgotten first: what a consumer already wrote lately,
+    so a repeat (a message's second status, say) can skip re-reading or re-writing it."""
+
+    def __init__(self, size: int) -> None:
+        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return True
+        return False
+
+    def add(self, key: Any) -> None:
+        """Remember a key (forgetting the oldest beyond the size)."""
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)

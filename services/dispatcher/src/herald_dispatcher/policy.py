@@ -555,6 +555,8 @@ class Dispatcher:
                     "success": campaign.success,
                     # A JSON string: one opaque field to store (see Views), read once if ever.
                     "next": nxt.model_dump_json() if nxt else None,
+                    # Whether an escalation timer waits on this attempt (see _cancel).
+                    "timer": nxt is not None and campaign.escalate_after_seconds is not None,
                     "at": now,
                 }
             )
@@ -608,8 +610,10 @@ class Dispatcher:
 
     async def on_status(self, status: DeliveryStatus) -> None:
         """Success stops escalation; a failure escalates to the next channel at once."""
-        if status.status == "suppressed":
-            return  # the dispatcher's own decision: no message, nothing to escalate
+        if status.status not in DELIVERED and status.status not in FAILED:
+            # "sent", "queued", "ringing", the dispatcher's own "suppressed"...: neither stops
+            # nor advances escalation, so the message's attempt is not even read.
+            return
         attempt = await self.ledger.attempt(status.message_id)
         if attempt is None:
             return  # not a message this dispatcher emitted (or emitted before the ledger)
@@ -647,6 +651,8 @@ class Dispatcher:
             await self._cancel(attempt)
 
     async def _cancel(self, attempt: dict[str, Any]) -> None:
+        if attempt.get("timer") is False:
+            return  # no escalation timer was set for this attempt: nothing to cancel
         key = escalation_key(attempt["request_id"], int(attempt["attempt"]))
         timer = TimerRequest(timer_id=derived_id(key, "cancel"), key=key, action="cancel")
         await self.producer.publish(

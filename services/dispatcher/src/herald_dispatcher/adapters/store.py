@@ -171,6 +171,7 @@ class Ledger:
         self._new_contacts = InsertBatcher(self.contacts)
         self._contact_updates = UpdateBatcher(self.contacts)
         self._attempts = InsertBatcher(self.attempts)
+        self._attempt = IdLoader(self.attempts)
         self._outcome = IdLoader(self.outcomes)
         self._new_outcome = InsertBatcher(self.outcomes)
 
@@ -247,8 +248,8 @@ class Ledger:
         await self._attempts.insert(doc)
 
     async def attempt(self, message_id: str) -> Doc | None:
-        """One emitted message."""
-        return await self.attempts.find_one({"_id": message_id})
+        """One emitted message (concurrent lookups of statuses and replies share one find)."""
+        return await self._attempt.get(message_id)
 
     async def open_attempts(self, customer_id: str, case_id: str) -> list[Doc]:
         """Emitted messages for a customer's case (to stop escalation on a reply)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ class CampaignRepository:
         self.campaigns = db["campaigns"]
         # Every version ever saved: running contacts carry theirs, operators audit them here.
         self.versions = db["campaign_versions"]
+        self._active_reads: dict[str, asyncio.Future[list[Doc]]] = {}
 
     async def ensure_indexes(self) -> None:
         """Matching reads active campaigns by trigger type."""
@@ -119,7 +121,17 @@ class CampaignRepository:
         return [d async for d in cursor]
 
     async def active_for(self, event_type: str) -> list[Doc]:
-        """Active campaigns triggered by an event type."""
+        """Active campaigns triggered by an event type. Callers that ask while the same
+        question is being read share that read (changes are matched concurrently); nothing is
+        kept once it is answered, so a paused campaign is out of the next read."""
+        reading = self._active_reads.get(event_type)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_active(event_type))
+            self._active_reads[event_type] = reading
+            reading.add_done_callback(lambda _: self._active_reads.pop(event_type, None))
+        return list(await asyncio.shield(reading))
+
+    async def _read_active(self, event_type: str) -> list[Doc]:
         cursor = self.campaigns.find(
             {"status": "active", "definition.trigger.event_types": event_type}
         )

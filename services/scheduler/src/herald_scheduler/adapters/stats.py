@@ -13,7 +13,10 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import CounterBatcher, Doc, InsertBatcher
+from herald_kit import CounterBatcher, Doc, InsertBatcher, RecentKeys
+
+# Messages whose campaign row this process wrote lately (their later statuses need no insert).
+RECORDED = 20_000
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -35,6 +38,7 @@ class StatsRepository:
         self._seen = InsertBatcher(self.seen)
         self._messages = InsertBatcher(self.messages)
         self._counts = CounterBatcher(self.stats)
+        self._recorded = RecentKeys(RECORDED)
 
     async def _count(self, campaign_id: str, inc: dict[str, int]) -> None:
         await self._counts.add(campaign_id, inc)
@@ -64,10 +68,13 @@ class StatsRepository:
         reason: str | None,
     ) -> bool:
         """One status of one message; False when already counted."""
-        # The message's campaign, for replies to it (the first status of a message writes it).
-        await self._messages.insert(
-            {"_id": message_id, "campaign_id": campaign_id, "channel": channel}
-        )
+        # The message's campaign, for replies to it (the first status of a message writes it;
+        # the later ones of a message this process recorded lately skip the repeated insert).
+        if message_id not in self._recorded:
+            await self._messages.insert(
+                {"_id": message_id, "campaign_id": campaign_id, "channel": channel}
+            )
+            self._recorded.add(message_id)
         if not await self._seen.insert({"_id": f"st|{message_id}|{status}"}):
             return False
         inc = {f"channels.{channel}.{_field(status)}": 1}
