@@ -16,6 +16,9 @@ from herald_ingest.processing import Processor
 from herald_ingest.sweeper import Sweeper
 from herald_kit import Runtime, build_app
 
+# Statuses and replies of this many customers are recorded at once.
+TIMELINE_CONCURRENCY = 32
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ingest app; connections open in the lifespan."""
@@ -48,8 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_activity(record: ConsumerRecord[bytes, bytes]) -> None:
         await handle_timeline(app.state.repo, record)
 
+    # Timeline entries are idempotent by _id and read sorted by time: many customers' entries
+    # are written at once, as one insert (CaseRepository.add_timeline).
     runtime.consume(
-        "ingest-timeline", [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES], on_activity
+        "ingest-timeline",
+        [Topics.DELIVERY_STATUS, Topics.ENGAGEMENT_REPLIES],
+        on_activity,
+        concurrency=TIMELINE_CONCURRENCY,
     )
 
     @runtime.on_start

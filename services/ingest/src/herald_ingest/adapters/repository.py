@@ -11,7 +11,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import Projection
-from herald_kit import Doc, insert_if_absent
+from herald_kit import Doc, InsertBatcher, insert_if_absent
 
 DUPLICATE_KEY = 11000
 # Conditional replaces per bulk_write command. (Before the FerretDB patch, each operation of a
@@ -38,6 +38,7 @@ class CaseRepository:
         self.done = db["seen_done"]
         self.cases = db["cases"]
         self.timeline = db["timeline"]
+        self._new_timeline = InsertBatcher(self.timeline)
 
     async def ensure_indexes(self) -> None:
         """Indexes for reads by customer, the timeline and the sweepers."""
@@ -182,6 +183,11 @@ class CaseRepository:
     async def add_timeline(self, entry: Doc) -> None:
         """Append to a case's timeline (idempotent by _id)."""
         await insert_if_absent(self.timeline, entry)
+
+    async def add_activity(self, entry: Doc) -> None:
+        """`add_timeline` for contacts and replies, which are recorded many customers at a
+        time: concurrent entries go in as one insert."""
+        await self._new_timeline.insert(entry)
 
     async def add_timeline_many(self, entries: Sequence[Doc]) -> None:
         """Append several entries in one round trip; those already there are left alone."""

@@ -23,7 +23,7 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
             # customer-facing page should not list what the customer never received).
             return
         # Addresses never reach the timeline: channel and outcome are what an agent needs.
-        await repo.add_timeline(
+        await repo.add_activity(
             {
                 "_id": f"delivery|{status.message_id}|{status.status}",
                 "case_id": status.case_id,
@@ -39,7 +39,7 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
         reply = EngagementReply.model_validate(event.data)
         if reply.case_id is None:
             return
-        await repo.add_timeline(
+        await repo.add_activity(
             {
                 "_id": f"reply|{reply.reply_id}",
                 "case_id": reply.case_id,

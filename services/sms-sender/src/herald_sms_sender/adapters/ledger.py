@@ -7,7 +7,7 @@ from datetime import datetime
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, RetryingSendLedger, transient
+from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 
 
 class Ledger(RetryingSendLedger):
@@ -24,6 +24,8 @@ class Ledger(RetryingSendLedger):
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         super().__init__(db, "send_ledger")
         self.opt_outs = db["opt_outs"]
+        # Concurrent sends' opt-out checks share one read.
+        self._opted_out = IdLoader(self.opt_outs)
 
     async def ensure_indexes(self) -> None:
         """Callbacks look rows up by the provider's id; replies by the number they came from."""
@@ -61,4 +63,4 @@ class Ledger(RetryingSendLedger):
 
     async def is_opted_out(self, number_key: str) -> bool:
         """True when the number texted STOP and not START since."""
-        return await transient(lambda: self.opt_outs.find_one({"_id": number_key})) is not None
+        return await transient(lambda: self._opted_out.get(number_key)) is not None

@@ -16,6 +16,8 @@ from herald_twilio import validate_signed_form
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 TWIML = "application/xml"
+# Statuses that end a message's delivery: recorded once and published.
+FINAL = frozenset({"delivered", "undelivered", "failed"})
 
 
 async def signed_form(request: Request) -> FormData:
@@ -48,21 +50,24 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
     sending: SmsSending = request.app.state.sending
     status = _required(form, "MessageStatus")
     sid = _required(form, "MessageSid")
+    if status not in FINAL:
+        # queued / sending / sent: this service published "sent" when the provider accepted
+        # the message; an intermediate status changes nothing, so it is not even looked up.
+        return Response(status_code=204)
     row = await sending.ledger.get(mid) if mid else await sending.ledger.by_provider_id(sid)
     if row is None:
         raise NotFound("no message with this id", field="mid" if mid else "MessageSid")
-    if status in ("delivered", "undelivered", "failed"):
-        error = form.get("ErrorCode")
-        code = error if isinstance(error, str) and error else None
-        if await sending.ledger.set_delivery(row["_id"], status, code):
-            ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
-            await sending.publish(
-                {**ref, "message_id": row["_id"]},
-                status,  # type: ignore[arg-type]
-                provider_id=sid,
-                error_code=code,
-                reason=None if status == "delivered" else f"carrier reported {status}",
-            )
+    error = form.get("ErrorCode")
+    code = error if isinstance(error, str) and error else None
+    if await sending.ledger.set_delivery(row["_id"], status, code):
+        ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
+        await sending.publish(
+            {**ref, "message_id": row["_id"]},
+            status,  # type: ignore[arg-type]
+            provider_id=sid,
+            error_code=code,
+            reason=None if status == "delivered" else f"carrier reported {status}",
+        )
     return Response(status_code=204)
 
 
