@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qsl
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -22,17 +23,32 @@ CALLS = f"/2010-04-01/Accounts/{SID}/Calls.json"
 
 
 class Hooks:
-    """Captures the webhooks the sandbox posts and answers them with TwiML per path."""
+    """Stands in for the application the sandbox calls back: captures each webhook (the
+    sandbox's aiohttp session is replaced by this) and answers with TwiML per path."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str], str]] = []
         self.twiml: dict[str, str] = {}
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        params = dict(parse_qsl(request.content.decode()))
-        self.calls.append((str(request.url), params, request.headers["X-Twilio-Signature"]))
-        body = self.twiml.get(request.url.path, "<Response/>")
-        return httpx.Response(200, text=body, headers={"Content-Type": "text/xml"})
+    @contextlib.asynccontextmanager
+    async def post(
+        self, url: str, *, data: dict[str, str], headers: dict[str, str]
+    ) -> AsyncIterator[_Answer]:
+        self.calls.append((url, dict(data), headers["X-Twilio-Signature"]))
+        yield _Answer(self.twiml.get(urlsplit(url).path, "<Response/>"))
+
+    async def close(self) -> None:
+        pass
+
+
+class _Answer:
+    status = 200
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+
+    async def text(self) -> str:
+        return self.body
 
 
 @pytest.fixture
@@ -40,8 +56,8 @@ async def sandbox() -> AsyncIterator[tuple[httpx.AsyncClient, Hooks]]:
     app = create_app(Settings(callback_delay_seconds=0.0, mongo_db="", smtp_port=0))
     hooks = Hooks()
     async with app.router.lifespan_context(app):
-        await app.state.twilio_http.aclose()
-        app.state.twilio_http = httpx.AsyncClient(transport=httpx.MockTransport(hooks.handler))
+        await app.state.twilio_http.close()
+        app.state.twilio_http = hooks
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sb") as client:
             yield client, hooks

@@ -10,10 +10,11 @@ import logging
 import math
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urljoin
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import JSONResponse
 from twilio.request_validator import RequestValidator
@@ -40,16 +41,29 @@ def install(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
         rate_per_number=settings.twilio_rate_per_number,
         enforce_opt_out=settings.twilio_enforce_opt_out,
     )
-    app.state.twilio_http = httpx.AsyncClient(
-        timeout=10, limits=httpx.Limits(max_connections=WEBHOOK_CONCURRENCY)
-    )
-    # Webhooks wait their turn here, not in httpcore's pool: its queue is matched against every
-    # connection on each change, which at thousands of pending callbacks took a whole core.
-    app.state.webhook_slots = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
+    # Webhooks go out through aiohttp: httpx's connection pool matched every queued request
+    # against every connection (an expiry check each), half of a busy sandbox's CPU.
+    app.state.twilio_http = None
+
+    @runtime.on_start
+    async def _open() -> None:
+        app.state.twilio_http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10),
+            connector=aiohttp.TCPConnector(limit=WEBHOOK_CONCURRENCY),
+        )
 
     @runtime.on_stop
     async def _close() -> None:
-        await app.state.twilio_http.aclose()
+        if app.state.twilio_http is not None:
+            await app.state.twilio_http.close()
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    """What the application answered a webhook."""
+
+    status_code: int
+    text: str
 
 
 def segments(body: str) -> int:
@@ -97,19 +111,19 @@ def _valid_number(number: str) -> bool:
     return number[:1] == "+" and digits.isascii() and digits.isdigit() and 8 <= len(number) <= 16
 
 
-async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> httpx.Response | None:
+async def signed_post(app: FastAPI, url: str, params: dict[str, str]) -> WebhookAnswer | None:
     """POST a webhook signed with X-Twilio-Signature as Twilio does; None if unreachable."""
     settings: Settings = app.state.settings
     try:
         signature = RequestValidator(
             settings.twilio_auth_token.get_secret_value()
         ).compute_signature(url, params)
-        async with app.state.webhook_slots:
-            response: httpx.Response = await app.state.twilio_http.post(
-                url, data=params, headers={"X-Twilio-Signature": signature}
-            )
-        return response
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # unreachable, or a bad URL
+        session: aiohttp.ClientSession = app.state.twilio_http
+        async with session.post(
+            url, data=params, headers={"X-Twilio-Signature": signature}
+        ) as response:
+            return WebhookAnswer(response.status, await response.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # unreachable, or a bad URL
         log.warning("webhook call failed", extra={"error": type(exc).__name__})
         return None
 
