@@ -20,7 +20,10 @@ class Settings(ServiceSettings, ContactPolicySettings):
     case_wait_seconds: float = Field(
         default=2.0,
         ge=0,
-        description="How long a request naming a newer case version waits for the local view.",
+        description=(
+            "How long a request naming a case version newer than the one it carries waits for "
+            "the local view."
+        ),
     )
     view_catchup_seconds: float = Field(
         default=60.0,
