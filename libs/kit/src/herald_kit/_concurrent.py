@@ -1,71 +1,231 @@
-"""A consumer loop for hot paths: a polled batch is handled concurrently, one key at a time.
+"""A consumer loop for hot paths: records are handled as they arrive, concurrently across keys.
 
 Senders spend most of their time waiting on a provider, and the dispatcher on the database;
 handling the records of a batch one by one caps them at one round trip per message. This loop
 keeps the kit's guarantees (per-record retries and DLQ) and adds concurrency across keys only:
-records sharing a partition and key (a customer) stay in order. Offsets are committed only when
-every record of the batch is handled, so a crash mid-batch redelivers it and the handler's
-idempotency (a ledger, a claim) decides.
+records sharing a partition and key (a customer) stay in order.
+
+It is pipelined: polling goes on while records are handled, so a record arriving while others
+are in flight starts at once instead of waiting for the slowest record of the batch before it
+(and that batch's commit). A partition's offset is committed only up to its oldest record not yet
+handled, so a crash redelivers everything unfinished and the handler's idempotency (a ledger, a
+claim) decides. At most `batch` records are in flight (as many as one polled batch held before);
+polling waits for room beyond that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TypeAlias
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from herald_kit._kafka import ConsumerLoop
 
 log = logging.getLogger("herald.kafka")
 
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+# How long a revoked partition's records in flight may take to finish before the group moves on
+# (they are then redelivered to the new owner, which the handlers' idempotency absorbs).
+REVOKE_GRACE_SECONDS = 10.0
+# Pause between commits while records keep completing: commits are broker writes, and a crash
+# only redelivers what this window completed.
+COMMIT_EVERY_SECONDS = 0.05
+
+
+class _Partition:
+    """One assigned partition's records in flight, in offset order, and how far it is handled."""
+
+    __slots__ = ("done", "drained", "pending", "upto")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.upto: int | None = None  # everything below is handled: the offset to commit
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def add(self, offset: int) -> None:
+        self.pending.append(offset)
+        self.drained.clear()
+
+    def finish(self, offset: int) -> bool:
+        """Mark one record handled; True when the committable offset moved."""
+        self.done.add(offset)
+        moved = False
+        while self.pending and self.pending[0] in self.done:
+            first = self.pending.popleft()
+            self.done.discard(first)
+            self.upto = first + 1
+            moved = True
+        if not self.pending:
+            self.drained.set()
+        return moved
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConcurrentConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.loop._release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
 
 @dataclass
 class ConcurrentConsumerLoop(ConsumerLoop):
-    """ConsumerLoop whose batches are handled with up to `concurrency` keys in flight."""
+    """ConsumerLoop whose records are handled with up to `concurrency` keys in flight."""
 
     concurrency: int = 64
+    _parts: dict[TopicPartition, _Partition] = field(default_factory=dict)
+    _lanes: dict[tuple[TopicPartition, bytes | None], deque[tuple[Record, _Partition]]] = field(
+        default_factory=dict
+    )
+    _ready: asyncio.Queue[tuple[TopicPartition, bytes | None]] | None = None
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_flight: int = 0
+    _committed: dict[TopicPartition, int] = field(default_factory=dict)
+    _commit_task: asyncio.Task[None] | None = None
+
+    def _listener(self) -> ConsumerRebalanceListener | None:
+        return _Revocations(self)
+
+    @property
+    def _limit(self) -> int:
+        return max(1, self.batch)
 
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        self._ready = asyncio.Queue()
+        self._room.set()
+        workers = [
+            asyncio.create_task(self._worker(), name=f"consumer:{self.group}:worker")
+            for _ in range(max(1, self.concurrency))
+        ]
+        try:
+            while not self._stopping:
+                if self._in_flight >= self._limit:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                try:
+                    batches = await consumer.getmany(
+                        timeout_ms=500, max_records=min(self.batch, self._limit - self._in_flight)
+                    )
+                except KafkaError as exc:
+                    log.warning(
+                        "poll failed, retrying", extra={"group": self.group, "error": str(exc)}
+                    )
+                    await asyncio.sleep(1)
+                    continue
+                for tp, records in batches.items():
+                    part = self._parts.get(tp)
+                    if part is None:
+                        part = self._parts[tp] = _Partition()
+                    for record in records:
+                        part.add(record.offset)
+                        self._in_flight += 1
+                        lane_key = (tp, record.key)
+                        lane = self._lanes.get(lane_key)
+                        if lane is None:
+                            self._lanes[lane_key] = deque(((record, part),))
+                            self._ready.put_nowait(lane_key)
+                        else:
+                            lane.append((record, part))
+                if batches:
+                    self._update_lag(consumer)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            if self._commit_task is not None:
+                self._commit_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._commit_task
+            # What finished before the stop is committed, so a restart does not redo it.
+            with contextlib.suppress(KafkaError, asyncio.CancelledError, AssertionError):
+                await self._commit_progress(consumer)
 
-        async def worker(lanes: Iterator[list[ConsumerRecord[bytes, bytes]]]) -> None:
-            # Workers take the next lane as they finish one: no task or semaphore wait per lane
-            # (asyncio's Semaphore checks every waiter on each acquire before Python 3.12).
-            for records in lanes:
-                for record in records:
+    async def _worker(self) -> None:
+        assert self._ready is not None
+        while True:
+            lane_key = await self._ready.get()
+            lane = self._lanes[lane_key]
+            tp = lane_key[0]
+            while lane:
+                record, part = lane[0]
+                # A partition given up in a rebalance skips what it had not started.
+                owned = self._parts.get(tp) is part
+                if owned:
                     await self._handle_one(record)
+                lane.popleft()
+                self._in_flight -= 1
+                if self._in_flight < self._limit:
+                    self._room.set()
+                if owned and self._parts.get(tp) is part and part.finish(record.offset):
+                    self._schedule_commit()
+            del self._lanes[lane_key]
 
-        while not self._stopping:
-            try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
-            except KafkaError as exc:
-                log.warning("poll failed, retrying", extra={"group": self.group, "error": str(exc)})
-                await asyncio.sleep(1)
-                continue
-            if not batches:
-                continue
-            lanes: dict[tuple[TopicPartition, bytes | None], list[ConsumerRecord[bytes, bytes]]]
-            lanes = defaultdict(list)
-            ends: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                for record in records:
-                    lanes[(tp, record.key)].append(record)
-                ends[tp] = records[-1].offset + 1
-            # Every record is handled (or sent to the DLQ) before any offset is committed.
-            queue = iter(list(lanes.values()))
-            await asyncio.gather(
-                *(worker(queue) for _ in range(min(max(1, self.concurrency), len(lanes))))
-            )
-            try:
-                # One request for every partition of the batch: commits cost a round trip each.
-                await consumer.commit(ends)
-            except KafkaError:
-                for tp, offset in ends.items():
-                    await self._commit(consumer, tp, offset)
-            self._update_lag(consumer)
+    def _schedule_commit(self) -> None:
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = asyncio.create_task(self._commits())
+
+    async def _commits(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        # Pace commits while records keep completing; stop once nothing moved.
+        moved = await self._commit_progress(consumer)
+        while moved:
+            await asyncio.sleep(COMMIT_EVERY_SECONDS)
+            moved = await self._commit_progress(consumer)
+
+    async def _commit_progress(self, consumer: AIOKafkaConsumer) -> bool:
+        """Commit every partition that moved since the last commit; False when none had."""
+        ends = {
+            tp: part.upto
+            for tp, part in self._parts.items()
+            if part.upto is not None and part.upto != self._committed.get(tp)
+        }
+        if not ends:
+            return False
+        try:
+            # One request for every partition that moved: commits cost a round trip each.
+            await consumer.commit(ends)
+        except KafkaError:
+            for tp, offset in ends.items():
+                await self._commit(consumer, tp, offset)
+        self._committed.update(ends)
+        return True
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """Before a rebalance moves partitions away: let their records in flight finish (for a
+        while), commit what is done, and forget them."""
+        parts = [p for tp, p in self._parts.items() if tp in revoked]
+        if parts:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.drained.wait() for p in parts)), REVOKE_GRACE_SECONDS
+                )
+        consumer = self._consumer
+        if consumer is not None:
+            ends = {
+                tp: p.upto
+                for tp, p in self._parts.items()
+                if tp in revoked and p.upto is not None and p.upto != self._committed.get(tp)
+            }
+            if ends:
+                with contextlib.suppress(KafkaError):
+                    await consumer.commit(ends)
+        for tp in revoked:
+            self._parts.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._positions.pop(tp, None)

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
@@ -295,7 +301,6 @@ class ConsumerLoop:
     async def start(self) -> None:
         """Join the group and start the loop in the background."""
         self._consumer = AIOKafkaConsumer(
-            *[t.name(self.settings.topic_namespace) for t in self.topics],
             **kafka_client_options(self.settings),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -303,6 +308,9 @@ class ConsumerLoop:
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
+        )
+        self._consumer.subscribe(
+            [t.name(self.settings.topic_namespace) for t in self.topics], listener=self._listener()
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
@@ -319,6 +327,10 @@ class ConsumerLoop:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+    def _listener(self) -> ConsumerRebalanceListener | None:
+        """Told of rebalances (a subclass holding records in flight needs to be)."""
+        return None
 
     def ready(self) -> bool:
         """True once partitions are assigned and the loop is alive."""

@@ -1,0 +1,86 @@
+"""The kit's concurrent consumer loop on the real broker: a slow record holds up only its own key
+and the commit point, never records that arrive after it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from herald_contracts import Topics
+from herald_kit import ConcurrentConsumerLoop, EventProducer, ServiceSettings
+from support import eventually
+
+TOPIC = Topics.ENGAGEMENT_REPLIES
+
+
+async def _committed(kafka: str, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(tp)
+    return meta.offset if meta is not None else None
+
+
+async def test_a_slow_record_holds_its_key_and_the_commit_point_but_not_later_records(
+    infra: dict[str, str], namespace: str
+) -> None:
+    settings = ServiceSettings(kafka_bootstrap=infra["kafka"], topic_namespace=namespace)
+    producer = EventProducer(settings, "test")
+    await producer.start()
+    handled: list[bytes] = []
+    release = asyncio.Event()
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value == b"slow-1":
+            await release.wait()
+        handled.append(record.value or b"")
+
+    group = f"pipeline-{uuid.uuid4().hex[:6]}"
+    loop = ConcurrentConsumerLoop(
+        settings, producer, group, [TOPIC], handler, batch=50, concurrency=8
+    )
+    tp = TopicPartition(TOPIC.name(namespace), 0)
+
+    async def send(key: str, value: str) -> int:
+        meta = await producer.raw.send_and_wait(
+            tp.topic, value.encode(), key=key.encode(), partition=0
+        )
+        return int(meta.offset)
+
+    await loop.start()
+    try:
+        slow_at = await send("slow", "slow-1")
+        await send("slow", "slow-2")  # the same key: only after slow-1
+        for i in range(5):
+            await send("a", f"a-{i}")
+        await eventually(lambda: len(handled) == 5)
+        assert handled == [f"a-{i}".encode() for i in range(5)]
+
+        # Arriving while slow-1 is still in flight, it is handled at once (not after the batch).
+        await send("b", "b-1")
+        await eventually(lambda: b"b-1" in handled)
+        assert b"slow-1" not in handled and b"slow-2" not in handled
+        # Nothing past the unfinished record is committed: a crash now redelivers it.
+        committed = await _committed(infra["kafka"], f"{namespace}{group}", tp)
+        assert committed is None or committed <= slow_at
+
+        release.set()
+        await eventually(lambda: b"slow-2" in handled)
+        assert handled.index(b"slow-1") < handled.index(b"slow-2")
+        end = slow_at + 8
+        assert await eventually(
+            lambda: _is(infra["kafka"], f"{namespace}{group}", tp, end), within=20
+        )
+    finally:
+        await loop.stop()
+        await producer.stop()
+
+
+async def _is(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:
+    return await _committed(kafka, group, tp) == offset
