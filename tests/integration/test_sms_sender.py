@@ -356,6 +356,35 @@ async def test_behind_a_proxy_signatures_are_checked_over_the_public_url(
     await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
 
 
+async def test_each_final_status_is_published_once_however_often_it_is_called_back(
+    env_factory: EnvFactory,
+) -> None:
+    """Twilio retries callbacks: a repeated final status publishes nothing more."""
+    env: Env = await env_factory({"twilio_callbacks": False})
+    msg = outbound_sms(unique_phone(), customer_id="cust-repeat")
+    await env.publish(msg)
+    [sent] = await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    path = f"/webhooks/twilio/status?mid={msg.message_id}"
+
+    async def callback(status: str) -> None:
+        params = {"MessageSid": sent.provider_id, "MessageStatus": status}
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(env.sender + path, params)},
+        )
+        assert r.status_code == 204, r.text
+
+    for status in ("delivered", "delivered", "undelivered", "delivered", "undelivered"):
+        await callback(status)
+    # One customer, one partition: the last publish arrives after any earlier one.
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="undelivered"))
+    await callback("failed")
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="failed"))
+    statuses = [s.status for s in env.statuses.where(message_id=msg.message_id)]
+    assert statuses == ["sent", "delivered", "undelivered", "failed"]
+
+
 async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:
     env: Env = await env_factory()
     # Twilio's own STOP blocking off: whatever the sender asks for now goes out, so only the

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
 from twilio.twiml.messaging_response import MessagingResponse
 
+from herald_contracts import utc_now
 from herald_kit import MalformedRequest, NotFound
 from herald_sms_sender.config import Settings
 from herald_sms_sender.replies import Replies
@@ -59,7 +60,7 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
         raise NotFound("no message with this id", field="mid" if mid else "MessageSid")
     error = form.get("ErrorCode")
     code = error if isinstance(error, str) and error else None
-    if await sending.ledger.set_delivery(row["_id"], status, code):
+    if await sending.ledger.set_delivery(row["_id"], status, code, at=utc_now()):
         ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
         await sending.publish(
             {**ref, "message_id": row["_id"]},
