@@ -81,6 +81,13 @@ class Pacer:
         s.tat = tat + interval
         return wait
 
+    def ready(self, identity: str) -> bool:
+        """True when a send for this identity would go at once: pacing off and no hold."""
+        if self.rate > 0:
+            return False
+        s = self._ids.get(identity)
+        return s is None or s.hold_until <= self._clock()
+
     async def acquire(self, identity: str) -> None:
         """Wait for this identity's next slot."""
         wait = self.reserve(identity)

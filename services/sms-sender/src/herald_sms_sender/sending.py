@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,7 +108,15 @@ class SmsSending:
         # The expiry is the campaign's window for a call-back the customer may ask for in reply,
         # spoken in the language the SMS was written in.
         meta = {**ref, "number_key": key, "expires_at": msg.expires_at, "locale": msg.locale}
-        may_send, row = await self.ledger.claim(msg.message_id, now=now, meta=meta)
+        # Nothing to wait for before the provider call (no pacing, no hold, breaker closed): the
+        # claim marks the row 'sending' itself. The opt-out read goes alongside the claim.
+        direct = self.pacer.ready(self.identity) and self.breaker.state == "closed"
+        (may_send, row), opted_out = await asyncio.gather(
+            (self.ledger.claim_sending if direct else self.ledger.claim)(
+                msg.message_id, now=now, meta=meta
+            ),
+            self.ledger.is_opted_out(key),
+        )
         if not may_send:
             assert row is not None
             if row["status"] == "sending":
@@ -127,27 +136,33 @@ class SmsSending:
         if msg.expires_at is not None and msg.expires_at <= now:
             await self.fail(ref, "expired", "expired before send")
             return
-        if await self.ledger.is_opted_out(key):
+        if opted_out:
             await self.fail(ref, "21610", "recipient texted STOP")
             return
-        await self._attempts(msg, ref, claimed_at=now)
+        await self._attempts(msg, ref, claimed_at=now, marked=direct)
 
     async def _attempts(
-        self, msg: OutboundSms, ref: dict[str, Any], *, claimed_at: datetime
+        self, msg: OutboundSms, ref: dict[str, Any], *, claimed_at: datetime, marked: bool = False
     ) -> None:
+        """Provider attempts; `marked`: the claim already marked the row 'sending'."""
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
         paused: PauseOutcome | None = None
         for attempt in range(1, self.retry.attempts + 1):
+            premarked, marked = marked, False
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                paused = await self._pause(msg, wait)
+                paused = await self._pause(msg, wait)  # the row becomes 'retry' meanwhile
                 if paused != "resumed":
                     break
                 continue
-            await self.pacer.acquire(self.identity)
-            await self.ledger.sending(msg.message_id, now=utc_now())
+            if not (premarked and self.pacer.ready(self.identity)):
+                if premarked:
+                    # A hold came up since the claim: never wait while the row says 'sending'.
+                    await self.ledger.set(msg.message_id, "queued")
+                await self.pacer.acquire(self.identity)
+                await self.ledger.sending(msg.message_id, now=utc_now())
             try:
                 sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
             except ProviderRejected as exc:

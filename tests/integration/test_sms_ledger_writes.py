@@ -1,0 +1,98 @@
+"""The SMS ledger says 'sending' whenever the provider is called, and an unpaced message gets
+there with its claim alone (one write fewer per message), on the real database and broker."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+from twilio_support import outbound_sms, producer
+
+from herald_kit import Doc, Pacer
+from herald_sms_sender.adapters.ledger import Ledger
+from herald_sms_sender.adapters.provider import Sent
+from herald_sms_sender.sending import SmsSending
+from support import unique_phone
+
+
+class Writes(monitoring.CommandListener):
+    """Counts insert and update commands on the send ledger."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        if name in ("insert", "update", "findAndModify") and event.command[name] == "send_ledger":
+            self.counts[name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+class Provider:
+    """The outside provider: notes the ledger row's status at the moment it is called."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        self.seen: list[str] = []
+
+    async def send(self, *, to: str, body: str, status_callback: str | None) -> Sent:
+        row = await self.rows.find_one({})  # the only message of this database
+        self.seen.append(row["status"] if row else "absent")
+        return Sent(provider_id=f"SM{len(self.seen):032d}", status="queued")
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
+        return []
+
+
+@pytest.fixture
+async def ledger_db(
+    infra: dict[str, str], db_name: Callable[[str], str]
+) -> AsyncIterator[tuple[Any, Any, Writes]]:
+    writes = Writes()
+    counted: AsyncMongoClient[Doc] = AsyncMongoClient(
+        infra["mongo"], tz_aware=True, event_listeners=[writes]
+    )
+    plain: AsyncMongoClient[Doc] = AsyncMongoClient(infra["mongo"], tz_aware=True)
+    name = db_name("sms_ledger")
+    try:
+        yield counted[name], plain[name]["send_ledger"], writes
+    finally:
+        await counted.close()
+        await plain.close()
+
+
+@pytest.mark.parametrize(("rate", "updates"), [(0.0, 1), (50.0, 2)])
+async def test_the_row_says_sending_at_the_provider_call_and_unpaced_claims_say_it_at_once(
+    infra: dict[str, str],
+    namespace: str,
+    ledger_db: tuple[Any, Any, Writes],
+    rate: float,
+    updates: int,
+) -> None:
+    db, rows, writes = ledger_db
+    provider = Provider(rows)
+    async with producer(infra["kafka"], namespace) as prod:
+        sending = SmsSending(
+            Ledger(db),
+            provider,  # type: ignore[arg-type]
+            prod,
+            callback_url="http://127.0.0.1:1/status",
+            pacer=Pacer(rate),
+        )
+        msg = outbound_sms(unique_phone())
+        await sending.send(msg)
+    assert provider.seen == ["sending"]
+    row = await rows.find_one({"_id": msg.message_id})
+    assert row["status"] == "sent" and row["provider_id"] == "SM" + "1".zfill(32)
+    # One insert claims it; a paced message is then marked 'sending' before the call (it may
+    # wait for the pacer first), an unpaced one was claimed 'sending'; 'sent' after the call.
+    assert writes.counts == Counter({"insert": 1, "update": updates})
