@@ -33,9 +33,11 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # How long a revoked partition's records in flight may take to finish before the group moves on
 # (they are then redelivered to the new owner, which the handlers' idempotency absorbs).
 REVOKE_GRACE_SECONDS = 10.0
-# Pause between commits while records keep completing: commits are broker writes, and a crash
-# only redelivers what this window completed.
-COMMIT_EVERY_SECONDS = 0.05
+# Pause between commits while records keep completing: commits are broker writes (at 0.05 s the
+# e2e benchmark's broker spent half a core on them and their fetches), and a crash redelivers
+# at most what this window completed, which the handlers' idempotency absorbs. A stop and a
+# rebalance commit at once.
+COMMIT_EVERY_SECONDS = 1.0
 
 
 class _Partition:
