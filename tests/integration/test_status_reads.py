@@ -87,6 +87,24 @@ async def test_a_contacts_later_statuses_are_noted_once_without_a_read(
     assert (len(times["c1"]), len(times["c2"])) == (2, 1)
 
 
+async def test_concurrent_customers_first_contacts_share_one_read(
+    counted: tuple[Any, Finds],
+) -> None:
+    db, finds = counted
+    history = ContactHistory(db)
+    at = datetime.now(UTC)
+    customers = [f"c{i}" for i in range(20)]
+    await asyncio.gather(
+        *(
+            history.note(customer_id=c, priority="service", request_id=f"r-{c}", at=at)
+            for c in customers
+        )
+    )
+    assert finds.by_collection["contact_history"] == 1
+    times = await history.sent_times(customers, "service")
+    assert all(len(times[c]) == 1 for c in customers)
+
+
 async def test_the_dispatcher_reads_an_attempt_only_for_statuses_that_decide_escalation(
     counted: tuple[Any, Finds],
 ) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, InsertBatcher, RecentKeys
+from herald_kit import Doc, IdLoader, InsertBatcher, RecentKeys
 from herald_kit.caps import WEEK
 
 # Contacts remembered as noted (~150 bytes each): statuses of a message arrive within minutes.
@@ -25,6 +25,8 @@ class ContactHistory:
     def __init__(self, db: AsyncDatabase[Doc], *, remember: int = REMEMBERED) -> None:
         self.history = db["contact_history"]
         self._new = InsertBatcher(self.history)
+        # Concurrent customers' first statuses share one read (one customer's are in order).
+        self._rows = IdLoader(self.history)
         # Contacts this process noted lately: a message's "sent" and "delivered" (or a voice
         # call's "answered") are the same contact, and the later ones need no read to know it.
         self._noted = RecentKeys(remember)
@@ -35,7 +37,7 @@ class ContactHistory:
         noted = f"{key}|{request_id}"
         if noted in self._noted:
             return
-        doc = await self.history.find_one({"_id": key})
+        doc = await self._rows.get(key)
         held = (doc or {}).get("recent", [])
         if any(c["r"] == request_id for c in held):
             self._noted.add(noted)
