@@ -13,6 +13,8 @@ from herald_preferences.config import Settings
 from herald_preferences.messaging.handlers import PreferenceHandlers
 from herald_preferences.messaging.outbox import Outbox
 
+OUTCOME_CONCURRENCY = 16
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the preferences app; connections open in the lifespan."""
@@ -31,7 +33,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         handlers: PreferenceHandlers = app.state.handlers
         await handlers(record)
 
-    runtime.consume("preferences", [Topics.ENGAGEMENT_REPLIES, Topics.DELIVERY_STATUS], handle)
+    # Every SMS brings two statuses, most of them nothing to do here: customers are handled
+    # concurrently (one customer's records in order; writes are version-checked), and offsets
+    # are committed once a second rather than after every small batch.
+    runtime.consume(
+        "preferences",
+        [Topics.ENGAGEMENT_REPLIES, Topics.DELIVERY_STATUS],
+        handle,
+        concurrency=OUTCOME_CONCURRENCY,
+    )
 
     @runtime.on_start
     async def _start() -> None:
