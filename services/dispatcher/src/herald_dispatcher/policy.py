@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from herald_contracts import (
     CONTACT_REQUESTED,
@@ -163,21 +163,38 @@ class Dispatcher:
         now = self.clock()
         not_before = request.not_before.isoformat() if request.not_before else "-"
         claim_key = f"{request.request_id}:{request.attempt}:{not_before}"
-        previous = await self.decisions.claim(claim_key, now=now)
-        if previous is not None:
-            decision = Decision(
-                "ignored", "duplicate", detail=f"decided before: {previous['outcome']}"
-            )
-            await self._record(claim_key, request, decision, None, None, now)
-            return decision
-        # Independent reads: overlap their round trips.
-        prefs, case = await asyncio.gather(
-            self._preferences(request.customer_id), self._latest_case(request)
-        )
+        # Every read the decision may need depends on the request alone: they go out with the
+        # claim, in one round trip instead of four (a customer's requests are decided one at a
+        # time, so nothing read here can change before it is used).
+        reads = _Reads.start(self, request)
         try:
-            decision = await self._decide(request, prefs, case, now)
-        except RenderError as exc:  # defensive: rendering errors are decisions, never crashes
-            decision = Decision("failed", "render", detail=str(exc))
+            previous, got_prefs, got_case = await asyncio.gather(
+                self.decisions.claim(claim_key, now=now),
+                self._preferences(request.customer_id),
+                self._latest_case(request),
+                return_exceptions=True,
+            )
+            if isinstance(previous, BaseException):
+                raise previous
+            if previous is None:
+                # A duplicate is ignored whatever its inputs; a fresh claim needs them.
+                for got in (got_prefs, got_case):
+                    if isinstance(got, BaseException):
+                        raise got
+            prefs = cast(ContactPreferences, got_prefs)
+            case = cast(CaseState | None, got_case)
+            if previous is not None:
+                decision = Decision(
+                    "ignored", "duplicate", detail=f"decided before: {previous['outcome']}"
+                )
+                await self._record(claim_key, request, decision, None, None, now)
+                return decision
+            try:
+                decision = await self._decide(request, prefs, case, now, reads)
+            except RenderError as exc:  # defensive: rendering errors are decisions, not crashes
+                decision = Decision("failed", "render", detail=str(exc))
+        finally:
+            reads.discard()
         if decision.outcome == "suppressed":
             # Before the decision is recorded: a crash in between decides (and publishes) again.
             await self._publish_suppressed(request, decision, now)
@@ -264,6 +281,7 @@ class Dispatcher:
         prefs: ContactPreferences,
         case: CaseState | None,
         now: datetime,
+        reads: _Reads,
     ) -> Decision:
         campaign = request.campaign
         first = request.attempt == 1 and request.escalation_of is None
@@ -296,10 +314,9 @@ class Dispatcher:
                 )
         # 3. superseded by a newer request for the same campaign and case
         if request.case_id is None:
-            return await self._reach(request, prefs, case, case_json, now, None)
-        key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
+            return await self._reach(request, prefs, case, case_json, now, None, reads)
         order = request.case_version or (request.case_state.version if request.case_state else 0)
-        state = await self.ledger.request_state(key, order)
+        state = await reads.state()
         if state.order > order:
             return Decision(
                 "suppressed",
@@ -323,7 +340,7 @@ class Dispatcher:
                 reason="superseded",
             )
         else:
-            decision = await self._reach(request, prefs, case, case_json, now, state)
+            decision = await self._reach(request, prefs, case, case_json, now, state, reads)
         if decision.outcome != "sent":  # a sent decision wrote the state with what was told
             await self.ledger.save_request_state(state)
         return decision
@@ -336,6 +353,7 @@ class Dispatcher:
         case_json: dict[str, Any],
         now: datetime,
         state: RequestState | None,
+        reads: _Reads,
     ) -> Decision:
         """Rules 4 to 9: the channel, its windows, the caps, then render and emit."""
         campaign = request.campaign
@@ -365,7 +383,7 @@ class Dispatcher:
         # campaign that does not count towards caps is not held back by them either)
         if first and campaign.counts_towards_cap:
             limits = self.settings.caps.get(campaign.priority.value, CapLimits())
-            history = await self.ledger.cap_history(request.customer_id, campaign.priority.value)
+            history = await reads.history()
             sent = history.sent_times(exclude=request.request_id)
             capped = apply_caps(sent, now, limits, policy=campaign.cap_policy)
             if capped.action == "suppress":
@@ -681,3 +699,50 @@ class _Link:
 
     def __html__(self) -> str:
         return str(self)
+
+
+class _Reads:
+    """The ledger reads a decision may need, started with its claim; unused ones are dropped."""
+
+    def __init__(
+        self,
+        state: asyncio.Future[RequestState] | None,
+        history: asyncio.Future[CapHistory] | None,
+    ) -> None:
+        self._state = state
+        self._history = history
+
+    @classmethod
+    def start(cls, dispatcher: Dispatcher, request: ContactRequest) -> _Reads:
+        campaign = request.campaign
+        ledger = dispatcher.ledger
+        state = None
+        if request.case_id is not None:
+            key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
+            carried = request.case_state.version if request.case_state else 0
+            order = request.case_version or carried
+            state = asyncio.ensure_future(ledger.request_state(key, order))
+        history = None
+        if request.attempt == 1 and request.escalation_of is None and campaign.counts_towards_cap:
+            history = asyncio.ensure_future(
+                ledger.cap_history(request.customer_id, campaign.priority.value)
+            )
+        return cls(state, history)
+
+    async def state(self) -> RequestState:
+        assert self._state is not None
+        return await self._state
+
+    async def history(self) -> CapHistory:
+        assert self._history is not None
+        return await self._history
+
+    def discard(self) -> None:
+        """Cancel what no rule awaited (and retrieve what failed unseen)."""
+        for read in (self._state, self._history):
+            if read is None:
+                continue
+            if not read.done():
+                read.cancel()
+            elif not read.cancelled():
+                read.exception()

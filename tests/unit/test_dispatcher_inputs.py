@@ -2,7 +2,7 @@
 
 A request carrying the case version it names decides at once (the view, one consumer hop
 behind, is read once for anything newer); only a request naming a version it does not carry
-waits for the view to catch up.
+waits for the view to catch up. The reads a decision may need start together with its claim.
 """
 
 from __future__ import annotations
@@ -85,3 +85,58 @@ def test_request_naming_a_version_it_does_not_carry_waits_for_the_view() -> None
     view = View(held=_case(1), later=_case(2), after=3)
     assert _latest(view, _request(_case(1), names=2)) == _case(2)
     assert view.reads == 3
+
+
+class Claims:
+    """The decisions store: a claim that answers only when released."""
+
+    def __init__(self, previous: dict[str, Any] | None) -> None:
+        self.previous = previous
+        self.release = asyncio.Event()
+        self.recorded: list[dict[str, Any]] = []
+
+    async def claim(self, key: str, *, now: datetime) -> dict[str, Any] | None:
+        await self.release.wait()
+        return self.previous
+
+    async def record(self, decision: dict[str, Any]) -> None:
+        self.recorded.append(decision)
+
+
+class Ledger:
+    """Notes which reads were asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def request_state(self, key: str, order: int) -> Any:
+        self.asked.append("request_state")
+        await asyncio.sleep(3600)
+
+    async def cap_history(self, customer_id: str, priority: str) -> Any:
+        self.asked.append("cap_history")
+        await asyncio.sleep(3600)
+
+
+class NoContacts(View):
+    async def contact(self, customer_id: str) -> None:
+        return None
+
+
+def test_a_decisions_reads_go_out_with_its_claim_and_a_duplicate_drops_them() -> None:
+    async def run() -> tuple[Any, Ledger, Claims]:
+        claims, ledger = Claims(previous={"outcome": "sent"}), Ledger()
+        settings = Settings(case_wait_seconds=0, view_wait_seconds=0)
+        dispatcher = Dispatcher(NoContacts(held=None), claims, ledger, None, settings)  # type: ignore[arg-type]
+        task = asyncio.create_task(dispatcher.handle(_request(_case(3), names=3)))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # Before the claim answers, the ledger reads of the decision are already under way.
+        assert sorted(ledger.asked) == ["cap_history", "request_state"]
+        claims.release.set()
+        return await task, ledger, claims
+
+    decision, _, claims = asyncio.run(run())
+    # A redelivered request is ignored, even for a customer the view does not know (any more).
+    assert (decision.outcome, decision.rule) == ("ignored", "duplicate")
+    assert [d["rule"] for d in claims.recorded] == ["duplicate"]
