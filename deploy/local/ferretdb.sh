@@ -66,6 +66,10 @@ start() {
   mkdir -p "$FERRET_DATA"
   log "starting on $FERRET_HOST:$FERRET_PORT (log: $FERRET_LOG)"
   # synchronous(normal): WAL commits without an fsync each (see docs/architecture.md).
+  # GOGC=400 (HERALD_MONGO_GOGC): Go's collector ran on every 100% heap growth, a tenth of the
+  # server's CPU under the e2e benchmark; the heap of a local database is small, and
+  # GOMEMLIMIT (HERALD_MONGO_MEMLIMIT, 1 GiB) bounds what the laxer collector lets it reach.
+  GOGC="${HERALD_MONGO_GOGC:-400}" GOMEMLIMIT="${HERALD_MONGO_MEMLIMIT:-1GiB}" \
   nohup "$FERRET_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DATA/?_pragma=synchronous(normal)" \
     --listen-addr="$FERRET_HOST:$FERRET_PORT" \
     --log-level="${HERALD_MONGO_LOG_LEVEL:-error}" \
