@@ -1,6 +1,9 @@
 """End to end: business events posted to ingest -> the first provider request (the sandbox's
 record of the SMS), at a steady 200 events/s and at saturation, with the ratio to the raw
-single-hop broker rate measured earlier in the same `make bench` (bench_00_broker)."""
+single-hop broker rate measured earlier in the same `make bench` (bench_00_broker).
+
+Measured after a warm-up of the steady load. The steady phase's latency is also split by hop
+(ingest, scheduler, dispatcher, sms-sender) from the timestamps of the records each produced."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from chaos.scenario import Scenario, free_port_offset
 
 from benchlib import BenchEnv, Figure, percentile
@@ -57,6 +62,63 @@ async def arrivals(scenario: Scenario, indices: range, *, within: float) -> dict
             break
         await asyncio.sleep(0.5)
     return got
+
+
+# Where an event's time goes: each hop ends when the next topic's record was produced (its
+# timestamp), the last when the provider took the SMS.
+HOPS = (
+    ("ingest", "cases.changes.v1", "case"),
+    ("scheduler", "contact.requests.v1", "customer"),
+    ("dispatcher", "outbound.sms.v1", "customer"),
+)
+
+
+async def first_produced(kafka: str, topic: str) -> dict[str, float]:
+    """Key -> timestamp (s) of its first record on a topic, read to the end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        first: dict[str, float] = {}
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for r in records:
+                    if r.key is not None:
+                        first.setdefault(r.key.decode(), r.timestamp / 1000)
+        return first
+    finally:
+        await consumer.stop()
+
+
+async def hop_figures(
+    env: BenchEnv, ns: str, label: str, scenario: Scenario, got: dict[int, float], note: str
+) -> list[Figure]:
+    """p50/p99 of each hop for the events that reached the provider."""
+    stamps = [await first_produced(env.kafka, ns + topic) for _, topic, _ in HOPS]
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in HOPS}
+    spans["sms-sender"] = []
+    for i, provider_at in got.items():
+        keys = {"case": scenario.case_id(i), "customer": scenario.customer(i)}
+        times: list[float | None] = [scenario.posted_at.get(i)]
+        times += [stamp.get(keys[by]) for stamp, (_, _, by) in zip(stamps, HOPS, strict=True)]
+        times.append(provider_at)
+        for span, start, end in zip(spans.values(), times, times[1:], strict=False):
+            if start is not None and end is not None:
+                span.append((end - start) * 1000)
+    return [
+        Figure("e2e", f"{label} hop {name} p{p}", percentile(span, p), "ms", note)
+        for name, span in spans.items()
+        for p in (50, 99)
+    ]
 
 
 def latency_figures(
@@ -116,6 +178,8 @@ async def bench(env: BenchEnv) -> list[Figure]:
         figures.append(Figure("e2e", "steady: SMS delivered", len(got), "count", note))
         figures.append(Figure("e2e", "steady: throughput", len(got) / max(took, 1e-9), "SMS/s"))
         figures += latency_figures("steady 200/s:", scenario, got, note)
+        hop_note = "posted -> cases.changes -> contact.requests -> outbound.sms -> provider"
+        figures += await hop_figures(env, ns, "steady 200/s:", scenario, got, hop_note)
 
         sat = range(n_warm + n_steady, scenario.size)
         t0 = time.time()
