@@ -190,13 +190,19 @@ class ConcurrentConsumerLoop(ConsumerLoop):
             await asyncio.sleep(COMMIT_EVERY_SECONDS)
             moved = await self._commit_progress(consumer)
 
-    async def _commit_progress(self, consumer: AIOKafkaConsumer) -> bool:
-        """Commit every partition that moved since the last commit; False when none had."""
-        ends = {
+    def _moved(self, only: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Partitions (of `only`) handled further than their last commit: where they stand."""
+        return {
             tp: part.upto
             for tp, part in self._parts.items()
-            if part.upto is not None and part.upto != self._committed.get(tp)
+            if (only is None or tp in only)
+            and part.upto is not None
+            and part.upto != self._committed.get(tp)
         }
+
+    async def _commit_progress(self, consumer: AIOKafkaConsumer) -> bool:
+        """Commit every partition that moved since the last commit; False when none had."""
+        ends = self._moved()
         if not ends:
             return False
         try:
@@ -219,11 +225,7 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                 )
         consumer = self._consumer
         if consumer is not None:
-            ends = {
-                tp: p.upto
-                for tp, p in self._parts.items()
-                if tp in revoked and p.upto is not None and p.upto != self._committed.get(tp)
-            }
+            ends = self._moved(revoked)
             if ends:
                 with contextlib.suppress(KafkaError):
                     await consumer.commit(ends)

@@ -176,19 +176,17 @@ class Dispatcher:
             )
             if isinstance(previous, BaseException):
                 raise previous
-            if previous is None:
-                # A duplicate is ignored whatever its inputs; a fresh claim needs them.
-                for got in (got_prefs, got_case):
-                    if isinstance(got, BaseException):
-                        raise got
-            prefs = cast(ContactPreferences, got_prefs)
-            case = cast(CaseState | None, got_case)
-            if previous is not None:
+            if previous is not None:  # ignored whatever its inputs
                 decision = Decision(
                     "ignored", "duplicate", detail=f"decided before: {previous['outcome']}"
                 )
                 await self._record(claim_key, request, decision, None, None, now)
                 return decision
+            for got in (got_prefs, got_case):
+                if isinstance(got, BaseException):
+                    raise got
+            prefs = cast(ContactPreferences, got_prefs)
+            case = cast(CaseState | None, got_case)
             try:
                 decision = await self._decide(request, prefs, case, now, reads)
             except RenderError as exc:  # defensive: rendering errors are decisions, not crashes
@@ -315,7 +313,7 @@ class Dispatcher:
         # 3. superseded by a newer request for the same campaign and case
         if request.case_id is None:
             return await self._reach(request, prefs, case, case_json, now, None, reads)
-        order = request.case_version or (request.case_state.version if request.case_state else 0)
+        order = _trigger_order(request)
         state = await reads.state()
         if state.order > order:
             return Decision(
@@ -701,6 +699,11 @@ class _Link:
         return str(self)
 
 
+def _trigger_order(request: ContactRequest) -> int:
+    """The case version a request was triggered by: what supersession compares."""
+    return request.case_version or (request.case_state.version if request.case_state else 0)
+
+
 class _Reads:
     """The ledger reads a decision may need, started with its claim; unused ones are dropped."""
 
@@ -719,9 +722,7 @@ class _Reads:
         state = None
         if request.case_id is not None:
             key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
-            carried = request.case_state.version if request.case_state else 0
-            order = request.case_version or carried
-            state = asyncio.ensure_future(ledger.request_state(key, order))
+            state = asyncio.ensure_future(ledger.request_state(key, _trigger_order(request)))
         history = None
         if request.attempt == 1 and request.escalation_of is None and campaign.counts_towards_cap:
             history = asyncio.ensure_future(
