@@ -24,6 +24,7 @@ from aiokafka import (
 )
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure, OperationFailure
@@ -96,10 +97,25 @@ def encode(
     }
     if subject:
         attributes["subject"] = subject
-    msg = ce_kafka.to_binary_event(CloudEvent(attributes, data.model_dump(mode="json")))
+    # The data as JSON bytes straight from pydantic's serializer (the SDK passes bytes through):
+    # a dict for the SDK to json.dumps again cost a third of encoding a record.
+    msg = ce_kafka.to_binary_event(
+        CloudEvent(attributes, data.__pydantic_serializer__.to_json(data))
+    )
     headers = list(msg.headers.items())
     headers.append(("traceparent", (trace or current_trace().child()).header().encode()))
     return headers, msg.value
+
+
+class _RawData(JSONFormat):
+    """The SDK's JSON format that leaves the data as bytes: the model validates them with
+    pydantic's own parser, instead of the SDK parsing them into a dict for pydantic to walk."""
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> bytes | None:
+        return body or None
+
+
+_RAW_DATA = _RawData()
 
 
 def decode(record: ConsumerRecord[bytes, bytes], model: type[M] | None = None) -> Event[M]:
@@ -108,8 +124,10 @@ def decode(record: ConsumerRecord[bytes, bytes], model: type[M] | None = None) -
     if "ce_type" not in headers:
         raise DecodeError("missing ce_type header: not a CloudEvent in binary mode")
     try:
-        ce = ce_kafka.from_binary_event(
-            ce_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value or b"")
+        ce = ce_kafka.from_binary(
+            ce_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value or b""),
+            _RAW_DATA,
+            None,
         )
     except Exception as exc:  # the SDK raises several types for bad attributes or bytes
         raise DecodeError(f"invalid CloudEvent: {exc}") from exc
