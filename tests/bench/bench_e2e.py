@@ -8,6 +8,7 @@ Measured after a warm-up of the steady load. The steady phase's latency is also 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from chaos.scenario import Scenario, free_port_offset
 
-from benchlib import BenchEnv, Figure, percentile
+from benchlib import BenchEnv, CpuMeter, Figure, infrastructure_pids, percentile
 from herald_devstack import Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,37 @@ async def hop_figures(
     ]
 
 
+def cpu_meter(stack: Stack) -> CpuMeter:
+    """Every service, the broker, the database and this process (the load generator)."""
+    pids = {name: run.process.pid for name, run in stack.running.items()}
+    pids.update(infrastructure_pids())
+    pids["load generator"] = os.getpid()
+    return CpuMeter(pids)
+
+
+def cpu_figures(label: str, meter: CpuMeter, delivered: int) -> list[Figure]:
+    """CPU milliseconds per SMS delivered, by process, and in all for Herald and its broker and
+    database (the sandbox and the load generator stand outside it)."""
+    per = {name: 1000 * used / max(delivered, 1) for name, used in meter.used.items()}
+    outside = ("sandbox", "load generator")
+    note = f"CPU time over the phase / {delivered:,} SMS"
+    figures = [
+        Figure("e2e", f"{label} CPU per SMS, {name}", ms, "ms", note)
+        for name, ms in sorted(per.items(), key=lambda kv: -kv[1])
+    ]
+    herald = sum(ms for name, ms in per.items() if name not in outside)
+    figures.append(
+        Figure(
+            "e2e",
+            f"{label} CPU per SMS, Herald + broker + database",
+            herald,
+            "ms",
+            f"{1000 / max(herald, 1e-9):,.0f} SMS per CPU-second; sandbox and load generator apart",
+        )
+    )
+    return figures
+
+
 def latency_figures(
     label: str, scenario: Scenario, got: dict[int, float], note: str
 ) -> list[Figure]:
@@ -166,12 +198,15 @@ async def bench(env: BenchEnv) -> list[Figure]:
         await arrivals(scenario, warm, within=300)
 
         steady = range(n_warm, n_warm + n_steady)
+        meter = cpu_meter(stack)
+        meter.start()
         t0 = time.time()
         # Open loop: enough posters that the offered rate does not depend on how fast ingest
         # answers (each waits for its slot in the schedule, then posts one event).
         await scenario.post_events(steady, rate=STEADY_RATE, batch=1, concurrency=256)
         offered = n_steady / scenario.posting_took
         got = await arrivals(scenario, steady, within=300)
+        meter.stop()
         took = max(got.values(), default=t0) - t0
         note = f"{n_steady:,} events offered at {STEADY_RATE:g}/s, 1 per request"
         figures.append(Figure("e2e", "steady: offered rate achieved", offered, "ev/s", note))
@@ -180,6 +215,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
         figures += latency_figures("steady 200/s:", scenario, got, note)
         hop_note = "posted -> cases.changes -> contact.requests -> outbound.sms -> provider"
         figures += await hop_figures(env, ns, "steady 200/s:", scenario, got, hop_note)
+        figures += cpu_figures("steady 200/s:", meter, len(got))
 
         sat = range(n_warm + n_steady, scenario.size)
         t0 = time.time()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from herald_kit import ensure_topics
 
@@ -82,3 +83,51 @@ async def settle() -> None:
     """Write what earlier steps left in the page cache to disk before a measurement, so the
     kernel's write-back of one step's gigabyte does not land in the next step's timing."""
     await asyncio.to_thread(os.sync)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def infrastructure_pids() -> dict[str, int]:
+    """The broker and the database `scripts/bench.sh` started, found by their command lines."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in cmdline:
+            found["kafka"] = int(entry.name)
+        elif b"--handler=sqlite" in cmdline:
+            found["ferretdb"] = int(entry.name)
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU used by named processes between `start()` and `stop()`: where a workload's time goes,
+    a figure that holds across machines of different speed better than a rate does."""
+
+    pids: dict[str, int]
+    _before: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._before = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds each process used since `start()`."""
+        self.used = {
+            name: _cpu_seconds(pid) - self._before.get(name, 0.0) for name, pid in self.pids.items()
+        }
+        return self.used
