@@ -254,3 +254,54 @@ async def test_outbox_listing_reads_on_from_where_the_last_poll_stopped(
     assert [m["body"] for m in one["items"]] == ["m2", "m3"]
     r = await client.get("/sandbox/api/sms", params={"after": -1})
     assert r.status_code == 422 and r.json()["field"] == "after"
+
+
+async def test_callbacks_to_a_slow_receiver_queue_rather_than_drop() -> None:
+    """A webhook host answering in a second, 600 callbacks due at once: each arrives once.
+
+    (With 32 connections and a 10 s total timeout, the ones still queued for a connection
+    after 10 s were dropped: a loaded SMS sender lost a third of its statuses.)
+    """
+    from aiohttp import web
+
+    received: list[tuple[str, str]] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        form = await request.post()
+        await asyncio.sleep(1.0)
+        received.append((str(form["MessageSid"]), str(form["MessageStatus"])))
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/status", slow)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    app = create_app(Settings(callback_delay_seconds=0.0, mongo_db="", smtp_port=0))
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://sb") as client:
+                sids = set()
+                for i in range(300):
+                    r = await client.post(
+                        MSGS,
+                        data={
+                            "To": f"+1201555{i:04d}",
+                            "From": "+15005550006",
+                            "Body": "hi",
+                            "StatusCallback": f"http://127.0.0.1:{port}/status",
+                        },
+                        headers=AUTH,
+                    )
+                    assert r.status_code == 201
+                    sids.add(r.json()["sid"])
+                for _ in range(300):
+                    if len(received) >= 600:
+                        break
+                    await asyncio.sleep(0.1)
+    finally:
+        await runner.cleanup()
+    assert sorted(received) == sorted((sid, s) for sid in sids for s in ("sent", "delivered"))
