@@ -107,8 +107,8 @@ def read_partition_members(
 
     async def read() -> list[Member]:
         consumer = audience_consumer(settings)
-        await consumer.start()
         try:
+            await consumer.start()
             return await partition_members(
                 consumer, TopicPartition(topic, p), start, end, keep=keep, batch=batch
             )
@@ -177,8 +177,8 @@ class FanOut:
         `cases`, the cases it will see)."""
         topic = self.case_topic if cases else self.topic
         consumer = self._consumer()
-        await consumer.start()
         try:
+            await consumer.start()
             parts = consumer.partitions_for_topic(topic) or set()
             if not parts:
                 parts = set(await consumer._client._wait_on_metadata(topic) or ())
@@ -214,14 +214,16 @@ class FanOut:
             out_topic=self.producer.topic_name(Topics.CONTACT_REQUESTS),
         )
         job.producer = request_producer(self.settings)
-        await job.producer.start()
-        out_parts = await job.producer.partitions_for(job.out_topic)
-        job.same_partitions = len(out_parts) == len(fire["ends"])
-        job.partition_count = len(out_parts)
         consumer = self._consumer()
-        await consumer.start()
         ahead: _ReadAhead | None = None
+        # Started inside the try: a stop cancelling the fire while they connect still closes
+        # both (stopping a client that never started is a no-op).
         try:
+            await job.producer.start()
+            out_parts = await job.producer.partitions_for(job.out_topic)
+            job.same_partitions = len(out_parts) == len(fire["ends"])
+            job.partition_count = len(out_parts)
+            await consumer.start()
             parts = [
                 (p, job.cp_off if p == job.cp_part else 0, end)
                 for p, end in sorted((int(k), v) for k, v in fire["ends"].items())
