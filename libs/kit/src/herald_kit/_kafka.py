@@ -179,7 +179,13 @@ class EventProducer:
             linger_ms=5,
             request_timeout_ms=30_000,
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            # A start that fails or is cancelled (a stop during start-up) leaves no client open.
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            raise
 
     async def stop(self) -> None:
         """Flush and disconnect."""
