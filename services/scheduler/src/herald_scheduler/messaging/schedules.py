@@ -44,6 +44,18 @@ def _noop() -> None:
     """The jobs' stored callable; firing goes through FireExecutor, which needs the fire time."""
 
 
+async def _cancel_all(tasks: set[asyncio.Task[None]] | dict[str, asyncio.Task[int]]) -> None:
+    """Cancel the tasks and wait for each to end, emptying the collection."""
+    while tasks:
+        pending = list(tasks if isinstance(tasks, set) else tasks.values())
+        tasks.clear()
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 class FireExecutor(BaseExecutor):  # type: ignore[misc]
     """Hands each due run time to the runner: APScheduler 3 does not pass it to job functions."""
 
@@ -126,21 +138,13 @@ class ScheduleRunner:
 
     async def _take_over(self) -> None:
         log.info("schedule lease taken", extra={"holder": self.lease.holder})
-        loop = asyncio.get_running_loop()
-
-        def on_fire(job_id: str, run_time: datetime) -> None:
-            # APScheduler calls executors from the event loop's thread here (AsyncIOScheduler).
-            task = loop.create_task(self._fire(job_id, run_time))
-            self._firing.add(task)
-            task.add_done_callback(self._firing.discard)
-
         self._sync_client = MongoClient(self.mongo_uri, tz_aware=True, retryWrites=False)
         store = MongoDBJobStore(
             database=self.mongo_db, collection="apscheduler_jobs", client=self._sync_client
         )
         self._scheduler = AsyncIOScheduler(
             jobstores={"default": store},
-            executors={"default": FireExecutor(on_fire)},
+            executors={"default": FireExecutor(self._on_fire)},
             job_defaults={"coalesce": False, "misfire_grace_time": 3600, "max_instances": 1},
             timezone="UTC",
         )
@@ -148,20 +152,23 @@ class ScheduleRunner:
         self.leading = True
         LEADER.set(1)
 
+    def _on_fire(self, job_id: str, run_time: datetime) -> None:
+        # APScheduler calls executors from the event loop's thread here (AsyncIOScheduler).
+        task = asyncio.get_running_loop().create_task(self._fire(job_id, run_time))
+        self._firing.add(task)
+        task.add_done_callback(self._firing.discard)
+
     async def _step_down(self) -> None:
+        """Stop firing, then stop every fan-out: fires in flight are cancelled before the
+        fan-outs, so none of them starts a fan-out (with its own Kafka clients) that nobody
+        would stop. Unfinished fires are resumed by the next leader."""
         self.leading = False
         LEADER.set(0)
-        for task in self._fanouts.values():
-            task.cancel()
-        for task in list(self._fanouts.values()):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - resumed by the next leader
-                pass
-        self._fanouts.clear()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        await _cancel_all(self._firing)
+        await _cancel_all(self._fanouts)
         if self._sync_client is not None:
             self._sync_client.close()
             self._sync_client = None
@@ -217,6 +224,8 @@ class ScheduleRunner:
             log.exception("fire failed", extra={"campaign": campaign_id})
 
     def _spawn(self, fire_id: str) -> None:
+        if not self.leading:
+            return  # stepped down while the fire was recorded: the next leader resumes it
         task = self._fanouts.get(fire_id)
         if task is not None and not task.done():
             return

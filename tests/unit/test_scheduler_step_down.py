@@ -1,0 +1,103 @@
+"""A replica that steps down leaves no fire or fan-out running behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from herald_scheduler.messaging.schedules import ScheduleRunner
+
+DEFINITION = {
+    "name": "n",
+    "topic": "service-updates",
+    "trigger": {"kind": "schedule", "cron": "0 9 * * *", "time_zone": "UTC"},
+    "messages": {"sms": {"en": {"body": "hello"}}},
+}
+
+
+class _Campaigns:
+    """A campaign read that waits until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.reading = asyncio.Event()
+
+    async def get(self, campaign_id: str) -> dict[str, Any]:
+        self.reading.set()
+        await self.answer.wait()
+        return {"_id": campaign_id, "status": "active", "version": 1, "definition": DEFINITION}
+
+
+class _Fires:
+    """No fire recorded yet; recording one succeeds."""
+
+    def __init__(self) -> None:
+        self.begun: list[str] = []
+
+    async def get(self, fire_id: str) -> None:
+        return None
+
+    async def begin(self, row: dict[str, Any]) -> bool:
+        self.begun.append(row["_id"])
+        return True
+
+
+class _FanOut:
+    """Counts fan-outs running; each runs until cancelled."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.started = 0
+
+    async def audience_ends(self, *, cases: bool = False) -> dict[str, int]:
+        return {"0": 0}
+
+    async def run(self, fire_id: str) -> int:
+        self.started += 1
+        self.running += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.running -= 1
+        return 0
+
+
+def _runner(campaigns: _Campaigns, fanout: _FanOut, fires: _Fires) -> ScheduleRunner:
+    return ScheduleRunner(
+        campaigns=cast(Any, campaigns),
+        fires=cast(Any, fires),
+        fanout=cast(Any, fanout),
+        lease=cast(Any, None),
+        mongo_uri="mongodb://unused",
+        mongo_db="unused",
+        tick_seconds=1,
+    )
+
+
+async def test_a_fire_in_flight_at_step_down_starts_no_fan_out() -> None:
+    campaigns, fanout, fires = _Campaigns(), _FanOut(), _Fires()
+    runner = _runner(campaigns, fanout, fires)
+    runner.leading = True
+    runner._spawn("c1|resumed")  # an unfinished fire the leader resumed
+    runner._on_fire("c1", datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    await campaigns.reading.wait()  # the fire is reading its campaign
+    await asyncio.sleep(0)
+    assert fanout.running == 1
+    await runner._step_down()
+    # Had the fire survived, it would record its row and start a fan-out, with its own Kafka
+    # clients, that no stop would ever reach.
+    campaigns.answer.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert fanout.running == 0 and fanout.started == 1
+    assert fires.begun == []  # the fire was cancelled before recording: the next leader fires it
+    assert not runner._firing and not runner._fanouts
+
+
+async def test_a_standby_spawns_nothing() -> None:
+    fanout = _FanOut()
+    runner = _runner(_Campaigns(), fanout, _Fires())
+    runner._spawn("c1|t")
+    await asyncio.sleep(0)
+    assert fanout.started == 0 and not runner._fanouts
