@@ -38,6 +38,7 @@ from herald_kit._kafka import (
     encode,
     is_transient_db_error,
     kafka_client_options,
+    start_client,
 )
 from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
@@ -112,6 +113,7 @@ __all__ = [
     "problem",
     "require_scopes",
     "serve",
+    "start_client",
     "transient",
     "tune_gc",
 ]

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -57,6 +57,31 @@ class Event(Generic[M]):
     data: M
     key: str | None = None
     trace: TraceContext | None = None
+
+
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: _Client) -> None:
+    """Start an aiokafka client (producer, consumer or admin client) so that neither a failure
+    nor a cancellation leaves a connection open.
+
+    aiokafka's bootstrap keeps its first connection in a local variable while it asks for
+    metadata: a cancellation there (a replica stopping while a fan-out starts) leaves that
+    connection open, out of reach of the client's stop. So the start runs shielded; a cancelled
+    caller waits for it to end, closes the client and re-raises.
+    """
+    start = asyncio.ensure_future(client.start())
+    try:
+        await asyncio.shield(start)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await start
+        with contextlib.suppress(Exception):
+            close = getattr(client, "stop", None) or client.close  # type: ignore[attr-defined]
+            await close()
+        raise
 
 
 def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -179,13 +204,7 @@ class EventProducer:
             linger_ms=5,
             request_timeout_ms=30_000,
         )
-        try:
-            await self._producer.start()
-        except BaseException:
-            # A start that fails or is cancelled (a stop during start-up) leaves no client open.
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
-            raise
+        await start_client(self._producer)
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -336,7 +355,7 @@ class ConsumerLoop:
         self._consumer.subscribe(
             [t.name(self.settings.topic_namespace) for t in self.topics], listener=self._listener()
         )
-        await self._consumer.start()
+        await start_client(self._consumer)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
 
     async def stop(self) -> None:

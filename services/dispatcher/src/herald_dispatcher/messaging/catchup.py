@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from herald_contracts import Topic
-from herald_kit import ServiceSettings, kafka_client_options
+from herald_kit import ServiceSettings, kafka_client_options, start_client
 
 log = logging.getLogger("herald.dispatcher.catchup")
 
@@ -22,8 +22,8 @@ log = logging.getLogger("herald.dispatcher.catchup")
 async def partitions(settings: ServiceSettings, topics: list[str]) -> list[TopicPartition]:
     """Every partition of the named topics."""
     admin = AIOKafkaAdminClient(**kafka_client_options(settings))
-    await admin.start()
     try:
+        await start_client(admin)
         described = await admin.describe_topics(topics)
     finally:
         await admin.close()
@@ -44,8 +44,8 @@ class CatchUp:
         """Note where each partition of the view topics ends right now."""
         parts = await partitions(self.settings, self.topics)
         consumer = AIOKafkaConsumer(**kafka_client_options(self.settings), enable_auto_commit=False)
-        await consumer.start()
         try:
+            await start_client(consumer)
             ends = await consumer.end_offsets(parts) if parts else {}
         finally:
             await consumer.stop()
@@ -58,8 +58,8 @@ class CatchUp:
         if self._done.is_set():
             return True
         admin = AIOKafkaAdminClient(**kafka_client_options(self.settings))
-        await admin.start()
         try:
+            await start_client(admin)
             committed = await admin.list_consumer_group_offsets(self.group_id)
         except KafkaError as exc:
             log.warning("cannot read view offsets", extra={"error": str(exc)})

@@ -35,7 +35,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.partitioner import DefaultPartitioner
 
 from herald_contracts import CONTACT_REQUESTED, CampaignRef, ContactRequest, Topics, utc_now
-from herald_kit import Doc, EventProducer, ServiceSettings, encode, kafka_client_options, tune_gc
+from herald_kit import (
+    Doc,
+    EventProducer,
+    ServiceSettings,
+    encode,
+    kafka_client_options,
+    start_client,
+    tune_gc,
+)
 from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import RequestIds, audience_reads_cases
@@ -108,7 +116,7 @@ def read_partition_members(
     async def read() -> list[Member]:
         consumer = audience_consumer(settings)
         try:
-            await consumer.start()
+            await start_client(consumer)
             return await partition_members(
                 consumer, TopicPartition(topic, p), start, end, keep=keep, batch=batch
             )
@@ -178,7 +186,7 @@ class FanOut:
         topic = self.case_topic if cases else self.topic
         consumer = self._consumer()
         try:
-            await consumer.start()
+            await start_client(consumer)
             parts = consumer.partitions_for_topic(topic) or set()
             if not parts:
                 parts = set(await consumer._client._wait_on_metadata(topic) or ())
@@ -219,11 +227,11 @@ class FanOut:
         # Started inside the try: a stop cancelling the fire while they connect still closes
         # both (stopping a client that never started is a no-op).
         try:
-            await job.producer.start()
+            await start_client(job.producer)
             out_parts = await job.producer.partitions_for(job.out_topic)
             job.same_partitions = len(out_parts) == len(fire["ends"])
             job.partition_count = len(out_parts)
-            await consumer.start()
+            await start_client(consumer)
             parts = [
                 (p, job.cp_off if p == job.cp_part else 0, end)
                 for p, end in sorted((int(k), v) for k, v in fire["ends"].items())
