@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -263,6 +263,25 @@ async def test_timer_without_due_time_goes_to_the_dlq(
         assert headers["x-herald-field"] == b"due_at"
 
 
+def one_id_per_customer_and_fire(items: list[ContactRequest]) -> dict[str, set[str]]:
+    """Assert that each fire asked for each customer under one request id, and no two asks
+    share an id; the customers each fire reached.
+
+    A fan-out cut off by a stop, or still running on a holder that stalled, can have a batch
+    published again by the replica that resumes the fire: under the same ids, which the
+    dispatcher drops, so the customer is contacted once.
+    """
+    ids: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in items:
+        ids[(r.trigger_key, r.customer_id)].add(r.request_id)
+    assert all(len(v) == 1 for v in ids.values()), ids
+    assert len({r.request_id for r in items}) == len(ids)
+    reached: dict[str, set[str]] = defaultdict(set)
+    for trigger_key, customer in ids:
+        reached[trigger_key].add(customer)
+    return reached
+
+
 SCHEDULE_EVERY_SECOND = {"kind": "schedule", "cron": "* * * * * *", "time_zone": "Europe/Paris"}
 
 
@@ -316,13 +335,15 @@ async def test_two_replicas_emit_each_fire_once(
             r = await standby.post(f"/v1/campaigns/{cid}/pause")
             assert r.status_code == 200
     items = await requests.poll()
-    per_fire = Counter(r.trigger_key for r in items)
-    pairs = Counter((r.trigger_key, r.customer_id) for r in items)
-    assert all(n == 1 for n in pairs.values()), pairs
+    reached = one_id_per_customer_and_fire(items)
     assert {r.customer_id for r in items} == set(audience)
-    complete = [k for k, n in per_fire.items() if n == len(audience)]
-    assert len(complete) >= len(per_fire) - 1  # only a fire cut short by the pause may be partial
-    assert len({r.request_id for r in items}) == len(items)
+    # A fire reaches part of the audience only when the pause halted it or the stop cut it off
+    # (on a slow machine several fan-outs can be in flight then); every completed fire reached
+    # everyone.
+    outcomes = {f["trigger_key"]: f.get("outcome") async for f in mongo[db]["fires"].find({})}
+    partial = [k for k, customers in reached.items() if len(customers) < len(audience)]
+    assert all(outcomes.get(k) != "completed" for k in partial), (partial, outcomes)
+    assert sum(1 for o in outcomes.values() if o == "completed") >= 3
 
 
 @pytest.mark.parametrize("death", ["crashed", "stalled"])
@@ -395,9 +416,7 @@ async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_leas
             await requests.wait_for(fired_after)
             assert (await two.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
     items = await requests.poll()
-    pairs = Counter((r.trigger_key, r.customer_id) for r in items)
-    assert all(n == 1 for n in pairs.values()), pairs
-    assert len({r.request_id for r in items}) == len(items)
+    one_id_per_customer_and_fire(items)
     # No fire was lost in the gap: the new holder caught up on the seconds nobody fired.
     keys = sorted(fires)
     seconds = [datetime.strptime(k, "fire:%Y-%m-%dT%H:%M:%SZ") for k in keys]
