@@ -39,6 +39,7 @@ from herald_kit._kafka import (
     is_transient_db_error,
     kafka_client_options,
     start_client,
+    stop_client,
 )
 from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
 from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
@@ -114,6 +115,7 @@ __all__ = [
     "require_scopes",
     "serve",
     "start_client",
+    "stop_client",
     "transient",
     "tune_gc",
 ]

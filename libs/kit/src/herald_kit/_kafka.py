@@ -63,6 +63,17 @@ class _Client(Protocol):
     async def start(self) -> None: ...
 
 
+async def _shielded(op: Awaitable[None]) -> None:
+    """Run `op` to its end even when the caller is cancelled meanwhile; then re-raise."""
+    task = asyncio.ensure_future(op)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
 async def start_client(client: _Client) -> None:
     """Start an aiokafka client (producer, consumer or admin client) so that neither a failure
     nor a cancellation leaves a connection open.
@@ -72,16 +83,24 @@ async def start_client(client: _Client) -> None:
     connection open, out of reach of the client's stop. So the start runs shielded; a cancelled
     caller waits for it to end, closes the client and re-raises.
     """
-    start = asyncio.ensure_future(client.start())
     try:
-        await asyncio.shield(start)
+        await _shielded(client.start())
     except BaseException:
-        with contextlib.suppress(BaseException):
-            await start
         with contextlib.suppress(Exception):
-            close = getattr(client, "stop", None) or client.close  # type: ignore[attr-defined]
-            await close()
+            await stop_client(client)
         raise
+
+
+async def stop_client(client: _Client) -> None:
+    """Stop (or, for the admin client, close) an aiokafka client, to the end even when the
+    caller is cancelled meanwhile.
+
+    aiokafka marks a client closed before it flushes and closes its connections: a stop cut
+    short by a cancellation (a fan-out finishing just as its replica steps down) would leave
+    them open for good, and a second stop would do nothing.
+    """
+    close = getattr(client, "stop", None) or client.close  # type: ignore[attr-defined]
+    await _shielded(close())
 
 
 def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -209,7 +228,7 @@ class EventProducer:
     async def stop(self) -> None:
         """Flush and disconnect."""
         if self._producer is not None:
-            await self._producer.stop()
+            await stop_client(self._producer)
             self._producer = None
 
     async def recover(self, exc: BaseException) -> bool:
@@ -368,7 +387,7 @@ class ConsumerLoop:
             except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
                 pass
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_client(self._consumer)
             self._consumer = None
 
     def _listener(self) -> ConsumerRebalanceListener | None:

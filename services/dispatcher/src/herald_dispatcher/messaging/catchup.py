@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from herald_contracts import Topic
-from herald_kit import ServiceSettings, kafka_client_options, start_client
+from herald_kit import ServiceSettings, kafka_client_options, start_client, stop_client
 
 log = logging.getLogger("herald.dispatcher.catchup")
 
@@ -26,7 +26,7 @@ async def partitions(settings: ServiceSettings, topics: list[str]) -> list[Topic
         await start_client(admin)
         described = await admin.describe_topics(topics)
     finally:
-        await admin.close()
+        await stop_client(admin)
     return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
 
 
@@ -48,7 +48,7 @@ class CatchUp:
             await start_client(consumer)
             ends = await consumer.end_offsets(parts) if parts else {}
         finally:
-            await consumer.stop()
+            await stop_client(consumer)
         self.targets = {tp: end for tp, end in ends.items() if end > 0}
         if not self.targets:
             self._done.set()
@@ -65,7 +65,7 @@ class CatchUp:
             log.warning("cannot read view offsets", extra={"error": str(exc)})
             return False
         finally:
-            await admin.close()
+            await stop_client(admin)
         for tp, end in self.targets.items():
             meta = committed.get(tp)
             if meta is None or meta.offset < end:

@@ -42,6 +42,7 @@ from herald_kit import (
     encode,
     kafka_client_options,
     start_client,
+    stop_client,
     tune_gc,
 )
 from herald_scheduler.adapters.audience import FireRepository
@@ -121,7 +122,7 @@ def read_partition_members(
                 consumer, TopicPartition(topic, p), start, end, keep=keep, batch=batch
             )
         finally:
-            await consumer.stop()
+            await stop_client(consumer)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(read())
@@ -194,7 +195,7 @@ class FanOut:
             ends = await consumer.end_offsets(tps)
             return {str(tp.partition): off for tp, off in ends.items()}
         finally:
-            await consumer.stop()
+            await stop_client(consumer)
 
     def _consumer(self) -> AIOKafkaConsumer:
         return audience_consumer(self.settings)
@@ -266,8 +267,10 @@ class FanOut:
         finally:
             if ahead is not None:
                 ahead.close()
-            await consumer.stop()
-            await job.producer.stop()
+            try:
+                await stop_client(consumer)
+            finally:
+                await stop_client(job.producer)
         if job.outcome is None:
             return job.published  # another worker moved the checkpoint: it carries on
         await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
