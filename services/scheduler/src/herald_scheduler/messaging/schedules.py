@@ -44,10 +44,10 @@ def _noop() -> None:
     """The jobs' stored callable; firing goes through FireExecutor, which needs the fire time."""
 
 
-async def _cancel_all(tasks: set[asyncio.Task[None]] | dict[str, asyncio.Task[int]]) -> None:
+async def _cancel_all(tasks: dict[str, asyncio.Task[int]]) -> None:
     """Cancel the tasks and wait for each to end, emptying the collection."""
     while tasks:
-        pending = list(tasks if isinstance(tasks, set) else tasks.values())
+        pending = list(tasks.values())
         tasks.clear()
         for task in pending:
             task.cancel()
@@ -159,15 +159,20 @@ class ScheduleRunner:
         task.add_done_callback(self._firing.discard)
 
     async def _step_down(self) -> None:
-        """Stop firing, then stop every fan-out: fires in flight are cancelled before the
-        fan-outs, so none of them starts a fan-out (with its own Kafka clients) that nobody
-        would stop. Unfinished fires are resumed by the next leader."""
+        """Stop firing, let the fires in flight record themselves, then stop every fan-out.
+
+        A fire is not cancelled: APScheduler has already moved its job past that time, so a
+        fire cut off before its row is written would be lost for good. Recorded after the
+        step-down, it starts no fan-out here (`_spawn` needs the lease; a fan-out started now,
+        with its own Kafka clients, would outlive the stop) and the next leader resumes it.
+        """
         self.leading = False
         LEADER.set(0)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        await _cancel_all(self._firing)
+        while self._firing:
+            await asyncio.gather(*list(self._firing), return_exceptions=True)
         await _cancel_all(self._fanouts)
         if self._sync_client is not None:
             self._sync_client.close()
