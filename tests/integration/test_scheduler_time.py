@@ -346,7 +346,7 @@ async def test_two_replicas_emit_each_fire_once(
     assert sum(1 for o in outcomes.values() if o == "completed") >= 3
 
 
-@pytest.mark.parametrize("death", ["crashed", "stalled"])
+@pytest.mark.parametrize("death", ["crashed", "killed", "stalled"])
 async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_lease(
     death: str,
     infra: dict[str, str],
@@ -355,10 +355,12 @@ async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_leas
     publisher: Publisher,
     requests: Requests,
     mongo: AsyncMongoClient[Doc],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """crashed: the holder's process is gone (no renewal, no jobs, no release). stalled: only
-    its renewal stopped, so its APScheduler keeps firing beside the new holder's until it
-    notices; fire keys keep each fire once either way."""
+    """crashed: the holder's process is gone (no renewal, no jobs, no release). killed: gone
+    too, but in the middle of a fire: APScheduler had moved its job store past the second and
+    the fire's row was not written yet. stalled: only its renewal stopped, so its APScheduler
+    keeps firing beside the new holder's until it notices; fire keys keep each fire once."""
     db = db_name("scheduler")
     audience = ["cust-a", "cust-b"]
     await publish_audience(publisher, audience)
@@ -386,10 +388,34 @@ async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_leas
             assert lease is not None and lease["holder"] == "one" and not standby.leading
             # The holder dies: its renewal loop ends without the release a clean stop does.
             runner = one._transport.app.state.schedules  # type: ignore[attr-defined]
+            handed: list[datetime] = []
+            hung: list[asyncio.Task[None]] = []
+            if death == "killed":
+                # From now on the holder never gets past a fire's first step.
+                async def killed_mid_fire(campaign_id: str, scheduled: datetime) -> None:
+                    handed.append(scheduled)
+                    task = asyncio.current_task()
+                    assert task is not None
+                    hung.append(task)
+                    await asyncio.Event().wait()
+
+                monkeypatch.setattr(runner, "_fire", killed_mid_fire)
+
+                async def one_handed_over() -> bool:
+                    return bool(handed)
+
+                await eventually(one_handed_over)
             runner._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner._task
-            if death == "crashed":
+            if death == "killed":
+                jobs = mongo[db]["apscheduler_jobs"]
+                job = await jobs.find_one({"_id": cid})
+                # The job store is past the second handed over: APScheduler will not fire it again.
+                assert job is not None and job["next_run_time"] > handed[0].timestamp()
+                for task in hung:
+                    task.cancel()
+            if death in ("crashed", "killed"):
                 await runner._step_down()
             died = datetime.now(UTC)
             # While the dead holder's lease runs, the standby does not take it.
@@ -417,8 +443,10 @@ async def test_a_holder_that_dies_without_releasing_is_taken_over_after_the_leas
             assert (await two.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
     items = await requests.poll()
     one_id_per_customer_and_fire(items)
-    # No fire was lost in the gap: the new holder caught up on the seconds nobody fired.
+    # No fire was lost in the gap: the new holder caught up on the seconds nobody fired, and
+    # on those the killed holder was handed but never recorded.
     keys = sorted(fires)
+    assert all(fire_key(t) in fires for t in handed)
     seconds = [datetime.strptime(k, "fire:%Y-%m-%dT%H:%M:%SZ") for k in keys]
     assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(seconds)), keys
 

@@ -34,6 +34,7 @@ class _Fires:
 
     def __init__(self) -> None:
         self.begun: list[str] = []
+        self.settled_ids: list[str] = []
 
     async def get(self, fire_id: str) -> None:
         return None
@@ -41,6 +42,9 @@ class _Fires:
     async def begin(self, row: dict[str, Any]) -> bool:
         self.begun.append(row["_id"])
         return True
+
+    async def settled(self, fire_id: str) -> None:
+        self.settled_ids.append(fire_id)
 
 
 class _FanOut:
@@ -92,6 +96,7 @@ async def test_a_fire_in_flight_at_step_down_is_recorded_but_starts_no_fan_out()
     campaigns.answer.set()
     await stepping_down
     assert fires.begun == ["c1|fire:2026-11-25T12:00:00Z"]  # the next leader resumes it
+    assert fires.settled_ids == fires.begun  # recorded: no due marker is left to fire it again
     # It started no fan-out (with its own Kafka clients) that no stop would ever reach, and the
     # resumed fan-out is stopped.
     assert fanout.running == 0 and fanout.started == 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from herald_kit import Doc, insert_if_absent
@@ -46,11 +47,28 @@ class ContactView:
         return {d["_id"]: d["p"] async for d in self.contacts.find({"_id": {"$in": ids}})}
 
 
+DUE_COLLECTION = "fires_due"
+
+
+def mark_due(due: Collection[Doc], fire_id: str, campaign_id: str, scheduled: datetime) -> None:
+    """Note a fire APScheduler hands over, before its job store moves past that time (sync:
+    APScheduler's executor hook is). Marked twice (a replay), it stays one marker."""
+    try:
+        due.insert_one({"_id": fire_id, "campaign_id": campaign_id, "scheduled": scheduled})
+    except DuplicateKeyError:
+        pass
+
+
 class FireRepository:
-    """One row per (campaign, scheduled time): the double-fire guard and the fan-out checkpoint."""
+    """One row per (campaign, scheduled time): the double-fire guard and the fan-out checkpoint.
+
+    Beside the rows, `fires_due` holds a marker per fire handed over but not yet recorded: what
+    a replica killed in between leaves for the next leader to fire.
+    """
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.fires = db["fires"]
+        self.due = db[DUE_COLLECTION]
 
     async def ensure_indexes(self) -> None:
         """Unfinished fires are resumed on takeover."""
@@ -61,6 +79,14 @@ class FireRepository:
         return await insert_if_absent(
             self.fires, {**row, "cp_part": 0, "cp_off": 0, "requested": 0}
         )
+
+    async def due_markers(self) -> list[Doc]:
+        """Fires handed over by APScheduler whose outcome is not settled yet."""
+        return [d async for d in self.due.find({})]
+
+    async def settled(self, fire_id: str) -> None:
+        """The fire is recorded (or was not to happen): its marker goes."""
+        await self.due.delete_one({"_id": fire_id})
 
     async def unfinished(self) -> list[Doc]:
         """Fires whose fan-out has not completed."""

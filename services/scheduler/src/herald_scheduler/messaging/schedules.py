@@ -4,7 +4,8 @@ The replica holding the lease runs an AsyncIOScheduler whose jobs live in MongoD
 (APScheduler's MongoDBJobStore, which works against FerretDB v1 through PyMongo's sync client);
 the others stand by and take over when the holder stops renewing. Each fire is recorded by its
 scheduled time before anything is published, so a double fire (two holders during a takeover, a
-misfire replay) emits nothing new.
+misfire replay) emits nothing new. A fire is marked due before APScheduler's job store moves past
+its time, so one whose holder died before recording it is fired by the next leader.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
@@ -22,10 +23,11 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.mongodb import MongoDBJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from herald_contracts import utc_now
-from herald_kit import Doc
-from herald_scheduler.adapters.audience import FireRepository, Lease
+from herald_kit import Doc, NotFound
+from herald_scheduler.adapters.audience import DUE_COLLECTION, FireRepository, Lease, mark_due
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.domain.campaigns import (
     ScheduleTrigger,
@@ -38,6 +40,9 @@ from herald_scheduler.messaging.matcher import campaign_ref
 from herald_scheduler.metrics import LEADER
 
 log = logging.getLogger("herald.scheduler.schedules")
+
+# A fire later than this after its time is skipped, whether APScheduler or a due marker holds it.
+MISFIRE_GRACE = timedelta(hours=1)
 
 
 def _noop() -> None:
@@ -95,7 +100,7 @@ class ScheduleRunner:
         self._sync_client: MongoClient[Doc] | None = None
         self._task: asyncio.Task[None] | None = None
         self._fanouts: dict[str, asyncio.Task[int]] = {}
-        self._firing: set[asyncio.Task[None]] = set()
+        self._firing: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         """Start competing for the lease."""
@@ -130,6 +135,7 @@ class ScheduleRunner:
             if not self.leading:
                 await self._take_over()
             await self._reconcile()
+            await self._fire_due()
             for fire in await self.fires.unfinished():
                 self._spawn(fire["_id"])
         elif self.leading:
@@ -145,7 +151,11 @@ class ScheduleRunner:
         self._scheduler = AsyncIOScheduler(
             jobstores={"default": store},
             executors={"default": FireExecutor(self._on_fire)},
-            job_defaults={"coalesce": False, "misfire_grace_time": 3600, "max_instances": 1},
+            job_defaults={
+                "coalesce": False,
+                "misfire_grace_time": int(MISFIRE_GRACE.total_seconds()),
+                "max_instances": 1,
+            },
             timezone="UTC",
         )
         self._scheduler.start()
@@ -153,10 +163,37 @@ class ScheduleRunner:
         LEADER.set(1)
 
     def _on_fire(self, job_id: str, run_time: datetime) -> None:
-        # APScheduler calls executors from the event loop's thread here (AsyncIOScheduler).
-        task = asyncio.get_running_loop().create_task(self._fire(job_id, run_time))
-        self._firing.add(task)
-        task.add_done_callback(self._firing.discard)
+        """APScheduler hands a due run time over (from the event loop's thread: AsyncIOScheduler)
+        and then moves the job past it in its store. The due marker goes first, synchronously,
+        so a replica killed before the fire is recorded leaves it for the next leader."""
+        fire_id = f"{job_id}|{fire_key(run_time)}"
+        if self._sync_client is not None:
+            try:
+                mark_due(
+                    self._sync_client[self.mongo_db][DUE_COLLECTION], fire_id, job_id, run_time
+                )
+            except PyMongoError as exc:  # the fire still runs; only a crash now would lose it
+                log.warning(
+                    "due marker not written", extra={"fire": fire_id, "error": type(exc).__name__}
+                )
+        self._start_fire(fire_id, job_id, run_time)
+
+    def _start_fire(self, fire_id: str, campaign_id: str, scheduled: datetime) -> None:
+        if fire_id in self._firing:
+            return
+        task = asyncio.get_running_loop().create_task(self._fire(campaign_id, scheduled))
+        self._firing[fire_id] = task
+        task.add_done_callback(lambda _: self._firing.pop(fire_id, None))
+
+    async def _fire_due(self) -> None:
+        """Fire what a holder was handed and did not record (it died in between)."""
+        now = utc_now()
+        for marker in await self.fires.due_markers():
+            if now - marker["scheduled"] > MISFIRE_GRACE:
+                log.warning("due fire past its grace time skipped", extra={"fire": marker["_id"]})
+                await self.fires.settled(marker["_id"])
+            else:
+                self._start_fire(marker["_id"], marker["campaign_id"], marker["scheduled"])
 
     async def _step_down(self) -> None:
         """Stop firing, let the fires in flight record themselves, then stop every fan-out.
@@ -172,7 +209,7 @@ class ScheduleRunner:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         while self._firing:
-            await asyncio.gather(*list(self._firing), return_exceptions=True)
+            await asyncio.gather(*list(self._firing.values()), return_exceptions=True)
         await _cancel_all(self._fanouts)
         if self._sync_client is not None:
             self._sync_client.close()
@@ -207,26 +244,33 @@ class ScheduleRunner:
             )
 
     async def _fire(self, campaign_id: str, scheduled: datetime) -> None:
+        """Record the fire and start its fan-out; its due marker goes once that is settled (a
+        failure keeps it, and the next tick tries again)."""
+        key = fire_key(scheduled)
         try:
-            doc = await self.campaigns.get(campaign_id)
-            if doc["status"] != "active":
-                return
-            key = fire_key(scheduled)
-            if await self.fires.get(f"{campaign_id}|{key}") is not None:
-                return  # fired already (a double fire or a replay): nothing new
-            ends = await self.fanout.audience_ends()
-            audience = doc["definition"]["trigger"].get("audience")
-            case_ends = (
-                await self.fanout.audience_ends(cases=True)
-                if audience_reads_cases(audience)
-                else None
-            )
-            row = fire_row(doc, campaign_ref(doc), scheduled, key, ends, case_ends)
-            if await self.fires.begin(row):
-                log.info("campaign fired", extra={"campaign": campaign_id, "trigger": key})
-                self._spawn(row["_id"])
+            await self._record_fire(campaign_id, scheduled, key)
+            await self.fires.settled(f"{campaign_id}|{key}")
         except Exception:
             log.exception("fire failed", extra={"campaign": campaign_id})
+
+    async def _record_fire(self, campaign_id: str, scheduled: datetime, key: str) -> None:
+        try:
+            doc = await self.campaigns.get(campaign_id)
+        except NotFound:
+            return  # the campaign is gone
+        if doc["status"] != "active":
+            return
+        if await self.fires.get(f"{campaign_id}|{key}") is not None:
+            return  # fired already (a double fire or a replay): nothing new
+        ends = await self.fanout.audience_ends()
+        audience = doc["definition"]["trigger"].get("audience")
+        case_ends = (
+            await self.fanout.audience_ends(cases=True) if audience_reads_cases(audience) else None
+        )
+        row = fire_row(doc, campaign_ref(doc), scheduled, key, ends, case_ends)
+        if await self.fires.begin(row):
+            log.info("campaign fired", extra={"campaign": campaign_id, "trigger": key})
+            self._spawn(row["_id"])
 
     def _spawn(self, fire_id: str) -> None:
         if not self.leading:
