@@ -252,7 +252,7 @@ class EventProducer:
             )
             await self.start()
         with contextlib.suppress(Exception):
-            await poisoned.stop()
+            await stop_client(poisoned)
         return True
 
     @property
