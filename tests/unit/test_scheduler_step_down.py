@@ -1,12 +1,14 @@
-"""A replica that steps down leaves no fire or fan-out running behind it."""
+"""A replica that steps down leaves no fire or fan-out running behind it; a leader fires what a
+dead holder was handed and never recorded."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from herald_scheduler.messaging.schedules import ScheduleRunner
+from herald_contracts import utc_now
+from herald_scheduler.messaging.schedules import MISFIRE_GRACE, ScheduleRunner
 
 DEFINITION = {
     "name": "n",
@@ -32,9 +34,13 @@ class _Campaigns:
 class _Fires:
     """No fire recorded yet; recording one succeeds."""
 
-    def __init__(self) -> None:
+    def __init__(self, due: list[dict[str, Any]] | None = None) -> None:
         self.begun: list[str] = []
         self.settled_ids: list[str] = []
+        self.due = due or []
+
+    async def due_markers(self) -> list[dict[str, Any]]:
+        return [m for m in self.due if m["_id"] not in self.settled_ids]
 
     async def get(self, fire_id: str) -> None:
         return None
@@ -109,3 +115,25 @@ async def test_a_standby_spawns_nothing() -> None:
     runner._spawn("c1|t")
     await asyncio.sleep(0)
     assert fanout.started == 0 and not runner._fanouts
+
+
+async def test_due_markers_are_fired_unless_past_the_misfire_grace() -> None:
+    """What a killed holder left: fired by the next leader, once, unless it is too late."""
+    now = utc_now().replace(microsecond=0)
+    recent, stale = now - timedelta(minutes=5), now - MISFIRE_GRACE - timedelta(seconds=1)
+
+    def marker(t: datetime) -> dict[str, Any]:
+        return {"_id": f"c1|fire:{t:%Y-%m-%dT%H:%M:%SZ}", "campaign_id": "c1", "scheduled": t}
+
+    campaigns, fanout = _Campaigns(), _FanOut()
+    fires = _Fires([marker(recent), marker(stale)])
+    runner = _runner(campaigns, fanout, fires)
+    runner.leading = True
+    campaigns.answer.set()
+    await runner._fire_due()
+    await runner._fire_due()  # the next tick, while the fire is in flight: not fired twice
+    await asyncio.gather(*runner._firing.values())
+    assert fires.begun == [marker(recent)["_id"]]
+    assert sorted(fires.settled_ids) == sorted([marker(stale)["_id"], marker(recent)["_id"]])
+    assert fanout.started == 1
+    await runner._step_down()
