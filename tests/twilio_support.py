@@ -126,6 +126,7 @@ class Collector:
         self.topic = et.topic.name(namespace)
         self.model = et.model
         self.items: list[Any] = []
+        self.ids: list[str] = []  # each item's event id
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -147,7 +148,9 @@ class Collector:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for r in records:
-                    self.items.append(decode(r, self.model).data)
+                    event = decode(r, self.model)
+                    self.ids.append(event.id)
+                    self.items.append(event.data)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None and self._consumer is not None

@@ -7,7 +7,7 @@ from datetime import datetime
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, IdLoader, InsertBatcher, RetryingSendLedger, transient
+from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 
 
 class Ledger(RetryingSendLedger):
@@ -26,9 +26,6 @@ class Ledger(RetryingSendLedger):
         self.opt_outs = db["opt_outs"]
         # Concurrent sends' opt-out checks share one read.
         self._opted_out = IdLoader(self.opt_outs)
-        # One row per (message, final status): recorded once, concurrent callbacks in one insert.
-        self.deliveries = db["deliveries"]
-        self._deliveries = InsertBatcher(self.deliveries)
 
     async def ensure_indexes(self) -> None:
         """Callbacks look rows up by the provider's id; replies by the number they came from."""
@@ -43,18 +40,6 @@ class Ledger(RetryingSendLedger):
                 sort=[("at", DESCENDING)],
             )
         )
-
-    async def set_delivery(
-        self, row_id: str, delivery: str, error_code: str | None, *, at: datetime
-    ) -> bool:
-        """Record the delivery outcome once; False when it was already recorded (a repeat).
-
-        An insert-if-absent beside the ledger row, not an update of it: the callbacks of many
-        messages share one insert, and the ledger's own updates (sending, sent) do not queue
-        behind one update per callback.
-        """
-        row = {"_id": f"{row_id}|{delivery}", "error_code": error_code, "at": at}
-        return await transient(lambda: self._deliveries.insert(row))
 
     async def opt_out(self, number_key: str, *, at: datetime) -> None:
         """The number texted STOP: nothing more is sent to it."""

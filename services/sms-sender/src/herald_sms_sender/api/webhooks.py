@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
 from twilio.twiml.messaging_response import MessagingResponse
 
-from herald_contracts import utc_now
 from herald_kit import MalformedRequest, NotFound
 from herald_sms_sender.config import Settings
 from herald_sms_sender.replies import Replies
@@ -17,7 +16,7 @@ from herald_twilio import validate_signed_form
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 TWIML = "application/xml"
-# Statuses that end a message's delivery: recorded once and published.
+# Statuses that end a message's delivery: published.
 FINAL = frozenset({"delivered", "undelivered", "failed"})
 
 
@@ -47,7 +46,13 @@ Signed = Annotated[FormData, Depends(signed_form)]
     responses={403: {"description": "Unsigned or tampered."}, 404: {"description": "Unknown."}},
 )
 async def status_callback(request: Request, form: Signed, mid: str = "") -> Response:
-    """Record delivered / undelivered / failed once and publish it to delivery.status.v1."""
+    """Publish delivered / undelivered / failed to delivery.status.v1.
+
+    A repeated callback (Twilio retries one that failed) publishes the same event again, under
+    the same id (message id:status), which every consumer drops as a repeat, as it does a
+    redelivered record. Nothing is recorded first: a crash between such a record and the
+    publication would have made the retried callback look like a repeat and lost the status.
+    """
     sending: SmsSending = request.app.state.sending
     status = _required(form, "MessageStatus")
     sid = _required(form, "MessageSid")
@@ -60,15 +65,14 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
         raise NotFound("no message with this id", field="mid" if mid else "MessageSid")
     error = form.get("ErrorCode")
     code = error if isinstance(error, str) and error else None
-    if await sending.ledger.set_delivery(row["_id"], status, code, at=utc_now()):
-        ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
-        await sending.publish(
-            {**ref, "message_id": row["_id"]},
-            status,  # type: ignore[arg-type]
-            provider_id=sid,
-            error_code=code,
-            reason=None if status == "delivered" else f"carrier reported {status}",
-        )
+    ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
+    await sending.publish(
+        {**ref, "message_id": row["_id"]},
+        status,  # type: ignore[arg-type]
+        provider_id=sid,
+        error_code=code,
+        reason=None if status == "delivered" else f"carrier reported {status}",
+    )
     return Response(status_code=204)
 
 

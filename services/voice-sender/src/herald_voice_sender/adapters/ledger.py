@@ -5,7 +5,7 @@ from __future__ import annotations
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, RetryingSendLedger, transient
+from herald_kit import Doc, RetryingSendLedger
 
 
 class CallLedger(RetryingSendLedger):
@@ -26,12 +26,3 @@ class CallLedger(RetryingSendLedger):
         lookup at the provider checks a found call sid is not another row's."""
         await super().ensure_indexes()
         await self.rows.create_index([("customer_id", 1), ("at", DESCENDING)])
-
-    async def first_time(self, message_id: str, event: str) -> bool:
-        """True the first time an outcome is recorded for a call (webhooks repeat)."""
-        result = await transient(
-            lambda: self.rows.update_one(
-                {"_id": message_id, "events": {"$ne": event}}, {"$push": {"events": event}}
-            )
-        )
-        return result.modified_count == 1
