@@ -378,6 +378,8 @@ class Reconciliation:
     unaccounted: int
     against_wishes: int
     dlq: dict[str, int]
+    # Requests the sandbox injected each provider fault into (kind -> count), as it reports them.
+    provider_faults: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -401,6 +403,10 @@ class Reconciliation:
             lines.append(f"  DLQ {dlq:<40} {n:>9,}")
         for kind, samples in self.anomalies.items():
             lines.append(f"  {kind} x{len(samples):,}, e.g. {', '.join(samples[:3])}")
+        if self.provider_faults:
+            lines.append("-" * 56)
+            for kind, n in sorted(self.provider_faults.items()):
+                lines.append(f"  {'provider fault injected: ' + kind:<44} {n:>9,}")
         return "\n".join(lines)
 
 
@@ -601,6 +607,15 @@ async def provider_faults(stack: Stack, plan: FaultPlan) -> None:
         r.raise_for_status()
 
 
+async def provider_faults_injected(stack: Stack) -> dict[str, int]:
+    """How many provider requests the sandbox failed, by kind, since the plan set its faults."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(f"{stack.url('sandbox')}/sandbox/api/twilio/behaviour")
+        r.raise_for_status()
+        injected: dict[str, int] = r.json()["injected"]
+        return injected
+
+
 async def inject_faults(
     stack: Stack, plan: FaultPlan, log: Callable[[str], None] = print
 ) -> list[str]:
@@ -663,6 +678,7 @@ async def run_chaos(
     log("[chaos] every event accepted; waiting for the system to settle")
     await scenario.wait_settled(mongo_uri, kafka, within=settle_within)
     result = await reconcile(scenario, kafka=kafka, mongo_uri=mongo_uri)
+    result.provider_faults = await provider_faults_injected(scenario.stack)
     return result, journal
 
 

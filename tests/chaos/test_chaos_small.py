@@ -20,7 +20,7 @@ async def test_no_contact_lost_or_duplicated_under_faults(
     chaos_stack: Stack, infra: dict[str, str]
 ) -> None:
     scenario = Scenario(chaos_stack, size=300, api_key=TEST_KEY)
-    # Provider faults (10% at the sandbox) join the plan once the sandbox's fault API lands.
+    # The sandbox fails 10% of provider requests, half as 5xx and half as timeouts (the default).
     plan = FaultPlan(down_seconds=1.0, db_outage_seconds=5.0, gap_seconds=1.0)
     result, journal = await run_chaos(
         scenario,
@@ -36,6 +36,8 @@ async def test_no_contact_lost_or_duplicated_under_faults(
     assert sum("kill -9" in line for line in journal) == len(plan.services)
     assert any("stop Kafka" in line for line in journal)
     assert any("stop the database" in line for line in journal)
+    assert result.provider_faults.get("server-error", 0) >= 1, result.table()
+    assert result.provider_faults.get("timeout", 0) >= 1, result.table()
     assert result.duplicates == 0, result.table()
     assert result.lost == 0, result.table()
     assert result.unaccounted == 0, result.table()

@@ -137,9 +137,14 @@ async def test_fault_rules_inject_server_errors_and_undelivered(
         MSGS, data={"To": "+12015550100", "From": "+15005550006", "Body": "x"}, headers=AUTH
     )
     assert r.status_code == 500 and r.json()["code"] == 20500
+    # A chaos run reads how many faults it really got.
+    behaviour = (await client.get("/sandbox/api/twilio/behaviour")).json()
+    assert behaviour["injected"] == {"server-error": 1}
     await client.post(
         "/sandbox/api/twilio/behaviour", json={"faults": [{"kind": "undelivered", "share": 1.0}]}
     )
+    # New rules start the counts afresh.
+    assert (await client.get("/sandbox/api/twilio/behaviour")).json()["injected"] == {}
     r = await client.post(
         MSGS,
         data={
@@ -154,6 +159,9 @@ async def test_fault_rules_inject_server_errors_and_undelivered(
     await settle()
     final = hooks.calls[-1][1]
     assert final["MessageStatus"] == "undelivered" and final["ErrorCode"] == "30003"
+    assert (await client.get("/sandbox/api/twilio/behaviour")).json()["injected"] == {
+        "undelivered": 1
+    }
 
 
 async def test_stop_from_customer_blocks_later_messages_with_21610(

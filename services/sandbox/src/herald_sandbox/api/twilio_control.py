@@ -69,12 +69,14 @@ def _behaviour_json(b: Behaviour) -> dict[str, Any]:
         "timeout_seconds": b.timeout_seconds,
         "enforce_opt_out": b.enforce_opt_out,
         "rejected_429": b.rejected_429,
+        "injected": dict(b.injected),
     }
 
 
-@router.get("/twilio/behaviour", summary="The Twilio side's rate limit, faults and 429 count.")
+@router.get("/twilio/behaviour", summary="The Twilio side's rate limit, faults and counts.")
 async def get_behaviour(request: Request) -> dict[str, Any]:
-    """Current behaviour and how many requests it refused with 429."""
+    """Current behaviour, how many requests it refused with 429, and how many it injected each
+    fault into (`injected`, by kind) since the behaviour was last set."""
     return _behaviour_json(request.app.state.behaviour)
 
 

@@ -59,6 +59,7 @@ class Behaviour:
         self._buckets: dict[str, TokenBucket] = {}
         self._random = random.Random(seed)  # noqa: S311 - fault injection, not crypto
         self.rejected_429 = 0
+        self.injected: dict[str, int] = {}  # fault kind -> requests it was injected into
 
     def configure(
         self,
@@ -86,6 +87,7 @@ class Behaviour:
             self._random.seed(seed)
         self._buckets.clear()
         self.rejected_429 = 0
+        self.injected = {}
 
     def admit(self, sender: str) -> float:
         """0 when the sending number is within its rate, else the Retry-After in seconds."""
@@ -108,5 +110,6 @@ class Behaviour:
                 continue
             acc += rule.share
             if roll < acc:
+                self.injected[rule.kind] = self.injected.get(rule.kind, 0) + 1
                 return rule.kind
         return None
