@@ -6,7 +6,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -31,10 +31,11 @@ class Hooks:
         self.twiml: dict[str, str] = {}
 
     @contextlib.asynccontextmanager
-    async def post(
-        self, url: str, *, data: dict[str, str], headers: dict[str, str]
-    ) -> AsyncIterator[_Answer]:
-        self.calls.append((url, dict(data), headers["X-Twilio-Signature"]))
+    async def post(self, url: str, *, data: str, headers: dict[str, str]) -> AsyncIterator[_Answer]:
+        # Twilio posts its webhooks as a form.
+        assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+        params = dict(parse_qsl(data, keep_blank_values=True, strict_parsing=True))
+        self.calls.append((url, params, headers["X-Twilio-Signature"]))
         yield _Answer(self.twiml.get(urlsplit(url).path, "<Response/>"))
 
     async def close(self) -> None:
