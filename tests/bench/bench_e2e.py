@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from chaos.scenario import Scenario, free_port_offset
 
-from benchlib import BenchEnv, CpuMeter, Figure, infrastructure_pids, percentile
+from benchlib import BenchEnv, CpuMeter, Figure, MachineMeter, infrastructure_pids, percentile
 from herald_devstack import Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,6 +156,36 @@ def cpu_figures(label: str, meter: CpuMeter, delivered: int) -> list[Figure]:
     return figures
 
 
+def capacity_figures(meter: CpuMeter, machine: MachineMeter, delivered: int) -> list[Figure]:
+    """Whether saturation was bound by this machine's cores, and the SMS/s its cores could give
+    at the CPU every process (sandbox and load generator included) spent per SMS."""
+    cores = os.cpu_count() or 1
+    per_sms = sum(meter.used.values()) / max(delivered, 1)
+    return [
+        Figure(
+            "e2e",
+            "saturation: machine CPU busy",
+            100 * machine.busy_share,
+            "%",
+            f"all {cores} cores, /proc/stat over the phase",
+        ),
+        Figure(
+            "e2e",
+            "saturation: CPU per SMS, every process",
+            1000 * per_sms,
+            "ms",
+            "Herald, broker, database, sandbox and load generator",
+        ),
+        Figure(
+            "e2e",
+            "saturation: this machine's ceiling",
+            cores / max(per_sms, 1e-9),
+            "SMS/s",
+            f"{cores} cores / CPU per SMS of every process",
+        ),
+    ]
+
+
 def latency_figures(
     label: str, scenario: Scenario, got: dict[int, float], note: str
 ) -> list[Figure]:
@@ -232,10 +262,15 @@ async def bench(env: BenchEnv) -> list[Figure]:
         figures += await hop_figures(env, ns, f"light {LIGHT_RATE:g}/s:", scenario, got, hop_note)
 
         sat = range(n_warm + n_steady + n_light, scenario.size)
+        meter, machine = cpu_meter(stack), MachineMeter()
+        meter.start()
+        machine.start()
         t0 = time.time()
         await scenario.post_events(sat, rate=None, batch=100, concurrency=4)
         accepted_s = time.time() - t0
         got = await arrivals(scenario, sat, within=900)
+        machine.stop()
+        meter.stop()
         took = max(got.values(), default=t0) - t0
         rate = len(got) / max(took, 1e-9)
         note = f"{n_sat:,} events posted as fast as ingest accepts (batches of 100, 4 posters)"
@@ -243,6 +278,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
         figures.append(Figure("e2e", "saturation: ingest accepted", n_sat / accepted_s, "ev/s"))
         figures.append(Figure("e2e", "saturation: throughput (event->SMS)", rate, "SMS/s"))
         figures += latency_figures("saturation:", scenario, got, note)
+        figures += capacity_figures(meter, machine, len(got))
         raw = next((f.value for f in env.figures if f.name == RAW_HOP), None)
         if raw:
             figures.append(

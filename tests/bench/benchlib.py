@@ -112,6 +112,33 @@ def infrastructure_pids() -> dict[str, int]:
     return found
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (proc(5), /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    total = sum(fields[:8])  # guest time is already inside user and nice
+    return total - idle, total
+
+
+@dataclass
+class MachineMeter:
+    """How busy the whole machine was between `start()` and `stop()`: near 100 % means the
+    workload was bound by this machine's cores, not by waiting."""
+
+    _before: tuple[int, int] = (0, 0)
+    busy_share: float = 0.0
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._before = _machine_jiffies()
+
+    def stop(self) -> float:
+        """The share (0..1) of all cores' time spent busy since `start()`."""
+        busy, total = _machine_jiffies()
+        self.busy_share = (busy - self._before[0]) / max(total - self._before[1], 1)
+        return self.busy_share
+
+
 @dataclass
 class CpuMeter:
     """CPU used by named processes between `start()` and `stop()`: where a workload's time goes,
