@@ -3,7 +3,9 @@ record of the SMS), at a steady 200 events/s and at saturation, with the ratio t
 single-hop broker rate measured earlier in the same `make bench` (bench_00_broker).
 
 Measured after a warm-up of the steady load. The steady phase's latency is also split by hop
-(ingest, scheduler, dispatcher, sms-sender) from the timestamps of the records each produced."""
+(ingest, scheduler, dispatcher, sms-sender) from the timestamps of the records each produced.
+At saturation it also reports how busy the machine's cores were and the SMS/s they could give
+at the CPU every process spent per SMS: whether the machine or the pipeline was the limit."""
 
 from __future__ import annotations
 
