@@ -16,9 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from chaos.scenario import Scenario, free_port_offset
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchlib import BenchEnv, CpuMeter, Figure, MachineMeter, infrastructure_pids, percentile
 from herald_devstack import Stack, StackConfig
@@ -158,6 +160,52 @@ def cpu_figures(label: str, meter: CpuMeter, delivered: int) -> list[Figure]:
     return figures
 
 
+DbCounts = dict[tuple[str, str, str], float]
+
+
+async def db_commands(stack: Stack) -> DbCounts:
+    """(service, command, collection) -> database commands sent so far, from each service's
+    herald_db_commands_total on /metrics."""
+    counts: DbCounts = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for name in stack.running:
+            text = (await http.get(f"{stack.url(name)}/metrics")).text
+            for family in text_string_to_metric_families(text):
+                if family.name != "herald_db_commands":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = (name, sample.labels["command"], sample.labels["collection"])
+                        counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def db_figures(label: str, before: DbCounts, after: DbCounts, delivered: int) -> list[Figure]:
+    """Database commands per SMS delivered: each service's, in all, and the busiest commands."""
+    per = {
+        key: (n - before.get(key, 0.0)) / max(delivered, 1)
+        for key, n in after.items()
+        if n > before.get(key, 0.0)
+    }
+    by_service: dict[str, float] = {}
+    for (service, _, _), n in per.items():
+        by_service[service] = by_service.get(service, 0.0) + n
+    note = f"herald_db_commands_total over the phase / {delivered:,} SMS"
+    figures = [
+        Figure("e2e", f"{label} DB commands per SMS, {service}", n, "cmd", note)
+        for service, n in sorted(by_service.items(), key=lambda kv: -kv[1])
+    ]
+    figures.append(
+        Figure("e2e", f"{label} DB commands per SMS, in all", sum(by_service.values()), "cmd")
+    )
+    busiest = sorted(per.items(), key=lambda kv: -kv[1])[:12]
+    figures += [
+        Figure("e2e", f"{label} DB {command} {collection} ({service}) per SMS", n, "cmd", note)
+        for (service, command, collection), n in busiest
+    ]
+    return figures
+
+
 def capacity_figures(meter: CpuMeter, machine: MachineMeter, delivered: int) -> list[Figure]:
     """Whether saturation was bound by this machine's cores, and the SMS/s its cores could give
     at the CPU every process (sandbox and load generator included) spent per SMS."""
@@ -235,6 +283,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
 
         steady = range(n_warm, n_warm + n_steady)
         meter = cpu_meter(stack)
+        db_before = await db_commands(stack)
         meter.start()
         t0 = time.time()
         # Open loop: enough posters that the offered rate does not depend on how fast ingest
@@ -252,6 +301,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
         hop_note = "posted -> cases.changes -> contact.requests -> outbound.sms -> provider"
         figures += await hop_figures(env, ns, "steady 200/s:", scenario, got, hop_note)
         figures += cpu_figures("steady 200/s:", meter, len(got))
+        figures += db_figures("steady 200/s:", db_before, await db_commands(stack), len(got))
 
         light = range(n_warm + n_steady, n_warm + n_steady + n_light)
         await scenario.post_events(light, rate=LIGHT_RATE, batch=1, concurrency=64)

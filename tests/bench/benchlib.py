@@ -25,6 +25,8 @@ class Figure:
         """The value as printed: ratios below 10 with three decimals (0.33 vs 0.3 matters)."""
         if self.unit == "ratio" and abs(self.value) < 10:
             return f"{self.value:.3f}"
+        if self.unit == "cmd":  # database commands per SMS: fractions of one matter
+            return f"{self.value:.2f}"
         return f"{self.value:,.1f}"
 
     def row(self) -> str:

@@ -28,6 +28,17 @@ PRODUCED = Counter("herald_produced_messages_total", "Messages published.", ["to
 HTTP_REQUESTS = Counter(
     "herald_http_requests_total", "HTTP requests answered.", ["route", "method", "status"]
 )
+DB_COMMANDS = Counter(
+    "herald_db_commands_total",
+    "Database commands the service sent, by command, collection and outcome (ok, error).",
+    ["command", "collection", "outcome"],
+)
+DB_COMMAND_SECONDS = Histogram(
+    "herald_db_command_seconds",
+    "Time the database took to answer one command, by command.",
+    ["command"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 UP = Gauge("herald_service_ready", "1 when the service's dependencies are reachable.", ["service"])
 
 # Senders talking to an outside provider (Twilio, an SMTP relay). `sender` is the service name:
