@@ -198,7 +198,7 @@ def db_figures(label: str, before: DbCounts, after: DbCounts, delivered: int) ->
     figures.append(
         Figure("e2e", f"{label} DB commands per SMS, in all", sum(by_service.values()), "cmd")
     )
-    busiest = sorted(per.items(), key=lambda kv: -kv[1])[:12]
+    busiest = sorted(per.items(), key=lambda kv: -kv[1])[:20]
     figures += [
         Figure("e2e", f"{label} DB {command} {collection} ({service}) per SMS", n, "cmd", note)
         for (service, command, collection), n in busiest
