@@ -59,9 +59,13 @@ async def arrivals(scenario: Scenario, indices: range, *, within: float) -> dict
     deadline = time.monotonic() + within
     got: dict[int, float] = {}
     progress = time.monotonic()
+    # The provider's list only grows: each poll reads only what came since the last, not
+    # every SMS of the run again (~3 ms a poll by the end, on the machine being measured).
+    scanned = 0
     while time.monotonic() < deadline and time.monotonic() - progress < 30:
         items: list[dict[str, Any]] = await scenario.provider_messages()
-        for m in items:
+        fresh, scanned = items[scanned:], len(items)
+        for m in fresh:
             i = wanted.get(" ".join(str(m["body"]).split(" ", 2)[:2]))
             if i is not None and i not in got:
                 got[i] = datetime.fromisoformat(m["date_created"]).timestamp()

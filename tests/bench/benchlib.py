@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +87,30 @@ async def settle() -> None:
     """Write what earlier steps left in the page cache to disk before a measurement, so the
     kernel's write-back of one step's gigabyte does not land in the next step's timing."""
     await asyncio.to_thread(os.sync)
+
+
+def _reference_work() -> int:
+    """A fixed pure-Python workload (dict, string and integer work, as service code does)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for i in range(200_000):
+        key = f"k{i % 1000}"
+        counts[key] = counts.get(key, 0) + i
+        total += len(key)
+    return total + len(counts)
+
+
+def reference_loop(rounds: int = 7) -> tuple[float, float, float]:
+    """How fast one core of this machine runs a fixed pure-Python workload right now, in ms:
+    (median, fastest, slowest) of `rounds` runs. The machines here are shared, and the same code
+    has run 1.6 times slower from one minute to the next; this tells a slow machine from a
+    slower Herald when runs are compared."""
+    took = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        _reference_work()
+        took.append(1000 * (time.perf_counter() - started))
+    return statistics.median(took), min(took), max(took)
 
 
 def _cpu_seconds(pid: int) -> float:

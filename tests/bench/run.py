@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import BenchEnv, Figure, settle  # noqa: E402
+from benchlib import BenchEnv, Figure, reference_loop, settle  # noqa: E402
 from herald_kit import tune_gc  # noqa: E402
 
 
@@ -32,6 +32,19 @@ def _modules(only: list[str]) -> list[Path]:
     if only:
         mods = [m for m in mods if any(o in m.stem for o in only)]
     return mods
+
+
+def _machine_speed(when: str) -> Figure:
+    """The reference loop's time now (see benchlib.reference_loop), as a figure."""
+    median, fastest, slowest = reference_loop()
+    return Figure(
+        "machine",
+        f"reference loop {when}",
+        median,
+        "ms",
+        f"fixed pure-Python work on one core, median of 7 (fastest {fastest:.0f}, slowest "
+        f"{slowest:.0f}); lower is a faster machine: compare runs by it",
+    )
 
 
 async def _main(only: list[str], scale: float) -> list[Figure]:
@@ -44,6 +57,9 @@ async def _main(only: list[str], scale: float) -> list[Figure]:
         spec.loader.exec_module(module)
         print(f"== {path.stem}", flush=True)
         await settle()
+        speed = _machine_speed(f"before {path.stem}")
+        print(f"   {speed.row()}", flush=True)
+        figures.append(speed)
         started = time.monotonic()
         try:
             got = await module.bench(env)
@@ -54,6 +70,7 @@ async def _main(only: list[str], scale: float) -> list[Figure]:
         figures.extend(got)
         env.figures.extend(got)
         print(f"   ({time.monotonic() - started:.1f} s)", flush=True)
+    figures.append(_machine_speed("after the last"))
     return figures
 
 
