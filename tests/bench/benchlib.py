@@ -102,9 +102,9 @@ def _reference_work() -> int:
 
 def reference_loop(rounds: int = 7) -> tuple[float, float, float]:
     """How fast one core of this machine runs a fixed pure-Python workload right now, in ms:
-    (median, fastest, slowest) of `rounds` runs. The machines here are shared, and the same code
-    has run 1.6 times slower from one minute to the next; this tells a slow machine from a
-    slower Herald when runs are compared."""
+    (median, fastest, slowest) of `rounds` runs. A shared 2-core VM ran the same code 1.6 times
+    slower from one minute to the next; this tells a slow machine from a slower Herald when
+    runs are compared."""
     took = []
     for _ in range(rounds):
         started = time.perf_counter()

@@ -4,6 +4,8 @@ Each module defines `async def bench(env: BenchEnv) -> list[Figure]`. Figures ar
 table and written as JSON with the command that produced them. Nothing here asserts a time.
 Each benchmark starts after the page cache's dirty pages are on disk (`settle`): the broker
 writes gigabytes in some of them, and their write-back would otherwise fall into the next one.
+Before each benchmark and after the last, the `machine` rows give a fixed pure-Python loop's
+time (benchlib.reference_loop): how fast the machine was then, to compare runs by.
 """
 
 from __future__ import annotations
