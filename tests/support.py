@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +16,23 @@ from herald_kit import hash_key
 
 TEST_KEY = "test-key-all-scopes"
 READ_ONLY_KEY = "test-key-read-only"
+
+
+def free_port() -> int:
+    """A port free right now and below the kernel's ephemeral range (32768+ here).
+
+    Below that range no outgoing connection (Kafka, the database, an HTTP client) can take the
+    port between this call and the server's bind; a port handed out by binding to port 0 lies
+    inside it, and CI once lost a test to exactly that race."""
+    for _ in range(200):
+        port = random.randrange(28_100, 32_700)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 28100-32700")
 
 
 def api_keys() -> list[dict[str, Any]]:

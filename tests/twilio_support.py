@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,17 +16,10 @@ from pydantic import BaseModel
 
 from herald_contracts import EventType, OutboundSms, OutboundVoice, utc_now
 from herald_kit import EventProducer, ServiceSettings, decode
+from support import free_port
 
 SANDBOX_SID = "AC00000000000000000000000000000000"
 SANDBOX_TOKEN = "sandbox-auth-token"
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,22 +23,17 @@ from herald_contracts import OUTBOUND_EMAIL, OutboundEmail, utc_now
 from herald_email_sender.app import create_app
 from herald_email_sender.config import Settings
 from herald_kit import EventProducer, ServiceSettings
+from support import free_port
 
 NAME = "email-sender"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sandbox:
     """`python -m herald_sandbox` on free ports."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
-        self.smtp_port = _free_port()
+        self.port = free_port()
+        self.smtp_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 

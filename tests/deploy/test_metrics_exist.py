@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from deploy.chartlib import ROOT, alert_rules, dashboard_exprs, metric_names
 
 from herald_devstack import Stack, StackConfig
 from herald_devstack._prometheus import start_prometheus
-from support import TEST_KEY, eventually
+from support import TEST_KEY, eventually, free_port
 
 # Sample names a metric family of each type exposes (prometheus_client's text format).
 SUFFIXES = {
@@ -76,13 +75,6 @@ def stack(infra: dict[str, str], namespace: str) -> Iterator[Stack]:
         s.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.e2e
 async def test_dashboards_and_alerts_name_only_exported_metrics(
     stack: Stack, tmp_path: Path
@@ -112,7 +104,7 @@ async def test_dashboards_and_alerts_name_only_exported_metrics(
 
     # The same rules, loaded by a real Prometheus scraping this stack, evaluate without error.
     ports = {name: run.port for name, run in stack.running.items()}
-    prometheus = start_prometheus(ports, ROOT, tmp_path / "prometheus", _free_port())
+    prometheus = start_prometheus(ports, ROOT, tmp_path / "prometheus", free_port())
     try:
         prometheus.wait_ready()
         async with httpx.AsyncClient(base_url=prometheus.url, timeout=5) as prom:

@@ -7,7 +7,6 @@ import base64
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from herald_email_sender.config import Settings
 from herald_kit import EventProducer, ServiceSettings, decode
 from herald_sandbox.app import create_app as create_sandbox
 from herald_sandbox.config import Settings as SandboxSettings
-from support import eventually, running
+from support import eventually, free_port, running
 
 LINK_SECRET = "test-link-secret"
 PUBLIC = "https://mail.herald.test"
@@ -463,7 +462,7 @@ def _sender_process(settings: Settings, log_path: Path) -> subprocess.Popen[byte
         env[f"HERALD_EMAIL_SENDER_{name.upper()}"] = str(value)
     env["HERALD_EMAIL_SENDER_MONGO_URI"] = settings.mongo_uri.get_secret_value()
     env["HERALD_EMAIL_SENDER_LINK_SECRET"] = LINK_SECRET
-    env["HERALD_EMAIL_SENDER_PORT"] = str(_free_port())
+    env["HERALD_EMAIL_SENDER_PORT"] = str(free_port())
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "herald_email_sender"],
@@ -471,12 +470,6 @@ def _sender_process(settings: Settings, log_path: Path) -> subprocess.Popen[byte
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,16 +18,9 @@ from herald_contracts import EngagementReply, Topics
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
 from herald_kit import LinkSigner, decode
-from support import TEST_KEY, api_keys, eventually, wait_ready
+from support import TEST_KEY, api_keys, eventually, free_port, wait_ready
 
 SECRET = "status-page-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Served:
@@ -44,7 +36,7 @@ class Served:
 async def served(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[Served]:
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         host="127.0.0.1",
         port=port,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,16 +16,9 @@ import uvicorn
 from herald_kit import LinkSigner
 from herald_preferences.app import create_app
 from herald_preferences.config import Settings
-from support import TEST_KEY, api_keys, unique_phone, wait_ready
+from support import TEST_KEY, api_keys, free_port, unique_phone, wait_ready
 
 SECRET = "centre-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -34,7 +26,7 @@ async def service(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The preferences service listening on a real port, and an API client to it."""
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         kafka_bootstrap=infra["kafka"],
         mongo_uri=infra["mongo"],

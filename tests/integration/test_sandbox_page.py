@@ -12,11 +12,11 @@ import httpx
 import pytest
 from fastapi import FastAPI, Response
 from twilio.twiml.voice_response import VoiceResponse
-from twilio_support import SANDBOX_SID, SANDBOX_TOKEN, free_port, sandbox_serving, serving
+from twilio_support import SANDBOX_SID, SANDBOX_TOKEN, sandbox_serving, serving
 
 from herald_sandbox.app import create_app
 from herald_sandbox.config import Settings
-from support import eventually, running, unique_phone
+from support import eventually, free_port, running, unique_phone
 
 
 @pytest.fixture

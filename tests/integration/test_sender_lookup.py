@@ -24,7 +24,6 @@ from twilio_support import (
     SANDBOX_SID,
     SANDBOX_TOKEN,
     Collector,
-    free_port,
     outbound_sms,
     outbound_voice,
     producer,
@@ -41,7 +40,7 @@ from herald_sms_sender.config import Settings as SmsSettings
 from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
-from support import eventually, unique_phone
+from support import eventually, free_port, unique_phone
 
 CHANNELS = {
     # channel: (sender, ledger collection, topic, sandbox list, Twilio sid prefix)

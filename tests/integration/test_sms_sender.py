@@ -18,7 +18,6 @@ from twilio_support import (
     SANDBOX_SID,
     SANDBOX_TOKEN,
     Collector,
-    free_port,
     outbound_sms,
     producer,
     sandbox_serving,
@@ -30,7 +29,7 @@ from herald_kit import EventProducer
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
 from herald_sms_sender.domain.keywords import number_key
-from support import eventually, unique_phone
+from support import eventually, free_port, unique_phone
 
 
 @dataclass

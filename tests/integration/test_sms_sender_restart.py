@@ -15,7 +15,6 @@ from twilio_support import (
     SANDBOX_SID,
     SANDBOX_TOKEN,
     Collector,
-    free_port,
     outbound_sms,
     producer,
     serving,
@@ -25,7 +24,7 @@ from herald_contracts import DELIVERY_STATUS, OUTBOUND_SMS
 from herald_devstack import BY_NAME, Stack, StackConfig
 from herald_sandbox.app import create_app as sandbox_app
 from herald_sandbox.config import Settings as SandboxSettings
-from support import eventually, unique_phone
+from support import eventually, free_port, unique_phone
 
 
 async def test_killed_mid_batch_then_restarted_sends_each_message_once(

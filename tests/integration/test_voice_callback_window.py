@@ -20,7 +20,6 @@ from twilio_support import (
     SANDBOX_SID,
     SANDBOX_TOKEN,
     Collector,
-    free_port,
     producer,
     sandbox_serving,
     serving,
@@ -36,7 +35,7 @@ from herald_contracts import (
 from herald_kit import EventProducer
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
-from support import eventually, unique_phone
+from support import eventually, free_port, unique_phone
 
 NEW_YORK = ZoneInfo("America/New_York")  # where unique_phone()'s +1 201 numbers are
 

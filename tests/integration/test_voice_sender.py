@@ -14,7 +14,6 @@ from twilio_support import (
     SANDBOX_SID,
     SANDBOX_TOKEN,
     Collector,
-    free_port,
     outbound_voice,
     producer,
     sandbox_serving,
@@ -32,7 +31,7 @@ from herald_kit import EventProducer
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
 from herald_voice_sender.domain import ivr
-from support import eventually, unique_phone
+from support import eventually, free_port, unique_phone
 
 AGENT = "+15005550009"
 
