@@ -38,6 +38,10 @@ REVOKE_GRACE_SECONDS = 10.0
 # at most what this window completed, which the handlers' idempotency absorbs. A stop and a
 # rebalance commit at once.
 COMMIT_EVERY_SECONDS = 1.0
+# How long a stop waits for its last commit. A broker that does not answer would otherwise hold
+# the stop for good (a commit is retried while the partition is ours); what is left uncommitted
+# is redelivered after the restart, which the handlers' idempotency absorbs.
+STOP_COMMIT_SECONDS = 10.0
 
 
 class _Partition:
@@ -153,8 +157,10 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._commit_task
             # What finished before the stop is committed, so a restart does not redo it.
-            with contextlib.suppress(KafkaError, asyncio.CancelledError, AssertionError):
-                await self._commit_progress(consumer)
+            with contextlib.suppress(
+                KafkaError, asyncio.CancelledError, AssertionError, TimeoutError
+            ):
+                await asyncio.wait_for(self._commit_progress(consumer), STOP_COMMIT_SECONDS)
 
     async def _worker(self) -> None:
         assert self._ready is not None
