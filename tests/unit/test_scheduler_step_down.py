@@ -7,6 +7,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
+
 from herald_contracts import utc_now
 from herald_scheduler.messaging.schedules import MISFIRE_GRACE, ScheduleRunner
 
@@ -137,3 +139,36 @@ async def test_due_markers_are_fired_unless_past_the_misfire_grace() -> None:
     assert sorted(fires.settled_ids) == sorted([marker(stale)["_id"], marker(recent)["_id"]])
     assert fanout.started == 1
     await runner._step_down()
+
+
+class _Lease:
+    def __init__(self) -> None:
+        self.released = False
+
+    async def release(self) -> None:
+        self.released = True
+
+
+async def test_a_leader_whose_stop_is_cancelled_still_hands_the_lease_over() -> None:
+    """A standby takes over at once instead of waiting out the lease, and the cancellation
+    reaches the caller instead of being swallowed."""
+    runner = _runner(_Campaigns(), _FanOut(), _Fires())
+    lease = _Lease()
+    runner.lease = cast(Any, lease)
+    runner.leading = True
+
+    async def tick_finishing_a_write() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.2)  # a write the tick completes before it ends
+
+    runner._task = asyncio.create_task(tick_finishing_a_write())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(runner.stop())
+    await asyncio.sleep(0.05)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stopping, timeout=5)
+    assert runner._task.done()
+    assert lease.released and not runner.leading

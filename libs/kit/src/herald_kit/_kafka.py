@@ -74,6 +74,23 @@ async def _shielded(op: Awaitable[None]) -> None:
         raise
 
 
+async def _ended(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait for it to end, however it ends.
+
+    A caller cancelled meanwhile still waits for that end (the task's own clean-up: a last
+    commit, a released lease) and then gets its cancellation, instead of having it swallowed
+    and running on.
+    """
+    if task is not None:
+        task.cancel()
+        await _shielded(_ended(task))
+
+
 async def start_client(client: _Client) -> None:
     """Start an aiokafka client (producer, consumer or admin client) so that neither a failure
     nor a cancellation leaves a connection open.
@@ -378,17 +395,18 @@ class ConsumerLoop:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
 
     async def stop(self) -> None:
-        """Finish the current batch, then leave the group."""
+        """Finish the current batch, then leave the group.
+
+        A caller cancelled meanwhile still gets both done (the loop's last commit, leaving the
+        group) and then its cancellation: swallowing it would leave the caller running on.
+        """
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
-                pass
-        if self._consumer is not None:
-            await stop_client(self._consumer)
-            self._consumer = None
+        try:
+            await cancel_and_wait(self._task)
+        finally:
+            if self._consumer is not None:
+                await stop_client(self._consumer)
+                self._consumer = None
 
     def _listener(self) -> ConsumerRebalanceListener | None:
         """Told of rebalances (a subclass holding records in flight needs to be)."""

@@ -110,19 +110,39 @@ class Runtime:
         self.started.set()
 
     async def stop(self) -> None:
-        """Stop consumers first (they commit what they finished), then the rest."""
-        for consumer in self.consumers:
-            await consumer.stop()
-        for hook in reversed(self._on_stop):
+        """Stop consumers first (they commit what they finished), then the rest.
+
+        Every step runs even when one before it failed or the caller was cancelled meanwhile:
+        the producer's unsent records are flushed and the database closed all the same. A stop
+        hook's failure is logged; any other step's failure, or the cancellation, is raised once
+        every step has run.
+        """
+        raised: BaseException | None = None
+
+        async def step(run: Hook, hook: bool = False) -> None:
+            nonlocal raised
             try:
-                await hook()
-            except Exception:
-                log.exception("stop hook failed")
+                await run()
+            except asyncio.CancelledError as exc:
+                raised = raised or exc
+            except Exception as exc:
+                if hook:
+                    log.exception("stop hook failed")
+                else:
+                    log.exception("stop step failed")
+                    raised = raised or exc
+
+        for consumer in self.consumers:
+            await step(consumer.stop)
+        for on_stop in reversed(self._on_stop):
+            await step(on_stop, hook=True)
         if self.uses_kafka:
-            await self.producer.stop()
+            await step(self.producer.stop)
         if self.mongo is not None:
-            await self.mongo.close()
+            await step(self.mongo.close)
             self.mongo = None
+        if raised is not None:
+            raise raised
 
     async def readiness(self) -> dict[str, bool]:
         """Each dependency and whether it is reachable right now."""

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from herald_contracts import utc_now
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.processing import Processor, event_from_doc
+from herald_kit import cancel_and_wait
 
 log = logging.getLogger("herald.ingest")
 
@@ -63,13 +64,8 @@ class Sweeper:
 
     async def stop(self) -> None:
         """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
 from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
-from herald_kit import Doc, EventProducer, encode
+from herald_kit import Doc, EventProducer, cancel_and_wait, encode
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.ledger import entry_id
 from herald_preferences.domain.service import snapshot
@@ -139,13 +139,8 @@ class Outbox:
 
     async def stop(self) -> None:
         """Stop the republisher."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _loop(self, interval: float) -> None:
         while True:

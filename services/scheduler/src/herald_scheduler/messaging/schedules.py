@@ -26,7 +26,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from herald_contracts import utc_now
-from herald_kit import Doc, NotFound
+from herald_kit import Doc, NotFound, cancel_and_wait
 from herald_scheduler.adapters.audience import DUE_COLLECTION, FireRepository, Lease, mark_due
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.domain.campaigns import (
@@ -108,16 +108,13 @@ class ScheduleRunner:
 
     async def stop(self) -> None:
         """Stop jobs and fan-outs, then hand the lease over."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        was_leading = self.leading
-        await self._step_down()
-        if was_leading:
-            await self.lease.release()
+        try:
+            await cancel_and_wait(self._task)
+        finally:
+            was_leading = self.leading
+            await self._step_down()
+            if was_leading:
+                await self.lease.release()
 
     async def _run(self) -> None:
         while True:

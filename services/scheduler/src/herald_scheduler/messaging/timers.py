@@ -19,7 +19,7 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_kit import EventProducer, PermanentError, decode
+from herald_kit import EventProducer, PermanentError, cancel_and_wait, decode
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
@@ -93,13 +93,8 @@ class TimerService:
 
     async def stop(self) -> None:
         """Stop polling; a claimed row is fired again by any replica after its lease."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         housekeeping = 0.0
