@@ -4,8 +4,10 @@ single-hop broker rate measured earlier in the same `make bench` (bench_00_broke
 
 Measured after a warm-up of the steady load. The steady phase's latency is also split by hop
 (ingest, scheduler, dispatcher, sms-sender) from the timestamps of the records each produced.
-At saturation it also reports how busy the machine's cores were and the SMS/s they could give
-at the CPU every process spent per SMS: whether the machine or the pipeline was the limit."""
+Between the light load and saturation, a ladder of offered rates (100/s, 150/s) gives the
+highest rate at which p99 stays within 500 ms on this machine. At saturation it also reports how
+busy the machine's cores were and the SMS/s they could give at the CPU every process spent per
+SMS: whether the machine or the pipeline was the limit."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchlib import BenchEnv, CpuMeter, Figure, MachineMeter, infrastructure_pids, percentile
 from herald_devstack import Stack, StackConfig
+from support import consumer_lag, registered_consumers
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "bench-key-all-scopes"
@@ -32,6 +35,10 @@ STEADY_RATE = 200.0
 # own latency, without the queueing an offered rate above capacity builds.
 LIGHT_RATE = 50.0
 WARM_UP = 2_000  # events at the steady rate before anything is measured
+# Rates between the light and the steady one, 10 s of events each: where on this machine the
+# latency target (p99 <= 500 ms) stops holding, for capacity planning.
+LADDER = (100.0, 150.0)
+P99_TARGET_MS = 500.0
 RAW_HOP = "raw consume+produce (single hop)"
 
 
@@ -210,6 +217,26 @@ def db_figures(label: str, before: DbCounts, after: DbCounts, delivered: int) ->
     return figures
 
 
+def load_figures(
+    label: str, meter: CpuMeter, machine: MachineMeter, delivered: int
+) -> list[Figure]:
+    """How busy the machine was at an offered rate, and the CPU every process spent per SMS.
+
+    Far below saturation each record travels alone (a fetch, a database command, a produce
+    request per record and hop) and costs several times what it costs in the batches a backlog
+    makes, so the machine is busy long before the saturation ceiling's rate."""
+    return [
+        Figure("e2e", f"{label} machine CPU busy", 100 * machine.busy_share, "%"),
+        Figure(
+            "e2e",
+            f"{label} CPU per SMS, every process",
+            1000 * sum(meter.used.values()) / max(delivered, 1),
+            "ms",
+            "Herald, broker, database, sandbox and load generator",
+        ),
+    ]
+
+
 def capacity_figures(meter: CpuMeter, machine: MachineMeter, delivered: int) -> list[Figure]:
     """Whether saturation was bound by this machine's cores, and the SMS/s its cores could give
     at the CPU every process (sandbox and load generator included) spent per SMS."""
@@ -240,23 +267,47 @@ def capacity_figures(meter: CpuMeter, machine: MachineMeter, delivered: int) -> 
     ]
 
 
+async def quiesce(env: BenchEnv, ns: str, *, within: float = 120.0) -> float:
+    """Wait until every consumer group has committed everything on its topics (the statuses,
+    timelines and statistics an earlier phase left behind): a phase then measures its own rate,
+    not the tail of the one before. Seconds it took."""
+    groups = {f"{ns}{g}": [t.name(ns) for t in ts] for g, ts in registered_consumers().items()}  # type: ignore[attr-defined]
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if not any((await consumer_lag(env.kafka, groups)).values()):
+            break
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+def latencies(scenario: Scenario, got: dict[int, float]) -> list[float]:
+    """Event-posted -> provider-request latency of each SMS that arrived, in milliseconds."""
+    return [(t - scenario.posted_at[i]) * 1000 for i, t in got.items() if i in scenario.posted_at]
+
+
+def whole_p99(scenario: Scenario, got: dict[int, float], offered: int) -> float:
+    """p99 latency in ms; infinite when some SMS never arrived (no latency holds then)."""
+    return percentile(latencies(scenario, got), 99) if len(got) >= offered else float("inf")
+
+
 def latency_figures(
     label: str, scenario: Scenario, got: dict[int, float], note: str
 ) -> list[Figure]:
     """p50/p95/p99 of event-posted -> provider-request latency, in milliseconds."""
-    lat = [(t - scenario.posted_at[i]) * 1000 for i, t in got.items() if i in scenario.posted_at]
+    lat = latencies(scenario, got)
     return [
         Figure("e2e", f"{label} latency p{p}", percentile(lat, p), "ms", note) for p in (50, 95, 99)
     ]
 
 
 async def bench(env: BenchEnv) -> list[Figure]:
-    """Steady 200 events/s, a light steady load and saturation, one customer and one SMS per
-    event, after a warm-up of the 200/s load."""
+    """Steady 200 events/s, a light steady load, a ladder of rates between them and
+    saturation, one customer and one SMS per event, after a warm-up of the 200/s load."""
     n_warm = env.n(WARM_UP)
     n_steady = env.n(2_000)
     n_light = env.n(1_000)
     n_sat = env.n(3_000)
+    n_ladder = [env.n(int(rate * 10)) for rate in LADDER]
     ns = await env.namespace(partitions=6)
     stack = await asyncio.to_thread(start_stack, env, ns, "bench-e2e")
     figures: list[Figure] = []
@@ -264,7 +315,10 @@ async def bench(env: BenchEnv) -> list[Figure]:
         # Everyone consented (no suppression here) and each event is about its own customer:
         # with fewer customers than events the frequency caps (6 a day) would defer the rest.
         scenario = Scenario(
-            stack, size=n_warm + n_steady + n_light + n_sat, api_key=API_KEY, suppress_every=0
+            stack,
+            size=n_warm + n_steady + n_light + sum(n_ladder) + n_sat,
+            api_key=API_KEY,
+            suppress_every=0,
         )
         t0 = time.monotonic()
         await scenario.seed()
@@ -302,22 +356,64 @@ async def bench(env: BenchEnv) -> list[Figure]:
         figures.append(Figure("e2e", "steady: SMS delivered", len(got), "count", note))
         figures.append(Figure("e2e", "steady: throughput", len(got) / max(took, 1e-9), "SMS/s"))
         figures += latency_figures("steady 200/s:", scenario, got, note)
+        steady_p99 = whole_p99(scenario, got, n_steady)
         hop_note = "posted -> cases.changes -> contact.requests -> outbound.sms -> provider"
         figures += await hop_figures(env, ns, "steady 200/s:", scenario, got, hop_note)
         figures += cpu_figures("steady 200/s:", meter, len(got))
         figures += db_figures("steady 200/s:", db_before, await db_commands(stack), len(got))
 
+        quiet = await quiesce(env, ns)
         light = range(n_warm + n_steady, n_warm + n_steady + n_light)
+        meter, machine = cpu_meter(stack), MachineMeter()
+        meter.start()
+        machine.start()
         await scenario.post_events(light, rate=LIGHT_RATE, batch=1, concurrency=64)
         got = await arrivals(scenario, light, within=300)
-        note = f"{n_light:,} events offered at {LIGHT_RATE:g}/s, 1 per request"
+        machine.stop()
+        meter.stop()
+        note = (
+            f"{n_light:,} events offered at {LIGHT_RATE:g}/s, 1 per request, once every group "
+            f"had caught up ({quiet:.0f} s after the steady load)"
+        )
         figures.append(
             Figure("e2e", "light: offered rate achieved", n_light / scenario.posting_took, "ev/s")
         )
         figures += latency_figures(f"light {LIGHT_RATE:g}/s:", scenario, got, note)
+        figures += load_figures(f"light {LIGHT_RATE:g}/s:", meter, machine, len(got))
         figures += await hop_figures(env, ns, f"light {LIGHT_RATE:g}/s:", scenario, got, hop_note)
+        p99s = {LIGHT_RATE: whole_p99(scenario, got, n_light), STEADY_RATE: steady_p99}
 
-        sat = range(n_warm + n_steady + n_light, scenario.size)
+        start = n_warm + n_steady + n_light
+        for rate, n in zip(LADDER, n_ladder, strict=True):
+            quiet = await quiesce(env, ns)
+            step = range(start, start + n)
+            start += n
+            meter, machine = cpu_meter(stack), MachineMeter()
+            meter.start()
+            machine.start()
+            await scenario.post_events(step, rate=rate, batch=1, concurrency=256)
+            got = await arrivals(scenario, step, within=300)
+            machine.stop()
+            meter.stop()
+            note = (
+                f"{n:,} events offered at {rate:g}/s, 1 per request, from caught up ({quiet:.0f} s)"
+            )
+            figures += latency_figures(f"ladder {rate:g}/s:", scenario, got, note)
+            figures += load_figures(f"ladder {rate:g}/s:", meter, machine, len(got))
+            p99s[rate] = whole_p99(scenario, got, n)
+        held = [rate for rate, p99 in sorted(p99s.items()) if p99 <= P99_TARGET_MS]
+        tried = ", ".join(f"{rate:g}/s {p99:,.0f} ms" for rate, p99 in sorted(p99s.items()))
+        figures.append(
+            Figure(
+                "e2e",
+                f"highest offered rate tried with p99 <= {P99_TARGET_MS:g} ms",
+                max(held, default=0.0),
+                "ev/s",
+                f"p99 at each rate: {tried}",
+            )
+        )
+
+        sat = range(start, scenario.size)
         meter, machine = cpu_meter(stack), MachineMeter()
         meter.start()
         machine.start()
