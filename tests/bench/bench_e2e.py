@@ -218,6 +218,21 @@ def db_figures(label: str, before: DbCounts, after: DbCounts, delivered: int) ->
     return figures
 
 
+async def measured(
+    stack: Stack, scenario: Scenario, events: range, rate: float, *, concurrency: int
+) -> tuple[dict[int, float], CpuMeter, MachineMeter]:
+    """Offer `events` at `rate`/s, 1 per request, and wait for their SMS: (arrivals, the CPU
+    every process spent, how busy the machine was) over the phase."""
+    meter, machine = cpu_meter(stack), MachineMeter()
+    meter.start()
+    machine.start()
+    await scenario.post_events(events, rate=rate, batch=1, concurrency=concurrency)
+    got = await arrivals(scenario, events, within=300)
+    machine.stop()
+    meter.stop()
+    return got, meter, machine
+
+
 def load_figures(
     label: str, meter: CpuMeter, machine: MachineMeter, delivered: int
 ) -> list[Figure]:
@@ -365,13 +380,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
 
         quiet = await quiesce(env, ns)
         light = range(n_warm + n_steady, n_warm + n_steady + n_light)
-        meter, machine = cpu_meter(stack), MachineMeter()
-        meter.start()
-        machine.start()
-        await scenario.post_events(light, rate=LIGHT_RATE, batch=1, concurrency=64)
-        got = await arrivals(scenario, light, within=300)
-        machine.stop()
-        meter.stop()
+        got, meter, machine = await measured(stack, scenario, light, LIGHT_RATE, concurrency=64)
         note = (
             f"{n_light:,} events offered at {LIGHT_RATE:g}/s, 1 per request, once every group "
             f"had caught up ({quiet:.0f} s after the steady load)"
@@ -389,13 +398,7 @@ async def bench(env: BenchEnv) -> list[Figure]:
             quiet = await quiesce(env, ns)
             step = range(start, start + n)
             start += n
-            meter, machine = cpu_meter(stack), MachineMeter()
-            meter.start()
-            machine.start()
-            await scenario.post_events(step, rate=rate, batch=1, concurrency=256)
-            got = await arrivals(scenario, step, within=300)
-            machine.stop()
-            meter.stop()
+            got, meter, machine = await measured(stack, scenario, step, rate, concurrency=256)
             note = (
                 f"{n:,} events offered at {rate:g}/s, 1 per request, from caught up ({quiet:.0f} s)"
             )

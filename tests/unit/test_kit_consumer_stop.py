@@ -45,12 +45,9 @@ async def _handled(record: Any) -> None:
     return None
 
 
-async def test_a_stop_gives_up_a_commit_the_broker_never_answers_and_leaves(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_concurrent, "STOP_COMMIT_SECONDS", 0.2)
-    tp = TopicPartition("outbound.sms.v1", 0)
-    broker = _SilentBroker(tp)
+async def _running(broker: _SilentBroker) -> ConcurrentConsumerLoop:
+    """A running loop on `broker` that has handled records up to offset 41 since its last
+    commit."""
     loop = ConcurrentConsumerLoop(
         settings=ServiceSettings(),
         producer=None,  # type: ignore[arg-type]  # nothing is published: no record arrives
@@ -58,14 +55,23 @@ async def test_a_stop_gives_up_a_commit_the_broker_never_answers_and_leaves(
         topics=[],
         handler=_handled,
     )
-    # Records up to offset 41 were handled since the last commit.
     part = _Partition()
     part.add(41)
     part.finish(41)
-    loop._parts[tp] = part
+    loop._parts[broker.tp] = part
     loop._consumer = broker  # type: ignore[assignment]
     loop._task = asyncio.create_task(loop._run())
     await asyncio.sleep(0.05)
+    return loop
+
+
+async def test_a_stop_gives_up_a_commit_the_broker_never_answers_and_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_concurrent, "STOP_COMMIT_SECONDS", 0.2)
+    tp = TopicPartition("outbound.sms.v1", 0)
+    broker = _SilentBroker(tp)
+    loop = await _running(broker)
 
     # Waited on, not cancelled: a cancelled stop would end the loop's commit by itself.
     stopping = asyncio.create_task(loop.stop())
@@ -93,20 +99,7 @@ class _SlowBroker(_SilentBroker):
 async def test_a_stop_whose_caller_is_cancelled_still_commits_leaves_and_passes_it_on() -> None:
     tp = TopicPartition("outbound.sms.v1", 0)
     broker = _SlowBroker(tp)
-    loop = ConcurrentConsumerLoop(
-        settings=ServiceSettings(),
-        producer=None,  # type: ignore[arg-type]  # nothing is published: no record arrives
-        group="sms-sender",
-        topics=[],
-        handler=_handled,
-    )
-    part = _Partition()
-    part.add(41)
-    part.finish(41)
-    loop._parts[tp] = part
-    loop._consumer = broker  # type: ignore[assignment]
-    loop._task = asyncio.create_task(loop._run())
-    await asyncio.sleep(0.05)
+    loop = await _running(broker)
 
     stopping = asyncio.create_task(loop.stop())
     await asyncio.sleep(0.1)  # the last commit is on its way
