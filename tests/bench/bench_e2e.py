@@ -4,10 +4,10 @@ single-hop broker rate measured earlier in the same `make bench` (bench_00_broke
 
 Measured after a warm-up of the steady load. The steady phase's latency is also split by hop
 (ingest, scheduler, dispatcher, sms-sender) from the timestamps of the records each produced.
-Between the light load and saturation, a ladder of offered rates (100/s, 150/s) gives the
-highest rate at which p99 stays within 500 ms on this machine. At saturation it also reports how
-busy the machine's cores were and the SMS/s they could give at the CPU every process spent per
-SMS: whether the machine or the pipeline was the limit."""
+Between the light load and saturation, a ladder of offered rates (100/s, 150/s) gives the rate
+up to which p99 stays within 500 ms on this machine. At saturation it also reports how busy the
+machine's cores were and the SMS/s they could give at the CPU every process spent per SMS:
+whether the machine or the pipeline was the limit."""
 
 from __future__ import annotations
 
@@ -405,13 +405,19 @@ async def bench(env: BenchEnv) -> list[Figure]:
             figures += latency_figures(f"ladder {rate:g}/s:", scenario, got, note)
             figures += load_figures(f"ladder {rate:g}/s:", meter, machine, len(got))
             p99s[rate] = whole_p99(scenario, got, n)
-        held = [rate for rate, p99 in sorted(p99s.items()) if p99 <= P99_TARGET_MS]
+        # Capacity for planning: every rate up to it kept the target, not one lucky rate above a
+        # rate that missed it.
+        held = 0.0
+        for rate, p99 in sorted(p99s.items()):
+            if p99 > P99_TARGET_MS:
+                break
+            held = rate
         tried = ", ".join(f"{rate:g}/s {p99:,.0f} ms" for rate, p99 in sorted(p99s.items()))
         figures.append(
             Figure(
                 "e2e",
-                f"highest offered rate tried with p99 <= {P99_TARGET_MS:g} ms",
-                max(held, default=0.0),
+                f"offered rate up to which p99 <= {P99_TARGET_MS:g} ms held",
+                held,
                 "ev/s",
                 f"p99 at each rate: {tried}",
             )

@@ -126,10 +126,8 @@ class Runtime:
             except asyncio.CancelledError as exc:
                 raised = raised or exc
             except Exception as exc:
-                if hook:
-                    log.exception("stop hook failed")
-                else:
-                    log.exception("stop step failed")
+                log.exception("stop hook failed" if hook else "stop step failed")
+                if not hook:
                     raised = raised or exc
 
         for consumer in self.consumers:
