@@ -6,7 +6,7 @@ PACKAGES := herald_contracts herald_kit herald_twilio herald_devstack herald_pre
 	herald_scheduler herald_dispatcher herald_sms_sender herald_email_sender herald_voice_sender \
 	herald_sandbox
 
-.PHONY: help setup run test test-unit lint fmt schemas bench chaos infra-up infra-down infra-status
+.PHONY: help setup run test test-unit lint fmt schemas bench chaos infra-up infra-down infra-status reset
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,3 +59,6 @@ infra-down: ## Stop Kafka and FerretDB
 
 infra-status: ## Are Kafka and FerretDB running?
 	bash deploy/local/infra.sh status
+
+reset: ## Forget what make run stored (Kafka's topics, the database); stop make run first
+	bash deploy/local/infra.sh reset

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FerretDB v1 (MongoDB wire protocol) on its SQLite backend, built with `go install` from the
 # small wrapper module in ferretdb/ (see ferretdb/main.go for why not the upstream command).
-# usage: ferretdb.sh install|start|stop|status|logs
+# usage: ferretdb.sh install|start|stop|status|logs|reset
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 FERRET_HOST="${HERALD_MONGO_HOST:-127.0.0.1}"
@@ -83,7 +83,9 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop_pid ferretdb "$FERRET_PID" ;;
+  # Stop, then forget every stored record: the next start begins empty.
+  reset) stop_pid ferretdb "$FERRET_PID"; rm -rf "$FERRET_DATA"; log "ferretdb data removed" ;;
   status) if pid_alive "$FERRET_PID"; then echo "ferretdb running pid=$(cat "$FERRET_PID") $FERRET_HOST:$FERRET_PORT"; else echo "ferretdb stopped"; exit 3; fi ;;
   logs) tail -n "${2:-100}" "$FERRET_LOG" ;;
-  *) echo "usage: $0 install|start|stop|status|logs" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|logs|reset" >&2; exit 2 ;;
 esac

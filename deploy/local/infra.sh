@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole local infrastructure: Kafka and FerretDB, then Herald's topics.
-# usage: infra.sh install|start|stop|status|logs
+# usage: infra.sh install|start|stop|status|logs|reset
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -14,7 +14,8 @@ case "${1:-}" in
       --bootstrap "${HERALD_KAFKA_HOST:-127.0.0.1}:${HERALD_KAFKA_PORT:-9092}")
     ;;
   stop) "$HERE/ferretdb.sh" stop; "$HERE/kafka.sh" stop ;;
+  reset) "$HERE/ferretdb.sh" reset; "$HERE/kafka.sh" reset ;;
   status) rc=0; "$HERE/kafka.sh" status || rc=$?; "$HERE/ferretdb.sh" status || rc=$?; exit $rc ;;
   logs) "$HERE/kafka.sh" logs "${2:-50}"; "$HERE/ferretdb.sh" logs "${2:-50}" ;;
-  *) echo "usage: $0 install|start|stop|status|logs" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|logs|reset" >&2; exit 2 ;;
 esac

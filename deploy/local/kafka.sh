@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Apache Kafka (KRaft, single node) from Maven Central jars, no Docker.
-# usage: kafka.sh install|start|stop|status|logs
+# usage: kafka.sh install|start|stop|status|logs|reset
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_HOST="${HERALD_KAFKA_HOST:-127.0.0.1}"
@@ -92,7 +92,9 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop_pid kafka "$KAFKA_PID" ;;
+  # Stop, then forget every stored record: the next start begins empty.
+  reset) stop_pid kafka "$KAFKA_PID"; rm -rf "$KAFKA_DATA"; log "kafka data removed" ;;
   status) if pid_alive "$KAFKA_PID"; then echo "kafka running pid=$(cat "$KAFKA_PID") $KAFKA_HOST:$KAFKA_PORT"; else echo "kafka stopped"; exit 3; fi ;;
   logs) tail -n "${2:-100}" "$KAFKA_LOG" ;;
-  *) echo "usage: $0 install|start|stop|status|logs" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|logs|reset" >&2; exit 2 ;;
 esac
