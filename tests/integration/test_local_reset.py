@@ -31,8 +31,9 @@ def _run(script: Path, command: str, env: dict[str, str]) -> subprocess.Complete
 
 def test_reset_stops_the_database_and_forgets_what_was_stored(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **os.environ,
+    # None of the caller's HERALD_* settings (a data folder elsewhere, the suite's ports).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env |= {
         "HERALD_RUN": str(tmp_path / "run"),
         "HERALD_LOGS": str(tmp_path / "logs"),
         "HERALD_MONGO_PORT": str(port),
