@@ -251,6 +251,12 @@ def _campaign(**overrides: Any) -> CampaignRef:
     return CampaignRef(**base)
 
 
+def _own_words(n: int) -> dict[str, Any]:
+    """A campaign's name and an SMS that says it, so campaigns' messages differ."""
+    body = "{{ campaign.name }}: your engineer arrives at {{ case.appointment.starts_at | time }}."
+    return {"name": f"Offer {n}", "messages": {"sms": {"en": MessageTemplate(body=body)}}}
+
+
 def _request(
     prefs: ContactPreferences, campaign: CampaignRef, case: CaseState | None, **kw: Any
 ) -> ContactRequest:
@@ -749,15 +755,16 @@ async def test_a_campaign_that_does_not_count_towards_caps_neither_counts_nor_is
     # Marketing allows one contact a day.
     free = {"priority": "marketing", "counts_towards_cap": False, "cap_policy": "suppress"}
     counted = {"priority": "marketing", "cap_policy": "suppress"}
-    await _publish(h, prefs, case, _request(prefs, _campaign(**free), case))
+    # Each campaign has its own words (the same words twice would be a repeat, not a contact).
+    await _publish(h, prefs, case, _request(prefs, _campaign(**free, **_own_words(1)), case))
     await h.decided(prefs.customer_id, 1)
     # The free contact did not use the day's one: this one goes out and fills the cap ...
-    await _publish(h, _request(prefs, _campaign(**counted), case))
+    await _publish(h, _request(prefs, _campaign(**counted, **_own_words(2)), case))
     await h.decided(prefs.customer_id, 2)
     # ... which a free contact is not held back by, while a counted one is.
-    await _publish(h, _request(prefs, _campaign(**free), case))
+    await _publish(h, _request(prefs, _campaign(**free, **_own_words(3)), case))
     await h.decided(prefs.customer_id, 3)
-    await _publish(h, _request(prefs, _campaign(**counted), case))
+    await _publish(h, _request(prefs, _campaign(**counted, **_own_words(4)), case))
     decisions = await h.decided(prefs.customer_id, 4)
     assert [(d["outcome"], d["rule"]) for d in decisions] == [
         ("sent", "ranked"),
@@ -801,3 +808,74 @@ async def test_a_suppressed_status_does_not_escalate(harness: Harness) -> None:
     await asyncio.sleep(3)
     assert h.emails(prefs.customer_id) == []
     assert len(await h.decisions(prefs.customer_id)) == 1
+
+
+async def test_the_same_words_about_a_case_reach_the_customer_once(harness: Harness) -> None:
+    h = harness
+    prefs = _customer()
+    case = _case(prefs.customer_id, 1, 14)
+    # Two campaigns on one trigger, with the same words: one SMS, and the second is a
+    # suppression the campaign's stats see with its reason.
+    first, second = _campaign(), _campaign()
+    await _publish(h, prefs, case, _request(prefs, first, case), _request(prefs, second, case))
+    await h.decided(prefs.customer_id, 2)
+    # A case update the SMS does not show (its status) tells the customer nothing new ...
+    moved = _case(prefs.customer_id, 2, 14, status="engineer on the way")
+    await _publish(h, moved, _request(prefs, first, moved))
+    await h.decided(prefs.customer_id, 3)
+    # ... a new time does, and so does going back to the first time (it is not the last SMS).
+    for version, hour in ((3, 15), (4, 14)):
+        update = _case(prefs.customer_id, version, hour)
+        await _publish(h, update, _request(prefs, first, update))
+        await h.decided(prefs.customer_id, version + 1)
+    # The same words about another case are news about that case.
+    other = case.model_copy(update={"case_id": f"other-{prefs.customer_id}"})
+    await _publish(h, other, _request(prefs, first, other))
+    decisions = await h.decided(prefs.customer_id, 6)
+    assert [(d["outcome"], d["rule"], d["campaign_id"]) for d in decisions] == [
+        ("sent", "ranked", first.id),
+        ("suppressed", "repeated-content", second.id),
+        ("suppressed", "repeated-content", first.id),
+        ("sent", "ranked", first.id),
+        ("sent", "ranked", first.id),
+        ("sent", "ranked", first.id),
+    ]
+    assert "same content as the last message" in decisions[1]["detail"]
+    bodies = [m.body for m in h.sms(prefs.customer_id)]
+    assert bodies == [
+        "Your engineer arrives at 14:00.",
+        "Your engineer arrives at 15:00.",
+        "Your engineer arrives at 14:00.",
+        "Your engineer arrives at 14:00.",
+    ]
+
+    def suppressions() -> list[tuple[str | None, ...]] | None:
+        got = [
+            (s.campaign_id, s.case_id, s.reason, s.channel)
+            for s in h.statuses(prefs.customer_id)
+            if s.status == "suppressed"
+        ]
+        return got if len(got) >= 2 else None
+
+    suppressed = await eventually(suppressions)
+    assert suppressed == [
+        (second.id, case.case_id, "repeated-content", "sms"),
+        (first.id, case.case_id, "repeated-content", "sms"),
+    ]
+
+
+async def test_the_same_words_go_out_again_once_the_repeat_window_has_passed(
+    harness: Harness,
+) -> None:
+    h = harness
+    prefs = _customer()
+    case = _case(prefs.customer_id, 1, 14)
+    await _publish(h, prefs, case, _request(prefs, _campaign(), case))
+    await h.decided(prefs.customer_id, 1)
+    # A day later (the default window), a reminder in the same words is sent again.
+    h.clock.now = NOON + timedelta(hours=24)
+    again = _case(prefs.customer_id, 2, 14, status="engineer booked, reminder")
+    await _publish(h, again, _request(prefs, _campaign(), again))
+    decisions = await h.decided(prefs.customer_id, 2)
+    assert [d["outcome"] for d in decisions] == ["sent", "sent"]
+    assert len(h.sms(prefs.customer_id)) == 2

@@ -340,6 +340,7 @@ SuppressionReason = Literal[
     "no-channel",
     "quiet-hours",
     "frequency-cap",
+    "repeated-content",
 ]
 SUPPRESSION_REASONS: tuple[str, ...] = get_args(SuppressionReason)
 

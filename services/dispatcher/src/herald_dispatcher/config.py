@@ -48,6 +48,16 @@ class Settings(ServiceSettings, ContactPolicySettings):
         le=10_000,
         description="Records per poll; the concurrency above can only use what a poll holds.",
     )
+    repeat_window_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description=(
+            "A message whose content is the same as the customer's last message on that channel "
+            "about that case, sent less than this long ago, is suppressed (`repeated-content`): "
+            "two campaigns on one trigger, or a case update that changes nothing the template "
+            "shows, tell the customer nothing new. 0 turns the rule off."
+        ),
+    )
     status_url: str = Field(
         default="http://127.0.0.1:8102/s/{token}",
         description="The case status page; {token} is a signed 'case-status' link.",

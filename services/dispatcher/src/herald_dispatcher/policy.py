@@ -1,13 +1,16 @@
 """The policy pipeline: each contact request ends in one recorded decision, with its rule.
 
 Rules run in the order of the issue: expiry, still-applies, superseded, duplicate (the claim),
-channel choice, quiet hours, frequency caps, rendering, emission. Escalation re-enters the same
+channel choice, quiet hours, frequency caps, rendering, repeated content, emission. Escalation re-enters the same
 pipeline with the next attempt and the channels already tried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import html
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,6 +31,7 @@ from herald_contracts import (
     ContactRequest,
     DeliveryStatus,
     EngagementReply,
+    EventType,
     OutboundEmail,
     OutboundSms,
     OutboundVoice,
@@ -37,9 +41,11 @@ from herald_contracts import (
 from herald_dispatcher.adapters.store import (
     CapHistory,
     Decisions,
+    LastContent,
     Ledger,
     RequestState,
     Views,
+    content_key,
     stored_request,
 )
 from herald_dispatcher.config import Settings
@@ -57,11 +63,34 @@ MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
 FAILED: frozenset[str] = frozenset({"failed", "undelivered", "no-answer", "busy"})
 # Statuses that mean it did: success for campaigns whose success is "delivered".
 DELIVERED: frozenset[str] = frozenset({"delivered", "answered"})
+OUTBOUND_TOPICS: dict[str, EventType] = {
+    "sms": OUTBOUND_SMS,
+    "email": OUTBOUND_EMAIL,
+    "voice": OUTBOUND_VOICE,
+}
 
 
 def message_id(request_id: str, channel: str, attempt: int) -> str:
     """Deterministic message id from (request id, channel, attempt)."""
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{request_id}|{channel}|{attempt}"))
+
+
+def content_digest(
+    message: OutboundSms | OutboundEmail | OutboundVoice, links: dict[str, str] | None = None
+) -> str:
+    """A digest of what the customer reads or hears: the SMS body; the email's subject, text and
+    HTML; the call's words and their language. A signed link reads the same to the customer
+    whenever it was signed, so each link the message carries counts as its name."""
+    if isinstance(message, OutboundSms):
+        parts: list[str | None] = [message.body]
+    elif isinstance(message, OutboundEmail):
+        parts = [message.subject, message.text, message.html]
+    else:
+        parts = [message.say, message.language]
+    for name, url in (links or {}).items():
+        for form in (url, html.escape(url, quote=False)):
+            parts = [p.replace(form, f"{{links.{name}}}") if p else p for p in parts]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 def derived_id(*parts: object) -> str:
@@ -362,6 +391,8 @@ class Dispatcher:
         if choice.channel is None:
             return Decision("suppressed", "channel", detail=choice.reason, reason=choice.code)
         channel = choice.channel
+        # Rule 8b's read, while the windows and the caps are weighed.
+        reads.start_content(content_key(request.customer_id, channel, request.case_id))
         # 6. quiet hours and the legal window
         window = self.contact_window(prefs, channel, critical=campaign.critical)
         try:
@@ -399,7 +430,9 @@ class Dispatcher:
                     due = capped.due
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
-        return await self._emit(request, prefs, case, case_json, channel, now, state, history)
+        return await self._emit(
+            request, prefs, case, case_json, channel, now, state, history, reads
+        )
 
     def contact_window(
         self, prefs: ContactPreferences, channel: Channel, *, critical: bool
@@ -435,7 +468,7 @@ class Dispatcher:
         )
         return Decision("deferred", rule, channel=channel, detail=detail, due_at=due)
 
-    def _links(self, request: ContactRequest, prefs: ContactPreferences) -> dict[str, Any]:
+    def _links(self, request: ContactRequest, prefs: ContactPreferences) -> dict[str, _Link]:
         return {
             "status": _Link(self, "status", request, prefs),
             "preferences": _Link(self, "preferences", request, prefs),
@@ -468,14 +501,16 @@ class Dispatcher:
         now: datetime,
         state: RequestState | None,
         history: CapHistory | None,
+        reads: _Reads,
     ) -> Decision:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
+        links = self._links(request, prefs)
         variables: dict[str, Any] = {
             "case": case_json,
             "contact": {"customer_id": prefs.customer_id, "locale": prefs.locale},
             "campaign": {"id": campaign.id, "name": campaign.name},
-            "links": self._links(request, prefs),
+            "links": links,
         }
         opts: dict[str, Any] = {"locale": prefs.locale, "tz": prefs.time_zone}
         mid = message_id(request.request_id, channel, request.attempt)
@@ -491,6 +526,7 @@ class Dispatcher:
             "created_at": now,
             "to": prefs.channels[channel].address,
         }
+        outbound: OutboundSms | OutboundEmail | OutboundVoice
         try:
             if channel == "sms":
                 body = render(template.body, variables, **opts)
@@ -504,30 +540,22 @@ class Dispatcher:
                         detail=f"{measure.segments} {measure.encoding} segments > limit {limit}",
                     )
                 encoding = "GSM-7" if measure.encoding == "GSM-7" else "UCS-2"
-                sms = OutboundSms(**common, body=body, segments=measure.segments, encoding=encoding)
-                await self.producer.publish(
-                    OUTBOUND_SMS,
-                    sms,
-                    key=request.customer_id,
-                    event_id=mid,
-                    subject=request.case_id,
+                outbound = OutboundSms(
+                    **common, body=body, segments=measure.segments, encoding=encoding
                 )
             elif channel == "email":
                 subject = render(template.subject or campaign.name, variables, **opts)
                 text = render(template.body, variables, **opts)
-                html = (
+                html_body = (
                     render(template.html, variables, html=True, **opts) if template.html else None
                 )
                 unsubscribe = self.link("preferences", request, prefs) if self._pref_links else None
-                email = OutboundEmail(
-                    **common, subject=subject, text=text, html=html, unsubscribe_url=unsubscribe
-                )
-                await self.producer.publish(
-                    OUTBOUND_EMAIL,
-                    email,
-                    key=request.customer_id,
-                    event_id=mid,
-                    subject=request.case_id,
+                outbound = OutboundEmail(
+                    **common,
+                    subject=subject,
+                    text=text,
+                    html=html_body,
+                    unsubscribe_url=unsubscribe,
                 )
             else:
                 say = render(template.body, variables, **opts)
@@ -535,19 +563,48 @@ class Dispatcher:
                 # the template is for it or a parent of it (zh → zh-CN), else the template's.
                 own = prefs.locale.lower().startswith(locale_key.lower())
                 language = prefs.locale if own else locale_key
-                voice = OutboundVoice(**common, say=say, language=language)
-                await self.producer.publish(
-                    OUTBOUND_VOICE,
-                    voice,
-                    key=request.customer_id,
-                    event_id=mid,
-                    subject=request.case_id,
-                )
+                outbound = OutboundVoice(**common, say=say, language=language)
         except RenderError as exc:
             RENDER_ERRORS.labels(channel).inc()
             return Decision("failed", "render", channel=channel, detail=str(exc))
-        await self._after_send(request, case, channel, mid, now, state, history)
+        # 8b. the same content as the customer's last message on this channel about this case
+        digest = content_digest(outbound, {k: v.url for k, v in links.items() if v.url})
+        last = await reads.content()
+        repeat = self._repeats(last, digest, mid, now)
+        if repeat is not None:
+            return Decision(
+                "suppressed",
+                "repeated-content",
+                channel=channel,
+                detail=repeat,
+                reason="repeated-content",
+            )
+        await self.producer.publish(
+            OUTBOUND_TOPICS[channel],
+            outbound,
+            key=request.customer_id,
+            event_id=mid,
+            subject=request.case_id,
+        )
+        await asyncio.gather(
+            self._after_send(request, case, channel, mid, now, state, history),
+            self.ledger.note_content(last, digest, mid, now),
+        )
         return Decision("sent", "ranked", channel=channel, message_id=mid)
+
+    def _repeats(self, last: LastContent, digest: str, mid: str, now: datetime) -> str | None:
+        """Why a message would repeat the last one word for word (None when it would not).
+
+        The same message id is this very message decided again after a crash: it goes out
+        again and the sender's ledger sends it once.
+        """
+        window = self.settings.repeat_window_seconds
+        if window <= 0 or last.at is None or last.digest != digest or last.message_id == mid:
+            return None
+        age = (now - last.at).total_seconds()
+        if age >= window:
+            return None
+        return f"same content as the last message on this channel about this case, {age:.0f} s ago"
 
     async def _after_send(
         self,
@@ -692,8 +749,12 @@ class _Link:
     ) -> None:
         self._d, self._kind, self._request, self._prefs = dispatcher, kind, request, prefs
 
+        self.url: str | None = None  # once a template read it: one token per message
+
     def __str__(self) -> str:
-        return self._d.link(self._kind, self._request, self._prefs)
+        if self.url is None:
+            self.url = self._d.link(self._kind, self._request, self._prefs)
+        return self.url
 
     def __html__(self) -> str:
         return str(self)
@@ -711,9 +772,12 @@ class _Reads:
         self,
         state: asyncio.Future[RequestState] | None,
         history: asyncio.Future[CapHistory] | None,
+        ledger: Ledger,
     ) -> None:
         self._state = state
         self._history = history
+        self._ledger = ledger
+        self._content: asyncio.Future[LastContent] | None = None
 
     @classmethod
     def start(cls, dispatcher: Dispatcher, request: ContactRequest) -> _Reads:
@@ -728,7 +792,7 @@ class _Reads:
             history = asyncio.ensure_future(
                 ledger.cap_history(request.customer_id, campaign.priority.value)
             )
-        return cls(state, history)
+        return cls(state, history, ledger)
 
     async def state(self) -> RequestState:
         assert self._state is not None
@@ -738,9 +802,17 @@ class _Reads:
         assert self._history is not None
         return await self._history
 
+    def start_content(self, key: str) -> None:
+        """Read the last content sent on the chosen channel about the case (see `content`)."""
+        self._content = asyncio.ensure_future(self._ledger.last_content(key))
+
+    async def content(self) -> LastContent:
+        assert self._content is not None
+        return await self._content
+
     def discard(self) -> None:
         """Cancel what no rule awaited (and retrieve what failed unseen)."""
-        for read in (self._state, self._history):
+        for read in (self._state, self._history, self._content):
             if read is None:
                 continue
             if not read.done():

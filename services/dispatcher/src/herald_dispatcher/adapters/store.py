@@ -155,6 +155,22 @@ class CapHistory:
         return [c["at"] for c in self.recent if c["r"] != exclude]
 
 
+@dataclass(slots=True)
+class LastContent:
+    """The last message sent to a customer on one channel about one case: a digest of its
+    content, its message id and when (all None when nothing was sent yet)."""
+
+    key: str
+    digest: str | None
+    message_id: str | None
+    at: datetime | None
+
+
+def content_key(customer_id: str, channel: str, case_id: str | None) -> str:
+    """The `last_contents` row of (customer, channel, case); `-` for messages without a case."""
+    return f"{customer_id}|{channel}|{case_id or '-'}"
+
+
 class Ledger:
     """What the dispatcher has emitted: latest requests, contacts for caps, attempts, success."""
 
@@ -163,6 +179,7 @@ class Ledger:
         self.contacts = db["contacts_sent"]
         self.attempts = db["attempts"]
         self.outcomes = db["request_outcomes"]
+        self.contents = db["last_contents"]
         # The hot path's single-document calls, coalesced across concurrent decisions.
         self._latest = IdLoader(self.latest)
         self._new_latest = InsertBatcher(self.latest)
@@ -174,6 +191,9 @@ class Ledger:
         self._attempt = IdLoader(self.attempts)
         self._outcome = IdLoader(self.outcomes)
         self._new_outcome = InsertBatcher(self.outcomes)
+        self._content = IdLoader(self.contents)
+        self._new_contents = InsertBatcher(self.contents)
+        self._content_updates = UpdateBatcher(self.contents)
 
     async def ensure_indexes(self) -> None:
         """Attempts by customer and case (replies without a message id)."""
@@ -242,6 +262,21 @@ class Ledger:
         await self._contact_updates.update(
             {"_id": history.key}, {"$set": {"recent": recent}}, upsert=True
         )
+
+    async def last_content(self, key: str) -> LastContent:
+        """What the customer was last sent on one channel about one case (see `content_key`)."""
+        doc = await self._content.get(key)
+        if doc is None:
+            return LastContent(key, digest=None, message_id=None, at=None)
+        return LastContent(key, digest=doc["h"], message_id=doc["m"], at=doc["at"])
+
+    async def note_content(self, last: LastContent, digest: str, mid: str, at: datetime) -> None:
+        """Remember the content just sent in place of the last (one consumer decides a customer
+        at a time, so the read `last` is still the stored one)."""
+        body = {"h": digest, "m": mid, "at": at}
+        if last.at is None and await self._new_contents.insert({"_id": last.key, **body}):
+            return
+        await self._content_updates.update({"_id": last.key}, {"$set": body}, upsert=True)
 
     async def note_attempt(self, doc: Doc) -> None:
         """An emitted message, by message id, with what escalation needs."""
