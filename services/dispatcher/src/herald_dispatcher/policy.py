@@ -1,8 +1,8 @@
 """The policy pipeline: each contact request ends in one recorded decision, with its rule.
 
 Rules run in the order of the issue: expiry, still-applies, superseded, duplicate (the claim),
-channel choice, quiet hours, frequency caps, rendering, repeated content, emission. Escalation re-enters the same
-pipeline with the next attempt and the channels already tried.
+channel choice, quiet hours, frequency caps, rendering, repeated content, emission. Escalation
+re-enters the same pipeline with the next attempt and the channels already tried.
 """
 
 from __future__ import annotations
