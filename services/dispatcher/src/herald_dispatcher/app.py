@@ -15,6 +15,7 @@ from herald_dispatcher.config import Settings
 from herald_dispatcher.messaging.catchup import CatchUp
 from herald_dispatcher.messaging.handlers import handle_outcome, handle_request, handle_view
 from herald_dispatcher.policy import Dispatcher
+from herald_dispatcher.retention import Retention
 from herald_kit import Runtime, build_app
 
 VIEW_TOPICS = [Topics.CONTACTS_PREFERENCES, Topics.CASES_STATE]
@@ -55,6 +56,16 @@ def create_app(
             clock=clock,
         )
         await catchup.start()
+        app.state.retention = Retention(
+            app.state.decisions, app.state.ledger, settings, clock=clock
+        )
+        app.state.retention.start()
+
+    @runtime.on_stop
+    async def _unwire() -> None:
+        retention: Retention | None = getattr(app.state, "retention", None)
+        if retention is not None:
+            await retention.stop()
 
     runtime.ready_check("views-caught-up", catchup.caught_up)
 

@@ -1,6 +1,8 @@
 """Dispatcher settings (HERALD_DISPATCHER_*)."""
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
@@ -58,6 +60,25 @@ class Settings(ServiceSettings, ContactPolicySettings):
             "shows, tell the customer nothing new. 0 turns the rule off."
         ),
     )
+    ledger_retention_seconds: int = Field(
+        default=30 * 86_400,
+        ge=8 * 86_400,
+        description=(
+            "How long request claims, attempts and last contents are kept (see retention.py); "
+            "longer than the topics' 7 days, so a redelivered request is still refused."
+        ),
+    )
+    decision_retention_seconds: int = Field(
+        default=90 * 86_400,
+        ge=8 * 86_400,
+        description=(
+            "How long decisions are kept for the explain API; at least as long as the ledger's "
+            "rows, since a claim whose decision is gone is decided again."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=600.0, gt=0, description="How often old rows are looked for."
+    )
     status_url: str = Field(
         default="http://127.0.0.1:8102/s/{token}",
         description="The case status page; {token} is a signed 'case-status' link.",
@@ -66,3 +87,12 @@ class Settings(ServiceSettings, ContactPolicySettings):
         default="http://127.0.0.1:8101/p/{token}",
         description="The preference centre; {token} is a signed 'preferences' link.",
     )
+
+    @model_validator(mode="after")
+    def _decisions_outlive_claims(self) -> Self:
+        if self.decision_retention_seconds < self.ledger_retention_seconds:
+            raise ValueError(
+                "decision_retention_seconds must be at least ledger_retention_seconds: a claim "
+                "whose decision is forgotten first would be decided (and sent) again"
+            )
+        return self
