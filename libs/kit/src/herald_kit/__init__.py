@@ -49,6 +49,7 @@ from herald_kit._metrics import count_send_outcome, labelled, observe_provider_r
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
+from herald_kit._retention import Kept, Retention, forget_before
 from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
 from herald_kit._settings import ApiKeyEntry, ServiceSettings
@@ -73,6 +74,7 @@ __all__ = [
     "InsertBatcher",
     "InvalidInput",
     "JsonFormatter",
+    "Kept",
     "KeyStore",
     "LinkExpired",
     "LinkInvalid",
@@ -84,6 +86,7 @@ __all__ = [
     "PreconditionFailed",
     "Principal",
     "RecentKeys",
+    "Retention",
     "RetryableError",
     "RetryingSendLedger",
     "Runtime",
@@ -104,6 +107,7 @@ __all__ = [
     "delete_namespace",
     "encode",
     "ensure_topics",
+    "forget_before",
     "hash_key",
     "insert_if_absent",
     "is_transient_db_error",

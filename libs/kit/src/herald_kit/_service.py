@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -15,7 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from herald_contracts import Topic
+from herald_contracts import Topic, utc_now
 from herald_kit._auth import KeyStore
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._kafka import ConsumerLoop, EventProducer, Handler
@@ -23,6 +24,7 @@ from herald_kit._logging import configure_logging
 from herald_kit._metrics import HTTP_REQUESTS, UP, labelled
 from herald_kit._mongo import Doc, create_client, ping
 from herald_kit._problems import BodyLimit, install_problem_handlers, problem
+from herald_kit._retention import Kept, Retention
 from herald_kit._settings import ServiceSettings
 
 log = logging.getLogger("herald.service")
@@ -32,8 +34,16 @@ Hook = Callable[[], Awaitable[None]]
 class Runtime:
     """A service's connections and background work, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: ServiceSettings, service: str, *, uses_kafka: bool = True) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        *,
+        uses_kafka: bool = True,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # the service's now, for retention (tests pin it)
         self.service = service
         self.uses_kafka = uses_kafka
         self.mongo: AsyncMongoClient[Doc] | None = None
@@ -42,6 +52,8 @@ class Runtime:
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._ready_checks: dict[str, Callable[[], Awaitable[bool]]] = {}
+        self._kept: list[Kept] = []
+        self.retention: Retention | None = None
         self.started = asyncio.Event()
 
     @property
@@ -91,6 +103,15 @@ class Runtime:
         self._on_stop.append(hook)
         return hook
 
+    def forget_old(self, collection: str, *, keep: timedelta | None = None) -> None:
+        """Forget the collection's rows `keep` (default: the ledger retention) after their `at`.
+
+        Rows without `at` are kept. One sweep per `retention_interval_seconds` covers every
+        collection registered (see herald_kit's _retention).
+        """
+        keep = keep or timedelta(seconds=self.settings.ledger_retention_seconds)
+        self._kept.append(Kept(collection, keep))
+
     def ready_check(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
         """Add a readiness check of the service's own."""
         self._ready_checks[name] = check
@@ -105,6 +126,14 @@ class Runtime:
             await self.producer.start()
         for hook in self._on_start:
             await hook()
+        if self._kept and self.mongo is not None:
+            self.retention = Retention(
+                self.db,
+                self._kept,
+                interval_seconds=self.settings.retention_interval_seconds,
+                clock=self.clock,
+            )
+            self.retention.start()
         for consumer in self.consumers:
             await consumer.start()
         self.started.set()
@@ -130,6 +159,9 @@ class Runtime:
                 if not hook:
                     raised = raised or exc
 
+        if self.retention is not None:
+            await step(self.retention.stop)
+            self.retention = None
         for consumer in self.consumers:
             await step(consumer.stop)
         for on_stop in reversed(self._on_stop):

@@ -51,6 +51,18 @@ class ServiceSettings(BaseSettings):
     consumer_batch: int = Field(default=200, ge=1, le=10_000)
     retry_attempts: int = Field(default=5, ge=0, le=50)
     retry_base_seconds: float = Field(default=0.2, gt=0)
+    ledger_retention_seconds: int = Field(
+        default=30 * 86_400,
+        ge=8 * 86_400,
+        description=(
+            "How long per-message ledger rows (claims, send ledgers, statistics guards) are kept "
+            "(see herald_kit's retention); longer than the topics' 7 days, so a redelivered "
+            "record still meets its row."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=600.0, gt=0, description="How often rows past their retention are looked for."
+    )
     gc_threshold: int = Field(
         default=GC_THRESHOLD,
         ge=700,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
@@ -15,7 +15,6 @@ from herald_dispatcher.config import Settings
 from herald_dispatcher.messaging.catchup import CatchUp
 from herald_dispatcher.messaging.handlers import handle_outcome, handle_request, handle_view
 from herald_dispatcher.policy import Dispatcher
-from herald_dispatcher.retention import Retention
 from herald_kit import Runtime, build_app
 
 VIEW_TOPICS = [Topics.CONTACTS_PREFERENCES, Topics.CASES_STATE]
@@ -29,7 +28,12 @@ def create_app(
     `clock` is the dispatcher's notion of now (tests pin it to exercise quiet hours).
     """
     settings = settings or Settings()
-    runtime = Runtime(settings, "dispatcher")
+    runtime = Runtime(settings, "dispatcher", clock=clock)
+    # Rows per request or message, forgotten once no redelivery can ask for them (docs/
+    # operations.md#data-retention); decisions, the explain API's answers, are kept longer.
+    for collection in ("request_claims", "attempts", "request_outcomes", "last_contents"):
+        runtime.forget_old(collection)
+    runtime.forget_old("decisions", keep=timedelta(seconds=settings.decision_retention_seconds))
     app = build_app(
         settings,
         runtime,
@@ -56,16 +60,6 @@ def create_app(
             clock=clock,
         )
         await catchup.start()
-        app.state.retention = Retention(
-            app.state.decisions, app.state.ledger, settings, clock=clock
-        )
-        app.state.retention.start()
-
-    @runtime.on_stop
-    async def _unwire() -> None:
-        retention: Retention | None = getattr(app.state, "retention", None)
-        if retention is not None:
-            await retention.stop()
 
     runtime.ready_check("views-caught-up", catchup.caught_up)
 

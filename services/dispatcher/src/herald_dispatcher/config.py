@@ -60,14 +60,6 @@ class Settings(ServiceSettings, ContactPolicySettings):
             "shows, tell the customer nothing new. 0 turns the rule off."
         ),
     )
-    ledger_retention_seconds: int = Field(
-        default=30 * 86_400,
-        ge=8 * 86_400,
-        description=(
-            "How long request claims, attempts and last contents are kept (see retention.py); "
-            "longer than the topics' 7 days, so a redelivered request is still refused."
-        ),
-    )
     decision_retention_seconds: int = Field(
         default=90 * 86_400,
         ge=8 * 86_400,
@@ -75,9 +67,6 @@ class Settings(ServiceSettings, ContactPolicySettings):
             "How long decisions are kept for the explain API; at least as long as the ledger's "
             "rows, since a claim whose decision is gone is decided again."
         ),
-    )
-    retention_interval_seconds: float = Field(
-        default=600.0, gt=0, description="How often old rows are looked for."
     )
     status_url: str = Field(
         default="http://127.0.0.1:8102/s/{token}",

@@ -695,7 +695,7 @@ class Dispatcher:
             return  # not a message this dispatcher emitted (or emitted before the ledger)
         rid, number = attempt["request_id"], int(attempt["attempt"])
         if status.status in DELIVERED:
-            await self.ledger.mark(rid, "delivered")
+            await self.ledger.mark(rid, "delivered", at=self.clock())
             if attempt.get("success") == "delivered":
                 await self._cancel(attempt)
         elif status.status in FAILED:
@@ -723,7 +723,7 @@ class Dispatcher:
         if not attempts and reply.case_id:
             attempts = await self.ledger.open_attempts(reply.customer_id, reply.case_id)
         for attempt in attempts:
-            await self.ledger.mark(attempt["request_id"], "engaged")
+            await self.ledger.mark(attempt["request_id"], "engaged", at=self.clock())
             await self._cancel(attempt)
 
     async def _cancel(self, attempt: dict[str, Any]) -> None:

@@ -21,6 +21,10 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
     """Build the email-sender app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "email-sender")
+    # The send ledger: a row per message, forgotten once no redelivery can ask for it
+    # (docs/operations.md#data-retention).
+    for collection in ("send_ledger", "send_outcomes"):
+        runtime.forget_old(collection)
     app = build_app(
         settings,
         runtime,

@@ -19,6 +19,9 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
     """Build the sms-sender app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "sms-sender")
+    # The send ledger: a row per message, forgotten once no redelivery can ask for it
+    # (docs/operations.md#data-retention).
+    runtime.forget_old("send_ledger")
     app = build_app(
         settings,
         runtime,

@@ -21,6 +21,9 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
     """Build the voice-sender app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "voice-sender")
+    # The call ledger: a row per call, forgotten once no redelivery can ask for it
+    # (docs/operations.md#data-retention).
+    runtime.forget_old("call_ledger")
     app = build_app(
         settings,
         runtime,

@@ -291,10 +291,12 @@ class Ledger:
         cursor = self.attempts.find({"customer_id": customer_id, "case_id": case_id})
         return [d async for d in cursor]
 
-    async def mark(self, request_id: str, field: str) -> bool:
-        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new."""
+    async def mark(self, request_id: str, field: str, *, at: datetime) -> bool:
+        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new.
+
+        `at` is the first flag's time, which retention goes by."""
         # Most flags are a request's first (an insert, batched); a second flag is an update.
-        if await self._new_outcome.insert({"_id": request_id, field: True}):
+        if await self._new_outcome.insert({"_id": request_id, field: True, "at": at}):
             return True
         result = await self.outcomes.update_one(
             {"_id": request_id, field: {"$ne": True}}, {"$set": {field: True}}, upsert=False

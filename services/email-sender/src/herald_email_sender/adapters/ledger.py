@@ -23,6 +23,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from herald_contracts import utc_now
 from herald_kit import Coalescer, Doc, InsertBatcher, SendLedger
 
 
@@ -96,7 +97,8 @@ class BatchedLedger(SendLedger):
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """'sent' goes to the outcome rows in a batch; every other status updates the claim."""
         if status == "sent":
-            await self._sent.insert({"_id": message_id, "status": "sent", **fields})
+            row = {"_id": message_id, "status": "sent", "at": utc_now(), **fields}
+            await self._sent.insert(row)
             return
         await super().set(message_id, status, **fields)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from herald_contracts import utc_now
 from herald_kit import CounterBatcher, Doc, InsertBatcher, RecentKeys
 
 # Messages whose campaign row this process wrote lately (their later statuses need no insert).
@@ -46,8 +47,9 @@ class StatsRepository:
     async def requested(self, campaign_id: str, request_ids: list[str]) -> None:
         """Requests emitted for a campaign (event triggers and timers), once per request id."""
         # One insert_many for the lot (the guards of concurrent callers join it too).
+        now = utc_now()
         inserted = await asyncio.gather(
-            *(self._seen.insert({"_id": f"req|{r}"}) for r in request_ids)
+            *(self._seen.insert({"_id": f"req|{r}", "at": now}) for r in request_ids)
         )
         fresh = sum(inserted)
         if fresh:
@@ -72,10 +74,10 @@ class StatsRepository:
         # the later ones of a message this process recorded lately skip the repeated insert).
         if message_id not in self._recorded:
             await self._messages.insert(
-                {"_id": message_id, "campaign_id": campaign_id, "channel": channel}
+                {"_id": message_id, "campaign_id": campaign_id, "channel": channel, "at": utc_now()}
             )
             self._recorded.add(message_id)
-        if not await self._seen.insert({"_id": f"st|{message_id}|{status}"}):
+        if not await self._seen.insert({"_id": f"st|{message_id}|{status}", "at": utc_now()}):
             return False
         inc = {f"channels.{channel}.{_field(status)}": 1}
         if status in ("failed", "undelivered") and reason:
@@ -91,7 +93,7 @@ class StatsRepository:
         Per campaign by reason, and per channel when the dispatcher had chosen one (a frequency
         cap, say) — a contact suppressed before any channel was chosen has no channel.
         """
-        if not await self._seen.insert({"_id": f"sup|{request_id}"}):
+        if not await self._seen.insert({"_id": f"sup|{request_id}", "at": utc_now()}):
             return False
         why = _field(reason)
         inc = {f"suppressed_by_reason.{why}": 1}
@@ -108,7 +110,7 @@ class StatsRepository:
         msg = await self.messages.find_one({"_id": message_id})
         if msg is None:
             return False
-        if not await self._seen.insert({"_id": f"re|{reply_id}"}):
+        if not await self._seen.insert({"_id": f"re|{reply_id}", "at": utc_now()}):
             return False
         inc = {
             f"channels.{msg['channel']}.engaged": 1,

@@ -1,13 +1,9 @@
-"""Forget the dispatcher's per-message rows once nothing can ask for them again.
+"""Forgetting rows once nothing can ask for them again, where a TTL index is unavailable.
 
-FerretDB v1 has no TTL index (ARCHITECTURE.md: where a TTL index is unavailable, a sweeper
-expires old rows), so each collection below would otherwise grow by a row per request or message
-for ever. A row is forgotten when its `at` is older than the collection's retention:
-
-- `request_claims`, `attempts`, `last_contents` after `LEDGER_RETENTION_SECONDS` (30 days): a
-  claim only refuses a redelivered request, and topics keep records 7 days; an attempt only
-  answers a status or a reply to its message; the last content only matters for a day.
-- `decisions` after `DECISION_RETENTION_SECONDS` (90 days): the explain API's answers.
+FerretDB v1 has none (ARCHITECTURE.md: a sweeper expires old rows), so a collection that gains a
+row per request or message would otherwise grow for ever. A service registers such collections
+with `Runtime.forget_old`; one background task per replica then deletes their rows whose `at` is
+older than each collection's retention.
 """
 
 from __future__ import annotations
@@ -16,23 +12,24 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import utc_now
-from herald_dispatcher.adapters.store import Decisions, Ledger
-from herald_dispatcher.config import Settings
-from herald_kit import Doc, cancel_and_wait
+from herald_kit._kafka import cancel_and_wait
+from herald_kit._mongo import Doc
 
-log = logging.getLogger("herald.dispatcher")
+log = logging.getLogger("herald.retention")
 
 
 async def forget_before(rows: AsyncCollection[Doc], before: datetime, *, batch: int = 1000) -> int:
-    """Delete rows whose `at` is before `before`, a batch at a time; how many were deleted.
+    """Delete the rows whose `at` is before `before`, a batch at a time; how many went.
 
-    The ids are found first and deleted by `_id`: FerretDB v1 pushes only `_id` filters down,
-    and a delete by any other field holds the collection while it reads all of it.
+    The ids are found first and deleted by `_id`: FerretDB v1 pushes only `_id` filters down, and
+    a delete by any other field holds the collection while it reads all of it.
     """
     forgotten = 0
     while True:
@@ -46,39 +43,45 @@ async def forget_before(rows: AsyncCollection[Doc], before: datetime, *, batch: 
             return forgotten
 
 
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A collection whose rows are forgotten `keep` after their `at`."""
+
+    collection: str
+    keep: timedelta
+
+
 class Retention:
     """Sweeps every interval (with jitter) until stopped; a sweep is safe on several replicas."""
 
     def __init__(
         self,
-        decisions: Decisions,
-        ledger: Ledger,
-        settings: Settings,
+        db: AsyncDatabase[Doc],
+        plan: list[Kept],
         *,
+        interval_seconds: float,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        ledger_keep = timedelta(seconds=settings.ledger_retention_seconds)
-        self.plan: list[tuple[AsyncCollection[Doc], timedelta]] = [
-            (decisions.claims, ledger_keep),
-            (ledger.attempts, ledger_keep),
-            (ledger.contents, ledger_keep),
-            (decisions.decisions, timedelta(seconds=settings.decision_retention_seconds)),
-        ]
-        self.interval = settings.retention_interval_seconds
+        self.db = db
+        self.plan = plan
+        self.interval = interval_seconds
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> dict[str, int]:
         """One pass over every collection: rows forgotten, by collection."""
         now = self.clock()
-        forgotten = {rows.name: await forget_before(rows, now - keep) for rows, keep in self.plan}
+        forgotten = {
+            kept.collection: await forget_before(self.db[kept.collection], now - kept.keep)
+            for kept in self.plan
+        }
         if any(forgotten.values()):
             log.info("forgot old rows", extra={"forgotten": forgotten})
         return forgotten
 
     def start(self) -> None:
         """Sweep in the background (the first sweep after one interval)."""
-        self._task = asyncio.create_task(self._loop(), name="dispatcher-retention")
+        self._task = asyncio.create_task(self._loop(), name="retention")
 
     async def stop(self) -> None:
         """Stop sweeping."""

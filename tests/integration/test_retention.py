@@ -1,0 +1,124 @@
+"""Each service forgets its per-message rows past their retention, on the real database.
+
+FerretDB v1 has no TTL index, so without these sweeps every claim, ledger row and statistics
+guard would stay for ever (docs/operations.md#data-retention).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from herald_contracts import utc_now
+from herald_dispatcher.config import Settings as DispatcherSettings
+from herald_kit import forget_before
+from support import eventually
+
+DAY = timedelta(days=1)
+# service package -> the collections of a row per request or message it must forget
+PER_MESSAGE = {
+    "herald_dispatcher": ["request_claims", "attempts", "request_outcomes", "last_contents"],
+    "herald_sms_sender": ["send_ledger"],
+    "herald_voice_sender": ["call_ledger"],
+    "herald_email_sender": ["send_ledger", "send_outcomes"],
+    "herald_scheduler": ["stats_seen", "stats_messages"],
+}
+FAKE_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "not-a-secret"}
+
+
+@pytest.mark.parametrize("package", sorted(PER_MESSAGE))
+async def test_a_service_forgets_rows_past_the_ledger_retention_and_keeps_the_rest(
+    package: str,
+    infra: dict[str, str],
+    namespace: str,
+    mongo: Any,
+    db_name: Callable[[str], str],
+) -> None:
+    config = importlib.import_module(f"{package}.config")
+    app_module = importlib.import_module(f"{package}.app")
+    database = db_name(package)
+    settings = config.Settings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=database,
+        topic_namespace=namespace,
+        retention_interval_seconds=0.2,
+        **(FAKE_TWILIO if package in ("herald_sms_sender", "herald_voice_sender") else {}),
+    )
+    db = mongo[database]
+    now = utc_now()
+    for name in PER_MESSAGE[package]:
+        await db[name].insert_many(
+            [
+                {"_id": "past", "at": now - 31 * DAY},
+                {"_id": "recent", "at": now - 29 * DAY},
+                {"_id": "undated"},  # rows from before `at` was written are kept
+            ]
+        )
+    app = app_module.create_app(settings)
+    async with app.router.lifespan_context(app):
+
+        async def forgotten() -> bool:
+            for name in PER_MESSAGE[package]:
+                if await db[name].find_one({"_id": "past"}) is not None:
+                    return False
+            return True
+
+        await eventually(forgotten, within=20)
+    for name in PER_MESSAGE[package]:
+        left = sorted([d["_id"] async for d in db[name].find({}, {"_id": 1})])
+        assert left == ["recent", "undated"], name
+
+
+async def test_decisions_are_forgotten_after_their_own_longer_retention(
+    infra: dict[str, str], namespace: str, mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    from herald_dispatcher.app import create_app
+
+    database = db_name("dispatcher")
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    settings = DispatcherSettings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=database,
+        topic_namespace=namespace,
+        retention_interval_seconds=0.2,
+    )
+    decisions = mongo[database]["decisions"]
+    await decisions.insert_many(
+        [{"_id": "quarter", "at": now - 91 * DAY}, {"_id": "month", "at": now - 31 * DAY}]
+    )
+    app = create_app(settings, clock=lambda: now)  # the dispatcher's own clock decides
+    async with app.router.lifespan_context(app):
+        await eventually(lambda: _gone(decisions, "quarter"), within=20)
+    assert [d["_id"] async for d in decisions.find({}, {"_id": 1})] == ["month"]
+
+
+async def _gone(rows: Any, key: str) -> bool:
+    return await rows.find_one({"_id": key}) is None
+
+
+async def test_forgetting_goes_a_batch_at_a_time_until_nothing_old_is_left(
+    mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    now = utc_now()
+    rows = mongo[db_name("dispatcher")]["attempts"]
+    await rows.insert_many([{"_id": f"old-{i}", "at": now - 40 * DAY} for i in range(7)])
+    await rows.insert_many([{"_id": f"new-{i}", "at": now} for i in range(2)])
+    assert await forget_before(rows, now - 30 * DAY, batch=3) == 7
+    assert sorted([d["_id"] async for d in rows.find({}, {"_id": 1})]) == ["new-0", "new-1"]
+
+
+def test_decisions_are_kept_at_least_as_long_as_the_claims_they_settle() -> None:
+    with pytest.raises(ValidationError, match="decided \\(and sent\\) again"):
+        DispatcherSettings(
+            ledger_retention_seconds=int((30 * DAY).total_seconds()),
+            decision_retention_seconds=int((10 * DAY).total_seconds()),
+        )
+    with pytest.raises(ValidationError, match="ledger_retention_seconds"):
+        DispatcherSettings(ledger_retention_seconds=3600)  # shorter than topics keep a record
