@@ -879,3 +879,42 @@ async def test_the_same_words_go_out_again_once_the_repeat_window_has_passed(
     decisions = await h.decided(prefs.customer_id, 2)
     assert [d["outcome"] for d in decisions] == ["sent", "sent"]
     assert len(h.sms(prefs.customer_id)) == 2
+
+
+async def test_words_that_did_not_reach_the_customer_may_be_said_again(harness: Harness) -> None:
+    h = harness
+    prefs = _customer(ranking=("sms",))
+    case = _case(prefs.customer_id, 1, 14)
+    first, second = _campaign(max_attempts=1), _campaign(max_attempts=1)
+    await _publish(h, prefs, case, _request(prefs, first, case))
+    [sms] = await eventually(lambda: h.sms(prefs.customer_id))
+    await _publish(
+        h,
+        DeliveryStatus(
+            message_id=sms.message_id,
+            request_id=sms.request_id,
+            campaign_id=first.id,
+            customer_id=prefs.customer_id,
+            case_id=case.case_id,
+            channel="sms",
+            status="undelivered",
+            at=NOON,
+        ),
+    )
+    last = h.db["last_contents"]
+    key = f"{prefs.customer_id}|sms|{case.case_id}"
+    await eventually(lambda: _no_row(last, key))
+    # The same words from another campaign: the customer has not read them, so they go out.
+    await _publish(h, _request(prefs, second, case))
+    decisions = await h.decided(prefs.customer_id, 2)
+    assert [(d["outcome"], d["rule"]) for d in decisions] == [("sent", "ranked")] * 2
+
+    def both() -> list[str] | None:
+        bodies = [m.body for m in h.sms(prefs.customer_id)]
+        return bodies if len(bodies) == 2 else None
+
+    assert await eventually(both) == ["Your engineer arrives at 14:00."] * 2
+
+
+async def _no_row(rows: Any, key: str) -> bool:
+    return await rows.find_one({"_id": key}) is None

@@ -699,6 +699,9 @@ class Dispatcher:
             if attempt.get("success") == "delivered":
                 await self._cancel(attempt)
         elif status.status in FAILED:
+            # The customer did not get these words: the next message may say them again.
+            key = content_key(attempt["customer_id"], attempt["channel"], attempt.get("case_id"))
+            await self.ledger.forget_content(key, status.message_id)
             await self._cancel(attempt)
             if attempt.get("next") is None:
                 return

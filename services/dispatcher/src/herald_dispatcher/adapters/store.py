@@ -278,6 +278,10 @@ class Ledger:
             return
         await self._content_updates.update({"_id": last.key}, {"$set": body}, upsert=True)
 
+    async def forget_content(self, key: str, message_id: str) -> None:
+        """The message did not reach the customer: if it is the last content, forget it."""
+        await self.contents.delete_one({"_id": key, "m": message_id})
+
     async def note_attempt(self, doc: Doc) -> None:
         """An emitted message, by message id, with what escalation needs."""
         await self._attempts.insert(doc)
