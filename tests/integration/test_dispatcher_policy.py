@@ -276,6 +276,20 @@ def _request(
     )
 
 
+def _status_of(sms: OutboundSms, status: str) -> DeliveryStatus:
+    """A provider's status of an SMS the dispatcher emitted."""
+    return DeliveryStatus(
+        message_id=sms.message_id,
+        request_id=sms.request_id,
+        campaign_id=sms.campaign_id,
+        customer_id=sms.customer_id,
+        case_id=sms.case_id,
+        channel="sms",
+        status=status,
+        at=NOON,
+    )
+
+
 async def _publish(h: Harness, *events: Any) -> None:
     for ev in events:
         if isinstance(ev, ContactPreferences):
@@ -401,19 +415,7 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     assert timers[0].due_at == NOON + timedelta(seconds=600)
 
     # The SMS fails: email at once, through the whole policy again.
-    await _publish(
-        h,
-        DeliveryStatus(
-            message_id=sms.message_id,
-            request_id=request.request_id,
-            campaign_id=campaign.id,
-            customer_id=prefs.customer_id,
-            case_id=case.case_id,
-            channel="sms",
-            status="undelivered",
-            at=NOON,
-        ),
-    )
+    await _publish(h, _status_of(sms, "undelivered"))
     [email] = await eventually(lambda: h.emails(prefs.customer_id))
     assert email.attempt == 2
     assert email.subject == f"Case {case.case_id}"
@@ -677,19 +679,7 @@ async def test_delivery_ends_escalation_when_success_is_delivery(harness: Harnes
     await _publish(h, prefs, case, request)
     [sms] = await eventually(lambda: h.sms(prefs.customer_id))
     [timer] = await eventually(lambda: h.timers(prefs.customer_id))
-    await _publish(
-        h,
-        DeliveryStatus(
-            message_id=sms.message_id,
-            request_id=request.request_id,
-            campaign_id=campaign.id,
-            customer_id=prefs.customer_id,
-            case_id=case.case_id,
-            channel="sms",
-            status="delivered",
-            at=NOON,
-        ),
-    )
+    await _publish(h, _status_of(sms, "delivered"))
     await eventually(
         lambda: any(
             t.action == "cancel" and t.key == timer.key for t in h.timers(prefs.customer_id)
@@ -888,19 +878,7 @@ async def test_words_that_did_not_reach_the_customer_may_be_said_again(harness: 
     first, second = _campaign(max_attempts=1), _campaign(max_attempts=1)
     await _publish(h, prefs, case, _request(prefs, first, case))
     [sms] = await eventually(lambda: h.sms(prefs.customer_id))
-    await _publish(
-        h,
-        DeliveryStatus(
-            message_id=sms.message_id,
-            request_id=sms.request_id,
-            campaign_id=first.id,
-            customer_id=prefs.customer_id,
-            case_id=case.case_id,
-            channel="sms",
-            status="undelivered",
-            at=NOON,
-        ),
-    )
+    await _publish(h, _status_of(sms, "undelivered"))
     last = h.db["last_contents"]
     key = f"{prefs.customer_id}|sms|{case.case_id}"
     await eventually(lambda: _no_row(last, key))

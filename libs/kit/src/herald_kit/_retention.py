@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,6 +51,47 @@ class Kept:
     keep: timedelta
 
 
+class Every:
+    """Runs `work` every interval in the background until stopped (the first run after one
+    interval); a failed run is logged and the next one retries."""
+
+    def __init__(
+        self,
+        work: Callable[[], Awaitable[object]],
+        interval_seconds: float,
+        *,
+        name: str,
+        jitter: float = 0.0,
+    ) -> None:
+        self.work = work
+        self.interval = interval_seconds
+        self.name = name
+        self.jitter = jitter  # each wait is the interval times 1 ± jitter
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start running in the background."""
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop running (a run under way is cancelled)."""
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+
+    async def _loop(self) -> None:
+        while True:
+            spread = random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311 - jitter
+            await asyncio.sleep(self.interval * spread)
+            try:
+                await self.work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "background run failed; the next one retries", extra={"task": self.name}
+                )
+
+
 class Retention:
     """Sweeps every interval (with jitter) until stopped; a sweep is safe on several replicas."""
 
@@ -64,9 +105,9 @@ class Retention:
     ) -> None:
         self.db = db
         self.plan = plan
-        self.interval = interval_seconds
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
+        # Replicas started together do not sweep together.
+        self._every = Every(self.sweep, interval_seconds, name="retention", jitter=0.1)
 
     async def sweep(self) -> dict[str, int]:
         """One pass over every collection: rows forgotten, by collection."""
@@ -81,20 +122,8 @@ class Retention:
 
     def start(self) -> None:
         """Sweep in the background (the first sweep after one interval)."""
-        self._task = asyncio.create_task(self._loop(), name="retention")
+        self._every.start()
 
     async def stop(self) -> None:
         """Stop sweeping."""
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-
-    async def _loop(self) -> None:
-        while True:
-            # Replicas started together do not sweep together.
-            await asyncio.sleep(self.interval * random.uniform(0.9, 1.1))  # noqa: S311 - jitter
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retention sweep failed; the next one retries")
+        await self._every.stop()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
 from herald_contracts import utc_now
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.processing import Processor, event_from_doc
-from herald_kit import cancel_and_wait
+from herald_kit import Every
 
 log = logging.getLogger("herald.ingest")
 
@@ -30,8 +29,7 @@ class Sweeper:
         self.processor = processor
         self.retention = timedelta(seconds=retention_seconds)
         self.recover_after = timedelta(seconds=recover_after_seconds)
-        self.interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(self.sweep, interval_seconds, name="ingest-sweeper")
         self._since: datetime | None = None
 
     async def sweep(self) -> tuple[int, int]:
@@ -60,19 +58,8 @@ class Sweeper:
 
     def start(self) -> None:
         """Sweep in the background."""
-        self._task = asyncio.create_task(self._loop(), name="ingest-sweeper")
+        self._every.start()
 
     async def stop(self) -> None:
         """Stop sweeping."""
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sweep failed; next one retries")
+        await self._every.stop()
