@@ -49,7 +49,7 @@ from herald_kit._metrics import count_send_outcome, labelled, observe_provider_r
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
 from herald_kit._pacing import CircuitBreaker, Pacer, backoff
 from herald_kit._problems import PROBLEM, problem
-from herald_kit._retention import Every, Kept, Retention, forget_before
+from herald_kit._retention import Every, forget_before
 from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
 from herald_kit._settings import ApiKeyEntry, ServiceSettings
@@ -75,7 +75,6 @@ __all__ = [
     "InsertBatcher",
     "InvalidInput",
     "JsonFormatter",
-    "Kept",
     "KeyStore",
     "LinkExpired",
     "LinkInvalid",
@@ -87,7 +86,6 @@ __all__ = [
     "PreconditionFailed",
     "Principal",
     "RecentKeys",
-    "Retention",
     "RetryableError",
     "RetryingSendLedger",
     "Runtime",

@@ -296,9 +296,8 @@ class Ledger:
         return [d async for d in cursor]
 
     async def mark(self, request_id: str, field: str, *, at: datetime) -> bool:
-        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new.
-
-        `at` is the first flag's time, which retention goes by."""
+        """Set a request's outcome flag ('delivered', 'engaged'); True when it is new. `at` is
+        the first flag's time, which retention goes by."""
         # Most flags are a request's first (an insert, batched); a second flag is an update.
         if await self._new_outcome.insert({"_id": request_id, field: True, "at": at}):
             return True
