@@ -118,7 +118,8 @@ def test_decisions_are_kept_at_least_as_long_as_the_claims_they_settle() -> None
     with pytest.raises(ValidationError, match="decided \\(and sent\\) again"):
         DispatcherSettings(
             ledger_retention_seconds=int((30 * DAY).total_seconds()),
-            decision_retention_seconds=int((10 * DAY).total_seconds()),
+            decision_retention_seconds=int((20 * DAY).total_seconds()),
         )
     with pytest.raises(ValidationError, match="ledger_retention_seconds"):
-        DispatcherSettings(ledger_retention_seconds=3600)  # shorter than topics keep a record
+        # 14 days: a topic may still hold a record that old (7 days, and 7 until a segment rolls)
+        DispatcherSettings(ledger_retention_seconds=int((14 * DAY).total_seconds()))

@@ -53,11 +53,11 @@ class ServiceSettings(BaseSettings):
     retry_base_seconds: float = Field(default=0.2, gt=0)
     ledger_retention_seconds: int = Field(
         default=30 * 86_400,
-        ge=8 * 86_400,
+        ge=15 * 86_400,
         description=(
             "How long per-message ledger rows (claims, send ledgers, statistics guards) are kept "
-            "(see herald_kit's retention); longer than the topics' 7 days, so a redelivered "
-            "record still meets its row."
+            "(see herald_kit's retention). A topic keeps a record 7 days, and up to 7 more until "
+            "its segment rolls (Kafka's default), so a record read again still meets its row."
         ),
     )
     retention_interval_seconds: float = Field(

@@ -62,7 +62,7 @@ class Settings(ServiceSettings, ContactPolicySettings):
     )
     decision_retention_seconds: int = Field(
         default=90 * 86_400,
-        ge=8 * 86_400,
+        ge=15 * 86_400,
         description=(
             "How long decisions are kept for the explain API; at least as long as the ledger's "
             "rows, since a claim whose decision is gone is decided again."

@@ -30,9 +30,12 @@ class Settings(ServiceSettings):
         "The data must carry case_id; other top-level scalars become case attributes.",
     )
     dedupe_retention_seconds: int = Field(
-        default=7 * 24 * 3600,
+        default=15 * 24 * 3600,
         ge=60,
-        description="How long a seen (source, id) is remembered; at least the topic's retention.",
+        description=(
+            "How long a seen (source, id) is remembered: at least as long as the topic can hold "
+            "a record (7 days, and up to 7 more until its segment rolls)."
+        ),
     )
     recover_after_seconds: int = Field(
         default=60, ge=1, description="A claimed event not finished after this is applied again."
