@@ -25,15 +25,17 @@ from herald_kit._mongo import Doc
 log = logging.getLogger("herald.retention")
 
 
-async def forget_before(rows: AsyncCollection[Doc], before: datetime, *, batch: int = 1000) -> int:
-    """Delete the rows whose `at` is before `before`, a batch at a time; how many went.
+async def forget_before(
+    rows: AsyncCollection[Doc], before: datetime, *, field: str = "at", batch: int = 1000
+) -> int:
+    """Delete the rows whose `field` is before `before`, a batch at a time; how many went.
 
     The ids are found first and deleted by `_id`: FerretDB v1 pushes only `_id` filters down, and
     a delete by any other field holds the collection while it reads all of it.
     """
     forgotten = 0
     while True:
-        cursor = rows.find({"at": {"$lt": before}}, {"_id": 1}).limit(batch)
+        cursor = rows.find({field: {"$lt": before}}, {"_id": 1}).limit(batch)
         ids = [doc["_id"] async for doc in cursor]
         if not ids:
             return forgotten

@@ -11,7 +11,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import Projection
-from herald_kit import Doc, InsertBatcher, insert_if_absent
+from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
 
 DUPLICATE_KEY = 11000
 # Conditional replaces per bulk_write command. (Before the FerretDB patch, each operation of a
@@ -219,6 +219,6 @@ class CaseRepository:
 
     async def forget_seen(self, *, before: datetime) -> int:
         """Drop dedupe rows older than the retention window (FerretDB has no TTL index)."""
-        result = await self.seen.delete_many({"received_at": {"$lt": before}})
-        await self.done.delete_many({"at": {"$lt": before}})
-        return int(result.deleted_count)
+        forgotten = await forget_before(self.seen, before, field="received_at")
+        await forget_before(self.done, before)
+        return forgotten
