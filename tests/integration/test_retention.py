@@ -73,6 +73,13 @@ async def test_a_service_forgets_rows_past_the_ledger_retention_and_keeps_the_re
     for name in PER_MESSAGE[package]:
         left = sorted([d["_id"] async for d in db[name].find({}, {"_id": 1})])
         assert left == ["recent", "undated"], name
+        # A sweep finds the old rows by an index on MongoDB, not by reading a month of rows.
+        assert await _indexed_by_at(db[name]), name
+
+
+async def _indexed_by_at(rows: Any) -> bool:
+    keys = [list(ix["key"].items()) async for ix in await rows.list_indexes()]
+    return [("at", 1)] in keys
 
 
 async def test_decisions_are_forgotten_after_their_own_longer_retention(
@@ -97,6 +104,7 @@ async def test_decisions_are_forgotten_after_their_own_longer_retention(
     async with app.router.lifespan_context(app):
         await eventually(lambda: _gone(decisions, "quarter"), within=20)
     assert [d["_id"] async for d in decisions.find({}, {"_id": 1})] == ["month"]
+    assert await _indexed_by_at(decisions)
 
 
 async def _gone(rows: Any, key: str) -> bool:

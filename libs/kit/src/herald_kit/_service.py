@@ -133,6 +133,7 @@ class Runtime:
                 interval_seconds=self.settings.retention_interval_seconds,
                 clock=self.clock,
             )
+            await self.retention.ensure_indexes()
             self.retention.start()
         for consumer in self.consumers:
             await consumer.start()
