@@ -71,8 +71,7 @@ async def test_a_service_forgets_rows_past_the_ledger_retention_and_keeps_the_re
 
         await eventually(forgotten, within=20)
     for name in PER_MESSAGE[package]:
-        left = sorted([d["_id"] async for d in db[name].find({}, {"_id": 1})])
-        assert left == ["recent", "undated"], name
+        assert await _ids(db[name]) == ["recent", "undated"], name
         # A sweep finds the old rows by an index on MongoDB, not by reading a month of rows.
         assert await _indexed_by_at(db[name]), name
 
@@ -103,7 +102,7 @@ async def test_decisions_are_forgotten_after_their_own_longer_retention(
     app = create_app(settings, clock=lambda: now)  # the dispatcher's own clock decides
     async with app.router.lifespan_context(app):
         await eventually(lambda: _gone(decisions, "quarter"), within=20)
-    assert [d["_id"] async for d in decisions.find({}, {"_id": 1})] == ["month"]
+    assert await _ids(decisions) == ["month"]
     assert await _indexed_by_at(decisions)
 
 
@@ -119,7 +118,7 @@ async def test_forgetting_goes_a_batch_at_a_time_until_nothing_old_is_left(
     await rows.insert_many([{"_id": f"old-{i}", "at": now - 40 * DAY} for i in range(7)])
     await rows.insert_many([{"_id": f"new-{i}", "at": now} for i in range(2)])
     assert await forget_before(rows, now - 30 * DAY, batch=3) == 7
-    assert sorted([d["_id"] async for d in rows.find({}, {"_id": 1})]) == ["new-0", "new-1"]
+    assert await _ids(rows) == ["new-0", "new-1"]
 
 
 def test_decisions_are_kept_at_least_as_long_as_the_claims_they_settle() -> None:
@@ -131,3 +130,40 @@ def test_decisions_are_kept_at_least_as_long_as_the_claims_they_settle() -> None
     with pytest.raises(ValidationError, match="ledger_retention_seconds"):
         # 14 days: a topic may still hold a record that old (7 days, and 7 until a segment rolls)
         DispatcherSettings(ledger_retention_seconds=int((14 * DAY).total_seconds()))
+
+
+async def test_settled_timers_and_their_keys_go_after_the_replay_window(
+    mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    from herald_kit import REPLAY_WINDOW
+    from herald_scheduler.adapters.timers import TimerRepository
+
+    now = utc_now()
+    db = mongo[db_name("scheduler")]
+    timers = TimerRepository(db)
+    gone, kept = now - REPLAY_WINDOW - DAY, now - REPLAY_WINDOW + DAY
+    for timer_id, due_at in [("fired-long-ago", gone), ("cancelled-long-ago", gone)]:
+        await timers.schedule(timer_id=timer_id, key=timer_id, due_at=due_at, request={}, now=now)
+    # A key whose later timer is recent stays with it.
+    await timers.schedule(timer_id="first", key="twice", due_at=gone, request={}, now=now)
+    await timers.schedule(timer_id="again", key="twice", due_at=kept, request={}, now=now)
+    settle = [("fired-long-ago", "fired"), ("first", "fired"), ("again", "fired")]
+    for timer_id, state in [*settle, ("cancelled-long-ago", "cancelled")]:
+        await db["timers"].update_one({"_id": timer_id}, {"$set": {"state": state}})
+
+    assert await timers.sweep(before=now - REPLAY_WINDOW) == 3
+    assert await _ids(db["timers"]) == ["again"]
+    assert await _ids(db["timer_keys"]) == ["twice"]
+
+    # Due that long ago and never fired (a scheduler stopped that long): the timer stays, and so
+    # does every key, until it has fired, since a cancel may still come for it.
+    await timers.schedule(timer_id="late", key="late", due_at=gone, request={}, now=now)
+    await db["timers"].update_one({"_id": "again"}, {"$set": {"due_at": gone}})
+    await db["timer_keys"].update_one({"_id": "twice"}, {"$set": {"due": gone}})
+    assert await timers.sweep(before=now - REPLAY_WINDOW) == 1
+    assert await _ids(db["timer_keys"]) == ["late", "twice"]
+    assert await timers.cancel("late", now=now) == 1
+
+
+async def _ids(rows: Any) -> list[str]:
+    return sorted([d["_id"] async for d in rows.find({}, {"_id": 1})])

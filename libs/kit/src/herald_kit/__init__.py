@@ -52,11 +52,12 @@ from herald_kit._problems import PROBLEM, problem
 from herald_kit._retention import Every, forget_before
 from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
-from herald_kit._settings import ApiKeyEntry, ServiceSettings
+from herald_kit._settings import REPLAY_WINDOW, ApiKeyEntry, ServiceSettings
 from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 
 __all__ = [
     "PROBLEM",
+    "REPLAY_WINDOW",
     "ApiKeyEntry",
     "CircuitBreaker",
     "Coalescer",

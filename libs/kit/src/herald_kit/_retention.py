@@ -27,16 +27,23 @@ log = logging.getLogger("herald.retention")
 
 
 async def forget_before(
-    rows: AsyncCollection[Doc], before: datetime, *, field: str = "at", batch: int = 1000
+    rows: AsyncCollection[Doc],
+    before: datetime,
+    *,
+    field: str = "at",
+    where: Doc | None = None,
+    batch: int = 1000,
 ) -> int:
-    """Delete the rows whose `field` is before `before`, a batch at a time; how many went.
+    """Delete the rows whose `field` is before `before` (and that match `where`, if given), a
+    batch at a time; how many went.
 
     The ids are found first and deleted by `_id`: FerretDB v1 pushes only `_id` filters down, and
     a delete by any other field holds the collection while it reads all of it.
     """
     forgotten = 0
+    old = {**(where or {}), field: {"$lt": before}}
     while True:
-        cursor = rows.find({field: {"$lt": before}}, {"_id": 1}).limit(batch)
+        cursor = rows.find(old, {"_id": 1}).limit(batch)
         ids = [doc["_id"] async for doc in cursor]
         if not ids:
             return forgotten

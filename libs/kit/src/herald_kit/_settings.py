@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +17,12 @@ class ApiKeyEntry(BaseModel):
 
 
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (see tune_gc)
+
+# The longest a record may be read again after it was written: a topic keeps a record 7 days, and
+# up to 7 more until its segment rolls (Kafka's default `segment.ms`), and a day's margin. A row
+# that makes a record's second reading harmless (a claim, a ledger row, a seen id, a settled
+# timer) is kept at least this long.
+REPLAY_WINDOW = timedelta(days=15)
 
 
 class ServiceSettings(BaseSettings):
@@ -53,7 +61,7 @@ class ServiceSettings(BaseSettings):
     retry_base_seconds: float = Field(default=0.2, gt=0)
     ledger_retention_seconds: int = Field(
         default=30 * 86_400,
-        ge=15 * 86_400,
+        ge=int(REPLAY_WINDOW.total_seconds()),
         description=(
             "How long per-message ledger rows (claims, send ledgers, statistics guards) are kept "
             "(see herald_kit's retention). A topic keeps a record 7 days, and up to 7 more until "

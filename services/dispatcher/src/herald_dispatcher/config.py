@@ -5,7 +5,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from herald_kit import ServiceSettings
+from herald_kit import REPLAY_WINDOW, ServiceSettings
 from herald_kit.contact_policy import ContactPolicySettings
 
 
@@ -62,7 +62,7 @@ class Settings(ServiceSettings, ContactPolicySettings):
     )
     decision_retention_seconds: int = Field(
         default=90 * 86_400,
-        ge=15 * 86_400,
+        ge=int(REPLAY_WINDOW.total_seconds()),
         description=(
             "How long decisions are kept for the explain API; at least as long as the ledger's "
             "rows, since a claim whose decision is gone is decided again."

@@ -5,7 +5,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from herald_kit import ServiceSettings
+from herald_kit import REPLAY_WINDOW, ServiceSettings
 
 
 class Settings(ServiceSettings):
@@ -30,7 +30,7 @@ class Settings(ServiceSettings):
         "The data must carry case_id; other top-level scalars become case attributes.",
     )
     dedupe_retention_seconds: int = Field(
-        default=15 * 24 * 3600,
+        default=int(REPLAY_WINDOW.total_seconds()),
         ge=60,
         description=(
             "How long a seen (source, id) is remembered: at least as long as the topic can hold "

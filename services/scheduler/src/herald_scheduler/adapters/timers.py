@@ -21,7 +21,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, InsertBatcher, insert_if_absent
+from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -39,6 +39,7 @@ class TimerRepository:
         """Due rows by time; cancellation by key."""
         await self.timers.create_index([("state", ASCENDING), ("due_at", ASCENDING)])
         await self.timers.create_index([("key", ASCENDING)])
+        await self.keys.create_index([("due", ASCENDING)])
 
     async def schedule(
         self,
@@ -71,7 +72,7 @@ class TimerRepository:
             row["reply"] = reply
         # The key first: a crash in between leaves a key naming no row, never a row that a
         # cancel cannot find.
-        await self._index_key(key, timer_id)
+        await self._index_key(key, timer_id, due_at)
         return await insert_if_absent(self.timers, row)
 
     async def index_pending_keys(self) -> int:
@@ -80,16 +81,21 @@ class TimerRepository:
         so a restart reads nothing; a crash midway repeats it, harmlessly."""
         if await self.migrations.find_one({"_id": "timer_keys"}) is not None:
             return 0
-        rows = [r async for r in self.timers.find({"state": "pending"}, {"key": 1})]
-        await asyncio.gather(*(self._index_key(r["key"], r["_id"]) for r in rows if "key" in r))
+        rows = [r async for r in self.timers.find({"state": "pending"}, {"key": 1, "due_at": 1})]
+        await asyncio.gather(
+            *(self._index_key(r["key"], r["_id"], r["due_at"]) for r in rows if "key" in r)
+        )
         await insert_if_absent(self.migrations, {"_id": "timer_keys"})
         return len(rows)
 
-    async def _index_key(self, key: str, timer_id: str) -> None:
+    async def _index_key(self, key: str, timer_id: str, due_at: datetime) -> None:
         # Most keys name one timer: an insert (batched); a further timer under it, an update.
-        if await self._new_keys.insert({"_id": key, "ids": [timer_id]}):
+        # `due` is the latest due time of its timers: the row goes with them (see sweep).
+        if await self._new_keys.insert({"_id": key, "ids": [timer_id], "due": due_at}):
             return
-        await self.keys.update_one({"_id": key}, {"$addToSet": {"ids": timer_id}})
+        await self.keys.update_one(
+            {"_id": key}, {"$addToSet": {"ids": timer_id}, "$max": {"due": due_at}}
+        )
 
     async def cancel(self, key: str, *, now: datetime) -> int:
         """Cancel every pending timer under a key; how many were cancelled."""
@@ -204,11 +210,19 @@ class TimerRepository:
         return False
 
     async def sweep(self, *, before: datetime) -> int:
-        """Delete rows settled before a time (no TTL indexes on FerretDB v1); how many."""
-        result = await self.timers.delete_many(
-            {"state": {"$in": ["fired", "expired", "cancelled"]}, "due_at": {"$lt": before}}
-        )
-        return result.deleted_count
+        """Delete settled rows due before a time (no TTL indexes on FerretDB v1); how many.
+
+        A batch of ids at a time, deleted by `_id`: a delete by state and date would hold this
+        busy collection (every SMS schedules an escalation timer) while FerretDB reads all of it.
+        """
+        settled = {"state": {"$in": ["fired", "expired", "cancelled"]}}
+        forgotten = await forget_before(self.timers, before, field="due_at", where=settled)
+        # A key goes with its latest timer (keys written before `due` are kept), unless a timer
+        # that old is still pending (a scheduler stopped that long): its cancel needs the key.
+        overdue = await self.timers.find_one({"state": "pending", "due_at": {"$lt": before}})
+        if overdue is None:
+            await forget_before(self.keys, before, field="due")
+        return forgotten
 
     async def due_count(self, *, now: datetime) -> int:
         """Timers due but not fired (an SLI)."""

@@ -19,7 +19,7 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_kit import EventProducer, PermanentError, cancel_and_wait, decode
+from herald_kit import REPLAY_WINDOW, EventProducer, PermanentError, cancel_and_wait, decode
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
@@ -47,7 +47,7 @@ class TimerService:
         *,
         poll_seconds: float,
         lease_seconds: float,
-        retention: timedelta = timedelta(days=8),
+        retention: timedelta = REPLAY_WINDOW,
     ) -> None:
         self.retention = retention
         self.timers = timers
@@ -103,8 +103,8 @@ class TimerService:
             try:
                 fired = await self.fire_due()
                 if loop.time() >= housekeeping:
-                    # Every minute: the due-but-unfired gauge, and settled rows past the topics'
-                    # retention (a replay older than that cannot arrive) are swept.
+                    # Every minute: the due-but-unfired gauge, and settled rows are swept once
+                    # no record can ask for them again (a timer is requested before it is due).
                     housekeeping = loop.time() + 60
                     now = utc_now()
                     TIMERS_DUE.set(await self.timers.due_count(now=now))
