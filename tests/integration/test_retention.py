@@ -106,6 +106,35 @@ async def test_decisions_are_forgotten_after_their_own_longer_retention(
     assert await _indexed_by_at(decisions)
 
 
+async def test_idempotency_keys_are_replayed_for_a_day_then_forgotten(
+    infra: dict[str, str], namespace: str, mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    from herald_preferences.app import create_app
+    from herald_preferences.config import Settings as PreferencesSettings
+
+    database = db_name("preferences")
+    settings = PreferencesSettings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=database,
+        topic_namespace=namespace,
+        retention_interval_seconds=0.2,
+    )
+    # Each holds the response written back, the contact with its phone number among it.
+    keys = mongo[database]["idempotency"]
+    now = utc_now()
+    await keys.insert_many(
+        [
+            {"_id": "ops:yesterday", "state": "done", "at": now - timedelta(hours=25)},
+            {"_id": "ops:this-morning", "state": "done", "at": now - timedelta(hours=23)},
+        ]
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await eventually(lambda: _gone(keys, "ops:yesterday"), within=20)
+    assert await _ids(keys) == ["ops:this-morning"]
+
+
 async def _gone(rows: Any, key: str) -> bool:
     return await rows.find_one({"_id": key}) is None
 

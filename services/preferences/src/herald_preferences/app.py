@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
@@ -20,6 +22,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the preferences app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "preferences")
+    # A key's response (the contact as written) is replayed for a day, as payment APIs do, then
+    # forgotten rather than kept for ever (docs/operations.md#data-retention).
+    runtime.forget_old(
+        "idempotency", keep=timedelta(seconds=settings.idempotency_retention_seconds)
+    )
     app = build_app(
         settings,
         runtime,

@@ -27,6 +27,14 @@ class Settings(ServiceSettings):
         gt=0,
         description="A pending Idempotency-Key claim older than this is taken over.",
     )
+    idempotency_retention_seconds: int = Field(
+        default=86_400,
+        ge=3_600,
+        description=(
+            "How long an Idempotency-Key's response is kept to replay (it holds the contact as "
+            "written); a retry later than that runs as a new request."
+        ),
+    )
     import_max_rows: int = Field(default=10_000, ge=1, description="Rows per bulk import request.")
     pseudonym_secret: SecretStr = Field(
         default=SecretStr(""),
