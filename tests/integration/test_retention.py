@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from herald_contracts import utc_now
@@ -146,7 +147,9 @@ async def test_forgetting_goes_a_batch_at_a_time_until_nothing_old_is_left(
     rows = mongo[db_name("dispatcher")]["attempts"]
     await rows.insert_many([{"_id": f"old-{i}", "at": now - 40 * DAY} for i in range(7)])
     await rows.insert_many([{"_id": f"new-{i}", "at": now} for i in range(2)])
+    counted = _forgotten("attempts")
     assert await forget_before(rows, now - 30 * DAY, batch=3) == 7
+    assert _forgotten("attempts") - counted == 7  # herald_rows_forgotten_total, for the SRE
     assert await _ids(rows) == ["new-0", "new-1"]
 
 
@@ -192,6 +195,11 @@ async def test_settled_timers_and_their_keys_go_after_the_replay_window(
     assert await timers.sweep(before=now - REPLAY_WINDOW) == 1
     assert await _ids(db["timer_keys"]) == ["late", "twice"]
     assert await timers.cancel("late", now=now) == 1
+
+
+def _forgotten(collection: str) -> float:
+    labels = {"collection": collection}
+    return REGISTRY.get_sample_value("herald_rows_forgotten_total", labels) or 0.0
 
 
 async def _ids(rows: Any) -> list[str]:

@@ -40,6 +40,17 @@ DB_COMMAND_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 UP = Gauge("herald_service_ready", "1 when the service's dependencies are reachable.", ["service"])
+BACKGROUND_RUNS = Counter(
+    "herald_background_runs_total",
+    "Runs of a periodic background task (the retention sweep, ingest's dedupe sweeper), by task "
+    "and outcome (ok, failed).",
+    ["task", "outcome"],
+)
+ROWS_FORGOTTEN = Counter(
+    "herald_rows_forgotten_total",
+    "Rows deleted once past their retention, by collection.",
+    ["collection"],
+)
 
 # Senders talking to an outside provider (Twilio, an SMTP relay). `sender` is the service name:
 # never a phone number or any other identity of a customer or of ours.

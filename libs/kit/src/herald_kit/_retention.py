@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import utc_now
 from herald_kit._kafka import cancel_and_wait
+from herald_kit._metrics import BACKGROUND_RUNS, ROWS_FORGOTTEN
 from herald_kit._mongo import Doc
 
 log = logging.getLogger("herald.retention")
@@ -49,6 +50,7 @@ async def forget_before(
             return forgotten
         result = await rows.delete_many({"_id": {"$in": ids}})
         forgotten += int(result.deleted_count)
+        ROWS_FORGOTTEN.labels(rows.name).inc(result.deleted_count)
         if len(ids) < batch:
             return forgotten
 
@@ -97,9 +99,12 @@ class Every:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                BACKGROUND_RUNS.labels(self.name, "failed").inc()
                 log.exception(
                     "background run failed; the next one retries", extra={"task": self.name}
                 )
+            else:
+                BACKGROUND_RUNS.labels(self.name, "ok").inc()
 
 
 class Retention:
