@@ -32,6 +32,20 @@ PER_MESSAGE = {
 FAKE_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "not-a-secret"}
 
 
+def _sweeping_often(
+    settings_type: Any, infra: dict[str, str], namespace: str, database: str, **extra: Any
+) -> Any:
+    """A service's settings on the test stack, sweeping old rows every 0.2 s."""
+    return settings_type(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=database,
+        topic_namespace=namespace,
+        retention_interval_seconds=0.2,
+        **extra,
+    )
+
+
 @pytest.mark.parametrize("package", sorted(PER_MESSAGE))
 async def test_a_service_forgets_rows_past_the_ledger_retention_and_keeps_the_rest(
     package: str,
@@ -43,13 +57,9 @@ async def test_a_service_forgets_rows_past_the_ledger_retention_and_keeps_the_re
     config = importlib.import_module(f"{package}.config")
     app_module = importlib.import_module(f"{package}.app")
     database = db_name(package)
-    settings = config.Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        retention_interval_seconds=0.2,
-        **(FAKE_TWILIO if package in ("herald_sms_sender", "herald_voice_sender") else {}),
+    twilio = package in ("herald_sms_sender", "herald_voice_sender")
+    settings = _sweeping_often(
+        config.Settings, infra, namespace, database, **(FAKE_TWILIO if twilio else {})
     )
     db = mongo[database]
     now = utc_now()
@@ -89,13 +99,7 @@ async def test_decisions_are_forgotten_after_their_own_longer_retention(
 
     database = db_name("dispatcher")
     now = datetime(2026, 12, 7, 12, tzinfo=UTC)
-    settings = DispatcherSettings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        retention_interval_seconds=0.2,
-    )
+    settings = _sweeping_often(DispatcherSettings, infra, namespace, database)
     decisions = mongo[database]["decisions"]
     await decisions.insert_many(
         [{"_id": "quarter", "at": now - 91 * DAY}, {"_id": "month", "at": now - 31 * DAY}]
@@ -114,13 +118,7 @@ async def test_idempotency_keys_are_replayed_for_a_day_then_forgotten(
     from herald_preferences.config import Settings as PreferencesSettings
 
     database = db_name("preferences")
-    settings = PreferencesSettings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        retention_interval_seconds=0.2,
-    )
+    settings = _sweeping_often(PreferencesSettings, infra, namespace, database)
     # Each holds the response written back, the contact with its phone number among it.
     keys = mongo[database]["idempotency"]
     now = utc_now()
