@@ -42,8 +42,8 @@ DB_COMMAND_SECONDS = Histogram(
 UP = Gauge("herald_service_ready", "1 when the service's dependencies are reachable.", ["service"])
 BACKGROUND_RUNS = Counter(
     "herald_background_runs_total",
-    "Runs of a periodic background task (the retention sweep, ingest's dedupe sweeper), by task "
-    "and outcome (ok, failed).",
+    "Runs of a periodic background task (the retention sweep, ingest's dedupe sweeper, the "
+    "preferences republisher), by task and outcome (ok, failed).",
     ["task", "outcome"],
 )
 ROWS_FORGOTTEN = Counter(

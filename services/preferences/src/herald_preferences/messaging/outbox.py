@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
 from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
-from herald_kit import Doc, EventProducer, cancel_and_wait, encode
+from herald_kit import Doc, EventProducer, Every, encode
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.ledger import entry_id
 from herald_preferences.domain.service import snapshot
@@ -34,7 +34,7 @@ class Outbox:
     def __init__(self, repo: ContactRepository, producer: EventProducer) -> None:
         self.repo = repo
         self.producer = producer
-        self._task: asyncio.Task[None] | None = None
+        self._republisher: Every | None = None
 
     async def intend(self, customer_id: str) -> int:
         """Leave a flush marker before writing; returns the claim to pass to flush."""
@@ -134,18 +134,14 @@ class Outbox:
         return ok
 
     def start(self, *, interval: float) -> None:
-        """Run the republisher in the background."""
-        self._task = asyncio.create_task(self._loop(interval), name="preferences:republisher")
+        """Run the republisher in the background. A failed run, whatever the error, is logged
+        and counted (`herald_background_runs_total`, HeraldBackgroundTaskFailing) and the next
+        one retries: a republisher that stopped would leave a STOP unpublished."""
+        self._republisher = Every(self.republish_once, interval, name="preferences-republisher")
+        self._republisher.start()
 
     async def stop(self) -> None:
         """Stop the republisher."""
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-
-    async def _loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.republish_once()
-            except PASSING as exc:
-                log.warning("republish failed, will retry", extra={"error": type(exc).__name__})
+        republisher, self._republisher = self._republisher, None
+        if republisher is not None:
+            await republisher.stop()
