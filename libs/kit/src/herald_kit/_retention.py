@@ -25,6 +25,8 @@ from herald_kit._metrics import BACKGROUND_RUNS, ROWS_FORGOTTEN
 from herald_kit._mongo import Doc
 
 log = logging.getLogger("herald.retention")
+# Every runs more than retention (the preferences republisher too): its failures log as such.
+background_log = logging.getLogger("herald.background")
 
 
 async def forget_before(
@@ -100,7 +102,7 @@ class Every:
                 raise
             except Exception:
                 BACKGROUND_RUNS.labels(self.name, "failed").inc()
-                log.exception(
+                background_log.exception(
                     "background run failed; the next one retries", extra={"task": self.name}
                 )
             else:
