@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -38,6 +41,58 @@ def infra() -> dict[str, str]:
             "run the suite through `make test`, which starts them."
         )
     return {"kafka": KAFKA, "mongo": MONGO}
+
+
+# How long before pytest-timeout ends a hung test its asyncio tasks are printed: pytest-timeout
+# prints the threads' stacks only, and a hung async test waits in the event loop's select.
+HANG_REPORT_LEAD_SECONDS = 10.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every async test the hang report."""
+    for item in items:
+        if item.get_closest_marker("asyncio") is not None and isinstance(item, pytest.Function):
+            item.fixturenames.append("_hang_report")
+
+
+@pytest.fixture
+async def _hang_report(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Shortly before the test's timeout, print every task's await chain to stderr."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = (
+        float(marker.args[0])
+        if marker and marker.args
+        else float(request.config.getini("timeout") or 0)
+    )
+    if timeout <= HANG_REPORT_LEAD_SECONDS:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(timeout - HANG_REPORT_LEAD_SECONDS, _print_tasks, request.node.nodeid)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+def _await_chain(task: asyncio.Task[Any]) -> Iterator[FrameType]:
+    """The frames a task is suspended in, outermost first (Task.get_stack gives only the first)."""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            yield frame
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+
+
+def _print_tasks(nodeid: str) -> None:
+    out = sys.stderr
+    print(f"\n+++ {nodeid}: still running; where each asyncio task waits +++", file=out)
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=out)
+        for frame in _await_chain(task):
+            code = frame.f_code
+            print(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}", file=out)
 
 
 @pytest.fixture
