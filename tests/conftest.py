@@ -102,7 +102,7 @@ async def namespace(infra: dict[str, str]) -> AsyncIterator[str]:
 
     Deleted because the test broker holds every partition it has in its heap (about 24 KB
     each, measured): the suite's 200 namespaces of 48 partitions would leave some 230 MB of
-    the broker's 512 MB heap taken by the end of the run, with long collections to match.
+    the broker's 512 MB heap taken by the end of the run.
     """
     ns = f"t{uuid.uuid4().hex[:10]}."
     await ensure_topics(infra["kafka"], namespace=ns, partitions=2)
