@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import pytest_timeout
 from pymongo import AsyncMongoClient
 
 from herald_kit import delete_namespace, ensure_topics
@@ -58,12 +59,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 async def _hang_report(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Shortly before the test's timeout, print every task's await chain to stderr."""
-    marker = request.node.get_closest_marker("timeout")
-    timeout = (
-        float(marker.args[0])
-        if marker and marker.args
-        else float(request.config.getini("timeout") or 0)
-    )
+    # pytest-timeout's own reading of the marker, --timeout, PYTEST_TIMEOUT and the ini.
+    timeout = float(pytest_timeout._get_item_settings(request.node).timeout or 0)
     if timeout <= HANG_REPORT_LEAD_SECONDS:
         yield
         return
