@@ -105,6 +105,8 @@ async def namespace(infra: dict[str, str]) -> AsyncIterator[str]:
     await ensure_topics(infra["kafka"], namespace=ns, partitions=2)
     yield ns
     await delete_namespace(infra["kafka"], ns)
+    # A stack started in this namespace names its databases after it (`db_suffix`).
+    await _drop_databases(infra["mongo"], suffix="_" + ns.strip("."))
 
 
 @pytest.fixture
@@ -116,10 +118,23 @@ async def mongo(infra: dict[str, str]) -> AsyncIterator[AsyncMongoClient[dict[st
 
 
 @pytest.fixture
-def db_name() -> Callable[[str], str]:
-    """Unique database names per test."""
+async def db_name(infra: dict[str, str]) -> AsyncIterator[Callable[[str], str]]:
+    """Unique database names per test, each dropped after it."""
     suffix = uuid.uuid4().hex[:10]
-    return lambda service: f"t_{service}_{suffix}"
+    yield lambda service: f"t_{service}_{suffix}"
+    await _drop_databases(infra["mongo"], suffix=f"_{suffix}")
+
+
+async def _drop_databases(uri: str, *, suffix: str) -> None:
+    """Drop the databases a test made. FerretDB on SQLite keeps a file and a connection pool
+    open for every database it has, and the suite makes some 250 of them."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    try:
+        for name in await client.list_database_names():
+            if name.endswith(suffix):
+                await client.drop_database(name)
+    finally:
+        await client.close()
 
 
 CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
