@@ -124,20 +124,48 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def infrastructure_pids() -> dict[str, int]:
-    """The broker and the database `scripts/bench.sh` started, found by their command lines."""
+    """The broker and the database `scripts/bench.sh` started, from the pid files that
+    deploy/local writes under `HERALD_RUN` (another Kafka or FerretDB on the machine, a test
+    run's say, has a command line just like theirs)."""
+    root = Path(__file__).resolve().parents[2]
+    run = Path(os.environ.get("HERALD_RUN") or root / ".cache" / "run")
     found: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for name in ("kafka", "ferretdb"):
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+            found[name] = int((run / f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
             continue
-        if b"kafka.Kafka" in cmdline:
-            found["kafka"] = int(entry.name)
-        elif b"--handler=sqlite" in cmdline:
-            found["ferretdb"] = int(entry.name)
     return found
+
+
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """Every process's command name and CPU seconds so far."""
+    seen: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            seen[int(entry.name)] = (name, _cpu_seconds(int(entry.name)))
+    return seen
+
+
+async def other_load(seconds: float = 2.0) -> tuple[float, list[tuple[str, float]]]:
+    """CPU used over `seconds` by processes other than this one and the benchmark's broker and
+    database, in % of one core, and the busiest of them: a test run or a build left beside a
+    benchmark takes cores from it, and one core busy of two need not slow the reference loop."""
+    ours = {os.getpid(), *infrastructure_pids().values()}
+    before = _process_cpu()
+    await asyncio.sleep(seconds)
+    after = _process_cpu()
+    used = [
+        (name, 100 * (cpu - before[pid][1]) / seconds)
+        for pid, (name, cpu) in after.items()
+        if pid in before and pid not in ours
+    ]
+    used = sorted((u for u in used if u[1] > 0), key=lambda u: -u[1])
+    return sum(share for _, share in used), used[:3]
 
 
 def _machine_jiffies() -> tuple[int, int]:

@@ -5,7 +5,8 @@ table and written as JSON with the command that produced them. Nothing here asse
 Each benchmark starts after the page cache's dirty pages are on disk (`settle`): the broker
 writes gigabytes in some of them, and their write-back would otherwise fall into the next one.
 Before each benchmark and after the last, the `machine` rows give a fixed pure-Python loop's
-time (benchlib.reference_loop): how fast the machine was then, to compare runs by.
+time (benchlib.reference_loop): how fast the machine was then, to compare runs by; and the CPU
+that other processes took then (benchlib.other_load), which the loop, on one core of two, can miss.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import BenchEnv, Figure, reference_loop, settle  # noqa: E402
+from benchlib import BenchEnv, Figure, other_load, reference_loop, settle  # noqa: E402
 from herald_kit import tune_gc  # noqa: E402
 
 
@@ -49,6 +50,20 @@ def _machine_speed(when: str) -> Figure:
     )
 
 
+async def _other_load(when: str) -> Figure:
+    """The CPU other processes took just now (see benchlib.other_load), as a figure."""
+    share, busiest = await other_load()
+    top = ", ".join(f"{name} {used:.1f}%" for name, used in busiest) or "none"
+    return Figure(
+        "machine",
+        f"other processes' CPU {when}",
+        share,
+        "% of a core",
+        f"over 2 s, besides the benchmark's broker and database; busiest: {top}. Near 0 on an "
+        "otherwise idle machine: more means something else shares the cores",
+    )
+
+
 async def _main(only: list[str], scale: float) -> list[Figure]:
     env = BenchEnv.from_environment(scale=scale)
     figures: list[Figure] = []
@@ -60,8 +75,10 @@ async def _main(only: list[str], scale: float) -> list[Figure]:
         print(f"== {path.stem}", flush=True)
         await settle()
         speed = _machine_speed(f"before {path.stem}")
-        print(f"   {speed.row()}", flush=True)
-        figures.append(speed)
+        load = await _other_load(f"before {path.stem}")
+        for fig in (speed, load):
+            print(f"   {fig.row()}", flush=True)
+            figures.append(fig)
         started = time.monotonic()
         try:
             got = await module.bench(env)
