@@ -113,14 +113,41 @@ def reference_loop(rounds: int = 7) -> tuple[float, float, float]:
     return statistics.median(took), min(took), max(took)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (0 when it is gone)."""
+# HotSpot's JIT compiler threads, as the kernel's 15-character comm cuts their names.
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU in a process's or a thread's stat file (0 when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
     # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (0 when it is gone)."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def threads_cpu_seconds(pid: int, names: tuple[str, ...]) -> float:
+    """CPU that a process's threads whose names start with one of `names` have used so far,
+    those that have ended aside (a JVM's compiler threads, say: part of its CPU is warming up)."""
+    total = 0.0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name.startswith(names):
+            total += _stat_cpu_seconds(task / "stat")
+    return total
 
 
 def infrastructure_pids() -> dict[str, int]:
@@ -201,16 +228,34 @@ class CpuMeter:
     a figure that holds across machines of different speed better than a rate does."""
 
     pids: dict[str, int]
+    # Named parts of a process's CPU, by its threads' names: (process, thread name prefixes).
+    # Already counted in the process's own figure; `parts_used` gives them apart.
+    parts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     _before: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
+    parts_used: dict[str, float] = field(default_factory=dict)
+
+    def _read(self) -> tuple[dict[str, float], dict[str, float]]:
+        whole = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        parts = {
+            part: threads_cpu_seconds(self.pids[owner], names)
+            for part, (owner, names) in self.parts.items()
+            if owner in self.pids
+        }
+        return whole, parts
 
     def start(self) -> None:
         """Take the first reading."""
-        self._before = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        whole, parts = self._read()
+        self._before = {**whole, **{f"part:{k}": v for k, v in parts.items()}}
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each process used since `start()`."""
-        self.used = {
-            name: _cpu_seconds(pid) - self._before.get(name, 0.0) for name, pid in self.pids.items()
+        whole, parts = self._read()
+        self.used = {name: cpu - self._before.get(name, 0.0) for name, cpu in whole.items()}
+        self.parts_used = {
+            # A thread that ended in between takes its CPU with it: never below 0.
+            part: max(cpu - self._before.get(f"part:{part}", 0.0), 0.0)
+            for part, cpu in parts.items()
         }
         return self.used

@@ -1,8 +1,9 @@
-"""The benchmark's reading of its machine: which broker and database are its own, and what
-else is taking the cores while it measures."""
+"""The benchmark's reading of its machine: which broker and database are its own, what else is
+taking the cores while it measures, and which of a process's threads took its CPU."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,26 @@ from bench import benchlib
 # A fixed loop under a name of its own (/proc/PID/comm), to be told from the test run's broker.
 NAME = "herald-busy"
 BUSY = [sys.executable, "-c", f"open('/proc/self/comm', 'w').write('{NAME}')\nwhile True: pass"]
+
+
+# A process with two threads: one busy under a compiler thread's name, one asleep under another.
+JIT_LIKE = [
+    sys.executable,
+    "-c",
+    """
+import threading, time
+def named(name, work):
+    def run():
+        open(f"/proc/self/task/{threading.get_native_id()}/comm", "w").write(name)
+        work()
+    threading.Thread(target=run, daemon=True).start()
+def spin():
+    while True: pass
+named("C2 CompilerThread0", spin)
+named("data-plane-kafka", lambda: time.sleep(3600))
+time.sleep(3600)
+""",
+]
 
 
 @pytest.fixture
@@ -47,3 +68,33 @@ async def test_the_benchmarks_own_broker_and_database_are_not_counted(
     _, busiest = await benchlib.other_load(seconds=1.0)
 
     assert NAME not in [name for name, _ in busiest]
+
+
+@pytest.fixture
+def compiling() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose CPU all goes into a thread named like HotSpot's C2 compiler."""
+    proc = subprocess.Popen(JIT_LIKE)  # noqa: S603 - this interpreter, fixed threads
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+async def test_a_brokers_jit_compiling_is_told_apart_from_its_other_threads(
+    compiling: subprocess.Popen[bytes],
+) -> None:
+    meter = benchlib.CpuMeter(
+        {"kafka": compiling.pid},
+        parts={
+            "JIT compiling": ("kafka", benchlib.JIT_THREADS),
+            "network": ("kafka", ("data-plane",)),
+        },
+    )
+    await asyncio.sleep(0.3)  # the threads have named themselves
+
+    meter.start()
+    await asyncio.sleep(1.0)
+    meter.stop()
+
+    assert meter.used["kafka"] >= 0.5
+    assert meter.parts_used["JIT compiling"] >= 0.8 * meter.used["kafka"]
+    assert meter.parts_used["network"] <= 0.05
