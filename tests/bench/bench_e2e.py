@@ -167,6 +167,12 @@ def cpu_meter(stack: Stack) -> CpuMeter:
     return CpuMeter(pids, parts={BROKER_JIT: ("kafka", JIT_THREADS)})
 
 
+def jit_share(meter: CpuMeter) -> float:
+    """The share (0..1) of the broker's CPU that went into its JIT compiler threads."""
+    kafka = meter.used.get("kafka", 0.0)
+    return meter.parts_used.get(BROKER_JIT, 0.0) / kafka if kafka else 0.0
+
+
 def jit_figure(label: str, meter: CpuMeter, delivered: int) -> list[Figure]:
     """The broker's CPU per SMS that went into its JIT compiler threads: a broker started for
     the benchmark is still compiling its code minutes after the warm-up, which a broker that
@@ -174,9 +180,10 @@ def jit_figure(label: str, meter: CpuMeter, delivered: int) -> list[Figure]:
     if BROKER_JIT not in meter.parts_used:
         return []
     ms = 1000 * meter.parts_used[BROKER_JIT] / max(delivered, 1)
-    kafka = meter.used.get("kafka", 0.0)
-    share = 100 * meter.parts_used[BROKER_JIT] / kafka if kafka else 0.0
-    note = f"{share:.0f}% of kafka's CPU over the phase, in HotSpot's C1 and C2 compiler threads"
+    note = (
+        f"{jit_share(meter):.0%} of kafka's CPU over the phase, in HotSpot's C1 and C2 compiler "
+        "threads"
+    )
     return [Figure("e2e", f"{label} CPU per SMS, of kafka's: {BROKER_JIT}", ms, "ms", note)]
 
 
@@ -362,8 +369,7 @@ async def warm_up(stack: Stack, scenario: Scenario, first: int, round_: int) -> 
         await arrivals(scenario, warm, within=300)
         meter.stop()
         offered += round_
-        kafka = meter.used.get("kafka", 0.0)
-        share = meter.parts_used.get(BROKER_JIT, 0.0) / kafka if kafka else 0.0
+        share = jit_share(meter)
         if share < JIT_SETTLED:
             break
     return offered, share

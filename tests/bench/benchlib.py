@@ -232,6 +232,7 @@ class CpuMeter:
     # Already counted in the process's own figure; `parts_used` gives them apart.
     parts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     _before: dict[str, float] = field(default_factory=dict)
+    _parts_before: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
     parts_used: dict[str, float] = field(default_factory=dict)
 
@@ -246,8 +247,7 @@ class CpuMeter:
 
     def start(self) -> None:
         """Take the first reading."""
-        whole, parts = self._read()
-        self._before = {**whole, **{f"part:{k}": v for k, v in parts.items()}}
+        self._before, self._parts_before = self._read()
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each process used since `start()`."""
@@ -255,7 +255,7 @@ class CpuMeter:
         self.used = {name: cpu - self._before.get(name, 0.0) for name, cpu in whole.items()}
         self.parts_used = {
             # A thread that ended in between takes its CPU with it: never below 0.
-            part: max(cpu - self._before.get(f"part:{part}", 0.0), 0.0)
+            part: max(cpu - self._parts_before.get(part, 0.0), 0.0)
             for part, cpu in parts.items()
         }
         return self.used
