@@ -132,22 +132,29 @@ def _cpu_seconds(pid: int) -> float:
     return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
+def _named_cpu(directory: Path) -> dict[int, tuple[str, float]]:
+    """Each process (under /proc) or thread (under /proc/PID/task) there: its name (comm) and
+    the CPU seconds it has used so far; those gone meanwhile are left out."""
+    seen: dict[int, tuple[str, float]] = {}
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return seen
+    for entry in entries:
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            seen[int(entry.name)] = (name, _stat_cpu_seconds(entry / "stat"))
+    return seen
+
+
 def threads_cpu_seconds(pid: int, names: tuple[str, ...]) -> float:
     """CPU that a process's threads whose names start with one of `names` have used so far,
     those that have ended aside (a JVM's compiler threads, say: part of its CPU is warming up)."""
-    total = 0.0
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return 0.0
-    for task in tasks:
-        try:
-            name = (task / "comm").read_text().strip()
-        except OSError:
-            continue
-        if name.startswith(names):
-            total += _stat_cpu_seconds(task / "stat")
-    return total
+    threads = _named_cpu(Path(f"/proc/{pid}/task")).values()
+    return sum(cpu for name, cpu in threads if name.startswith(names))
 
 
 def infrastructure_pids() -> dict[str, int]:
@@ -165,27 +172,14 @@ def infrastructure_pids() -> dict[str, int]:
     return found
 
 
-def _process_cpu() -> dict[int, tuple[str, float]]:
-    """Every process's command name and CPU seconds so far."""
-    seen: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                name = (entry / "comm").read_text().strip()
-            except OSError:
-                continue
-            seen[int(entry.name)] = (name, _cpu_seconds(int(entry.name)))
-    return seen
-
-
 async def other_load(seconds: float = 2.0) -> tuple[float, list[tuple[str, float]]]:
     """CPU used over `seconds` by processes other than this one and the benchmark's broker and
     database, in % of one core, and the busiest of them: a test run or a build left beside a
     benchmark takes cores from it, and one core busy of two need not slow the reference loop."""
     ours = {os.getpid(), *infrastructure_pids().values()}
-    before = _process_cpu()
+    before = _named_cpu(Path("/proc"))
     await asyncio.sleep(seconds)
-    after = _process_cpu()
+    after = _named_cpu(Path("/proc"))
     used = [
         (name, 100 * (cpu - before[pid][1]) / seconds)
         for pid, (name, cpu) in after.items()

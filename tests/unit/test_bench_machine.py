@@ -37,13 +37,17 @@ time.sleep(3600)
 ]
 
 
-@pytest.fixture
-def busy() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that keeps one core busy until the test ends."""
-    proc = subprocess.Popen(BUSY)  # noqa: S603 - this interpreter, a fixed loop
+def _running(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(command)  # noqa: S603 - this interpreter, fixed code
     yield proc
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture
+def busy() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that keeps one core busy until the test ends."""
+    yield from _running(BUSY)
 
 
 async def test_a_process_busy_beside_the_benchmark_is_reported(
@@ -70,13 +74,14 @@ async def test_the_benchmarks_own_broker_and_database_are_not_counted(
     assert NAME not in [name for name, _ in busiest]
 
 
+def _thread_names(pid: int) -> set[str]:
+    return {(t / "comm").read_text().strip() for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
 @pytest.fixture
 def compiling() -> Iterator[subprocess.Popen[bytes]]:
     """A process whose CPU all goes into a thread named like HotSpot's C2 compiler."""
-    proc = subprocess.Popen(JIT_LIKE)  # noqa: S603 - this interpreter, fixed threads
-    yield proc
-    proc.kill()
-    proc.wait()
+    yield from _running(JIT_LIKE)
 
 
 async def test_a_brokers_jit_compiling_is_told_apart_from_its_other_threads(
@@ -89,7 +94,10 @@ async def test_a_brokers_jit_compiling_is_told_apart_from_its_other_threads(
             "network": ("kafka", ("data-plane",)),
         },
     )
-    await asyncio.sleep(0.3)  # the threads have named themselves
+    for _ in range(100):  # until both threads have named themselves (comm keeps 15 characters)
+        if {"C2 CompilerThre", "data-plane-kafk"} <= _thread_names(compiling.pid):
+            break
+        await asyncio.sleep(0.05)
 
     meter.start()
     await asyncio.sleep(1.0)
