@@ -258,6 +258,40 @@ async def test_5xx_is_a_hard_bounce_and_never_retried(
     assert await captured(sandbox, msg.to) == []
 
 
+async def test_a_5xx_about_the_message_fails_it_without_calling_the_address_bounced(
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    namespace: str,
+    infra: dict[str, str],
+) -> None:
+    """A relay that refuses the content (or a policy refusal at RCPT) says nothing about the
+    address: the message fails with the codes, and the reason is not a hard bounce, which
+    would stop email to that customer for good."""
+    sandbox, _ = sink
+    spam, denied = outbound(), outbound()
+    rules = [
+        {"recipient": spam.to, "code": 554, "stage": "data", "message": "5.7.1 Rejected as spam"},
+        {"recipient": denied.to, "code": 550, "message": f"5.7.1 <{denied.to}>: Relaying denied"},
+    ]
+    for rule in rules:
+        assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+    async with statuses, running(create_app(settings_for())):
+        await publish(producer, spam)
+        await publish(producer, denied)
+        for msg in (spam, denied):
+            await eventually(lambda msg=msg: statuses.statuses(msg.message_id))
+        await asyncio.sleep(0.3)
+        got = [statuses.statuses(msg.message_id) for msg in (spam, denied)]
+    assert [[(s.status, s.error_code, s.reason) for s in g] for g in got] == [
+        [("failed", "smtp-554", "relay refused the message: 554 5.7.1 at DATA")],
+        [("failed", "smtp-550", "relay refused the message: 550 5.7.1 at RCPT")],
+    ]
+    items = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
+    assert [r["hits"] for r in items] == [1, 1]  # permanent: never retried
+
+
 async def test_4xx_is_retried_then_delivered_once(
     sink: tuple[httpx.AsyncClient, int],
     settings_for: Callable[..., Settings],

@@ -537,7 +537,7 @@ async def test_hard_bounce_marks_the_address_and_bad_bytes_go_to_the_dlq(
                 DELIVERY_STATUS,
                 status("sms", "suppressed", None).model_copy(update={"channel": None}),
             ),
-            (DELIVERY_STATUS, status("sms", "undelivered", "30003")),
+            (DELIVERY_STATUS, status("sms", "undelivered", "30005")),
         ],
     )
     snap = await snapshots.until(

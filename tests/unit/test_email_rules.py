@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from herald_contracts import OutboundEmail
 from herald_devstack import Stack, StackConfig
+from herald_email_sender.adapters.smtp import RelayRefused
 from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import BuiltEmail, build_email, message_id_header
 from herald_kit import InvalidInput
@@ -186,3 +187,32 @@ def test_an_internationalised_domain_is_addressed_in_ascii_and_a_non_ascii_mailb
     with pytest.raises(InvalidInput) as info:
         build(outbound(to="ü@example.com"))
     assert info.value.field == "to"
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "stage", "bounce"),
+    [
+        (550, "5.1.1 <ada@example.com>: Recipient address rejected", "rcpt", True),
+        (550, "Mailbox unavailable", "rcpt", True),  # no enhanced code: the reply decides
+        (553, "5.1.3 Bad recipient address syntax", "rcpt", True),
+        (550, "5.2.1 Mailbox disabled", "rcpt", True),
+        (552, "5.2.2 Mailbox full", "rcpt", False),  # full, not gone
+        (554, "5.7.1 Relay access denied", "rcpt", False),  # the relay's policy, not the address
+        (550, "5.7.1 Relaying denied", "rcpt", False),
+        (553, "5.1.8 Sender address rejected", "mail", False),  # our sender
+        (530, "5.7.0 Authentication required", "mail", False),
+        (554, "5.7.1 Message rejected as spam", "data", False),
+        (552, "5.3.4 Message size exceeds fixed limit", "data", False),
+        (554, "5.1.1 no such user", "data", False),  # after DATA: not a recipient verdict
+        (554, "Service unavailable", "connect", False),
+        (450, "4.2.1 Mailbox busy", "rcpt", False),
+    ],
+)
+def test_only_a_recipient_refused_at_rcpt_is_a_hard_bounce(
+    code: int, message: str, stage: Any, bounce: bool
+) -> None:
+    refused = RelayRefused(code, message, stage=stage)
+    assert refused.bounce is bounce
+    assert refused.permanent is (code >= 500)
+    # The relay's words can quote the address; what statuses and logs carry never does.
+    assert "@" not in refused.detail and str(code) in refused.detail

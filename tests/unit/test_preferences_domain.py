@@ -128,7 +128,9 @@ def _status(
         (_status("email", "failed", "550"), "bounced"),
         (_status("email", "failed", "4.2.2"), None),
         (_status("email", "failed", None, "hard bounce: mailbox gone"), "bounced"),
-        (_status("sms", "undelivered", "30003"), "unreachable"),
+        (_status("email", "failed", "5.7.1"), None),  # a policy refusal, not the mailbox
+        (_status("email", "failed", "smtp-554", "relay refused the message: 554 at DATA"), None),
+        (_status("sms", "undelivered", "30003"), None),  # handset off: it comes back
         (_status("sms", "failed", "30005"), "unreachable"),
         (_status("sms", "undelivered", "30007"), None),  # carrier filtering: not the number
         (_status("voice", "failed", "13224"), "unreachable"),

@@ -211,11 +211,20 @@ class EmailSending:
                 if exc.slow_down:
                     self.breaker.failure()
                     self.pacer.hold(self.relay_id, self.settings.slow_down_seconds)
+                elif exc.permanent and not exc.bounce:
+                    # Refused for what we send or how (sender, authentication, content, policy):
+                    # the next message will likely meet the same, so it counts against the relay.
+                    self.breaker.failure()
                 else:
                     self.breaker.success()  # the relay is healthy; it judged this message
-                if exc.permanent:
+                if exc.bounce:
                     await self._fail(msg, exc.code, "hard-bounce")
                     log.info("hard bounce", extra={"code": exc.code})
+                    return
+                if exc.permanent:
+                    # Not the address's fault: the message fails, the address stays usable.
+                    await self._fail(msg, exc.code, f"relay refused the message: {exc.detail}")
+                    log.warning("relay refused the message", extra={"detail": exc.detail})
                     return
                 last = exc
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ from aiosmtplib import SMTPResponseException
 
 Security = Literal["none", "starttls", "tls"]
 Pace = Callable[[], Awaitable[None]]
+# Where in the transaction the relay answered: only a refusal at RCPT is about the recipient.
+Stage = Literal["connect", "mail", "rcpt", "data"]
+# RFC 3463 enhanced status codes that say the recipient's mailbox or domain is gone: bad
+# mailbox (5.1.1), bad system (5.1.2), bad syntax (5.1.3), moved (5.1.6), null MX (5.1.10),
+# disabled (5.2.1). 5.1.7 and 5.1.8 are about *our* sender address; 5.2.2 (mailbox full) passes.
+BOUNCE_STATUSES = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
+# Without an enhanced code, the RFC 5321 replies a relay gives for a recipient it will not take.
+BOUNCE_REPLIES = frozenset({550, 551, 553})
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +53,33 @@ class RelayError(Exception):
 class RelayRefused(RelayError):
     """The relay answered with an SMTP error code: 4xx temporary, 5xx permanent."""
 
-    def __init__(self, smtp_code: int, detail: str) -> None:
-        super().__init__(detail, code=f"smtp-{smtp_code}")
+    def __init__(self, smtp_code: int, message: str, *, stage: Stage) -> None:
+        found = _ENHANCED.match(message)
+        self.enhanced = found.group(1) if found else None
+        # The relay's own words often quote the recipient's address: the detail, which
+        # statuses and logs carry, keeps only the codes and the stage.
+        status = f" {self.enhanced}" if self.enhanced else ""
+        super().__init__(f"{smtp_code}{status} at {stage.upper()}", code=f"smtp-{smtp_code}")
         self.smtp_code = smtp_code
+        self.stage = stage
 
     @property
     def permanent(self) -> bool:
-        """5xx: this message will never be accepted (a hard bounce)."""
+        """5xx: this message will never be accepted as it is."""
         return self.smtp_code >= 500
+
+    @property
+    def bounce(self) -> bool:
+        """A hard bounce: the recipient's address no longer works. Only a permanent refusal of
+        the recipient at RCPT, naming its mailbox or domain: a 5xx at connect, MAIL or DATA
+        (our sender refused, authentication required, content or size rejected) or a policy
+        refusal at RCPT (5.7.x, relaying denied) says nothing about the address, and counting
+        it would stop email for every customer a misconfigured relay saw."""
+        if not self.permanent or self.stage != "rcpt":
+            return False
+        if self.enhanced is not None:
+            return self.enhanced in BOUNCE_STATUSES
+        return self.smtp_code in BOUNCE_REPLIES
 
     @property
     def slow_down(self) -> bool:
@@ -161,9 +190,9 @@ class SmtpRelay:
         except aiosmtplib.SMTPAuthenticationError as exc:
             if exc.code >= 500:
                 raise RelayAuthFailed(exc.code, exc.message) from exc
-            raise RelayRefused(exc.code, f"authentication: {exc.message}") from exc
+            raise RelayRefused(exc.code, exc.message, stage="connect") from exc
         except SMTPResponseException as exc:
-            raise RelayRefused(exc.code, f"connect refused: {exc.message}") from exc
+            raise RelayRefused(exc.code, exc.message, stage="connect") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             untrusted = _cert_error(exc)
             if untrusted is not None:
@@ -206,17 +235,19 @@ class SmtpRelay:
     async def _transaction(
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
     ) -> Accepted:
+        stage: Stage = "mail"
         try:
             await client.mail(sender)
+            stage = "rcpt"
             await client.rcpt(recipient)
         except SMTPResponseException as exc:
-            raise RelayRefused(exc.code, exc.message) from exc
+            raise RelayRefused(exc.code, exc.message, stage=stage) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise RelayUnavailable(f"lost the relay before DATA: {type(exc).__name__}") from exc
         try:
             reply = await client.data(data)
         except SMTPResponseException as exc:
-            raise RelayRefused(exc.code, exc.message) from exc
+            raise RelayRefused(exc.code, exc.message, stage="data") from exc
         except TimeoutError as exc:  # aiosmtplib's SMTPTimeoutError is one too
             raise RelayAmbiguous(
                 f"no answer to DATA within {self._timeout:g} s: the relay may have the message"
