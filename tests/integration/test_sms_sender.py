@@ -436,6 +436,40 @@ async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFacto
     assert [i["body"] for i in await env.sms_to(phone)] == [first.body, third.body]
 
 
+async def test_a_stop_from_a_number_we_hold_no_send_for_reaches_every_customer_at_it(
+    env_factory: EnvFactory,
+) -> None:
+    """A STOP whose send row is gone (rows last 30 days), or from a number never messaged,
+    names no customer when it arrives. The sender still refuses the number, and each refusal
+    tells preferences that this customer's SMS consent is withdrawn, so the number's opt-out
+    reaches every customer who shares it, and their contact escalates to the next channel."""
+    env: Env = await env_factory()
+    assert (await env.behaviour(enforce_opt_out=False))["enforce_opt_out"] is False
+    phone = unique_phone()
+    r = await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/inbound-sms",
+        json={"from": phone, "to": "+15005550006", "body": "Opt-out"},  # a STOP word, spelled so
+    )
+    assert r.json()["status"] == 200
+    await asyncio.sleep(0.5)
+    assert env.replies.where(intent="stop") == []  # no customer to name yet
+
+    first, second = (outbound_sms(phone, customer_id=c) for c in ("cust-home-1", "cust-home-2"))
+    for msg in (first, second):
+        await env.publish(msg)
+        failed = await eventually(lambda m=msg: env.statuses.where(message_id=m.message_id))
+        assert [(s.status, s.error_code) for s in failed] == [("failed", "21610")]
+    await eventually(lambda: len(env.replies.where(intent="stop")) == 2)
+    replies = env.replies.where(intent="stop")
+    assert sorted((x.customer_id, x.channel) for x in replies) == [
+        ("cust-home-1", "sms"),
+        ("cust-home-2", "sms"),
+    ]
+    # Not an answer to the refused message: its request must still escalate.
+    assert all(x.message_id is None and x.case_id is None for x in replies)
+    assert await env.sms_to(phone) == []
+
+
 async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     env: Env = await env_factory(brand="Acme Energy", help_contact="0800 123 456")
     phone = unique_phone()

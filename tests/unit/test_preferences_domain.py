@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herald_contracts import DeliveryStatus
+from herald_contracts import DeliveryStatus, keyword
 from herald_kit import InvalidInput
 from herald_preferences.api.contacts import merge_patch
 from herald_preferences.api.i18n import pick_locale
 from herald_preferences.domain.bounces import address_status
 from herald_preferences.domain.centre import contact_from_form
-from herald_preferences.domain.keywords import keyword
 from herald_preferences.domain.ledger import ALL_TOPICS, Change, diff, entries_for, fold
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -96,7 +95,12 @@ def test_diff_records_only_what_changes_and_leaves_unnamed_consent_alone() -> No
         ("START", "start"),
         ("unstop", "start"),
         ("please stop calling me at night", None),
-        ("yes", None),
+        ("yes", "start"),
+        ("OPT-IN", "start"),
+        ("Opt out", "stop"),
+        ("stop all", "stop"),
+        ("取消订阅。", "stop"),
+        ("help", "help"),
         ("", None),
         (None, None),
     ],

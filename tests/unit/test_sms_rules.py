@@ -26,6 +26,16 @@ from herald_sms_sender.domain.keywords import interpret, number_key
         ("１", "confirm"),  # fullwidth digit from an East Asian keyboard  # noqa: RUF001
         ("2", "reschedule"),
         ("3", "callback"),
+        ("Opt out", "stop"),
+        ("Opt-out", "stop"),
+        ("STOP ALL", "stop"),
+        ("取消", "stop"),
+        ("退出", "stop"),
+        ("STOP。", "stop"),
+        ("ＳＴＯＰ！", "stop"),  # noqa: RUF001 - fullwidth letters and mark
+        ("yes", "start"),
+        ("opt-in", "start"),
+        ("info", "help"),
         ("stop sending me these please", "other"),
         ("", "other"),
     ],
@@ -37,6 +47,14 @@ def test_keywords(text: str, intent: str) -> None:
 def test_reply_codes_are_configurable() -> None:
     assert interpret("4", {"4": "confirm"}) == "confirm"
     assert interpret("1", {"4": "confirm"}) == "other"
+
+
+def test_a_configured_code_answers_the_campaign_but_never_outranks_stop() -> None:
+    codes = {"yes": "confirm", "Call me": "callback", "STOP": "confirm"}
+    assert interpret("YES", codes) == "confirm"  # not the opt-in word YES
+    assert interpret(" yes! ", codes) == "confirm"
+    assert interpret("call-me", codes) == "callback"
+    assert interpret("stop", codes) == "stop"  # an opt-out is an opt-out, whatever the campaign
 
 
 def test_number_key_is_stable_and_not_the_number() -> None:

@@ -29,6 +29,7 @@ from herald_contracts._events import (
     TimerRequest,
     utc_now,
 )
+from herald_contracts._keywords import Keyword, keyword, normalise_keyword
 from herald_contracts._registry import (
     ALL_EVENT_TYPES,
     BY_TYPE,
@@ -83,6 +84,7 @@ __all__ = [
     "EventRef",
     "EventType",
     "Intent",
+    "Keyword",
     "MessageTemplate",
     "OutboundEmail",
     "OutboundSms",
@@ -94,5 +96,7 @@ __all__ = [
     "Topic",
     "Topics",
     "dlq_topic",
+    "keyword",
+    "normalise_keyword",
     "utc_now",
 ]

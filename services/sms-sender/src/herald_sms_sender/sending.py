@@ -9,7 +9,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from herald_contracts import DeliveryState, OutboundSms, utc_now
+from herald_contracts import (
+    ENGAGEMENT_REPLY,
+    DeliveryState,
+    EngagementReply,
+    OutboundSms,
+    utc_now,
+)
 from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
@@ -29,6 +35,8 @@ from herald_twilio import (
 )
 
 log = logging.getLogger("herald.sms")
+# Twilio's "attempt to send to unsubscribed recipient": the number texted STOP.
+OPTED_OUT = "21610"
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,31 @@ class SmsSending:
 
     async def fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         """Record and report a final failure."""
+        if code == OPTED_OUT:
+            await self._withdrawn(ref)
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish(ref, "failed", error_code=code, reason=reason)
+
+    async def _withdrawn(self, ref: dict[str, Any]) -> None:
+        """The number opted out (it texted STOP to us, or the provider refused it as opted
+        out): tell preferences that this customer's SMS consent is withdrawn.
+
+        The STOP itself reaches preferences only for the customer last messaged at the number,
+        and only while that send row lasts; a STOP sent later than that, or a number that two
+        customers share, is known here first, when a send is refused. Published before the
+        failure is recorded, so a crash in between repeats it (under the same event id). No
+        message or case is named: the customer did not answer this message, and its
+        escalation to the next channel must go on."""
+        reply = EngagementReply(
+            reply_id=f"sms-opted-out-{ref['message_id']}",
+            customer_id=ref["customer_id"],
+            channel="sms",
+            intent="stop",
+            at=utc_now(),
+        )
+        await self.producer.publish(
+            ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply.reply_id
+        )
 
     async def send(self, msg: OutboundSms) -> None:
         """Send unless the ledger says it was sent or may have been."""
@@ -137,7 +168,7 @@ class SmsSending:
             await self.fail(ref, "expired", "expired before send")
             return
         if opted_out:
-            await self.fail(ref, "21610", "recipient texted STOP")
+            await self.fail(ref, OPTED_OUT, "recipient texted STOP")
             return
         await self._attempts(msg, ref, claimed_at=now, marked=direct)
 

@@ -12,11 +12,10 @@ import logging
 
 from aiokafka import ConsumerRecord
 
-from herald_contracts import DeliveryStatus, EngagementReply, Topics, utc_now
+from herald_contracts import DeliveryStatus, EngagementReply, Topics, keyword, utc_now
 from herald_kit import PreconditionFailed, RetryableError, decode
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.bounces import address_status
-from herald_preferences.domain.keywords import keyword
 from herald_preferences.domain.ledger import ALL_TOPICS, Change
 from herald_preferences.domain.service import with_address_status, with_consent_changes
 from herald_preferences.messaging.outbox import Outbox

@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Mapping
 
-from herald_contracts import Intent
+from herald_contracts import Intent, keyword, normalise_keyword
 
-# Twilio's and the CTIA's opt-out words, plus 退订 / TD used by carriers in China.
-STOP_WORDS = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "退订", "TD"}
-)
-START_WORDS = frozenset({"START", "UNSTOP", "YES"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
 DEFAULT_REPLIES: Mapping[str, Intent] = {"1": "confirm", "2": "reschedule", "3": "callback"}
 
 
-def normalise(text: str) -> str:
-    """Upper-case, width-folded (NFKC folds fullwidth digits), trimmed of spaces and punctuation."""
-    folded = unicodedata.normalize("NFKC", text).strip().upper()
-    return folded.strip(" .!?,;:'\"")
-
-
 def interpret(text: str, replies: Mapping[str, Intent] = DEFAULT_REPLIES) -> Intent:
-    """The intent of an inbound SMS; 'other' when it is free text."""
-    word = normalise(text)
-    if word in STOP_WORDS:
+    """The intent of an inbound SMS; 'other' when it is free text.
+
+    An opt-out word always wins (the law's and the carriers' rule). A reply code the business
+    configured comes next, so a code such as YES answers the campaign rather than reading as an
+    opt-in word; then opt-in and HELP words. Codes are compared as the keywords are: case,
+    width, surrounding punctuation and inner spaces or hyphens aside."""
+    word = keyword(text)
+    if word == "stop":
         return "stop"
-    if word in START_WORDS:
-        return "start"
-    if word in HELP_WORDS:
-        return "help"
-    return replies.get(word, "other")
+    codes = {normalise_keyword(code): intent for code, intent in replies.items()}
+    answer = codes.get(normalise_keyword(text))
+    if answer is not None:
+        return answer
+    return word or "other"
 
 
 def number_key(number: str) -> str:
