@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herald_contracts import DeliveryStatus, keyword
+from herald_contracts import DeliveryStatus, EngagementReply, keyword
 from herald_kit import InvalidInput
 from herald_preferences.api.contacts import merge_patch
 from herald_preferences.api.i18n import pick_locale
 from herald_preferences.domain.bounces import address_status
 from herald_preferences.domain.centre import contact_from_form
 from herald_preferences.domain.ledger import ALL_TOPICS, Change, diff, entries_for, fold
+from herald_preferences.messaging.handlers import reply_changes
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -202,3 +203,25 @@ def test_the_form_refuses_bad_choices(form: dict[str, list[str]], field: str) ->
 )
 def test_locale_choice(prefs: tuple[str | None, str | None], expected: str) -> None:
     assert pick_locale(*prefs) == expected
+
+
+@pytest.mark.parametrize(
+    ("channel", "intent", "source"),
+    [
+        ("sms", "stop", "sms-keyword"),
+        ("sms", "start", "sms-keyword"),
+        ("voice", "stop", "voice-keypad"),  # a key pressed on a call, not a text
+        ("email", "stop", "email-unsubscribe"),
+    ],
+)
+def test_a_reply_withdraws_consent_with_evidence_of_how_it_was_given(
+    channel: str, intent: str, source: str
+) -> None:
+    reply = EngagementReply(
+        reply_id="r1",
+        customer_id="c1",
+        channel=channel,  # type: ignore[arg-type]
+        intent=intent,  # type: ignore[arg-type]
+        at=NOW,
+    )
+    assert reply_changes(reply) == ([Change(ALL_TOPICS, channel, intent == "start")], source)

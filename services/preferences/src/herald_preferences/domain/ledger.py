@@ -12,10 +12,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-Source = Literal["api", "sms-keyword", "email-unsubscribe", "preference-centre", "import", "system"]
+Source = Literal[
+    "api",
+    "sms-keyword",
+    "voice-keypad",
+    "email-unsubscribe",
+    "preference-centre",
+    "import",
+    "system",
+]
 SOURCES: tuple[str, ...] = (
     "api",
     "sms-keyword",
+    "voice-keypad",
     "email-unsubscribe",
     "preference-centre",
     "import",

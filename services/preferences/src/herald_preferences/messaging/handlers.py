@@ -29,11 +29,14 @@ def reply_changes(reply: EngagementReply) -> tuple[list[Change], str] | None:
     if reply.channel == "web":
         return None
     word = keyword(reply.text)
+    # The evidence names how the customer said it: a keypad press on a call is not a text.
+    source = {"email": "email-unsubscribe", "voice": "voice-keypad"}.get(
+        reply.channel, "sms-keyword"
+    )
     if reply.intent == "stop" or (reply.intent in ("other", "help") and word == "stop"):
-        source = "email-unsubscribe" if reply.channel == "email" else "sms-keyword"
         return [Change(ALL_TOPICS, reply.channel, False)], source
     if reply.intent == "start" or (reply.intent == "other" and word == "start"):
-        return [Change(ALL_TOPICS, reply.channel, True)], "sms-keyword"
+        return [Change(ALL_TOPICS, reply.channel, True)], source
     if reply.intent == "unsubscribe":
         # One-click unsubscribe names the topic of the message; without one it is a STOP.
         topic = reply.topic or ALL_TOPICS
