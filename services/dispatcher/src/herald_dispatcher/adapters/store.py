@@ -124,9 +124,16 @@ class Decisions:
         """Record a decision (idempotent by _id)."""
         await self._decisions.insert(decision)
 
-    async def find(self, **query: str) -> list[Doc]:
-        """Decisions matching a field, oldest first."""
-        cursor = self.decisions.find(query, {"_id": 0}).sort("at", 1).limit(500)
+    async def find(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = 500, **query: str
+    ) -> list[Doc]:
+        """Decisions matching a field, oldest first (by time, then id), from after the
+        (at, _id) of the previous page's last; each with its `_id`, the paging key."""
+        where: Doc = dict(query)
+        if after is not None:
+            at, key = after
+            where["$or"] = [{"at": {"$gt": at}}, {"at": at, "_id": {"$gt": key}}]
+        cursor = self.decisions.find(where).sort([("at", 1), ("_id", 1)]).limit(limit)
         return [d async for d in cursor]
 
 
