@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from herald_contracts import CaseChanged, Topics, dlq_topic
+from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
 from herald_kit import decode
@@ -217,6 +218,36 @@ async def test_timeline_keeps_a_late_event_without_regressing_state(
     assert sorted(i["data"]["status"] for i in items) == ["engineer 14:00", "engineer 16:00"]
     by_customer = (await ingest.get("/v1/customers/c1/cases")).json()["items"]
     assert [c["case_id"] for c in by_customer] == ["case-1"]
+
+
+async def test_the_timeline_reads_page_by_page_and_the_status_page_shows_the_newest(
+    ingest: httpx.AsyncClient, mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    """A long case history is read to its newest entry a page at a time (the first 500 alone
+    hid the rest); the customer's status page shows the newest entries, not the oldest."""
+    times = [f"2030-01-01T00:00:0{n}Z" for n in range(5)]
+    for n in (3, 0, 4, 1, 2):  # posted out of order: the timeline goes by event time
+        ev = _event(status=f"step {n}", sequence=n + 1)
+        ev["time"] = times[n]
+        assert (await ingest.post("/v1/events", json=ev)).status_code == 202
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        r = await ingest.get("/v1/cases/case-1/timeline", params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["items"]) <= 2
+        seen += [i["data"]["status"] for i in body["items"]]
+        if body["next"] is None:
+            break
+        params = {"limit": 2, "after": body["next"]}
+    assert seen == [f"step {n}" for n in range(5)]
+    r = await ingest.get("/v1/cases/case-1/timeline", params={"after": "x"})
+    assert r.status_code == 422 and r.json()["field"] == "after"
+
+    repo = CaseRepository(mongo[db_name("ingest")])
+    newest = await repo.latest_timeline("case-1", limit=2)
+    assert [i["data"]["status"] for i in newest] == ["step 3", "step 4"]
 
 
 async def test_reading_cases_needs_the_read_scope(ingest: httpx.AsyncClient) -> None:

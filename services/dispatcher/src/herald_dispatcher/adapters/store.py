@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from herald_contracts import CaseState, ContactPreferences, ContactRequest
 from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit.caps import WEEK
+from herald_kit.paging import OLDEST_FIRST, Position, after
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -125,16 +126,11 @@ class Decisions:
         await self._decisions.insert(decision)
 
     async def find(
-        self, *, after: tuple[datetime, str] | None = None, limit: int = 500, **query: str
+        self, *, start: Position | None = None, limit: int = 500, **query: str
     ) -> list[Doc]:
-        """Decisions matching a field, oldest first (by time, then id), from after the
-        (at, _id) of the previous page's last; each with its `_id`, the paging key."""
-        where: Doc = dict(query)
-        if after is not None:
-            at, key = after
-            where["$or"] = [{"at": {"$gt": at}}, {"at": at, "_id": {"$gt": key}}]
-        cursor = self.decisions.find(where).sort([("at", 1), ("_id", 1)]).limit(limit)
-        return [d async for d in cursor]
+        """Decisions matching a field, oldest first (by time, then id), after `start`."""
+        cursor = self.decisions.find(after(dict(query), start)).sort(OLDEST_FIRST)
+        return [d async for d in cursor.limit(limit)]
 
 
 @dataclass(slots=True)

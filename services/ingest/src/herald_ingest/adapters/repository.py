@@ -12,6 +12,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import Projection
 from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
+from herald_kit.paging import OLDEST_FIRST, Position, after
 
 DUPLICATE_KEY = 11000
 # Conditional replaces per bulk_write command. (Before the FerretDB patch, each operation of a
@@ -198,10 +199,18 @@ class CaseRepository:
         except BulkWriteError as exc:
             _failed_indexes(exc, only_duplicates=True)
 
-    async def timeline_of(self, case_id: str, *, limit: int = 500) -> list[Doc]:
-        """A case's timeline, oldest first."""
-        cursor = self.timeline.find({"case_id": case_id}, {"_id": 0}).sort("at", 1).limit(limit)
-        return [d async for d in cursor]
+    async def timeline_of(
+        self, case_id: str, *, start: Position | None = None, limit: int = 500
+    ) -> list[Doc]:
+        """A case's timeline, oldest first (by time, then id), after `start`."""
+        cursor = self.timeline.find(after({"case_id": case_id}, start)).sort(OLDEST_FIRST)
+        return [d async for d in cursor.limit(limit)]
+
+    async def latest_timeline(self, case_id: str, *, limit: int = 50) -> list[Doc]:
+        """The newest `limit` entries of a case's timeline, oldest of them first."""
+        cursor = self.timeline.find({"case_id": case_id}, {"_id": 0})
+        newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
+        return newest[::-1]
 
     async def unfinished(
         self, *, since: datetime, before: datetime, limit: int = 500

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from herald_contracts import CaseState
 from herald_ingest.adapters.repository import CaseRepository
 from herald_kit import NotFound, Principal, require_scopes
+from herald_kit.paging import PageAfter, PageLimit, page, position
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 Reader = Annotated[Principal, Depends(require_scopes("cases:read"))]
@@ -32,11 +33,15 @@ async def get_case(case_id: str, repo: Repo, who: Reader) -> CaseState:
 
 
 @router.get("/cases/{case_id}/timeline", summary="Everything that happened on a case.")
-async def get_timeline(case_id: str, repo: Repo, who: Reader) -> dict[str, Any]:
-    """Events, contacts and replies, oldest first."""
+async def get_timeline(
+    case_id: str, repo: Repo, who: Reader, limit: PageLimit = 100, after: PageAfter = None
+) -> dict[str, Any]:
+    """Events, contacts and replies, oldest first, a page at a time (`next` reads on)."""
+    start = position(after)
     if await repo.get(case_id) is None:
         raise NotFound(f"no case {case_id!r}")
-    return {"case_id": case_id, "items": await repo.timeline_of(case_id)}
+    docs = await repo.timeline_of(case_id, start=start, limit=limit + 1)
+    return {"case_id": case_id, **page(docs, limit)}
 
 
 @router.get("/customers/{customer_id}/cases", summary="A customer's cases, newest first.")
