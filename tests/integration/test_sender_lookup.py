@@ -180,8 +180,8 @@ async def test_a_row_left_sending_that_the_provider_never_saw_ends_unknown_never
     ledger = Ledger(mongo[db]) if channel == "sms" else CallLedger(mongo[db])
     crashed_at = utc_now() - timedelta(seconds=5)
     meta = {k: getattr(msg, k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
-    assert (await ledger.claim(msg.message_id, now=crashed_at, meta=meta))[0]
-    await ledger.sending(msg.message_id, now=crashed_at)
+    assert (await ledger.claim(msg.message_id, now=crashed_at, meta={**meta, "claim": "c"}))[0]
+    assert await ledger.start_sending(msg.message_id, claim="c", now=crashed_at)
 
     async with served(channel, infra, namespace, db) as s:
         await s.prod.publish(topic, msg, key=msg.customer_id)

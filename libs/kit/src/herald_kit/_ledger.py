@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from herald_kit._batching import IdLoader, InsertBatcher, UpdateBatcher
+from herald_kit._batching import Coalescer, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit._mongo import Doc
 
 T = TypeVar("T")
@@ -47,6 +47,12 @@ class SendLedger:
     refused with a passing error, so nothing went out), 'sent', 'failed', 'unknown'.
     A subclass may claim rows in another status (`claim_status`) and let more statuses be
     claimed again (`reclaimable`).
+
+    When the claimed row waits before the provider call (a 'queued' claim, the pacer, a retry
+    pause), the message's partition may move to another consumer meanwhile, which claims the
+    row again and sends. So each claim writes a token (`meta={"claim": token}`), and the
+    waiting claimant turns the row 'sending' only through `start_sending` with its token: one
+    of them wins, the other sends nothing.
     """
 
     claim_status: str = "sending"
@@ -57,6 +63,9 @@ class SendLedger:
         # The hot path (claim, sending, sent) of concurrent sends, coalesced into one command.
         self._inserts = InsertBatcher(self.rows)
         self._updates = UpdateBatcher(self.rows)
+        self._starts: Coalescer[tuple[str, str, datetime], bool] = Coalescer(
+            self._start_batch, window=0.002, max_batch=200
+        )
         # Status callbacks arrive by the hundred a second: their reads by _id go together.
         self._rows = IdLoader(self.rows)
 
@@ -74,7 +83,7 @@ class SendLedger:
         """(True, None) when this caller may send; (False, row) when the row forbids it.
 
         A row in a reclaimable status ('retry': the provider said nothing went out) may be
-        claimed again.
+        claimed again; `meta` (with this claim's token, `claim`) is written either way.
         """
         return await self._claim(message_id, {"status": self.claim_status, "at": now}, meta)
 
@@ -98,7 +107,7 @@ class SendLedger:
         claimed = await self._run(
             lambda: self.rows.find_one_and_update(
                 {"_id": message_id, "status": again},
-                {"$set": status},
+                {"$set": {**status, **(meta or {})}},
                 return_document=ReturnDocument.AFTER,
             )
         )
@@ -114,14 +123,37 @@ class SendLedger:
             )
         )
 
-    async def sending(self, message_id: str, *, now: datetime) -> None:
-        """The provider call is about to be made: from here a crash leaves the outcome unknown
-        (for a ledger that claims rows in another status, e.g. 'queued')."""
-        await self._run(
-            lambda: self._updates.update(
-                {"_id": message_id}, {"$set": {"status": "sending", "sending_at": now}}
+    async def start_sending(self, message_id: str, *, claim: str, now: datetime) -> bool:
+        """'queued' → 'sending' just before the provider call, only if the row is still this
+        claim's; False when another consumer claimed it again meanwhile: do not send then.
+
+        From 'sending' a crash leaves the outcome unknown (for a ledger that claims rows in
+        another status, e.g. 'queued')."""
+        return await self._run(lambda: self._starts.call((message_id, claim, now)))
+
+    async def _start_batch(
+        self, items: list[tuple[str, str, datetime]]
+    ) -> list[bool | BaseException]:
+        ops = [
+            UpdateOne(
+                {"_id": mid, "status": self.claim_status, "claim": claim},
+                {"$set": {"status": "sending", "sending_at": now}},
             )
-        )
+            for mid, claim, now in items
+        ]
+        result = await self.rows.bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            return [True for _ in ops]
+        # Some row was claimed again by someone else (or this is a retry of a batch already
+        # written): look which rows are 'sending' under our claims.
+        ours = {
+            (row["_id"], row.get("claim"))
+            async for row in self.rows.find(
+                {"_id": {"$in": [mid for mid, _, _ in items]}, "status": "sending"},
+                {"claim": 1},
+            )
+        }
+        return [(mid, claim) in ours for mid, claim, _ in items]
 
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""

@@ -42,21 +42,28 @@ PauseOutcome = Literal["resumed", "expired", "taken"]
 
 
 async def pause_unclaimed(
-    ledger: SendLedger, message_id: str, *, delay: float, expires_at: datetime | None
+    ledger: SendLedger,
+    message_id: str,
+    *,
+    delay: float,
+    expires_at: datetime | None,
+    claim: str,
 ) -> PauseOutcome:
     """Sleep before the next attempt unless that passes the expiry.
 
-    'resumed': slept and claimed the row again, go on; 'expired': the next attempt would come
-    after the expiry, so no further provider request (nothing slept); 'taken': after the pause
-    the row could not be claimed again (another consumer took it over), so its outcome is not
-    ours to record.
+    'resumed': slept and claimed the row again under the token `claim`, go on (the next
+    provider call still needs `start_sending` with it: another consumer may claim the row
+    while this one waits for the pacer); 'expired': the next attempt would come after the
+    expiry, so no further provider request (nothing slept); 'taken': after the pause the row
+    could not be claimed again (another consumer took it over), so its outcome is not ours to
+    record.
     """
     if expires_at is not None and utc_now() + timedelta(seconds=delay) >= expires_at:
         return "expired"
     # Nothing is in flight while we wait: a crash now must not leave the row 'sending'.
     await ledger.set(message_id, "retry")
     await asyncio.sleep(delay)
-    ok, _ = await ledger.claim(message_id, now=utc_now())
+    ok, _ = await ledger.claim(message_id, now=utc_now(), meta={"claim": claim})
     return "resumed" if ok else "taken"
 
 

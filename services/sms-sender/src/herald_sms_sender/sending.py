@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -139,6 +140,9 @@ class SmsSending:
         # The expiry is the campaign's window for a call-back the customer may ask for in reply,
         # spoken in the language the SMS was written in.
         meta = {**ref, "number_key": key, "expires_at": msg.expires_at, "locale": msg.locale}
+        # This send's claim token: a wait before the provider call (pacer, retry pause) may
+        # outlast a rebalance, and the consumer that gets the partition claims the row again.
+        claim = meta["claim"] = uuid.uuid4().hex
         # Nothing to wait for before the provider call (no pacing, no hold, breaker closed): the
         # claim marks the row 'sending' itself. The opt-out read goes alongside the claim.
         direct = self.pacer.ready(self.identity) and self.breaker.state == "closed"
@@ -170,12 +174,19 @@ class SmsSending:
         if opted_out:
             await self.fail(ref, OPTED_OUT, "recipient texted STOP")
             return
-        await self._attempts(msg, ref, claimed_at=now, marked=direct)
+        await self._attempts(msg, ref, claim=claim, claimed_at=now, marked=direct)
 
     async def _attempts(
-        self, msg: OutboundSms, ref: dict[str, Any], *, claimed_at: datetime, marked: bool = False
+        self,
+        msg: OutboundSms,
+        ref: dict[str, Any],
+        *,
+        claim: str,
+        claimed_at: datetime,
+        marked: bool = False,
     ) -> None:
-        """Provider attempts; `marked`: the claim already marked the row 'sending'."""
+        """Provider attempts under the claim token `claim`; `marked`: the claim already marked
+        the row 'sending'."""
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
         paused: PauseOutcome | None = None
@@ -184,7 +195,7 @@ class SmsSending:
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                paused = await self._pause(msg, wait)  # the row becomes 'retry' meanwhile
+                paused = await self._pause(msg, wait, claim)  # the row is 'retry' meanwhile
                 if paused != "resumed":
                     break
                 continue
@@ -193,7 +204,11 @@ class SmsSending:
                     # A hold came up since the claim: never wait while the row says 'sending'.
                     await self.ledger.set(msg.message_id, "queued")
                 await self.pacer.acquire(self.identity)
-                await self.ledger.sending(msg.message_id, now=utc_now())
+                if not await self.ledger.start_sending(msg.message_id, claim=claim, now=utc_now()):
+                    # The wait outlasted a rebalance and the consumer that got the partition
+                    # claimed the row again: that one sends (or sent) it; its outcome stands.
+                    log.info("claimed again elsewhere before sending; left to that consumer")
+                    return
             try:
                 sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
             except ProviderRejected as exc:
@@ -225,17 +240,17 @@ class SmsSending:
                 return
             if attempt == self.retry.attempts:
                 break
-            paused = await self._pause(msg, delay)
+            paused = await self._pause(msg, delay, claim)
             if paused != "resumed":
                 break
         if paused == "taken":
             return  # another consumer holds the row now; its outcome stands
         await self.fail(ref, last, gave_up_reason(paused, last))
 
-    async def _pause(self, msg: OutboundSms, delay: float) -> PauseOutcome:
+    async def _pause(self, msg: OutboundSms, delay: float, claim: str) -> PauseOutcome:
         """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""
         return await pause_unclaimed(
-            self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at
+            self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at, claim=claim
         )
 
     async def _reconcile(self, msg: OutboundSms, *, since: datetime) -> str | None:

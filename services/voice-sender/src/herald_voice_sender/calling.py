@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -159,6 +160,9 @@ class VoiceCalling:
         now = utc_now()
         # The number is kept (it is needed to call back); it is never logged.
         meta = {**ref, "to": call.to, "language": call.language, "say": say, "kind": call.kind}
+        # This placing's claim token: a wait before the provider call (pacer, retry pause) may
+        # outlast a rebalance, and the consumer that gets the partition claims the row again.
+        claim = meta["claim"] = uuid.uuid4().hex
         may, row = await self.ledger.claim(call.message_id, now=now, meta=meta)
         if not may:
             assert row is not None
@@ -185,13 +189,17 @@ class VoiceCalling:
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                paused = await self._pause(call, wait)
+                paused = await self._pause(call, wait, claim)
                 if paused != "resumed":
                     break
                 continue
             await self.pacer.acquire(self.identity)
             sending_at = utc_now()
-            await self.ledger.sending(call.message_id, now=sending_at)
+            if not await self.ledger.start_sending(call.message_id, claim=claim, now=sending_at):
+                # The wait outlasted a rebalance and the consumer that got the partition claimed
+                # the row again: that one places (or placed) the call; its outcome stands.
+                log.info("claimed again elsewhere before calling; left to that consumer")
+                return
             try:
                 placed = await self.provider.call(
                     to=call.to,
@@ -229,7 +237,7 @@ class VoiceCalling:
                 return
             if attempt == self.retry.attempts:
                 break
-            paused = await self._pause(call, delay)
+            paused = await self._pause(call, delay, claim)
             if paused != "resumed":
                 break
         if paused == "taken":
@@ -263,9 +271,9 @@ class VoiceCalling:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
 
-    async def _pause(self, call: Call, delay: float) -> PauseOutcome:
+    async def _pause(self, call: Call, delay: float, claim: str) -> PauseOutcome:
         return await pause_unclaimed(
-            self.ledger, call.message_id, delay=delay, expires_at=call.expires_at
+            self.ledger, call.message_id, delay=delay, expires_at=call.expires_at, claim=claim
         )
 
     async def callback(self, reply: EngagementReply) -> None:

@@ -13,9 +13,11 @@ from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 class Ledger(RetryingSendLedger):
     """One row per message id; the row's status says whether a send may happen.
 
-    A claimed row is 'queued' (nothing in flight) until `sending()` marks the provider call.
-    A row in 'queued' or 'retry' (the provider refused with a retryable answer, so nothing
-    went out) may be claimed again, e.g. after a crash while waiting for the pacer.
+    A claimed row is 'queued' (nothing in flight) until `start_sending()` marks the provider
+    call. A row in 'queued' or 'retry' (the provider refused with a retryable answer, so
+    nothing went out) may be claimed again, e.g. after a crash while waiting for the pacer, or
+    by the consumer a rebalance gave the partition to: each claim carries its own token, and
+    only the row's latest claim may turn it 'sending', so the earlier claimant sends nothing.
     """
 
     claim_status = "queued"

@@ -12,7 +12,8 @@ class CallLedger(RetryingSendLedger):
     """One row per message id (a call); its status says whether a call may be placed.
 
     As the sms-sender's: a claimed row is 'queued' (nothing in flight, so it may be claimed
-    again after a crash) until `sending()` marks the provider call.
+    again after a crash or a rebalance) until `start_sending()` marks the provider call, which
+    only the row's latest claim (its token) may do.
     """
 
     claim_status = "queued"

@@ -1,0 +1,144 @@
+"""A message whose partition moves to another consumer mid-wait is sent by one of them only.
+
+Real database and broker. Two senders share one ledger, as two consumers do across a Kafka
+rebalance: the first claims a message and waits (for the pacer, or in a retry pause longer
+than the revoke grace); the partition moves, the second claims the still unsent row again and
+sends it; when the first wakes up the row is no longer its claim, so it must not send too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from twilio_support import outbound_sms, outbound_voice, producer
+
+from herald_kit import EventProducer, Pacer
+from herald_sms_sender.adapters.ledger import Ledger
+from herald_sms_sender.adapters.provider import ProviderBusy, Sent
+from herald_sms_sender.sending import RetryPolicy, SmsSending
+from herald_voice_sender.adapters.ledger import CallLedger
+from herald_voice_sender.adapters.provider import Placed
+from herald_voice_sender.calling import RetryPolicy as CallRetryPolicy
+from herald_voice_sender.calling import VoiceCalling
+from support import unique_phone
+
+
+class GatedPacer(Pacer):
+    """A pacer whose `block_at`-th wait lasts until the test opens it (a long pacing wait)."""
+
+    def __init__(self, block_at: int = 1) -> None:
+        super().__init__(1000.0)  # paced, so a claim leaves the row 'queued'
+        self.block_at = block_at
+        self.calls = 0
+        self.waiting = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def acquire(self, identity: str) -> None:
+        self.calls += 1
+        if self.calls == self.block_at:
+            self.waiting.set()
+            await self.opened.wait()
+
+
+class Provider:
+    """Counts provider requests (SMS sends and placed calls); answers 'busy' `busy` times."""
+
+    def __init__(self, busy: int = 0) -> None:
+        self.busy = busy
+        self.requests = 0
+        self.accepted = 0
+
+    def _request(self) -> str:
+        self.requests += 1
+        if self.busy > 0:
+            self.busy -= 1
+            raise ProviderBusy("busy", status=503, code="20503", retry_after=None)
+        self.accepted += 1
+        return f"{self.accepted:032d}"
+
+    async def send(self, *, to: str, body: str, status_callback: str | None) -> Sent:
+        return Sent(provider_id="SM" + self._request(), status="queued")
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
+        return []
+
+    async def call(
+        self, *, to: str, url: str, status_callback: str, machine_detection: bool
+    ) -> Placed:
+        return Placed(provider_id="CA" + self._request(), status="queued")
+
+    async def find_placed(self, *, to: str, since: datetime) -> list[str]:
+        return []
+
+
+@pytest.fixture
+async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
+    async with producer(infra["kafka"], namespace) as p:
+        yield p
+
+
+async def _interleave(
+    first: Callable[[], Any], second: Callable[[], Any], pacer: GatedPacer
+) -> None:
+    """The first sender waits in its pacer; the second sends meanwhile; then the first wakes."""
+    task = asyncio.create_task(first())
+    await asyncio.wait_for(pacer.waiting.wait(), timeout=10)
+    await second()
+    pacer.opened.set()
+    await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.mark.parametrize("busy", [0, 1], ids=["pacer-wait", "retry-pause"])
+async def test_an_sms_claimed_again_while_its_first_sender_waits_is_sent_once(
+    busy: int, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("sms_sender")]
+    provider = Provider(busy=busy)
+    # With a 'busy' answer first, the wait that outlasts the rebalance comes after the pause.
+    pacer = GatedPacer(block_at=1 + busy)
+    retry = RetryPolicy(base_seconds=0.01, cap_seconds=0.01)
+
+    def sender(p: Pacer) -> SmsSending:
+        return SmsSending(
+            Ledger(db), provider, prod, callback_url="http://127.0.0.1:1/s", pacer=p, retry=retry
+        )
+
+    msg = outbound_sms(unique_phone())
+    await _interleave(lambda: sender(pacer).send(msg), lambda: sender(Pacer(0)).send(msg), pacer)
+    assert provider.accepted == 1 and provider.requests == 1 + busy
+    row = await db["send_ledger"].find_one({"_id": msg.message_id})
+    assert row["status"] == "sent" and row["provider_id"] == "SM" + "1".zfill(32)
+
+
+@pytest.mark.parametrize("busy", [0, 1], ids=["pacer-wait", "retry-pause"])
+async def test_a_call_claimed_again_while_its_first_caller_waits_is_placed_once(
+    busy: int, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("voice_sender")]
+    provider = Provider(busy=busy)
+    pacer = GatedPacer(block_at=1 + busy)
+    retry = CallRetryPolicy(base_seconds=0.01, cap_seconds=0.01)
+
+    def caller(p: Pacer) -> VoiceCalling:
+        return VoiceCalling(
+            CallLedger(db),
+            provider,
+            prod,
+            base_url="http://127.0.0.1:1",
+            identity="+15005550006",
+            pacer=p,
+            retry=retry,
+        )
+
+    msg = outbound_voice(unique_phone(), "Your engineer is booked for 2 pm.")
+    call = VoiceCalling.from_outbound(msg)
+    await _interleave(
+        lambda: caller(pacer).place(call), lambda: caller(Pacer(0)).place(call), pacer
+    )
+    assert provider.accepted == 1 and provider.requests == 1 + busy
+    row = await db["call_ledger"].find_one({"_id": msg.message_id})
+    assert row["status"] == "sent" and row["provider_id"] == "CA" + "1".zfill(32)
