@@ -80,3 +80,16 @@ def test_tts_language_adds_the_likeliest_region(tag: str, spoken: str) -> None:
 def test_chinese_prompts_for_chinese_tags() -> None:
     assert ivr.prompts_for("zh-CN") is ivr.PROMPTS["zh"]
     assert ivr.prompts_for("zh-Hant-TW") is ivr.PROMPTS["zh"]
+
+
+@pytest.mark.parametrize("script", [ivr.menu, ivr.voicemail])
+def test_control_characters_in_the_message_leave_twiml_twilio_can_parse(script: object) -> None:
+    say = "Order \x0c ready\x00 at\x1b 2\ufffe pm,\tgate\r\n4"
+    if script is ivr.menu:
+        xml = ivr.menu(say=say, language="en-GB", gather_url="g", again_url=None)
+    else:
+        xml = ivr.voicemail(say=say, language="en-GB", contact_number="+15005550009")
+    root = ET.fromstring(xml)  # noqa: S314 - our own output
+    spoken = next(s.text or "" for s in root.iter("Say"))
+    assert spoken.split() == ["Order", "ready", "at", "2", "pm,", "gate", "4"]
+    assert "\t" in spoken

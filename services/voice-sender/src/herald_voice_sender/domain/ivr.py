@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +11,10 @@ from babel.core import get_global
 from twilio.twiml.voice_response import VoiceResponse
 
 Choice = Literal["confirm", "agent", "stop", "repeat"]
+
+# What XML 1.0 does not allow in a document, even escaped: C0 controls other than tab, line
+# feed and carriage return, lone surrogates, U+FFFE and U+FFFF.
+NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,12 @@ def interpret(*, digits: str = "", speech: str = "") -> Choice:
     return "repeat"
 
 
+def spoken(text: str) -> str:
+    """Text from case data made fit for TwiML: ElementTree writes control characters as they
+    are, and Twilio cannot parse a document that holds one (the call would fail)."""
+    return NOT_XML.sub("", text)
+
+
 def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> str:
     """Say the message, then gather one key or a word; after silence, once more then goodbye."""
     p = prompts_for(language)
@@ -152,7 +163,7 @@ def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> 
         language=language,
         hints="confirm, agent, stop, 确认, 人工, 停止",
     )
-    g.say(say, language=language)
+    g.say(spoken(say), language=language)
     g.say(p.menu, language=language)
     if again_url:
         r.redirect(again_url, method="POST")
@@ -167,7 +178,7 @@ def voicemail(*, say: str, language: str, contact_number: str) -> str:
     p = prompts_for(language)
     r = VoiceResponse()
     r.pause(length=1)
-    r.say(say, language=language)
+    r.say(spoken(say), language=language)
     r.say(p.voicemail, language=language)
     if contact_number:
         r.say(" ".join(contact_number.lstrip("+")), language=language)
