@@ -105,3 +105,22 @@ async def test_a_body_that_is_not_a_utf8_form_is_refused_with_400(
     assert r.status_code == 400 and r.json()["field"] == "body"
     r = await client.post(PATH, json=FIELDS, headers={"X-Twilio-Signature": "x"})
     assert r.status_code == 400 and r.json()["field"] == "body"
+
+
+async def test_without_an_auth_token_even_a_request_signed_with_the_empty_key_is_refused() -> None:
+    # The senders' default token is empty: an HMAC with an empty key is anyone's to compute.
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/webhooks/twilio/status")
+    async def status(request: Request) -> dict[str, str]:
+        form = await validate_signed_form(request, public_base=PUBLIC, auth_token="")
+        return {k: str(v) for k, v in form.multi_items()}
+
+    forged = RequestValidator("").compute_signature(PUBLIC + PATH, FIELDS)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.7:8104") as c:
+        r = await _post(c, FIELDS, forged)  # type: ignore[misc]
+    assert r.status_code == 403
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["field"] == "X-Twilio-Signature"

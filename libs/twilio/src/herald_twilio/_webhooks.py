@@ -30,6 +30,9 @@ async def validate_signed_form(request: Request, *, public_base: str, auth_token
     for a callback, this ~25), and the signature is first compared with the one twilio-python
     computes for the URL as configured (~25 µs). Only when that differs does its full
     `RequestValidator.validate` (~110 µs) try the URL with and without the port.
+
+    An empty `auth_token` (not configured) refuses every request: anyone can compute the
+    signature an empty key gives, so it proves nothing.
     """
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("application/x-www-form-urlencoded"):
@@ -44,9 +47,13 @@ async def validate_signed_form(request: Request, *, public_base: str, auth_token
     signature = request.headers.get("x-twilio-signature", "")
     params = dict(pairs)  # a repeated field: the last one, as Starlette's form gives it
     validator = RequestValidator(auth_token)
-    if not signature or not (
-        _signed_as_is(validator, url, params, signature)
-        or validator.validate(url, params, signature)
+    if (
+        not auth_token
+        or not signature
+        or not (
+            _signed_as_is(validator, url, params, signature)
+            or validator.validate(url, params, signature)
+        )
     ):
         raise BadSignature("missing or invalid X-Twilio-Signature", field="X-Twilio-Signature")
     return FormData(params)
