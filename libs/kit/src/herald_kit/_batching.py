@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from pymongo import UpdateOne
@@ -32,6 +32,10 @@ class Coalescer(Generic[K, R]):
 
     With `max_in_flight`, at most that many `run`s go at once and calls made meanwhile wait
     for the next one (group commit): the busier the database, the larger the batches.
+
+    A run belongs to no caller: it goes on in its own task, so a caller cancelled meanwhile (a
+    read nobody awaits any more) gives up only its own answer, and every other caller of the
+    batch still gets its result or the run's error.
     """
 
     def __init__(
@@ -48,42 +52,70 @@ class Coalescer(Generic[K, R]):
         self._pending: list[tuple[K, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        # The runs going on: the event loop keeps only weak references to tasks.
+        self._runs: set[asyncio.Task[None]] = set()
 
     async def call(self, item: K) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
         if len(self._pending) >= self.max_batch:
-            await self._flush()
+            # Without a slot to wait for, the batch is cut here, at `max_batch` calls, not when
+            # the task first runs (by which time more calls may have joined it).
+            batch = None if self._slots else self._take()
+            self._spawn(self._flush(batch))
         elif self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later())
+            self._flusher = self._spawn(self._flush_later())
         return await fut
+
+    def _spawn(self, op: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(op)
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        return task
+
+    def _take(self) -> list[tuple[K, asyncio.Future[R]]]:
+        batch, self._pending = self._pending, []
+        return batch
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
         await self._flush(flusher=True)
 
-    async def _flush(self, *, flusher: bool = False) -> None:
+    async def _flush(
+        self, batch: list[tuple[K, asyncio.Future[R]]] | None = None, *, flusher: bool = False
+    ) -> None:
         async with self._slots or contextlib.nullcontext():
             if flusher:
                 # Calls made while waiting for a slot joined this batch (no new flusher).
                 self._flusher = None
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                results = await self._run([item for item, _ in batch])
-            except Exception as exc:  # an outage: every waiter sees it, and its consumer retries
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                return
-        for (_, fut), result in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+            if batch is None:
+                batch = self._take()
+            if batch:
+                await self._settle(batch)
+
+    async def _settle(self, batch: list[tuple[K, asyncio.Future[R]]]) -> None:
+        """Run one batch and answer every caller of it, however the run ends."""
+        try:
+            results = await self._run([item for item, _ in batch])
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():  # its caller was cancelled
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        except BaseException as exc:
+            # An outage: every waiter sees it, and its consumer retries. A cancelled run (the
+            # event loop shutting down) cancels the callers, so none is left waiting.
+            for _, fut in batch:
+                if fut.done():
+                    continue
+                if isinstance(exc, Exception):
+                    fut.set_exception(exc)
+                else:
+                    fut.cancel()
+            if not isinstance(exc, Exception):
+                raise
 
 
 class InsertBatcher:
