@@ -173,7 +173,22 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                 # A partition given up in a rebalance skips what it had not started.
                 owned = self._parts.get(tp) is part
                 if owned:
-                    await self._handle_one(record)
+                    try:
+                        await self._handle_one(record)
+                    except Exception as exc:
+                        # _handle_one dead-letters what fails; should anything still escape, the
+                        # worker lives on and the record is finished, or the partition's commit
+                        # point would stay behind it for good.
+                        log.error(
+                            "record could not be handled; skipped",
+                            extra={
+                                "group": self.group,
+                                "error": type(exc).__name__,
+                                "topic": self._base(record.topic),
+                                "partition": record.partition,
+                                "offset": record.offset,
+                            },
+                        )
                 lane.popleft()
                 self._in_flight -= 1
                 if self._in_flight < self._limit:

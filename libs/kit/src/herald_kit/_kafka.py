@@ -22,7 +22,29 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    BrokerNotAvailableError,
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    KafkaUnavailableError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    RebalanceInProgressError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    ReplicaNotAvailableError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnknownProducerId,
+)
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
@@ -327,8 +349,53 @@ class EventProducer:
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 # Failures of our own infrastructure: never a reason to drop a message, so retried until the
-# dependency is back (offsets stay uncommitted meanwhile).
+# dependency is back (offsets stay uncommitted meanwhile). A Kafka error that no retry can cure
+# is the exception (see is_permanent_kafka_error).
 INFRA_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure, KafkaError, OSError)
+# A record the broker (or the producer, before sending) will refuse however often it is sent.
+TOO_LARGE: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+)
+# Kafka errors aiokafka does not mark retriable that still pass by themselves or once our own
+# set-up is fixed (an outage, a restarted or rebalancing cluster, a producer being replaced,
+# missing rights): dead-lettering every record meanwhile would empty the topic into the DLQ.
+_PASSING_KAFKA_ERRORS: tuple[type[KafkaError], ...] = (
+    KafkaTimeoutError,
+    KafkaUnavailableError,
+    BrokerNotAvailableError,
+    ReplicaNotAvailableError,
+    RebalanceInProgressError,
+    CommitFailedError,
+    IllegalStateError,
+    ProducerClosed,
+    ProducerFenced,
+    InvalidProducerEpoch,
+    UnknownProducerId,
+    *POISONED_PRODUCER,
+    AuthenticationFailedError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+def is_permanent_kafka_error(exc: BaseException) -> bool:
+    """True for a Kafka error that sending the same record again would meet again: one too
+    large for the broker (aiokafka raises it before sending, for a record over
+    `max_request_size`), or one aiokafka marks not retriable, bar those that pass by themselves."""
+    if isinstance(exc, TOO_LARGE):
+        return True
+    return (
+        isinstance(exc, KafkaError)
+        and type(exc) is not KafkaError  # aiokafka's catch-all, raised for outages too
+        and not exc.retriable
+        and not isinstance(exc, _PASSING_KAFKA_ERRORS)
+    )
+
+
 # Server answers that mean "try again": SQLite busy under FerretDB, MongoDB shutdowns/elections.
 _TRANSIENT_DB_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
@@ -468,59 +535,93 @@ class ConsumerLoop:
         return topic[len(ns) :] if ns and topic.startswith(ns) else topic
 
     async def _handle_one(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        base = self._base(record.topic)
-        attempt = 0
+        """Handle one record to its end: handled, or in the DLQ with its reason.
+
+        Never raises but for a cancellation: an error nobody foresaw (in the handler's
+        bookkeeping, in the DLQ publish) would otherwise end the loop, or a concurrent loop's
+        worker, and hold the partition's commit point for good.
+        """
         trace_token = trace_var.set(None)
         event_token = event_id_var.set(None)
         try:
-            headers = dict(record.headers or ())
-            tp = headers.get("traceparent")
-            trace_var.set(TraceContext.parse(tp.decode(errors="replace")) if tp else None)
-            ce_id = headers.get("ce_id")
-            event_id_var.set(ce_id.decode(errors="replace") if ce_id else None)
-            while True:
-                try:
-                    with labelled(HANDLE_SECONDS, self.group, base).time():
-                        await self.handler(record)
-                    labelled(CONSUMED, self.group, base, "ok").inc()
-                    break
-                except PermanentError as exc:
-                    await self._to_dlq(record, exc, "permanent")
-                    break
-                except RetryableError as exc:
-                    attempt += 1
-                    if attempt > self.settings.retry_attempts:
-                        await self._to_dlq(record, exc, "retries-exhausted")
-                        break
-                    CONSUMED.labels(self.group, base, "retried").inc()
-                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
-                except OperationFailure as exc:
-                    if not is_transient_db_error(exc):
-                        await self._to_dlq(record, exc, "database-rejected")
-                        break
-                    attempt += 1
-                    CONSUMED.labels(self.group, base, "retried").inc()
-                    await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
-                except INFRA_ERRORS as exc:
-                    await self.producer.recover(exc)
-                    attempt += 1
-                    CONSUMED.labels(self.group, base, "retried").inc()
-                    log.warning(
-                        "dependency unavailable, retrying",
-                        extra={"group": self.group, "error": type(exc).__name__},
-                    )
-                    await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.exception("handler failed", extra={"group": self.group})
-                    await self._to_dlq(record, exc, "handler-error")
-                    break
-            self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            self.handled += 1
+            await self._attempt(record)
+        except Exception as exc:
+            # Logged without the record's contents (they can hold a phone number or an address).
+            log.error(
+                "record could not be handled",
+                extra={
+                    "group": self.group,
+                    "error": type(exc).__name__,
+                    "topic": self._base(record.topic),
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            try:
+                await self._to_dlq(record, exc, "consumer-error")
+            except Exception as dlq_exc:
+                log.error(
+                    "record could not be dead-lettered; skipped",
+                    extra={
+                        "group": self.group,
+                        "error": type(dlq_exc).__name__,
+                        "topic": self._base(record.topic),
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
         finally:
             trace_var.reset(trace_token)
             event_id_var.reset(event_token)
+        self._positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        self.handled += 1
+
+    async def _attempt(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        base = self._base(record.topic)
+        attempt = 0
+        headers = dict(record.headers or ())
+        tp = headers.get("traceparent")
+        trace_var.set(TraceContext.parse(tp.decode(errors="replace")) if tp else None)
+        ce_id = headers.get("ce_id")
+        event_id_var.set(ce_id.decode(errors="replace") if ce_id else None)
+        while True:
+            try:
+                with labelled(HANDLE_SECONDS, self.group, base).time():
+                    await self.handler(record)
+                labelled(CONSUMED, self.group, base, "ok").inc()
+                break
+            except PermanentError as exc:
+                await self._to_dlq(record, exc, "permanent")
+                break
+            except RetryableError as exc:
+                attempt += 1
+                if attempt > self.settings.retry_attempts:
+                    await self._to_dlq(record, exc, "retries-exhausted")
+                    break
+                CONSUMED.labels(self.group, base, "retried").inc()
+                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+            except OperationFailure as exc:
+                if not is_transient_db_error(exc):
+                    await self._to_dlq(record, exc, "database-rejected")
+                    break
+                attempt += 1
+                CONSUMED.labels(self.group, base, "retried").inc()
+                await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
+            except INFRA_ERRORS as exc:
+                await self.producer.recover(exc)
+                attempt += 1
+                CONSUMED.labels(self.group, base, "retried").inc()
+                log.warning(
+                    "dependency unavailable, retrying",
+                    extra={"group": self.group, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("handler failed", extra={"group": self.group})
+                await self._to_dlq(record, exc, "handler-error")
+                break
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         base = self.settings.retry_base_seconds * (2 ** (attempt - 1))
@@ -530,9 +631,16 @@ class ConsumerLoop:
     async def _to_dlq(
         self, record: ConsumerRecord[bytes, bytes], exc: BaseException, kind: str
     ) -> None:
+        """Publish a copy of the record, with why, to this group's DLQ; retried until it is there.
+
+        The copy is always one the broker takes: a record with neither key nor value (which
+        aiokafka refuses to send) gets its source topic/partition/offset as key, and a copy the
+        broker refuses for good (too large once our headers are added, say) is replaced by a
+        reference to that source record, which the reason says.
+        """
         reason = str(exc) or type(exc).__name__
-        headers = list(record.headers or ())
-        headers += [
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        ours = [
             ("x-herald-error", type(exc).__name__.encode()),
             ("x-herald-error-kind", kind.encode()),
             ("x-herald-reason", reason[:2000].encode()),
@@ -543,7 +651,7 @@ class ConsumerLoop:
         ]
         field_name = getattr(exc, "field", None)
         if field_name:
-            headers.append(("x-herald-field", str(field_name).encode()))
+            ours.append(("x-herald-field", str(field_name).encode()))
         log.warning(
             "message sent to DLQ",
             extra={
@@ -554,16 +662,65 @@ class ConsumerLoop:
                 "offset": record.offset,
             },
         )
+        value, key = record.value, record.key
+        if key is None and value is None:
+            key = source.encode()
+        headers = list(record.headers or ()) + ours
+        whole = True
         delay = 0.2
         while True:
             try:
-                await self.producer.send(self.dlq, record.value, key=record.key, headers=headers)
+                await self.producer.send(self.dlq, value, key=key, headers=headers)
                 break
-            except KafkaError:
+            except Exception as err:
+                if whole and (is_permanent_kafka_error(err) or not isinstance(err, KafkaError)):
+                    # Sent again, the same copy fails again: send the reference instead.
+                    whole = False
+                    value, key, headers = _reference(record, source, reason, err, ours)
+                    continue
+                if not isinstance(err, KafkaError):
+                    raise  # not an outage: the caller logs where the record is and goes on
+                log.warning(
+                    "DLQ publish failed, retrying",
+                    extra={"group": self.group, "error": type(err).__name__},
+                )
+                if isinstance(err, KafkaError):
+                    await self.producer.recover(err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
         DLQ.labels(self.group, kind).inc()
         CONSUMED.labels(self.group, self._base(record.topic), "dlq").inc()
+
+
+def _reference(
+    record: ConsumerRecord[bytes, bytes],
+    source: str,
+    reason: str,
+    err: BaseException,
+    ours: list[tuple[str, bytes]],
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """A DLQ copy that stands for the record: (value, key, headers) naming where it is.
+
+    The record's own headers are left out (they may be what made the copy too large); the
+    record itself stays on its source topic, for as long as that topic keeps it.
+    """
+    size = len(record.value or b"") + len(record.key or b"")
+    note = (
+        f"{reason[:1500]} [not copied to the DLQ ({type(err).__name__}, {size} bytes of key and"
+        f" value): read the record at {source}]"
+    )
+    headers = [(k, note.encode()) if k == "x-herald-reason" else (k, v) for k, v in ours]
+    headers.append(("x-herald-copy", b"reference"))
+    value = json.dumps(
+        {
+            "reason": note,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+        }
+    ).encode()
+    key = record.key if record.key is not None and len(record.key) <= 1024 else source.encode()
+    return value, key, headers
 
 
 def problem_json(reason: str) -> bytes:
