@@ -3,6 +3,7 @@ with its reason, whatever it is made of, and the records after it are handled an
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -158,6 +159,42 @@ async def test_a_record_too_large_to_copy_to_the_dlq_is_dead_lettered_as_a_refer
         assert await eventually(
             lambda: _is(infra["kafka"], loop.group_id, tp, small.offset + 1), within=20
         )
+
+
+async def test_a_derived_event_too_large_for_the_broker_is_dead_lettered_not_retried(
+    infra: dict[str, str], namespace: str
+) -> None:
+    attempts: list[int] = []
+    handled: list[int] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value == b"make-it-large":
+            attempts.append(record.offset)
+            # The producer refuses a record over max_request_size before sending it.
+            await producer.send(
+                Topics.DELIVERY_STATUS, b"d" * (2 * 1024 * 1024), key="c", headers=[]
+            )
+        handled.append(record.offset)
+
+    tp = TopicPartition(TOPIC.name(namespace), 0)
+    async with _running(ConsumerLoop, infra, namespace, handler) as (loop, producer, dead):
+        large = await producer.raw.send_and_wait(
+            tp.topic, b"make-it-large", key=b"customer-1", partition=0
+        )
+        after = await producer.raw.send_and_wait(tp.topic, b"fine", key=b"customer-1", partition=0)
+        await eventually(lambda: handled == [after.offset])
+        entries = await eventually(dead.poll)
+        entry = dict(entries[0].headers)
+        assert entry["x-herald-error"] == b"MessageSizeTooLargeError"
+        assert entry["x-herald-error-kind"] == b"kafka-rejected"
+        assert entry["x-herald-source-offset"] == str(large.offset).encode()
+        assert entries[0].value == b"make-it-large"
+        assert attempts == [large.offset]  # tried once: sent again, it fails again
+        assert await eventually(
+            lambda: _is(infra["kafka"], loop.group_id, tp, after.offset + 1), within=20
+        )
+        await asyncio.sleep(0.5)
+        assert len(await dead.poll()) == 1
 
 
 async def _is(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:

@@ -608,6 +608,10 @@ class ConsumerLoop:
                 CONSUMED.labels(self.group, base, "retried").inc()
                 await asyncio.sleep(min(self._backoff(attempt, None), 5.0))
             except INFRA_ERRORS as exc:
+                if is_permanent_kafka_error(exc):
+                    # A derived event too large for the broker, say: sent again, it fails again.
+                    await self._to_dlq(record, exc, "kafka-rejected")
+                    break
                 await self.producer.recover(exc)
                 attempt += 1
                 CONSUMED.labels(self.group, base, "retried").inc()
