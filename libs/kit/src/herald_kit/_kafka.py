@@ -255,14 +255,19 @@ class EventProducer:
 
     async def start(self) -> None:
         """Connect."""
-        self._producer = AIOKafkaProducer(
+        self._producer = await self._started()
+
+    async def _started(self) -> AIOKafkaProducer:
+        """A new producer, connected (or the start's error, with nothing left open)."""
+        producer = AIOKafkaProducer(
             **kafka_client_options(self.settings),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             request_timeout_ms=30_000,
         )
-        await start_client(self._producer)
+        await start_client(producer)
+        return producer
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -278,6 +283,10 @@ class EventProducer:
         does not reset them as the Java client does): only a new producer, with a new producer
         id, publishes again. Sends that failed are retried by their callers, and consumers
         dedupe by event id, so nothing is lost or applied twice.
+
+        The new producer takes over only once it has started: one that could not (the broker
+        still restarting) is closed, and would hold every later send for good. The refused one
+        stays meanwhile, its sends keep failing at once, and the next of them tries again.
         """
         if not isinstance(exc, POISONED_PRODUCER) or self._producer is None:
             return False
@@ -289,7 +298,15 @@ class EventProducer:
                 "producer refused by the broker; starting a new one",
                 extra={"error": type(exc).__name__},
             )
-            await self.start()
+            try:
+                fresh = await self._started()
+            except Exception as start_exc:
+                log.warning(
+                    "new producer did not start; the next refused send tries again",
+                    extra={"error": type(start_exc).__name__},
+                )
+                return False
+            self._producer = fresh
         with contextlib.suppress(Exception):
             await stop_client(poisoned)
         return True
