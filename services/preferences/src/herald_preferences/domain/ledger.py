@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Source = Literal[
     "api",
@@ -21,15 +21,7 @@ Source = Literal[
     "import",
     "system",
 ]
-SOURCES: tuple[str, ...] = (
-    "api",
-    "sms-keyword",
-    "voice-keypad",
-    "email-unsubscribe",
-    "preference-centre",
-    "import",
-    "system",
-)
+SOURCES: tuple[str, ...] = get_args(Source)
 
 # A ledger entry for every topic of one channel at once (STOP / START keywords).
 ALL_TOPICS = "*"
