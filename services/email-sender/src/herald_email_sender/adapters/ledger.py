@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import utc_now
@@ -65,34 +65,6 @@ class BatchedLedger(SendLedger):
         if claimed is not None:
             return True, None
         return False, await self.rows.find_one({"_id": message_id})
-
-    async def start_sending(self, message_id: str, *, claim: str, now: datetime) -> bool:
-        """'queued' → 'sending' just before the SMTP transaction; False when the row is no
-        longer this claim's (another consumer took the message over): do not send then."""
-        return await self._starts.call((message_id, claim, now))
-
-    async def _start_batch(
-        self, items: list[tuple[str, str, datetime]]
-    ) -> list[bool | BaseException]:
-        ops = [
-            UpdateOne(
-                {"_id": mid, "status": self.claim_status, "claim": claim},
-                {"$set": {"status": "sending", "sending_at": now}},
-            )
-            for mid, claim, now in items
-        ]
-        result = await self.rows.bulk_write(ops, ordered=False)
-        if result.matched_count == len(ops):
-            return [True for _ in ops]
-        # Some row was claimed again by someone else: look which ones are still ours.
-        ours = {
-            (row["_id"], row.get("claim"))
-            async for row in self.rows.find(
-                {"_id": {"$in": [mid for mid, _, _ in items]}, "status": "sending"},
-                {"claim": 1},
-            )
-        }
-        return [(mid, claim) in ours for mid, claim, _ in items]
 
     async def set(self, message_id: str, status: str, **fields: object) -> None:
         """'sent' goes to the outcome rows in a batch; every other status updates the claim."""
