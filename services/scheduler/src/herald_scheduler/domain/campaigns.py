@@ -136,12 +136,60 @@ def _unknown_member(node: nodes.Node, member: str | nodes.Node) -> list[str]:
     return []
 
 
+# Standard cron numbers days from Sunday (0 and 7 both Sunday, 1 Monday); APScheduler 3 numbers
+# them from Monday (0 Monday, 6 Sunday), even in CronTrigger.from_crontab. The day-of-week field
+# is therefore read here, in standard cron's terms, and handed to APScheduler as day names.
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DAY_NUMBERS = {name: n for n, name in enumerate(_DAY_NAMES)}
+
+
+def _cron_day(value: str) -> int:
+    """One day of a standard cron day-of-week field: 0-7 (0 and 7 Sunday) or a name."""
+    name = value.lower()
+    if name in _DAY_NUMBERS:
+        return _DAY_NUMBERS[name]
+    if value.isascii() and value.isdigit() and int(value) <= 7:
+        return int(value)
+    raise ValueError(f"day of week {value!r} is not 0-7 (0 and 7 are Sunday) or sun-sat")
+
+
+def cron_day_of_week(field: str) -> str:
+    """A standard cron day-of-week field (numbers from Sunday, names, ranges, lists, steps)
+    as APScheduler's day names: '1-5' gives 'mon,tue,wed,thu,fri', '*/2' Sunday and every
+    other day after it."""
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = 1
+        if step_text:
+            if not (step_text.isascii() and step_text.isdigit() and int(step_text) > 0):
+                raise ValueError(f"step {step_text!r} in {part!r} must be a whole number above 0")
+            step = int(step_text)
+        if span == "*":
+            first, last = 0, 6
+        else:
+            start, dash, end = span.partition("-")
+            first = _cron_day(start)
+            # A lone day with a step runs to Saturday; a range ending on Sunday ('fri-sun')
+            # means its 7, the end of the week.
+            last = _cron_day(end) if dash else (6 if step_text else first)
+            if dash and last == 0 and first > 0:
+                last = 7
+            if first > last:
+                raise ValueError(f"range {span!r} runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    if len(days) == len(_DAY_NAMES):
+        return "*"
+    return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
+
+
 def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
-    """A cron trigger: five fields (minute first) or six (second first), in a named zone."""
+    """A cron trigger: five fields (minute first) or six (second first), in a named zone. The
+    day of week counts as in standard cron: 0 and 7 are Sunday, 1 is Monday."""
     fields = cron.split()
     tz = ZoneInfo(time_zone)
     if len(fields) == 5:
-        return CronTrigger.from_crontab(cron, timezone=tz)
+        fields = ["0", *fields]
     if len(fields) == 6:
         second, minute, hour, day, month, dow = fields
         return CronTrigger(
@@ -150,7 +198,7 @@ def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
             hour=hour,
             day=day,
             month=month,
-            day_of_week=dow,
+            day_of_week=cron_day_of_week(dow),
             timezone=tz,
         )
     raise ValueError("cron needs 5 fields (m h dom mon dow) or 6 (s m h dom mon dow)")
@@ -193,7 +241,10 @@ class ScheduleTrigger(BaseModel):
     cron: str | None = Field(
         default=None,
         max_length=200,
-        description="Five fields (m h dom mon dow) or six with seconds first.",
+        description=(
+            "Five fields (m h dom mon dow) or six with seconds first. Days of the week as in "
+            "standard cron: 0 and 7 are Sunday, 1 is Monday, or sun-sat."
+        ),
         examples=["0 9 * * mon"],
     )
     at: AwareDatetime | None = Field(default=None, description="Fire once at this time.")
