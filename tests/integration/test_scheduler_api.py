@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -83,6 +85,19 @@ async def client(
             "timing",
             "expires_after_seconds",
         ),
+        # Schedules that could never fire would be accepted and sit silently.
+        (
+            {"trigger": {"kind": "schedule", "at": "2020-01-01T09:00:00Z"}},
+            "trigger.schedule.at",
+            "not in the future",
+        ),
+        (
+            {"trigger": {"kind": "schedule", "at": "9999-12-31T23:59:59-23:59"}},
+            "trigger.schedule.at",
+            "years",
+        ),
+        ({"trigger": {**SCHEDULE, "cron": "0 0 31 2 *"}}, "trigger.schedule.cron", "no date"),
+        ({"trigger": {**SCHEDULE, "cron": "0 0 30 2 *"}}, "trigger.schedule.cron", "no date"),
     ],
 )
 async def test_bad_campaigns_are_refused_naming_the_field(
@@ -103,6 +118,36 @@ async def test_a_schedule_campaign_is_accepted(client: httpx.AsyncClient) -> Non
     )
     assert r.status_code == 201, r.text
     assert r.json()["definition"]["trigger"]["time_zone"] == "Europe/Amsterdam"
+
+
+async def test_a_one_off_whose_time_passed_is_refused_on_save_and_on_activation(
+    client: httpx.AsyncClient,
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    trigger = {"kind": "schedule", "at": soon.isoformat(), "time_zone": "UTC"}
+    r = await client.post("/v1/campaigns", json=campaign_body(trigger=trigger))
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+
+    # Activated now, the draft would never fire: refused, and it stays a draft.
+    r = await client.post(f"/v1/campaigns/{cid}/activate")
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["field"] == "trigger.schedule.at"
+    assert (await client.get(f"/v1/campaigns/{cid}")).json()["status"] == "draft"
+
+    # Saving it again with the same past time is refused too; a time to come is accepted.
+    r = await client.put(
+        f"/v1/campaigns/{cid}", json=campaign_body(trigger=trigger), headers={"If-Match": '"1"'}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "trigger.schedule.at", r.text
+    later = {**trigger, "at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    r = await client.put(
+        f"/v1/campaigns/{cid}", json=campaign_body(trigger=later), headers={"If-Match": '"1"'}
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.post(f"/v1/campaigns/{cid}/activate")).status_code == 200
 
 
 async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from herald_contracts import CaseState, ContactPreferences, utc_now
 from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
 from herald_scheduler.adapters.audience import ContactView
-from herald_scheduler.adapters.campaigns import CampaignRepository
+from herald_scheduler.adapters.campaigns import ALLOWED, TARGET, CampaignRepository
 from herald_scheduler.adapters.history import ContactHistory
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.domain.campaigns import (
@@ -20,6 +20,7 @@ from herald_scheduler.domain.campaigns import (
     CampaignStatus,
     ScheduleTrigger,
     audience_reads_cases,
+    definition_of,
 )
 from herald_scheduler.domain.dryrun import DryRunResult, dry_run
 
@@ -59,6 +60,12 @@ class CampaignPage(BaseModel):
 
     items: list[Campaign]
     next: str | None
+
+
+def _check_fires(body: CampaignIn, now: datetime) -> None:
+    """A schedule that would never fire is refused (422): accepted, it would sit silently."""
+    if isinstance(body.trigger, ScheduleTrigger):
+        body.trigger.check_fires(now)
 
 
 def _out(doc: dict[str, Any]) -> Campaign:
@@ -105,7 +112,9 @@ def _expected_version(if_match: str | None) -> int:
 @router.post("", status_code=201, summary="Create a campaign (as a draft).")
 async def create(body: CampaignIn, response: Response, repo: Repo, who: Writer) -> Campaign:
     """Validate and store a draft."""
-    doc = await repo.create(body, now=utc_now())
+    now = utc_now()
+    _check_fires(body, now)
+    doc = await repo.create(body, now=now)
     response.headers["Location"] = f"/v1/campaigns/{doc['_id']}"
     return _out(doc)
 
@@ -153,8 +162,10 @@ async def update(
     ] = None,
 ) -> Campaign:
     """Replace the definition as version n+1; contacts already under way keep their version."""
+    now = utc_now()
+    _check_fires(body, now)
     doc = await repo.update(
-        campaign_id, body, expected_version=_expected_version(if_match), now=utc_now()
+        campaign_id, body, expected_version=_expected_version(if_match), now=now
     )
     response.headers["ETag"] = _etag(doc)
     return _out(doc)
@@ -240,7 +251,13 @@ for _action in ("activate", "pause", "resume", "archive"):
 
     def _make(action: str) -> Any:
         async def transition(campaign_id: str, repo: Repo, who: Writer) -> Campaign:
-            return _out(await repo.transition(campaign_id, action, now=utc_now()))
+            now = utc_now()
+            if TARGET[action] == "active":
+                # A draft's `at` may have passed since it was saved, or while it was paused.
+                doc = await repo.get(campaign_id)
+                if doc["status"] in ALLOWED[action]:  # else the 409 says why it cannot
+                    _check_fires(definition_of(doc), now)
+            return _out(await repo.transition(campaign_id, action, now=now))
 
         transition.__doc__ = f"{action.capitalize()} a campaign."
         return transition

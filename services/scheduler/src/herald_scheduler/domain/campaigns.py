@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,11 +26,16 @@ from pydantic import (
 )
 
 from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
+from herald_kit import InvalidInput
 from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import ExpressionError, check, free_variables
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
+
+# The years a one-off `at` may fall in (UTC). Far from datetime's own limits, so that neither
+# APScheduler nor the delays and expiries added to a fire time can overflow.
+AT_YEARS = (2000, 2999)
 
 # A campaign id, case and customer give a request id that a replay reproduces exactly.
 REQUEST_NAMESPACE = uuid.UUID("6f1c2b36-6a55-4a2f-9d0e-3a8c7f0b9e11")
@@ -247,7 +252,10 @@ class ScheduleTrigger(BaseModel):
         ),
         examples=["0 9 * * mon"],
     )
-    at: AwareDatetime | None = Field(default=None, description="Fire once at this time.")
+    at: AwareDatetime | None = Field(
+        default=None,
+        description="Fire once at this time: in the future when saved, in the years 2000-2999.",
+    )
     time_zone: str = Field(default="UTC", examples=["Europe/Amsterdam"])
     audience: str | None = Field(
         default=None,
@@ -293,11 +301,43 @@ class ScheduleTrigger(BaseModel):
                 raise ValueError(f"invalid cron expression: {exc}") from exc
         return value
 
+    @field_validator("at")
+    @classmethod
+    def _at_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            first, last = AT_YEARS
+            try:
+                year = value.astimezone(UTC).year
+            except OverflowError:  # 9999-12-31T23:59:59-23:59 is past datetime's last year
+                year = last + 1
+            if not first <= year <= last:
+                raise ValueError(f"at must fall in the years {first}-{last} (UTC)")
+        return value
+
     @model_validator(mode="after")
     def _one_schedule(self) -> ScheduleTrigger:
         if (self.cron is None) == (self.at is None):
             raise ValueError("give exactly one of cron or at")
         return self
+
+    def check_fires(self, now: datetime) -> None:
+        """InvalidInput naming the field when this schedule would never fire after `now`: an
+        `at` not in the future, a cron matching no date (`0 0 31 2 *`). Checked when a campaign
+        is saved and again when it goes active, not on every read: a one-off that has fired
+        stays readable."""
+        if self.at is not None and self.at <= now:
+            raise InvalidInput(
+                "at is not in the future: the campaign would never fire",
+                field="trigger.schedule.at",
+            )
+        if (
+            self.cron is not None
+            and self.apscheduler_trigger().get_next_fire_time(None, now) is None
+        ):
+            raise InvalidInput(
+                f"cron {self.cron!r} matches no date to come: the campaign would never fire",
+                field="trigger.schedule.cron",
+            )
 
     def apscheduler_trigger(self) -> BaseTrigger:
         """The APScheduler trigger for this schedule."""

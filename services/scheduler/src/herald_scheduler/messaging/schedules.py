@@ -101,6 +101,7 @@ class ScheduleRunner:
         self._task: asyncio.Task[None] | None = None
         self._fanouts: dict[str, asyncio.Task[int]] = {}
         self._firing: dict[str, asyncio.Task[None]] = {}
+        self._unschedulable: set[str] = set()  # "campaign|version" already logged
 
     def start(self) -> None:
         """Start competing for the lease."""
@@ -231,14 +232,30 @@ class ScheduleRunner:
         for cid, doc in wanted.items():
             if cid in have:
                 continue
-            trigger = definition_of(doc).trigger
-            assert isinstance(trigger, ScheduleTrigger)
-            aps = trigger.apscheduler_trigger()
-            if aps.get_next_fire_time(None, utc_now()) is None:
-                continue  # a one-off time already past, or a schedule with no more fires
-            self._scheduler.add_job(
-                _noop, aps, id=cid, name=f"v{doc['version']}", replace_existing=True
-            )
+            # One campaign that cannot be scheduled (a definition saved before a check existed)
+            # must not keep every other campaign from firing: it is logged once per version.
+            try:
+                self._schedule(cid, doc)
+            except Exception as exc:
+                failed = f"{cid}|v{doc.get('version')}"
+                if failed not in self._unschedulable:
+                    self._unschedulable.add(failed)
+                    log.error(
+                        "campaign cannot be scheduled; it will not fire",
+                        extra={"campaign": cid, "error": type(exc).__name__},
+                    )
+
+    def _schedule(self, cid: str, doc: Doc) -> None:
+        """Add the campaign's job, unless its schedule has no fire to come."""
+        assert self._scheduler is not None
+        trigger = definition_of(doc).trigger
+        assert isinstance(trigger, ScheduleTrigger)
+        aps = trigger.apscheduler_trigger()
+        if aps.get_next_fire_time(None, utc_now()) is None:
+            return  # a one-off time already past, or a schedule with no more fires
+        self._scheduler.add_job(
+            _noop, aps, id=cid, name=f"v{doc['version']}", replace_existing=True
+        )
 
     async def _fire(self, campaign_id: str, scheduled: datetime) -> None:
         """Record the fire and start its fan-out; its due marker goes once that is settled (a
