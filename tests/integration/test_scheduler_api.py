@@ -32,6 +32,10 @@ async def client(
         ({"trigger": {**SCHEDULE, "cron": "every monday"}}, "trigger.schedule.cron", "cron"),
         ({"trigger": {**SCHEDULE, "cron": None}}, "trigger.schedule", "exactly one"),
         ({"trigger": {**SCHEDULE, "time_zone": "Mars/Olympus"}}, "trigger.schedule.time_zone", ""),
+        # A directory of the zone database, a name too long for a file, the host's own zone.
+        ({"trigger": {**SCHEDULE, "time_zone": "Europe"}}, "trigger.schedule.time_zone", "zone"),
+        ({"trigger": {**SCHEDULE, "time_zone": "x" * 300}}, "trigger.schedule.time_zone", "zone"),
+        ({"trigger": {**SCHEDULE, "time_zone": "localtime"}}, "trigger.schedule.time_zone", ""),
         (
             {"trigger": {**SCHEDULE, "audience": "contact.locale =="}},
             "trigger.schedule.audience",

@@ -54,6 +54,7 @@ from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
 from herald_kit._settings import REPLAY_WINDOW, ApiKeyEntry, ServiceSettings
 from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
+from herald_kit._zones import valid_zone
 
 __all__ = [
     "PROBLEM",
@@ -124,4 +125,5 @@ __all__ = [
     "stop_client",
     "transient",
     "tune_gc",
+    "valid_zone",
 ]

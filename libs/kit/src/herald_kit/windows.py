@@ -13,12 +13,13 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 from pydantic import BaseModel, Field
 
 from herald_contracts import Channel, ContactPreferences
+from herald_kit._zones import valid_zone
 
 MINUTES_PER_DAY = 24 * 60
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -73,8 +74,8 @@ class Window:
 def zone(name: str) -> ZoneInfo:
     """The customer's zone; UTC when the name is unknown (never guess a laxer zone)."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return valid_zone(name)
+    except ValueError:
         return ZoneInfo("UTC")
 
 

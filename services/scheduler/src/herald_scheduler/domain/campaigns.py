@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
-from herald_kit import InvalidInput
+from herald_kit import InvalidInput, valid_zone
 from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import ExpressionError, check, free_variables
 
@@ -271,10 +271,7 @@ class ScheduleTrigger(BaseModel):
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+        valid_zone(value)  # ZoneInfo alone opens 'Europe' (a directory) and fails with a 500
         return value
 
     @field_validator("audience")
