@@ -39,7 +39,7 @@ async def publish_case(
 
 
 def once_soon() -> dict[str, str]:
-    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # still ahead at activation
     return {"kind": "schedule", "at": at, "time_zone": "UTC"}
 
 

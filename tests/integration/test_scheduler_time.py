@@ -470,7 +470,7 @@ async def test_killed_fan_out_resumes_and_completes_without_duplicates(
             return await mongo[db]["contacts"].count_documents({}) == len(audience)
 
         await eventually(view_ready)
-        at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # still ahead at activation
         cid = await active_campaign(
             client,
             trigger={"kind": "schedule", "at": at, "time_zone": "UTC"},
@@ -531,7 +531,7 @@ async def test_an_unpaced_fan_out_publishes_every_chunk_once_and_counts_it(
             return await mongo[db]["contacts"].count_documents({}) == len(audience)
 
         await eventually(view_ready)
-        at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # still ahead at activation
         cid = await active_campaign(
             client, trigger={"kind": "schedule", "at": at, "time_zone": "UTC"}
         )
@@ -572,7 +572,7 @@ async def test_pausing_halts_a_fan_out_and_a_paused_schedule_fires_nothing(
     await publish_audience(publisher, audience)
     fires = mongo[db]["fires"]
     async with scheduler(infra, namespace, db, fanout_batch=10) as client:
-        at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # still ahead at activation
         cid = await active_campaign(
             client,
             trigger={"kind": "schedule", "at": at, "time_zone": "UTC"},
