@@ -117,6 +117,34 @@ async def test_customer_changes_ranking_quiet_hours_and_topics_in_a_browser(
     assert {e["actor"] for e in centre} == {"customer"}
 
 
+async def test_unticking_a_topic_outside_the_configured_ones_withdraws_it(
+    service: httpx.AsyncClient, browser: Any
+) -> None:
+    # partner-offers is not among the configured topics; the page offers it because the
+    # customer consented to it through the API.
+    cid = await _contact(
+        service,
+        consents={"service-updates": {"email": True}, "partner-offers": {"email": True}},
+    )
+    page = await browser.new_page()
+    try:
+        await page.goto(await _link(service, cid))
+        assert await page.is_checked("[id='consent:partner-offers:email']")
+        await page.uncheck("[id='consent:partner-offers:email']")
+        await page.click("#save")
+        await page.wait_for_selector("#saved")
+        assert not await page.is_checked("[id='consent:partner-offers:email']")
+    finally:
+        await page.close()
+    got = (await service.get(f"/v1/contacts/{cid}")).json()
+    assert got["consents"]["partner-offers"]["email"] is False
+    assert got["consents"]["service-updates"]["email"] is True
+    history = (await service.get(f"/v1/contacts/{cid}/consents")).json()
+    assert ("partner-offers", "email", False, "customer") in [
+        (e["topic"], e["channel"], e["granted"], e["actor"]) for e in history["entries"]
+    ]
+
+
 async def test_the_page_speaks_the_customers_language(
     service: httpx.AsyncClient, browser: Any
 ) -> None:

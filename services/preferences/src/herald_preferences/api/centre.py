@@ -66,6 +66,15 @@ def _customer(request: Request, token: str) -> str:
     return customer
 
 
+def _topics(settings: Settings, doc: dict[str, Any]) -> list[str]:
+    """The topics the page offers: the configured ones, then any other the customer holds.
+
+    The page and its save both use this list: a box the customer unticks on a topic outside
+    the configured ones must withdraw that consent, not be skipped while the page says saved.
+    """
+    return list(dict.fromkeys([*settings.topics, *doc.get("granted", {})]))
+
+
 def _page(
     request: Request,
     doc: dict[str, Any],
@@ -78,7 +87,7 @@ def _page(
     locale = pick_locale(doc.get("locale"), request.headers.get("accept-language"))
     w = words(locale)
     available = [c for c in ("sms", "email", "voice") if c in doc.get("channels", {})]
-    topics = list(dict.fromkeys([*settings.topics, *doc.get("granted", {})]))
+    topics = _topics(settings, doc)
     html = _env.get_template("centre.html").render(
         w=w,
         lang=html_lang(locale),
@@ -145,7 +154,10 @@ async def centre_save(request: Request, token: str) -> Response:
             return _link_problem(request, HeraldError("gone"))
         try:
             raw, lifted = contact_from_form(
-                current, form, topics=settings.topics, stopped=current.get("stopped", [])
+                current,
+                form,
+                topics=_topics(settings, current),
+                stopped=current.get("stopped", []),
             )
             body = ContactIn.model_validate(raw)
         except HeraldError as exc:
