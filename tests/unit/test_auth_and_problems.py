@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import httpx
 import pytest
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
+from pymongo.errors import AutoReconnect
 
 from herald_kit import (
     ApiKeyEntry,
@@ -36,15 +38,26 @@ async def make(
     return {"by": who.name, "name": thing.name}
 
 
-@pytest.fixture
-def client() -> httpx.AsyncClient:
-    settings = ServiceSettings(
+@router.get("/p/{token}")
+async def link_page(token: str) -> None:
+    if token.startswith("db-"):
+        raise AutoReconnect("primary stepped down")
+    raise RuntimeError("a bug in the handler")
+
+
+def _settings() -> ServiceSettings:
+    return ServiceSettings(
         api_keys=[
             ApiKeyEntry(name="ops", hash=hash_key(KEY), scopes=["things:write"]),
             ApiKeyEntry(name="viewer", hash=hash_key("viewer-key"), scopes=["things:read"]),
         ],
         max_body_bytes=2048,
     )
+
+
+@pytest.fixture
+def client() -> httpx.AsyncClient:
+    settings = _settings()
     app = build_app(settings, Runtime(settings, "t", uses_kafka=False), title="t", routers=[router])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
@@ -140,3 +153,21 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         _answered("unmatched", "GET", "404"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
+async def test_errors_on_a_link_route_log_the_route_not_the_customers_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # /p/{token} and /s/{token} carry a customer's link token in the path: a log line that
+    # names the path would hand the link to whoever reads the logs.
+    settings = _settings()
+    app = build_app(settings, Runtime(settings, "t", uses_kafka=False), title="t", routers=[router])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    token = "eyJjIjoiY3VzdC0xIn0.axcBgw.DzpK55OmSyQpuMoQ2RXw48nkpgo"
+    caplog.set_level(logging.INFO, logger="herald.http")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get(f"/p/db-{token}")).status_code == 503
+        assert (await c.get(f"/p/{token}")).status_code == 500
+    lines = [r.getMessage() for r in caplog.records if r.name == "herald.http"]
+    assert lines == ["dependency failed on /p/{token}", "unhandled error on /p/{token}"]
+    assert token not in caplog.text

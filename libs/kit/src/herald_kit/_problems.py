@@ -51,6 +51,12 @@ def validation_errors(errors: list[Any]) -> list[dict[str, str]]:
     return out
 
 
+def route_of(request: Request) -> str:
+    """The matched route's template (`/p/{token}`) for logs, never the raw path: customers'
+    link tokens travel in paths, and a log line must not carry one."""
+    return str(getattr(request.scope.get("route"), "path", None) or "an unmatched route")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every error to problem+json."""
 
@@ -108,7 +114,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         # The database or the broker failed mid-request: nothing half-done is reported as done
         # (writers leave outbox markers first), so the caller may retry.
         log.warning(
-            "dependency failed on %s", request.url.path, extra={"error": type(exc).__name__}
+            "dependency failed on %s", route_of(request), extra={"error": type(exc).__name__}
         )
         runtime = getattr(request.app.state, "runtime", None)
         producer = getattr(runtime, "producer", None)
@@ -123,7 +129,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
+        log.exception("unhandled error on %s", route_of(request))
         return problem(500, "Internal error", "An unexpected error occurred.")
 
 

@@ -19,6 +19,7 @@ from herald_ingest.domain.status_text import BUTTONS, pick_locale, when, words
 from herald_ingest.web.templates import status_template
 from herald_kit import (
     EventProducer,
+    HeraldError,
     InvalidInput,
     LinkInvalid,
     LinkSigner,
@@ -33,9 +34,20 @@ PURPOSE = "case-status"
 FIELDS = ("status", "summary", "next_step", "assigned_team", "assigned_engineer")
 
 
+class NotConfigured(HeraldError):
+    """The service lacks a setting it needs for this request."""
+
+    status = 503
+    title = "Not configured"
+
+
 def _signer(request: Request) -> LinkSigner:
+    """The signer of status links; 503 when no link secret is configured."""
     settings: Settings = request.app.state.settings
-    return LinkSigner(settings.link_secret.get_secret_value(), PURPOSE)
+    secret = settings.link_secret.get_secret_value()
+    if not secret:
+        raise NotConfigured("no link secret is configured (HERALD_INGEST_LINK_SECRET)")
+    return LinkSigner(secret, PURPOSE)
 
 
 def _verify(request: Request, token: str) -> dict[str, Any]:
