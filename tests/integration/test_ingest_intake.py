@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -120,6 +121,16 @@ async def test_unparseable_bodies(
         (lambda e: e.update(type="case.exploded"), "type"),
         (lambda e: e.pop("id"), "id"),
         (lambda e: e["data"].update(eta="tomorrow"), "data.eta"),
+        # Valid JSON and ISO 8601 the database cannot hold: refused, not a 500 at storage.
+        (lambda e: e["data"].update(sequence=2**63), "data.sequence"),
+        (lambda e: e["data"].update(attributes={"score": 10**20}), "data.attributes.score"),
+        (lambda e: e["data"].update(attributes={"score": -(2**63) - 1}), "data.attributes.score"),
+        (lambda e: e.update(time="0001-01-01T00:00:00+14:00"), "time"),
+        (lambda e: e["data"].update(eta="9999-12-31T23:00:00-14:00"), "data.eta"),
+        (
+            lambda e: e["data"].update(appointment={"starts_at": "0001-01-01T10:00:00+10:30"}),
+            "data.appointment.starts_at",
+        ),
     ],
 )
 async def test_invalid_event_names_the_field_and_stores_nothing(
@@ -131,6 +142,42 @@ async def test_invalid_event_names_the_field_and_stores_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field
     assert (await ingest.get("/v1/cases/case-1")).status_code == 404
+
+
+async def test_the_largest_storable_values_are_accepted(ingest: httpx.AsyncClient) -> None:
+    ev = _event(sequence=2**63 - 1, attributes={"low": -(2**63), "high": 2**63 - 1})
+    ev["time"] = "0001-01-01T00:00:00-14:00"
+    r = await ingest.post("/v1/events", json=ev)
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    case = (await ingest.get("/v1/cases/case-1")).json()
+    assert case["attributes"] == {"low": -(2**63), "high": 2**63 - 1}
+
+
+async def test_an_unstorable_event_fails_alone_not_the_events_posted_with_it(
+    ingest: httpx.AsyncClient,
+) -> None:
+    # Concurrent posts share one database batch: an event the database cannot store must be
+    # refused on its own, not fail the batch and every other caller's event in it.
+    def good(i: int) -> dict[str, Any]:
+        return {**_event(status=f"s{i}"), "data": {"case_id": f"case-{i}", "status": "open"}}
+
+    bad = [
+        _event(sequence=10**20),
+        _event(attributes={"n": 10**20}),
+        {**_event(), "time": "0001-01-01T00:00:00+14:00"},
+    ]
+    answers = await asyncio.gather(
+        *(ingest.post("/v1/events", json=b) for b in bad),
+        *(ingest.post("/v1/events", json=good(i)) for i in range(6)),
+    )
+    assert [r.status_code for r in answers] == [422] * 3 + [202] * 6, [r.text for r in answers]
+    assert all(r.json()["accepted"] == 1 for r in answers[3:])
+    # And in one posted batch, the others are accepted and the bad one reported.
+    r = await ingest.post("/v1/events", json=[good(7), bad[0], good(8)])
+    assert [x["result"] for x in r.json()["results"]] == ["accepted", "rejected", "accepted"]
+    assert r.json()["results"][1]["field"] == "data.sequence"
+    for i in (*range(6), 7, 8):
+        assert (await ingest.get(f"/v1/cases/case-{i}")).status_code == 200
 
 
 async def test_oversize_batch_is_refused(ingest: httpx.AsyncClient) -> None:

@@ -46,6 +46,30 @@ def test_custom_type_maps_extra_fields_to_attributes() -> None:
 
 
 @pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"case_id": "c", "attributes": "ab"}, "data.attributes"),
+        ({"case_id": "c", "attributes": [1]}, "data.attributes"),
+        ({"case_id": "c", "attributes": 7}, "data.attributes"),
+        ({"case_id": "c", "attributes": {"kwh": 10**20}}, "data.attributes.kwh"),
+        ({"case_id": "c", "kwh": 10**20}, "data.kwh"),  # a top-level field, named as sent
+        ({"case_id": "c", "sequence": 2**63}, "data.sequence"),
+    ],
+)
+def test_custom_type_bad_attributes_name_the_field(data: dict[str, object], field: str) -> None:
+    catalog = EventCatalog({"meter.read": {"type": "object", "required": ["case_id"]}})
+    with pytest.raises(Rejected) as err:
+        catalog.validate("meter.read", data)
+    assert err.value.field == field
+
+
+def test_custom_type_keeps_given_attributes_beside_lifted_ones() -> None:
+    catalog = EventCatalog({"meter.read": {"type": "object", "required": ["case_id"]}})
+    body = catalog.validate("meter.read", {"case_id": "c", "kwh": 2, "attributes": {"m": "x"}})
+    assert body.attributes == {"m": "x", "kwh": 2}
+
+
+@pytest.mark.parametrize(
     "wanted,accept,expected",
     [
         ("zh-CN", None, "zh-CN"),

@@ -28,6 +28,7 @@ from herald_contracts._events import (
     SuppressionReason,
     TimerRequest,
     utc_now,
+    utc_representable,
 )
 from herald_contracts._keywords import Keyword, keyword, normalise_keyword
 from herald_contracts._registry import (
@@ -99,4 +100,5 @@ __all__ = [
     "keyword",
     "normalise_keyword",
     "utc_now",
+    "utc_representable",
 ]

@@ -6,13 +6,15 @@ grows compatibly: new optional fields, never a removed or retyped one.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self, get_args
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -26,6 +28,38 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
 
+# The database stores integers as signed 64-bit: a larger one cannot be saved at all.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def _fits_int64(value: object) -> object:
+    # Checked before the union is tried: float would otherwise take a too-large integer
+    # silently (1e20 for 100000000000000000000), storing a number the sender never sent.
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"an integer must lie between {INT64_MIN} and {INT64_MAX}")
+    return value
+
+
+Scalar = Annotated[str | Int64 | float | bool | None, BeforeValidator(_fits_int64)]
+
+
+def utc_representable(value: datetime) -> datetime:
+    """The time, if it converts to UTC; ValueError otherwise.
+
+    0001-01-01T00:00:00+14:00 is valid ISO 8601, but its UTC value lies before year 1, which
+    Python and the database cannot hold: comparing, storing or formatting it would fail later.
+    """
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time must lie between years 1 and 9999 in UTC") from None
+    return value
+
+
+Time = Annotated[AwareDatetime, AfterValidator(utc_representable)]
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,8 +68,8 @@ class _Body(BaseModel):
 class Appointment(_Body):
     """A booked visit or call."""
 
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime | None = None
+    starts_at: Time
+    ends_at: Time | None = None
     engineer: str | None = Field(default=None, max_length=200)
     location: str | None = Field(default=None, max_length=500)
 
@@ -46,16 +80,19 @@ class CaseEventData(_Body):
     case_id: Id
     customer_ids: list[Id] = Field(default_factory=list, max_length=50)
     sequence: int | None = Field(
-        default=None, ge=0, description="Source's own ordering; newer events have larger numbers."
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="Source's own ordering; newer events have larger numbers.",
     )
     status: str | None = Field(default=None, max_length=100)
     summary: str | None = Field(default=None, max_length=2000)
     next_step: str | None = Field(default=None, max_length=2000)
-    eta: AwareDatetime | None = None
+    eta: Time | None = None
     assigned_team: str | None = Field(default=None, max_length=200)
     assigned_engineer: str | None = Field(default=None, max_length=200)
     appointment: Appointment | None = None
-    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    attributes: dict[str, Scalar] = Field(default_factory=dict)
 
 
 class _TypedCaseEvent(CaseEventData):
@@ -143,11 +180,11 @@ class CaseState(_Body):
     status: str | None = None
     summary: str | None = None
     next_step: str | None = None
-    eta: AwareDatetime | None = None
+    eta: Time | None = None
     assigned_team: str | None = None
     assigned_engineer: str | None = None
     appointment: Appointment | None = None
-    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    attributes: dict[str, Scalar] = Field(default_factory=dict)
     updated_at: AwareDatetime
 
 

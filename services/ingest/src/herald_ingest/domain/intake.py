@@ -9,7 +9,7 @@ from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[impor
 from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from herald_contracts import INBOUND, CaseEventData
+from herald_contracts import INBOUND, CaseEventData, utc_representable
 
 
 class InboundEvent(BaseModel):
@@ -109,14 +109,23 @@ class CustomType:
         assert isinstance(data, dict)
         known = set(CaseEventData.model_fields)
         body = {k: v for k, v in data.items() if k in known}
-        attributes = dict(body.get("attributes") or {})
+        given = body.get("attributes")
+        if given is not None and not isinstance(given, dict):
+            raise Rejected("data.attributes", "must be an object")
+        attributes = dict(given or {})
+        lifted: set[str] = set()
         for k, v in data.items():
             if k not in known and (v is None or isinstance(v, str | int | float | bool)):
                 attributes[k] = v
+                lifted.add(k)
         body["attributes"] = attributes
         try:
             return CaseEventData.model_validate(body)
         except ValidationError as exc:
+            loc = exc.errors()[0]["loc"]
+            if len(loc) >= 2 and loc[0] == "attributes" and loc[1] in lifted:
+                # A top-level field of the sender's became an attribute: name it as sent.
+                raise Rejected(f"data.{loc[1]}", exc.errors()[0]["msg"]) from exc
             raise _first_error(exc, "data.") from exc
 
 
@@ -165,6 +174,11 @@ def validate_event(
     data: Any,
     catalog: EventCatalog = DEFAULT_CATALOG,
 ) -> InboundEvent:
-    """Check the type is known and the data matches its schema."""
+    """Check the type is known, the time usable and the data matches its schema."""
+    if time is not None:
+        try:
+            utc_representable(time)
+        except ValueError as exc:
+            raise Rejected("time", str(exc)) from exc
     body = catalog.validate(type_, data)
     return InboundEvent(id=event_id, source=source, type=type_, time=time, data=body)
