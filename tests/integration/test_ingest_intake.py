@@ -121,6 +121,9 @@ async def test_unparseable_bodies(
         (lambda e: e.update(type="case.exploded"), "type"),
         (lambda e: e.pop("id"), "id"),
         (lambda e: e["data"].update(eta="tomorrow"), "data.eta"),
+        # Ids the API reads back as a path segment: with a '/', never readable.
+        (lambda e: e["data"].update(case_id="acme/42"), "data.case_id"),
+        (lambda e: e["data"].update(customer_ids=["acme/7"]), "data.customer_ids.0"),
         # Valid JSON and ISO 8601 the database cannot hold: refused, not a 500 at storage.
         (lambda e: e["data"].update(sequence=2**63), "data.sequence"),
         (lambda e: e["data"].update(attributes={"score": 10**20}), "data.attributes.score"),

@@ -266,6 +266,8 @@ async def test_concurrent_writes_one_wins_the_other_gets_412(api: httpx.AsyncCli
         ({"quiet_hours": {"start": "21:00", "end": "7am"}}, "quiet_hours.end"),
         ({"quiet_hours": {"start": "21:00", "end": "21:00"}}, "quiet_hours"),
         ({"locale": "english please"}, "locale"),
+        # /v1/contacts/acme/42 could never reach it: created, it could not be read or erased.
+        ({"customer_id": "acme/42"}, "customer_id"),
     ],
 )
 async def test_bad_input_is_a_problem_naming_the_field_and_stores_nothing(

@@ -18,6 +18,8 @@ from herald_ingest.domain.status_text import pick_locale, when, words
         ("case.status_changed", {"case_id": "c"}, "data.status"),
         ("case.updated", {"status": "x"}, "data.case_id"),
         ("case.exploded", {"case_id": "c"}, "type"),
+        ("case.updated", {"case_id": "acme/42"}, "data.case_id"),
+        ("case.updated", {"case_id": "c", "customer_ids": ["a", "b/c"]}, "data.customer_ids.1"),
     ],
 )
 def test_type_rules_name_the_field(type_: str, data: dict[str, object], field: str) -> None:

@@ -25,6 +25,9 @@ Channel = Literal["sms", "email", "voice"]
 CHANNELS: tuple[Channel, ...] = ("sms", "email", "voice")
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00$]+$")]
+# An id that backends send and the APIs take back as a path segment (/v1/cases/{id},
+# /v1/customers/{id}/cases): a '/' in it would make what it names unreadable.
+PathId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00$/]+$")]
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
 
@@ -77,8 +80,8 @@ class Appointment(_Body):
 class CaseEventData(_Body):
     """Body of the business events backend systems publish about a case."""
 
-    case_id: Id
-    customer_ids: list[Id] = Field(default_factory=list, max_length=50)
+    case_id: PathId
+    customer_ids: list[PathId] = Field(default_factory=list, max_length=50)
     sequence: int | None = Field(
         default=None,
         ge=0,

@@ -18,8 +18,10 @@ from pydantic import (
 from herald_contracts import Channel, QuietHours
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+# The id is a segment of /v1/contacts/{id}: with a '/' in it the contact could be created but
+# never read, changed or erased (the router splits the path at the '/').
 CustomerId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00$.]+$")
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00$./]+$")
 ]
 
 
