@@ -259,6 +259,8 @@ async def test_concurrent_writes_one_wins_the_other_gets_412(api: httpx.AsyncCli
         ({"channels": {"sms": "not a number"}}, "channels.sms"),
         ({"channels": {"email": "ada@"}}, "channels.email"),
         ({"time_zone": "Mars/Olympus_Mons"}, "time_zone"),
+        ({"time_zone": "Europe"}, "time_zone"),  # a directory of the zone database
+        ({"time_zone": "x" * 300}, "time_zone"),  # longer than a file name may be
         ({"ranking": ["sms", "fax"]}, "ranking.1"),
         ({"channels": {"fax": "+12015550100"}}, "channels.fax"),
         ({"consents": {"billing": {"pigeon": True}}}, "consents.billing.pigeon.[key]"),

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from herald_contracts import DeliveryStatus, EngagementReply, keyword
 from herald_kit import InvalidInput
@@ -15,6 +16,7 @@ from herald_preferences.api.contacts import merge_patch
 from herald_preferences.api.i18n import pick_locale
 from herald_preferences.domain.bounces import address_status
 from herald_preferences.domain.centre import contact_from_form
+from herald_preferences.domain.contacts import ContactIn
 from herald_preferences.domain.ledger import ALL_TOPICS, Change, diff, entries_for, fold
 from herald_preferences.messaging.handlers import reply_changes
 
@@ -225,3 +227,21 @@ def test_a_reply_withdraws_consent_with_evidence_of_how_it_was_given(
         at=NOW,
     )
     assert reply_changes(reply) == ([Change(ALL_TOPICS, channel, intent == "start")], source)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    # A directory of the zone database, names the OS refuses to open, paths, the machine's own.
+    ["Europe", "Europe/", "America", "x" * 300, "../../etc/passwd", "UTC\x00", "localtime", ""],
+)
+def test_a_time_zone_must_be_an_iana_zone_name(zone: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ContactIn(customer_id="c1", time_zone=zone)
+    assert err.value.errors()[0]["loc"] == ("time_zone",)
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/London", "Asia/Shanghai", "America/Argentina/Salta"]
+)
+def test_iana_zone_names_are_accepted(zone: str) -> None:
+    assert ContactIn(customer_id="c1", time_zone=zone).time_zone == zone
