@@ -183,6 +183,34 @@ async def test_an_unstorable_event_fails_alone_not_the_events_posted_with_it(
         assert (await ingest.get(f"/v1/cases/case-{i}")).status_code == 200
 
 
+async def test_an_event_that_breaks_processing_fails_only_its_own_post(
+    ingest: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever validation misses, one caller's event must not fail the events other callers
+    # posted at the same moment into the same batch.
+    from herald_ingest import processing
+
+    real_apply = processing.apply
+
+    def apply(current: Any, data: Any, **kw: Any) -> Any:
+        if data.case_id == "case-poison":
+            raise OverflowError("a value the database cannot hold")
+        return real_apply(current, data, **kw)
+
+    monkeypatch.setattr(processing, "apply", apply)
+    poison = {**_event(), "data": {"case_id": "case-poison"}}
+    goods = [{**_event(), "data": {"case_id": f"case-{i}", "status": "open"}} for i in range(5)]
+    failed, *answers = await asyncio.gather(
+        ingest.post("/v1/events", json=poison),
+        *(ingest.post("/v1/events", json=g) for g in goods),
+        return_exceptions=True,
+    )
+    assert isinstance(failed, OverflowError)  # the test client re-raises the 500's cause
+    assert [r.status_code for r in answers] == [202] * 5, answers
+    for i in range(5):
+        assert (await ingest.get(f"/v1/cases/case-{i}")).json()["status"] == "open"
+
+
 async def test_oversize_batch_is_refused(ingest: httpx.AsyncClient) -> None:
     r = await ingest.post("/v1/events", json=[_event() for _ in range(11)])
     assert r.status_code == 413

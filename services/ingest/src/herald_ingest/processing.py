@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from aiokafka.errors import KafkaError
+from pymongo.errors import ConnectionFailure
+
 from herald_contracts import (
     CASE_CHANGED,
     CASE_STATE,
@@ -94,7 +97,24 @@ class Processor:
         return list(await asyncio.gather(*(self._intake.call(e) for e in events)))
 
     async def _intake_batch(self, events: list[InboundEvent]) -> list[Outcome | BaseException]:
-        outcomes: list[Outcome | BaseException] = [*await self.process_batch(events)]
+        try:
+            outcomes: list[Outcome | BaseException] = [*await self.process_batch(events)]
+        except (ConnectionFailure, KafkaError, RetryableError):
+            raise  # an outage: every caller of the batch sees it and may retry
+        except Exception as exc:
+            # Something in one caller's event that validation let through: the batch holds
+            # other callers' events, so each is settled on its own (processing is idempotent,
+            # and `process` finishes what the batch left half-done) and only the culprit fails.
+            log.warning(
+                "intake batch failed; applying its events one by one",
+                extra={"events": len(events), "error": type(exc).__name__},
+            )
+            outcomes = []
+            for event in events:
+                try:
+                    outcomes.append(await self.process(event))
+                except Exception as one:  # reaches that event's caller alone
+                    outcomes.append(one)
         return outcomes
 
     async def process(self, event: InboundEvent, *, now: datetime | None = None) -> Outcome:
