@@ -103,6 +103,7 @@ async def test_a_brokers_jit_compiling_is_told_apart_from_its_other_threads(
     await asyncio.sleep(1.0)
     meter.stop()
 
-    assert meter.used["kafka"] >= 0.5
+    # Enough CPU to tell the parts apart even on a machine busy with other work.
+    assert meter.used["kafka"] >= 0.2
     assert meter.parts_used["JIT compiling"] >= 0.8 * meter.used["kafka"]
     assert meter.parts_used["network"] <= 0.05
