@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -154,6 +155,21 @@ async def test_the_largest_storable_values_are_accepted(ingest: httpx.AsyncClien
     assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
     case = (await ingest.get("/v1/cases/case-1")).json()
     assert case["attributes"] == {"low": -(2**63), "high": 2**63 - 1}
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_refused_naming_the_field(
+    ingest: httpx.AsyncClient, literal: str
+) -> None:
+    """Not JSON, though Python's parser reads them: stored they would be published as null,
+    and NaN, unequal to itself, would make every later event a change of the case."""
+    body = json.dumps(_event(attributes={"load": 0.5})).replace("0.5", literal)
+    r = await ingest.post(
+        "/v1/events", content=body, headers={"content-type": "application/cloudevents+json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "data.attributes.load"
+    assert (await ingest.get("/v1/cases/case-1")).status_code == 404
 
 
 async def test_an_unstorable_event_fails_alone_not_the_events_posted_with_it(

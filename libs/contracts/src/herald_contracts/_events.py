@@ -6,6 +6,7 @@ grows compatibly: new optional fields, never a removed or retyped one.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self, get_args
@@ -37,15 +38,19 @@ INT64_MAX = 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
-def _fits_int64(value: object) -> object:
+def _storable(value: object) -> object:
     # Checked before the union is tried: float would otherwise take a too-large integer
     # silently (1e20 for 100000000000000000000), storing a number the sender never sent.
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"an integer must lie between {INT64_MIN} and {INT64_MAX}")
+    # NaN and the infinities are not JSON (RFC 8259) though Python's parser reads them: they
+    # would be published as null, and NaN differs from itself, changing the case at each event.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not JSON numbers")
     return value
 
 
-Scalar = Annotated[str | Int64 | float | bool | None, BeforeValidator(_fits_int64)]
+Scalar = Annotated[str | Int64 | float | bool | None, BeforeValidator(_storable)]
 
 
 def utc_representable(value: datetime) -> datetime:
