@@ -1,5 +1,5 @@
 """The kit's concurrent consumer loop on the real broker: a slow record holds up only its own key
-and the commit point, never records that arrive after it."""
+and the commit point, never records that arrive after it; a stop lets it finish and commits it."""
 
 from __future__ import annotations
 
@@ -84,3 +84,41 @@ async def test_a_slow_record_holds_its_key_and_the_commit_point_but_not_later_re
 
 async def _is(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:
     return await _committed(kafka, group, tp) == offset
+
+
+async def test_a_stop_lets_the_record_in_flight_finish_and_commits_it_on_the_broker(
+    infra: dict[str, str], namespace: str
+) -> None:
+    """A deploy's SIGTERM while a provider call is in flight: the call ends, the record is
+    committed, and the record behind it (not started) is left to the next owner."""
+    settings = ServiceSettings(kafka_bootstrap=infra["kafka"], topic_namespace=namespace)
+    producer = EventProducer(settings, "test")
+    await producer.start()
+    in_flight, answer = asyncio.Event(), asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> None:
+        in_flight.set()
+        await answer.wait()  # the provider's answer
+        handled.append(record.value or b"")
+
+    group = f"drain-{uuid.uuid4().hex[:6]}"
+    loop = ConcurrentConsumerLoop(settings, producer, group, [TOPIC], handler, concurrency=8)
+    tp = TopicPartition(TOPIC.name(namespace), 0)
+    await loop.start()
+    try:
+        first = await producer.raw.send_and_wait(tp.topic, b"m-1", key=b"cust-1", partition=0)
+        await producer.raw.send_and_wait(tp.topic, b"m-2", key=b"cust-1", partition=0)
+        await asyncio.wait_for(in_flight.wait(), 20)
+
+        stopping = asyncio.create_task(loop.stop())
+        await asyncio.sleep(0.5)
+        assert not stopping.done(), "the stop did not wait for the record in flight"
+        answer.set()
+        await asyncio.wait_for(stopping, 15)
+
+        assert handled == [b"m-1"]
+        assert await _committed(infra["kafka"], f"{namespace}{group}", tp) == first.offset + 1
+    finally:
+        await loop.stop()
+        await producer.stop()

@@ -1,4 +1,5 @@
-"""A service told to stop stops, even when the broker never answers its last commit.
+"""A service told to stop stops, even when the broker never answers its last commit, and lets
+the sends in flight finish first, within a bounded grace.
 
 Kubernetes sends SIGTERM and waits its grace period; a stop held for good by a commit the
 broker does not answer ends in a SIGKILL instead, with the producer unflushed and the group
@@ -12,7 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from herald_kit import Runtime, ServiceSettings, _concurrent
 from herald_kit._concurrent import ConcurrentConsumerLoop, _Partition
@@ -113,6 +114,134 @@ async def test_a_stop_whose_caller_is_cancelled_still_commits_leaves_and_passes_
     assert broker.stopped
 
 
+class _OneBatchBroker(_SilentBroker):
+    """Delivers `records` in one poll, then nothing; answers every commit."""
+
+    def __init__(self, tp: TopicPartition, records: list[Any]) -> None:
+        super().__init__(tp)
+        self.batches = [records]
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        if self.batches:
+            return {self.tp: self.batches.pop(0)}
+        return await super().getmany(timeout_ms, max_records)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+
+def _record(tp: TopicPartition, offset: int, key: bytes) -> Any:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, b"{}", None, 0, 2, [])
+
+
+class _Provider:
+    """A provider call per record that the test answers when it likes (or never)."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.completed: list[int] = []
+        self.cancelled: list[int] = []
+        self.answer = asyncio.Event()
+        self.in_flight = asyncio.Event()
+
+    async def handle(self, record: Any) -> None:
+        self.started.append(record.offset)
+        self.in_flight.set()
+        try:
+            await self.answer.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(record.offset)
+            raise
+        self.completed.append(record.offset)
+
+
+def _loop(
+    provider: _Provider, broker: _SilentBroker, *, grace: float = 20.0
+) -> ConcurrentConsumerLoop:
+    loop = ConcurrentConsumerLoop(
+        settings=ServiceSettings(consumer_stop_grace_seconds=grace),
+        producer=None,  # type: ignore[arg-type]  # the handler never fails: nothing to publish
+        group="sms-sender",
+        topics=[],
+        handler=provider.handle,
+        concurrency=4,
+    )
+    loop._consumer = broker  # type: ignore[assignment]
+    loop._task = asyncio.create_task(loop._run())
+    return loop
+
+
+async def test_a_stop_lets_the_provider_call_in_flight_finish_and_commits_its_record() -> None:
+    """A deploy's SIGTERM must not cut a provider request short: its ledger row would stay
+    'sending', and the redelivery could not tell whether the provider got it."""
+    tp = TopicPartition("outbound.sms.v1", 0)
+    # Offset 0 is being sent when the stop comes; offset 1 (the same customer) waits behind it.
+    broker = _OneBatchBroker(tp, [_record(tp, 0, b"cust-1"), _record(tp, 1, b"cust-1")])
+    provider = _Provider()
+    loop = _loop(provider, broker)
+    await asyncio.wait_for(provider.in_flight.wait(), 5)
+
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done(), "the stop did not wait for the provider call in flight"
+    assert provider.cancelled == []
+    provider.answer.set()  # the provider answers
+    await asyncio.wait_for(stopping, 5)
+
+    assert provider.completed == [0]  # the call in flight finished
+    assert provider.started == [0]  # nothing new was started once stopping
+    assert broker.commits == [{tp: 1}]  # offset 0 is committed; offset 1 is redelivered
+    assert broker.stopped
+
+
+async def test_a_stop_cancels_what_outlives_the_grace_and_still_returns_in_time() -> None:
+    tp = TopicPartition("outbound.sms.v1", 0)
+    broker = _OneBatchBroker(tp, [_record(tp, 0, b"cust-1"), _record(tp, 1, b"cust-2")])
+    provider = _Provider()  # never answers
+    loop = _loop(provider, broker, grace=0.5)
+    await asyncio.wait_for(provider.in_flight.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert sorted(provider.started) == [0, 1]
+
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done() and provider.cancelled == []  # within the grace: waited on
+    await asyncio.wait_for(stopping, 5)
+    took = clock() - began
+
+    assert 0.5 <= took < 1.5, took  # the grace, and a margin: not held by the provider
+    assert sorted(provider.cancelled) == [0, 1]
+    assert broker.commits == []  # neither finished: both are redelivered
+    assert broker.stopped
+
+
+async def test_a_service_stop_runs_its_loops_graces_together() -> None:
+    runtime = Runtime(ServiceSettings(), "voice-sender")
+    runtime.producer = _Step("producer flushed", [])  # type: ignore[assignment]
+    providers = []
+    for n in range(2):
+        tp = TopicPartition(f"topic-{n}.v1", 0)
+        provider = _Provider()  # never answers
+        runtime.consumers.append(
+            _loop(provider, _OneBatchBroker(tp, [_record(tp, 0, b"k")]), grace=0.6)
+        )
+        providers.append(provider)
+    for provider in providers:
+        await asyncio.wait_for(provider.in_flight.wait(), 5)
+
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    await asyncio.wait_for(runtime.stop(), 5)
+    took = clock() - began
+    assert 0.6 <= took < 1.1, took  # one grace, not one per loop
+    assert [p.cancelled for p in providers] == [[0], [0]]
+
+
 class _Step:
     def __init__(self, name: str, log: list[str], *, wait: float = 0.0, fail: bool = False) -> None:
         self.name, self.log, self.wait, self.fail = name, log, wait, fail
@@ -124,6 +253,9 @@ class _Step:
         self.log.append(self.name)
 
     close = stop
+
+    def stopping(self) -> None:
+        return None
 
 
 def _runtime(done: list[str], *, consumer_wait: float = 0.0, fail: bool = False) -> Runtime:

@@ -11,6 +11,15 @@ are in flight starts at once instead of waiting for the slowest record of the ba
 handled, so a crash redelivers everything unfinished and the handler's idempotency (a ledger, a
 claim) decides. At most `batch` records are in flight (as many as one polled batch held before);
 polling waits for room beyond that.
+
+A stop (SIGTERM on every deploy) drains: polling ends and no worker takes another record, but
+the records being handled (a provider request, an SMTP session) may finish within the stop
+grace (`consumer_stop_grace_seconds`); only when it ends is what still runs cancelled, and what
+finished is committed. Cutting a provider request short would leave its ledger row 'sending',
+which a redelivery cannot tell from a message the provider got, so it would never be sent.
+Records not started stay uncommitted and are redelivered; a record still waiting in a pacer or a
+retry backoff when the grace ends is cancelled, its row 'queued' or 'retry', which redelivery
+resumes.
 """
 
 from __future__ import annotations
@@ -99,6 +108,7 @@ class ConcurrentConsumerLoop(ConsumerLoop):
     _in_flight: int = 0
     _committed: dict[TopicPartition, int] = field(default_factory=dict)
     _commit_task: asyncio.Task[None] | None = None
+    _busy: set[asyncio.Task[None]] = field(default_factory=set)  # workers handling a record
 
     def _listener(self) -> ConsumerRebalanceListener | None:
         return _Revocations(self)
@@ -149,9 +159,7 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                 if batches:
                     self._update_lag(consumer)
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await self._drain(workers)
             if self._commit_task is not None:
                 self._commit_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -162,17 +170,46 @@ class ConcurrentConsumerLoop(ConsumerLoop):
             ):
                 await asyncio.wait_for(self._commit_progress(consumer), STOP_COMMIT_SECONDS)
 
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Let the records being handled finish within the stop grace, then cancel the rest.
+
+        Idle workers are waiting for a lane and end at once; a busy one ends after its record
+        (it takes no other once stopping), or is cancelled when the grace is over. The caller
+        commits what finished afterwards.
+        """
+        self.stopping()
+        busy = set(self._busy)
+        for w in workers:
+            if w not in busy:
+                w.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self._grace_left())
+            if late:
+                log.warning(
+                    "records still being handled when the stop grace ended; cancelled",
+                    extra={"group": self.group, "count": len(late)},
+                )
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
     async def _worker(self) -> None:
         assert self._ready is not None
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._stopping:
             lane_key = await self._ready.get()
             lane = self._lanes[lane_key]
             tp = lane_key[0]
             while lane:
+                if self._stopping:
+                    # Stopping: what was not started is left uncommitted, for redelivery.
+                    return
                 record, part = lane[0]
                 # A partition given up in a rebalance skips what it had not started.
                 owned = self._parts.get(tp) is part
                 if owned:
+                    self._busy.add(me)
                     try:
                         await self._handle_one(record)
                     except Exception as exc:
@@ -189,6 +226,8 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                                 "offset": record.offset,
                             },
                         )
+                    finally:
+                        self._busy.discard(me)
                 lane.popleft()
                 self._in_flight -= 1
                 if self._in_flight < self._limit:
@@ -239,7 +278,12 @@ class ConcurrentConsumerLoop(ConsumerLoop):
         """Before a rebalance moves partitions away: let their records in flight finish (for a
         while), commit what is done, and forget them."""
         parts = [p for tp, p in self._parts.items() if tp in revoked]
-        if parts:
+        if parts and self._stopping:
+            # Nothing new starts while stopping: wait for what runs, not for what never will.
+            busy = set(self._busy)
+            if busy:
+                await asyncio.wait(busy, timeout=min(REVOKE_GRACE_SECONDS, self._grace_left()))
+        elif parts:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     asyncio.gather(*(p.drained.wait() for p in parts)), REVOKE_GRACE_SECONDS

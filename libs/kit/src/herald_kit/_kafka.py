@@ -448,6 +448,7 @@ class ConsumerLoop:
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _stop_by: float | None = None  # event-loop time at which records in flight are cancelled
     handled: int = 0
     _positions: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -478,13 +479,34 @@ class ConsumerLoop:
         await start_client(self._consumer)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
 
+    def stopping(self) -> None:
+        """Take no more records from now on; those being handled have until the stop grace
+        (`consumer_stop_grace_seconds`) ends. A service stopping several loops tells them all
+        first, so that their graces run together instead of one after the other."""
+        if self._stop_by is None:
+            self._stop_by = (
+                asyncio.get_running_loop().time() + self.settings.consumer_stop_grace_seconds
+            )
+        self._stopping = True
+
+    def _grace_left(self) -> float:
+        """Seconds left of the stop grace (the whole grace when no stop was asked for)."""
+        if self._stop_by is None:
+            return self.settings.consumer_stop_grace_seconds
+        return max(0.0, self._stop_by - asyncio.get_running_loop().time())
+
     async def stop(self) -> None:
-        """Finish the current batch, then leave the group.
+        """Stop polling, then leave the group.
+
+        This loop handles records in its own task, so a record being handled when the stop
+        comes is cancelled, and what of its batch was not committed is redelivered.
+        ConcurrentConsumerLoop (the senders' provider calls) lets the records being handled
+        finish within the stop grace instead, and commits them.
 
         A caller cancelled meanwhile still gets both done (the loop's last commit, leaving the
         group) and then its cancellation: swallowing it would leave the caller running on.
         """
-        self._stopping = True
+        self.stopping()
         try:
             await cancel_and_wait(self._task)
         finally:

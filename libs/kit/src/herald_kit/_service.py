@@ -140,7 +140,8 @@ class Runtime:
         self.started.set()
 
     async def stop(self) -> None:
-        """Stop consumers first (they commit what they finished), then the rest.
+        """Stop consumers first (records being handled finish within the stop grace and are
+        committed), then the rest.
 
         Every step runs even when one before it failed or the caller was cancelled meanwhile:
         the producer's unsent records are flushed and the database closed all the same. A stop
@@ -160,6 +161,10 @@ class Runtime:
                 if not hook:
                     raised = raised or exc
 
+        # Every loop stops taking records at once, so that their stop graces (records being
+        # handled may finish) run together rather than one after the other.
+        for consumer in self.consumers:
+            consumer.stopping()
         if self.retention is not None:
             await step(self.retention.stop)
             self.retention = None

@@ -57,6 +57,16 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     consumer_batch: int = Field(default=200, ge=1, le=10_000)
+    consumer_stop_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description=(
+            "On a stop (SIGTERM), how long records already being handled (a provider request, "
+            "an SMTP session) may take to finish before they are cancelled. With the last "
+            "commit (at most 10 s) it stays within the pod's terminationGracePeriodSeconds "
+            "(30 s); raise both together."
+        ),
+    )
     retry_attempts: int = Field(default=5, ge=0, le=50)
     retry_base_seconds: float = Field(default=0.2, gt=0)
     ledger_retention_seconds: int = Field(
