@@ -13,6 +13,8 @@ import yaml
 from deploy.chartlib import CHART, CI_VALUES, KUBE_VERSION, ROOT, Render
 
 from herald_devstack import SERVICES
+from herald_kit import ServiceSettings
+from herald_kit._concurrent import STOP_COMMIT_SECONDS
 from herald_kit._topics_cli import all_topics
 
 CRDS = {"ServiceMonitor", "PrometheusRule", "KafkaTopic"}
@@ -263,6 +265,29 @@ def test_settings_reach_each_service_under_its_own_prefix(render: Render) -> Non
         assert data[f"{p}KAFKA_SSL_CAFILE"] == "/etc/herald/kafka-ca/ca.crt"
         assert data[f"{p}MONGO_DB"] == "herald_" + spec.name.replace("-", "_")
         assert all(k.startswith(p) for k in data)
+
+
+@pytest.mark.parametrize("values", [(), (CHART / "ci" / "production.yaml",)])
+def test_pods_are_given_the_time_to_finish_the_sends_in_flight(
+    render: Render, values: tuple[Path, ...]
+) -> None:
+    """On SIGTERM a consumer lets the records it is handling (provider calls) finish within its
+    stop grace and commits them (a commit is given up after STOP_COMMIT_SECONDS): a pod killed
+    before would cut those calls short, and their messages would never be sent."""
+    docs = render(*values)
+    for spec in SERVICES:
+        if spec.name == "sandbox":
+            continue
+        name = f"herald-{spec.name}"
+        pod = _named(docs, "Deployment", name)["spec"]["template"]["spec"]
+        data = _named(docs, "ConfigMap", name)["data"]
+        grace = float(
+            data.get(
+                f"{spec.env_prefix}CONSUMER_STOP_GRACE_SECONDS",
+                ServiceSettings().consumer_stop_grace_seconds,
+            )
+        )
+        assert grace + STOP_COMMIT_SECONDS <= pod["terminationGracePeriodSeconds"], spec.name
 
 
 def test_kafka_topics_match_the_contracts(render: Render) -> None:
