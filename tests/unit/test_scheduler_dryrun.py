@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -179,6 +180,23 @@ def test_templates_may_loop_and_use_globals_but_not_unknown_fields() -> None:
         "unknown field 'case.nope'",
         "unknown field 'who'",
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{% set c = case %}{{ c.statuz }}",
+        "{% for c in [case] %}{{ c.statuz }}{% endfor %}",
+        "{% with c = contact %}{{ c.nmae }}{% endwith %}",
+        "{{ case }}",
+    ],
+)
+def test_a_record_taken_whole_is_refused_as_its_lookups_could_not_be_checked(text: str) -> None:
+    """An alias would carry a misspelt field past the save and fail every send."""
+    from herald_scheduler.domain.campaigns import template_problems
+
+    problems = template_problems(text)
+    assert problems and all("read field by field" in p for p in problems), problems
 
 
 ZONES = ["UTC", "Europe/Amsterdam", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]

@@ -122,10 +122,19 @@ def template_problems(text: str, *, html: bool = False) -> list[str]:
             problems.append(f"unknown field {name.name!r}")
     # case.colour and case["colour"] are the same lookup. A computed key (case[k]) could name
     # anything, so it is refused: the fields a message uses are known when it is saved.
+    looked_into: set[int] = set()
     for attr in ast.find_all(nodes.Getattr):
         problems.extend(_unknown_member(attr.node, attr.attr))
+        looked_into.add(id(attr.node))
     for item in ast.find_all(nodes.Getitem):
         problems.extend(_unknown_member(item.node, item.arg))
+        looked_into.add(id(item.node))
+    # A record taken whole ({% set c = case %}, {% for c in [case] %}, case|attr...) carries
+    # lookups past this check (c.statuz would fail every send): records are read field by field.
+    for name in ast.find_all(nodes.Name):
+        whole = name.ctx == "load" and name.name in TEMPLATE_FIELDS and name.name not in local
+        if whole and id(name) not in looked_into:
+            problems.append(f"'{name.name}' is read field by field ({name.name}.<field>)")
     return sorted(set(problems))
 
 
