@@ -6,18 +6,25 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from itsdangerous import TimestampSigner
 
-from herald_contracts import EngagementReply, Topics
+from herald_contracts import (
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    DeliveryStatus,
+    EngagementReply,
+    Topics,
+)
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
-from herald_kit import LinkSigner, decode
+from herald_kit import LinkSigner, decode, encode
 from support import TEST_KEY, api_keys, eventually, free_port, wait_ready
 
 SECRET = "status-page-test-secret"
@@ -239,3 +246,82 @@ async def test_a_call_back_without_a_callable_number_is_refused(served: Served) 
     )
     assert r.status_code == 422, r.text
     assert "callback_number" in r.text
+
+
+async def test_a_shared_case_shows_each_customer_only_their_own_contacts_and_replies(
+    served: Served, infra: dict[str, str]
+) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    r = await served.client.post(
+        "/v1/events",
+        json={
+            "specversion": "1.0",
+            "id": f"{case_id}-1",
+            "source": "/crm",
+            "type": "case.opened",
+            "time": "2026-11-24T09:00:00Z",
+            "data": {"case_id": case_id, "customer_ids": ["alice", "bob"]},
+        },
+    )
+    assert r.status_code == 202, r.text
+    at = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
+    sent: list[tuple[Any, Any]] = []
+    for customer, channel, intent in (("alice", "sms", "confirm"), ("bob", "email", "callback")):
+        sent.append(
+            (
+                DELIVERY_STATUS,
+                DeliveryStatus(
+                    message_id=f"m-{customer}",
+                    request_id=f"r-{customer}",
+                    campaign_id="outage",
+                    customer_id=customer,
+                    case_id=case_id,
+                    channel=channel,
+                    status="delivered",
+                    at=at,
+                ),
+            )
+        )
+        sent.append(
+            (
+                ENGAGEMENT_REPLY,
+                EngagementReply(
+                    reply_id=f"rep-{customer}",
+                    customer_id=customer,
+                    channel=channel,
+                    intent=intent,
+                    case_id=case_id,
+                    at=at,
+                ),
+            )
+        )
+    producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
+    await producer.start()
+    try:
+        for et, body in sent:
+            headers, value = encode(et, body, source="/test", event_id=uuid.uuid4().hex)
+            await producer.send_and_wait(
+                et.topic.name(served.namespace),
+                value,
+                key=body.customer_id.encode(),
+                headers=headers,
+            )
+    finally:
+        await producer.stop()
+
+    async def all_recorded() -> bool:
+        items = (await served.client.get(f"/v1/cases/{case_id}/timeline")).json()["items"]
+        return len(items) == 5  # the event, two contacts, two replies
+
+    await eventually(all_recorded, within=20, interval=0.3)
+    token = LinkSigner(SECRET, "case-status").sign(
+        {"case": case_id, "customer": "alice", "locale": "en"}
+    )
+    r = await served.client.get(f"/s/{token}")
+    assert r.status_code == 200, r.text
+    page = r.text
+    assert "We contacted you by text message (delivered)" in page
+    assert "Your answer: confirmed by text message" in page
+    assert "by email" not in page  # bob's contact and answer are his, not alice's
+    assert "asked for a call back" not in page
+    assert page.count('<li class="contact"') == 1 and page.count('<li class="reply"') == 1

@@ -212,6 +212,16 @@ class CaseRepository:
         newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
         return newest[::-1]
 
+    async def customer_timeline(
+        self, case_id: str, customer_id: str, *, limit: int = 50
+    ) -> list[Doc]:
+        """`latest_timeline` as one customer may see it: the case's events, and of contacts and
+        replies only the customer's own (others on a shared case are other people's)."""
+        query = {"case_id": case_id, "$or": [{"kind": "event"}, {"customer_id": customer_id}]}
+        cursor = self.timeline.find(query, {"_id": 0})
+        newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
+        return newest[::-1]
+
     async def unfinished(
         self, *, since: datetime, before: datetime, limit: int = 500
     ) -> tuple[list[Doc], datetime | None]:

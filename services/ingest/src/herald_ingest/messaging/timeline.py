@@ -1,6 +1,8 @@
 """Consume delivery.status.v1 and engagement.replies.v1 into case timelines (group ingest-timeline).
 
 So an agent, or the customer, sees every contact and every answer beside the case's events.
+Contacts and replies keep the customer they were with: a case can have many customers, and each
+one's status page shows only their own.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
             {
                 "_id": f"delivery|{status.message_id}|{status.status}",
                 "case_id": status.case_id,
+                "customer_id": status.customer_id,
                 "kind": "contact",
                 "channel": status.channel,
                 "status": status.status,
@@ -43,6 +46,7 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
             {
                 "_id": f"reply|{reply.reply_id}",
                 "case_id": reply.case_id,
+                "customer_id": reply.customer_id,
                 "kind": "reply",
                 "channel": reply.channel,
                 "intent": reply.intent,
