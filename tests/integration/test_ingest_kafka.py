@@ -125,7 +125,13 @@ async def test_shuffled_arrival_on_the_topic_converges(
     # What the source meant: its events applied in the order it made them.
     expected = Projection(None, {})
     for i, data in made:
-        key = order_key(data, time=T0 + timedelta(seconds=i), event_key=f"/crm|{ids[i]}")
+        key = order_key(
+            data,
+            source="/crm",
+            time=T0 + timedelta(seconds=i),
+            received=T0,
+            event_key=f"/crm|{ids[i]}",
+        )
         expected = apply(expected, data, key=key, now=T0) or expected
     for i in arrival:
         _, data = made[i]

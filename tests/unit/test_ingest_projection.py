@@ -8,10 +8,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herald_contracts import CaseEventData
-from herald_ingest.domain.projection import Projection, apply, order_key
+from herald_ingest.domain.projection import OrderKey, Projection, apply, order_key
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 statuses = st.sampled_from(["open", "delayed", "engineer booked", "resolved", None])
+
+
+def _key(
+    data: CaseEventData, event_key: str, time: datetime | None, received: datetime = T0
+) -> OrderKey:
+    return order_key(
+        data,
+        source=event_key.partition("|")[0],
+        time=time,
+        received=received,
+        event_key=event_key,
+    )
 
 
 @st.composite
@@ -35,7 +47,7 @@ def event_lists(draw: st.DrawFn) -> list[tuple[str, datetime, CaseEventData]]:
 def _final(events: list[tuple[str, datetime, CaseEventData]]) -> dict[str, object] | None:
     proj = Projection(None, {})
     for key, time, data in events:
-        nxt = apply(proj, data, key=order_key(data, time=time, event_key=key), now=T0)
+        nxt = apply(proj, data, key=_key(data, key, time), now=T0)
         if nxt is not None:
             if proj.state is not None and nxt.state is not None and nxt.state_changed:
                 assert nxt.state.version == proj.state.version + 1
@@ -58,9 +70,9 @@ def test_shuffled_orders_converge(events: list, rnd) -> None:  # type: ignore[no
 def test_late_event_does_not_overwrite_newer_status() -> None:
     new = CaseEventData(case_id="c1", sequence=2, status="engineer 16:00")
     old = CaseEventData(case_id="c1", sequence=1, status="engineer 14:00", summary="boiler")
-    p1 = apply(Projection(None, {}), new, key=order_key(new, time=T0, event_key="s|2"), now=T0)
+    p1 = apply(Projection(None, {}), new, key=_key(new, "s|2", T0), now=T0)
     assert p1 is not None
-    p2 = apply(p1, old, key=order_key(old, time=T0, event_key="s|1"), now=T0)
+    p2 = apply(p1, old, key=_key(old, "s|1", T0), now=T0)
     assert p2 is not None and p2.state is not None
     assert p2.state.status == "engineer 16:00"  # not regressed
     assert p2.state.summary == "boiler"  # a field nobody newer set is still taken
@@ -69,7 +81,128 @@ def test_late_event_does_not_overwrite_newer_status() -> None:
 
 def test_replaying_an_event_changes_nothing() -> None:
     ev = CaseEventData(case_id="c1", status="open")
-    key = order_key(ev, time=T0, event_key="s|1")
+    key = _key(ev, "s|1", T0)
     p1 = apply(Projection(None, {}), ev, key=key, now=T0)
     assert p1 is not None
     assert apply(p1, ev, key=key, now=T0) is None
+
+
+def _status_after(events: list[tuple[str, datetime | None, CaseEventData]]) -> str | None:
+    """The status after applying events in arrival order, each received a minute after the
+    one before."""
+    proj = Projection(None, {})
+    for n, (event_key, time, data) in enumerate(events):
+        received = T0 + timedelta(minutes=n)
+        proj = apply(proj, data, key=_key(data, event_key, time, received), now=received) or proj
+    assert proj.state is not None
+    return proj.state.status
+
+
+def test_events_without_sequence_or_time_rank_by_arrival_not_by_id() -> None:
+    # CloudEvents' time is optional: "evt-10" sorts before "evt-9" as text, yet came later.
+    assert (
+        _status_after(
+            [
+                ("/crm|evt-9", None, CaseEventData(case_id="c1", status="engineer on the way")),
+                ("/crm|evt-10", None, CaseEventData(case_id="c1", status="resolved")),
+            ]
+        )
+        == "resolved"
+    )
+
+
+def test_sequences_rank_only_events_of_their_own_source() -> None:
+    # A time-ranked event does not outrank later events of the same source that carry
+    # sequences (1, 2 are not seconds since 1970).
+    assert (
+        _status_after(
+            [
+                ("/crm|open", T0, CaseEventData(case_id="c1", status="open")),
+                ("/crm|s1", T0 + timedelta(hours=2), _seq(1, "engineer booked")),
+                ("/crm|s2", T0 + timedelta(hours=3), _seq(2, "resolved")),
+            ]
+        )
+        == "resolved"
+    )
+    # One source's sequence 900 says nothing about another source's sequence 3: time decides.
+    assert (
+        _status_after(
+            [
+                ("/crm|a1", T0, _seq(900, "open")),
+                ("/field|b1", T0 + timedelta(hours=2), _seq(3, "engineer on site")),
+            ]
+        )
+        == "engineer on site"
+    )
+    assert (
+        _status_after(
+            [
+                ("/field|a", T0, CaseEventData(case_id="c1", status="engineer booked")),
+                ("/crm|b", T0 + timedelta(hours=1), _seq(7, "cancelled")),
+            ]
+        )
+        == "cancelled"
+    )
+
+
+def test_large_sequences_compare_exactly() -> None:
+    big = 1_732_435_200_000_000_001  # nanosecond stamps differ beyond a float's precision
+    assert (
+        _status_after(
+            [
+                ("/crm|new", T0, _seq(big + 1, "resolved")),
+                ("/crm|old", T0, _seq(big, "open")),  # arrives late
+            ]
+        )
+        == "resolved"
+    )
+
+
+def test_stored_keys_round_trip_and_older_stored_keys_still_rank() -> None:
+    key = _key(_seq(2**62, "open"), "/crm|e1", T0)
+    assert OrderKey.from_doc(key.to_doc()) == key
+    # Keys stored as [rank, event key] before: an integral rank may have been a sequence.
+    legacy = OrderKey.from_doc([7.0, "/crm|e7"])
+    assert _key(_seq(8, "x"), "/crm|e8", T0).newer_than(legacy)
+    assert not _key(_seq(6, "x"), "/crm|e6", T0).newer_than(legacy)
+    assert _key(CaseEventData(case_id="c1"), "/field|f", T0).newer_than(legacy)
+
+
+@st.composite
+def two_source_histories(draw: st.DrawFn) -> list[tuple[str, datetime, CaseEventData]]:
+    """Events of two sources in the order they happened; each source numbers some of its
+    events (increasing), the others carry only their time."""
+    n = draw(st.integers(min_value=1, max_value=8))
+    counters = {"/crm": draw(st.integers(0, 10**12)), "/field": draw(st.integers(0, 5))}
+    out = []
+    for i in range(n):
+        source = draw(st.sampled_from(sorted(counters)))
+        sequence = None
+        if draw(st.booleans()):
+            counters[source] += draw(st.integers(1, 3))
+            sequence = counters[source]
+        data = CaseEventData(
+            case_id="c1",
+            sequence=sequence,
+            status=draw(statuses),
+            summary=draw(st.sampled_from(["s1", "s2", None])),
+        )
+        out.append((f"{source}|e{i}", T0 + timedelta(seconds=i), data))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(two_source_histories(), st.randoms(use_true_random=False))
+def test_two_sources_with_and_without_sequences_converge(events: list, rnd) -> None:  # type: ignore[no-untyped-def]
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    final = _final(shuffled)
+    assert final == _final(events)
+    # Each source's numbers agree with the times, so the newest word on each field wins.
+    for name in ("status", "summary"):
+        said = [getattr(data, name) for _, _, data in events if getattr(data, name) is not None]
+        assert (final or {}).get(name) == (said[-1] if said else None)
+
+
+def _seq(sequence: int, status: str) -> CaseEventData:
+    return CaseEventData(case_id="c1", sequence=sequence, status=status)

@@ -27,7 +27,7 @@ from herald_contracts import (
 )
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.domain.intake import InboundEvent
-from herald_ingest.domain.projection import Projection, apply, order_key
+from herald_ingest.domain.projection import OrderKey, Projection, apply, order_key
 from herald_kit import Coalescer, Doc, EventProducer, RetryableError, encode
 
 log = logging.getLogger("herald.ingest")
@@ -62,6 +62,19 @@ def event_from_doc(doc: Doc) -> InboundEvent:
         type=doc["type"],
         time=time,
         data=CaseEventData.model_validate(doc["data"]),
+    )
+
+
+def _key(event: InboundEvent, seen: Doc | None, now: datetime) -> OrderKey:
+    """The event's order key. An event without a time of its own ranks by when ingest first
+    received it (its claim's time, to the millisecond the database keeps), the same on a retry."""
+    received = seen.get("received_at") if seen else None
+    if not isinstance(received, datetime):
+        received = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    elif received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)  # the database hands back naive UTC
+    return order_key(
+        event.data, source=event.source, time=event.time, received=received, event_key=event.key
     )
 
 
@@ -126,7 +139,7 @@ class Processor:
         if seen is not None and seen.get("status") in ("applied", "unchanged"):
             return Outcome.DUPLICATE
         await self.repo.add_timeline(_timeline_entry(event, now))
-        key = order_key(event.data, time=event.time, event_key=event.key)
+        key = _key(event, seen, now)
         for _ in range(20):
             current, stored_version, last_events = await self.repo.load(event.data.case_id)
             if event.key in last_events and current.state is not None:
@@ -196,7 +209,7 @@ class Processor:
             applied: list[str] = []
             for i in indexes:
                 event = events[i]
-                key = order_key(event.data, time=event.time, event_key=event.key)
+                key = _key(event, None, now)
                 nxt = apply(projection, event.data, key=key, now=now)
                 outcomes[i] = Outcome.ACCEPTED
                 if nxt is None:

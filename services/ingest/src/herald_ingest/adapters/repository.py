@@ -10,7 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_contracts import CaseState, utc_now
-from herald_ingest.domain.projection import Projection
+from herald_ingest.domain.projection import OrderKey, Projection
 from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
 from herald_kit.paging import OLDEST_FIRST, Position, after
 
@@ -104,7 +104,8 @@ class CaseRepository:
     def _projection(doc: Doc) -> tuple[Projection, int, list[str]]:
         state = CaseState.model_validate(doc["state"])
         last = doc.get("last_events") or ([doc["last_event"]] if doc.get("last_event") else [])
-        return Projection(state, doc.get("field_order", {})), state.version, list(last)
+        order = {k: OrderKey.from_doc(v) for k, v in (doc.get("field_order") or {}).items()}
+        return Projection(state, order), state.version, list(last)
 
     async def load_many(self, case_ids: Sequence[str]) -> dict[str, tuple[Projection, int]]:
         """Several cases in one round trip; missing cases are absent from the answer."""
@@ -120,7 +121,7 @@ class CaseRepository:
         return {
             "_id": projection.state.case_id,
             "state": projection.state.model_dump(mode="python"),
-            "field_order": projection.field_order,
+            "field_order": {k: v.to_doc() for k, v in projection.field_order.items()},
             "last_event": event_keys[-1],
             # Events applied by this write: a crash before publishing is found and healed.
             "last_events": list(event_keys),

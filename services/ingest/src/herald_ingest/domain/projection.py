@@ -3,6 +3,11 @@
 Each field remembers the order key of the event that last set it; an event only overwrites
 fields it is newer for. So any arrival order of the same events converges to the same state,
 and a late event is kept in the timeline without undoing newer news.
+
+Which of two events is newer: a source's sequence numbers are its own, so they decide only
+between two events of that source that both carry one (exact integers). Any other pair is
+decided by event time, or, for an event without one, by when ingest first received it; the
+event key (source|id) breaks ties. Nothing falls back to a constant that would let ids decide.
 """
 
 from __future__ import annotations
@@ -22,15 +27,55 @@ PROJECTED_FIELDS = (
     "assigned_engineer",
     "appointment",
 )
-# Stored order keys are [rank, tiebreak]; lists compare element by element.
-OrderKey = list[Any]
 
 
-def order_key(data: CaseEventData, *, time: datetime | None, event_key: str) -> OrderKey:
-    """How new an event is: the source's sequence when given, else its time; id breaks ties."""
-    if data.sequence is not None:
-        return [float(data.sequence), event_key]
-    return [time.timestamp() if time else 0.0, event_key]
+@dataclass(frozen=True, slots=True)
+class OrderKey:
+    """How new an event is. Stored per field, as a document (`to_doc`)."""
+
+    source: str
+    sequence: int | None
+    time: float  # event time, else when ingest received it (POSIX seconds)
+    event: str  # the event key (source|id): breaks ties
+
+    def newer_than(self, other: OrderKey) -> bool:
+        """Whether this event is newer news than `other` (False for the same event)."""
+        if self.source == other.source and self.sequence is not None and other.sequence is not None:
+            return (self.sequence, self.event) > (other.sequence, other.event)
+        return (self.time, self.event) > (other.time, other.event)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The stored form (a sequence stays an integer: ingest accepts only 64-bit ones)."""
+        return {"source": self.source, "seq": self.sequence, "time": self.time, "event": self.event}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> OrderKey:
+        """A stored key; also the older [rank, event key] form, whose rank was the sequence
+        when there was one, else the event time (0.0 without either)."""
+        if isinstance(doc, dict):
+            seq = doc.get("seq")
+            return cls(
+                str(doc["source"]),
+                None if seq is None else int(seq),
+                float(doc["time"]),
+                doc["event"],
+            )
+        rank, event = float(doc[0]), str(doc[1])
+        # An integral rank may have been a sequence: keep comparing the source's sequences.
+        return cls(event.partition("|")[0], int(rank) if rank.is_integer() else None, rank, event)
+
+
+def order_key(
+    data: CaseEventData,
+    *,
+    source: str,
+    time: datetime | None,
+    received: datetime,
+    event_key: str,
+) -> OrderKey:
+    """How new an event is: its source's sequence (for that source's other events), and its
+    time, or when ingest received it (for everything else)."""
+    return OrderKey(source, data.sequence, (time or received).timestamp(), event_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +109,7 @@ def apply(
         value = incoming.get(name)
         if value is None:
             continue
-        if name in order and order[name] >= key:
+        if name in order and not key.newer_than(order[name]):
             continue
         order[name] = key
         if base.get(name) != value:
@@ -73,7 +118,7 @@ def apply(
     attrs = dict(base.get("attributes") or {})
     for name, value in data.attributes.items():
         slot = f"attributes/{name}"
-        if slot in order and order[slot] >= key:
+        if slot in order and not key.newer_than(order[slot]):
             continue
         order[slot] = key
         if attrs.get(name) != value:
