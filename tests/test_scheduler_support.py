@@ -71,7 +71,14 @@ class Publisher:
         )
 
     async def change(
-        self, case_id: str, version: int, status: str, customers: list[str], etype: str = ""
+        self,
+        case_id: str,
+        version: int,
+        status: str,
+        customers: list[str],
+        etype: str = "",
+        *,
+        late: bool = False,
     ) -> None:
         state = CaseState(
             case_id=case_id,
@@ -83,7 +90,7 @@ class Publisher:
         event = EventRef(
             id=f"e-{uuid.uuid4().hex[:8]}", source="/crm", type=etype or "case.updated"
         )
-        await self.send(CASE_CHANGED, CaseChanged(event=event, state=state), case_id)
+        await self.send(CASE_CHANGED, CaseChanged(event=event, state=state, late=late), case_id)
 
 
 @asynccontextmanager

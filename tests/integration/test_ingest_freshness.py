@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from herald_contracts import CaseChanged, Topics
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
-from support import api_keys, running
+from herald_kit import decode
+from support import api_keys, eventually, running
 
 
 @pytest.fixture
@@ -90,3 +93,50 @@ async def test_the_stored_case_keeps_the_newest_news(ingest: httpx.AsyncClient) 
     )
     case = await _case(ingest, large)
     assert (case["status"], case["version"]) == ("resolved", 1)
+
+
+async def _changes_of(infra: dict[str, str], namespace: str, case_id: str, n: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        Topics.CASES_CHANGES.name(namespace),
+        bootstrap_servers=infra["kafka"],
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    got: list[CaseChanged] = []
+    try:
+
+        async def all_read() -> bool:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    change = decode(record, CaseChanged).data
+                    if change.state.case_id == case_id:
+                        got.append(change)
+            return len(got) >= n
+
+        await eventually(all_read, within=20)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_a_late_event_updates_the_state_but_its_change_is_marked_late(
+    ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    case_id = f"late-{uuid.uuid4().hex[:8]}"
+    booking = {"starts_at": "2026-11-25T14:00:00Z"}
+    await _post_one_by_one(
+        ingest,
+        _event(case_id, "e1", type_="case.opened", sequence=1),
+        _event(case_id, "e3", type_="case.resolved", sequence=3),
+        # Sequence 2 arrives after the case was resolved.
+        _event(case_id, "e2", type_="appointment.booked", sequence=2, appointment=booking),
+    )
+    changes = await _changes_of(infra, namespace, case_id, 3)
+    assert [(c.event.id, c.state.version, c.late) for c in changes] == [
+        ("e1", 1, False),
+        ("e3", 2, False),
+        ("e2", 3, True),
+    ]
+    # The merged state is still published: resolved, and the booking filled in.
+    assert changes[-1].state.status == "resolved" and changes[-1].state.appointment is not None

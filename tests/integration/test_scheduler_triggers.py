@@ -39,6 +39,23 @@ async def test_filter_matches_one_change_and_not_another(
         assert got[0].customer_id == "cust-1" and got[0].trigger_key == "case-f:2"
 
 
+async def test_a_late_change_triggers_no_event_campaign(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+) -> None:
+    async with scheduler(infra, namespace, db_name("scheduler")) as client:
+        cid = await active_campaign(client, trigger={"event_types": ["appointment.booked"]})
+        # A booking that reached ingest after the case was resolved: no "engineer booked".
+        await publisher.change("case-l", 3, "resolved", ["cust-1"], "appointment.booked", late=True)
+        await publisher.change("case-l", 4, "booked again", ["cust-1"], "appointment.booked")
+        # Same case, same partition: once version 4's request is here, version 3 was judged.
+        got = await requests.wait_for(lambda items: bool(items))
+        assert [(r.campaign.id, r.case_version) for r in got] == [(cid, 4)]
+
+
 async def test_replayed_change_reuses_the_request_id(
     infra: dict[str, str],
     namespace: str,

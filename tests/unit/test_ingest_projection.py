@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herald_contracts import CaseEventData
+from herald_contracts import Appointment, CaseEventData
 from herald_ingest.domain.projection import OrderKey, Projection, apply, order_key
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -202,6 +202,26 @@ def test_two_sources_with_and_without_sequences_converge(events: list, rnd) -> N
     for name in ("status", "summary"):
         said = [getattr(data, name) for _, _, data in events if getattr(data, name) is not None]
         assert (final or {}).get(name) == (said[-1] if said else None)
+
+
+def test_a_late_event_fills_what_no_newer_event_set_and_is_marked_late() -> None:
+    booked = CaseEventData(
+        case_id="c1",
+        sequence=2,
+        status="engineer booked",
+        appointment=Appointment(starts_at=T0 + timedelta(days=1)),
+    )
+    opened, resolved = _seq(1, "open"), _seq(3, "resolved")
+    p1 = apply(Projection(None, {}), opened, key=_key(opened, "/crm|e1", T0), now=T0)
+    assert p1 is not None and not p1.late
+    in_order = apply(p1, booked, key=_key(booked, "/crm|e2", T0), now=T0)
+    assert in_order is not None and in_order.state_changed and not in_order.late
+    p2 = apply(p1, resolved, key=_key(resolved, "/crm|e3", T0), now=T0)
+    assert p2 is not None and not p2.late
+    p3 = apply(p2, booked, key=_key(booked, "/crm|e2", T0), now=T0)
+    assert p3 is not None and p3.state is not None and p3.state_changed
+    assert p3.state.status == "resolved" and p3.state.appointment is not None
+    assert p3.late  # the case already had newer news: nothing should announce the booking
 
 
 def _seq(sequence: int, status: str) -> CaseEventData:

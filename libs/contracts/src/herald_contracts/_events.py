@@ -210,6 +210,13 @@ class CaseChanged(_Body):
 
     event: EventRef
     state: CaseState
+    late: bool = Field(
+        default=False,
+        description=(
+            "The event was older than news the case already had: it only filled in fields "
+            "no newer event set. The state is current, but the event is no news to announce."
+        ),
+    )
 
 
 class ChannelAddress(_Body):

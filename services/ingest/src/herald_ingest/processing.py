@@ -27,7 +27,7 @@ from herald_contracts import (
 )
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.domain.intake import InboundEvent
-from herald_ingest.domain.projection import OrderKey, Projection, apply, order_key
+from herald_ingest.domain.projection import OrderKey, Projection, apply, is_late, order_key
 from herald_kit import Coalescer, Doc, EventProducer, RetryableError, encode
 
 log = logging.getLogger("herald.ingest")
@@ -144,7 +144,7 @@ class Processor:
             current, stored_version, last_events = await self.repo.load(event.data.case_id)
             if event.key in last_events and current.state is not None:
                 # An earlier attempt saved this event but crashed before publishing.
-                await self._publish([(event, current.state)])
+                await self._publish([(event, current.state, is_late(current, key))])
                 await self.repo.mark(event.key, "applied", current.state.version)
                 return Outcome.ACCEPTED
             nxt = apply(current, event.data, key=key, now=now)
@@ -156,7 +156,7 @@ class Processor:
                 await self.repo.mark(event.key, "unchanged", stored_version)
                 return Outcome.ACCEPTED
             if await self.repo.save(nxt, expected=stored_version, event_key=event.key):
-                await self._publish([(event, nxt.state)])
+                await self._publish([(event, nxt.state, nxt.late)])
                 await self.repo.mark(event.key, "applied", nxt.state.version)
                 return Outcome.ACCEPTED
         raise RetryableError(f"case {event.data.case_id} is contended; retry")
@@ -201,7 +201,7 @@ class Processor:
             by_case.setdefault(events[i].data.case_id, []).append(i)
         loaded = await self.repo.load_many(list(by_case))
         writes: list[tuple[Projection, int, list[str]]] = []
-        changes: dict[str, list[tuple[InboundEvent, CaseState]]] = {}
+        changes: dict[str, list[tuple[InboundEvent, CaseState, bool]]] = {}
         marks: dict[str, list[tuple[str, str, int | None]]] = {}
         for case_id, indexes in by_case.items():
             projection, stored = loaded.get(case_id, (Projection(None, {}), 0))
@@ -218,7 +218,7 @@ class Processor:
                 projection = nxt
                 applied.append(event.key)
                 if nxt.state_changed and nxt.state is not None:
-                    changes.setdefault(case_id, []).append((event, nxt.state))
+                    changes.setdefault(case_id, []).append((event, nxt.state, nxt.late))
                     marks.setdefault(case_id, []).append((event.key, "applied", nxt.state.version))
                 else:
                     version = projection.state.version if projection.state else stored
@@ -237,18 +237,22 @@ class Processor:
             outcomes[i] = await self.process(events[i], now=now)
         return [outcomes[i] for i in range(len(events))]
 
-    async def _publish(self, changes: Sequence[tuple[InboundEvent, CaseState]]) -> None:
+    async def _publish(self, changes: Sequence[tuple[InboundEvent, CaseState, bool]]) -> None:
         """Publish each change and its snapshot; wait once for all acknowledgements.
+
+        A late change (its event older than news the case already had) still publishes the
+        merged state, marked `late`, so the scheduler does not announce its event as news.
 
         Sends are queued in order (one case's versions stay in order on its partition) and
         awaited together, so a batch costs one round trip to the broker rather than one each.
         """
         raw = self.producer.raw
         pending = []
-        for event, state in changes:
+        for event, state, late in changes:
             change = CaseChanged(
                 event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
                 state=state,
+                late=late,
             )
             eid = f"{state.case_id}:{state.version}"
             key = state.case_id.encode()

@@ -78,6 +78,11 @@ def order_key(
     return OrderKey(source, data.sequence, (time or received).timestamp(), event_key)
 
 
+def is_late(current: Projection, key: OrderKey) -> bool:
+    """Whether the case has already taken newer news than this event, on any field."""
+    return any(held.newer_than(key) for held in current.field_order.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Projection:
     """A case's state plus the bookkeeping that keeps it from regressing."""
@@ -85,6 +90,9 @@ class Projection:
     state: CaseState | None
     field_order: dict[str, OrderKey]
     state_changed: bool = False
+    # The event was older than news the case already had: its change is published, marked
+    # late, so nothing reacts to it as if it had just happened.
+    late: bool = False
 
 
 def apply(
@@ -98,6 +106,7 @@ def apply(
 
     An event can leave the state as it is yet still be the newest word on a field; its order
     key must be kept (state_changed False) or an older event could later overwrite the field.
+    A late event still fills fields no newer event set; the result says it was late.
     """
     base: dict[str, Any] = (
         current.state.model_dump() if current.state else {"case_id": data.case_id, "version": 0}
@@ -139,4 +148,6 @@ def apply(
         version=int(base["version"]) + 1,
         updated_at=now,
     )
-    return Projection(CaseState.model_validate(base), order, state_changed=True)
+    return Projection(
+        CaseState.model_validate(base), order, state_changed=True, late=is_late(current, key)
+    )

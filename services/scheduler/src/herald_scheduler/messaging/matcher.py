@@ -84,6 +84,14 @@ class Matcher:
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Consumer handler for cases.changes.v1."""
         change = decode(record, CaseChanged).data
+        if change.late:
+            # The event is older than news the case already had (say, a booking that arrives
+            # after the case was resolved): announcing it now would send stale news.
+            log.info(
+                "late change triggers no campaign",
+                extra={"case_id": change.state.case_id, "event_type": change.event.type},
+            )
+            return
         state = change.state
         variables = {
             "event": change.event.model_dump(mode="json"),
