@@ -3,17 +3,25 @@ its events are numbered, timed or delivered."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from pymongo import AsyncMongoClient
 
-from herald_contracts import CaseChanged, Topics
+from herald_contracts import CaseChanged, CaseEventData, Topic, Topics
+from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
+from herald_ingest.domain.intake import InboundEvent
+from herald_ingest.domain.projection import Projection
+from herald_ingest.processing import Processor
 from herald_kit import decode
 from support import api_keys, eventually, running
 
@@ -140,3 +148,79 @@ async def test_a_late_event_updates_the_state_but_its_change_is_marked_late(
     ]
     # The merged state is still published: resolved, and the booking filled in.
     assert changes[-1].state.status == "resolved" and changes[-1].state.appointment is not None
+
+
+class _Broker:
+    """Stands in for the producer: records what would be published, acknowledged at once."""
+
+    source = "ingest"
+
+    def __init__(self) -> None:
+        self.raw = self
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def topic_name(self, topic: Topic) -> str:
+        return topic.base
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, json.loads(value)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _SlowAfterRead(CaseRepository):
+    """A repository whose batch reads pause until released (a slow request)."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def load_many(self, case_ids: Sequence[str]) -> dict[str, tuple[Projection, int]]:
+        out = await super().load_many(case_ids)
+        self.read.set()
+        await self.release.wait()
+        return out
+
+
+def _inbound(event_id: str, **data: Any) -> InboundEvent:
+    return InboundEvent(
+        id=event_id,
+        source="/crm",
+        type="case.updated",
+        time=datetime(2026, 11, 24, 9, 0, tzinfo=UTC),
+        data=CaseEventData(case_id="race-1", customer_ids=["c1"], **data),
+    )
+
+
+async def test_the_same_event_by_http_and_kafka_publishes_no_version_that_was_not_stored(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    db = mongo[db_name("ingest")]
+    broker = _Broker()
+    kafka = Processor(CaseRepository(db), broker)  # type: ignore[arg-type]
+    slow = _SlowAfterRead(db)
+    http = Processor(slow, broker)  # type: ignore[arg-type]
+    await kafka.process_batch([_inbound("e0", sequence=0, status="open")])  # version 1
+    same = _inbound("eE", sequence=2, summary="engineer booked 14:00")
+
+    by_http = asyncio.create_task(http.process_batch([same]))  # reads version 1, then stalls
+    await slow.read.wait()
+    await kafka.process_batch([_inbound("eF", sequence=1, status="engineer on the way")])  # v2
+    await kafka.process_batch([same])  # its claim is unfinished: the careful path, version 3
+    slow.release.set()
+    await by_http
+
+    stored = await CaseRepository(db).get("race-1")
+    assert stored is not None
+    assert (stored.version, stored.status) == (3, "engineer on the way")
+    snapshots = [body for topic, body in broker.sent if topic == Topics.CASES_STATE.base]
+    # One snapshot per stored version, in order; none of a version 2 that says "open".
+    assert [(s["version"], s["status"]) for s in snapshots] == [
+        (1, "open"),
+        (2, "engineer on the way"),
+        (3, "engineer on the way"),
+    ]

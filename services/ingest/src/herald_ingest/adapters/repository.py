@@ -163,10 +163,19 @@ class CaseRepository:
             )
             matched += result.matched_count
         if matched < len(old):
-            # Some filter missed: someone else wrote those cases. Find which by what is stored.
-            wanted = {d["_id"]: d["last_events"] for d, _ in old}
-            async for doc in self.cases.find({"_id": {"$in": list(wanted)}}, {"last_events": 1}):
-                if doc.get("last_events") != wanted[doc["_id"]]:
+            # Some filter missed: someone else wrote those cases. Find which by what is stored:
+            # a write won only if the case holds its version and its events. The same events
+            # alone are not enough: another instance may have applied them too (the same event
+            # over HTTP and Kafka) on top of a newer version, and publishing ours would then
+            # announce a version that was never stored.
+            wanted = {d["_id"]: (d["state"]["version"], d["last_events"]) for d, _ in old}
+            found = self.cases.find(
+                {"_id": {"$in": list(wanted)}}, {"last_events": 1, "state.version": 1}
+            )
+            async for doc in found:
+                version, events = wanted[doc["_id"]]
+                stored = (doc.get("state") or {}).get("version")
+                if stored != version or doc.get("last_events") != events:
                     lost.add(doc["_id"])
         return lost
 
