@@ -340,7 +340,7 @@ async def test_the_timeline_reads_page_by_page_and_the_status_page_shows_the_new
     assert r.status_code == 422 and r.json()["field"] == "after"
 
     repo = CaseRepository(mongo[db_name("ingest")])
-    newest = await repo.latest_timeline("case-1", limit=2)
+    newest = await repo.customer_timeline("case-1", "c1", limit=2)
     assert [i["data"]["status"] for i in newest] == ["step 3", "step 4"]
 
 

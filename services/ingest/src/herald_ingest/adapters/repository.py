@@ -216,17 +216,12 @@ class CaseRepository:
         cursor = self.timeline.find(after({"case_id": case_id}, start)).sort(OLDEST_FIRST)
         return [d async for d in cursor.limit(limit)]
 
-    async def latest_timeline(self, case_id: str, *, limit: int = 50) -> list[Doc]:
-        """The newest `limit` entries of a case's timeline, oldest of them first."""
-        cursor = self.timeline.find({"case_id": case_id}, {"_id": 0})
-        newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
-        return newest[::-1]
-
     async def customer_timeline(
         self, case_id: str, customer_id: str, *, limit: int = 50
     ) -> list[Doc]:
-        """`latest_timeline` as one customer may see it: the case's events, and of contacts and
-        replies only the customer's own (others on a shared case are other people's)."""
+        """The newest `limit` entries of a case's timeline as one customer may see them, oldest
+        of them first: the case's events, and of contacts and replies only the customer's own
+        (others on a shared case are other people's)."""
         query = {"case_id": case_id, "$or": [{"kind": "event"}, {"customer_id": customer_id}]}
         cursor = self.timeline.find(query, {"_id": 0})
         newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
