@@ -347,3 +347,48 @@ def test_prometheus_rule_carries_the_rules_file_with_published_runbook_links(
     assert alerts
     for alert in alerts:
         assert alert["annotations"]["runbook_url"].startswith(base + "#"), alert["alert"]
+
+
+def test_dispatcher_links_point_at_the_public_status_page_and_preference_centre(
+    render: Render,
+) -> None:
+    from herald_dispatcher.config import Settings
+    from herald_ingest.api.status_page import router as status_router
+    from herald_preferences.api.centre import router as centre_router
+
+    docs = render(CHART / "ci" / "production.yaml")
+    data = _named(docs, "ConfigMap", "herald-dispatcher")["data"]
+    ingest = _named(docs, "ConfigMap", "herald-ingest")["data"]["HERALD_INGEST_PUBLIC_BASE_URL"]
+    prefs = _named(docs, "ConfigMap", "herald-preferences")["data"]
+    prefs_base = prefs["HERALD_PREFERENCES_PUBLIC_BASE_URL"]
+    # Each link is the page's route under the public URL the chart gives the serving service.
+    assert "/s/{token}" in {r.path for r in status_router.routes}  # type: ignore[attr-defined]
+    assert "/p/{token}" in {r.path for r in centre_router.routes}  # type: ignore[attr-defined]
+    assert data["HERALD_DISPATCHER_STATUS_URL"] == f"{ingest}/s/{{token}}"
+    assert data["HERALD_DISPATCHER_PREFERENCES_URL"] == f"{prefs_base}/p/{{token}}"
+    fields = {k.removeprefix("HERALD_DISPATCHER_").lower(): v for k, v in data.items()}
+    settings = Settings(**fields)
+    assert settings.status_url.format(token="t") == "https://herald.example.com/ingest/s/t"
+    assert (
+        settings.preferences_url.format(token="t") == "https://herald.example.com/preferences/p/t"
+    )
+
+
+def test_a_service_s_own_public_url_moves_the_links_and_is_set_once(template: Any) -> None:
+    done = template(
+        CHART / "ci" / "production.yaml",
+        sets=("services.ingest.env.PUBLIC_BASE_URL=https://status.example.com/",),
+    )
+    assert done.returncode == 0, done.stderr
+    # One key, the service's own: a second, derived one would make the ConfigMap ambiguous.
+    assert done.stdout.count("HERALD_INGEST_PUBLIC_BASE_URL:") == 1
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert (
+        _named(docs, "ConfigMap", "herald-ingest")["data"]["HERALD_INGEST_PUBLIC_BASE_URL"]
+        == "https://status.example.com/"
+    )
+    data = _named(docs, "ConfigMap", "herald-dispatcher")["data"]
+    assert data["HERALD_DISPATCHER_STATUS_URL"] == "https://status.example.com/s/{token}"
+    assert data["HERALD_DISPATCHER_PREFERENCES_URL"] == (
+        "https://herald.example.com/preferences/p/{token}"
+    )

@@ -17,6 +17,41 @@ automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
 {{- end }}
 {{- end }}
 
+{{/* The external URL of a service: its env's PUBLIC_BASE_URL, else <publicBaseUrl>/<service>
+     (the external proxy routes that prefix to the service and strips it); "" without either.
+     Context: dict "root" "name". */}}
+{{- define "herald.publicUrl" -}}
+{{- $cfg := index .root.Values.services .name | default dict -}}
+{{- $svc := include "herald.merged" (dict "root" .root "cfg" $cfg) | fromYaml -}}
+{{- $env := $svc.env | default dict -}}
+{{- $base := .root.Values.global.publicBaseUrl -}}
+{{- if $env.PUBLIC_BASE_URL -}}
+{{- trimSuffix "/" (toString $env.PUBLIC_BASE_URL) -}}
+{{- else if $base -}}
+{{- printf "%s/%s" (trimSuffix "/" $base) .name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Settings (without the HERALD_<SERVICE>_ prefix) the chart derives from global values, as
+     YAML. The dispatcher's customer links point at ingest's status page (/s/) and the
+     preference centre (/p/) under those services' public URLs: its own defaults are loopback
+     addresses no customer can open. */}}
+{{- define "herald.derivedEnv" -}}
+{{- $out := dict -}}
+{{- with include "herald.publicUrl" (dict "root" .root "name" .name) }}
+{{- $_ := set $out "PUBLIC_BASE_URL" . -}}
+{{- end }}
+{{- if eq .name "dispatcher" }}
+{{- with include "herald.publicUrl" (dict "root" .root "name" "ingest") }}
+{{- $_ := set $out "STATUS_URL" (printf "%s/s/{token}" .) -}}
+{{- end }}
+{{- with include "herald.publicUrl" (dict "root" .root "name" "preferences") }}
+{{- $_ := set $out "PREFERENCES_URL" (printf "%s/p/{token}" .) -}}
+{{- end }}
+{{- end }}
+{{- toYaml $out -}}
+{{- end -}}
+
 {{- define "herald.configmap" }}
 {{- $p := include "herald.envPrefix" . }}
 {{- $root := .root }}
@@ -31,8 +66,12 @@ data:
   {{ $p }}HOST: "0.0.0.0"
   {{ $p }}PORT: {{ .svc.port | quote }}
   {{ $p }}LOG_LEVEL: {{ $root.Values.global.logLevel | quote }}
-  {{- with $root.Values.global.publicBaseUrl }}
-  {{ $p }}PUBLIC_BASE_URL: {{ printf "%s/%s" (trimSuffix "/" .) $.name | quote }}
+  {{- /* Settings the chart derives (public URLs); the service's own env wins over them. */}}
+  {{- $env := .svc.env | default dict }}
+  {{- range $k, $v := include "herald.derivedEnv" . | fromYaml }}
+  {{- if not (hasKey $env $k) }}
+  {{ $p }}{{ $k }}: {{ $v | quote }}
+  {{- end }}
   {{- end }}
   {{- if .svc.kafka }}
   {{ $p }}KAFKA_BOOTSTRAP: {{ $root.Values.kafka.bootstrapServers | quote }}
