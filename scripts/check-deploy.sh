@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make check-deploy`: the Kubernetes and observability artefacts, checked offline.
-#   helm lint --strict and helm template for the defaults and every ci/*.yaml value set;
+#   helm lint --strict and helm template for the defaults (with the public URL they require)
+#   and every ci/*.yaml value set; the bare defaults must be refused with a clear message;
 #   every rendered manifest against the Kubernetes schemas (kubernetes-validate);
 #   a deliberately broken value set must be rejected by values.schema.json;
 #   the alert rules with promtool (check + unit tests); skaffold.yaml against skaffold's schema.
@@ -21,16 +22,23 @@ PROMTOOL="$(bash deploy/local/prometheus.sh path)"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 echo "== helm lint --strict and helm template (Kubernetes $KUBE_VERSION)"
+# The defaults leave global.publicBaseUrl empty, which the senders cannot run without.
 sets=("")
 for f in "$CHART"/ci/*.yaml; do sets+=("$f"); done
 for values in "${sets[@]}"; do
   name=$(basename "${values:-defaults.yaml}" .yaml)
   args=(--kube-version "$KUBE_VERSION")
-  [[ -n "$values" ]] && args+=(-f "$values")
+  if [[ -n "$values" ]]; then args+=(-f "$values"); else args+=(-f tests/deploy/values/public-url.yaml); fi
   "$HELM" lint --strict --quiet "$CHART" "${args[@]}" >/dev/null
   "$HELM" template herald "$CHART" "${args[@]}" > "$OUT/$name.yaml"
   echo "   $name: $(grep -c '^kind:' "$OUT/$name.yaml") resources"
 done
+
+echo "== the defaults without a public URL are refused, naming the value to set"
+if "$HELM" template herald "$CHART" --kube-version "$KUBE_VERSION" > /dev/null 2> "$OUT/no-url.err"; then
+  echo "the defaults rendered without global.publicBaseUrl" >&2; exit 1
+fi
+grep -q "global.publicBaseUrl" "$OUT/no-url.err" || { cat "$OUT/no-url.err" >&2; exit 1; }
 
 echo "== Kubernetes schemas (kubernetes-validate --strict)"
 # CRDs (ServiceMonitor, PrometheusRule, KafkaTopic) have no bundled schema: that warning is

@@ -126,10 +126,12 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 
 VALUE_SETS = [None, *CI_VALUES]
 IDS = ["defaults", *(p.stem for p in CI_VALUES)]
+# The defaults with the one value they require (the senders' public address).
+PUBLIC_URL = ROOT / "tests" / "deploy" / "values" / "public-url.yaml"
 
 
 def _values(path: Path | None) -> tuple[Path, ...]:
-    return () if path is None else (path,)
+    return (PUBLIC_URL,) if path is None else (path,)
 
 
 def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -227,7 +229,7 @@ def test_secrets_are_referenced_never_inlined(render: Render) -> None:
 
 
 def test_senders_read_provider_credentials_from_their_secrets(render: Render) -> None:
-    docs = render()
+    docs = render(PUBLIC_URL)
     sms = next(
         d
         for d in docs
@@ -243,7 +245,7 @@ def test_sandbox_is_off_by_default_and_on_in_the_sandbox_set(render: Render) -> 
     def deployments(*values: Path) -> set[str]:
         return {d["metadata"]["name"] for d in render(*values) if d["kind"] == "Deployment"}
 
-    assert "herald-sandbox" not in deployments()
+    assert "herald-sandbox" not in deployments(PUBLIC_URL)
     assert "herald-sandbox" not in deployments(CHART / "ci" / "production.yaml")
     assert "herald-sandbox" in deployments(CHART / "ci" / "sandbox.yaml")
 
@@ -267,7 +269,7 @@ def test_settings_reach_each_service_under_its_own_prefix(render: Render) -> Non
         assert all(k.startswith(p) for k in data)
 
 
-@pytest.mark.parametrize("values", [(), (CHART / "ci" / "production.yaml",)])
+@pytest.mark.parametrize("values", [(PUBLIC_URL,), (CHART / "ci" / "production.yaml",)])
 def test_pods_are_given_the_time_to_finish_the_sends_in_flight(
     render: Render, values: tuple[Path, ...]
 ) -> None:
@@ -306,7 +308,7 @@ def test_kafka_topics_match_the_contracts(render: Render) -> None:
 
 
 def test_dashboards_are_provisioned_for_the_grafana_sidecar(render: Render) -> None:
-    docs = render()
+    docs = render(PUBLIC_URL)
     maps = [
         d
         for d in docs
@@ -339,7 +341,7 @@ def test_prometheus_rule_carries_the_rules_file_with_published_runbook_links(
     render: Render,
 ) -> None:
     base = "https://runbooks.example.com/operations.md"
-    docs = render(sets=(f"prometheusRule.runbookBaseUrl={base}",))
+    docs = render(PUBLIC_URL, sets=(f"prometheusRule.runbookBaseUrl={base}",))
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in shipped["groups"]]
@@ -392,3 +394,63 @@ def test_a_service_s_own_public_url_moves_the_links_and_is_set_once(template: An
     assert data["HERALD_DISPATCHER_PREFERENCES_URL"] == (
         "https://herald.example.com/preferences/p/{token}"
     )
+
+
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [
+        ((), "global.publicBaseUrl"),
+        (("services.email-sender.enabled=false",), "services.sms-sender"),
+        (
+            ("services.email-sender.enabled=false", "services.sms-sender.enabled=false"),
+            "services.voice-sender",
+        ),
+        (("global.publicBaseUrl=http://herald.example.com",), "UNSUBSCRIBE_ALLOW_HTTP"),
+    ],
+    ids=["defaults", "sms-sender", "voice-sender", "email-over-http"],
+)
+def test_a_sender_without_a_usable_public_url_is_refused_at_render(
+    template: Any, sets: tuple[str, ...], named: str
+) -> None:
+    # Rendered, these start with http://0.0.0.0:<port> as their address: the email-sender
+    # refuses to start (RFC 8058 wants https) and Twilio cannot call the others back.
+    done = template(sets=sets)
+    assert done.returncode != 0
+    assert named in done.stderr and "public" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("global.publicBaseUrl=https://herald.example.com",),
+        (
+            "global.publicBaseUrl=http://herald.example.com",
+            "services.email-sender.env.UNSUBSCRIBE_ALLOW_HTTP=true",
+        ),
+        (
+            "services.email-sender.env.UNSUBSCRIBE_BASE_URL=https://mail.example.com",
+            "services.sms-sender.env.PUBLIC_BASE_URL=https://sms.example.com",
+            "services.voice-sender.env.PUBLIC_BASE_URL=https://voice.example.com",
+        ),
+        (
+            "services.email-sender.enabled=false",
+            "services.sms-sender.enabled=false",
+            "services.voice-sender.enabled=false",
+        ),
+    ],
+    ids=["https-base", "http-allowed", "per-service-urls", "no-senders"],
+)
+def test_senders_with_a_usable_public_url_render(render: Render, sets: tuple[str, ...]) -> None:
+    from herald_email_sender.config import Settings as EmailSettings
+
+    docs = render(sets=sets)
+    email = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ("herald-email-sender")
+    ]
+    for cm in email:
+        # The email-sender's own settings accept what the chart gives it, with a link secret.
+        p = "HERALD_EMAIL_SENDER_"
+        fields = {k.removeprefix(p).lower(): v for k, v in cm["data"].items()}
+        EmailSettings(**fields, link_secret="s" * 32)

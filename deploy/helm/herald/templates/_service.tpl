@@ -52,6 +52,29 @@ automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
 {{- toYaml $out -}}
 {{- end -}}
 
+{{/* Refuse to render a sender that would start without a public address: the senders give it
+     to the provider for callbacks (SMS, voice: Twilio calls <url>/webhooks/twilio/...) or put
+     it in every email (RFC 8058 one-click unsubscribe, https only), and without one their URL
+     is http://0.0.0.0:<port>, which Twilio cannot reach and the email-sender refuses to start
+     with (a crash loop). Context: dict "root" "name" "svc". */}}
+{{- define "herald.checkPublicUrl" -}}
+{{- $env := .svc.env | default dict -}}
+{{- $url := include "herald.publicUrl" (dict "root" .root "name" .name) -}}
+{{- if has .name (list "sms-sender" "voice-sender") -}}
+{{- if not $url -}}
+{{- fail (printf "services.%s needs a public URL for Twilio's callbacks: set global.publicBaseUrl (e.g. https://herald.example.com) or services.%s.env.PUBLIC_BASE_URL, or disable the service" .name .name) -}}
+{{- end -}}
+{{- else if eq .name "email-sender" -}}
+{{- $unsub := toString ($env.UNSUBSCRIBE_BASE_URL | default $url) -}}
+{{- $allowHttp := has (lower (toString ($env.UNSUBSCRIBE_ALLOW_HTTP | default ""))) (list "true" "1" "yes" "on" "t" "y") -}}
+{{- if not $unsub -}}
+{{- fail "services.email-sender needs a public https:// URL for one-click unsubscribe links (RFC 8058): set global.publicBaseUrl (e.g. https://herald.example.com) or services.email-sender.env.UNSUBSCRIBE_BASE_URL, or disable the service" -}}
+{{- else if and (not (hasPrefix "https://" $unsub)) (not $allowHttp) -}}
+{{- fail (printf "services.email-sender's one-click unsubscribe URL %s is not https:// as RFC 8058 requires, and the service refuses to start with it: use an https:// global.publicBaseUrl (or env.UNSUBSCRIBE_BASE_URL), or set services.email-sender.env.UNSUBSCRIBE_ALLOW_HTTP: \"true\" for development only" $unsub) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.configmap" }}
 {{- $p := include "herald.envPrefix" . }}
 {{- $root := .root }}
