@@ -454,3 +454,25 @@ def test_senders_with_a_usable_public_url_render(render: Render, sets: tuple[str
         p = "HERALD_EMAIL_SENDER_"
         fields = {k.removeprefix(p).lower(): v for k, v in cm["data"].items()}
         EmailSettings(**fields, link_secret="s" * 32)
+
+
+def _alerts_by_service(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    out: dict[str, set[str]] = {}
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            if "alert" in r:
+                out.setdefault(r["alert"], set()).add(r.get("labels", {}).get("service", ""))
+    return out
+
+
+def test_every_enabled_service_has_an_alert_for_no_scraped_instance(render: Render) -> None:
+    enabled = {s.name for s in SERVICES} - {"sandbox"}
+    alerts = _alerts_by_service(render(PUBLIC_URL))
+    assert alerts["HeraldServiceDown"] == enabled
+    # A disabled service has no instance by design: its rules would fire for ever.
+    docs = render(PUBLIC_URL, sets=("services.scheduler.enabled=false",))
+    alerts = _alerts_by_service(docs)
+    assert alerts["HeraldServiceDown"] == enabled - {"scheduler"}
+    assert "HeraldSchedulerLeaseLost" not in alerts and "HeraldTimersOverdue" not in alerts
+    assert "HeraldConsumerLagGrowing" in alerts
