@@ -476,3 +476,24 @@ def test_every_enabled_service_has_an_alert_for_no_scraped_instance(render: Rend
     assert alerts["HeraldServiceDown"] == enabled - {"scheduler"}
     assert "HeraldSchedulerLeaseLost" not in alerts and "HeraldTimersOverdue" not in alerts
     assert "HeraldConsumerLagGrowing" in alerts
+
+
+def test_disruption_budgets_let_drains_evict_pods_that_are_not_ready(render: Render) -> None:
+    # With Kafka or MongoDB down every pod is NotReady: a budget counting them would block
+    # every node drain until the dependency is back.
+    pdbs = [
+        d for d in render(CHART / "ci" / "production.yaml") if d["kind"] == "PodDisruptionBudget"
+    ]
+    assert pdbs
+    for pdb in pdbs:
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", pdb["metadata"]["name"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+    strict = render(
+        CHART / "ci" / "production.yaml",
+        sets=("default.pdb.unhealthyPodEvictionPolicy=IfHealthyBudget",),
+    )
+    assert {
+        d["spec"]["unhealthyPodEvictionPolicy"]
+        for d in strict
+        if d["kind"] == "PodDisruptionBudget"
+    } == {"IfHealthyBudget"}

@@ -333,6 +333,7 @@ metadata:
     {{- include "herald.labels" . | nindent 4 }}
 spec:
   maxUnavailable: {{ .svc.pdb.maxUnavailable }}
+  unhealthyPodEvictionPolicy: {{ .svc.pdb.unhealthyPodEvictionPolicy | default "AlwaysAllow" }}
   selector:
     matchLabels:
       {{- include "herald.selectorLabels" . | nindent 6 }}
