@@ -497,3 +497,46 @@ def test_disruption_budgets_let_drains_evict_pods_that_are_not_ready(render: Ren
         for d in strict
         if d["kind"] == "PodDisruptionBudget"
     } == {"IfHealthyBudget"}
+
+
+def _accounts(docs: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
+    created = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    used = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    return created, used
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ((), None),
+        (("default.serviceAccount.create=false",), "default"),
+        (
+            ("default.serviceAccount.create=false", "default.serviceAccount.name=herald-runner"),
+            "herald-runner",
+        ),
+    ],
+    ids=["created", "existing-default", "existing-named"],
+)
+def test_pods_run_as_a_service_account_that_exists(
+    render: Render, sets: tuple[str, ...], expected: str | None
+) -> None:
+    created, used = _accounts(render(PUBLIC_URL, sets=sets))
+    if expected is None:
+        # The chart's own accounts, one per service.
+        assert used == {name: name for name in used}
+        assert set(used.values()) == created
+    else:
+        assert not created
+        assert set(used.values()) == {expected}
+
+
+def test_a_service_s_created_account_can_be_named(render: Render) -> None:
+    created, used = _accounts(
+        render(PUBLIC_URL, sets=("services.dispatcher.serviceAccount.name=herald-decider",))
+    )
+    assert used["herald-dispatcher"] == "herald-decider"
+    assert "herald-decider" in created and "herald-dispatcher" not in created

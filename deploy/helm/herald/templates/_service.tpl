@@ -4,13 +4,24 @@
 HERALD_{{ .name | upper | replace "-" "_" }}_
 {{- end -}}
 
+{{/* The account a service's pods run as: serviceAccount.name, else the one the chart creates
+     (<fullname>-<service>) or, with create=false, the namespace's "default" (which always
+     exists: a pod naming an account that does not exist is never created). */}}
+{{- define "herald.serviceAccountName" -}}
+{{- if .svc.serviceAccount.create -}}
+{{- .svc.serviceAccount.name | default (include "herald.svcname" .) -}}
+{{- else -}}
+{{- .svc.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.serviceaccount" }}
 {{- if .svc.serviceAccount.create }}
 ---
 apiVersion: v1
 kind: ServiceAccount
 metadata:
-  name: {{ include "herald.svcname" . }}
+  name: {{ include "herald.serviceAccountName" . }}
   labels:
     {{- include "herald.labels" . | nindent 4 }}
 automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
@@ -167,7 +178,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
     spec:
-      serviceAccountName: {{ include "herald.svcname" . }}
+      serviceAccountName: {{ include "herald.serviceAccountName" . }}
       automountServiceAccountToken: {{ $svc.serviceAccount.automountToken }}
       terminationGracePeriodSeconds: {{ $svc.terminationGracePeriodSeconds }}
       securityContext:
