@@ -155,3 +155,41 @@ def test_local_prometheus_config_scrapes_every_service() -> None:
     ]
     assert len(targets) == len(SERVICES)
     assert cfg["rule_files"] == ["/r.yaml"]
+
+
+def _panel_exprs(dashboard: str, title_start: str) -> list[str]:
+    dash = json.loads(next(p for p in DASHBOARDS if p.name == dashboard).read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"].startswith(title_start)]
+    return [t["expr"] for t in panel["targets"]]
+
+
+def test_provider_callbacks_panel_counts_every_twilio_webhook_route() -> None:
+    from herald_sms_sender.api.webhooks import router as sms_webhooks
+    from herald_voice_sender.api.webhooks import router as voice_webhooks
+
+    (expr,) = _panel_exprs("herald-providers.json", "Provider callbacks")
+    match = re.search(r'route=~"((?:[^"\\]|\\.)*)"', expr)
+    assert match, expr
+    pattern = match.group(1).replace("\\\\", "\\")
+    routes = {r.path for router in (sms_webhooks, voice_webhooks) for r in router.routes}  # type: ignore[attr-defined]
+    assert routes
+    for route in routes:
+        # Prometheus anchors a label regex at both ends.
+        assert re.fullmatch(pattern, route), route
+
+
+def test_rules_keep_the_namespace_the_dashboards_filter_on() -> None:
+    rules = alert_rules()
+    for rule in rules:
+        for clause in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
+            labels = {label.strip() for label in clause.split(",")}
+            assert "namespace" in labels, (rule.get("alert") or rule["record"], clause)
+    # Every recording rule a dashboard reads is read per namespace, as its panels filter.
+    recorded = {r["record"] for r in rules if "record" in r}
+    for dashboard, exprs in dashboard_exprs().items():
+        for expr in exprs:
+            for name in metric_names(expr) & recorded:
+                assert re.search(re.escape(name) + r'\{[^}]*namespace=~"\$namespace"', expr), (
+                    dashboard,
+                    expr,
+                )
