@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -183,6 +185,27 @@ async def test_customer_sees_the_page_in_chinese(served: Served, browser: Any) -
     assert "您的服务单" in (await page.text_content("h1") or "")
     assert "2026年11月25日" in (await page.text_content("#appointment") or "")
     assert await page.text_content("#btn-callback") == "请给我回电"
+
+
+async def test_the_page_and_its_answer_stay_under_a_proxys_path_prefix(
+    served: Served,
+) -> None:
+    """Behind a proxy serving ingest under <public base>/ingest, root-relative links (the
+    form's /s/<token>/reply, the redirect back) left the customer on pages that do not exist."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    token = urlsplit(await _link(served, case_id, "en-GB")).path.rsplit("/", 1)[1]
+    page = f"https://herald.example.com/ingest/s/{token}"
+    html = (await served.client.get(f"/s/{token}")).text
+    actions = set(re.findall(r'action="([^"]+)"', html))
+    assert actions and {urljoin(page, a) for a in actions} == {f"{page}/reply"}
+    r = await served.client.post(
+        f"/s/{token}/reply",
+        content=b"intent=confirm",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 303
+    assert urljoin(f"{page}/reply", r.headers["location"]) == f"{page}?done=confirm"
 
 
 async def test_expired_tampered_and_foreign_links_are_refused(served: Served) -> None:

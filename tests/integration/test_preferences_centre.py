@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from unittest import mock
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -180,6 +181,24 @@ async def test_bad_form_input_is_refused_and_changes_nothing(service: httpx.Asyn
     )
     assert r.status_code == 422 and "quiet_hours" in r.text
     assert (await service.get(f"/v1/contacts/{cid}")).json()["version"] == 1
+
+
+async def test_a_save_sends_the_customer_back_to_their_page_behind_a_path_prefix_too(
+    service: httpx.AsyncClient,
+) -> None:
+    """Behind a proxy that serves preferences under <public base>/preferences, a redirect to
+    the root-relative /p/<token> left the customer on a page that does not exist."""
+    cid = await _contact(service)
+    path = urlsplit(await _link(service, cid)).path
+    r = await service.post(
+        path,
+        content="rank-1=email&rank-2=sms&quiet-start=&quiet-end=",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 303, r.text
+    proxied = "https://herald.example.com/preferences" + path
+    assert urljoin(proxied, r.headers["location"]) == proxied + "?saved=1"
+    assert urljoin(str(r.url), r.headers["location"]) == str(r.url) + "?saved=1"
 
 
 async def test_tampered_expired_or_foreign_links_are_refused(service: httpx.AsyncClient) -> None:

@@ -122,7 +122,9 @@ async def status_page(token: str, request: Request, done: str | None = None) -> 
         timeline=await repo.customer_timeline(state.case_id, claims["customer"]),
         buttons=BUTTONS,
         done=done in BUTTONS,
-        action=f"/s/{token}/reply",
+        # Relative to the page (/s/<token>): right behind a proxy that serves ingest under a
+        # path prefix (<public base>/ingest/s/<token>) as well as at the root.
+        action=f"{token}/reply",
         fmt=lambda value: when(value, locale),
     )
     return HTMLResponse(
@@ -163,7 +165,8 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
     )
     producer: EventProducer = request.app.state.runtime.producer
     await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
-    return RedirectResponse(f"/s/{token}?done={intent}", status_code=303)
+    # Relative to /s/<token>/reply, for the same reason as the form's action.
+    return RedirectResponse(f"../{token}?done={intent}", status_code=303)
 
 
 def _callback_number(form: dict[str, list[str]], locale: str | None) -> str:

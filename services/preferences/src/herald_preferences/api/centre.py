@@ -184,5 +184,6 @@ async def centre_save(request: Request, token: str) -> Response:
         except PreconditionFailed:
             continue
         await outbox.try_flush(customer, claim)
-        return RedirectResponse(f"/p/{token}?saved=1", status_code=303)
+        # Relative to the page (/p/<token>), so it holds behind a proxy's path prefix too.
+        return RedirectResponse(f"{token}?saved=1", status_code=303)
     raise Conflict("the contact kept changing; try again", field="token")
