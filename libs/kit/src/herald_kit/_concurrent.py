@@ -216,16 +216,7 @@ class ConcurrentConsumerLoop(ConsumerLoop):
                         # _handle_one dead-letters what fails; should anything still escape, the
                         # worker lives on and the record is finished, or the partition's commit
                         # point would stay behind it for good.
-                        log.error(
-                            "record could not be handled; skipped",
-                            extra={
-                                "group": self.group,
-                                "error": type(exc).__name__,
-                                "topic": self._base(record.topic),
-                                "partition": record.partition,
-                                "offset": record.offset,
-                            },
-                        )
+                        self._log_failure("record could not be handled; skipped", record, exc)
                     finally:
                         self._busy.discard(me)
                 lane.popleft()

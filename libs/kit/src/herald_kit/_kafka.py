@@ -569,6 +569,22 @@ class ConsumerLoop:
         for base, lag in totals.items():
             LAG.labels(self.group, base).set(lag)
 
+    def _log_failure(
+        self, message: str, record: ConsumerRecord[bytes, bytes], exc: BaseException
+    ) -> None:
+        """Where a record failed and with what, never its contents (they can hold a phone
+        number or an address)."""
+        log.error(
+            message,
+            extra={
+                "group": self.group,
+                "error": type(exc).__name__,
+                "topic": self._base(record.topic),
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        )
+
     def _base(self, topic: str) -> str:
         ns = self.settings.topic_namespace
         return topic[len(ns) :] if ns and topic.startswith(ns) else topic
@@ -585,30 +601,11 @@ class ConsumerLoop:
         try:
             await self._attempt(record)
         except Exception as exc:
-            # Logged without the record's contents (they can hold a phone number or an address).
-            log.error(
-                "record could not be handled",
-                extra={
-                    "group": self.group,
-                    "error": type(exc).__name__,
-                    "topic": self._base(record.topic),
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
+            self._log_failure("record could not be handled", record, exc)
             try:
                 await self._to_dlq(record, exc, "consumer-error")
             except Exception as dlq_exc:
-                log.error(
-                    "record could not be dead-lettered; skipped",
-                    extra={
-                        "group": self.group,
-                        "error": type(dlq_exc).__name__,
-                        "topic": self._base(record.topic),
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                )
+                self._log_failure("record could not be dead-lettered; skipped", record, dlq_exc)
         finally:
             trace_var.reset(trace_token)
             event_id_var.reset(event_token)
