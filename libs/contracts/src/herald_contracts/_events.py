@@ -334,8 +334,27 @@ class _Outbound(_Body):
     case_id: Id | None = None
     attempt: int = Field(default=1, ge=1)
     locale: Locale = "en"
-    expires_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "The contact request's expiry (also the window for a call-back asked for in reply)."
+        ),
+    )
+    send_by: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When the channel's window (quiet hours, legal contact hours) closes: a message not "
+            "handed to the provider by then fails as 'expired' rather than reach the customer "
+            "at night."
+        ),
+    )
     created_at: AwareDatetime
+
+    @property
+    def deadline(self) -> datetime | None:
+        """The last moment the message may be sent: its expiry or its send-by, the earlier."""
+        times = [t for t in (self.expires_at, self.send_by) if t is not None]
+        return min(times) if times else None
 
 
 class OutboundSms(_Outbound):

@@ -87,9 +87,17 @@ class ContactWindow:
     allowed: Window | None = None
     quiet: Window | None = None
 
+    @property
+    def zones(self) -> tuple[ZoneInfo, ...]:
+        """Every zone the windows hold in."""
+        return (self.tz,)
+
     def permits(self, instant: datetime) -> bool:
         """Whether a contact at this UTC instant respects both windows."""
-        local = instant.astimezone(self.tz)
+        return all(self._permits_in(z, instant) for z in self.zones)
+
+    def _permits_in(self, tz: ZoneInfo, instant: datetime) -> bool:
+        local = instant.astimezone(tz)
         minute = local.hour * 60 + local.minute
         if self.allowed is not None and not self.allowed.contains(minute):
             return False
@@ -99,29 +107,57 @@ class ContactWindow:
             and self.quiet.contains(minute)
         )
 
+    def _boundaries(self, minutes: list[int], now: datetime) -> list[datetime]:
+        """The UTC instants after `now`, within nine days, at which a local time of `minutes`
+        falls in some zone (either side of a fold; the hour after a time skipped by a gap)."""
+        candidates: set[datetime] = set()
+        for tz in self.zones:
+            local_now = now.astimezone(tz)
+            for day in range(0, 9):
+                date = (local_now + timedelta(days=day)).date()
+                for minute in minutes:
+                    naive = datetime.combine(date, time(minute // 60, minute % 60))
+                    for fold in (0, 1):
+                        at = naive.replace(tzinfo=tz, fold=fold).astimezone(UTC)
+                        if at > now:
+                            candidates.add(at)
+                            # A local time skipped by a DST gap: the hour after is real.
+                            candidates.add(at + timedelta(hours=1))
+        return sorted(candidates)
+
     def next_allowed(self, now: datetime) -> datetime:
         """`now` when permitted, else the earliest later instant that is (minute precision)."""
         if self.permits(now):
             return now
-        candidates: list[datetime] = []
         opening = [w.start for w in (self.allowed,) if w is not None] + [
             w.end for w in (self.quiet,) if w is not None
         ]
-        local_now = now.astimezone(self.tz)
-        for day in range(0, 9):
-            date = (local_now + timedelta(days=day)).date()
-            for minute in opening:
-                naive = datetime.combine(date, time(minute // 60, minute % 60))
-                for fold in (0, 1):
-                    at = naive.replace(tzinfo=self.tz, fold=fold).astimezone(UTC)
-                    if at > now:
-                        candidates.append(at)
-                        # A local time skipped by a DST gap: the hour after is real.
-                        candidates.append(at + timedelta(hours=1))
-        for at in sorted(set(candidates)):
+        for at in self._boundaries(opening, now):
             if self.permits(at):
                 return at
         raise ValueError("the windows never open")  # only when allowed and quiet cover the day
+
+    def closes_after(self, now: datetime) -> datetime | None:
+        """The first instant after `now` at which contact is no longer allowed (minute
+        precision); None when the windows never close. A message must be sent before it.
+        `now` should be allowed (a message is emitted only then)."""
+        closing = [w.end for w in (self.allowed,) if w is not None and w.start != w.end] + [
+            w.start for w in (self.quiet,) if w is not None and w.start != w.end
+        ]
+        if not closing:
+            return None
+        for at in self._boundaries(closing, now):
+            if self.permits(at):
+                continue
+            # A closing time skipped by a DST gap closes the window when the clocks jump,
+            # before the candidate: step back to the first minute that is not allowed.
+            for _ in range(120):
+                earlier = at - timedelta(minutes=1)
+                if earlier <= now or self.permits(earlier):
+                    break
+                at = earlier
+            return at
+        return None  # not reached: a closing minute is never allowed in its own zone
 
 
 def _window(w: LocalWindow | None) -> Window | None:

@@ -431,7 +431,7 @@ class Dispatcher:
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
         return await self._emit(
-            request, prefs, case, case_json, channel, now, state, history, reads
+            request, prefs, case, case_json, channel, window, now, state, history, reads
         )
 
     def contact_window(
@@ -498,6 +498,7 @@ class Dispatcher:
         case: CaseState | None,
         case_json: dict[str, Any],
         channel: Channel,
+        window: ContactWindow,
         now: datetime,
         state: RequestState | None,
         history: CapHistory | None,
@@ -523,6 +524,9 @@ class Dispatcher:
             "attempt": request.attempt,
             "locale": locale_key,
             "expires_at": request.expires_at,
+            # Sent before the window closes or not at all: a backlog or a provider outage
+            # must not carry the message into the night (the sender fails it as expired).
+            "send_by": window.closes_after(now),
             "created_at": now,
             "to": prefs.channels[channel].address,
         }

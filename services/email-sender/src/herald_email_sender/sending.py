@@ -131,9 +131,11 @@ class EmailSending:
         await self.status(msg, "failed", error_code=code, reason=reason)
 
     def _expired(self, msg: OutboundEmail, after: float = 0.0) -> bool:
-        if msg.expires_at is None:
+        # The request's expiry, or the close of the customer's quiet-hours window if earlier.
+        deadline = msg.deadline
+        if deadline is None:
             return False
-        return (msg.expires_at - utc_now()).total_seconds() <= after
+        return (deadline - utc_now()).total_seconds() <= after
 
     async def send(self, msg: OutboundEmail) -> None:
         """Send unless the ledger says it was sent or may have been."""

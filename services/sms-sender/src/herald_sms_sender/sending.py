@@ -168,7 +168,8 @@ class SmsSending:
             return
         # Claimed first, expiry second: a redelivery after the expiry of a message already sent
         # (or left 'sending') must keep that outcome, not be overwritten with 'failed'.
-        if msg.expires_at is not None and msg.expires_at <= now:
+        # The deadline: the request's expiry or the close of the customer's window, the earlier.
+        if msg.deadline is not None and msg.deadline <= now:
             await self.fail(ref, "expired", "expired before send")
             return
         if opted_out:
@@ -250,7 +251,7 @@ class SmsSending:
     async def _pause(self, msg: OutboundSms, delay: float, claim: str) -> PauseOutcome:
         """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""
         return await pause_unclaimed(
-            self.ledger, msg.message_id, delay=delay, expires_at=msg.expires_at, claim=claim
+            self.ledger, msg.message_id, delay=delay, expires_at=msg.deadline, claim=claim
         )
 
     async def _reconcile(self, msg: OutboundSms, *, since: datetime) -> str | None:

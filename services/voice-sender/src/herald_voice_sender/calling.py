@@ -152,7 +152,8 @@ class VoiceCalling:
             "customer_id": msg.customer_id,
             "case_id": msg.case_id,
         }
-        return Call(msg.message_id, msg.to, msg.language, ref, msg.expires_at)
+        # The call's expiry: the request's, or the close of the customer's window if earlier.
+        return Call(msg.message_id, msg.to, msg.language, ref, msg.deadline)
 
     async def place(self, call: Call, *, say: str = "") -> None:
         """Place the call unless the ledger says it was placed or may have been."""

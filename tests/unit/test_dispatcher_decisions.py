@@ -1,0 +1,153 @@
+"""Whole decisions through `Dispatcher.handle`, on in-memory stores: when a message may still go
+out."""
+
+from __future__ import annotations
+
+import asyncio
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dispatcher_fakes import rig
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from herald_contracts import (
+    CampaignRef,
+    ChannelAddress,
+    ContactPreferences,
+    ContactRequest,
+    DeliveryStatus,
+    MessageTemplate,
+    OutboundEmail,
+    OutboundSms,
+    QuietHours,
+)
+from herald_kit.windows import ContactWindow, Window
+
+T = MessageTemplate(body="Your engineer arrives at 14:00.")
+LONDON_MOBILE = "+447700900123"
+NEW_YORK = "+12125550123"
+
+
+def _prefs(**overrides: Any) -> ContactPreferences:
+    fields: dict[str, Any] = {
+        "customer_id": "c1",
+        "version": 1,
+        "channels": {
+            "sms": ChannelAddress(address=LONDON_MOBILE),
+            "voice": ChannelAddress(address=LONDON_MOBILE),
+            "email": ChannelAddress(address="someone@example.com"),
+        },
+        "ranking": ["sms"],
+        "consents": {"service-updates": {"sms": True, "voice": True, "email": True}},
+        "time_zone": "Europe/London",
+        "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    return ContactPreferences(**{**fields, **overrides})
+
+
+def _request(now: datetime, **overrides: Any) -> ContactRequest:
+    campaign = CampaignRef(
+        id="c",
+        version=1,
+        name="n",
+        topic="service-updates",
+        max_attempts=overrides.pop("max_attempts", 1),
+        messages={"sms": {"en": T}, "voice": {"en": T}, "email": {"en": T}},
+    )
+    fields: dict[str, Any] = {
+        "request_id": "r1",
+        "campaign": campaign,
+        "customer_id": "c1",
+        "trigger_key": "k",
+        "requested_at": now,
+    }
+    return ContactRequest(**{**fields, **overrides})
+
+
+# -- a message carries the moment its window closes ------------------------------------------
+
+
+def test_an_sms_sent_just_before_the_legal_window_closes_must_go_out_before_it_closes() -> None:
+    now = datetime(2026, 1, 12, 20, 59, 30, tzinfo=UTC)  # 20:59:30 in London, hours 08-21
+    r = rig(_prefs(), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now)))
+    assert decision.outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    # The sender fails it as expired after 21:00 rather than text the customer at night.
+    assert sms.send_by == datetime(2026, 1, 12, 21, tzinfo=UTC)
+    assert sms.deadline == sms.send_by
+    assert sms.expires_at is None  # the request's expiry, for a call-back, is untouched
+
+
+def test_the_send_by_is_the_earlier_of_the_requests_expiry_and_the_quiet_hours() -> None:
+    now = datetime(2026, 7, 1, 12, tzinfo=UTC)  # 13:00 in London (summer time)
+    prefs = _prefs(ranking=["email"], quiet_hours=QuietHours(start="22:00", end="07:00"))
+    r = rig(prefs, now)
+    asyncio.run(r.dispatcher.handle(_request(now)))
+    (email,) = r.producer.of(OutboundEmail)
+    assert email.send_by == datetime(2026, 7, 1, 21, tzinfo=UTC)  # 22:00 in London
+    soon = now + timedelta(hours=2)
+    r = rig(prefs, now)
+    asyncio.run(r.dispatcher.handle(_request(now, expires_at=soon)))
+    (email,) = r.producer.of(OutboundEmail)
+    assert (email.expires_at, email.deadline) == (soon, soon)
+
+
+def test_an_email_without_quiet_hours_has_no_send_by() -> None:
+    now = datetime(2026, 1, 12, 3, tzinfo=UTC)
+    r = rig(_prefs(ranking=["email"]), now)
+    asyncio.run(r.dispatcher.handle(_request(now)))
+    (email,) = r.producer.of(OutboundEmail)
+    assert email.send_by is None and email.deadline is None
+
+
+def test_a_message_that_expired_at_the_sender_escalates_to_the_next_channel() -> None:
+    now = datetime(2026, 1, 12, 20, 59, 30, tzinfo=UTC)
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    asyncio.run(r.dispatcher.handle(_request(now, max_attempts=2)))
+    (sms,) = r.producer.of(OutboundSms)
+    failed = DeliveryStatus(
+        message_id=sms.message_id,
+        request_id="r1",
+        campaign_id="c",
+        customer_id="c1",
+        channel="sms",
+        status="failed",
+        error_code="expired",
+        at=now + timedelta(minutes=1),
+    )
+    asyncio.run(r.dispatcher.on_status(failed))
+    (nxt,) = r.producer.of(ContactRequest)
+    assert (nxt.attempt, nxt.tried_channels) == (2, ["sms"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tz=st.sampled_from(["Europe/London", "America/New_York", "Australia/Lord_Howe", "UTC"]),
+    quiet=st.none() | st.tuples(st.integers(0, 95), st.integers(0, 95)),
+    now=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+)
+def test_the_window_closes_at_the_first_minute_that_is_not_allowed(
+    tz: str, quiet: tuple[int, int] | None, now: datetime
+) -> None:
+    window = ContactWindow(
+        tz=zoneinfo.ZoneInfo(tz),
+        allowed=Window(8 * 60, 21 * 60),
+        quiet=Window(quiet[0] * 15, quiet[1] * 15) if quiet else None,
+    )
+    try:
+        now = window.next_allowed(now)
+    except ValueError:
+        return
+    closes = window.closes_after(now)
+    assert closes is not None and closes > now
+    assert not window.permits(closes)
+    # Every minute before it is allowed.
+    at = now
+    while at < closes:
+        assert window.permits(at), at
+        at += timedelta(minutes=1)
