@@ -1,5 +1,5 @@
 """Whole decisions through `Dispatcher.handle`, on in-memory stores: when a message may still go
-out."""
+out, deferrals that come back early."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from herald_contracts import (
     OutboundEmail,
     OutboundSms,
     QuietHours,
+    TimerRequest,
 )
 from herald_kit.windows import ContactWindow, Window
 
@@ -151,3 +152,46 @@ def test_the_window_closes_at_the_first_minute_that_is_not_allowed(
     while at < closes:
         assert window.permits(at), at
         at += timedelta(minutes=1)
+
+
+# -- a deferral's timer that arrives early ----------------------------------------------------
+
+
+def test_a_deferral_that_comes_back_a_little_early_is_sent_not_dropped() -> None:
+    prefs = _prefs(quiet_hours=QuietHours(start="22:00", end="09:00"))
+    night = datetime(2026, 1, 10, 23, tzinfo=UTC)
+    r = rig(prefs, night)
+
+    async def run() -> list[str]:
+        outcomes = []
+        first = await r.dispatcher.handle(_request(night))
+        outcomes.append(first.outcome)
+        (timer,) = r.producer.of(TimerRequest)
+        assert timer.request is not None
+        # The scheduler's clock is 50 ms ahead of the dispatcher's.
+        r.clock.now = timer.due_at - timedelta(milliseconds=50)
+        second = await r.dispatcher.handle(timer.request)
+        outcomes.append(second.outcome)
+        for later in r.producer.of(TimerRequest)[1:]:  # were it deferred again: fire that too
+            assert later.request is not None
+            assert later.due_at > timer.due_at  # never the same moment: its claim is taken
+            r.clock.now = later.due_at
+            outcomes.append((await r.dispatcher.handle(later.request)).outcome)
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes == ["deferred", "sent"]
+    assert len(r.producer.of(OutboundSms)) == 1
+
+
+def test_a_deferral_is_always_later_than_the_moment_the_request_was_due() -> None:
+    prefs = _prefs(quiet_hours=QuietHours(start="22:00", end="09:00"))
+    due = datetime(2026, 1, 11, 9, tzinfo=UTC)
+    r = rig(prefs, due)
+    # Due at 09:00 but the window says 09:00 too (e.g. a cap that frees at the same minute):
+    # the dispatcher's deferral must name a later moment or the claim drops it.
+    request = _request(due, not_before=due)
+    asyncio.run(r.dispatcher._defer(request, "sms", due, "frequency-cap"))
+    (timer,) = r.producer.of(TimerRequest)
+    assert timer.request is not None and timer.request.not_before is not None
+    assert timer.due_at > due and timer.request.not_before > due

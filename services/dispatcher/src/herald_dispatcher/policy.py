@@ -216,8 +216,12 @@ class Dispatcher:
                     raise got
             prefs = cast(ContactPreferences, got_prefs)
             case = cast(CaseState | None, got_case)
+            # A deferral's timer that reaches us a little before its due time (the scheduler's
+            # clock ahead of ours) is on time: decided as of its due time, the rules that
+            # deferred it cannot defer it again to the same moment, whose claim is this one.
+            at = max(now, request.not_before) if request.not_before else now
             try:
-                decision = await self._decide(request, prefs, case, now, reads)
+                decision = await self._decide(request, prefs, case, at, reads)
             except RenderError as exc:  # defensive: rendering errors are decisions, not crashes
                 decision = Decision("failed", "render", detail=str(exc))
         finally:
@@ -454,7 +458,14 @@ class Dispatcher:
         rule: str,
         detail: str | None = None,
     ) -> Decision:
-        """Ask the scheduler to re-send the request at the next allowed moment."""
+        """Ask the scheduler to re-send the request at the next allowed moment.
+
+        The moment is always later than the request's own not-before: the claim key holds it,
+        and a request deferred to the moment it was already due at would find its claim taken
+        and be dropped as a duplicate.
+        """
+        if request.not_before is not None and due <= request.not_before:
+            due = request.not_before + timedelta(minutes=1)
         not_before = request.not_before.isoformat() if request.not_before else "-"
         timer = TimerRequest(
             timer_id=derived_id(request.request_id, request.attempt, not_before, "defer"),
