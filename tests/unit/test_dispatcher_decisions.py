@@ -8,10 +8,10 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dispatcher_fakes import rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatcher_fakes import rig
 from herald_contracts import (
     CampaignRef,
     ChannelAddress,
