@@ -1,5 +1,5 @@
 """Whole decisions through `Dispatcher.handle`, on in-memory stores: when a message may still go
-out, deferrals that come back early."""
+out, deferrals that come back early, the zones of a phone number."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from herald_contracts import (
     MessageTemplate,
     OutboundEmail,
     OutboundSms,
+    OutboundVoice,
     QuietHours,
     TimerRequest,
 )
@@ -127,18 +128,20 @@ def test_a_message_that_expired_at_the_sender_escalates_to_the_next_channel() ->
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tz=st.sampled_from(["Europe/London", "America/New_York", "Australia/Lord_Howe", "UTC"]),
+    extra=st.lists(st.sampled_from(["America/Los_Angeles", "Asia/Kolkata", "Pacific/Chatham"])),
     quiet=st.none() | st.tuples(st.integers(0, 95), st.integers(0, 95)),
     now=st.datetimes(
         min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
     ),
 )
 def test_the_window_closes_at_the_first_minute_that_is_not_allowed(
-    tz: str, quiet: tuple[int, int] | None, now: datetime
+    tz: str, extra: list[str], quiet: tuple[int, int] | None, now: datetime
 ) -> None:
     window = ContactWindow(
         tz=zoneinfo.ZoneInfo(tz),
         allowed=Window(8 * 60, 21 * 60),
         quiet=Window(quiet[0] * 15, quiet[1] * 15) if quiet else None,
+        also=tuple(zoneinfo.ZoneInfo(z) for z in extra),
     )
     try:
         now = window.next_allowed(now)
@@ -195,3 +198,26 @@ def test_a_deferral_is_always_later_than_the_moment_the_request_was_due() -> Non
     (timer,) = r.producer.of(TimerRequest)
     assert timer.request is not None and timer.request.not_before is not None
     assert timer.due_at > due and timer.request.not_before > due
+
+
+# -- the zones of a phone number ----------------------------------------------------------------
+
+
+def test_a_us_number_is_not_called_at_night_whatever_the_zone_on_file() -> None:
+    now = datetime(2026, 1, 12, 9, 30, tzinfo=UTC)  # 04:30 in New York
+    phone = {"voice": ChannelAddress(address=NEW_YORK)}
+    for zone in ({}, {"time_zone": "America/New_Yrok"}, {"time_zone": "Europe/London"}):
+        r = rig(_prefs(channels=phone, ranking=["voice"], **zone), now)
+        decision = asyncio.run(r.dispatcher.handle(_request(now)))
+        assert (decision.outcome, decision.rule) == ("deferred", "quiet-hours"), zone
+        assert decision.due_at == datetime(2026, 1, 12, 13, tzinfo=UTC), zone  # 08:00 there
+        assert not r.producer.of(OutboundVoice)
+
+
+def test_an_sms_to_a_us_number_must_go_before_the_window_closes_in_any_of_its_zones() -> None:
+    now = datetime(2026, 1, 12, 17, tzinfo=UTC)  # 09:00 in Los Angeles, 12:00 in New York
+    phone = {"sms": ChannelAddress(address=NEW_YORK)}
+    r = rig(_prefs(channels=phone, time_zone="America/Los_Angeles"), now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.send_by == datetime(2026, 1, 13, 2, tzinfo=UTC)  # 21:00 in New York comes first

@@ -32,12 +32,18 @@ def _campaign(**changes: Any) -> CampaignIn:
     return CampaignIn.model_validate(body)
 
 
+# A mobile number where the customer lives (the windows hold in the number's zones too); a UK
+# mobile names no zone, so elsewhere only the customer's own zone counts.
+NUMBERS = {"America/New_York": "+12015550100", "Europe/Amsterdam": "+31612345678"}
+
+
 def _prefs(cid: str, **changes: Any) -> ContactPreferences:
+    number = NUMBERS.get(changes.get("time_zone", "America/New_York"), "+447700900123")
     body: dict[str, Any] = {
         "customer_id": cid,
         "version": 1,
         "channels": {
-            "sms": ChannelAddress(address="+12015550100"),
+            "sms": ChannelAddress(address=number),
             "email": ChannelAddress(address="a@example.com"),
         },
         "ranking": ["sms", "email"],

@@ -5,6 +5,10 @@ run (which predicts them), so the two can never disagree. Every instant this mod
 "allowed" has been checked against the rules on the real UTC instant converted to the
 customer's zone, so daylight-saving gaps and folds cannot make a candidate slip outside a
 window.
+
+On a phone channel the windows hold in every time zone the number may be in as well as in the
+customer's own: a missing or wrong zone in the preferences can then only narrow the hours,
+never move a call or an SMS into the night where the phone is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+from phonenumbers import timezone as phone_zones
 from pydantic import BaseModel, Field
 
 from herald_contracts import Channel, ContactPreferences
@@ -73,27 +78,34 @@ class Window:
 
 def zone(name: str) -> ZoneInfo:
     """The customer's zone; UTC when the name is unknown (never guess a laxer zone)."""
+    return known_zone(name) or ZoneInfo("UTC")
+
+
+def known_zone(name: str) -> ZoneInfo | None:
+    """The zone of that name; None when there is none."""
     try:
         return valid_zone(name)
     except ValueError:
-        return ZoneInfo("UTC")
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class ContactWindow:
-    """When one channel may reach one customer: inside `allowed`, outside `quiet`."""
+    """When one channel may reach one customer: inside `allowed`, outside `quiet`, in `tz` and
+    in every zone of `also` (the zones the customer's phone number may be in)."""
 
     tz: ZoneInfo
     allowed: Window | None = None
     quiet: Window | None = None
+    also: tuple[ZoneInfo, ...] = ()
 
     @property
     def zones(self) -> tuple[ZoneInfo, ...]:
         """Every zone the windows hold in."""
-        return (self.tz,)
+        return (self.tz, *(z for z in self.also if z != self.tz))
 
     def permits(self, instant: datetime) -> bool:
-        """Whether a contact at this UTC instant respects both windows."""
+        """Whether a contact at this UTC instant respects both windows in every zone."""
         return all(self._permits_in(z, instant) for z in self.zones)
 
     def _permits_in(self, tz: ZoneInfo, instant: datetime) -> bool:
@@ -129,6 +141,8 @@ class ContactWindow:
         """`now` when permitted, else the earliest later instant that is (minute precision)."""
         if self.permits(now):
             return now
+        # Contact is allowed where every zone allows it: such a stretch begins where one zone
+        # opens, so the openings in every zone are the candidates.
         opening = [w.start for w in (self.allowed,) if w is not None] + [
             w.end for w in (self.quiet,) if w is not None
         ]
@@ -164,6 +178,25 @@ def _window(w: LocalWindow | None) -> Window | None:
     return Window.parse(w.start, w.end) if w is not None else None
 
 
+def zones_of(prefs: ContactPreferences, channel: Channel) -> tuple[ZoneInfo, ...]:
+    """The zones the customer's number may be in on a phone channel (phonenumbers' geographic
+    zones); none on another channel or for a number that names none."""
+    address = prefs.channels.get(channel)
+    if channel not in ("sms", "voice") or address is None:
+        return ()
+    return _number_zones(address.address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_zones(number: str) -> tuple[ZoneInfo, ...]:
+    try:
+        names = phone_zones.time_zones_for_number(phonenumbers.parse(number, None))
+    except phonenumbers.NumberParseException:
+        return ()
+    # phonenumbers says "Etc/Unknown" for a number without a region: no zone.
+    return tuple(z for z in (known_zone(n) for n in names if n != "Etc/Unknown") if z)
+
+
 def region_of(prefs: ContactPreferences, channel: Channel) -> str:
     """The region (ISO 3166) of the customer's number on a phone channel; 'default' else."""
     address = prefs.channels.get(channel)
@@ -190,7 +223,10 @@ def contact_window(
     critical_windows: Mapping[str, LocalWindow],
 ) -> ContactWindow:
     """The customer's quiet hours and the legal window for the channel and the region of the
-    customer's number (a service-critical campaign may use its own window per channel)."""
+    customer's number (a service-critical campaign may use its own window per channel).
+
+    On SMS and voice both hold in the customer's zone and in every zone of the number; a zone
+    name that is not a zone counts only when the number names none (then as UTC)."""
     legal: LocalWindow | None
     if critical and channel in critical_windows:
         legal = critical_windows[channel]
@@ -199,8 +235,15 @@ def contact_window(
         by_channel = legal_windows.get(region, legal_windows.get("default", {}))
         legal = by_channel.get(channel)
     quiet = prefs.quiet_hours
+    number_zones = zones_of(prefs, channel)
+    own = known_zone(prefs.time_zone)
+    if own is None and number_zones:
+        tz, also = number_zones[0], number_zones[1:]
+    else:
+        tz, also = own or ZoneInfo("UTC"), number_zones
     return ContactWindow(
-        tz=zone(prefs.time_zone),
+        tz=tz,
         allowed=_window(legal),
         quiet=Window.parse(quiet.start, quiet.end) if quiet else None,
+        also=also,
     )
