@@ -221,3 +221,60 @@ def test_an_sms_to_a_us_number_must_go_before_the_window_closes_in_any_of_its_zo
     assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
     (sms,) = r.producer.of(OutboundSms)
     assert sms.send_by == datetime(2026, 1, 13, 2, tzinfo=UTC)  # 21:00 in New York comes first
+
+
+# -- a channel that fails before anything is sent --------------------------------------------
+
+CHINESE = MessageTemplate(body="您的工程师将于今天下午两点到达。" * 6)  # 2 UCS-2 segments
+
+
+def _one_segment_campaign(max_attempts: int, sms: MessageTemplate = CHINESE) -> CampaignRef:
+    return CampaignRef(
+        id="c",
+        version=1,
+        name="n",
+        topic="service-updates",
+        sms_segment_limit=1,
+        max_attempts=max_attempts,
+        messages={"sms": {"en": sms}, "email": {"en": T}},
+    )
+
+
+def test_an_sms_over_the_segment_limit_gives_way_to_the_next_ranked_channel() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    request = _request(now, campaign=_one_segment_campaign(max_attempts=3))
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.channel) == ("sent", "email")
+    assert decision.detail is not None and "sms failed: segment-limit" in decision.detail
+    (email,) = r.producer.of(OutboundEmail)
+    assert email.attempt == 2 and not r.producer.of(OutboundSms)
+    (attempt,) = r.ledger.attempts.values()
+    assert (attempt["attempt"], attempt["channel"]) == (2, "email")
+    # Still the customer's first contact: it counts towards the caps.
+    assert [c["r"] for (c,) in r.ledger.contacts.values()] == ["r1"]
+
+
+def test_a_message_that_does_not_render_gives_way_to_the_next_ranked_channel() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    broken = MessageTemplate(body="{{ case.missing.field }}")
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    request = _request(now, campaign=_one_segment_campaign(max_attempts=2, sms=broken))
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.channel) == ("sent", "email")
+    assert len(r.producer.of(OutboundEmail)) == 1
+
+
+def test_a_channel_failing_before_sending_fails_the_contact_only_when_nothing_is_left() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    # No attempt left for another channel.
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    request = _request(now, campaign=_one_segment_campaign(max_attempts=1))
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.rule, decision.channel) == ("failed", "segment-limit", "sms")
+    # No other channel the customer ranks.
+    r = rig(_prefs(ranking=["sms"]), now)
+    request = _request(now, campaign=_one_segment_campaign(max_attempts=3))
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.rule, decision.channel) == ("failed", "segment-limit", "sms")
+    assert not r.producer.sent

@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -61,6 +61,8 @@ log = logging.getLogger("herald.dispatcher")
 MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
 # Statuses that mean the message did not reach the customer: escalate at once.
 FAILED: frozenset[str] = frozenset({"failed", "undelivered", "no-answer", "busy"})
+# Rules that fail a channel before anything is sent: the next ranked channel is tried at once.
+BEFORE_SENDING: frozenset[str] = frozenset({"segment-limit", "render"})
 # Statuses that mean it did: success for campaigns whose success is "delivered".
 DELIVERED: frozenset[str] = frozenset({"delivered", "answered"})
 OUTBOUND_TOPICS: dict[str, EventType] = {
@@ -386,9 +388,69 @@ class Dispatcher:
         state: RequestState | None,
         reads: _Reads,
     ) -> Decision:
+        """Rules 4 to 9 on the best channel; the next one when it fails before sending.
+
+        A message that cannot be made for a channel (it does not render, or is over the SMS
+        segment limit) is tried on the next ranked channel at once, as a message that failed
+        at the provider would be: the next attempt, with that channel among those tried. It
+        ends `failed` only when the attempts are used up or no channel is left. A contact sent
+        at once on the later channel still counts as the customer's first (caps).
+        """
+        first = request.attempt == 1 and request.escalation_of is None
+        failures: list[str] = []
+        failed: Decision | None = None
+        while True:
+            decision = await self._reach_channel(
+                request, prefs, case, case_json, now, state, reads, first=first
+            )
+            if (
+                failed is not None
+                and decision.outcome == "suppressed"
+                and decision.rule == "channel"
+            ):
+                return failed  # no channel is left: the contact failed
+            if failures:
+                # The decision says which channels gave way to the one it is about.
+                before = "; ".join(failures)
+                detail = f"{decision.detail}; {before}" if decision.detail else before
+                decision = replace(decision, detail=detail)
+            if decision.outcome != "failed" or decision.rule not in BEFORE_SENDING:
+                return decision
+            failed = decision
+            channel = cast(Channel, decision.channel)
+            if request.attempt >= request.campaign.max_attempts:
+                return failed
+            log.warning(
+                "channel failed before sending, trying the next",
+                extra={
+                    "rule": decision.rule,
+                    "channel": channel,
+                    "request_id": request.request_id,
+                    "campaign": request.campaign.id,
+                },
+            )
+            failures.append(f"{channel} failed: {decision.rule}")
+            request = request.model_copy(
+                update={
+                    "attempt": request.attempt + 1,
+                    "tried_channels": [*request.tried_channels, channel],
+                }
+            )
+
+    async def _reach_channel(
+        self,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        case: CaseState | None,
+        case_json: dict[str, Any],
+        now: datetime,
+        state: RequestState | None,
+        reads: _Reads,
+        *,
+        first: bool,
+    ) -> Decision:
         """Rules 4 to 9: the channel, its windows, the caps, then render and emit."""
         campaign = request.campaign
-        first = request.attempt == 1 and request.escalation_of is None
         # 4. duplicates were refused by the claim in handle()
         # 5. channel
         choice = choose_channel(prefs, campaign, exclude=frozenset(request.tried_channels))
@@ -435,7 +497,7 @@ class Dispatcher:
                 return await self._defer(request, channel, due, "frequency-cap", capped.cap)
         # 8. render, 9. emit
         return await self._emit(
-            request, prefs, case, case_json, channel, window, now, state, history, reads
+            request, prefs, case, case_json, channel, window, now, state, history, reads, first
         )
 
     def contact_window(
@@ -514,6 +576,7 @@ class Dispatcher:
         state: RequestState | None,
         history: CapHistory | None,
         reads: _Reads,
+        first: bool,
     ) -> Decision:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
@@ -602,7 +665,7 @@ class Dispatcher:
             subject=request.case_id,
         )
         await asyncio.gather(
-            self._after_send(request, case, channel, mid, now, state, history),
+            self._after_send(request, case, channel, mid, now, state, history, first=first),
             self.ledger.note_content(last, digest, mid, now),
         )
         return Decision("sent", "ranked", channel=channel, message_id=mid)
@@ -630,8 +693,14 @@ class Dispatcher:
         now: datetime,
         state: RequestState | None,
         history: CapHistory | None,
+        *,
+        first: bool,
     ) -> None:
-        """Ledger rows for caps, supersession and escalation; the escalation timer."""
+        """Ledger rows for caps, supersession and escalation; the escalation timer.
+
+        `first`: the customer's first message of the contact (not an escalation of one), which
+        counts towards the caps, even on a channel taken after one that failed before sending.
+        """
         campaign = request.campaign
         nxt = self.next_request(request, channel, mid)
         writes = [
@@ -652,7 +721,7 @@ class Dispatcher:
                 }
             )
         ]
-        if request.attempt == 1 and request.escalation_of is None:
+        if first:
             if campaign.counts_towards_cap:
                 writes.append(self._note_contact(request, history, now))
             started = request.case_state.updated_at if request.case_state else request.requested_at
@@ -821,7 +890,10 @@ class _Reads:
         return await self._history
 
     def start_content(self, key: str) -> None:
-        """Read the last content sent on the chosen channel about the case (see `content`)."""
+        """Read the last content sent on the chosen channel about the case (see `content`);
+        a channel chosen after one that failed before sending replaces that one's read."""
+        if self._content is not None:
+            _drop(self._content)
         self._content = asyncio.ensure_future(self._ledger.last_content(key))
 
     async def content(self) -> LastContent:
@@ -831,9 +903,13 @@ class _Reads:
     def discard(self) -> None:
         """Cancel what no rule awaited (and retrieve what failed unseen)."""
         for read in (self._state, self._history, self._content):
-            if read is None:
-                continue
-            if not read.done():
-                read.cancel()
-            elif not read.cancelled():
-                read.exception()
+            if read is not None:
+                _drop(read)
+
+
+def _drop(read: asyncio.Future[Any]) -> None:
+    """Cancel a read no rule awaits (or retrieve its failure, so none goes unseen)."""
+    if not read.done():
+        read.cancel()
+    elif not read.cancelled():
+        read.exception()
