@@ -34,11 +34,10 @@ from pymongo import AsyncMongoClient
 from herald_contracts import ContactRequest, DeliveryStatus, Topics, dlq_topic
 from herald_devstack import Stack, StackConfig
 from herald_kit import DecodeError, decode
-from support import TEST_KEY, consumer_lag, daytime_zone, registered_consumers
+from support import TEST_KEY, consumer_lag, daytime_zone, phone_in, registered_consumers
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fictional-range numbers in several valid US area codes: 10,000 customers per area code.
-AREA_CODES = (201, 202, 203, 205, 206, 207, 208, 209, 210, 212, 213, 214)
 TOPIC = "service-updates"
 TEMPLATE = "Case {{ case.case_id }}: {{ case.status }}"
 # Services a chaos run may kill: every Herald service. The sandbox stands in for Twilio, an
@@ -55,9 +54,9 @@ HERALD_SERVICES = (
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-def phone_of(i: int) -> str:
-    """The phone number of customer i (unique up to 120,000 customers)."""
-    return f"+1{AREA_CODES[i // 10_000]}555{i % 10_000:04d}"
+def phone_of(i: int, zone: str) -> str:
+    """The phone number of customer i, who lives in `zone` (unique up to a million customers)."""
+    return phone_in(zone, i)
 
 
 @dataclass
@@ -69,6 +68,8 @@ class Scenario:
     api_key: str
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     suppress_every: int = 10
+    # Where every customer lives: daytime when the run starts, so the legal windows allow it.
+    zone: str = field(default_factory=daytime_zone)
     customers: int = 0  # 0: one customer per event; fewer: customers get several cases
     posted_at: dict[int, float] = field(default_factory=dict)  # customer index -> wall time
     posting_took: float = 0.0  # seconds the last post_events call took
@@ -92,7 +93,7 @@ class Scenario:
 
     def index_of_phone(self) -> dict[str, int]:
         """Phone number -> customer index."""
-        return {phone_of(i): i for i in range(self.n_customers)}
+        return {phone_of(i, self.zone): i for i in range(self.n_customers)}
 
     def case_id(self, i: int) -> str:
         """The case of event i."""
@@ -106,11 +107,11 @@ class Scenario:
         """The contact record of customer i."""
         return {
             "customer_id": self.customer(i),
-            "channels": {"sms": phone_of(i)},
+            "channels": {"sms": phone_of(i, self.zone)},
             "ranking": ["sms"],
             "consents": {TOPIC: {"sms": self.consents(i)}},
             "locale": "en-GB",
-            "time_zone": daytime_zone(),
+            "time_zone": self.zone,
         }
 
     def event(self, i: int) -> dict[str, Any]:
@@ -447,7 +448,7 @@ async def reconcile(scenario: Scenario, *, kafka: str, mongo_uri: str) -> Reconc
 
     for i in range(scenario.size):
         cust = scenario.customer(i)
-        sms = per_phone.get(phone_of(i), 0)
+        sms = per_phone.get(phone_of(i, scenario.zone), 0)
         if sms > 1:
             duplicates += sms - 1
             flag("duplicate", cust)

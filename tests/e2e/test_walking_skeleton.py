@@ -8,14 +8,15 @@ import uuid
 import httpx
 
 from herald_devstack import Stack
-from support import TEST_KEY, daytime_zone, eventually, unique_phone
+from support import TEST_KEY, daytime_zone, eventually, phone_in
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
 
 async def test_case_update_reaches_customer_by_sms_once(stack: Stack) -> None:
     customer = f"cust-{uuid.uuid4().hex[:8]}"
-    phone = unique_phone()
+    zone = daytime_zone()
+    phone = phone_in(zone)
     case_id = f"case-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(headers=AUTH, timeout=10) as http:
         r = await http.post(
@@ -26,7 +27,7 @@ async def test_case_update_reaches_customer_by_sms_once(stack: Stack) -> None:
                 "ranking": ["sms", "email"],
                 "consents": {"service-updates": {"sms": True, "email": True}},
                 "locale": "en-GB",
-                "time_zone": daytime_zone(),
+                "time_zone": zone,
             },
         )
         assert r.status_code == 201, r.text

@@ -40,7 +40,7 @@ from herald_dispatcher.app import create_app
 from herald_dispatcher.config import Settings
 from herald_dispatcher.messaging.catchup import partitions
 from herald_kit import EventProducer, LinkSigner, decode
-from support import api_keys, eventually, running, unique_phone
+from support import api_keys, eventually, phone_in, running
 
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -188,7 +188,7 @@ def _customer(
     quiet: QuietHours | None = None,
     consents: dict[str, bool] | None = None,
 ) -> ContactPreferences:
-    number = phone or unique_phone()
+    number = phone or phone_in(tz)  # the windows hold where the number is too
     return ContactPreferences(
         customer_id=f"cust-{uuid.uuid4().hex[:8]}",
         version=1,
