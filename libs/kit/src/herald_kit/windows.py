@@ -119,13 +119,29 @@ class ContactWindow:
             and self.quiet.contains(minute)
         )
 
-    def _boundaries(self, minutes: list[int], now: datetime) -> list[datetime]:
-        """The UTC instants after `now`, within nine days, at which a local time of `minutes`
-        falls in some zone (either side of a fold; the hour after a time skipped by a gap)."""
+    def _first(self, minutes: list[int], now: datetime, allowed: bool) -> datetime | None:
+        """The earliest UTC instant after `now`, within nine days, at which a local time of
+        `minutes` falls in some zone and contact is (or, `allowed` false, is not) allowed.
+
+        The next two local days are searched first: their candidates before `now` + 22 h come
+        before any of a later day's in every zone, whatever its offset and a DST change.
+        """
+        for days, sure in ((2, timedelta(hours=22)), (9, None)):
+            for at in self._boundaries(minutes, now, days):
+                if self.permits(at) is allowed:
+                    if sure is None or at < now + sure:
+                        return at
+                    break  # a later day may yet hold an earlier one: search them all
+        return None
+
+    def _boundaries(self, minutes: list[int], now: datetime, days: int) -> list[datetime]:
+        """The UTC instants after `now`, within `days` local days, at which a local time of
+        `minutes` falls in some zone (either side of a fold; the hour after a time skipped by
+        a gap), in order."""
         candidates: set[datetime] = set()
         for tz in self.zones:
             local_now = now.astimezone(tz)
-            for day in range(0, 9):
+            for day in range(0, days):
                 date = (local_now + timedelta(days=day)).date()
                 for minute in minutes:
                     naive = datetime.combine(date, time(minute // 60, minute % 60))
@@ -146,10 +162,10 @@ class ContactWindow:
         opening = [w.start for w in (self.allowed,) if w is not None] + [
             w.end for w in (self.quiet,) if w is not None
         ]
-        for at in self._boundaries(opening, now):
-            if self.permits(at):
-                return at
-        raise ValueError("the windows never open")  # only when allowed and quiet cover the day
+        at = self._first(opening, now, allowed=True)
+        if at is None:  # only when allowed and quiet cover the day
+            raise ValueError("the windows never open")
+        return at
 
     def closes_after(self, now: datetime) -> datetime | None:
         """The first instant after `now` at which contact is no longer allowed (minute
@@ -158,20 +174,17 @@ class ContactWindow:
         closing = [w.end for w in (self.allowed,) if w is not None and w.start != w.end] + [
             w.start for w in (self.quiet,) if w is not None and w.start != w.end
         ]
-        if not closing:
-            return None
-        for at in self._boundaries(closing, now):
-            if self.permits(at):
-                continue
-            # A closing time skipped by a DST gap closes the window when the clocks jump,
-            # before the candidate: step back to the first minute that is not allowed.
-            for _ in range(120):
-                earlier = at - timedelta(minutes=1)
-                if earlier <= now or self.permits(earlier):
-                    break
-                at = earlier
-            return at
-        return None  # not reached: a closing minute is never allowed in its own zone
+        at = self._first(closing, now, allowed=False) if closing else None
+        if at is None:
+            return None  # never closes (a closing minute is never allowed in its own zone)
+        # A closing time skipped by a DST gap closes the window when the clocks jump, before
+        # the candidate: step back to the first minute that is not allowed.
+        for _ in range(120):
+            earlier = at - timedelta(minutes=1)
+            if earlier <= now or self.permits(earlier):
+                break
+            at = earlier
+        return at
 
 
 def _window(w: LocalWindow | None) -> Window | None:
