@@ -450,18 +450,22 @@ async def test_bad_messages_go_to_the_dlq_or_fail_with_a_reason_and_the_rest_flo
     sandbox, _ = sink
     bad_address = outbound(to="not-an-address")
     expired = outbound(expires_at=utc_now() - timedelta(minutes=1))
+    # Its request has not expired, but the customer's quiet hours began a minute ago.
+    late = outbound(send_by=utc_now() - timedelta(minutes=1))
     good = outbound()
     statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     dlq = Tail(infra["kafka"], dlq_topic("email-sender").name(namespace))
     async with statuses, dlq, running(create_app(settings_for())):
         await producer.send(Topics.OUTBOUND_EMAIL, b"\xff not an event", key="x", headers=[])
-        await publish(producer, bad_address, expired, good)
+        await publish(producer, bad_address, expired, late, good)
         await eventually(lambda: statuses.statuses(good.message_id))
         await eventually(lambda: dlq.records)
         assert statuses.statuses(bad_address.message_id)[0].error_code == "invalid-address"
-        assert [(s.status, s.error_code) for s in statuses.statuses(expired.message_id)] == [
-            ("failed", "expired")
-        ]
+        for message in (expired, late):
+            await eventually(lambda m=message: statuses.statuses(m.message_id))  # type: ignore[misc]
+            assert [(s.status, s.error_code) for s in statuses.statuses(message.message_id)] == [
+                ("failed", "expired")
+            ]
     headers = dict(dlq.records[0].headers)
     assert headers["x-herald-error-kind"] == b"permanent"
     assert b"ce_type" in headers["x-herald-reason"]

@@ -519,6 +519,32 @@ async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
     assert len(await env.sms_to(phone)) == 1
 
 
+async def test_a_message_past_its_send_by_is_not_sent_and_its_call_back_window_stays(
+    env_factory: EnvFactory,
+) -> None:
+    env: Env = await env_factory()
+    # Held back (a backlog, an outage) until after the customer's window closed: not sent.
+    late = outbound_sms(unique_phone(), send_by=utc_now() - timedelta(seconds=1))
+    await env.publish(late)
+    [failed] = await eventually(
+        lambda: env.statuses.where(message_id=late.message_id, status="failed")
+    )
+    assert (failed.error_code, failed.reason) == ("expired", "expired before send")
+    assert await env.sms_to(late.to) == []
+    # One sent in time: a call-back asked for in reply has the request's expiry as its window,
+    # not the close of the window the SMS had to go out in.
+    phone = unique_phone()
+    msg = outbound_sms(phone, send_by=utc_now() + timedelta(minutes=5))
+    await env.publish(msg)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    inbound = f"{env.sandbox}/sandbox/api/twilio/inbound-sms"
+    await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": "3"})
+    [callback] = await eventually(lambda: env.replies.where(message_id=msg.message_id))
+    assert callback.intent == "callback"
+    assert msg.expires_at is not None and callback.callback_until is not None
+    assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001
+
+
 async def _metric(env: Env, name: str, **labels: str) -> float:
     """The sender's /metrics value of one series (0 when absent)."""
     text = (await env.http.get(f"{env.sender}/metrics")).text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -124,6 +125,20 @@ async def test_pressing_1_confirms_in_the_customers_language(env: Env) -> None:
     assert reply.customer_id == msg.customer_id and reply.case_id == msg.case_id
     sent = env.statuses.where(message_id=msg.message_id, status="sent")
     assert sent and sent[0].provider_id == call["sid"]
+
+
+async def test_a_call_past_its_send_by_is_not_placed(env: Env) -> None:
+    # Held back (a backlog, an outage) until after the customer's window closed.
+    phone = unique_phone()
+    msg = outbound_voice(
+        phone, "Your engineer is booked.", send_by=utc_now() - timedelta(seconds=1)
+    )
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    [failed] = await eventually(
+        lambda: env.statuses.where(message_id=msg.message_id, status="failed")
+    )
+    assert (failed.error_code, failed.reason) == ("expired", "expired before the call")
+    assert not env.statuses.where(message_id=msg.message_id, status="sent")
 
 
 async def test_pressing_2_dials_the_contact_centre(env: Env) -> None:
