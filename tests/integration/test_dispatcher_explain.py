@@ -17,8 +17,8 @@ async def test_decisions_read_page_by_page_to_the_newest_and_a_bad_cursor_is_ref
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str], mongo: Any
 ) -> None:
     """A customer with more decisions than a page: reading on with `next` returns each once,
-    oldest first, up to the newest (the first 500 alone hid every later decision), with
-    decisions made in the same millisecond told apart by their ids."""
+    oldest first, up to the newest (the first 500 alone hid every later decision); decisions
+    made at the same time keep the order they were made in, across a page's end too."""
     database = db_name("dispatcher")
     settings = Settings(
         kafka_bootstrap=infra["kafka"],
@@ -33,8 +33,10 @@ async def test_decisions_read_page_by_page_to_the_newest_and_a_bad_cursor_is_ref
         {"_id": f"req-{n}:1:-", "customer_id": "cust-x", "at": at, "outcome": "sent", "n": n}
         for n, at in enumerate(times)
     ]
+    # Written out of time order, but each pair sharing a time in its own order.
+    written = [docs[n] for n in (6, 4, 5, 2, 3, 0, 1)]
     await mongo[database]["decisions"].insert_many(
-        [*reversed(docs), {**docs[0], "_id": "other", "customer_id": "cust-y"}]
+        [*written, {**docs[0], "_id": "other", "customer_id": "cust-y"}]
     )
     async with running(create_app(settings)) as http:
         seen: list[int] = []

@@ -1,6 +1,10 @@
-"""Keyset paging for lists read oldest first: a page ends with the (time, id) of its last item,
-and the next page starts after it. An opaque cursor carries that position; items sharing a
-time are told apart by their ids, so none is skipped or read twice."""
+"""Paging for lists read oldest first, by a time field.
+
+A cursor names the last item's time and how many items with exactly that time were read so
+far; the next page starts at that time and skips those. Items sharing a time keep the order the
+database gives them (the order they were written in), which a tie-break on some other field
+would not: a test clock that stands still, or two decisions in one millisecond, still read in
+the order they were made."""
 
 from __future__ import annotations
 
@@ -16,16 +20,7 @@ from herald_kit._mongo import Doc
 
 PageLimit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 PageAfter = Annotated[str | None, Query(description="The `next` of the previous page.")]
-Position = tuple[datetime, str]
-# The sort that matches the filter `after` builds.
-OLDEST_FIRST = [("at", 1), ("_id", 1)]
-
-
-def cursor_after(doc: Doc, *, field: str = "at") -> str:
-    """An opaque position just after this item: its time and id."""
-    at: datetime = doc[field]
-    raw = json.dumps([at.isoformat(), str(doc["_id"])]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+Position = tuple[datetime, int]
 
 
 def position(after: str | None) -> Position | None:
@@ -34,24 +29,35 @@ def position(after: str | None) -> Position | None:
         return None
     try:
         padded = after + "=" * (-len(after) % 4)
-        at, key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(at), str(key)
-    except (ValueError, TypeError) as exc:  # not base64, not JSON, not [time, id]
+        at, seen = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(seen, int) or seen < 0:
+            raise TypeError("a count of items read")
+        return datetime.fromisoformat(at), seen
+    except (ValueError, TypeError) as exc:  # not base64, not JSON, not [time, count]
         raise InvalidInput("not a cursor this API gave", field="after") from exc
 
 
-def after(where: Doc, start: Position | None, *, field: str = "at") -> Doc:
-    """`where`, narrowed to the items after `start` in time-then-id order."""
+def after(where: Doc, start: Position | None, *, field: str = "at") -> tuple[Doc, int]:
+    """`where` from `start`'s time on, and how many items to skip there (read already)."""
     if start is None:
-        return where
-    at, key = start
-    return {**where, "$or": [{field: {"$gt": at}}, {field: at, "_id": {"$gt": key}}]}
+        return where, 0
+    at, seen = start
+    return {**where, field: {"$gte": at}}, seen
 
 
-def page(docs: list[Doc], limit: int) -> dict[str, Any]:
-    """Items and the next cursor, from up to `limit` + 1 documents read in order (one more
-    than a page says whether another follows); the paging ids are left out of the items."""
+def page(
+    docs: list[Doc], limit: int, start: Position | None, *, field: str = "at"
+) -> dict[str, Any]:
+    """Items and the next cursor (None on the last page), from up to `limit` + 1 documents
+    read in order from `start` (one more than a page says whether another follows)."""
     more = len(docs) > limit
     docs = docs[:limit]
-    following = cursor_after(docs[-1]) if more and docs else None
-    return {"items": [{k: v for k, v in d.items() if k != "_id"} for d in docs], "next": following}
+    following = None
+    if more and docs:
+        last: datetime = docs[-1][field]
+        seen = sum(1 for d in docs if d[field] == last)
+        if start is not None and start[0] == last:
+            seen += start[1]  # a run of one time across pages
+        raw = json.dumps([last.isoformat(), seen]).encode()
+        following = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return {"items": docs, "next": following}

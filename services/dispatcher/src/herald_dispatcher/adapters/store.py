@@ -12,7 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from herald_contracts import CaseState, ContactPreferences, ContactRequest
 from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher
 from herald_kit.caps import WEEK
-from herald_kit.paging import OLDEST_FIRST, Position, after
+from herald_kit.paging import Position, after
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -128,8 +128,9 @@ class Decisions:
     async def find(
         self, *, start: Position | None = None, limit: int = 500, **query: str
     ) -> list[Doc]:
-        """Decisions matching a field, oldest first (by time, then id), after `start`."""
-        cursor = self.decisions.find(after(dict(query), start)).sort(OLDEST_FIRST)
+        """Decisions matching a field, oldest first, from `start` (see herald_kit.paging)."""
+        where, skip = after(dict(query), start)
+        cursor = self.decisions.find(where, {"_id": 0}).sort("at", 1).skip(skip)
         return [d async for d in cursor.limit(limit)]
 
 

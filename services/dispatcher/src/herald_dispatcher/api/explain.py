@@ -24,7 +24,8 @@ Store = Annotated[Decisions, Depends(_decisions)]
 
 async def _page(store: Decisions, limit: int, after: str | None, **query: str) -> dict[str, Any]:
     """One page of decisions and the cursor of the next (None on the last page)."""
-    return page(await store.find(start=position(after), limit=limit + 1, **query), limit)
+    start = position(after)
+    return page(await store.find(start=start, limit=limit + 1, **query), limit, start)
 
 
 @router.get("/customers/{customer_id}", summary="Decisions about a customer, a page at a time.")

@@ -12,7 +12,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import OrderKey, Projection
 from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
-from herald_kit.paging import OLDEST_FIRST, Position, after
+from herald_kit.paging import Position, after
 
 DUPLICATE_KEY = 11000
 # Conditional replaces per bulk_write command. (Before the FerretDB patch, each operation of a
@@ -212,8 +212,9 @@ class CaseRepository:
     async def timeline_of(
         self, case_id: str, *, start: Position | None = None, limit: int = 500
     ) -> list[Doc]:
-        """A case's timeline, oldest first (by time, then id), after `start`."""
-        cursor = self.timeline.find(after({"case_id": case_id}, start)).sort(OLDEST_FIRST)
+        """A case's timeline, oldest first, from `start` (see herald_kit.paging)."""
+        where, skip = after({"case_id": case_id}, start)
+        cursor = self.timeline.find(where, {"_id": 0}).sort("at", 1).skip(skip)
         return [d async for d in cursor.limit(limit)]
 
     async def customer_timeline(

@@ -41,7 +41,7 @@ async def get_timeline(
     if await repo.get(case_id) is None:
         raise NotFound(f"no case {case_id!r}")
     docs = await repo.timeline_of(case_id, start=start, limit=limit + 1)
-    return {"case_id": case_id, **page(docs, limit)}
+    return {"case_id": case_id, **page(docs, limit, start)}
 
 
 @router.get("/customers/{customer_id}/cases", summary="A customer's cases, newest first.")
