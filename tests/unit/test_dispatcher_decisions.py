@@ -223,6 +223,26 @@ def test_an_sms_to_a_us_number_must_go_before_the_window_closes_in_any_of_its_zo
     assert sms.send_by == datetime(2026, 1, 13, 2, tzinfo=UTC)  # 21:00 in New York comes first
 
 
+def test_a_customer_whose_zone_nobody_gave_is_reached_in_their_numbers_evening() -> None:
+    # 19:00 in New York is 00:00 UTC: the default "UTC" on file says nothing about where the
+    # customer lives, the number does; only its window (08:00-21:00 there) applies.
+    now = datetime(2026, 1, 13, 0, tzinfo=UTC)
+    phone = {"sms": ChannelAddress(address=NEW_YORK)}
+    r = rig(_prefs(channels=phone, time_zone="UTC"), now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.send_by == datetime(2026, 1, 13, 2, tzinfo=UTC)  # 21:00 in New York
+
+
+def test_a_toll_free_number_does_not_locate_its_customer() -> None:
+    # A toll-free number names every zone of the North American plan, Guam to Pago Pago: no
+    # hour is daytime in all of them. The customer's own zone decides.
+    now = datetime(2026, 1, 12, 15, tzinfo=UTC)  # 10:00 in New York
+    phone = {"sms": ChannelAddress(address="+18005550100")}
+    r = rig(_prefs(channels=phone, time_zone="America/New_York"), now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+
+
 # -- a channel that fails before anything is sent --------------------------------------------
 
 CHINESE = MessageTemplate(body="您的工程师将于今天下午两点到达。" * 6)  # 2 UCS-2 segments

@@ -27,6 +27,8 @@ from herald_contracts import Channel, ContactPreferences
 from herald_kit._zones import valid_zone
 
 MINUTES_PER_DAY = 24 * 60
+# The zone a contact carries when its owner gave none.
+UNSAID_ZONE: str = ContactPreferences.model_fields["time_zone"].default
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
@@ -207,7 +209,20 @@ def _number_zones(number: str) -> tuple[ZoneInfo, ...]:
     except phonenumbers.NumberParseException:
         return ()
     # phonenumbers says "Etc/Unknown" for a number without a region: no zone.
-    return tuple(z for z in (known_zone(n) for n in names if n != "Etc/Unknown") if z)
+    zones = tuple(z for z in (known_zone(n) for n in names if n != "Etc/Unknown") if z)
+    # A number that may be anywhere across many hours (a toll-free number names every zone
+    # of the North American plan, from Guam to Pago Pago) does not locate its customer: no
+    # window would ever hold in all of them.
+    offsets = [z.utcoffset(_OFFSET_AT) or timedelta(0) for z in zones]
+    if offsets and max(offsets) - min(offsets) > NUMBER_ZONES_SPREAD:
+        return ()
+    return zones
+
+
+# The widest spread of UTC offsets a number's zones may have and still locate it: mainland
+# North America's area codes, Eastern to Pacific, span three hours; a country-wide list more.
+NUMBER_ZONES_SPREAD = timedelta(hours=4)
+_OFFSET_AT = datetime(2026, 1, 15, 12, tzinfo=UTC)
 
 
 def region_of(prefs: ContactPreferences, channel: Channel) -> str:
@@ -239,7 +254,7 @@ def contact_window(
     customer's number (a service-critical campaign may use its own window per channel).
 
     On SMS and voice both hold in the customer's zone and in every zone of the number; a zone
-    name that is not a zone counts only when the number names none (then as UTC)."""
+    name that is not a zone, or the default "UTC", counts only when the number names none."""
     legal: LocalWindow | None
     if critical and channel in critical_windows:
         legal = critical_windows[channel]
@@ -249,7 +264,10 @@ def contact_window(
         legal = by_channel.get(channel)
     quiet = prefs.quiet_hours
     number_zones = zones_of(prefs, channel)
-    own = known_zone(prefs.time_zone)
+    # "UTC" is the zone a contact has when nobody said where the customer lives: where the
+    # number says, that is the better word (a US customer at "UTC" would get 08:00-16:00).
+    unsaid = prefs.time_zone == UNSAID_ZONE
+    own = None if unsaid and number_zones else known_zone(prefs.time_zone)
     if own is None and number_zones:
         tz, also = number_zones[0], number_zones[1:]
     else:
