@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from herald_contracts import CaseState, ContactPreferences
+from herald_contracts import CaseState, ContactPreferences, ContactRequest
 from herald_dispatcher.adapters.store import CapHistory, LastContent, RequestState
 from herald_dispatcher.config import Settings
 from herald_dispatcher.policy import Dispatcher
@@ -89,10 +89,18 @@ class Ledger:
         d = self.contents.get(key)
         if d is None:
             return LastContent(key, None, None, None)
-        return LastContent(key, d["h"], d["m"], d["at"])
+        return LastContent(key, d["h"], d["m"], d["at"], d["c"], d["t"])
 
-    async def note_content(self, last: LastContent, digest: str, mid: str, at: datetime) -> None:
-        self.contents[last.key] = {"h": digest, "m": mid, "at": at}
+    async def note_content(
+        self, last: LastContent, digest: str, mid: str, at: datetime, request: ContactRequest
+    ) -> None:
+        self.contents[last.key] = {
+            "h": digest,
+            "m": mid,
+            "at": at,
+            "c": request.campaign.id,
+            "t": request.trigger_key,
+        }
 
     async def forget_content(self, key: str, mid: str) -> None:
         if self.contents.get(key, {}).get("m") == mid:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from herald_contracts import OutboundEmail, OutboundSms, OutboundVoice
+from herald_contracts import (
+    SCHEDULED_FIRE,
+    CampaignRef,
+    ContactRequest,
+    OutboundEmail,
+    OutboundSms,
+    OutboundVoice,
+)
 from herald_dispatcher.adapters.store import LastContent
 from herald_dispatcher.config import Settings
 from herald_dispatcher.policy import Dispatcher, content_digest
@@ -72,9 +79,27 @@ def test_a_signed_link_reads_the_same_whenever_it_was_signed() -> None:
     )
 
 
-def _repeats(last: LastContent, digest: str, *, mid: str = "m2", **settings: Any) -> str | None:
+def _request(campaign: str = "camp", trigger_key: str = "case:3") -> ContactRequest:
+    ref = CampaignRef(id=campaign, version=1, name="n", topic="service-updates", messages={})
+    return ContactRequest(
+        request_id="r2",
+        campaign=ref,
+        customer_id="cust",
+        trigger_key=trigger_key,
+        requested_at=NOW,
+    )
+
+
+def _repeats(
+    last: LastContent,
+    digest: str,
+    *,
+    mid: str = "m2",
+    request: ContactRequest | None = None,
+    **settings: Any,
+) -> str | None:
     dispatcher = Dispatcher(None, None, None, None, Settings(**settings))  # type: ignore[arg-type]
-    return dispatcher._repeats(last, digest, mid, NOW)
+    return dispatcher._repeats(last, digest, mid, NOW, request or _request())
 
 
 @pytest.mark.parametrize(
@@ -101,3 +126,19 @@ def test_a_repeat_is_the_last_words_again_within_the_window_in_a_new_message(
 
 def test_nothing_sent_yet_is_never_a_repeat() -> None:
     assert _repeats(LastContent("k", digest=None, message_id=None, at=None), "d") is None
+
+
+def test_a_campaigns_next_scheduled_fire_is_no_repeat_but_another_campaign_is() -> None:
+    """A daily reminder whose fire reaches the customer a few seconds sooner than yesterday's
+    is the repetition the business scheduled, not the same words sent twice."""
+    yesterday = SCHEDULED_FIRE + "2026-11-23T10:00:00Z"
+    today = _request("daily", SCHEDULED_FIRE + "2026-11-24T10:00:00Z")
+    last = LastContent(
+        "k", "d", "m1", NOW - timedelta(hours=23, minutes=59, seconds=57), "daily", yesterday
+    )
+    assert _repeats(last, "d", request=today) is None
+    # The same fire decided for another message of it, another campaign on the same words, or
+    # an event-triggered campaign saying nothing new: repeats, as before.
+    assert _repeats(last, "d", request=_request("daily", yesterday)) is not None
+    assert _repeats(last, "d", request=_request("other", today.trigger_key)) is not None
+    assert _repeats(last, "d", request=_request("daily", "case:4")) is not None

@@ -301,6 +301,10 @@ class CampaignRef(_Body):
     )
 
 
+# The start of a scheduled fire's trigger key: such a request repeats its campaign on purpose.
+SCHEDULED_FIRE = "fire:"
+
+
 class ContactRequest(_Body):
     """Ask the dispatcher to contact one customer about one case for one campaign."""
 
@@ -312,7 +316,12 @@ class ContactRequest(_Body):
     case_state: CaseState | None = Field(
         default=None, description="State at trigger time; the dispatcher prefers a newer one."
     )
-    trigger_key: str
+    trigger_key: str = Field(
+        description=(
+            "What triggered the request within its campaign: a case version, or a scheduled "
+            "fire ('fire:' and its time)."
+        )
+    )
     requested_at: AwareDatetime
     not_before: AwareDatetime | None = None
     expires_at: AwareDatetime | None = None

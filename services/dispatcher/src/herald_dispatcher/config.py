@@ -57,7 +57,8 @@ class Settings(ServiceSettings, ContactPolicySettings):
             "A message whose content is the same as the customer's last message on that channel "
             "about that case, sent less than this long ago, is suppressed (`repeated-content`): "
             "two campaigns on one trigger, or a case update that changes nothing the template "
-            "shows, tell the customer nothing new. 0 turns the rule off."
+            "shows, tell the customer nothing new. The next scheduled fire of the campaign that "
+            "sent the last message is not a repeat (a daily reminder). 0 turns the rule off."
         ),
     )
     decision_retention_seconds: int = Field(

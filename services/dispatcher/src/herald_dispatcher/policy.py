@@ -24,6 +24,7 @@ from herald_contracts import (
     OUTBOUND_EMAIL,
     OUTBOUND_SMS,
     OUTBOUND_VOICE,
+    SCHEDULED_FIRE,
     TIMER_REQUESTED,
     CaseState,
     Channel,
@@ -648,7 +649,7 @@ class Dispatcher:
         # 8b. the same content as the customer's last message on this channel about this case
         digest = content_digest(outbound, {k: v.url for k, v in links.items() if v.url})
         last = await reads.content()
-        repeat = self._repeats(last, digest, mid, now)
+        repeat = self._repeats(last, digest, mid, now, request)
         if repeat is not None:
             return Decision(
                 "suppressed",
@@ -666,19 +667,27 @@ class Dispatcher:
         )
         await asyncio.gather(
             self._after_send(request, case, channel, mid, now, state, history, first=first),
-            self.ledger.note_content(last, digest, mid, now),
+            self.ledger.note_content(last, digest, mid, now, request),
         )
         return Decision("sent", "ranked", channel=channel, message_id=mid)
 
-    def _repeats(self, last: LastContent, digest: str, mid: str, now: datetime) -> str | None:
+    def _repeats(
+        self, last: LastContent, digest: str, mid: str, now: datetime, request: ContactRequest
+    ) -> str | None:
         """Why a message would repeat the last one word for word (None when it would not).
 
         The same message id is this very message decided again after a crash: it goes out
-        again and the sender's ledger sends it once.
+        again and the sender's ledger sends it once. The next scheduled fire of the campaign
+        that sent the last one is a repetition the business asked for (a daily reminder, which
+        a day's few seconds of jitter would otherwise suppress every other day).
         """
         window = self.settings.repeat_window_seconds
         if window <= 0 or last.at is None or last.digest != digest or last.message_id == mid:
             return None
+        scheduled = request.trigger_key.startswith(SCHEDULED_FIRE)
+        if scheduled and last.campaign_id == request.campaign.id:
+            if last.trigger_key != request.trigger_key:
+                return None
         age = (now - last.at).total_seconds()
         if age >= window:
             return None

@@ -168,6 +168,8 @@ class LastContent:
     digest: str | None
     message_id: str | None
     at: datetime | None
+    campaign_id: str | None = None
+    trigger_key: str | None = None
 
 
 def content_key(customer_id: str, channel: str, case_id: str | None) -> str:
@@ -272,12 +274,22 @@ class Ledger:
         doc = await self._content.get(key)
         if doc is None:
             return LastContent(key, digest=None, message_id=None, at=None)
-        return LastContent(key, digest=doc["h"], message_id=doc["m"], at=doc["at"])
+        return LastContent(
+            key,
+            digest=doc["h"],
+            message_id=doc["m"],
+            at=doc["at"],
+            campaign_id=doc.get("c"),
+            trigger_key=doc.get("t"),
+        )
 
-    async def note_content(self, last: LastContent, digest: str, mid: str, at: datetime) -> None:
-        """Remember the content just sent in place of the last (one consumer decides a customer
-        at a time, so the read `last` is still the stored one)."""
-        body = {"h": digest, "m": mid, "at": at}
+    async def note_content(
+        self, last: LastContent, digest: str, mid: str, at: datetime, request: ContactRequest
+    ) -> None:
+        """Remember the content just sent, and which campaign and trigger sent it, in place of
+        the last (one consumer decides a customer at a time, so the read `last` is still the
+        stored one)."""
+        body = {"h": digest, "m": mid, "at": at, "c": request.campaign.id, "t": request.trigger_key}
         if last.at is None and await self._new_contents.insert({"_id": last.key, **body}):
             return
         await self._content_updates.update({"_id": last.key}, {"$set": body}, upsert=True)
