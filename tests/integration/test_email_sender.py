@@ -180,7 +180,7 @@ async def test_email_has_rfc8058_headers_and_one_click_post_unsubscribes(
     infra: dict[str, str],
 ) -> None:
     sandbox, _ = sink
-    msg = outbound()
+    msg = outbound(topic="service-updates")
     statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     replies = Tail(infra["kafka"], topic(namespace, Topics.ENGAGEMENT_REPLIES.base))
     async with statuses, replies, running(create_app(settings_for())) as sender:
@@ -233,6 +233,8 @@ async def test_email_has_rfc8058_headers_and_one_click_post_unsubscribes(
             msg.customer_id,
         )
         assert (reply.message_id, reply.case_id) == (msg.message_id, msg.case_id)
+        # From this message's topic only: other emails (an outage notice, say) still come.
+        assert reply.topic == "service-updates"
 
 
 async def test_5xx_is_a_hard_bounce_and_never_retried(

@@ -90,6 +90,7 @@ def test_the_send_by_is_the_earlier_of_the_requests_expiry_and_the_quiet_hours()
     asyncio.run(r.dispatcher.handle(_request(now)))
     (email,) = r.producer.of(OutboundEmail)
     assert email.send_by == datetime(2026, 7, 1, 21, tzinfo=UTC)  # 22:00 in London
+    assert email.topic == "service-updates"  # what its one-click unsubscribe leaves
     soon = now + timedelta(hours=2)
     r = rig(prefs, now)
     asyncio.run(r.dispatcher.handle(_request(now, expires_at=soon)))

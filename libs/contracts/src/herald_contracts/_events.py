@@ -383,6 +383,10 @@ class OutboundEmail(_Outbound):
     text: str
     html: str | None = None
     unsubscribe_url: str | None = None
+    topic: Topic | None = Field(
+        default=None,
+        description="The campaign's consent topic: a one-click unsubscribe withdraws this one.",
+    )
 
 
 class OutboundVoice(_Outbound):

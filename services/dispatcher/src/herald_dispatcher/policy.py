@@ -635,6 +635,7 @@ class Dispatcher:
                     text=text,
                     html=html_body,
                     unsubscribe_url=unsubscribe,
+                    topic=request.campaign.topic,
                 )
             else:
                 say = render(template.body, variables, **opts)

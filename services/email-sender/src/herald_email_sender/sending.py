@@ -92,7 +92,11 @@ class EmailSending:
         if self.signer is None:
             return None
         base = self.settings.unsubscribe_base()  # https, unless allowed for local development
-        token = self.signer.sign({"c": msg.customer_id, "m": msg.message_id, "k": msg.case_id})
+        # The topic, when the message names one, makes the unsubscribe this topic's alone
+        # (RFC 8058: unsubscribe from what this message belongs to); the preference centre
+        # is where the customer stops every email.
+        claims = {"c": msg.customer_id, "m": msg.message_id, "k": msg.case_id, "t": msg.topic}
+        token = self.signer.sign(claims)
         return f"{base}/v1/unsubscribe/{token}"
 
     async def status(

@@ -38,6 +38,7 @@ def _reply_for(payload: dict[str, Any]) -> EngagementReply:
             intent="unsubscribe",
             message_id=payload["m"],
             case_id=payload.get("k"),
+            topic=payload.get("t"),  # none in links signed before topics were: every email
             at=utc_now(),
         )
     except (KeyError, TypeError, ValidationError) as exc:
