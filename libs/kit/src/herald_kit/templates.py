@@ -166,16 +166,10 @@ def _f_wordwrap(
 
 
 @pass_environment
-def _f_truncate(
-    environment: Environment,
-    s: Any,
-    length: int = 255,
-    killwords: bool = False,
-    end: str = "...",
-    leeway: int | None = None,
-) -> str:
+def _f_truncate(environment: Environment, s: Any, length: int = 255, *rest: Any, **kw: Any) -> str:
+    # Only the length is bounded: killwords, end and leeway go to Jinja's filter as given.
     _bounded(length, "truncate")
-    return filters.do_truncate(environment, s, length, killwords, end, leeway)
+    return filters.do_truncate(environment, s, length, *rest, **kw)
 
 
 def _f_format(value: Any, *args: Any, **kwargs: Any) -> str:
