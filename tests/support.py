@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
 
-from herald_kit import hash_key
+from herald_kit import ServiceSettings, hash_key
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from herald_ingest.config import Settings as IngestSettings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 TEST_KEY = "test-key-all-scopes"
 READ_ONLY_KEY = "test-key-read-only"
@@ -89,10 +97,112 @@ async def eventually(probe: Callable[[], Any], *, within: float = 20, interval: 
         await asyncio.sleep(interval)
 
 
+def service_settings(
+    settings: type[S], infra: dict[str, str], namespace: str, db: str, **extra: Any
+) -> S:
+    """A service's settings on the test's broker, database and topics; `extra` adds the rest."""
+    return settings(
+        kafka_bootstrap=infra["kafka"],
+        mongo_uri=infra["mongo"],
+        mongo_db=db,
+        topic_namespace=namespace,
+        api_keys=api_keys(),
+        **extra,
+    )
+
+
+def ingest_settings(infra: dict[str, str], namespace: str, db: str, **extra: Any) -> IngestSettings:
+    """Ingest's settings on the test's broker, database and topics."""
+    from herald_ingest.config import Settings
+
+    return service_settings(Settings, infra, namespace, db, **extra)
+
+
+def case_event(
+    case_id: str,
+    event_id: str,
+    *,
+    type_: str = "case.updated",
+    source: str = "/crm",
+    customer_ids: Sequence[str] = ("c1",),
+    **extra: Any,
+) -> dict[str, Any]:
+    """A CloudEvent about a case as a CRM posts it to ingest; a `time` in `extra` is the
+    event's time, the rest is its data."""
+    time = extra.pop("time", None)
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": type_,
+        "data": {"case_id": case_id, "customer_ids": list(customer_ids), **extra},
+    }
+    if time is not None:
+        event["time"] = time
+    return event
+
+
+@asynccontextmanager
+async def open_reader(kafka: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of one topic from its beginning, in a group of its own."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    kafka: str,
+    topic: str,
+    n: int,
+    *,
+    keep: Callable[[Any], bool] = lambda record: True,
+    within: float = 20,
+) -> list[Any]:
+    """The records of a topic that `keep` accepts, read from its beginning until there are at
+    least n of them."""
+    records: list[Any] = []
+    async with open_reader(kafka, topic) as consumer:
+
+        async def enough() -> bool:
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(r for r in recs if keep(r))
+            return len(records) >= n
+
+        await eventually(enough, within=within)
+    return records
+
+
+async def committed_offset(kafka: str, group: str, tp: TopicPartition) -> int | None:
+    """The offset a consumer group has committed on the broker for a partition, if any."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(tp)
+    return meta.offset if meta is not None else None
+
+
+async def is_committed(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:
+    """Whether the group's committed offset for the partition is exactly `offset`."""
+    return await committed_offset(kafka, group, tp) == offset
+
+
 def unique_phone() -> str:
     """A valid, unique-enough E.164 number for a test (US 201-555 range)."""
-    import uuid
-
     return f"+1201555{uuid.uuid4().int % 10_000:04d}"
 
 

@@ -28,19 +28,18 @@ from herald_contracts import (
 from herald_kit import decode, encode
 from herald_scheduler.app import create_app
 from herald_scheduler.config import Settings
-from support import api_keys, eventually, running
+from support import eventually, open_reader, running, service_settings
 
 Doc = dict[str, Any]
 
 
 def scheduler_settings(infra: dict[str, str], namespace: str, db: str, **extra: Any) -> Settings:
     """Fast ticks so tests wait little; everything else as in production."""
-    return Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=db,
-        topic_namespace=namespace,
-        api_keys=api_keys(),
+    return service_settings(
+        Settings,
+        infra,
+        namespace,
+        db,
         timer_poll_seconds=0.1,
         lease_tick_seconds=0.3,
         lease_ttl_seconds=2,
@@ -131,17 +130,8 @@ class Requests:
 
 @asynccontextmanager
 async def open_requests(infra: dict[str, str], namespace: str) -> AsyncIterator[Requests]:
-    consumer = AIOKafkaConsumer(
-        Topics.CONTACT_REQUESTS.name(namespace),
-        bootstrap_servers=infra["kafka"],
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4().hex[:6]}",
-    )
-    await consumer.start()
-    try:
+    async with open_reader(infra["kafka"], Topics.CONTACT_REQUESTS.name(namespace)) as consumer:
         yield Requests(consumer)
-    finally:
-        await consumer.stop()
 
 
 def campaign_body(**changes: Any) -> Doc:

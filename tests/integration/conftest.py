@@ -1,12 +1,36 @@
-"""Fixtures the scheduler's integration tests share: a publisher onto the test's topics and a
-reader of the contact requests the scheduler emits."""
+"""Fixtures the integration tests share: a running ingest app; for the scheduler's tests, a
+publisher onto the test's topics and a reader of the contact requests the scheduler emits."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpx
 import pytest
 from test_scheduler_support import Publisher, Requests, open_publisher, open_requests
+
+from herald_ingest.app import create_app
+from support import ingest_settings, running
+
+
+@pytest.fixture
+def ingest_options() -> dict[str, Any]:
+    """Settings the `ingest` fixture adds to the defaults; a test module overrides it."""
+    return {}
+
+
+@pytest.fixture
+async def ingest(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    ingest_options: dict[str, Any],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An ingest app on the test's topics and database, with a client to its HTTP API."""
+    settings = ingest_settings(infra, namespace, db_name("ingest"), **ingest_options)
+    async with running(create_app(settings)) as client:
+        yield client
 
 
 @pytest.fixture

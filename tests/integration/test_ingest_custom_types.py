@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from herald_ingest.app import create_app
 from herald_ingest.config import Settings
-from support import api_keys, running
+from support import api_keys
 
 PARCEL_DELAYED = {
     "type": "object",
@@ -26,19 +26,8 @@ PARCEL_DELAYED = {
 
 
 @pytest.fixture
-async def ingest(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=db_name("ingest"),
-        topic_namespace=namespace,
-        api_keys=api_keys(),
-        custom_event_types={"parcel.delayed": PARCEL_DELAYED},
-    )
-    async with running(create_app(settings)) as client:
-        yield client
+def ingest_options() -> dict[str, Any]:
+    return {"custom_event_types": {"parcel.delayed": PARCEL_DELAYED}}
 
 
 def _parcel(**data: object) -> dict[str, object]:

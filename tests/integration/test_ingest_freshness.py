@@ -6,55 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import pytest
-from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 
 from herald_contracts import CaseChanged, CaseEventData, Topic, Topics
 from herald_ingest.adapters.repository import CaseRepository
-from herald_ingest.app import create_app
-from herald_ingest.config import Settings
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import Projection
 from herald_ingest.processing import Processor
 from herald_kit import decode
-from support import api_keys, eventually, running
-
-
-@pytest.fixture
-async def ingest(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=db_name("ingest"),
-        topic_namespace=namespace,
-        api_keys=api_keys(),
-    )
-    async with running(create_app(settings)) as client:
-        yield client
-
-
-def _event(
-    case_id: str, event_id: str, *, type_: str = "case.updated", source: str = "/crm", **extra: Any
-) -> dict[str, Any]:
-    time = extra.pop("time", None)
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": type_,
-        "data": {"case_id": case_id, "customer_ids": ["c1"], **extra},
-    }
-    if time is not None:
-        event["time"] = time
-    return event
+from support import case_event, read_topic
 
 
 async def _post_one_by_one(client: httpx.AsyncClient, *events: dict[str, Any]) -> None:
@@ -76,8 +41,8 @@ async def test_the_stored_case_keeps_the_newest_news(ingest: httpx.AsyncClient) 
     untimed = f"untimed-{run}"
     await _post_one_by_one(
         ingest,
-        _event(untimed, "evt-9", status="engineer on the way"),
-        _event(untimed, "evt-10", status="resolved"),
+        case_event(untimed, "evt-9", status="engineer on the way"),
+        case_event(untimed, "evt-10", status="resolved"),
     )
     assert (await _case(ingest, untimed))["status"] == "resolved"
 
@@ -85,9 +50,9 @@ async def test_the_stored_case_keeps_the_newest_news(ingest: httpx.AsyncClient) 
     mixed = f"mixed-{run}"
     await _post_one_by_one(
         ingest,
-        _event(mixed, "m-0", status="open", time="2026-11-24T09:00:00Z"),
-        _event(mixed, "m-1", status="booked", sequence=1, time="2026-11-24T10:00:00Z"),
-        _event(mixed, "m-2", status="resolved", sequence=2, time="2026-11-24T11:00:00Z"),
+        case_event(mixed, "m-0", status="open", time="2026-11-24T09:00:00Z"),
+        case_event(mixed, "m-1", status="booked", sequence=1, time="2026-11-24T10:00:00Z"),
+        case_event(mixed, "m-2", status="resolved", sequence=2, time="2026-11-24T11:00:00Z"),
     )
     assert (await _case(ingest, mixed))["status"] == "resolved"
 
@@ -96,36 +61,20 @@ async def test_the_stored_case_keeps_the_newest_news(ingest: httpx.AsyncClient) 
     large = f"large-{run}"
     await _post_one_by_one(
         ingest,
-        _event(large, "l-new", status="resolved", sequence=big + 1),
-        _event(large, "l-old", status="open", sequence=big),
+        case_event(large, "l-new", status="resolved", sequence=big + 1),
+        case_event(large, "l-old", status="open", sequence=big),
     )
     case = await _case(ingest, large)
     assert (case["status"], case["version"]) == ("resolved", 1)
 
 
 async def _changes_of(infra: dict[str, str], namespace: str, case_id: str, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        Topics.CASES_CHANGES.name(namespace),
-        bootstrap_servers=infra["kafka"],
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4().hex[:6]}",
-    )
-    await consumer.start()
-    got: list[CaseChanged] = []
-    try:
+    def of_the_case(record: Any) -> bool:
+        return decode(record, CaseChanged).data.state.case_id == case_id
 
-        async def all_read() -> bool:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    change = decode(record, CaseChanged).data
-                    if change.state.case_id == case_id:
-                        got.append(change)
-            return len(got) >= n
-
-        await eventually(all_read, within=20)
-    finally:
-        await consumer.stop()
-    return got
+    topic = Topics.CASES_CHANGES.name(namespace)
+    records = await read_topic(infra["kafka"], topic, n, keep=of_the_case)
+    return [decode(record, CaseChanged).data for record in records]
 
 
 async def test_a_late_event_updates_the_state_but_its_change_is_marked_late(
@@ -135,10 +84,10 @@ async def test_a_late_event_updates_the_state_but_its_change_is_marked_late(
     booking = {"starts_at": "2026-11-25T14:00:00Z"}
     await _post_one_by_one(
         ingest,
-        _event(case_id, "e1", type_="case.opened", sequence=1),
-        _event(case_id, "e3", type_="case.resolved", sequence=3),
+        case_event(case_id, "e1", type_="case.opened", sequence=1),
+        case_event(case_id, "e3", type_="case.resolved", sequence=3),
         # Sequence 2 arrives after the case was resolved.
-        _event(case_id, "e2", type_="appointment.booked", sequence=2, appointment=booking),
+        case_event(case_id, "e2", type_="appointment.booked", sequence=2, appointment=booking),
     )
     changes = await _changes_of(infra, namespace, case_id, 3)
     assert [(c.event.id, c.state.version, c.late) for c in changes] == [

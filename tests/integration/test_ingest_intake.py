@@ -5,35 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from herald_contracts import CaseChanged, Topics, dlq_topic
 from herald_ingest.adapters.repository import CaseRepository
-from herald_ingest.app import create_app
-from herald_ingest.config import Settings
 from herald_kit import decode
-from support import READ_ONLY_KEY, api_keys, eventually, running
+from support import READ_ONLY_KEY, eventually, read_topic
 
 
 @pytest.fixture
-async def ingest(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=db_name("ingest"),
-        topic_namespace=namespace,
-        api_keys=api_keys(),
-        max_batch=10,
-    )
-    async with running(create_app(settings)) as client:
-        yield client
+def ingest_options() -> dict[str, Any]:
+    return {"max_batch": 10}
 
 
 def _event(**data: Any) -> dict[str, Any]:
@@ -46,29 +33,6 @@ def _event(**data: Any) -> dict[str, Any]:
     }
 
 
-async def _read_topic(infra: dict[str, str], topic: str, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=infra["kafka"],
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4().hex[:6]}",
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-
-        async def got_all() -> bool:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                records.extend(recs)
-            return len(records) >= n
-
-        await eventually(got_all, within=20)
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def test_event_is_projected_and_published(
     ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
 ) -> None:
@@ -77,7 +41,7 @@ async def test_event_is_projected_and_published(
     assert r.status_code == 202 and r.json()["accepted"] == 1
     case = (await ingest.get("/v1/cases/case-1")).json()
     assert case["status"] == "engineer booked" and case["version"] == 1
-    records = await _read_topic(infra, Topics.CASES_CHANGES.name(namespace), 1)
+    records = await read_topic(infra["kafka"], Topics.CASES_CHANGES.name(namespace), 1)
     change = decode(records[0], CaseChanged).data
     assert change.state.version == 1 and change.event.id == ev["id"]
     # The same event again is a duplicate and changes nothing.
@@ -268,7 +232,7 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
         return r.status_code == 200 and r.json()["status"] == "delayed"
 
     await eventually(projected, within=20)
-    dead = await _read_topic(infra, dlq_topic("ingest").name(namespace), 2)
+    dead = await read_topic(infra["kafka"], dlq_topic("ingest").name(namespace), 2)
     reasons = [dict(r.headers)["x-herald-reason"].decode() for r in dead]
     assert any("ce_type" in reason for reason in reasons)
     assert any("case_id" in reason for reason in reasons)

@@ -22,13 +22,12 @@ from herald_contracts import (
     EngagementReply,
 )
 from herald_ingest.app import create_app
-from herald_ingest.config import Settings
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import Projection, apply, order_key
 from herald_ingest.processing import event_doc
 from herald_ingest.sweeper import Sweeper
 from herald_kit import encode
-from support import api_keys, eventually, running
+from support import case_event, eventually, ingest_settings, running
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
@@ -54,12 +53,10 @@ async def harness(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[Harness]:
     app = create_app(
-        Settings(
-            kafka_bootstrap=infra["kafka"],
-            mongo_uri=infra["mongo"],
-            mongo_db=db_name("ingest"),
-            topic_namespace=namespace,
-            api_keys=api_keys(),
+        ingest_settings(
+            infra,
+            namespace,
+            db_name("ingest"),
             recover_after_seconds=1,
             sweep_interval_seconds=3600,  # the test drives sweeps itself
         )
@@ -164,14 +161,7 @@ async def test_shuffled_arrival_on_the_topic_converges(
 async def test_contacts_and_replies_join_the_case_timeline(harness: Harness) -> None:
     case_id = f"tl-{uuid.uuid4().hex[:8]}"
     r = await harness.client.post(
-        "/v1/events",
-        json={
-            "specversion": "1.0",
-            "id": f"{case_id}-1",
-            "source": "/crm",
-            "type": "case.opened",
-            "data": {"case_id": case_id, "customer_ids": ["c1"]},
-        },
+        "/v1/events", json=case_event(case_id, f"{case_id}-1", type_="case.opened")
     )
     assert r.status_code == 202
     status = DeliveryStatus(

@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from itsdangerous import TimestampSigner
 
 from herald_contracts import (
@@ -25,9 +25,16 @@ from herald_contracts import (
     Topics,
 )
 from herald_ingest.app import create_app
-from herald_ingest.config import Settings
 from herald_kit import LinkSigner, decode, encode
-from support import TEST_KEY, api_keys, eventually, free_port, wait_ready
+from support import (
+    TEST_KEY,
+    case_event,
+    eventually,
+    free_port,
+    ingest_settings,
+    read_topic,
+    wait_ready,
+)
 
 SECRET = "status-page-test-secret"
 
@@ -46,15 +53,8 @@ async def served(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> AsyncIterator[Served]:
     port = free_port()
-    settings = Settings(
-        host="127.0.0.1",
-        port=port,
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=db_name("ingest"),
-        topic_namespace=namespace,
-        api_keys=api_keys(),
-        link_secret=SECRET,
+    settings = ingest_settings(
+        infra, namespace, db_name("ingest"), host="127.0.0.1", port=port, link_secret=SECRET
     )
     config = uvicorn.Config(
         create_app(settings),
@@ -128,25 +128,7 @@ async def _customer_page(s: Served, browser: Any, locale: str) -> tuple[str, Any
 
 
 async def _replies(infra: dict[str, str], s: Served) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        Topics.ENGAGEMENT_REPLIES.name(s.namespace),
-        bootstrap_servers=infra["kafka"],
-        auto_offset_reset="earliest",
-        group_id=f"reader-{uuid.uuid4().hex[:6]}",
-    )
-    await consumer.start()
-    got: list[Any] = []
-    try:
-
-        async def one() -> bool:
-            for recs in (await consumer.getmany(timeout_ms=500)).values():
-                got.extend(recs)
-            return bool(got)
-
-        await eventually(one, within=20)
-    finally:
-        await consumer.stop()
-    return got
+    return await read_topic(infra["kafka"], Topics.ENGAGEMENT_REPLIES.name(s.namespace), 1)
 
 
 async def test_customer_sees_state_in_english_and_confirms(
@@ -275,17 +257,14 @@ async def test_a_shared_case_shows_each_customer_only_their_own_contacts_and_rep
     served: Served, infra: dict[str, str]
 ) -> None:
     case_id = f"sp-{uuid.uuid4().hex[:8]}"
-    r = await served.client.post(
-        "/v1/events",
-        json={
-            "specversion": "1.0",
-            "id": f"{case_id}-1",
-            "source": "/crm",
-            "type": "case.opened",
-            "time": "2026-11-24T09:00:00Z",
-            "data": {"case_id": case_id, "customer_ids": ["alice", "bob"]},
-        },
+    opened = case_event(
+        case_id,
+        f"{case_id}-1",
+        type_="case.opened",
+        customer_ids=["alice", "bob"],
+        time="2026-11-24T09:00:00Z",
     )
+    r = await served.client.post("/v1/events", json=opened)
     assert r.status_code == 202, r.text
     at = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
     sent: list[tuple[Any, Any]] = []

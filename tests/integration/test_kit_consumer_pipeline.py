@@ -7,24 +7,12 @@ import asyncio
 import uuid
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from herald_contracts import Topics
 from herald_kit import ConcurrentConsumerLoop, EventProducer, ServiceSettings
-from support import eventually
+from support import committed_offset, eventually, is_committed
 
 TOPIC = Topics.ENGAGEMENT_REPLIES
-
-
-async def _committed(kafka: str, group: str, tp: TopicPartition) -> int | None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    meta = offsets.get(tp)
-    return meta.offset if meta is not None else None
 
 
 async def test_a_slow_record_holds_its_key_and_the_commit_point_but_not_later_records(
@@ -67,7 +55,7 @@ async def test_a_slow_record_holds_its_key_and_the_commit_point_but_not_later_re
         await eventually(lambda: b"b-1" in handled)
         assert b"slow-1" not in handled and b"slow-2" not in handled
         # Nothing past the unfinished record is committed: a crash now redelivers it.
-        committed = await _committed(infra["kafka"], f"{namespace}{group}", tp)
+        committed = await committed_offset(infra["kafka"], f"{namespace}{group}", tp)
         assert committed is None or committed <= slow_at
 
         release.set()
@@ -75,15 +63,11 @@ async def test_a_slow_record_holds_its_key_and_the_commit_point_but_not_later_re
         assert handled.index(b"slow-1") < handled.index(b"slow-2")
         end = slow_at + 8
         assert await eventually(
-            lambda: _is(infra["kafka"], f"{namespace}{group}", tp, end), within=20
+            lambda: is_committed(infra["kafka"], f"{namespace}{group}", tp, end), within=20
         )
     finally:
         await loop.stop()
         await producer.stop()
-
-
-async def _is(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:
-    return await _committed(kafka, group, tp) == offset
 
 
 async def test_a_stop_lets_the_record_in_flight_finish_and_commits_it_on_the_broker(
@@ -118,7 +102,7 @@ async def test_a_stop_lets_the_record_in_flight_finish_and_commits_it_on_the_bro
         await asyncio.wait_for(stopping, 15)
 
         assert handled == [b"m-1"]
-        assert await _committed(infra["kafka"], f"{namespace}{group}", tp) == first.offset + 1
+        assert await committed_offset(infra["kafka"], f"{namespace}{group}", tp) == first.offset + 1
     finally:
         await loop.stop()
         await producer.stop()

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel
 
 from herald_contracts import BY_TYPE, Topics, dlq_topic
@@ -23,7 +22,7 @@ from herald_kit import (
     decode,
     encode,
 )
-from support import eventually
+from support import eventually, is_committed
 
 TOPIC = Topics.ENGAGEMENT_REPLIES
 GROUP = "preferences"  # one of the groups whose DLQ topic exists in every namespace
@@ -32,17 +31,6 @@ LOOPS = [ConsumerLoop, ConcurrentConsumerLoop]
 
 class Probe(BaseModel):
     n: int
-
-
-async def _committed(kafka: str, group: str, tp: TopicPartition) -> int | None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    meta = offsets.get(tp)
-    return meta.offset if meta is not None else None
 
 
 class DeadLetters:
@@ -124,7 +112,7 @@ async def test_a_record_with_neither_key_nor_value_is_dead_lettered_and_the_next
         assert entries[0].value is None
         assert entries[0].key == f"{tp.topic}/0/{bad_at}".encode()
         assert await eventually(
-            lambda: _is(infra["kafka"], loop.group_id, tp, good_at + 1), within=20
+            lambda: is_committed(infra["kafka"], loop.group_id, tp, good_at + 1), within=20
         )
         assert loop.ready()  # the loop (and every worker) lives on
 
@@ -157,7 +145,7 @@ async def test_a_record_too_large_to_copy_to_the_dlq_is_dead_lettered_as_a_refer
         assert reason.startswith("rejected: ")
         assert f"read the record at {tp.topic}/0/{big.offset}" in reason
         assert await eventually(
-            lambda: _is(infra["kafka"], loop.group_id, tp, small.offset + 1), within=20
+            lambda: is_committed(infra["kafka"], loop.group_id, tp, small.offset + 1), within=20
         )
 
 
@@ -191,11 +179,7 @@ async def test_a_derived_event_too_large_for_the_broker_is_dead_lettered_not_ret
         assert entries[0].value == b"make-it-large"
         assert attempts == [large.offset]  # tried once: sent again, it fails again
         assert await eventually(
-            lambda: _is(infra["kafka"], loop.group_id, tp, after.offset + 1), within=20
+            lambda: is_committed(infra["kafka"], loop.group_id, tp, after.offset + 1), within=20
         )
         await asyncio.sleep(0.5)
         assert len(await dead.poll()) == 1
-
-
-async def _is(kafka: str, group: str, tp: TopicPartition, offset: int) -> bool:
-    return await _committed(kafka, group, tp) == offset
