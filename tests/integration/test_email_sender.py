@@ -123,6 +123,18 @@ def settings_for(
 
 
 @pytest.fixture
+def sandbox(sink: tuple[httpx.AsyncClient, int]) -> httpx.AsyncClient:
+    """The sandbox's JSON API: what the sink captured, and its rules."""
+    return sink[0]
+
+
+@pytest.fixture
+async def statuses(infra: dict[str, str], namespace: str) -> Tail:
+    """A tail of the namespace's delivery statuses, read once the test enters it."""
+    return Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
+
+
+@pytest.fixture
 async def producer(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
     """Publishes onto the test namespace, as the dispatcher would."""
     p = EventProducer(
@@ -173,15 +185,14 @@ def topic(namespace: str, name: str) -> str:
 
 
 async def test_email_has_rfc8058_headers_and_one_click_post_unsubscribes(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
+    statuses: Tail,
     namespace: str,
     infra: dict[str, str],
 ) -> None:
-    sandbox, _ = sink
     msg = outbound(topic="service-updates")
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     replies = Tail(infra["kafka"], topic(namespace, Topics.ENGAGEMENT_REPLIES.base))
     async with statuses, replies, running(create_app(settings_for())) as sender:
         await publish(producer, msg)
@@ -238,17 +249,14 @@ async def test_email_has_rfc8058_headers_and_one_click_post_unsubscribes(
 
 
 async def test_5xx_is_a_hard_bounce_and_never_retried(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msg = outbound()
     r = await sandbox.post("/sandbox/api/emails/rules", json={"recipient": msg.to, "code": 550})
     assert r.status_code == 201
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings_for())):
         await publish(producer, msg)
         got = await eventually(lambda: statuses.statuses(msg.message_id))
@@ -261,16 +269,14 @@ async def test_5xx_is_a_hard_bounce_and_never_retried(
 
 
 async def test_a_5xx_about_the_message_fails_it_without_calling_the_address_bounced(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
     """A relay that refuses the content (or a policy refusal at RCPT) says nothing about the
     address: the message fails with the codes, and the reason is not a hard bounce, which
     would stop email to that customer for good."""
-    sandbox, _ = sink
     spam, denied = outbound(), outbound()
     rules = [
         {"recipient": spam.to, "code": 554, "stage": "data", "message": "5.7.1 Rejected as spam"},
@@ -278,7 +284,6 @@ async def test_a_5xx_about_the_message_fails_it_without_calling_the_address_boun
     ]
     for rule in rules:
         assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings_for())):
         await publish(producer, spam)
         await publish(producer, denied)
@@ -295,13 +300,11 @@ async def test_a_5xx_about_the_message_fails_it_without_calling_the_address_boun
 
 
 async def test_4xx_is_retried_then_delivered_once(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msg = outbound()
     for stage in ("rcpt", "data"):
         r = await sandbox.post(
@@ -309,7 +312,6 @@ async def test_4xx_is_retried_then_delivered_once(
             json={"recipient": msg.to, "code": 451, "stage": stage, "times": 1},
         )
         assert r.status_code == 201
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings_for())):
         await publish(producer, msg)
         got = await eventually(lambda: statuses.statuses(msg.message_id))
@@ -322,16 +324,13 @@ async def test_4xx_is_retried_then_delivered_once(
 
 
 async def test_4xx_until_attempts_run_out_ends_failed_with_reason(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msg = outbound()
     await sandbox.post("/sandbox/api/emails/rules", json={"recipient": msg.to, "code": 452})
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings_for(send_attempts=3))):
         await publish(producer, msg)
         got = await eventually(lambda: statuses.statuses(msg.message_id))
@@ -342,17 +341,14 @@ async def test_4xx_until_attempts_run_out_ends_failed_with_reason(
 
 
 async def test_exactly_once_when_the_sender_stops_mid_batch_and_restarts(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msgs = [outbound() for _ in range(60)]
     # More messages in flight than relay connections: most wait for a connection or the pacer.
     settings = settings_for(rate_per_second=40.0, send_concurrency=16, smtp_pool_size=2)
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses:
         await publish(producer, *msgs)
         async with running(create_app(settings)):
@@ -398,20 +394,17 @@ async def _count_at_least(sandbox: httpx.AsyncClient, n: int) -> bool:
 
 
 async def test_a_row_left_sending_by_a_crash_is_reported_unknown_and_not_resent(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
     mongo: AsyncMongoClient[dict[str, Any]],
 ) -> None:
-    sandbox, _ = sink
     settings = settings_for()
     msg = outbound()
     await mongo[settings.mongo_db]["send_ledger"].insert_one(
         {"_id": msg.message_id, "status": "sending", "at": utc_now()}
     )
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings)):
         await publish(producer, msg)
         got = await eventually(lambda: statuses.statuses(msg.message_id))
@@ -443,19 +436,18 @@ async def test_ledger_queued_rows_are_reclaimed_and_only_the_last_claim_may_send
 
 
 async def test_bad_messages_go_to_the_dlq_or_fail_with_a_reason_and_the_rest_flows(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
+    statuses: Tail,
     namespace: str,
     infra: dict[str, str],
 ) -> None:
-    sandbox, _ = sink
     bad_address = outbound(to="not-an-address")
     expired = outbound(expires_at=utc_now() - timedelta(minutes=1))
     # Its request has not expired, but the customer's quiet hours began a minute ago.
     late = outbound(send_by=utc_now() - timedelta(minutes=1))
     good = outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     dlq = Tail(infra["kafka"], dlq_topic("email-sender").name(namespace))
     async with statuses, dlq, running(create_app(settings_for())):
         await producer.send(Topics.OUTBOUND_EMAIL, b"\xff not an event", key="x", headers=[])
@@ -513,19 +505,16 @@ def _sender_process(settings: Settings, log_path: Path) -> subprocess.Popen[byte
 
 
 async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
     tmp_path: Path,
 ) -> None:
-    sandbox, _ = sink
     msgs = [outbound() for _ in range(60)]
     # More messages in flight than relay connections: most wait for a connection or the pacer
     # when the process dies, and those were never handed to the relay.
     settings = settings_for(rate_per_second=30.0, send_concurrency=16, smtp_pool_size=2)
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses:
         await publish(producer, *msgs)
         proc = _sender_process(settings, tmp_path / "sender.log")
@@ -546,13 +535,11 @@ async def test_exactly_once_when_the_sender_process_is_killed_mid_batch(
 
 
 async def test_injected_faults_end_every_message_sent_or_failed_once(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msgs = [outbound() for _ in range(40)]
     # A fifth of DATA commands answer 451, a tenth of recipients 554.
     for rule in (
@@ -560,7 +547,6 @@ async def test_injected_faults_end_every_message_sent_or_failed_once(
         {"code": 554, "stage": "rcpt", "share": 0.1},
     ):
         assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with statuses, running(create_app(settings_for(send_attempts=8))):
         await publish(producer, *msgs)
         ids = {m.message_id for m in msgs}
@@ -582,17 +568,14 @@ async def test_injected_faults_end_every_message_sent_or_failed_once(
 
 
 async def test_421_slows_the_relay_down_then_the_email_goes_out(
-    sink: tuple[httpx.AsyncClient, int],
+    sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
-    sandbox, _ = sink
     msg = outbound()
     rule = {"recipient": msg.to, "code": 421, "message": "4.7.0 Slow down", "times": 1}
     assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     settings = settings_for(slow_down_seconds=0.3, rate_per_second=100.0)
     async with statuses, running(create_app(settings)) as sender:
         await publish(producer, msg)
@@ -721,12 +704,10 @@ async def test_tls_and_auth_to_the_relay_deliver_the_email(
     ca: tuple[trustme.CA, Path],
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
     password = f"pw-{uuid.uuid4().hex}"
     msg = outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     relay = SecureRelay(ca[0], password=password, implicit=security == "tls", mechanism=mechanism)
     async with relay:
         settings = settings_for(
@@ -750,15 +731,13 @@ async def test_wrong_relay_credentials_fail_the_email_with_a_reason_and_never_lo
     ca: tuple[trustme.CA, Path],
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = f"wrong-{uuid.uuid4().hex}"
     msg = outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with SecureRelay(ca[0], password="the-right-one") as relay:
         settings = settings_for(
             smtp_port=relay.port,
@@ -793,12 +772,10 @@ async def test_the_relay_certificate_is_verified_unless_its_ca_is_configured(
     ca: tuple[trustme.CA, Path],
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
     password = f"pw-{uuid.uuid4().hex}"
     msg = outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with SecureRelay(ca[0], password=password) as relay:
         # No CA file: the system store does not know the relay's CA, so nothing is sent.
         settings = settings_for(
@@ -871,11 +848,9 @@ class StallingRelay:
 async def test_a_relay_that_stalls_after_data_leaves_the_email_unknown_and_never_resends_it(
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
     stalled, after = outbound(), outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with StallingRelay(stage="data", stalls=1) as relay:
         settings = settings_for(
             smtp_port=relay.port, smtp_timeout_seconds=0.5, smtp_pool_size=1, send_attempts=4
@@ -902,11 +877,9 @@ async def test_a_relay_that_stalls_after_data_leaves_the_email_unknown_and_never
 async def test_a_relay_that_stalls_before_data_is_retried_and_delivers_once(
     settings_for: Callable[..., Settings],
     producer: EventProducer,
-    namespace: str,
-    infra: dict[str, str],
+    statuses: Tail,
 ) -> None:
     msg = outbound()
-    statuses = Tail(infra["kafka"], topic(namespace, Topics.DELIVERY_STATUS.base))
     async with StallingRelay(stage="rcpt", stalls=1) as relay:
         settings = settings_for(smtp_port=relay.port, smtp_timeout_seconds=0.5, send_attempts=4)
         async with statuses, running(create_app(settings)):
