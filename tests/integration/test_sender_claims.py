@@ -9,7 +9,7 @@ sends it; when the first wakes up the row is no longer its claim, so it must not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -81,64 +81,75 @@ async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProd
         yield p
 
 
-async def _interleave(
-    first: Callable[[], Any], second: Callable[[], Any], pacer: GatedPacer
-) -> None:
-    """The first sender waits in its pacer; the second sends meanwhile; then the first wakes."""
-    task = asyncio.create_task(first())
-    await asyncio.wait_for(pacer.waiting.wait(), timeout=10)
-    await second()
-    pacer.opened.set()
-    await asyncio.wait_for(task, timeout=10)
+class Rebalance:
+    """One message sent twice across a rebalance: the first sender claims it and waits (for the
+    pacer, or in a retry pause after `busy` 'busy' answers); the second claims it again and
+    sends meanwhile; then the first wakes."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.provider = Provider(busy=busy)
+        # With a 'busy' answer first, the wait that outlasts the rebalance comes after the pause.
+        self.pacer = GatedPacer(block_at=1 + busy)
+
+    async def send_twice(self, send: Callable[[Pacer], Awaitable[object]]) -> None:
+        """`send` with the gated pacer, and meanwhile unpaced; the provider is asked once (after
+        its 'busy' answers)."""
+        task = asyncio.create_task(send(self.pacer))
+        await asyncio.wait_for(self.pacer.waiting.wait(), timeout=10)
+        await send(Pacer(0))
+        self.pacer.opened.set()
+        await asyncio.wait_for(task, timeout=10)
+        assert self.provider.accepted == 1 and self.provider.requests == 1 + self.busy
 
 
-@pytest.mark.parametrize("busy", [0, 1], ids=["pacer-wait", "retry-pause"])
+@pytest.fixture(params=[0, 1], ids=["pacer-wait", "retry-pause"])
+def rebalance(request: pytest.FixtureRequest) -> Rebalance:
+    return Rebalance(busy=request.param)
+
+
 async def test_an_sms_claimed_again_while_its_first_sender_waits_is_sent_once(
-    busy: int, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+    rebalance: Rebalance, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
 ) -> None:
     db = mongo[db_name("sms_sender")]
-    provider = Provider(busy=busy)
-    # With a 'busy' answer first, the wait that outlasts the rebalance comes after the pause.
-    pacer = GatedPacer(block_at=1 + busy)
     retry = RetryPolicy(base_seconds=0.01, cap_seconds=0.01)
-
-    def sender(p: Pacer) -> SmsSending:
-        return SmsSending(
-            Ledger(db), provider, prod, callback_url="http://127.0.0.1:1/s", pacer=p, retry=retry
-        )
-
     msg = outbound_sms(unique_phone())
-    await _interleave(lambda: sender(pacer).send(msg), lambda: sender(Pacer(0)).send(msg), pacer)
-    assert provider.accepted == 1 and provider.requests == 1 + busy
+
+    def send(pacer: Pacer) -> Awaitable[object]:
+        return SmsSending(
+            Ledger(db),
+            rebalance.provider,
+            prod,
+            callback_url="http://127.0.0.1:1/s",
+            pacer=pacer,
+            retry=retry,
+        ).send(msg)
+
+    await rebalance.send_twice(send)
     row = await db["send_ledger"].find_one({"_id": msg.message_id})
     assert row["status"] == "sent" and row["provider_id"] == "SM" + "1".zfill(32)
 
 
-@pytest.mark.parametrize("busy", [0, 1], ids=["pacer-wait", "retry-pause"])
 async def test_a_call_claimed_again_while_its_first_caller_waits_is_placed_once(
-    busy: int, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+    rebalance: Rebalance, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
 ) -> None:
     db = mongo[db_name("voice_sender")]
-    provider = Provider(busy=busy)
-    pacer = GatedPacer(block_at=1 + busy)
+    msg = outbound_voice(unique_phone(), "Your engineer is booked for 2 pm.")
+    call = VoiceCalling.from_outbound(msg)
     retry = CallRetryPolicy(base_seconds=0.01, cap_seconds=0.01)
 
-    def caller(p: Pacer) -> VoiceCalling:
-        return VoiceCalling(
+    def place(pacer: Pacer) -> Awaitable[object]:
+        caller = VoiceCalling(
             CallLedger(db),
-            provider,
+            rebalance.provider,
             prod,
             base_url="http://127.0.0.1:1",
             identity="+15005550006",
-            pacer=p,
+            pacer=pacer,
             retry=retry,
         )
+        return caller.place(call)
 
-    msg = outbound_voice(unique_phone(), "Your engineer is booked for 2 pm.")
-    call = VoiceCalling.from_outbound(msg)
-    await _interleave(
-        lambda: caller(pacer).place(call), lambda: caller(Pacer(0)).place(call), pacer
-    )
-    assert provider.accepted == 1 and provider.requests == 1 + busy
+    await rebalance.send_twice(place)
     row = await db["call_ledger"].find_one({"_id": msg.message_id})
     assert row["status"] == "sent" and row["provider_id"] == "CA" + "1".zfill(32)
