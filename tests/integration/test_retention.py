@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from herald_contracts import utc_now
 from herald_dispatcher.config import Settings as DispatcherSettings
 from herald_kit import forget_before
-from support import eventually
+from support import eventually, service_settings
 
 DAY = timedelta(days=1)
 # service package -> the collections of a row per request or message it must forget
@@ -36,13 +36,8 @@ def _sweeping_often(
     settings_type: Any, infra: dict[str, str], namespace: str, database: str, **extra: Any
 ) -> Any:
     """A service's settings on the test stack, sweeping old rows every 0.2 s."""
-    return settings_type(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        retention_interval_seconds=0.2,
-        **extra,
+    return service_settings(
+        settings_type, infra, namespace, database, retention_interval_seconds=0.2, **extra
     )
 
 
