@@ -1,5 +1,6 @@
 """Fixtures the integration tests share: a running ingest app; for the scheduler's tests, a
-publisher onto the test's topics and a reader of the contact requests the scheduler emits."""
+scheduler replica, a publisher onto the test's topics and a reader of the contact requests the
+scheduler emits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_scheduler_support import Publisher, Requests, open_publisher, open_requests
+from test_scheduler_support import Publisher, Requests, open_publisher, open_requests, scheduler
 
 from herald_ingest.app import create_app
 from support import ingest_settings, running
@@ -31,6 +32,15 @@ async def ingest(
     settings = ingest_settings(infra, namespace, db_name("ingest"), **ingest_options)
     async with running(create_app(settings)) as client:
         yield client
+
+
+@pytest.fixture
+async def client(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One scheduler replica on the test's topics and database, with its HTTP client."""
+    async with scheduler(infra, namespace, db_name("scheduler")) as replica:
+        yield replica
 
 
 @pytest.fixture

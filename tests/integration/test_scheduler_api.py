@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from test_scheduler_support import campaign_body, open_publisher, publish_audience, scheduler
+from test_scheduler_support import campaign_body, open_publisher, publish_audience
 
 from support import eventually
 
 SCHEDULE = {"kind": "schedule", "cron": "0 9 * * mon", "time_zone": "Europe/Amsterdam"}
 DUTCH = {"campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.locale == "nl"'})}
-
-
-@pytest.fixture
-async def client(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with scheduler(infra, namespace, db_name("scheduler")) as c:
-        yield c
 
 
 @pytest.mark.parametrize(
