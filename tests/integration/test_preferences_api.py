@@ -600,3 +600,44 @@ async def test_export_then_erase_leaves_anonymised_evidence_and_a_tombstone(
     text = json.dumps(kept, default=str)
     assert cid not in text and phone not in text and "ada@example.com" not in text
     assert {e["source"] for e in kept} == {"api"}
+
+
+async def test_an_erase_during_another_writes_flush_stays_the_last_word_on_the_topic(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    producer = app.state.runtime.producer
+    real = producer.publish
+
+    async def erase_first(*args: Any, **kwargs: Any) -> None:
+        # The PATCH's flush read its version; the erase runs whole before that snapshot is out.
+        producer.publish = real
+        r = await api.delete(f"/v1/contacts/{cid}")
+        assert r.status_code == 200, r.text
+        await real(*args, **kwargs)
+
+    producer.publish = erase_first
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"locale": "fr-FR"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert r.status_code == 200, r.text
+
+    def values() -> list[Any]:
+        return [
+            "tombstone" if r.value is None else decode(r, ContactPreferences).data.version
+            for r in snapshots.records
+            if r.key == cid.encode()
+        ]
+
+    async def stale_snapshot_read() -> bool:
+        await snapshots.poll()
+        return 2 in values() and values()[-1] == "tombstone"
+
+    # Create, the erase's tombstone, the PATCH's stale snapshot, then the tombstone again.
+    await eventually(stale_snapshot_read, within=10)
+    assert values() == [1, "tombstone", 2, "tombstone"]
+    assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
