@@ -641,3 +641,74 @@ async def test_an_erase_during_another_writes_flush_stays_the_last_word_on_the_t
     await eventually(stale_snapshot_read, within=10)
     assert values() == [1, "tombstone", 2, "tombstone"]
     assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
+
+
+async def test_a_stop_between_an_imports_insert_and_its_publish_is_not_undone_on_the_topic(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    repo = app.state.repo
+    real = repo.create_many
+    row = contact()
+    cid = row["customer_id"]
+
+    async def then_stop(docs: Any) -> set[int]:
+        existing = await real(docs)
+        # The customer replies STOP as soon as the contact exists, before the import publishes.
+        await app.state.handlers.on_reply(reply(cid, "stop", "STOP"))
+        return existing
+
+    repo.create_many = then_stop
+    r = await api.post("/v1/contacts/import", json=[row])
+    assert r.json()["accepted"] == 1, r.text
+
+    def versions() -> list[int]:
+        return [
+            decode(r, ContactPreferences).data.version
+            for r in snapshots.records
+            if r.key == cid.encode() and r.value is not None
+        ]
+
+    async def stop_published_last() -> bool:
+        await snapshots.poll()
+        return 1 in versions() and versions()[-1] == 2
+
+    # The STOP's snapshot, the import's older one, then the STOP's again.
+    await eventually(stop_published_last, within=10)
+    assert versions() == [2, 1, 2]
+    latest = snapshots.latest(cid)
+    assert isinstance(latest, ContactPreferences)
+    assert latest.consents == {"service-updates": {"email": True, "sms": False}}
+
+
+async def test_an_erase_between_an_imports_insert_and_its_publish_leaves_a_tombstone_last(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    repo = app.state.repo
+    real = repo.create_many
+    row = contact()
+    cid = row["customer_id"]
+
+    async def then_erase(docs: Any) -> set[int]:
+        existing = await real(docs)
+        r = await api.delete(f"/v1/contacts/{cid}")
+        assert r.status_code == 200, r.text
+        return existing
+
+    repo.create_many = then_erase
+    r = await api.post("/v1/contacts/import", json=[row])
+    assert r.json()["accepted"] == 1, r.text
+
+    def values() -> list[Any]:
+        return [
+            "tombstone" if r.value is None else decode(r, ContactPreferences).data.version
+            for r in snapshots.records
+            if r.key == cid.encode()
+        ]
+
+    async def tombstone_last() -> bool:
+        await snapshots.poll()
+        return 1 in values() and values()[-1] == "tombstone"
+
+    # The erase's tombstone, the import's snapshot of the erased contact, the tombstone again.
+    await eventually(tombstone_last, within=10)
+    assert values() == ["tombstone", 1, "tombstone"]

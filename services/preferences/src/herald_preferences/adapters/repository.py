@@ -45,6 +45,16 @@ class ContactRepository:
         """A contact (erased ones included until their tombstone is out), or None."""
         return await self.contacts.find_one({"_id": customer_id})
 
+    async def versions(self, customer_ids: Sequence[str]) -> dict[str, Doc]:
+        """The stored version (and erased flag) of each of these contacts that exists, by
+        `_id` in one round trip."""
+        if not customer_ids:
+            return {}
+        cursor = self.contacts.find(
+            {"_id": {"$in": list(customer_ids)}}, projection={"version": 1, "erased": 1}
+        )
+        return {doc["_id"]: doc async for doc in cursor}
+
     async def page(self, *, after: str | None, limit: int) -> list[Doc]:
         """Contacts in customer-id order, after a cursor."""
         query: Doc = {"erased": {"$ne": True}}

@@ -96,7 +96,14 @@ class Outbox:
             log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
 
     async def flush_new(self, docs: Sequence[Doc], marker: str) -> None:
-        """Publish freshly imported contacts (their ledger entries are in already), pipelined."""
+        """Publish freshly imported contacts (their ledger entries are in already), pipelined.
+
+        The snapshots are the documents as built, before the insert: a STOP or an erase that
+        reached a contact between its insert and now went out first and would be followed by
+        this older version. So the contacts are read again once the batch is out, and any no
+        longer at version 1 is flushed the usual way (the latest state, or the tombstone);
+        one that is gone was erased, and its tombstone goes out again.
+        """
         raw = self.producer.raw
         topic = self.producer.topic_name(Topics.CONTACTS_PREFERENCES)
         futures = []
@@ -113,7 +120,17 @@ class Outbox:
                 await raw.send(topic, value, key=snap.customer_id.encode(), headers=headers)
             )
         await asyncio.gather(*futures)
-        await self.repo.done(marker, 0)
+        ids = [doc["_id"] for doc in docs]
+        stored = await self.repo.versions(ids)
+        ok = True
+        for customer_id in ids:
+            now = stored.get(customer_id)
+            if now is None:
+                await self.producer.tombstone(Topics.CONTACTS_PREFERENCES, customer_id)
+            elif now["version"] != 1 or now.get("erased"):
+                ok = await self.flush(customer_id) and ok
+        if ok:  # otherwise the marker stays and the republisher flushes the batch again
+            await self.repo.done(marker, 0)
 
     async def republish_once(self, *, grace: timedelta = timedelta(seconds=2)) -> int:
         """Flush what markers older than `grace` name; how many markers were cleared."""
