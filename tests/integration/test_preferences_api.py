@@ -507,6 +507,39 @@ async def test_stop_then_start_through_engagement_replies(
     assert history["stopped_channels"] == ["sms"]
 
 
+async def test_a_one_click_unsubscribe_is_not_undone_by_a_crm_restating_old_data(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    body = contact(consents={"marketing": {"email": True}, "billing": {"email": True}})
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    unsubscribe = reply(cid, "unsubscribe", None, channel="email").model_copy(
+        update={"topic": "marketing"}
+    )
+    await app.state.handlers.on_reply(unsubscribe)
+
+    # A PUT of the record the CRM had, and a PATCH naming the consent, both leave it withdrawn.
+    r = await api.put(f"/v1/contacts/{cid}", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["consents"] == {"billing": {"email": True}, "marketing": {"email": False}}
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"consents": {"marketing": {"email": True}, "billing": {"email": False}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert r.json()["consents"] == {"billing": {"email": False}, "marketing": {"email": False}}
+    snap = await snapshots.until(cid, lambda s: s.version == r.json()["version"])
+    assert snap.consents["marketing"] == {"email": False}
+
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    assert history["withdrawn"] == {"marketing": ["email"]}
+    assert [
+        (e["topic"], e["granted"], e["source"])
+        for e in history["entries"]
+        if e["topic"] == "marketing"
+    ] == [("marketing", True, "api"), ("marketing", False, "email-unsubscribe")]
+
+
 async def test_hard_bounce_marks_the_address_and_bad_bytes_go_to_the_dlq(
     api: httpx.AsyncClient, snapshots: Snapshots, infra: dict[str, str], namespace: str
 ) -> None:

@@ -18,6 +18,7 @@ from herald_preferences.domain.bounces import address_status
 from herald_preferences.domain.centre import contact_from_form
 from herald_preferences.domain.contacts import ContactIn
 from herald_preferences.domain.ledger import ALL_TOPICS, Change, diff, entries_for, fold
+from herald_preferences.domain.service import next_contact
 from herald_preferences.messaging.handlers import reply_changes
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,6 +71,48 @@ def test_the_last_word_wins_and_stop_only_ever_narrows(steps: list[tuple[str, st
             last_topic = [g for t, c, g in steps if t == topic and c == channel][-1]
             last_all = [g for t, c, g in steps if t == ALL_TOPICS and c == channel]
             assert ok == (last_topic and (not last_all or last_all[-1]))
+
+
+@pytest.mark.parametrize(
+    "source", ["email-unsubscribe", "sms-keyword", "voice-keypad", "preference-centre"]
+)
+def test_a_customers_own_withdrawal_of_a_topic_is_not_regranted_by_stale_crm_data(
+    source: str,
+) -> None:
+    body = ContactIn.model_validate(
+        {
+            "customer_id": "c1",
+            "channels": {"email": "ada@example.com", "sms": "+447911123456"},
+            "consents": {"marketing": {"email": True, "sms": True}},
+        }
+    )
+    ledger = entries_for(
+        "c1",
+        [Change("marketing", "email", True), Change("marketing", "sms", True)],
+        version=1,
+        source="api",
+        actor="crm",
+        at=NOW,
+    ) + entries_for(
+        "c1", [Change("marketing", "email", False)], version=2, source=source, actor="c", at=NOW
+    )
+    current = {"_id": "c1", "version": 2, "channels": {}, "pending": []}
+
+    def write(by: str, contact: ContactIn = body) -> dict[str, Any]:
+        return next_contact(
+            contact, current=current, ledger=ledger, region="GB", source=by, actor="x", now=NOW
+        )
+
+    for by in ("api", "import"):  # the CRM restates what it had: the withdrawal stands
+        doc = write(by)
+        assert doc["consents"] == {"marketing": {"email": False, "sms": True}}
+        assert doc["pending"] == []
+    # The customer opting in again in the preference centre is theirs to do.
+    doc = write("preference-centre")
+    assert doc["consents"] == {"marketing": {"email": True, "sms": True}}
+    # A withdrawal the CRM itself recorded is the CRM's to undo.
+    ledger[-1] = {**ledger[-1], "source": "api"}
+    assert write("api")["consents"] == {"marketing": {"email": True, "sms": True}}
 
 
 def test_diff_records_only_what_changes_and_leaves_unnamed_consent_alone() -> None:

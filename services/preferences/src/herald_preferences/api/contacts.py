@@ -32,7 +32,7 @@ from herald_preferences.api.centre import link_signer
 from herald_preferences.api.idempotency import idempotent
 from herald_preferences.config import Settings
 from herald_preferences.domain.contacts import ContactIn
-from herald_preferences.domain.ledger import fold
+from herald_preferences.domain.ledger import fold, withdrawn_by_customer
 from herald_preferences.domain.service import as_input, erased, next_contact, snapshot
 from herald_preferences.messaging.outbox import Outbox
 
@@ -129,6 +129,12 @@ class ConsentHistory(BaseModel):
     customer_id: str
     current: dict[str, dict[str, bool]] = Field(description="Folded from the entries below.")
     stopped_channels: list[str]
+    withdrawn: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per topic, the channels the customer withdrew themselves (unsubscribe "
+        "link, keyword, preference centre). Like a stopped channel, an API write or an import "
+        "does not grant them again; the customer does, in the preference centre.",
+    )
     entries: list[LedgerEntryOut]
 
 
@@ -363,6 +369,7 @@ async def consent_history(customer_id: str, repo: Repo, who: Reader) -> ConsentH
         customer_id=customer_id,
         current=consent.effective(),
         stopped_channels=sorted(consent.stopped),
+        withdrawn=withdrawn_by_customer(entries),
         entries=[LedgerEntryOut.model_validate(e) for e in entries],
     )
 

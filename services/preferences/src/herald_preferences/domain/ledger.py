@@ -26,6 +26,14 @@ SOURCES: tuple[str, ...] = get_args(Source)
 # A ledger entry for every topic of one channel at once (STOP / START keywords).
 ALL_TOPICS = "*"
 
+# Sources through which the customer speaks for themselves. A withdrawal from one of them is only
+# undone by the customer: an API write or an import restating older data must not re-grant it.
+CUSTOMER_SOURCES = frozenset(
+    {"sms-keyword", "voice-keypad", "email-unsubscribe", "preference-centre"}
+)
+# Sources of the business's systems, which may restate stale consent.
+SYSTEM_WRITERS = frozenset({"api", "import"})
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -77,6 +85,20 @@ def fold(entries: Iterable[Mapping[str, Any]]) -> Consent:
     for entry in sorted(entries, key=entry_order):
         consent.apply(Change(str(entry["topic"]), str(entry["channel"]), bool(entry["granted"])))
     return consent
+
+
+def withdrawn_by_customer(entries: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per topic, the channels whose last entry is the customer's own withdrawal (a one-click
+    unsubscribe, a keyword naming the topic, unticking it in the preference centre)."""
+    last: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for entry in sorted(entries, key=entry_order):
+        if entry["topic"] != ALL_TOPICS:
+            last[(str(entry["topic"]), str(entry["channel"]))] = entry
+    out: dict[str, list[str]] = {}
+    for (topic, channel), entry in sorted(last.items()):
+        if not entry["granted"] and entry.get("source") in CUSTOMER_SOURCES:
+            out.setdefault(topic, []).append(channel)
+    return out
 
 
 def diff(before: Consent, desired: Mapping[str, Mapping[Any, bool]]) -> list[Change]:

@@ -10,7 +10,14 @@ from typing import Any
 from herald_contracts import ChannelAddress, ContactPreferences
 from herald_kit import InvalidInput
 from herald_preferences.domain.contacts import ContactIn, normalise_email, normalise_phone
-from herald_preferences.domain.ledger import Change, diff, entries_for, fold
+from herald_preferences.domain.ledger import (
+    SYSTEM_WRITERS,
+    Change,
+    diff,
+    entries_for,
+    fold,
+    withdrawn_by_customer,
+)
 
 Doc = dict[str, Any]
 
@@ -128,6 +135,10 @@ def next_contact(
 
     extra_changes are channel-wide entries the caller adds (the preference centre lifting a
     STOP) in the same write; proof and id_suffix go on the new ledger entries (entries_for).
+
+    An API write or an import does not re-grant a topic on a channel the customer withdrew
+    themselves (withdrawn_by_customer): like a STOP, that consent stays off until the customer
+    opts in again, whatever older data a CRM restates.
     """
     ledger = list(ledger)
     channels = normalised_channels(contact, region=region)
@@ -138,8 +149,12 @@ def next_contact(
         # A bounce belongs to the address, not the channel: a new address starts valid.
         status = old["status"] if old and old.get("address") == addr.address else "valid"
         stored_channels[name] = {"address": addr.address, "status": status}
-    before = fold(list(ledger) + list((current or {}).get("pending", [])))
-    changes = [*diff(before, contact.consents), *extra_changes]
+    known = list(ledger) + list((current or {}).get("pending", []))
+    changes = diff(fold(known), contact.consents)
+    if source in SYSTEM_WRITERS:
+        kept = withdrawn_by_customer(known)
+        changes = [c for c in changes if not (c.granted and c.channel in kept.get(c.topic, ()))]
+    changes = [*changes, *extra_changes]
     base: Doc = {
         "channels": stored_channels,
         "ranking": list(contact.ranking),
