@@ -200,6 +200,31 @@ async def test_consent_is_derived_from_the_ledger(
     assert r.json()["consents"] == history["current"]
 
 
+async def test_a_patch_restates_consent_from_the_ledger_not_from_the_cache(
+    api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact(consents={"marketing": {"email": False}})
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    db = mongo[settings.mongo_db]
+    # A cache that claims a grant the ledger has no evidence of.
+    await db["contacts"].update_one(
+        {"_id": cid},
+        {"$set": {"granted": {"marketing": {"email": True}, "billing": {"sms": True}}}},
+    )
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"locale": "en-US"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["consents"] == {"marketing": {"email": False}}
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    assert [(e["topic"], e["granted"], e["version"]) for e in history["entries"]] == [
+        ("marketing", False, 1)
+    ]
+
+
 async def test_idempotency_key_replays_and_refuses_another_body(
     api: httpx.AsyncClient, settings: Settings, mongo: Mongo
 ) -> None:
@@ -363,6 +388,41 @@ async def test_bulk_import_applies_valid_rows_and_reports_the_others(
     # JSON arrays work too.
     r = await api.post("/v1/contacts/import", json=[contact()])
     assert r.json()["accepted"] == 1
+
+
+async def test_an_imports_consents_do_not_leak_into_a_concurrent_create_of_the_same_customer(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
+) -> None:
+    repo = app.state.repo
+    real = repo.create_many
+    row = contact(consents={"marketing": {"sms": True}})
+    cid = row["customer_id"]
+    created: list[Any] = []
+
+    async def post_first(docs: Any) -> set[int]:
+        # The import's entries are in the ledger; a single create of the customer lands now.
+        r = await api.post("/v1/contacts", json=contact(cid, consents={}))
+        created.append(r)
+        return await real(docs)
+
+    repo.create_many = post_first
+    r = await api.post("/v1/contacts/import", json=[row])
+    assert [e["status"] for e in r.json()["errors"]] == [409]
+    assert created[0].status_code == 201, created[0].text
+    assert created[0].json()["consents"] == {}  # the customer never consented through the API
+    repo.create_many = real
+
+    # An unrelated change does not turn the rejected row's consent into the API's grant.
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"locale": "en-US"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert r.json()["consents"] == {}
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    assert history["current"] == {} and history["entries"] == []
+    snap = await snapshots.until(cid, lambda s: s != "tombstone" and s.version == 2)
+    assert snap.consents == {}
 
 
 async def test_an_import_interrupted_after_its_ledger_copy_leaves_no_evidence_behind(

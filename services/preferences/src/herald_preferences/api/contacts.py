@@ -180,11 +180,12 @@ async def _write(
         current = _live(await repo.get(customer_id), customer_id)
         if if_match is not None and not _matches(if_match, current["version"]):
             raise PreconditionFailed("the contact changed since it was read", field="If-Match")
-        body: ContactIn = build(current)
+        ledger = await repo.ledger_of(customer_id, current)
+        body: ContactIn = build(current, ledger)
         doc = next_contact(
             body,
             current=current,
-            ledger=await repo.ledger_of(customer_id, current),
+            ledger=ledger,
             region=settings.default_region,
             source="api",
             actor=actor,
@@ -264,7 +265,7 @@ async def replace_contact(
 
     async def run() -> Response:
         return await _write(
-            request, repo, outbox, customer_id, if_match, lambda _current: body, who.name
+            request, repo, outbox, customer_id, if_match, lambda _current, _ledger: body, who.name
         )
 
     return await idempotent(request, who, idempotency_key, run, customer_id=customer_id)
@@ -311,8 +312,8 @@ async def patch_contact(
     if patch.get("customer_id", customer_id) != customer_id:
         raise InvalidInput("customer_id cannot change", field="customer_id")
 
-    def build(current: dict[str, Any]) -> ContactIn:
-        merged = merge_patch(as_input(current), patch)
+    def build(current: dict[str, Any], ledger: list[dict[str, Any]]) -> ContactIn:
+        merged = merge_patch(as_input(current, ledger), patch)
         try:
             return ContactIn.model_validate(merged)
         except ValidationError as exc:

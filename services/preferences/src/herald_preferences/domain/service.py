@@ -55,13 +55,19 @@ def snapshot(doc: Mapping[str, Any]) -> ContactPreferences:
     )
 
 
-def as_input(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored contact in the API's input shape (what PATCH merges onto)."""
+def as_input(doc: Mapping[str, Any], ledger: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A stored contact in the API's input shape (what PATCH merges onto).
+
+    Consents are folded from the ledger and the entries still queued, not taken from the
+    cached `granted`: a PATCH restates them, and a cache that drifted would write its drift
+    into the ledger as the API's grant.
+    """
+    granted = fold([*ledger, *doc.get("pending", [])]).granted
     return {
         "customer_id": doc["_id"],
         "channels": {k: v["address"] for k, v in doc.get("channels", {}).items()},
         "ranking": list(doc.get("ranking", [])),
-        "consents": {t: dict(c) for t, c in doc.get("granted", {}).items()},
+        "consents": {t: dict(c) for t, c in granted.items()},
         "locale": doc.get("locale", "en"),
         "time_zone": doc.get("time_zone", "UTC"),
         "quiet_hours": doc.get("quiet_hours"),
