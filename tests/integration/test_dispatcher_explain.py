@@ -8,7 +8,7 @@ from typing import Any
 
 from herald_dispatcher.app import create_app
 from herald_dispatcher.config import Settings
-from support import api_keys, running
+from support import running, service_settings
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -20,13 +20,8 @@ async def test_decisions_read_page_by_page_to_the_newest_and_a_bad_cursor_is_ref
     oldest first, up to the newest (the first 500 alone hid every later decision); decisions
     made at the same time keep the order they were made in, across a page's end too."""
     database = db_name("dispatcher")
-    settings = Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        api_keys=api_keys(),
-        link_secret="test-link-secret",
+    settings = service_settings(
+        Settings, infra, namespace, database, link_secret="test-link-secret"
     )
     times = [T0 + timedelta(seconds=n // 2) for n in range(7)]  # pairs share a time
     docs = [

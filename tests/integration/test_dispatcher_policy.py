@@ -40,7 +40,7 @@ from herald_dispatcher.app import create_app
 from herald_dispatcher.config import Settings
 from herald_dispatcher.messaging.catchup import partitions
 from herald_kit import EventProducer, LinkSigner, decode
-from support import api_keys, eventually, phone_in, running
+from support import api_keys, eventually, phone_in, running, service_settings
 
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -142,12 +142,11 @@ async def harness(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str], mongo: Any
 ) -> AsyncIterator[Harness]:
     database = db_name("dispatcher")
-    settings = Settings(
-        kafka_bootstrap=infra["kafka"],
-        mongo_uri=infra["mongo"],
-        mongo_db=database,
-        topic_namespace=namespace,
-        api_keys=api_keys(),
+    settings = service_settings(
+        Settings,
+        infra,
+        namespace,
+        database,
         link_secret="test-link-secret",
         view_wait_seconds=1.0,
         case_wait_seconds=1.0,

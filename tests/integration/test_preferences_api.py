@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +78,14 @@ class Snapshots:
         batch = await self.consumer.getmany(timeout_ms=200)
         for recs in batch.values():
             self.records.extend(recs)
+
+    def history(self, customer: str) -> list[int | str]:
+        """Every value for a key so far, in order: a snapshot's version, or 'tombstone'."""
+        return [
+            "tombstone" if r.value is None else decode(r, ContactPreferences).data.version
+            for r in self.records
+            if r.key == customer.encode()
+        ]
 
     def latest(self, customer: str) -> ContactPreferences | str | None:
         """The last value for a key: a snapshot, 'tombstone', or None when none yet."""
@@ -719,55 +727,51 @@ async def test_an_erase_during_another_writes_flush_stays_the_last_word_on_the_t
     )
     assert r.status_code == 200, r.text
 
-    def values() -> list[Any]:
-        return [
-            "tombstone" if r.value is None else decode(r, ContactPreferences).data.version
-            for r in snapshots.records
-            if r.key == cid.encode()
-        ]
-
     async def stale_snapshot_read() -> bool:
         await snapshots.poll()
-        return 2 in values() and values()[-1] == "tombstone"
+        return 2 in snapshots.history(cid) and snapshots.history(cid)[-1] == "tombstone"
 
     # Create, the erase's tombstone, the PATCH's stale snapshot, then the tombstone again.
     await eventually(stale_snapshot_read, within=10)
-    assert values() == [1, "tombstone", 2, "tombstone"]
+    assert snapshots.history(cid) == [1, "tombstone", 2, "tombstone"]
     assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
+
+
+async def _import_then(
+    app: FastAPI, api: httpx.AsyncClient, during: Callable[[str], Awaitable[None]]
+) -> str:
+    """Import one new contact, running `during` once it is stored and before the import
+    publishes its snapshot; the contact's id."""
+    repo = app.state.repo
+    real = repo.create_many
+    row = contact()
+
+    async def create_then(docs: Any) -> set[int]:
+        existing: set[int] = await real(docs)
+        await during(row["customer_id"])
+        return existing
+
+    repo.create_many = create_then
+    r = await api.post("/v1/contacts/import", json=[row])
+    assert r.json()["accepted"] == 1, r.text
+    return str(row["customer_id"])
 
 
 async def test_a_stop_between_an_imports_insert_and_its_publish_is_not_undone_on_the_topic(
     app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
 ) -> None:
-    repo = app.state.repo
-    real = repo.create_many
-    row = contact()
-    cid = row["customer_id"]
-
-    async def then_stop(docs: Any) -> set[int]:
-        existing = await real(docs)
-        # The customer replies STOP as soon as the contact exists, before the import publishes.
+    async def stop(cid: str) -> None:
         await app.state.handlers.on_reply(reply(cid, "stop", "STOP"))
-        return existing
 
-    repo.create_many = then_stop
-    r = await api.post("/v1/contacts/import", json=[row])
-    assert r.json()["accepted"] == 1, r.text
-
-    def versions() -> list[int]:
-        return [
-            decode(r, ContactPreferences).data.version
-            for r in snapshots.records
-            if r.key == cid.encode() and r.value is not None
-        ]
+    cid = await _import_then(app, api, stop)
 
     async def stop_published_last() -> bool:
         await snapshots.poll()
-        return 1 in versions() and versions()[-1] == 2
+        return 1 in snapshots.history(cid) and snapshots.history(cid)[-1] == 2
 
     # The STOP's snapshot, the import's older one, then the STOP's again.
     await eventually(stop_published_last, within=10)
-    assert versions() == [2, 1, 2]
+    assert snapshots.history(cid) == [2, 1, 2]
     latest = snapshots.latest(cid)
     assert isinstance(latest, ContactPreferences)
     assert latest.consents == {"service-updates": {"email": True, "sms": False}}
@@ -776,32 +780,16 @@ async def test_a_stop_between_an_imports_insert_and_its_publish_is_not_undone_on
 async def test_an_erase_between_an_imports_insert_and_its_publish_leaves_a_tombstone_last(
     app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots
 ) -> None:
-    repo = app.state.repo
-    real = repo.create_many
-    row = contact()
-    cid = row["customer_id"]
-
-    async def then_erase(docs: Any) -> set[int]:
-        existing = await real(docs)
+    async def erase(cid: str) -> None:
         r = await api.delete(f"/v1/contacts/{cid}")
         assert r.status_code == 200, r.text
-        return existing
 
-    repo.create_many = then_erase
-    r = await api.post("/v1/contacts/import", json=[row])
-    assert r.json()["accepted"] == 1, r.text
-
-    def values() -> list[Any]:
-        return [
-            "tombstone" if r.value is None else decode(r, ContactPreferences).data.version
-            for r in snapshots.records
-            if r.key == cid.encode()
-        ]
+    cid = await _import_then(app, api, erase)
 
     async def tombstone_last() -> bool:
         await snapshots.poll()
-        return 1 in values() and values()[-1] == "tombstone"
+        return 1 in snapshots.history(cid) and snapshots.history(cid)[-1] == "tombstone"
 
     # The erase's tombstone, the import's snapshot of the erased contact, the tombstone again.
     await eventually(tombstone_last, within=10)
-    assert values() == ["tombstone", 1, "tombstone"]
+    assert snapshots.history(cid) == ["tombstone", 1, "tombstone"]
