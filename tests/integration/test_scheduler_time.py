@@ -643,3 +643,93 @@ async def test_timers_written_before_the_key_index_can_still_be_cancelled(
         assert states == {"old": "cancelled", "new": "cancelled"}
     finally:
         await client.close()
+
+
+async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_them(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        service = app.state.timer_service
+        # Short enough for a test: a held row comes back within a second, a status within 0.2.
+        service.hold = timedelta(seconds=1)
+        service.status_ttl = 0.2
+        paused = await active_campaign(client)
+        archived = await active_campaign(client)
+        for cid, action in ((paused, "pause"), (archived, "pause"), (archived, "archive")):
+            assert (await client.post(f"/v1/campaigns/{cid}/{action}")).status_code == 200
+        now = datetime.now(UTC)
+        due = now + timedelta(seconds=1)
+        repo: TimerRepository = app.state.timers
+        ids: dict[str, list[str]] = {}
+        for cid in (paused, archived):
+            base = _request("-", "cust-1")
+            ref = base.campaign.model_copy(update={"id": cid})
+
+            def request(rid: str, ref: CampaignRef = ref) -> Doc:
+                update = {"request_id": rid, "campaign": ref, "attempt": 1}
+                return _request(rid, "cust-1").model_copy(update=update).model_dump(mode="json")
+
+            # The scheduler's own delayed request, a dispatcher's deferral of a first attempt,
+            # and a coalescing window: each belongs to the campaign through its request.
+            await repo.schedule(
+                timer_id=f"d-{cid}",
+                key=f"case:{cid}",
+                kind="delay",
+                due_at=due,
+                request=request(f"rd-{cid}"),
+                now=now,
+            )
+            await repo.schedule(
+                timer_id=f"t-{cid}",
+                key=f"defer:{cid}",
+                due_at=due,
+                request=request(f"rt-{cid}"),
+                now=now,
+            )
+            window = f"coalesce:{cid}:case-1:cust-1"
+            await repo.coalesce(
+                key=window, case_version=1, due_at=due, request=request(f"rc-{cid}"), now=now
+            )
+            ids[cid] = [f"d-{cid}", f"t-{cid}", window]
+
+        async def states(cid: str) -> set[str]:
+            return {d["state"] async for d in timers.find({"_id": {"$in": ids[cid]}})}
+
+        async def archived_cancelled() -> bool:
+            return await states(archived) == {"cancelled"}
+
+        await eventually(archived_cancelled)
+        await asyncio.sleep(2)  # past the due time and a hold: a paused row would have fired
+        assert await states(paused) == {"pending"}
+        held = [d async for d in timers.find({"_id": {"$in": ids[paused]}})]
+        assert all(d["due_at"] > due for d in held)
+        assert await requests.poll() == []
+
+        # Resumed, the campaign's held rows are sent; the archived campaign's never are.
+        assert (await client.post(f"/v1/campaigns/{paused}/resume")).status_code == 200
+        got = await requests.wait_for(lambda items: len(items) >= 3)
+
+        async def paused_fired() -> bool:
+            return await states(paused) == {"fired"}
+
+        await eventually(paused_fired)
+        await asyncio.sleep(0.5)  # anything else sent would have arrived by now
+        got = await requests.poll()
+
+        # The scheduler's own rows count as requested when they go out; the deferral was
+        # counted when first requested. Nothing of the archived campaign's is counted.
+        async def counted() -> bool:
+            return bool((await app.state.stats.get(paused))["requested"] == 2)
+
+        await eventually(counted)
+        assert (await app.state.stats.get(archived))["requested"] == 0
+    assert sorted(r.request_id for r in got) == sorted(
+        [f"rd-{paused}", f"rt-{paused}", f"rc-{paused}"]
+    )

@@ -63,18 +63,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.matcher = Matcher(
             app.state.campaigns, timers, runtime.producer, stats, SendPace(db)
         )
+
+        async def campaign_status(campaign_id: str) -> str:
+            status: str = (await app.state.campaigns.get(campaign_id))["status"]
+            return status
+
         app.state.timer_service = TimerService(
             timers,
             runtime.producer,
             stats,
             poll_seconds=settings.timer_poll_seconds,
             lease_seconds=settings.timer_lease_seconds,
+            status=campaign_status,
         )
         app.state.timer_service.start()
-
-        async def campaign_status(campaign_id: str) -> str:
-            status: str = (await app.state.campaigns.get(campaign_id))["status"]
-            return status
 
         app.state.schedules = ScheduleRunner(
             campaigns=app.state.campaigns,

@@ -192,7 +192,8 @@ class TimerRepository:
         )
 
     async def settle(self, row: Doc, state: str, *, now: datetime) -> bool:
-        """Mark a claimed row fired (or expired); False when it changed since the claim.
+        """Mark a claimed row fired (or expired, or cancelled: its campaign was archived);
+        False when it changed since the claim.
 
         A coalescing row that took a newer case version while it fired stays pending and is
         released at once, so the newer state goes out too.
@@ -208,6 +209,15 @@ class TimerRepository:
             {"$set": {"claimed_until": EPOCH}},
         )
         return False
+
+    async def hold(self, row: Doc, *, until: datetime) -> bool:
+        """Put a claimed row back, due again at `until` (its campaign is paused); False when
+        it changed since the claim."""
+        done = await self.timers.update_one(
+            {"_id": row["_id"], "state": "pending", "claim": row["claim"]},
+            {"$set": {"due_at": until, "claimed_until": EPOCH}},
+        )
+        return bool(done.modified_count)
 
     async def sweep(self, *, before: datetime) -> int:
         """Delete settled rows due before a time (no TTL indexes on FerretDB v1); how many.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord
@@ -19,7 +21,14 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_kit import REPLAY_WINDOW, EventProducer, PermanentError, cancel_and_wait, decode
+from herald_kit import (
+    REPLAY_WINDOW,
+    EventProducer,
+    NotFound,
+    PermanentError,
+    cancel_and_wait,
+    decode,
+)
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
@@ -36,6 +45,10 @@ def suppressed_id(request_id: str) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{request_id}|suppressed"))
 
 
+def _expired(request: ContactRequest) -> bool:
+    return request.expires_at is not None and request.expires_at <= utc_now()
+
+
 class TimerService:
     """Consumer handler for timer requests, and the poller that fires due timers."""
 
@@ -48,8 +61,17 @@ class TimerService:
         poll_seconds: float,
         lease_seconds: float,
         retention: timedelta = REPLAY_WINDOW,
+        status: Callable[[str], Awaitable[str]] | None = None,
+        hold_seconds: float = 60,
+        status_ttl_seconds: float = 5,
     ) -> None:
         self.retention = retention
+        self.status = status
+        self.hold = timedelta(seconds=hold_seconds)
+        self.status_ttl = status_ttl_seconds
+        # Campaign id -> (status, monotonic time it is good until): a batch of due rows of one
+        # campaign reads its status once.
+        self._statuses: dict[str, tuple[str | None, float]] = {}
         self.timers = timers
         self.producer = producer
         self.stats = stats
@@ -128,6 +150,19 @@ class TimerService:
                 settled += await self._fire_reply(row)
                 continue
             request = ContactRequest.model_validate(row["request"])
+            status = await self._campaign_status(request.campaign.id)
+            if status == "archived":
+                # An archived campaign contacts nobody more: the row is closed unsent. As with
+                # the rest of a fan-out halted by an archive, no status is published for it.
+                ok = await self.timers.settle(row, "cancelled", now=utc_now())
+                TIMERS_FIRED.labels(row["kind"], "cancelled" if ok else "superseded").inc()
+                settled += 1
+                continue
+            if status == "paused" and not _expired(request):
+                # Held, not sent: re-checked after a while, so a resume sends it (and an expiry
+                # that passes meanwhile closes it as it would have without the pause).
+                await self.timers.hold(row, until=utc_now() + self.hold)
+                continue
             if row["kind"] == "coalesce":
                 # The window's close (moved later by the campaign's send pace), not the time of
                 # the last change that joined it.
@@ -158,6 +193,24 @@ class TimerService:
             TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
             settled += 1
         return settled
+
+    async def _campaign_status(self, campaign_id: str) -> str | None:
+        """The campaign's status, read at most every few seconds; None when there is no
+        status to check (no lookup wired, or a campaign this database does not hold)."""
+        if self.status is None:
+            return None
+        clock = time.monotonic()
+        cached = self._statuses.get(campaign_id)
+        if cached is not None and cached[1] > clock:
+            return cached[0]
+        try:
+            status: str | None = await self.status(campaign_id)
+        except NotFound:
+            status = None
+        if len(self._statuses) > 10_000:
+            self._statuses.clear()
+        self._statuses[campaign_id] = (status, clock + self.status_ttl)
+        return status
 
     async def _publish_expired(self, request: ContactRequest, kind: str, now: datetime) -> None:
         """Tell delivery.status.v1 that a contact expired while it waited here, as the
