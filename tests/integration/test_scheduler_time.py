@@ -733,3 +733,43 @@ async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_th
     assert sorted(r.request_id for r in got) == sorted(
         [f"rd-{paused}", f"rt-{paused}", f"rc-{paused}"]
     )
+
+
+@pytest.mark.parametrize("closed", ["fired", "expired"])
+async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
+    infra: dict[str, str], db_name: Callable[[str], str], closed: str
+) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra["mongo"])
+    try:
+        repo = TimerRepository(client[db_name("scheduler")])
+        now = datetime.now(UTC)
+        window = "coalesce:camp-1:case-1:cust-1"
+        request = _request("r1", "cust-1").model_dump(mode="json")
+        assert (
+            await repo.coalesce(key=window, case_version=1, due_at=now, request=request, now=now)
+            == "opened"
+        )
+        # The window closed: sent, or expired unsent (it fired after the request's expiry,
+        # say after the scheduler was down for a while).
+        row = await repo.claim(window, now=now, lease=timedelta(seconds=30))
+        assert row is not None and await repo.settle(row, closed, now=now)
+        later = now + timedelta(hours=2)
+        assert (
+            await repo.coalesce(
+                key=window, case_version=2, due_at=later, request=request, now=later
+            )
+            == "reopened"
+        )
+        row = await repo.get(window)
+        assert row is not None
+        assert (row["state"], row["case_version"]) == ("pending", 2)
+        assert row["due_at"].replace(tzinfo=UTC) > now + timedelta(hours=1)  # the new window
+        # The same version again (a replay) is still stale.
+        assert (
+            await repo.coalesce(
+                key=window, case_version=2, due_at=later, request=request, now=later
+            )
+            == "stale"
+        )
+    finally:
+        await client.close()

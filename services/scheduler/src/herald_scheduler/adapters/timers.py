@@ -143,8 +143,14 @@ class TimerRepository:
         )
         if joined.modified_count:
             return "joined"
+        # A window that closed, sent or expired unsent (it fired after the request's expiry),
+        # opens again for a newer version: an expired one must not swallow every later change.
         reopened = await self.timers.update_one(
-            {"_id": key, "state": "fired", "case_version": {"$lt": case_version}},
+            {
+                "_id": key,
+                "state": {"$in": ["fired", "expired"]},
+                "case_version": {"$lt": case_version},
+            },
             {
                 "$set": {
                     "state": "pending",
