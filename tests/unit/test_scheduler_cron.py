@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -82,3 +84,114 @@ def test_a_day_of_week_standard_cron_does_not_know_is_refused(dow: str) -> None:
     with pytest.raises(ValidationError) as info:
         CampaignIn.model_validate(_schedule(f"0 9 * * {dow}"))
     assert [e["loc"] for e in info.value.errors()] == [("trigger", "schedule", "cron")]
+
+
+def _fires(cron: str, time_zone: str, start: datetime, end: datetime) -> list[datetime]:
+    """Every fire of a schedule from `start` to `end`, as the scheduler steps through them."""
+    trigger = cron_trigger(cron, time_zone)
+    fires: list[datetime] = []
+    previous = None
+    while (fire := trigger.get_next_fire_time(previous, start)) is not None and fire < end:
+        fires.append(fire.astimezone(UTC))
+        previous = start = fire
+    return fires
+
+
+@pytest.mark.parametrize(
+    "cron,time_zone,day,once_at",
+    [
+        # 02:30 happens twice on 2026-10-25 in Amsterdam (02:00-03:00 CEST, then CET).
+        ("30 2 * * *", "Europe/Amsterdam", 25, datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        # 01:30 happens twice on 2026-11-01 in New York.
+        ("30 1 * * *", "America/New_York", 1, datetime(2026, 11, 1, 5, 30, tzinfo=UTC)),
+        # A six-field cron with a fixed hour alike.
+        ("15 30 2 * * *", "Europe/Amsterdam", 25, datetime(2026, 10, 25, 0, 30, 15, tzinfo=UTC)),
+    ],
+)
+def test_a_daily_time_the_clocks_repeat_fires_once_at_its_first_occurrence(
+    cron: str, time_zone: str, day: int, once_at: datetime
+) -> None:
+    month = once_at.month
+    fires = _fires(
+        cron,
+        time_zone,
+        datetime(2026, month, day - 3 if day > 3 else 1, tzinfo=UTC),
+        datetime(2026, month, day + 3, tzinfo=UTC),
+    )
+    local_days = [f.astimezone(ZoneInfo(time_zone)).date() for f in fires]
+    assert len(local_days) == len(set(local_days)), fires  # one fire per local day
+    assert [f for f in fires if f.day == day] == [once_at]
+
+
+def test_every_minute_of_a_repeated_hour_fires_once_and_every_real_hour_counts() -> None:
+    amsterdam = "Europe/Amsterdam"
+    start = datetime(2026, 10, 24, 22, tzinfo=UTC)  # midnight of 2026-10-25 there
+    end = datetime(2026, 10, 25, 23, tzinfo=UTC)  # the next midnight: a day of 25 hours
+    # A fixed hour: the minutes of 02:00-02:59 once, not in both passes.
+    assert len(_fires("* 2 * * *", amsterdam, start, end)) == 60
+    # A wildcard hour is every hour that passes, as in cron: the repeated one too.
+    hourly = _fires("0 * * * *", amsterdam, start, end)
+    assert hourly == [start + timedelta(hours=h) for h in range(25)]
+    assert len(_fires("0 */2 * * *", amsterdam, start, end)) == 13  # 00, 02, 02 again, .., 22
+
+
+@pytest.mark.parametrize(
+    "cron,time_zone,start,gap_end",
+    [
+        # Santiago's clocks go from 00:00 to 01:00 on 2026-09-06: midnight never happens.
+        (
+            "0 0 * * *",
+            "America/Santiago",
+            datetime(2026, 9, 3, tzinfo=UTC),
+            datetime(2026, 9, 6, 4, tzinfo=UTC),
+        ),
+        (
+            "30 0 * * *",
+            "America/Santiago",
+            datetime(2026, 9, 3, tzinfo=UTC),
+            datetime(2026, 9, 6, 4, tzinfo=UTC),
+        ),
+        # Amsterdam's go from 02:00 to 03:00 on 2026-03-29: 02:30 never happens.
+        (
+            "30 2 * * *",
+            "Europe/Amsterdam",
+            datetime(2026, 3, 26, tzinfo=UTC),
+            datetime(2026, 3, 29, 1, tzinfo=UTC),
+        ),
+    ],
+)
+def test_a_daily_time_the_clocks_skip_fires_at_the_first_instant_after_the_gap(
+    cron: str, time_zone: str, start: datetime, gap_end: datetime
+) -> None:
+    fires = _fires(cron, time_zone, start, start + timedelta(days=6))
+    local_days = [f.astimezone(ZoneInfo(time_zone)).date() for f in fires]
+    # Every day fires once, the day of the gap included.
+    assert local_days == [local_days[0] + timedelta(days=i) for i in range(6)], fires
+    assert gap_end in fires
+    # Every minute of a skipped hour fires once, when the hour ends (nothing is lost, nothing
+    # sent sixty times).
+    hour_skipped = gap_end.astimezone(ZoneInfo(time_zone)).hour - 1
+    minutes = _fires(
+        f"* {hour_skipped} * * *",
+        time_zone,
+        gap_end - timedelta(hours=1),
+        gap_end + timedelta(hours=1),
+    )
+    assert minutes == [gap_end]
+
+
+def test_a_wall_clock_schedule_survives_the_job_store() -> None:
+    # APScheduler's MongoDB job store pickles the trigger with the job.
+    trigger = cron_trigger("30 2 * * *", "Europe/Amsterdam")
+    copy = pickle.loads(pickle.dumps(trigger))  # noqa: S301 (our own bytes)
+    assert type(copy) is type(trigger)
+    now = datetime(2026, 10, 24, tzinfo=UTC)
+    fires, previous = [], None
+    for _ in range(3):
+        previous = copy.get_next_fire_time(previous, now)
+        fires.append(previous.astimezone(UTC))
+    assert fires == [
+        datetime(2026, 10, 24, 0, 30, tzinfo=UTC),
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+        datetime(2026, 10, 26, 1, 30, tzinfo=UTC),
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -197,6 +197,112 @@ def cron_day_of_week(field: str) -> str:
     return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
 
 
+def _transition(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant (to the second) in (before, after] with `after`'s UTC offset in a zone:
+    where its clocks changed between two instants of different offsets."""
+    offset = after.astimezone(tz).utcoffset()
+    lo, hi = before.astimezone(UTC), after.astimezone(UTC)
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        mid = mid.replace(microsecond=0)
+        if mid <= lo:
+            mid = lo + timedelta(seconds=1)
+        if mid.astimezone(tz).utcoffset() == offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
+    """A cron schedule read on its zone's wall clock, as cron reads it, across clock changes.
+
+    APScheduler fires a daily '30 2 * * *' twice on the day the clocks go back (02:30 happens
+    twice) and skips '0 0 * * *' on a day whose midnight does not exist (clocks going forward
+    at 00:00, as in Santiago). Here a time of day that happens twice fires once, at its first
+    occurrence, unless the hour field is a wildcard (`*`, `*/2`: every real hour counts, as in
+    cron); and a time that does not happen fires at the first instant after the gap.
+    """
+
+    def _wall(self) -> CronTrigger:
+        """The same fields on a clock without changes (UTC), stepping through wall times."""
+        wall: CronTrigger | None = self.__dict__.get("_wall_trigger")
+        if wall is None:
+            wall = CronTrigger.__new__(CronTrigger)
+            wall.__setstate__(
+                {
+                    "version": 2,
+                    "timezone": UTC,
+                    "start_date": None,
+                    "end_date": None,
+                    "fields": self.fields,
+                    "jitter": None,
+                }
+            )
+            self.__dict__["_wall_trigger"] = wall
+        return wall
+
+    def _every_hour(self) -> bool:
+        hour = next(f for f in self.fields if f.name == "hour")
+        return str(hour).startswith("*")
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # In UTC: adding to a zone's time adds on its wall clock, which loses the fold.
+        start = now.astimezone(UTC)
+        if previous_fire_time is not None:
+            # As APScheduler: the earlier of now and just after the previous fire (a misfire
+            # replay steps through the fires it missed), never the previous fire itself.
+            after = previous_fire_time.astimezone(UTC) + timedelta(microseconds=1)
+            start = min(start, after)
+            if start <= previous_fire_time:
+                start = after
+        fire = self._next_from(start)
+        return None if fire is None else fire.astimezone(self.timezone)
+
+    def _next_from(self, start: datetime) -> datetime | None:
+        tz = self.timezone
+        local = start.astimezone(tz).replace(tzinfo=None)
+        wall = local
+        while True:
+            found: datetime | None = self._wall().get_next_fire_time(None, wall.replace(tzinfo=UTC))
+            if found is None:
+                return None
+            wall = found.replace(tzinfo=None)
+            first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+            second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+            if first > second:
+                # A time the clocks skip: fired at the first instant after the gap.
+                fire = _transition(second, first, tz)
+                if fire >= start:
+                    return fire
+            elif first < second:
+                # A time that happens twice: its first occurrence only, unless every hour
+                # counts (a repeated hour is another hour then).
+                if first >= start:
+                    return self._unless_repeat_skipped(start, local, wall, first)
+                if self._every_hour() and second >= start:
+                    return second
+                # Passed already: step past the repeated wall times instead of through them
+                # (they end where the clocks went back, read on the clock before the change).
+                back = _transition(first, second, tz)
+                repeat_end = back.replace(tzinfo=None) + (wall - first.replace(tzinfo=None))
+                wall = max(wall, repeat_end - timedelta(seconds=1))
+            else:
+                return self._unless_repeat_skipped(start, local, wall, first)
+            wall += timedelta(seconds=1)
+
+    def _unless_repeat_skipped(
+        self, start: datetime, local: datetime, wall: datetime, fire: datetime
+    ) -> datetime | None:
+        """`fire`, unless the clocks went back between `start` and it and every hour counts:
+        then the repeated hour comes first (stepping through wall times passed over it)."""
+        if self._every_hour() and fire - start > wall - local:
+            return self._next_from(_transition(start, fire, self.timezone))
+        return fire
+
+
 def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
     """A cron trigger: five fields (minute first) or six (second first), in a named zone. The
     day of week counts as in standard cron: 0 and 7 are Sunday, 1 is Monday."""
@@ -206,7 +312,7 @@ def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
         fields = ["0", *fields]
     if len(fields) == 6:
         second, minute, hour, day, month, dow = fields
-        return CronTrigger(
+        return WallClockCronTrigger(
             second=second,
             minute=minute,
             hour=hour,

@@ -22,6 +22,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.mongodb import MongoDBJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
@@ -31,6 +32,7 @@ from herald_scheduler.adapters.audience import DUE_COLLECTION, FireRepository, L
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.domain.campaigns import (
     ScheduleTrigger,
+    WallClockCronTrigger,
     audience_reads_cases,
     definition_of,
     fire_key,
@@ -225,7 +227,12 @@ class ScheduleRunner:
         wanted = {d["_id"]: d for d in await self.campaigns.active_schedules()}
         for job in self._scheduler.get_jobs():
             doc = wanted.get(job.id)
-            if doc is None or job.name != f"v{doc['version']}":
+            # A job stored with APScheduler's own cron trigger (an earlier version) goes too:
+            # it fires a time the clocks repeat twice and skips one they jump over.
+            legacy = isinstance(job.trigger, CronTrigger) and not isinstance(
+                job.trigger, WallClockCronTrigger
+            )
+            if doc is None or job.name != f"v{doc['version']}" or legacy:
                 with contextlib.suppress(JobLookupError):  # a concurrent tick removed it
                     self._scheduler.remove_job(job.id)
         have = {job.id for job in self._scheduler.get_jobs()}
