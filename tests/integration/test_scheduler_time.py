@@ -773,3 +773,42 @@ async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
         )
     finally:
         await client.close()
+
+
+async def test_a_cancel_that_arrives_before_its_timer_still_cancels_it(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    keys = mongo[db]["timer_keys"]
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        # The cancel of an escalation, then the escalation itself (the two arrived out of
+        # order); another escalation, never cancelled, beside it.
+        cancel = TimerRequest(timer_id="c-1", key="escalate:r1:1", action="cancel")
+        await publisher.send(TIMER_REQUESTED, cancel, "cust-1")
+        await publisher.send(TIMER_REQUESTED, _timer("t-1", "escalate:r1:1", 1, "r1"), "cust-1")
+        await publisher.send(TIMER_REQUESTED, _timer("t-2", "escalate:r2:1", 1, "r2"), "cust-1")
+
+        async def both_settled() -> bool:
+            states = {d["_id"]: d["state"] async for d in timers.find({})}
+            return states == {"t-1": "cancelled", "t-2": "fired"}
+
+        await eventually(both_settled)
+        got = await requests.wait_for(lambda items: bool(items))
+        await asyncio.sleep(1)  # the cancelled one would have gone out by now
+        got = await requests.poll()
+        assert [r.request_id for r in got] == ["r2"]
+
+        # A tombstone that no timer joined goes with the other keys once past the retention.
+        repo: TimerRepository = app.state.timers
+        now = datetime.now(UTC)
+        assert await repo.cancel("escalate:nobody:1", now=now) == 0
+        assert await keys.find_one({"_id": "escalate:nobody:1"}) is not None
+        await repo.sweep(before=now + timedelta(hours=1))
+        assert await keys.find_one({"_id": "escalate:nobody:1"}) is None

@@ -72,7 +72,11 @@ class TimerRepository:
             row["reply"] = reply
         # The key first: a crash in between leaves a key naming no row, never a row that a
         # cancel cannot find.
-        await self._index_key(key, timer_id, due_at)
+        cancelled_at = await self._index_key(key, timer_id, due_at)
+        if cancelled_at is not None:
+            # Its cancel came first (a tombstone): the timer starts out cancelled.
+            row["state"] = "cancelled"
+            row["cancelled_at"] = cancelled_at
         return await insert_if_absent(self.timers, row)
 
     async def index_pending_keys(self) -> int:
@@ -88,20 +92,37 @@ class TimerRepository:
         await insert_if_absent(self.migrations, {"_id": "timer_keys"})
         return len(rows)
 
-    async def _index_key(self, key: str, timer_id: str, due_at: datetime) -> None:
-        # Most keys name one timer: an insert (batched); a further timer under it, an update.
-        # `due` is the latest due time of its timers: the row goes with them (see sweep).
+    async def _index_key(self, key: str, timer_id: str, due_at: datetime) -> datetime | None:
+        """Name a timer under its key; when the key is a cancel's tombstone, its time."""
+        # Most keys name one timer: an insert (batched); a further timer under it, or one whose
+        # cancel came first, an update. `due` is the latest due time of its timers: the row
+        # goes with them (see sweep).
         if await self._new_keys.insert({"_id": key, "ids": [timer_id], "due": due_at}):
-            return
-        await self.keys.update_one(
-            {"_id": key}, {"$addToSet": {"ids": timer_id}, "$max": {"due": due_at}}
+            return None
+        index = await self.keys.find_one_and_update(
+            {"_id": key},
+            {"$addToSet": {"ids": timer_id}, "$max": {"due": due_at}},
+            return_document=ReturnDocument.AFTER,
         )
+        cancelled_at: datetime | None = index.get("cancelled_at") if index else None
+        return cancelled_at
 
     async def cancel(self, key: str, *, now: datetime) -> int:
-        """Cancel every pending timer under a key; how many were cancelled."""
+        """Cancel every pending timer under a key; how many were cancelled.
+
+        A cancel that finds no key came before its schedule (the two requests can arrive in
+        either order, say when one was retried): it leaves a tombstone, the key with no timer
+        and `cancelled_at`, so the timer is written cancelled when it comes. The tombstone is
+        swept with the other keys (its `due` is the cancel's time until a timer joins it).
+        """
         index = await self.keys.find_one({"_id": key})
         if index is None:
-            return 0
+            tombstone = {"_id": key, "ids": [], "due": now, "cancelled_at": now}
+            if await insert_if_absent(self.keys, tombstone):
+                return 0
+            index = await self.keys.find_one({"_id": key})  # its schedule came meanwhile
+            if index is None:
+                return 0
         result = await self.timers.update_many(
             {"_id": {"$in": list(index["ids"])}, "key": key, "state": "pending"},
             {"$set": {"state": "cancelled", "cancelled_at": now}},
