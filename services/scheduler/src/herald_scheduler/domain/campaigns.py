@@ -25,7 +25,14 @@ from pydantic import (
     model_validator,
 )
 
-from herald_contracts import INBOUND_EVENT_TYPES, CaseState, Channel, MessageTemplate, Priority
+from herald_contracts import (
+    INBOUND_EVENT_TYPES,
+    SCHEDULED_FIRE,
+    CaseState,
+    Channel,
+    MessageTemplate,
+    Priority,
+)
 from herald_kit import InvalidInput, valid_zone
 from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import ExpressionError, check, free_variables
@@ -632,4 +639,4 @@ def definition_of(doc: dict[str, Any]) -> CampaignIn:
 
 def fire_key(scheduled: datetime) -> str:
     """A schedule's trigger key: its scheduled fire time in UTC, to the second."""
-    return "fire:" + scheduled.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return SCHEDULED_FIRE + scheduled.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
