@@ -685,10 +685,12 @@ class Dispatcher:
         window = self.settings.repeat_window_seconds
         if window <= 0 or last.at is None or last.digest != digest or last.message_id == mid:
             return None
-        scheduled = request.trigger_key.startswith(SCHEDULED_FIRE)
-        if scheduled and last.campaign_id == request.campaign.id:
-            if last.trigger_key != request.trigger_key:
-                return None
+        if (
+            request.trigger_key.startswith(SCHEDULED_FIRE)
+            and last.campaign_id == request.campaign.id
+            and last.trigger_key != request.trigger_key
+        ):
+            return None  # the campaign's next fire
         age = (now - last.at).total_seconds()
         if age >= window:
             return None
