@@ -195,3 +195,59 @@ def test_a_wall_clock_schedule_survives_the_job_store() -> None:
         datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
         datetime(2026, 10, 26, 1, 30, tzinfo=UTC),
     ]
+
+
+def _dates(cron: str, time_zone: str, start: datetime, count: int) -> list[str]:
+    trigger = cron_trigger(cron, time_zone)
+    fires, previous = [], None
+    for _ in range(count):
+        previous = trigger.get_next_fire_time(previous, start)
+        fires.append(previous.astimezone(ZoneInfo(time_zone)).strftime("%a %d %b %H:%M"))
+    return fires
+
+
+def test_a_day_of_month_and_a_day_of_week_both_given_fire_on_either_as_in_cron() -> None:
+    # '0 9 1 * mon' is "the 1st, and every Monday" in cron, not "a 1st that is a Monday".
+    start = datetime(2026, 12, 20, tzinfo=UTC)  # a Sunday
+    assert _dates("0 9 1 * mon", "Europe/Paris", start, 5) == [
+        "Mon 21 Dec 09:00",
+        "Mon 28 Dec 09:00",
+        "Fri 01 Jan 09:00",
+        "Mon 04 Jan 09:00",
+        "Mon 11 Jan 09:00",
+    ]
+    # A date both days match fires once.
+    assert _dates("0 9 1 * 5", "UTC", start, 3) == [
+        "Fri 25 Dec 09:00",
+        "Fri 01 Jan 09:00",
+        "Fri 08 Jan 09:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    "cron,day_ok",
+    [
+        # A day field starting with '*' restricts with AND, as in cron: Mondays on 1, 11, 21, 31.
+        ("0 9 */10 * mon", lambda f: f[:3] == "Mon" and f[4:6] in {"01", "11", "21", "31"}),
+        ("0 9 1 * *", lambda f: f[4:6] == "01"),
+        ("0 9 * * 1", lambda f: f[:3] == "Mon"),
+    ],
+)
+def test_a_starred_day_field_leaves_the_other_day_field_alone(cron: str, day_ok: Any) -> None:
+    fires = _dates(cron, "UTC", datetime(2026, 12, 20, tzinfo=UTC), 6)
+    assert all(day_ok(f) for f in fires), fires
+    assert len(set(fires)) == len(fires)
+
+
+def test_the_either_day_reading_survives_the_job_store_and_older_triggers_are_marked() -> None:
+    trigger = cron_trigger("0 9 1 * mon", "UTC")
+    copy = pickle.loads(pickle.dumps(trigger))  # noqa: S301 (our own bytes)
+    assert copy.either_day is True
+    start = datetime(2026, 12, 29, tzinfo=UTC)  # a Tuesday: the next fire is Friday the 1st
+    assert copy.get_next_fire_time(None, start) == datetime(2027, 1, 1, 9, tzinfo=UTC)
+    # A trigger pickled before the rule was kept has no `either_day`: the scheduler replaces it.
+    state = trigger.__getstate__()
+    del state["either_day"]
+    old = type(trigger).__new__(type(trigger))
+    old.__setstate__(state)
+    assert old.either_day is None

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.cron.fields import DayOfMonthField, DayOfWeekField
 from apscheduler.triggers.date import DateTrigger
 from jinja2 import TemplateSyntaxError, nodes
 from pydantic import (
@@ -229,25 +230,64 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
     at 00:00, as in Santiago). Here a time of day that happens twice fires once, at its first
     occurrence, unless the hour field is a wildcard (`*`, `*/2`: every real hour counts, as in
     cron); and a time that does not happen fires at the first instant after the gap.
+
+    When both the day of month and the day of week are restricted (neither starts with `*`),
+    a day matching either one fires, as in cron: `0 9 1 * mon` is the 1st and every Monday.
+    APScheduler requires both; `either_day` says which reading the schedule has.
     """
 
-    def _wall(self) -> CronTrigger:
-        """The same fields on a clock without changes (UTC), stepping through wall times."""
-        wall: CronTrigger | None = self.__dict__.get("_wall_trigger")
-        if wall is None:
-            wall = CronTrigger.__new__(CronTrigger)
-            wall.__setstate__(
-                {
-                    "version": 2,
-                    "timezone": UTC,
-                    "start_date": None,
-                    "end_date": None,
-                    "fields": self.fields,
-                    "jitter": None,
-                }
-            )
-            self.__dict__["_wall_trigger"] = wall
-        return wall
+    either_day: bool | None = False
+
+    def __init__(self, *, either_day: bool = False, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.either_day = either_day
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state["either_day"] = self.either_day
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A trigger stored before the day rule was kept has none (None): the scheduler
+        # replaces its job, as it replaces APScheduler's plain cron triggers.
+        self.either_day = state.pop("either_day", None)
+        super().__setstate__(state)
+
+    def _walls(self) -> list[CronTrigger]:
+        """The same fields on a clock without changes (UTC), stepping through wall times: one
+        trigger, or two (day of month only, day of week only) when either day fires."""
+        walls: list[CronTrigger] | None = self.__dict__.get("_wall_triggers")
+        if walls is None:
+            variants = [self.fields]
+            if self.either_day:
+                any_dow = DayOfWeekField("day_of_week", "*")
+                any_dom = DayOfMonthField("day", "*")
+                variants = [
+                    [any_dow if f.name == "day_of_week" else f for f in self.fields],
+                    [any_dom if f.name == "day" else f for f in self.fields],
+                ]
+            walls = []
+            for fields in variants:
+                wall = CronTrigger.__new__(CronTrigger)
+                wall.__setstate__(
+                    {
+                        "version": 2,
+                        "timezone": UTC,
+                        "start_date": None,
+                        "end_date": None,
+                        "fields": fields,
+                        "jitter": None,
+                    }
+                )
+                walls.append(wall)
+            self.__dict__["_wall_triggers"] = walls
+        return walls
+
+    def _next_wall(self, wall: datetime) -> datetime | None:
+        """The first wall time at or after `wall` that the fields match."""
+        found = [t.get_next_fire_time(None, wall.replace(tzinfo=UTC)) for t in self._walls()]
+        times = [f for f in found if f is not None]
+        return min(times) if times else None
 
     def _every_hour(self) -> bool:
         hour = next(f for f in self.fields if f.name == "hour")
@@ -273,7 +313,7 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
         local = start.astimezone(tz).replace(tzinfo=None)
         wall = local
         while True:
-            found: datetime | None = self._wall().get_next_fire_time(None, wall.replace(tzinfo=UTC))
+            found = self._next_wall(wall)
             if found is None:
                 return None
             wall = found.replace(tzinfo=None)
@@ -320,6 +360,7 @@ def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
     if len(fields) == 6:
         second, minute, hour, day, month, dow = fields
         return WallClockCronTrigger(
+            either_day=not day.startswith("*") and not dow.startswith("*"),
             second=second,
             minute=minute,
             hour=hour,

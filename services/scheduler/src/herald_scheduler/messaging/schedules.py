@@ -228,9 +228,10 @@ class ScheduleRunner:
         for job in self._scheduler.get_jobs():
             doc = wanted.get(job.id)
             # A job stored with APScheduler's own cron trigger (an earlier version) goes too:
-            # it fires a time the clocks repeat twice and skips one they jump over.
-            legacy = isinstance(job.trigger, CronTrigger) and not isinstance(
-                job.trigger, WallClockCronTrigger
+            # it fires a time the clocks repeat twice and skips one they jump over; so does one
+            # stored before the day rule (`either_day`) was kept, which reads both days as AND.
+            legacy = isinstance(job.trigger, CronTrigger) and (
+                not isinstance(job.trigger, WallClockCronTrigger) or job.trigger.either_day is None
             )
             if doc is None or job.name != f"v{doc['version']}" or legacy:
                 with contextlib.suppress(JobLookupError):  # a concurrent tick removed it
