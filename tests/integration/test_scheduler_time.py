@@ -735,6 +735,61 @@ async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_th
     )
 
 
+async def test_a_paced_campaign_resumed_sends_its_held_timers_at_its_pace(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    """A pause holds every row that comes due; on resume they would all come due within one
+    hold. Each takes a new slot of the campaign's pace, so the customers are not contacted in
+    one burst the pace exists to prevent."""
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    rate = 4.0
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        service = app.state.timer_service
+        service.hold = timedelta(seconds=1)
+        service.status_ttl = 0.2
+        cid = await active_campaign(client, limits={"rate_per_second": rate})
+        assert (await client.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
+        now = datetime.now(UTC)
+        repo: TimerRepository = app.state.timers
+        ref = _request("-", "cust-1").campaign.model_copy(update={"id": cid})
+        ids = [f"d-{cid}-{n}" for n in range(6)]
+        for n, timer_id in enumerate(ids):
+            request = _request(f"r{n}-{cid}", f"cust-{n}").model_copy(update={"campaign": ref})
+            await repo.schedule(
+                timer_id=timer_id,
+                key=f"case:{cid}:{n}",
+                kind="delay",
+                due_at=now + timedelta(milliseconds=100 * n),  # within 1/rate of each other
+                request=request.model_dump(mode="json"),
+                now=now,
+            )
+
+        async def all_held() -> bool:
+            rows = [d async for d in timers.find({"_id": {"$in": ids}})]
+            return all(d.get("held") for d in rows)
+
+        await eventually(all_held)
+        assert (await client.post(f"/v1/campaigns/{cid}/resume")).status_code == 200
+        got = await requests.wait_for(lambda items: len(items) >= len(ids))
+
+        async def all_fired() -> bool:
+            return {d["state"] async for d in timers.find({"_id": {"$in": ids}})} == {"fired"}
+
+        await eventually(all_fired)
+    assert sorted(r.request_id for r in got) == sorted(f"r{n}-{cid}" for n in range(6))
+    # Each went out in its own slot: the times they were sent at are 1/rate apart at least.
+    rows = [d async for d in timers.find({"_id": {"$in": ids}})]
+    sent = sorted(d["due_at"] for d in rows)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 1 / rate - 0.002, gaps
+
+
 @pytest.mark.parametrize("closed", ["fired", "expired"])
 async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
     infra: dict[str, str], db_name: Callable[[str], str], closed: str

@@ -60,9 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stats_consumer = StatsConsumer(
             stats, settings.topic_namespace, campaigns=app.state.campaigns, history=history
         )
-        app.state.matcher = Matcher(
-            app.state.campaigns, timers, runtime.producer, stats, SendPace(db)
-        )
+        pace = SendPace(db)
+        app.state.matcher = Matcher(app.state.campaigns, timers, runtime.producer, stats, pace)
 
         async def campaign_status(campaign_id: str) -> str:
             status: str = (await app.state.campaigns.get(campaign_id))["status"]
@@ -74,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stats,
             poll_seconds=settings.timer_poll_seconds,
             lease_seconds=settings.timer_lease_seconds,
-            status=campaign_status,
+            campaign=app.state.campaigns.get,
+            pace=pace,
         )
         app.state.timer_service.start()
 

@@ -237,12 +237,14 @@ class TimerRepository:
         )
         return False
 
-    async def hold(self, row: Doc, *, until: datetime) -> bool:
-        """Put a claimed row back, due again at `until` (its campaign is paused); False when
-        it changed since the claim."""
+    async def hold(self, row: Doc, *, until: datetime, held: bool = True) -> bool:
+        """Put a claimed row back, due again at `until`; False when it changed since the claim.
+
+        `held` marks a row put back because its campaign is paused: on resume it takes a new
+        slot of the campaign's send pace (`held=False` puts it back in that slot)."""
         done = await self.timers.update_one(
             {"_id": row["_id"], "state": "pending", "claim": row["claim"]},
-            {"$set": {"due_at": until, "claimed_until": EPOCH}},
+            {"$set": {"due_at": until, "claimed_until": EPOCH, "held": held}},
         )
         return bool(done.modified_count)
 

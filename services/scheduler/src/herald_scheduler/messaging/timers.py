@@ -23,14 +23,17 @@ from herald_contracts import (
 )
 from herald_kit import (
     REPLAY_WINDOW,
+    Doc,
     EventProducer,
     NotFound,
     PermanentError,
     cancel_and_wait,
     decode,
 )
+from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
 from herald_scheduler.adapters.timers import TimerRepository
+from herald_scheduler.domain.campaigns import definition_of
 from herald_scheduler.metrics import REQUESTS, TIMERS_DUE, TIMERS_FIRED
 
 log = logging.getLogger("herald.scheduler.timers")
@@ -61,17 +64,19 @@ class TimerService:
         poll_seconds: float,
         lease_seconds: float,
         retention: timedelta = REPLAY_WINDOW,
-        status: Callable[[str], Awaitable[str]] | None = None,
+        campaign: Callable[[str], Awaitable[Doc]] | None = None,
+        pace: SendPace | None = None,
         hold_seconds: float = 60,
         status_ttl_seconds: float = 5,
     ) -> None:
         self.retention = retention
-        self.status = status
+        self.campaign = campaign
+        self.pace = pace
         self.hold = timedelta(seconds=hold_seconds)
         self.status_ttl = status_ttl_seconds
-        # Campaign id -> (status, monotonic time it is good until): a batch of due rows of one
-        # campaign reads its status once.
-        self._statuses: dict[str, tuple[str | None, float]] = {}
+        # Campaign id -> ((status, send rate), monotonic time it is good until): a batch of due
+        # rows of one campaign reads the campaign once.
+        self._statuses: dict[str, tuple[tuple[str | None, float | None], float]] = {}
         self.timers = timers
         self.producer = producer
         self.stats = stats
@@ -150,7 +155,7 @@ class TimerService:
                 settled += await self._fire_reply(row)
                 continue
             request = ContactRequest.model_validate(row["request"])
-            status = await self._campaign_status(request.campaign.id)
+            status, rate = await self._campaign_gate(request.campaign.id)
             if status == "archived":
                 # An archived campaign contacts nobody more: the row is closed unsent. As with
                 # the rest of a fan-out halted by an archive, no status is published for it.
@@ -163,6 +168,13 @@ class TimerService:
                 # that passes meanwhile closes it as it would have without the pause).
                 await self.timers.hold(row, until=utc_now() + self.hold)
                 continue
+            if row.get("held") and rate and self.pace is not None:
+                # Resumed: the rows the pause held all come due within one hold, so each takes
+                # a new slot of the campaign's pace instead of going out in one burst.
+                slot = await self.pace.reserve(request.campaign.id, rate, utc_now())
+                if slot > utc_now():
+                    await self.timers.hold(row, until=slot, held=False)
+                    continue
             if row["kind"] == "coalesce":
                 # The window's close (moved later by the campaign's send pace), not the time of
                 # the last change that joined it.
@@ -194,23 +206,25 @@ class TimerService:
             settled += 1
         return settled
 
-    async def _campaign_status(self, campaign_id: str) -> str | None:
-        """The campaign's status, read at most every few seconds; None when there is no
-        status to check (no lookup wired, or a campaign this database does not hold)."""
-        if self.status is None:
-            return None
+    async def _campaign_gate(self, campaign_id: str) -> tuple[str | None, float | None]:
+        """The campaign's status and send rate, read at most every few seconds; (None, None)
+        when there is nothing to check (no lookup wired, or a campaign this database does not
+        hold)."""
+        if self.campaign is None:
+            return None, None
         clock = time.monotonic()
         cached = self._statuses.get(campaign_id)
         if cached is not None and cached[1] > clock:
             return cached[0]
         try:
-            status: str | None = await self.status(campaign_id)
+            doc = await self.campaign(campaign_id)
+            gate = (doc["status"], definition_of(doc).limits.rate_per_second)
         except NotFound:
-            status = None
+            gate = (None, None)
         if len(self._statuses) > 10_000:
             self._statuses.clear()
-        self._statuses[campaign_id] = (status, clock + self.status_ttl)
-        return status
+        self._statuses[campaign_id] = (gate, clock + self.status_ttl)
+        return gate
 
     async def _publish_expired(self, request: ContactRequest, kind: str, now: datetime) -> None:
         """Tell delivery.status.v1 that a contact expired while it waited here, as the
