@@ -724,12 +724,21 @@ async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_th
         got = await requests.poll()
 
         # The scheduler's own rows count as requested when they go out; the deferral was
-        # counted when first requested. Nothing of the archived campaign's is counted.
+        # counted when first requested. No request of the archived campaign's is counted.
         async def counted() -> bool:
             return bool((await app.state.stats.get(paused))["requested"] == 2)
 
         await eventually(counted)
         assert (await app.state.stats.get(archived))["requested"] == 0
+
+        # The archived campaign's deferred first attempt had been counted as requested when the
+        # dispatcher first took it: it ends as suppressed instead of staying open for good.
+        # Its own delayed and coalescing rows were never counted and end without a status.
+        async def archived_closed() -> bool:
+            stats = await app.state.stats.get(archived)
+            return bool(stats["suppressed_by_reason"] == {"campaign-archived": 1})
+
+        await eventually(archived_closed)
     assert sorted(r.request_id for r in got) == sorted(
         [f"rd-{paused}", f"rt-{paused}", f"rc-{paused}"]
     )

@@ -425,6 +425,7 @@ SuppressionReason = Literal[
     "quiet-hours",
     "frequency-cap",
     "repeated-content",
+    "campaign-archived",
 ]
 SUPPRESSION_REASONS: tuple[str, ...] = get_args(SuppressionReason)
 

@@ -18,6 +18,7 @@ from herald_contracts import (
     ContactRequest,
     DeliveryStatus,
     EngagementReply,
+    SuppressionReason,
     TimerRequest,
     utc_now,
 )
@@ -157,8 +158,12 @@ class TimerService:
             request = ContactRequest.model_validate(row["request"])
             status, rate = await self._campaign_gate(request.campaign.id)
             if status == "archived":
-                # An archived campaign contacts nobody more: the row is closed unsent. As with
-                # the rest of a fan-out halted by an archive, no status is published for it.
+                # An archived campaign contacts nobody more: the row is closed unsent. A
+                # dispatcher's deferral of a first attempt was counted as requested, so it ends
+                # as suppressed (`campaign-archived`) in the stats; the scheduler's own rows were
+                # never counted and, like the rest of a fan-out halted by an archive, end quietly.
+                if row["kind"] == "timer":
+                    await self._publish_suppressed(request, "campaign-archived", utc_now())
                 ok = await self.timers.settle(row, "cancelled", now=utc_now())
                 TIMERS_FIRED.labels(row["kind"], "cancelled" if ok else "superseded").inc()
                 settled += 1
@@ -227,16 +232,24 @@ class TimerService:
         return gate
 
     async def _publish_expired(self, request: ContactRequest, kind: str, now: datetime) -> None:
-        """Tell delivery.status.v1 that a contact expired while it waited here, as the
-        dispatcher does for one that expires with it: only for a contact's first attempt (an
-        escalation follows a contact that was made), under an id derived from the request, so a
-        second firing of the row publishes the same event."""
+        """A contact's first attempt expired while it waited here: it ends as suppressed."""
         if request.attempt != 1 or request.escalation_of is not None:
             return
         if kind != "timer":
             # The scheduler's own delayed request was never published, so never counted as
             # requested: count it now, so its suppression has a request to end.
             await self.stats.requested(request.campaign.id, [request.request_id])
+        await self._publish_suppressed(request, "expired", now)
+
+    async def _publish_suppressed(
+        self, request: ContactRequest, reason: SuppressionReason, now: datetime
+    ) -> None:
+        """Tell delivery.status.v1 that a contact ended while it waited here (it expired, or
+        its campaign was archived), as the dispatcher does for one it suppresses: only for a
+        contact's first attempt (an escalation follows a contact that was made), under an id
+        derived from the request, so a second firing of the row publishes the same event."""
+        if request.attempt != 1 or request.escalation_of is not None:
+            return
         sid = suppressed_id(request.request_id)
         status = DeliveryStatus(
             message_id=sid,
@@ -245,7 +258,7 @@ class TimerService:
             customer_id=request.customer_id,
             case_id=request.case_id,
             status="suppressed",
-            reason="expired",
+            reason=reason,
             at=now,
         )
         await self.producer.publish(
