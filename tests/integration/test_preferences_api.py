@@ -365,20 +365,24 @@ async def test_bulk_import_applies_valid_rows_and_reports_the_others(
         {**good[2]},
         contact(channels={"sms": "12"}),
     ]
-    ndjson = "\n".join(json.dumps(r) for r in rows) + "\n{not json\n"
+    # A blank line (a file edited by hand, CRLF endings) is skipped: rows count what is there,
+    # and each error also names the line an editor shows.
+    lines = [json.dumps(r) for r in rows]
+    ndjson = "\r\n".join([*lines[:2], "", *lines[2:]]) + "\n{not json\n"
     r = await api.post(
         "/v1/contacts/import", content=ndjson, headers={"Content-Type": "application/x-ndjson"}
     )
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["accepted"] == 3
-    assert [(e["row"], e["status"], e["field"]) for e in result["errors"]] == [
-        (1, 422, "time_zone"),
-        (3, 409, "customer_id"),
-        (5, 409, "customer_id"),
-        (6, 422, "channels.sms"),
-        (7, 400, "body"),
+    assert [(e["row"], e["line"], e["status"], e["field"]) for e in result["errors"]] == [
+        (1, 2, 422, "time_zone"),
+        (3, 5, 409, "customer_id"),
+        (5, 7, 409, "customer_id"),
+        (6, 8, 422, "channels.sms"),
+        (7, 9, 400, "body"),
     ]
+    assert result["errors"][-1]["detail"] == "line 9 is not JSON"
     for c in good:
         got = (await api.get(f"/v1/contacts/{c['customer_id']}")).json()
         assert got["consents"] == {"service-updates": {"email": True, "sms": True}}

@@ -141,7 +141,12 @@ class ConsentHistory(BaseModel):
 class RowError(BaseModel):
     """Why one import row was not applied."""
 
-    row: int = Field(description="0-based row number.")
+    row: int = Field(description="0-based row number (an NDJSON body's blank lines are skipped).")
+    line: int | None = Field(
+        default=None,
+        description="1-based line of the row in an NDJSON body, blank lines counted (what an "
+        "editor shows); none for a JSON array.",
+    )
     customer_id: str | None = None
     status: int
     field: str | None = None
@@ -375,24 +380,27 @@ async def consent_history(customer_id: str, repo: Repo, who: Reader) -> ConsentH
     )
 
 
-def _rows(request_body: bytes, content_type: str) -> list[Any]:
+def _rows(request_body: bytes, content_type: str) -> tuple[list[Any], list[int] | None]:
+    """The rows of an import body, and for NDJSON the 1-based line of each."""
     if "ndjson" in content_type or "jsonl" in content_type:
-        rows = []
+        rows: list[Any] = []
+        lines: list[int] = []
         for n, line in enumerate(request_body.splitlines()):
             if not line.strip():
                 continue
+            lines.append(n + 1)
             try:
                 rows.append(json.loads(line))
             except ValueError:  # not JSON, or not UTF-8
                 rows.append(_BadRow(f"line {n + 1} is not JSON"))
-        return rows
+        return rows, lines
     try:
         parsed = json.loads(request_body)
     except ValueError as exc:  # not JSON, or not UTF-8
         raise MalformedRequest("the body is not JSON", field="body") from exc
     if not isinstance(parsed, list):
         raise InvalidInput("a JSON array of contacts is expected", field="body")
-    return parsed
+    return parsed, None
 
 
 class _BadRow:
@@ -426,7 +434,7 @@ async def import_contacts(
     settings: Settings = request.app.state.settings
 
     async def run() -> Response:
-        rows = _rows(await request.body(), request.headers.get("content-type", ""))
+        rows, lines = _rows(await request.body(), request.headers.get("content-type", ""))
         if len(rows) > settings.import_max_rows:
             raise InvalidInput(f"at most {settings.import_max_rows} rows per request", field="body")
         errors: list[RowError] = []
@@ -500,6 +508,9 @@ async def import_contacts(
             # Stored, and the batch marker stays: the republisher copies and publishes them.
             log.warning("import flush deferred to the republisher", extra={"rows": len(created)})
         errors.sort(key=lambda e: e.row)
+        if lines is not None:
+            for error in errors:
+                error.line = lines[error.row]
         result = ImportResult(accepted=len(created), rejected=len(errors), errors=errors)
         return JSONResponse(result.model_dump(mode="json"))
 
