@@ -11,14 +11,23 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
-from jinja2 import StrictUndefined, filters, pass_context, pass_environment
+from jinja2 import (
+    StrictUndefined,
+    filters,
+    nodes,
+    pass_context,
+    pass_environment,
+    pass_eval_context,
+)
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Environment
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
@@ -29,6 +38,7 @@ __all__ = [
     "LOCALE_VAR",
     "MAX_OUTPUT_CHARS",
     "MAX_POWER",
+    "MAX_STEPS",
     "TZ_VAR",
     "BoundedSandbox",
     "RenderError",
@@ -44,6 +54,8 @@ TZ_VAR = "_tz"
 # Bounds on what one operator-written template may build: a message is at most this long.
 MAX_OUTPUT_CHARS = 100_000
 MAX_POWER = 1_000
+# Loop iterations and calls one render may take (a message takes a few hundred at most).
+MAX_STEPS = 20_000
 
 
 class RenderError(ValueError):
@@ -177,20 +189,220 @@ def _f_format(value: Any, *args: Any, **kwargs: Any) -> str:
     return filters.do_format(value, *args, **kwargs)
 
 
+def _f_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> Any:
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        _bounded(_replaced_size(s, old, new, -1 if count is None else count), "replace")
+    return filters.do_replace(eval_ctx, s, old, new, count)
+
+
+def _f_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+    items = _check_size(list(value))  # what the items print as, nested ones too
+    _bounded(_joined_size(str(d), items), "join")
+    return str(filters.do_join(eval_ctx, items, d, attribute))
+
+
+def _f_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+    _bounded(linecount, "batch")
+    return filters.do_batch(value, linecount, fill_with)
+
+
+def _f_slice(value: Any, slices: int, fill_with: Any = None) -> Any:
+    _bounded(slices, "slice")
+    return filters.do_slice(value, slices, fill_with)
+
+
+@pass_environment
+def _f_sum(environment: Environment, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    items = list(iterable)
+    if isinstance(start, list | tuple):
+        # Adding lists: the total length is known before the list is built.
+        get = filters.make_attrgetter(environment, attribute) if attribute is not None else None
+        values = [get(x) for x in items] if get is not None else items
+        _bounded(len(start) + sum(len(v) for v in values if isinstance(v, list | tuple)), "sum")
+    return filters.sync_do_sum(environment, items, attribute, start)
+
+
+def _replaced_size(s: str, old: str, new: str, count: int) -> int:
+    times = s.count(old) if old else len(s) + 1
+    if count >= 0:
+        times = min(times, count)
+    return len(s) + times * (len(new) - len(old))
+
+
+def _joined_size(separator: str, items: list[Any]) -> int:
+    texts = [len(x) for x in items if isinstance(x, str)]
+    return sum(texts) + len(separator) * max(len(items) - 1, 0)
+
+
+def _str_method_size(method: str, text: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """How long a str method's result can be, before it is built (0 when it cannot grow)."""
+    if method == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+        count = args[2] if len(args) > 2 else kwargs.get("count", -1)
+        return _replaced_size(text, args[0], args[1], count if isinstance(count, int) else -1)
+    if method == "join" and args:
+        return _joined_size(text, list(args[0]))
+    if method in ("ljust", "rjust", "center", "zfill") and args and isinstance(args[0], int):
+        return max(len(text), args[0])
+    if method == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        return len(text) + text.count("\t") * (size if isinstance(size, int) else 8)
+    if method == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        return len(text) * max(longest, 1)
+    return 0
+
+
+def _check_size(value: Any) -> Any:
+    """`value`, unless it is over the size limit: text by its length, a container by all it
+    holds, nested ones counted as often as they appear (as printing it would write them)."""
+    budget = MAX_OUTPUT_CHARS
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            budget -= len(item)
+        elif isinstance(item, list | tuple | set | frozenset):
+            budget -= len(item)
+            if budget >= 0:
+                stack.extend(item)
+        elif isinstance(item, dict):
+            budget -= len(item)
+            if budget >= 0:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        if budget < 0:
+            raise RenderError("template builds a value over the size limit")
+    return value
+
+
+# Steps (loop iterations and calls) left to the render in progress; None outside a render.
+_STEPS: ContextVar[list[int] | None] = ContextVar("template_steps", default=None)
+
+
+def _step() -> None:
+    budget = _STEPS.get()
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise RenderError("template takes too many steps (loops or calls)")
+
+
+def _counted(iterable: Any) -> Iterator[Any]:
+    """A loop's items, each taking a step of the render's budget."""
+    for item in iterable:
+        _step()
+        yield item
+
+
+def _size_checked(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose result is refused when over the size limit (Jinja's argument-passing
+    marks are kept: they travel in the wrapper's __dict__)."""
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        return _check_size(function(*args, **kwargs))
+
+    return checked
+
+
+def _bounded_concat(parts: Iterable[str]) -> str:
+    """Environment.concat ("".join), refusing output over the size limit as it streams: the
+    whole message, a macro's or a {% set %} block's body. The outermost one (rendering runs
+    inside it) gives the render its budget of steps."""
+    token = _STEPS.set([MAX_STEPS]) if _STEPS.get() is None else None
+    try:
+        pieces: list[str] = []
+        total = 0
+        for piece in parts:
+            total += len(piece)
+            if total > MAX_OUTPUT_CHARS:
+                raise RenderError("template output is over the size limit")
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        if token is not None:
+            _STEPS.reset(token)
+
+
+class _OutputBuffer(list[str]):
+    """What a macro, a {% set %} block or a call block writes before it is joined: refused as
+    soon as it is over the size limit, not once it is all held."""
+
+    total = 0
+
+    def append(self, piece: str) -> None:
+        self._count(len(piece))
+        super().append(piece)
+
+    def extend(self, pieces: Iterable[str]) -> None:
+        for piece in pieces:
+            self.append(piece)
+
+    def _count(self, size: int) -> None:
+        self.total += size
+        if self.total > MAX_OUTPUT_CHARS:
+            raise RenderError("template output is over the size limit")
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with `~` (which builds text without a call the sandbox sees)
+    checked against the size limit, and every loop's items counted as steps."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.checked_size(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        counted = nodes.Call(nodes.EnvironmentAttribute("counted"), [node.iter], [], None, None)
+        super().visit_For(
+            nodes.For(
+                node.target,
+                counted,
+                node.body,
+                node.else_,
+                node.test,
+                node.recursive,
+                lineno=node.lineno,
+                environment=self.environment,
+            ),
+            frame,
+        )
+
+
 class BoundedSandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, plus limits so a template cannot exhaust memory: on `*` and `**`, on
-    `%` and str.format widths, and on the filters that pad or repeat (`center`, `indent`,
-    `wordwrap`, `truncate`, `format`).
+    """Jinja2's sandbox, plus limits so a template cannot exhaust memory.
+
+    Every value a template builds stays within MAX_OUTPUT_CHARS: whatever grows a value past
+    its inputs is refused before the value is built (`*`, `**`, `%` and str.format widths; the
+    filters `center`, `indent`, `wordwrap`, `truncate`, `format`, `replace`, `join`, `batch`,
+    `slice`, `sum`; the str methods `replace`, `join`, `ljust`, `rjust`, `center`, `zfill`,
+    `expandtabs`, `translate`), and what grows it a bounded number of times is refused once
+    built (`+`, `~`, any call's or filter's result, a list a call changed, and the output, a
+    macro's and a block's, which are counted as they are written). `lipsum` is gone: it writes as
+    many paragraphs as asked. A render takes at most MAX_STEPS steps, a loop iteration or a
+    call each, so nested loops or a macro calling itself twice cannot keep a sender's event
+    loop busy for hours.
 
     Templates are compiled without Jinja's optimiser: it evaluates constant expressions at
     compile time ('a'|center(300000000)), outside these limits, and compiling is what a save
     (or a dry run) does with a template nobody has checked yet.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+    concat = staticmethod(_bounded_concat)
+    checked_size = staticmethod(_check_size)
+    counted = staticmethod(_counted)
+    output_buffer = _OutputBuffer
 
     def __init__(self, **options: Any) -> None:
         super().__init__(optimized=False, **options)
+        del self.globals["lipsum"]
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse repetitions, powers and formatting whose result would be unreasonably
@@ -204,7 +416,21 @@ class BoundedSandbox(SandboxedEnvironment):
             raise RenderError("template raises a number to an unreasonable power")
         if operator == "%" and isinstance(left, str):
             _check_percent_format(left)
-        return super().call_binop(context, operator, left, right)
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """A call from the template: a str method that grows text is sized before it runs,
+        and any result over the size limit is refused."""
+        _step()
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and callable(__obj):
+            if __obj.__name__ == "join" and args:
+                args = (_check_size(list(args[0])), *args[1:])  # sized, then joined
+            _bounded(_str_method_size(__obj.__name__, owner, args, kwargs), f"str.{__obj.__name__}")
+        result = _check_size(super().call(__context, __obj, *args, **kwargs))
+        if isinstance(owner, list | dict | set):
+            _check_size(owner)  # append, extend, update: what the call grew
+        return result
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """'{:>99999999}'.format(x) is bounded like `%`."""
@@ -230,7 +456,13 @@ def _environment(*, autoescape: bool) -> SandboxedEnvironment:
         wordwrap=_f_wordwrap,
         truncate=_f_truncate,
         format=_f_format,
+        replace=pass_eval_context(_f_replace),
+        join=pass_eval_context(_f_join),
+        batch=_f_batch,
+        slice=_f_slice,
+        sum=_f_sum,
     )
+    env.filters.update({name: _size_checked(f) for name, f in env.filters.items()})
     # `attr` looks a name up at render time: case|attr('colour') would pass the save's check of
     # the fields a template reads and fail at send time. Without it, the save refuses it.
     del env.filters["attr"]
