@@ -27,6 +27,7 @@ import trustme
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from herald_contracts import (
     OUTBOUND_EMAIL,
@@ -38,9 +39,11 @@ from herald_contracts import (
     utc_now,
 )
 from herald_email_sender.adapters.ledger import BatchedLedger
+from herald_email_sender.adapters.smtp import SmtpRelay
 from herald_email_sender.app import create_app
 from herald_email_sender.config import Settings
-from herald_kit import EventProducer, ServiceSettings, decode
+from herald_email_sender.sending import EmailSending
+from herald_kit import EventProducer, Pacer, ServiceSettings, decode
 from herald_sandbox.app import create_app as create_sandbox
 from herald_sandbox.config import Settings as SandboxSettings
 from support import eventually, free_port, running
@@ -890,3 +893,75 @@ async def test_a_relay_that_stalls_before_data_is_retried_and_delivers_once(
     assert [s.status for s in statuses.statuses(msg.message_id)] == ["sent"]
     assert relay.rcpts == [msg.to, msg.to]
     assert relay.received == [msg.to]
+
+
+class GatedPacer(Pacer):
+    """Unpaced, but while closed every send waits for its slot (a long pacing wait)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.waiting = asyncio.Event()
+        self.opened = asyncio.Event()
+        self.opened.set()
+
+    async def acquire(self, identity: str) -> None:
+        self.waiting.set()
+        await self.opened.wait()
+
+
+@pytest.mark.parametrize("trial_end", ["claimed-elsewhere", "ledger-error"])
+async def test_a_trial_send_that_ends_without_the_relay_s_verdict_does_not_stall_later_email(
+    trial_end: str,
+    sandbox: httpx.AsyncClient,
+    sink: tuple[httpx.AsyncClient, int],
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    statuses: Tail,
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    """After an outage the breaker lets one trial email through. A trial that never reaches the
+    relay (claimed by another consumer while it waited, a database error) must hand the trial
+    back: the relay is healthy, so the next email goes out instead of waiting forever."""
+    settings = settings_for(send_attempts=1, breaker_threshold=1, breaker_cooldown_seconds=0.2)
+    ledger = BatchedLedger(mongo[settings.mongo_db])
+    await ledger.ensure_indexes()
+    pacer = GatedPacer()
+    sending = EmailSending(
+        ledger=ledger,
+        # The relay is down: nothing listens there.
+        relay=SmtpRelay(host="127.0.0.1", port=free_port(), security="none"),
+        producer=producer,
+        settings=settings,
+        signer=None,
+        pacer=pacer,
+    )
+    down, trial, after = outbound(), outbound(), outbound()
+    async with statuses:
+        await sending.send(down)
+        assert sending.breaker.state == "open"
+        sending.relay = SmtpRelay(host="127.0.0.1", port=sink[1], security="none")  # it is back
+        await asyncio.sleep(0.25)  # the cool-down: the next email is the trial
+        if trial_end == "claimed-elsewhere":
+            pacer.opened.clear()
+            task = asyncio.create_task(sending.send(trial))
+            await asyncio.wait_for(pacer.waiting.wait(), timeout=10)
+            # The partition moved while the trial waited for its slot: another consumer claims
+            # the row, so this one must not send it.
+            await ledger.claim(trial.message_id, now=utc_now(), meta={"claim": "next-consumer"})
+            pacer.opened.set()
+            await asyncio.wait_for(task, timeout=10)
+        else:
+
+            async def unreachable(message_id: str, *, claim: str, now: Any) -> bool:
+                raise AutoReconnect("the database went away here")
+
+            ledger.start_sending = unreachable  # type: ignore[method-assign]
+            with pytest.raises(AutoReconnect):
+                await sending.send(trial)
+            del ledger.start_sending
+        await asyncio.wait_for(sending.send(after), timeout=10)
+        got = await eventually(lambda: statuses.statuses(after.message_id))
+    await sending.relay.close()
+    assert [s.status for s in got] == ["sent"]
+    assert [i["to"] for i in await captured(sandbox)] == [[after.to]]
+    assert sending.breaker.state == "closed"

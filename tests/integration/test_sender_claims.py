@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from twilio_support import outbound_sms, outbound_voice, producer
 
-from herald_kit import EventProducer, Pacer
+from herald_contracts import utc_now
+from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import ProviderBusy, Sent
 from herald_sms_sender.sending import RetryPolicy, SmsSending
@@ -153,3 +154,85 @@ async def test_a_call_claimed_again_while_its_first_caller_waits_is_placed_once(
     await rebalance.send_twice(place)
     row = await db["call_ledger"].find_one({"_id": msg.message_id})
     assert row["status"] == "sent" and row["provider_id"] == "CA" + "1".zfill(32)
+
+
+class Trial:
+    """A provider outage opens the breaker; after the cool-down the half-open trial message is
+    claimed again elsewhere while it waits for the pacer, so it never reaches the provider."""
+
+    def __init__(self) -> None:
+        self.breaker = CircuitBreaker(threshold=1, cooldown=0.2)
+        self.provider = Provider(busy=1)  # the outage: one 503
+        self.pacer = GatedPacer(block_at=2)  # the trial waits for its slot
+
+    async def run(
+        self,
+        send: Callable[[str], Awaitable[object]],
+        claim_again: Callable[[str], Awaitable[object]],
+    ) -> None:
+        """`send` the outage's message, the trial and one more message (by message id)."""
+        await send("down")
+        assert self.breaker.state == "open" and self.provider.requests == 1
+        await asyncio.sleep(0.25)  # the cool-down: half-open
+        task = asyncio.create_task(send("trial"))
+        await asyncio.wait_for(self.pacer.waiting.wait(), timeout=10)
+        await claim_again("trial")  # the partition moved: another consumer has the row now
+        self.pacer.opened.set()
+        await asyncio.wait_for(task, timeout=10)
+        assert self.provider.requests == 1  # the trial never went out
+        # With the trial handed back the next message is the trial, and the provider is fine.
+        await asyncio.wait_for(send("after"), timeout=10)
+
+
+async def test_an_sms_trial_claimed_elsewhere_does_not_hold_the_breaker_half_open(
+    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("sms_sender")]
+    trial = Trial()
+    sending = SmsSending(
+        Ledger(db),
+        trial.provider,
+        prod,
+        callback_url="http://127.0.0.1:1/s",
+        pacer=trial.pacer,
+        breaker=trial.breaker,
+        retry=RetryPolicy(attempts=1),
+    )
+    msgs = {name: outbound_sms(unique_phone()) for name in ("down", "trial", "after")}
+
+    async def claim_again(name: str) -> None:
+        await Ledger(db).claim(msgs[name].message_id, now=utc_now(), meta={"claim": "next"})
+
+    await trial.run(lambda name: sending.send(msgs[name]), claim_again)
+    row = await db["send_ledger"].find_one({"_id": msgs["after"].message_id})
+    assert row["status"] == "sent" and trial.provider.accepted == 1
+    assert trial.breaker.state == "closed"
+
+
+async def test_a_call_trial_claimed_elsewhere_does_not_hold_the_breaker_half_open(
+    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("voice_sender")]
+    trial = Trial()
+    caller = VoiceCalling(
+        CallLedger(db),
+        trial.provider,
+        prod,
+        base_url="http://127.0.0.1:1",
+        identity="+15005550006",
+        pacer=trial.pacer,
+        breaker=trial.breaker,
+        retry=CallRetryPolicy(attempts=1),
+    )
+    calls = {
+        name: VoiceCalling.from_outbound(outbound_voice(unique_phone(), "Your engineer is booked."))
+        for name in ("down", "trial", "after")
+    }
+
+    async def claim_again(name: str) -> None:
+        await CallLedger(db).claim(calls[name].message_id, now=utc_now(), meta={"claim": "next"})
+
+    await trial.run(lambda name: caller.place(calls[name]), claim_again)
+    row = await db["call_ledger"].find_one({"_id": calls["after"].message_id})
+    assert row["status"] == "sent" and trial.provider.accepted == 1
+    assert trial.breaker.state == "closed"

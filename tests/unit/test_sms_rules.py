@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -127,3 +129,44 @@ def test_circuit_breaker_opens_then_lets_one_trial_through() -> None:
     assert breaker.wait() == 0
     breaker.success()
     assert breaker.state == "closed" and breaker.wait() == 0
+
+
+def test_a_trial_that_ends_without_a_verdict_is_handed_to_the_next_caller() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=clock)
+    breaker.failure()
+    clock.t += 10
+    assert breaker.wait() == 0  # the trial...
+    assert breaker.wait() > 0
+    breaker.release()  # ...never reached the provider (claimed elsewhere, a database error)
+    assert breaker.state == "half-open"
+    assert breaker.wait() == 0  # the next caller is the trial now, instead of waiting forever
+    breaker.success()
+    breaker.release()  # after a verdict: nothing to hand back
+    assert breaker.state == "closed" and breaker.wait() == 0
+
+
+async def test_only_the_caller_that_took_the_trial_hands_it_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=clock)
+    breaker.failure()
+    clock.t += 10
+    took = asyncio.Event()
+    done = asyncio.Event()
+
+    async def trial() -> None:
+        assert breaker.wait() == 0
+        took.set()
+        await done.wait()
+        breaker.release()
+
+    async def bystander() -> None:
+        breaker.release()  # an attempt that was no trial ends: the trial stays in flight
+
+    task = asyncio.create_task(trial())
+    await took.wait()
+    await asyncio.create_task(bystander())
+    assert breaker.wait() > 0
+    done.set()
+    await task
+    assert breaker.wait() == 0

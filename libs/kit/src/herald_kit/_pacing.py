@@ -126,8 +126,11 @@ class CircuitBreaker:
     """Stops calling a provider that keeps failing; lets one trial through after a cool-down.
 
     closed -> (threshold consecutive failures) -> open for `cooldown` s -> half-open: the first
-    caller tries; success closes, failure re-opens. With a `name` (the sender's service name)
-    it exports its state and how often it opened.
+    caller tries; success closes, failure re-opens. A trial that ends without a verdict (the
+    message was claimed elsewhere before it went out, a database error, a cancellation) must
+    be handed back with `release()`, or every later caller waits for a verdict that never
+    comes. With a `name` (the sender's service name) it exports its state and how often it
+    opened.
     """
 
     threshold: int = 20
@@ -137,6 +140,8 @@ class CircuitBreaker:
     opened_at: float | None = None
     name: str | None = None
     _trial: bool = field(default=False, repr=False)
+    # The task that took the trial: only its release() hands the trial back.
+    _trial_holder: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -164,13 +169,23 @@ class CircuitBreaker:
         if self._trial:
             return min(1.0, self.cooldown)  # a trial is in flight; others wait for its verdict
         self._trial = True
+        self._trial_holder = _current_task()
         return 0.0
+
+    def release(self) -> None:
+        """The caller's attempt ends without a verdict on the provider: if it was the half-open
+        trial, the next caller tries instead. A no-op after success() or failure(), and for a
+        task that did not take the trial, so it belongs in a `finally` around every attempt."""
+        if self._trial and self._trial_holder is _current_task():
+            self._trial = False
+            self._trial_holder = None
 
     def success(self) -> None:
         """A call succeeded: close."""
         self.failures = 0
         self.opened_at = None
         self._trial = False
+        self._trial_holder = None
 
     def failure(self) -> None:
         """A call failed in a way that blames the provider (5xx, timeout)."""
@@ -180,3 +195,12 @@ class CircuitBreaker:
                 BREAKER_OPENED.labels(self.name).inc()
             self.opened_at = self.clock()
         self._trial = False
+        self._trial_holder = None
+
+
+def _current_task() -> object | None:
+    """The running task; None for a caller outside an event loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

@@ -209,6 +209,8 @@ class EmailSending:
                 return
             try:
                 accepted = await self._relay(msg.message_id, claim, recipient, data)
+                RELAY_ATTEMPTS.labels("accepted").inc()
+                self.breaker.success()
             except ClaimLost:
                 log.info("claimed again elsewhere before sending; left to that consumer")
                 return
@@ -247,8 +249,11 @@ class EmailSending:
                 await self.ledger.set(msg.message_id, "unknown", error_code=exc.code)
                 await self.status(msg, "unknown", error_code=exc.code, reason=exc.detail)
                 return
-            RELAY_ATTEMPTS.labels("accepted").inc()
-            self.breaker.success()
+            finally:
+                # No verdict on the relay (the message was claimed elsewhere before MAIL FROM, a
+                # ledger error, a cancellation): a half-open trial is handed back, or every
+                # later email would wait for a verdict that never comes.
+                self.breaker.release()
             await self._record_sent(msg.message_id, accepted.provider_id)
             await self.status(msg, "sent", provider_id=accepted.provider_id)
             return

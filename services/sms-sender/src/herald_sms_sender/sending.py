@@ -200,45 +200,58 @@ class SmsSending:
                 if paused != "resumed":
                     break
                 continue
-            if not (premarked and self.pacer.ready(self.identity)):
-                if premarked:
-                    # A hold came up since the claim: never wait while the row says 'sending'.
-                    await self.ledger.set(msg.message_id, "queued")
-                await self.pacer.acquire(self.identity)
-                if not await self.ledger.start_sending(msg.message_id, claim=claim, now=utc_now()):
-                    # The wait outlasted a rebalance and the consumer that got the partition
-                    # claimed the row again: that one sends (or sent) it; its outcome stands.
-                    log.info("claimed again elsewhere before sending; left to that consumer")
-                    return
             try:
-                sent = await self.provider.send(to=msg.to, body=msg.body, status_callback=callback)
-            except ProviderRejected as exc:
-                self.breaker.success()  # the provider is healthy; the message is not
-                await self.fail(ref, exc.code or "rejected", exc.detail)
-                return
-            except ProviderTimeout as exc:
-                self.breaker.failure()
-                # The provider may have taken it: look before sending again.
-                found = await self._reconcile(msg, since=claimed_at)
-                if found is not None:
-                    await self._sent(ref, found)
+                if not (premarked and self.pacer.ready(self.identity)):
+                    if premarked:
+                        # A hold came up since the claim: never wait while the row says
+                        # 'sending'.
+                        await self.ledger.set(msg.message_id, "queued")
+                    await self.pacer.acquire(self.identity)
+                    if not await self.ledger.start_sending(
+                        msg.message_id, claim=claim, now=utc_now()
+                    ):
+                        # The wait outlasted a rebalance and the consumer that got the partition
+                        # claimed the row again: that one sends (or sent) it; its outcome stands.
+                        log.info("claimed again elsewhere before sending; left to that consumer")
+                        return
+                try:
+                    sent = await self.provider.send(
+                        to=msg.to, body=msg.body, status_callback=callback
+                    )
+                except ProviderRejected as exc:
+                    self.breaker.success()  # the provider is healthy; the message is not
+                    await self.fail(ref, exc.code or "rejected", exc.detail)
                     return
-                last = exc.code or "timeout"
-                delay = backoff(attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds)
-            except ProviderBusy as exc:
-                last, delay = busy_delay(
-                    exc,
-                    attempt,
-                    base=self.retry.base_seconds,
-                    cap=self.retry.cap_seconds,
-                    pacer=self.pacer,
-                    breaker=self.breaker,
-                    identity=self.identity,
-                )
-            else:
-                self.breaker.success()
-                await self._sent(ref, sent.provider_id)
-                return
+                except ProviderTimeout as exc:
+                    self.breaker.failure()
+                    # The provider may have taken it: look before sending again.
+                    found = await self._reconcile(msg, since=claimed_at)
+                    if found is not None:
+                        await self._sent(ref, found)
+                        return
+                    last = exc.code or "timeout"
+                    delay = backoff(
+                        attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds
+                    )
+                except ProviderBusy as exc:
+                    last, delay = busy_delay(
+                        exc,
+                        attempt,
+                        base=self.retry.base_seconds,
+                        cap=self.retry.cap_seconds,
+                        pacer=self.pacer,
+                        breaker=self.breaker,
+                        identity=self.identity,
+                    )
+                else:
+                    self.breaker.success()
+                    await self._sent(ref, sent.provider_id)
+                    return
+            finally:
+                # An attempt that ends without the provider's verdict (claimed elsewhere before
+                # it went out, a ledger error, a 429, a cancellation) hands a half-open trial
+                # back, or every later SMS would wait for a verdict that never comes.
+                self.breaker.release()
             if attempt == self.retry.attempts:
                 break
             paused = await self._pause(msg, delay, claim)

@@ -194,48 +194,60 @@ class VoiceCalling:
                 if paused != "resumed":
                     break
                 continue
-            await self.pacer.acquire(self.identity)
-            sending_at = utc_now()
-            if not await self.ledger.start_sending(call.message_id, claim=claim, now=sending_at):
-                # The wait outlasted a rebalance and the consumer that got the partition claimed
-                # the row again: that one places (or placed) the call; its outcome stands.
-                log.info("claimed again elsewhere before calling; left to that consumer")
-                return
             try:
-                placed = await self.provider.call(
-                    to=call.to,
-                    url=self.url("twiml", call.message_id),
-                    status_callback=self.url("status", call.message_id),
-                    machine_detection=self.machine_detection and call.kind == "ivr",
-                )
-            except ProviderRejected as exc:
-                self.breaker.success()
-                await self._fail(ref, exc.code or "rejected", exc.detail)
-                return
-            except ProviderTimeout as exc:
-                # The call may be ringing already: look it up, never place a second one blindly.
-                self.breaker.failure()
-                found = await self._lookup(call, since=sending_at)
-                if found is not None:
-                    await self._sent(ref, found)
+                await self.pacer.acquire(self.identity)
+                sending_at = utc_now()
+                if not await self.ledger.start_sending(
+                    call.message_id, claim=claim, now=sending_at
+                ):
+                    # The wait outlasted a rebalance and the consumer that got the partition
+                    # claimed the row again: that one places (or placed) the call; its outcome
+                    # stands.
+                    log.info("claimed again elsewhere before calling; left to that consumer")
                     return
-                await self.ledger.set(call.message_id, "unknown", error_code=exc.code)
-                await self.publish_status(ref, "unknown", error_code=exc.code, reason=exc.detail)
-                return
-            except ProviderBusy as exc:
-                last, delay = busy_delay(
-                    exc,
-                    attempt,
-                    base=self.retry.base_seconds,
-                    cap=self.retry.cap_seconds,
-                    pacer=self.pacer,
-                    breaker=self.breaker,
-                    identity=self.identity,
-                )
-            else:
-                self.breaker.success()
-                await self._sent(ref, placed.provider_id)
-                return
+                try:
+                    placed = await self.provider.call(
+                        to=call.to,
+                        url=self.url("twiml", call.message_id),
+                        status_callback=self.url("status", call.message_id),
+                        machine_detection=self.machine_detection and call.kind == "ivr",
+                    )
+                except ProviderRejected as exc:
+                    self.breaker.success()
+                    await self._fail(ref, exc.code or "rejected", exc.detail)
+                    return
+                except ProviderTimeout as exc:
+                    # The call may be ringing already: look it up, never place a second one
+                    # blindly.
+                    self.breaker.failure()
+                    found = await self._lookup(call, since=sending_at)
+                    if found is not None:
+                        await self._sent(ref, found)
+                        return
+                    await self.ledger.set(call.message_id, "unknown", error_code=exc.code)
+                    await self.publish_status(
+                        ref, "unknown", error_code=exc.code, reason=exc.detail
+                    )
+                    return
+                except ProviderBusy as exc:
+                    last, delay = busy_delay(
+                        exc,
+                        attempt,
+                        base=self.retry.base_seconds,
+                        cap=self.retry.cap_seconds,
+                        pacer=self.pacer,
+                        breaker=self.breaker,
+                        identity=self.identity,
+                    )
+                else:
+                    self.breaker.success()
+                    await self._sent(ref, placed.provider_id)
+                    return
+            finally:
+                # An attempt that ends without the provider's verdict (claimed elsewhere before
+                # the call, a ledger error, a 429, a cancellation) hands a half-open trial back,
+                # or every later call would wait for a verdict that never comes.
+                self.breaker.release()
             if attempt == self.retry.attempts:
                 break
             paused = await self._pause(call, delay, claim)
