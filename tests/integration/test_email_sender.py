@@ -26,6 +26,7 @@ import pytest
 import trustme
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
@@ -341,6 +342,39 @@ async def test_4xx_until_attempts_run_out_ends_failed_with_reason(
     assert got[0].reason is not None and got[0].reason.startswith("retries exhausted")
     rules = (await sandbox.get("/sandbox/api/emails/rules")).json()["items"]
     assert rules[0]["hits"] == 3
+
+
+async def _outcomes(sender: httpx.AsyncClient, outcome: str, code: str = "") -> float:
+    """The sender's herald_email_outcomes_total for one outcome and code (0 when absent)."""
+    text = (await sender.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "herald_email_outcomes_total" and sample.labels == {
+                "outcome": outcome,
+                "code": code,
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_a_redelivered_email_repeats_its_status_but_counts_as_one_outcome(
+    sandbox: httpx.AsyncClient,
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    statuses: Tail,
+) -> None:
+    msg = outbound()
+    async with statuses, running(create_app(settings_for())) as sender:
+        before = await _outcomes(sender, "sent")
+        await publish(producer, msg)
+        await eventually(lambda: statuses.statuses(msg.message_id))
+        await publish(producer, msg)  # redelivered (a rebalance, a restart before the commit)
+        # Its recorded status is published again (a stop may have lost it), under the same id...
+        await eventually(lambda: len(statuses.statuses(msg.message_id)) == 2)
+        # ...but the email was sent once, and the outcome metric says so.
+        assert await _outcomes(sender, "sent") - before == 1
+    assert [s.status for s in statuses.statuses(msg.message_id)] == ["sent", "sent"]
+    assert len(await captured(sandbox, msg.to)) == 1
 
 
 async def test_exactly_once_when_the_sender_stops_mid_batch_and_restarts(

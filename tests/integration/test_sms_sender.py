@@ -498,12 +498,13 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored
 
 
-async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
+async def test_a_sent_message_redelivered_after_its_expiry_stays_sent_and_counts_once(
     env_factory: EnvFactory,
 ) -> None:
     env: Env = await env_factory()
     phone = unique_phone()
     msg = outbound_sms(phone, customer_id="cust-late", expires_at=utc_now() + timedelta(seconds=2))
+    sent_before = await _metric(env, "herald_send_outcomes_total", channel="sms", status="sent")
     await env.publish(msg)
     await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
     assert msg.expires_at is not None
@@ -517,6 +518,9 @@ async def test_a_sent_message_redelivered_after_its_expiry_stays_sent(
     row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
     assert row["status"] == "sent" and row["provider_id"].startswith("SM")
     assert len(await env.sms_to(phone)) == 1
+    # One SMS sent, one 'sent' outcome counted: the republished status is not a second one.
+    sent = await _metric(env, "herald_send_outcomes_total", channel="sms", status="sent")
+    assert sent - sent_before == 1
 
 
 async def test_a_message_past_its_send_by_is_not_sent_and_its_call_back_window_stays(

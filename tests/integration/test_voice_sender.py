@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 from twilio_support import (
     SANDBOX_SID,
@@ -58,6 +59,18 @@ class Env:
 
         call: dict[str, Any] = await eventually(probe, within=30)
         return call
+
+    async def outcomes(self, status: str) -> float:
+        """The sender's herald_send_outcomes_total for voice and one status (0 when absent)."""
+        text = (await self.http.get(f"{self.sender}/metrics")).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "herald_send_outcomes_total" and sample.labels == {
+                    "channel": "voice",
+                    "status": status,
+                }:
+                    return float(sample.value)
+        return 0.0
 
     async def press(self, sid: str, digits: str) -> dict[str, Any]:
         r = await self.http.post(
@@ -139,6 +152,20 @@ async def test_a_call_past_its_send_by_is_not_placed(env: Env) -> None:
     )
     assert (failed.error_code, failed.reason) == ("expired", "expired before the call")
     assert not env.statuses.where(message_id=msg.message_id, status="sent")
+
+
+async def test_a_redelivered_call_is_placed_once_and_counts_as_one_outcome(env: Env) -> None:
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    before = await env.outcomes("sent")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)  # a redelivery
+    # Its recorded status is published again under the same id; the call is not placed again,
+    # and the outcome metric counts one call.
+    await eventually(lambda: len(env.statuses.where(message_id=msg.message_id, status="sent")) == 2)
+    assert await env.outcomes("sent") - before == 1
+    assert len(await env.calls_to(phone)) == 1
 
 
 async def test_pressing_2_dials_the_contact_centre(env: Env) -> None:

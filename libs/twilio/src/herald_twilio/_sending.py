@@ -83,10 +83,13 @@ async def publish_delivery_status(
     provider_id: str | None = None,
     error_code: str | None = None,
     reason: str | None = None,
+    repeat: bool = False,
 ) -> None:
     """Publish a delivery status of the message `ref` names; its event id makes a repeat
-    recognisable downstream."""
-    count_send_outcome(channel=channel, status=status)
+    recognisable downstream. `repeat`: a recorded outcome published again, not counted again
+    (it was when it was decided)."""
+    if not repeat:
+        count_send_outcome(channel=channel, status=status)
     await producer.publish(
         DELIVERY_STATUS,
         DeliveryStatus(
@@ -127,5 +130,6 @@ async def republish_settled(
         provider_id=row.get("provider_id"),
         error_code=row.get("error_code"),
         reason=row.get("reason"),
+        repeat=True,
     )
     return True

@@ -107,9 +107,14 @@ class EmailSending:
         provider_id: str | None = None,
         error_code: str | None = None,
         reason: str | None = None,
+        repeat: bool = False,
     ) -> None:
-        """Publish a delivery status of a message (its id makes a republish a duplicate)."""
-        OUTCOMES.labels(status, error_code or "").inc()
+        """Publish a delivery status of a message (its id makes a republish a duplicate).
+
+        `repeat`: the recorded outcome of a redelivered message, published again; it was
+        counted when it was decided, so it is not counted twice."""
+        if not repeat:
+            OUTCOMES.labels(status, error_code or "").inc()
         await self.producer.publish(
             DELIVERY_STATUS,
             DeliveryStatus(
@@ -163,6 +168,7 @@ class EmailSending:
                     provider_id=row.get("provider_id"),
                     error_code=row.get("error_code"),
                     reason=row.get("reason"),
+                    repeat=True,
                 )
             return
         if self._expired(msg):
