@@ -335,6 +335,29 @@ def test_sandbox_set_points_every_sender_at_the_sandbox(render: Render) -> None:
         data = _named(docs, "ConfigMap", f"herald-{sender}")["data"]
         prefix = "HERALD_" + sender.upper().replace("-", "_") + "_"
         assert data[prefix + "TWILIO_BASE_URL"] == "http://herald-sandbox"
+    # The sink is reached without TLS, so no relay credentials go to it (in clear text).
+    assert email["HERALD_EMAIL_SENDER_SMTP_SECURITY"] == "none"
+    pod = _named(docs, "Deployment", "herald-email-sender")["spec"]["template"]["spec"]
+    names = {e["name"] for e in pod["containers"][0]["env"]}
+    assert not names & {"HERALD_EMAIL_SENDER_SMTP_USERNAME", "HERALD_EMAIL_SENDER_SMTP_PASSWORD"}
+
+
+def test_smtp_credentials_on_a_connection_without_tls_are_refused_at_render(
+    template: Any,
+) -> None:
+    # The email-sender refuses to start so configured (the password would go in clear text).
+    plain = "services.email-sender.env.SMTP_SECURITY=none"
+    done = template(PUBLIC_URL, sets=(plain,))
+    assert done.returncode != 0
+    assert "services.email-sender" in done.stderr and "clear text" in done.stderr
+    without_credentials = (
+        "services.email-sender.secretEnv.SMTP_USERNAME=null",
+        "services.email-sender.secretEnv.SMTP_PASSWORD=null",
+    )
+    assert template(PUBLIC_URL, sets=(plain, *without_credentials)).returncode == 0
+    for security in ("starttls", "tls"):
+        done = template(PUBLIC_URL, sets=(f"services.email-sender.env.SMTP_SECURITY={security}",))
+        assert done.returncode == 0, done.stderr
 
 
 def test_prometheus_rule_carries_the_rules_file_with_published_runbook_links(

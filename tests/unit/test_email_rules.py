@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from herald_contracts import OutboundEmail
 from herald_devstack import Stack, StackConfig
-from herald_email_sender.adapters.smtp import RelayRefused
+from herald_email_sender.adapters.smtp import RelayRefused, SmtpRelay
 from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import BuiltEmail, build_email, message_id_header
 from herald_kit import InvalidInput
@@ -133,6 +133,37 @@ def test_the_one_click_url_must_be_https_unless_http_is_allowed_explicitly(
     assert Settings(link_secret="s").unsubscribe_allow_http
     with pytest.raises(ValidationError, match="https://"):
         Settings(link_secret="s", unsubscribe_base_url="ftp://mail.herald.test")
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"smtp_username": "herald", "smtp_password": "smtp-s3cret"},
+        {"smtp_password": "smtp-s3cret"},
+        {"smtp_username": "herald"},
+    ],
+    ids=["both", "password", "username"],
+)
+def test_relay_credentials_are_refused_on_a_connection_without_tls(
+    monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("HERALD_EMAIL_SENDER_"):
+            monkeypatch.delenv(name)
+    # AUTH over a plain connection would hand the password to anyone on the path: the service
+    # refuses to start, naming the setting and never the secret.
+    with pytest.raises(ValidationError) as refused:
+        Settings(smtp_security="none", **credentials)
+    assert "smtp_security" in str(refused.value) and "clear text" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    for security in ("starttls", "tls"):
+        assert Settings(smtp_security=security, **credentials)
+    assert Settings(smtp_security="none")  # a local sink without credentials
+    assert Settings(smtp_security="none", smtp_username="", smtp_password="")  # unset secrets
+    # The relay adapter itself never authenticates without TLS either.
+    login = {"username": credentials.get("smtp_username"), "password": "smtp-s3cret"}
+    with pytest.raises(ValueError, match="TLS"):
+        SmtpRelay(host="127.0.0.1", port=2525, security="none", **login)
 
 
 def test_the_local_stack_allows_an_http_one_click_url_explicitly(

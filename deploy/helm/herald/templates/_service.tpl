@@ -86,6 +86,20 @@ automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
 {{- end -}}
 {{- end -}}
 
+{{/* Refuse to render an email-sender that would send the relay credentials without TLS: with
+     SMTP_SECURITY none, AUTH carries the password in clear text, and the service refuses to
+     start with it (a crash loop). Context: dict "root" "name" "svc". */}}
+{{- define "herald.checkSmtpTls" -}}
+{{- if eq .name "email-sender" -}}
+{{- $env := .svc.env | default dict -}}
+{{- $secretEnv := .svc.secretEnv | default dict -}}
+{{- $security := lower (toString ($env.SMTP_SECURITY | default "starttls")) -}}
+{{- if and (eq $security "none") (or (hasKey $secretEnv "SMTP_USERNAME") (hasKey $secretEnv "SMTP_PASSWORD")) -}}
+{{- fail "services.email-sender sends its SMTP credentials only over TLS: with env.SMTP_SECURITY none the relay password would cross the network in clear text, and the service refuses to start. Use SMTP_SECURITY starttls or tls, or (a local sink without credentials) remove SMTP_USERNAME and SMTP_PASSWORD from services.email-sender.secretEnv (set them to null)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.configmap" }}
 {{- $p := include "herald.envPrefix" . }}
 {{- $root := .root }}

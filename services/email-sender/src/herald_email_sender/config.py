@@ -23,7 +23,8 @@ class Settings(ServiceSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_security: Literal["none", "starttls", "tls"] = Field(
-        default="starttls", description="none (local sink only), starttls, or implicit tls."
+        default="starttls",
+        description="none (a local sink without credentials only), starttls, or implicit tls.",
     )
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
@@ -71,6 +72,19 @@ class Settings(ServiceSettings):
     def unsubscribe_base(self) -> str:
         """The one-click endpoint's public base: unsubscribe_base_url, else public_base_url."""
         return (self.unsubscribe_base_url or self.base_url()).rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials_only_over_tls(self) -> Self:
+        # AUTH PLAIN and LOGIN carry the password merely base64-encoded: without TLS anyone on
+        # the path reads it. The relay credentials go only over a TLS connection.
+        password = self.smtp_password.get_secret_value() if self.smtp_password else ""
+        if self.smtp_security == "none" and (self.smtp_username or password):
+            raise ValueError(
+                "smtp_username / smtp_password need smtp_security=starttls or tls: with "
+                "smtp_security=none the relay password would cross the network in clear text "
+                "(none is for a local sink without credentials)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_click_over_https(self) -> Self:

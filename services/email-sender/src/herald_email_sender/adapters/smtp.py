@@ -152,6 +152,9 @@ class SmtpRelay:
         validate_certs: bool = True,
         ca_file: str | None = None,
     ) -> None:
+        if security == "none" and (username or password):
+            # AUTH would send the password in clear text (the settings refuse this too).
+            raise ValueError("SMTP credentials need TLS (security starttls or tls)")
         self.host = host
         self.port = port
         self.security = security
