@@ -303,6 +303,58 @@ async def test_a_5xx_about_the_message_fails_it_without_calling_the_address_boun
     assert [r["hits"] for r in items] == [1, 1]  # permanent: never retried
 
 
+async def _breaker_openings(sender: httpx.AsyncClient) -> float:
+    text = (await sender.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "herald_circuit_breaker_opened_total" and sample.labels == {
+                "sender": "email-sender"
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_recipients_refused_at_rcpt_do_not_hold_other_email_but_relay_refusals_do(
+    sandbox: httpx.AsyncClient,
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    statuses: Tail,
+) -> None:
+    """Full mailboxes (552 5.2.2) and other refusals of one recipient at RCPT say the relay
+    works: the next customer's email goes out at once. A policy refusal (5.7.1) is the
+    relay's, and enough of them in a row open its circuit breaker."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"  # one customer: its emails go in this order
+    full = [outbound(customer_id=customer) for _ in range(3)]
+    moved = outbound(customer_id=customer)
+    good = outbound(customer_id=customer)
+    denied = [outbound(customer_id=customer) for _ in range(2)]
+    rules = [
+        *({"recipient": m.to, "code": 552, "message": "5.2.2 Mailbox full"} for m in full),
+        {"recipient": moved.to, "code": 550, "message": "5.1.6 Mailbox moved"},
+        *({"recipient": m.to, "code": 554, "message": "5.7.1 Relay access denied"} for m in denied),
+    ]
+    for rule in rules:
+        assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+    settings = settings_for(breaker_threshold=2, breaker_cooldown_seconds=60)
+    async with statuses, running(create_app(settings)) as sender:
+        opened = await _breaker_openings(sender)
+        await publish(producer, *full, moved, good)
+        # With the breaker open this would wait out its minute-long cool-down.
+        got = await eventually(lambda: statuses.statuses(good.message_id), within=10)
+        assert await _breaker_openings(sender) == opened
+        await publish(producer, *denied)
+        await eventually(lambda: statuses.statuses(denied[-1].message_id))
+        assert await _breaker_openings(sender) == opened + 1
+    assert [s.status for s in got] == ["sent"]
+    for m in full:
+        [status] = statuses.statuses(m.message_id)
+        assert (status.status, status.reason) == (
+            "failed",
+            "relay refused the message: 552 5.2.2 at RCPT",
+        )  # the address stays usable: a full mailbox is no hard bounce
+    assert [s.reason for s in statuses.statuses(moved.message_id)] == ["hard-bounce"]
+
+
 async def test_4xx_is_retried_then_delivered_once(
     sandbox: httpx.AsyncClient,
     settings_for: Callable[..., Settings],

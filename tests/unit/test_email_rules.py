@@ -221,29 +221,36 @@ def test_an_internationalised_domain_is_addressed_in_ascii_and_a_non_ascii_mailb
 
 
 @pytest.mark.parametrize(
-    ("code", "message", "stage", "bounce"),
+    ("code", "message", "stage", "bounce", "recipient"),
     [
-        (550, "5.1.1 <ada@example.com>: Recipient address rejected", "rcpt", True),
-        (550, "Mailbox unavailable", "rcpt", True),  # no enhanced code: the reply decides
-        (553, "5.1.3 Bad recipient address syntax", "rcpt", True),
-        (550, "5.2.1 Mailbox disabled", "rcpt", True),
-        (552, "5.2.2 Mailbox full", "rcpt", False),  # full, not gone
-        (554, "5.7.1 Relay access denied", "rcpt", False),  # the relay's policy, not the address
-        (550, "5.7.1 Relaying denied", "rcpt", False),
-        (553, "5.1.8 Sender address rejected", "mail", False),  # our sender
-        (530, "5.7.0 Authentication required", "mail", False),
-        (554, "5.7.1 Message rejected as spam", "data", False),
-        (552, "5.3.4 Message size exceeds fixed limit", "data", False),
-        (554, "5.1.1 no such user", "data", False),  # after DATA: not a recipient verdict
-        (554, "Service unavailable", "connect", False),
-        (450, "4.2.1 Mailbox busy", "rcpt", False),
+        (550, "5.1.1 <ada@example.com>: Recipient address rejected", "rcpt", True, True),
+        (550, "Mailbox unavailable", "rcpt", True, True),  # no enhanced code: the reply decides
+        (553, "5.1.3 Bad recipient address syntax", "rcpt", True, True),
+        (550, "5.2.1 Mailbox disabled", "rcpt", True, True),
+        (552, "5.2.2 Mailbox full", "rcpt", False, True),  # full, not gone: yet this one alone
+        (552, "Mailbox full", "rcpt", False, True),
+        (552, "5.2.3 Message too large for this mailbox", "rcpt", False, True),
+        (550, "5.1.4 Ambiguous destination mailbox", "rcpt", False, True),
+        (554, "5.7.1 Relay access denied", "rcpt", False, False),  # the relay's policy
+        (550, "5.7.1 Relaying denied", "rcpt", False, False),
+        (553, "5.1.8 Sender address rejected: Domain not found", "rcpt", False, False),  # ours
+        (554, "Transaction failed", "rcpt", False, False),
+        (553, "5.1.8 Sender address rejected", "mail", False, False),  # our sender
+        (530, "5.7.0 Authentication required", "mail", False, False),
+        (554, "5.7.1 Message rejected as spam", "data", False, False),
+        (552, "5.3.4 Message size exceeds fixed limit", "data", False, False),
+        (554, "5.1.1 no such user", "data", False, False),  # after DATA: not a recipient verdict
+        (554, "Service unavailable", "connect", False, False),
+        (450, "4.2.1 Mailbox busy", "rcpt", False, False),
     ],
 )
-def test_only_a_recipient_refused_at_rcpt_is_a_hard_bounce(
-    code: int, message: str, stage: Any, bounce: bool
+def test_only_a_recipient_refused_at_rcpt_is_a_hard_bounce_or_about_the_recipient(
+    code: int, message: str, stage: Any, bounce: bool, recipient: bool
 ) -> None:
     refused = RelayRefused(code, message, stage=stage)
     assert refused.bounce is bounce
+    # About this recipient alone: the relay is not to blame (its circuit breaker stays closed).
+    assert refused.about_recipient is recipient
     assert refused.permanent is (code >= 500)
     # The relay's words can quote the address; what statuses and logs carry never does.
     assert "@" not in refused.detail and str(code) in refused.detail

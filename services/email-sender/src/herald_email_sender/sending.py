@@ -225,12 +225,14 @@ class EmailSending:
                 if exc.slow_down:
                     self.breaker.failure()
                     self.pacer.hold(self.relay_id, self.settings.slow_down_seconds)
-                elif exc.permanent and not exc.bounce:
+                elif exc.permanent and not exc.about_recipient:
                     # Refused for what we send or how (sender, authentication, content, policy):
                     # the next message will likely meet the same, so it counts against the relay.
                     self.breaker.failure()
                 else:
-                    self.breaker.success()  # the relay is healthy; it judged this message
+                    # The relay is healthy; it judged this message, or this recipient (gone, a
+                    # full mailbox): other customers' email must not wait behind that.
+                    self.breaker.success()
                 if exc.bounce:
                     await self._fail(msg, exc.code, "hard-bounce")
                     log.info("hard bounce", extra={"code": exc.code})

@@ -28,6 +28,8 @@ Stage = Literal["connect", "mail", "rcpt", "data"]
 BOUNCE_STATUSES = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
 # Without an enhanced code, the RFC 5321 replies a relay gives for a recipient it will not take.
 BOUNCE_REPLIES = frozenset({550, 551, 553})
+# RFC 3463 statuses about *our* sender address, though in the address subject (5.1.x).
+SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -80,6 +82,20 @@ class RelayRefused(RelayError):
         if self.enhanced is not None:
             return self.enhanced in BOUNCE_STATUSES
         return self.smtp_code in BOUNCE_REPLIES
+
+    @property
+    def about_recipient(self) -> bool:
+        """A permanent refusal at RCPT of this recipient alone: its address (RFC 3463 5.1.x,
+        bar 5.1.7 and 5.1.8, which are about our sender) or its mailbox (5.2.x: disabled, full,
+        over its size limit), or without an enhanced code 550/551/553 or 552 (storage). The
+        relay works and judged the recipient, so it says nothing against the relay, unlike a
+        policy refusal (5.7.x) or any refusal at connect, MAIL or DATA. Every bounce is one."""
+        if not self.permanent or self.stage != "rcpt":
+            return False
+        if self.enhanced is not None:
+            subject = self.enhanced.split(".")[1]
+            return (subject == "1" and self.enhanced not in SENDER_STATUSES) or subject == "2"
+        return self.smtp_code in BOUNCE_REPLIES or self.smtp_code == 552
 
     @property
     def slow_down(self) -> bool:
