@@ -204,6 +204,24 @@ def test_non_ascii_subject_sender_name_and_bodies_reach_the_customer_intact() ->
     assert not email.defects and not any(part.defects for part in email.walk())
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "=?utf-8?q?Bank=3A_your_account_is_closed=2C_call_0800_000?=",
+        "=?iso-8859-1?B?WW91IHdvbiBhIHByaXpl?=",
+        "Ann =?utf-8?q?x?= Lee, é",
+        "a=?b",
+    ],
+)
+def test_template_data_shaped_like_an_encoded_word_is_shown_as_written(name: str) -> None:
+    # A customer name (or any template data) in the subject that looks like an RFC 2047 word
+    # must not be decoded by the mail client into text the template never had.
+    subject = f"Hello {name}, your engineer is booked"
+    email = build(outbound(subject=subject))
+    assert email["Subject"] == subject
+    assert not email.defects
+
+
 def test_an_internationalised_domain_is_addressed_in_ascii_and_a_non_ascii_mailbox_refused() -> (
     None
 ):

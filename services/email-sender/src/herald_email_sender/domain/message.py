@@ -52,11 +52,18 @@ class BuiltEmail:
     data: bytes
 
 
-def _header(name: str, value: str) -> str:
-    """One header line: ASCII as it is (up to the line limit), else RFC 2047 words, folded."""
-    if value.isascii() and len(name) + 2 + len(value) <= MAX_7BIT_LINE:
+def _header(name: str, value: str, *, text: bool = False) -> str:
+    """One header line: ASCII as it is (up to the line limit), else RFC 2047 words, folded.
+
+    `text`: an unstructured value from template data (the subject). If it holds something
+    shaped like an RFC 2047 word ("=?utf-8?q?...?="), a mail client would decode it and show
+    text the template never had (a spoofed notice, say): such a value is itself written as
+    words, which decode to it as written.
+    """
+    plain = value.isascii() and not (text and "=?" in value)
+    if plain and len(name) + 2 + len(value) <= MAX_7BIT_LINE:
         return f"{name}: {value}"
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    charset = "us-ascii" if plain else "utf-8"
     return f"{name}: {Header(value, charset, header_name=name).encode(linesep=CRLF)}"
 
 
@@ -99,7 +106,7 @@ def build_email(
     head = [
         "From: " + formataddr((from_name or "", from_address), charset="utf-8"),
         "To: " + to,
-        _header("Subject", _one_line(msg.subject)),
+        _header("Subject", _one_line(msg.subject), text=True),
         "Date: " + format_datetime(msg.created_at),
         "Message-ID: " + message_id_header(msg.message_id, domain=domain),
         # Mark as automated so auto-responders do not answer it (RFC 3834).
