@@ -34,6 +34,7 @@ from herald_contracts import (
 )
 from herald_kit import EventProducer
 from herald_voice_sender.app import create_app as voice_app
+from herald_voice_sender.calling import callback_timer_id
 from herald_voice_sender.config import Settings as VoiceSettings
 from support import eventually, free_port, unique_phone
 
@@ -136,7 +137,10 @@ async def test_a_callback_outside_calling_hours_is_placed_when_they_open(
     timers = await eventually(
         lambda: [t for t in env.timers.items if t.reply and t.reply.reply_id == reply.reply_id]
     )
-    assert timers[0].due_at == opening and timers[0].timer_id == f"callback:{reply.reply_id}"
+    # One timer per reply and slot: the redelivery asks for the same one.
+    assert timers[0].due_at == opening and timers[0].timer_id == callback_timer_id(
+        reply.reply_id, opening
+    )
     assert utc_now() < opening and await env.calls_to(phone) == []  # not called at once
 
     calls = await eventually(lambda: env.calls_to(phone), within=120, interval=0.5)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +46,21 @@ from herald_voice_sender.domain.window import (
 )
 
 log = logging.getLogger("herald.voice")
+
+# A call-back whose slot is at most this far ahead is waited for in place rather than deferred
+# through a scheduler timer: it covers clock skew between the scheduler's host and this one.
+CALLBACK_WAIT = timedelta(seconds=30)
+# The longest id an event carries (herald_contracts' `Id`).
+ID_MAX = 200
+
+
+def callback_timer_id(reply_id: str, slot: datetime) -> str:
+    """The scheduler timer deferring a call-back to `slot`: one per reply and slot."""
+    timer_id = f"callback:{reply_id}:{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+    if len(timer_id) > ID_MAX:  # a reply id near the limit: its digest keeps the id valid
+        digest = hashlib.sha256(reply_id.encode()).hexdigest()[:32]
+        timer_id = f"callback:{digest}:{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+    return timer_id
 
 
 @dataclass(frozen=True)
@@ -321,21 +338,31 @@ class VoiceCalling:
             elif row is not None:
                 await republish_settled(self.producer, ref, row, channel="voice")
             return
-        if slot > now:
+        if slot - now > CALLBACK_WAIT:
             timer = TimerRequest(
-                timer_id=f"callback:{reply.reply_id}",
+                timer_id=callback_timer_id(reply.reply_id, slot),
                 key=mid,
                 due_at=slot,
                 reason="call-back outside calling hours",
                 reply=reply,
             )
-            # Idempotent: the scheduler keeps one timer per id, so a redelivered reply is no
-            # second call-back.
+            # Idempotent per slot: the scheduler keeps one timer per id, so a redelivered reply
+            # is no second call-back. The timer's own re-publication, handled once the hours
+            # have closed again (a backlog) or after they changed, asks for a later slot: a new
+            # id, which the scheduler takes. Slots only move later and the window bounds them,
+            # so this ends in a call or in `outside-window`.
             await self.producer.publish(
                 TIMER_REQUESTED, timer, key=reply.customer_id, event_id=timer.timer_id
             )
             log.info("call-back deferred", extra={"reply": reply.reply_id, "due_at": str(slot)})
             return
+        if slot > now:
+            # A moment before the hours open: this host's clock a little behind the scheduler's
+            # that fired the timer, or a reply that came just early. Deferring again would ask
+            # for this very slot, a timer id the scheduler already has (dropped as a replay):
+            # wait for the slot here instead.
+            await asyncio.sleep((slot - now).total_seconds())
+            now = slot
         # Retries stop at the end of the window or of the calling hours, whichever comes first.
         closes = hours_close(hours=self.calling_hours, zones=zones, now=now)
         # Spoken in the language the customer was addressed in (English when unknown).
