@@ -690,6 +690,25 @@ async def test_421_slows_the_relay_down_then_the_email_goes_out(
     assert len(await captured(sandbox, msg.to)) == 1
 
 
+async def test_an_email_held_by_a_slow_down_past_its_deadline_is_not_sent(
+    sandbox: httpx.AsyncClient,
+    settings_for: Callable[..., Settings],
+    producer: EventProducer,
+    statuses: Tail,
+) -> None:
+    # A 421 holds the relay's pacer for 8 s; the customer's window closes before that.
+    settings = settings_for(slow_down_seconds=8.0, rate_per_second=100.0)
+    async with statuses, running(create_app(settings)):
+        msg = outbound(send_by=utc_now() + timedelta(seconds=5))
+        rule = {"recipient": msg.to, "code": 421, "message": "4.7.0 Slow down", "times": 1}
+        assert (await sandbox.post("/sandbox/api/emails/rules", json=rule)).status_code == 201
+        await publish(producer, msg)
+        got = await eventually(lambda: statuses.statuses(msg.message_id), within=30)
+    assert [(s.status, s.error_code) for s in got] == [("failed", "smtp-421")]
+    assert got[0].reason is not None and got[0].reason.startswith("expired while retrying")
+    assert await captured(sandbox, msg.to) == []
+
+
 RELAY_USER = "herald-relay"
 
 

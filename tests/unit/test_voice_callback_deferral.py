@@ -1,5 +1,5 @@
 """A deferred call-back ends in a call inside the calling hours or in a reported failure, however
-late or early its timer's re-publication is handled.
+late or early its timer's re-publication is handled; and a call never goes after its expiry.
 
 The voice-sender's own code on in-memory stand-ins: a ledger, a producer, a provider, a clock,
 and a scheduler that keeps one timer per id (a replayed id is dropped, as `insert_if_absent`
@@ -18,8 +18,9 @@ import pytest
 
 import herald_voice_sender.calling as calling_mod
 from herald_contracts import DeliveryStatus, EngagementReply, TimerRequest
+from herald_kit import Pacer
 from herald_voice_sender.adapters.provider import Placed
-from herald_voice_sender.calling import VoiceCalling
+from herald_voice_sender.calling import Call, VoiceCalling
 from herald_voice_sender.domain.window import CallingHours, permits, zones_for
 
 NUMBER = "+12015550123"  # New York
@@ -37,6 +38,9 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+    def monotonic(self) -> float:
+        return self.now.timestamp()
 
 
 class Ledger:
@@ -239,3 +243,32 @@ def test_a_long_reply_id_still_makes_a_valid_timer_id() -> None:
     timer_id = calling_mod.callback_timer_id("r" * 200, OPENING)
     assert len(timer_id) <= calling_mod.ID_MAX
     assert timer_id != calling_mod.callback_timer_id("r" * 199, OPENING)
+
+
+@pytest.mark.parametrize("calling_hours", [False, True], ids=["ivr", "callback"])
+async def test_a_call_held_in_the_pacer_past_its_expiry_is_not_placed(
+    world: World, calling_hours: bool
+) -> None:
+    if calling_hours:
+        # A call-back at 20:59 in New York: its retries end when the hours close at 21:00.
+        world.clock.now = datetime(2026, 6, 2, 0, 59, tzinfo=UTC)
+    # A 429's Retry-After holds the caller id for 3 minutes.
+    pacer = Pacer(1.0, clock=world.clock.monotonic, sleep=world.clock.sleep)
+    pacer.hold("+15005550006", 180.0)
+    world.calling.pacer = pacer
+    if calling_hours:
+        await world.calling.callback(_reply(until=world.clock.now + timedelta(days=1)))
+    else:
+        # An IVR call whose customer's window closes in a minute.
+        ref = {
+            "message_id": "m1",
+            "request_id": "r1",
+            "campaign_id": "c1",
+            "customer_id": "cust-1",
+            "case_id": None,
+        }
+        expires = world.clock.now + timedelta(minutes=1)
+        await world.calling.place(Call("m1", NUMBER, "en-US", ref, expires), say="Hello.")
+    assert world.provider.calls == []
+    assert world.producer.statuses() == [("failed", "expired")]
+    assert [row["status"] for row in world.ledger.rows.values()] == ["failed"]

@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from prometheus_client import Counter
 from pymongo.errors import PyMongoError
@@ -53,6 +54,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class ClaimLost(Exception):
     """Another consumer claimed the message again (a rebalance) before it went out."""
+
+
+class ExpiredWaiting(Exception):
+    """The message's deadline passed while it waited for a connection or the pacer."""
 
 
 class EmailSending:
@@ -214,11 +219,17 @@ class EmailSending:
                 await self._fail(msg, "circuit-open", "expired while the relay was failing")
                 return
             try:
-                accepted = await self._relay(msg.message_id, claim, recipient, data)
+                accepted = await self._relay(msg.message_id, claim, recipient, data, msg.deadline)
                 RELAY_ATTEMPTS.labels("accepted").inc()
                 self.breaker.success()
             except ClaimLost:
                 log.info("claimed again elsewhere before sending; left to that consumer")
+                return
+            except ExpiredWaiting:
+                if last is None:
+                    await self._fail(msg, "expired", "expired waiting to send")
+                else:
+                    await self._fail(msg, last.code, f"expired while retrying: {last.detail}")
                 return
             except RelayRefused as exc:
                 RELAY_ATTEMPTS.labels(exc.code).inc()
@@ -268,21 +279,33 @@ class EmailSending:
         assert last is not None
         await self._fail(msg, last.code, f"retries exhausted: {last.detail}")
 
-    async def _relay(self, message_id: str, claim: str, recipient: str, data: bytes) -> Accepted:
+    async def _relay(
+        self,
+        message_id: str,
+        claim: str,
+        recipient: str,
+        data: bytes,
+        deadline: datetime | None = None,
+    ) -> Accepted:
         """One relay transaction, paced per relay, observed as the other senders' provider
         requests are (accepted, rejected, busy, timeout) from after the pacer's wait.
 
         The ledger row turns 'sending' only once a connection is ready and the pacer lets the
         message go, just before MAIL FROM: a crash while waiting for either leaves it 'queued'
-        (nothing handed to the relay), so it is sent after a restart, not written off.
+        (nothing handed to the relay), so it is sent after a restart, not written off. When
+        `deadline` passed during those waits, nothing is sent (ExpiredWaiting).
         """
         started = time.monotonic()
 
         async def pace() -> None:
             nonlocal started
             await self.pacer.acquire(self.relay_id)
-            if not await self.ledger.start_sending(message_id, claim=claim, now=utc_now()):
+            now = utc_now()
+            if not await self.ledger.start_sending(message_id, claim=claim, now=now):
                 raise ClaimLost(message_id)
+            if deadline is not None and deadline <= now:
+                # Checked once the row is ours again: no other consumer's outcome is touched.
+                raise ExpiredWaiting(message_id)
             started = time.monotonic()
 
         def observe(outcome: str, code: str) -> None:

@@ -214,6 +214,12 @@ class SmsSending:
                         # claimed the row again: that one sends (or sent) it; its outcome stands.
                         log.info("claimed again elsewhere before sending; left to that consumer")
                         return
+                    if msg.deadline is not None and msg.deadline <= utc_now():
+                        # The pacer's wait (a 429's hold, a queue of sends) outlasted the
+                        # deadline. Checked once the row is ours again: no other consumer's
+                        # outcome is touched.
+                        await self._expired(ref, last)
+                        return
                 try:
                     sent = await self.provider.send(
                         to=msg.to, body=msg.body, status_callback=callback
@@ -260,6 +266,14 @@ class SmsSending:
         if paused == "taken":
             return  # another consumer holds the row now; its outcome stands
         await self.fail(ref, last, gave_up_reason(paused, last))
+
+    async def _expired(self, ref: dict[str, Any], last: str) -> None:
+        """Not sent: the deadline passed while waiting to send (`last`: the latest retryable
+        failure, 'none' before any)."""
+        if last == "none":
+            await self.fail(ref, "expired", "expired waiting to send")
+        else:
+            await self.fail(ref, last, gave_up_reason("expired", last))
 
     async def _pause(self, msg: OutboundSms, delay: float, claim: str) -> PauseOutcome:
         """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""

@@ -222,6 +222,12 @@ class VoiceCalling:
                     # stands.
                     log.info("claimed again elsewhere before calling; left to that consumer")
                     return
+                if call.expires_at is not None and call.expires_at <= sending_at:
+                    # The pacer's wait (a 429's hold, a queue of calls) outlasted the expiry.
+                    # Checked once the row is ours again, so no other consumer's outcome is
+                    # overwritten.
+                    await self._expired(ref, last)
+                    return
                 try:
                     placed = await self.provider.call(
                         to=call.to,
@@ -300,6 +306,14 @@ class VoiceCalling:
     async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
+
+    async def _expired(self, ref: dict[str, Any], last: str) -> None:
+        """No call: the expiry passed while waiting to place it (`last`: the latest retryable
+        failure, 'none' before any)."""
+        if last == "none":
+            await self._fail(ref, "expired", "expired waiting to call")
+        else:
+            await self._fail(ref, last, gave_up_reason("expired", last))
 
     async def _pause(self, call: Call, delay: float, claim: str) -> PauseOutcome:
         return await pause_unclaimed(
