@@ -72,9 +72,10 @@ class Env:
                     return float(sample.value)
         return 0.0
 
-    async def press(self, sid: str, digits: str) -> dict[str, Any]:
+    async def press(self, sid: str, digits: str = "", *, speech: str = "") -> dict[str, Any]:
         r = await self.http.post(
-            f"{self.sandbox}/sandbox/api/calls/{sid}/keypad", json={"digits": digits}
+            f"{self.sandbox}/sandbox/api/calls/{sid}/keypad",
+            json={"digits": digits, "speech": speech},
         )
         assert r.status_code == 200, r.text
         out: dict[str, Any] = r.json()
@@ -188,6 +189,19 @@ async def test_pressing_9_stops_and_star_repeats(env: Env) -> None:
     assert "<Gather" in r["twiml"] and "Your parcel is delayed." in r["twiml"]
     r = await env.press(call["sid"], "9")
     assert "<Hangup" in r["twiml"]
+    reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
+    assert reply.intent == "stop"
+
+
+async def test_a_spoken_stop_in_the_calls_language_stops(env: Env) -> None:
+    # Twilio transcribes in the Gather's language, with punctuation.
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Votre colis est en retard.", language="fr-FR")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    assert 'language="fr-FR"' in call["twiml"][0] and "arrêter" in call["twiml"][0]
+    r = await env.press(call["sid"], speech="Arrêtez !")
+    assert ivr.PROMPTS["fr"].stopped in r["twiml"] and "<Hangup" in r["twiml"]
     reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
     assert reply.intent == "stop"
 

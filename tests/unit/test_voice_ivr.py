@@ -29,6 +29,60 @@ def test_interpret(digits: str, speech: str, choice: str) -> None:
     assert ivr.interpret(digits=digits, speech=speech) == choice
 
 
+@pytest.mark.parametrize(
+    ("language", "speech", "choice"),
+    [
+        # Transcripts carry punctuation, and a spoken number comes as digits.
+        ("en-US", "Stop!", "stop"),
+        ("en-US", "Yes!", "confirm"),
+        ("en-GB", "Agent?", "agent"),
+        ("en-US", "1.", "confirm"),
+        ("en-US", "2", "agent"),
+        ("en-US", "9", "stop"),
+        ("en-US", "Nine.", "stop"),
+        # An opt-out keyword as an SMS knows it, and a stop anywhere wins.
+        ("en-US", "Unsubscribe.", "stop"),
+        ("en-US", "Yes, stop calling me.", "stop"),
+        # The prompts' languages, accents or none.
+        ("fr-FR", "Arrêtez.", "stop"),
+        ("fr-FR", "Oui, je confirme.", "confirm"),
+        ("fr-FR", "Je veux un conseiller.", "agent"),  # "un" is no 1
+        ("fr-FR", "Neuf", "stop"),
+        ("de-DE", "Ja, bestätigen.", "confirm"),
+        ("de-DE", "Mitarbeiter, bitte!", "agent"),
+        ("de-DE", "Stopp!", "stop"),
+        ("de-DE", "bestatigen", "confirm"),
+        ("es-ES", "Sí, confirmo.", "confirm"),
+        ("es-MX", "¿Agente?", "agent"),
+        ("es-ES", "¡Basta!", "stop"),
+        ("es-ES", "Dos.", "agent"),
+        ("zh-CN", "我要转人工。", "agent"),
+        # English is understood in every call; another language's words only in its own.
+        ("fr-FR", "Stop.", "stop"),
+        ("en-US", "Ja.", "repeat"),
+        ("pt-BR", "Confirm.", "confirm"),
+        ("en-US", "Hmm?", "repeat"),
+    ],
+)
+def test_spoken_answers(language: str, speech: str, choice: str) -> None:
+    assert ivr.interpret(speech=speech, language=language) == choice
+
+
+def test_every_prompt_language_has_hints() -> None:
+    assert set(ivr.HINTS) == set(ivr.PROMPTS)
+    assert set(ivr.SPEECH) == set(ivr.PROMPTS) - {"zh"}  # Chinese: SPEECH_PHRASES
+
+
+@pytest.mark.parametrize(
+    ("language", "hints"), [("fr-FR", "confirmer"), ("de-DE", "bestätigen"), ("es-ES", "agente")]
+)
+def test_the_menu_listens_for_the_words_of_its_language(language: str, hints: str) -> None:
+    xml = ivr.menu(say="x", language=language, gather_url="g", again_url=None)
+    gather = ET.fromstring(xml).find("Gather")  # noqa: S314 - our own output
+    assert gather is not None and gather.get("language") == language
+    assert hints in (gather.get("hints") or "")
+
+
 def test_menu_says_the_message_in_language_and_gathers() -> None:
     xml = ivr.menu(
         say="Ihr Techniker kommt morgen.",

@@ -97,7 +97,8 @@ async def gather(request: Request, form: Signed, mid: str = "") -> Response:
     settings: Settings = request.app.state.settings
     row = await _row(request, mid)
     digits, speech = _field(form, "Digits"), _field(form, "SpeechResult")
-    choice = ivr.interpret(digits=digits, speech=speech)
+    language = row.get("language") or "en"
+    choice = ivr.interpret(digits=digits, speech=speech, language=language)
     if choice in CHOICE_INTENT:
         intent, text = CHOICE_INTENT[choice]
         call_sid = _field(form, "CallSid") or row.get("provider_id") or row["_id"]
@@ -107,7 +108,7 @@ async def gather(request: Request, form: Signed, mid: str = "") -> Response:
         )
     body = ivr.after(
         choice,
-        language=row.get("language") or "en",
+        language=language,
         contact_number=settings.contact_centre_number,
         again_url=calling.url("twiml", row["_id"], again="1"),
     )

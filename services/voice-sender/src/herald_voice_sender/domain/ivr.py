@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 from babel import Locale, UnknownLocaleError
 from babel.core import get_global
 from twilio.twiml.voice_response import VoiceResponse
+
+from herald_contracts import keyword
 
 Choice = Literal["confirm", "agent", "stop", "repeat"]
 
@@ -82,17 +85,71 @@ PROMPTS: dict[str, Prompts] = {
     ),
 }
 
-SPEECH: dict[str, Choice] = {
-    "confirm": "confirm",
-    "yes": "confirm",
-    "one": "confirm",
-    "agent": "agent",
-    "operator": "agent",
-    "representative": "agent",
-    "two": "agent",
-    "stop": "stop",
-    "nine": "stop",
+# Spoken answers per prompt language (the keypad's options said as words, and the digits a
+# recogniser writes for them). Compared folded (see `_fold`): case, accents and punctuation
+# aside. Articles that double as numbers ("un" in French) are left out: "un conseiller" is no 1.
+SPEECH: dict[str, dict[str, Choice]] = {
+    "en": {
+        "confirm": "confirm",
+        "yes": "confirm",
+        "one": "confirm",
+        "agent": "agent",
+        "operator": "agent",
+        "representative": "agent",
+        "two": "agent",
+        "stop": "stop",
+        "nine": "stop",
+    },
+    "fr": {
+        "confirmer": "confirm",
+        "confirme": "confirm",
+        "oui": "confirm",
+        "conseiller": "agent",
+        "conseillère": "agent",
+        "agent": "agent",
+        "opérateur": "agent",
+        "deux": "agent",
+        "arrêter": "stop",
+        "arrêtez": "stop",
+        "arrête": "stop",
+        "stop": "stop",
+        "neuf": "stop",
+    },
+    "de": {
+        "bestätigen": "confirm",
+        "bestätige": "confirm",
+        "ja": "confirm",
+        "eins": "confirm",
+        "mitarbeiter": "agent",
+        "mitarbeiterin": "agent",
+        "berater": "agent",
+        "agent": "agent",
+        "zwei": "agent",
+        "stopp": "stop",
+        "stop": "stop",
+        "aufhören": "stop",
+        "abmelden": "stop",
+        "neun": "stop",
+    },
+    "es": {
+        "confirmar": "confirm",
+        "confirmo": "confirm",
+        "sí": "confirm",
+        "uno": "confirm",
+        "agente": "agent",
+        "operador": "agent",
+        "asesor": "agent",
+        "dos": "agent",
+        "parar": "stop",
+        "pare": "stop",
+        "detener": "stop",
+        "basta": "stop",
+        "stop": "stop",
+        "nueve": "stop",
+    },
 }
+# The keypad's options, as a recogniser writes a spoken number ("1." for "one").
+SPOKEN_KEYS: dict[str, Choice] = {"1": "confirm", "2": "agent", "9": "stop"}
 # Words of languages written without spaces, found anywhere in what was heard.
 SPEECH_PHRASES: dict[str, Choice] = {
     "确认": "confirm",
@@ -101,6 +158,14 @@ SPEECH_PHRASES: dict[str, Choice] = {
     "客服": "agent",
     "停止": "stop",
     "退订": "stop",
+}
+# What the recogniser is told to expect, per prompt language.
+HINTS: dict[str, str] = {
+    "en": "confirm, agent, stop",
+    "fr": "confirmer, conseiller, arrêter",
+    "de": "bestätigen, Mitarbeiter, stopp",
+    "es": "confirmar, agente, parar",
+    "zh": "确认, 人工, 停止",
 }
 
 
@@ -126,22 +191,47 @@ def prompts_for(language: str) -> Prompts:
     return PROMPTS.get(language.split("-")[0].lower(), PROMPTS["en"])
 
 
-def interpret(*, digits: str = "", speech: str = "") -> Choice:
-    """What the callee chose: 1 confirm, 2 agent, 9 stop; anything else repeats the menu."""
+def _fold(text: str) -> str:
+    """Text compared as words: width-folded (NFKC), case-folded, accents dropped, and every
+    punctuation mark or symbol a space (a transcript says "Stop!", "Oui, confirmer.")."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    kept = (
+        " " if unicodedata.category(c)[0] in "PS" else c
+        for c in decomposed
+        if not unicodedata.combining(c)
+    )
+    return "".join(kept)
+
+
+def _words(language: str | None) -> dict[str, Choice]:
+    """The spoken answers understood in a call: English (the fallback prompts' language, and
+    words such as "stop" that callers say in any language) and the prompt language's; every
+    language's when the call's is not known."""
+    if language is None:
+        tables = list(SPEECH.values())
+    else:
+        tables = [SPEECH["en"], SPEECH.get(language.split("-")[0].lower(), {})]
+    return {_fold(word): choice for table in tables for word, choice in table.items()}
+
+
+def interpret(*, digits: str = "", speech: str = "", language: str | None = None) -> Choice:
+    """What the callee chose: 1 confirm, 2 agent, 9 stop; anything else repeats the menu.
+
+    Speech in the call's language (`language`; every prompt language's when None): the keys'
+    words or digits, and, as in an SMS, a whole answer that is an opt-out keyword (STOP,
+    UNSUBSCRIBE, 退订, ...). A stop anywhere in the answer wins, as an opt-out must.
+    """
     key = digits.strip()[:1]
-    if key == "1":
-        return "confirm"
-    if key == "2":
-        return "agent"
-    if key == "9":
+    if key in SPOKEN_KEYS:
+        return SPOKEN_KEYS[key]
+    if keyword(speech) == "stop":
         return "stop"
-    for word in speech.lower().replace(".", " ").replace(",", " ").split():
-        if word in SPEECH:
-            return SPEECH[word]
-    for phrase, choice in SPEECH_PHRASES.items():
-        if phrase in speech:
-            return choice
-    return "repeat"
+    words = _words(language)
+    heard = [words.get(word) or SPOKEN_KEYS.get(word) for word in _fold(speech).split()]
+    heard += [choice for phrase, choice in SPEECH_PHRASES.items() if phrase in speech]
+    if "stop" in heard:
+        return "stop"
+    return next((choice for choice in heard if choice is not None), "repeat")
 
 
 def spoken(text: str) -> str:
@@ -161,7 +251,7 @@ def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> 
         method="POST",
         timeout=6,
         language=language,
-        hints="confirm, agent, stop, 确认, 人工, 停止",
+        hints=HINTS.get(language.split("-")[0].lower(), HINTS["en"]),
     )
     g.say(spoken(say), language=language)
     g.say(p.menu, language=language)
