@@ -112,6 +112,36 @@ def test_agent_dials_the_contact_centre_and_unknown_language_falls_back() -> Non
     assert "<Dial>+15005550009</Dial>" in xml and "Connecting you" in xml
 
 
+def _says(xml: str) -> list[tuple[str, str | None]]:
+    root = ET.fromstring(xml)  # noqa: S314 - our own output
+    return [(s.text or "", s.get("language")) for s in root.iter("Say")]
+
+
+def test_english_fallback_prompts_are_said_by_an_english_voice() -> None:
+    # No Portuguese prompts: the case text keeps the call's voice, the English menu gets an
+    # English one, and the answer to it is listened for in English.
+    say = "Seu técnico chega amanhã."
+    xml = ivr.menu(say=say, language="pt-BR", gather_url="g", again_url=None)
+    gather = ET.fromstring(xml).find("Gather")  # noqa: S314 - our own output
+    assert gather is not None and gather.get("language") == "en-US"
+    assert "confirm" in (gather.get("hints") or "")
+    says = _says(xml)
+    assert says[0] == (say, "pt-BR")
+    assert all(lang == "en-US" for _, lang in says[1:]) and "Press 1" in says[1][0]
+    voicemail = _says(ivr.voicemail(say="Caso", language="pt-BR", contact_number="+15005550009"))
+    assert voicemail[0] == ("Caso", "pt-BR")
+    assert all(lang == "en-US" for _, lang in voicemail[1:])
+    for choice in ("confirm", "agent", "stop"):
+        xml = ivr.after(choice, language="pt-BR", contact_number="+15005550009", again_url="a")
+        assert {lang for _, lang in _says(xml)} == {"en-US"}
+    assert _says(ivr.callback(language="pt-BR", contact_number="+15005550009"))[0][1] == "en-US"
+
+
+def test_translated_prompts_keep_the_calls_voice() -> None:
+    xml = ivr.after("stop", language="es-MX", contact_number="+15005550009", again_url="a")
+    assert _says(xml) == [(ivr.PROMPTS["es"].stopped, "es-MX")]
+
+
 def test_voicemail_has_no_menu() -> None:
     xml = ivr.voicemail(say="Case resolved.", language="en", contact_number="+15005550009")
     assert "<Gather" not in xml and "Case resolved." in xml and "<Hangup" in xml

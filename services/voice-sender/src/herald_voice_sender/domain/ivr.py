@@ -167,6 +167,8 @@ HINTS: dict[str, str] = {
     "es": "confirmar, agente, parar",
     "zh": "确认, 人工, 停止",
 }
+# The voice of the English prompts said in a call whose language has none of its own.
+FALLBACK_LANGUAGE = "en-US"
 
 
 def tts_language(tag: str) -> str:
@@ -189,6 +191,13 @@ def tts_language(tag: str) -> str:
 def prompts_for(language: str) -> Prompts:
     """The prompts of a BCP 47 language (en-GB -> en); English when not translated."""
     return PROMPTS.get(language.split("-")[0].lower(), PROMPTS["en"])
+
+
+def prompt_language(language: str) -> str:
+    """The language the prompts of a call are said (and answers to them heard) in: the call's
+    own when its prompts exist, else en-US, the English fallback's (an English sentence said
+    by a Portuguese voice is hard to follow, and the answer comes in English)."""
+    return language if language.split("-")[0].lower() in PROMPTS else FALLBACK_LANGUAGE
 
 
 def _fold(text: str) -> str:
@@ -241,8 +250,11 @@ def spoken(text: str) -> str:
 
 
 def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> str:
-    """Say the message, then gather one key or a word; after silence, once more then goodbye."""
-    p = prompts_for(language)
+    """Say the message, then gather one key or a word; after silence, once more then goodbye.
+
+    The message is said in the call's language; the prompts, and the answer to them listened
+    for, in the prompts' (see `prompt_language`)."""
+    p, spoken_in = prompts_for(language), prompt_language(language)
     r = VoiceResponse()
     g = r.gather(
         input="dtmf speech",
@@ -250,44 +262,44 @@ def menu(*, say: str, language: str, gather_url: str, again_url: str | None) -> 
         action=gather_url,
         method="POST",
         timeout=6,
-        language=language,
-        hints=HINTS.get(language.split("-")[0].lower(), HINTS["en"]),
+        language=spoken_in,
+        hints=HINTS[spoken_in.split("-")[0].lower()],
     )
     g.say(spoken(say), language=language)
-    g.say(p.menu, language=language)
+    g.say(p.menu, language=spoken_in)
     if again_url:
         r.redirect(again_url, method="POST")
     else:
-        r.say(p.goodbye, language=language)
+        r.say(p.goodbye, language=spoken_in)
         r.hangup()
     return str(r)
 
 
 def voicemail(*, say: str, language: str, contact_number: str) -> str:
     """What a machine hears: the message, how to reach us, then hang up (no menu)."""
-    p = prompts_for(language)
+    p, spoken_in = prompts_for(language), prompt_language(language)
     r = VoiceResponse()
     r.pause(length=1)
     r.say(spoken(say), language=language)
-    r.say(p.voicemail, language=language)
+    r.say(p.voicemail, language=spoken_in)
     if contact_number:
-        r.say(" ".join(contact_number.lstrip("+")), language=language)
+        r.say(" ".join(contact_number.lstrip("+")), language=spoken_in)
     r.hangup()
     return str(r)
 
 
 def after(choice: Choice, *, language: str, contact_number: str, again_url: str) -> str:
     """The TwiML answering a choice."""
-    p = prompts_for(language)
+    p, spoken_in = prompts_for(language), prompt_language(language)
     r = VoiceResponse()
     if choice == "confirm":
-        r.say(p.confirmed, language=language)
+        r.say(p.confirmed, language=spoken_in)
         r.hangup()
     elif choice == "agent":
-        r.say(p.connecting, language=language)
+        r.say(p.connecting, language=spoken_in)
         r.dial(contact_number)
     elif choice == "stop":
-        r.say(p.stopped, language=language)
+        r.say(p.stopped, language=spoken_in)
         r.hangup()
     else:
         r.redirect(again_url, method="POST")
@@ -296,8 +308,7 @@ def after(choice: Choice, *, language: str, contact_number: str, again_url: str)
 
 def callback(*, language: str, contact_number: str) -> str:
     """A call the customer asked for: straight to an agent."""
-    p = prompts_for(language)
     r = VoiceResponse()
-    r.say(p.callback, language=language)
+    r.say(prompts_for(language).callback, language=prompt_language(language))
     r.dial(contact_number)
     return str(r)
