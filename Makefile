@@ -54,7 +54,7 @@ chaos: setup ## Fault injection at full size (20,000 contacts); prints the recon
 infra-up: ## Start only Kafka and FerretDB
 	bash deploy/local/infra.sh start
 
-infra-down: ## Stop Kafka and FerretDB
+infra-down: ## Stop Kafka, FerretDB and any service an earlier make run left running
 	bash deploy/local/infra.sh stop
 
 infra-status: ## Are Kafka and FerretDB running?

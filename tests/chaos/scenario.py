@@ -556,8 +556,8 @@ def restart(stack: Stack, name: str, *, attempts: int = 3) -> None:
     """Start a killed service again and wait until ready; a port briefly held elsewhere on a
     busy machine is retried rather than reported as a Herald failure."""
     for attempt in range(1, attempts + 1):
-        stack.start_one(name)
         try:
+            stack.start_one(name)  # refuses a port still held
             stack.wait_ready(120, names=[name])
             return
         except RuntimeError:

@@ -32,20 +32,36 @@ def main() -> None:
     kafka = f"{env('HERALD_KAFKA_HOST', '127.0.0.1')}:{env('HERALD_KAFKA_PORT', '9092')}"
     mongo_host = env("HERALD_MONGO_HOST", "127.0.0.1")
     mongo = f"mongodb://{mongo_host}:{env('HERALD_MONGO_PORT', '27017')}/"
+    # The services' pid files sit beside Kafka's and FerretDB's (deploy/local/lib.sh's
+    # HERALD_RUN), where `infra.sh stop` finds them if this process dies without its clean-up.
+    run_dir = Path(env("HERALD_RUN") or Path(env("HERALD_CACHE") or root / ".cache") / "run")
+    stack = Stack(
+        StackConfig(
+            kafka_bootstrap=kafka,
+            mongo_uri=mongo,
+            log_dir=root / ".cache" / "logs",
+            pid_dir=run_dir / "services",
+        )
+    )
+    try:  # before the infrastructure starts: a taken port is for the user to clear first
+        stack.refuse_taken_ports()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
     if not args.no_infra:
         subprocess.run(["bash", str(infra), "start"], check=True)  # noqa: S603, S607
     asyncio.run(ensure_topics(kafka))
-    stack = Stack(
-        StackConfig(kafka_bootstrap=kafka, mongo_uri=mongo, log_dir=root / ".cache" / "logs")
-    )
     stopping = False
+    hung_up = False
 
-    def _stop(*_: object) -> None:
-        nonlocal stopping
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping, hung_up
         stopping = True
+        hung_up = hung_up or signum == signal.SIGHUP
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    # Closing the terminal (SIGHUP) stops everything as Ctrl-C does: the services run in
+    # sessions of their own, so no hangup reaches them, and they would outlive this process.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     prometheus: LocalPrometheus | None = None
     try:
         stack.start(timeout=90)
@@ -69,10 +85,21 @@ def main() -> None:
         sys.stdout.flush()
         while not stopping:
             signal.pause()
+    except RuntimeError as exc:  # a service that cannot start: say which and why, no traceback
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(1) from None
     finally:
-        sys.stdout.write("stopping services...\n")
+        # After a hangup the terminal is gone and writing to it fails: say nothing, stop all.
+        quiet = subprocess.DEVNULL if hung_up else None
+        if not hung_up:
+            sys.stdout.write("stopping services...\n")
         if prometheus is not None:
             prometheus.stop()
         stack.stop()
         if not args.no_infra:
-            subprocess.run(["bash", str(infra), "stop"], check=False)  # noqa: S603, S607
+            subprocess.run(  # noqa: S603
+                ["bash", str(infra), "stop"],  # noqa: S607
+                check=False,
+                stdout=quiet,
+                stderr=quiet,
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,9 @@ class StackConfig:
     link_secret: str = "herald-dev-link-secret"  # noqa: S105 - local development only
     log_dir: Path = Path(".cache/logs")
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Where each service's pid file goes (`make run`: so that deploy/local/services.sh can stop
+    # what a run killed without its clean-up left behind); None writes none.
+    pid_dir: Path | None = None
 
 
 @dataclass
@@ -82,6 +86,18 @@ class Stack:
     def smtp_port(self) -> int:
         """The sandbox's SMTP sink port in this stack."""
         return SANDBOX_SMTP_PORT + self.config.port_offset
+
+    def ports_of(self, name: str) -> list[tuple[str, int]]:
+        """What a service listens on in this stack: (what, port) pairs."""
+        ports = [(name, self.port(name))]
+        if name == "sandbox":
+            ports.append(("sandbox SMTP sink", self.smtp_port()))
+        return ports
+
+    def pid_file(self, name: str) -> Path | None:
+        """A service's pid file, when this stack keeps them."""
+        pid_dir = self.config.pid_dir
+        return pid_dir / f"{name}.pid" if pid_dir is not None else None
 
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         """Environment of one service process."""
@@ -133,15 +149,21 @@ class Stack:
         return env
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start every service and wait until each is ready."""
+        """Start every service and wait until each is ready.
+
+        RuntimeError, before starting any, when a port of one is taken: a service left running
+        by an earlier stack would answer in place of the new one, which dies at its bind."""
+        self.refuse_taken_ports()
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
             self.start_one(spec.name)
         self.wait_ready(timeout)
 
     def start_one(self, name: str) -> Running:
-        """Start (or restart) one service process."""
+        """Start (or restart) one service process; RuntimeError when its port is taken."""
         spec = next(s for s in self.specs if s.name == name)
+        self.refuse_taken_ports([name])
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.config.log_dir / f"{spec.name}{self.config.db_suffix}.log"
         log = log_path.open("ab")
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -154,21 +176,46 @@ class Stack:
         log.close()
         run = Running(spec, self.port(spec.name), proc, log_path)
         self.running[name] = run
+        pid_file = self.pid_file(name)
+        if pid_file is not None:
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{proc.pid}\n")
         return run
 
+    def refuse_taken_ports(self, names: Iterable[str] | None = None) -> None:
+        """RuntimeError naming each service (every one by default) whose port another process
+        holds; one of this stack's own running processes holds its ports by right."""
+        names = [spec.name for spec in self.specs] if names is None else names
+        taken = [
+            f"{what} port {port}"
+            for name in names
+            if not self._own_and_alive(name)
+            for what, port in self.ports_of(name)
+            if _port_taken(port)
+        ]
+        if taken:
+            raise RuntimeError(
+                f"cannot start: {', '.join(taken)} already taken by another process (a service"
+                " an earlier `make run` left running? `make infra-down` stops those)"
+            )
+
+    def _own_and_alive(self, name: str) -> bool:
+        run = self.running.get(name)
+        return run is not None and run.process.poll() is None
+
     def wait_ready(self, timeout: float = 60.0, names: Iterable[str] | None = None) -> None:
-        """Poll /readyz of each service until 200; RuntimeError naming the laggards."""
-        pending = set(names or self.running)
+        """Poll /readyz of each service until 200; RuntimeError naming the laggards, or a
+        service whose process exited (ready or not: an answer on its port proves nothing
+        when its own process is gone)."""
+        names = list(names or self.running)
+        pending = set(names)
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2) as client:
             while pending and time.monotonic() < deadline:
                 for name in sorted(pending):
-                    run = self.running[name]
-                    if run.process.poll() is not None:
-                        tail = run.log_path.read_text(errors="replace")[-3000:]
-                        raise RuntimeError(f"{name} exited ({run.process.returncode}):\n{tail}")
+                    self._raise_if_exited(name)
                     try:
-                        if client.get(f"{run.url}/readyz").status_code == 200:
+                        if client.get(f"{self.running[name].url}/readyz").status_code == 200:
                             pending.discard(name)
                     except httpx.HTTPError:
                         pass
@@ -176,6 +223,16 @@ class Stack:
                     time.sleep(0.3)
         if pending:
             raise RuntimeError(f"not ready after {timeout}s: {', '.join(sorted(pending))}")
+        for name in names:
+            self._raise_if_exited(name)
+
+    def _raise_if_exited(self, name: str) -> None:
+        run = self.running[name]
+        if run.process.poll() is not None:
+            tail = run.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"{name} (port {run.port}) exited ({run.process.returncode}):\n{tail}"
+            )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send a signal to one service (kill -9 by default) and reap it."""
@@ -183,6 +240,7 @@ class Stack:
         if run.process.poll() is None:
             os.killpg(run.process.pid, sig)
             run.process.wait(timeout=30)
+        self._forget_pid(name)
 
     def stop(self) -> None:
         """Stop every service gracefully, then forcibly."""
@@ -195,3 +253,22 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(run.process.pid, signal.SIGKILL)
                 run.process.wait(timeout=5)
+        for name in self.running:
+            self._forget_pid(name)
+
+    def _forget_pid(self, name: str) -> None:
+        pid_file = self.pid_file(name)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether another socket holds the port on 127.0.0.1 (one closing in TIME_WAIT does not:
+    the services' servers bind with SO_REUSEADDR too)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
