@@ -22,6 +22,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 Stage = Literal["rcpt", "data"]
 
+log = logging.getLogger("herald.sandbox.smtp")
+
 
 @dataclass
 class EmailRecord:
@@ -200,6 +202,8 @@ class SmtpSink:
             port=self.port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        # Port 0 (the default) picked one: say which, or mail cannot find the sink.
+        log.info("SMTP sink listening", extra={"host": self.host, "smtp_port": self.port})
 
     async def stop(self) -> None:
         """Stop listening and drop connections."""
