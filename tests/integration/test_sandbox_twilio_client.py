@@ -65,3 +65,13 @@ async def test_a_complete_message_is_taken(client: Client) -> None:
     to = unique_phone()
     msg = await client.messages.create_async(to=to, from_=FROM, body="Booked for 2 pm")
     assert msg.sid.startswith("SM") and msg.to == to and msg.status == "queued"
+
+
+async def test_a_body_over_1600_characters_is_refused_with_21617(client: Client) -> None:
+    to = unique_phone()
+    longest = await client.messages.create_async(to=to, from_=FROM, body="x" * 1600)
+    assert longest.status == "queued"
+    with pytest.raises(TwilioRestException) as info:
+        await client.messages.create_async(to=to, from_=FROM, body="x" * 1601)
+    assert (info.value.status, info.value.code) == (400, 21617)
+    assert [m.sid for m in await client.messages.list_async(to=to)] == [longest.sid]

@@ -648,3 +648,31 @@ async def test_retries_stop_at_the_expiry_and_the_message_fails_with_a_reason(
     row = (await env.ledger_rows([msg.message_id]))[msg.message_id]
     assert row["status"] == "failed" and row["reason"] == failed.reason
     assert await env.sms_to(phone) == []
+
+
+async def test_a_body_twilio_refuses_as_too_long_fails_at_once_and_is_not_retried(
+    env_factory: EnvFactory,
+) -> None:
+    # One provider failure would open the breaker: a refused message must not count as one.
+    env: Env = await env_factory(breaker_threshold=1, send_backoff_seconds=0.05)
+    phone = unique_phone()
+    refused = {"sender": "sms-sender", "outcome": "rejected", "code": "21617"}
+    before = await _metric(env, "herald_provider_requests_total", **refused)
+    too_long = outbound_sms(phone, body="x" * 1601, customer_id="cust-long")
+    await env.publish(too_long)
+
+    # 'failed' with Twilio's code is what makes the dispatcher try the next channel at once.
+    [failed] = await eventually(lambda: env.statuses.where(message_id=too_long.message_id))
+    assert (failed.status, failed.error_code) == ("failed", "21617")
+    assert failed.reason and "1600" in failed.reason
+    row = (await env.ledger_rows([too_long.message_id]))[too_long.message_id]
+    assert (row["status"], row["error_code"]) == ("failed", "21617")
+    assert await _metric(env, "herald_provider_requests_total", **refused) - before == 1
+    assert await env.sms_to(phone) == []
+
+    # The provider is healthy: the next message goes out at once.
+    short = outbound_sms(phone, customer_id="cust-long")
+    await env.publish(short)
+    await eventually(lambda: env.statuses.where(message_id=short.message_id, status="sent"))
+    await asyncio.sleep(0.5)
+    assert [s.status for s in env.statuses.where(message_id=too_long.message_id)] == ["failed"]
