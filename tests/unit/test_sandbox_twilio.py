@@ -314,3 +314,31 @@ async def test_callbacks_to_a_slow_receiver_queue_rather_than_drop() -> None:
     finally:
         await runner.cleanup()
     assert sorted(received) == sorted((sid, s) for sid in sids for s in ("sent", "delivered"))
+
+
+async def test_list_pages_carry_twilios_uris_and_bounds(
+    sandbox: tuple[httpx.AsyncClient, Hooks],
+) -> None:
+    client, _ = sandbox
+    for i in range(3):
+        r = await client.post(
+            MSGS, data={"To": "+12015550100", "From": "+15005550006", "Body": f"m{i}"}, headers=AUTH
+        )
+        assert r.status_code == 201
+    page = (
+        await client.get(MSGS, params={"To": "+12015550100", "PageSize": 2}, headers=AUTH)
+    ).json()
+    assert [m["body"] for m in page["messages"]] == ["m2", "m1"]
+    assert (page["page"], page["page_size"], page["start"], page["end"]) == (0, 2, 0, 1)
+    assert page["first_page_uri"] == f"{MSGS}?To=%2B12015550100&PageSize=2&Page=0"
+    assert page["previous_page_uri"] is None
+    nxt = page["next_page_uri"]
+    assert nxt.startswith(f"{MSGS}?To=%2B12015550100&PageSize=2&Page=1&PageToken=PASM")
+    last = (await client.get(nxt, headers=AUTH)).json()
+    assert [m["body"] for m in last["messages"]] == ["m0"]
+    assert (last["page"], last["start"], last["end"], last["next_page_uri"]) == (1, 2, 2, None)
+    # Twilio's bounds: at most 1000 a page; a page size below 1 is refused, naming the field.
+    big = (await client.get(MSGS, params={"PageSize": 5000}, headers=AUTH)).json()
+    assert big["page_size"] == 1000
+    r = await client.get(MSGS, params={"PageSize": 0}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["field"] == "PageSize"

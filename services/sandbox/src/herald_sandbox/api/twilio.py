@@ -10,12 +10,13 @@ import logging
 import math
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode, urljoin
 
 import aiohttp
-from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import JSONResponse
 from twilio.request_validator import RequestValidator
 
@@ -34,6 +35,9 @@ GSM7 = set(
 API_VERSION = "2010-04-01"
 # Twilio refuses a longer message body outright (400, error 21617), however it would split it.
 MAX_BODY_CHARS = 1600
+# Twilio's list pages: 50 records unless PageSize says otherwise, at most 1000.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
 # Connections to webhook hosts at once. Twilio's status callbacks are not capped at a few dozen:
 # at 32, an SMS sender answering ~100 ms late under load (2 callbacks per SMS at 150 SMS/s)
 # left callbacks queued past their timeout, and the benchmark lost a third of its statuses.
@@ -239,33 +243,90 @@ async def create_message(
     return JSONResponse(record.as_twilio(), status_code=201)
 
 
+@dataclass(frozen=True)
+class Paging:
+    """Twilio's paging parameters: the page size, the page number, the cursor (PageToken:
+    "PA" and the sid of the last record of the page before, "PB" and the first of the page
+    after)."""
+
+    page_size: int
+    page: int
+    page_token: str | None
+
+
+def _paging(
+    page_size: Annotated[int, Query(alias="PageSize", ge=1)] = DEFAULT_PAGE_SIZE,
+    page: Annotated[int, Query(alias="Page", ge=0)] = 0,
+    page_token: Annotated[str | None, Query(alias="PageToken")] = None,
+) -> Paging:
+    """The paging parameters of a list request."""
+    return Paging(page_size, page, page_token)
+
+
+def _page(
+    name: str,
+    records: Sequence[Any],
+    render: Callable[[Any], dict[str, Any]],
+    uri: str,
+    filters: dict[str, str | None],
+    paging: Paging,
+) -> dict[str, Any]:
+    """One page of a Twilio list answer, with the URIs of the first, previous and next pages
+    (twilio-python follows next_page_uri to read the rest)."""
+    size = min(paging.page_size, MAX_PAGE_SIZE)
+    token = paging.page_token or ""
+    sids = [r.sid for r in records]
+    # Records are never removed, so a cursor's sid is found; if not, the page is empty.
+    if token.startswith("PA"):
+        start = sids.index(token[2:]) + 1 if token[2:] in sids else len(sids)
+    elif token.startswith("PB"):
+        start = max(0, sids.index(token[2:]) - size) if token[2:] in sids else len(sids)
+    else:
+        start = paging.page * size
+    chunk = records[start : start + size]
+    query = {k: v for k, v in filters.items() if v is not None}
+
+    def page_uri(number: int, cursor: str | None = None) -> str:
+        extra = {"PageToken": cursor} if cursor else {}
+        return f"{uri}?{urlencode({**query, 'PageSize': size, 'Page': number, **extra})}"
+
+    has_next = bool(chunk) and start + len(chunk) < len(records)
+    has_previous = bool(chunk) and start > 0 and paging.page > 0
+    return {
+        name: [render(r) for r in chunk],
+        "page": paging.page,
+        "page_size": size,
+        "first_page_uri": page_uri(0),
+        "next_page_uri": page_uri(paging.page + 1, "PA" + chunk[-1].sid) if has_next else None,
+        "previous_page_uri": (
+            page_uri(paging.page - 1, "PB" + chunk[0].sid) if has_previous else None
+        ),
+        "uri": page_uri(paging.page, paging.page_token),
+        "start": start,
+        "end": start + max(0, len(chunk) - 1),
+    }
+
+
 @router.get("/Accounts/{account_sid}/Messages.json")
 async def list_messages(
     request: Request,
     account_sid: str,
+    page: Annotated[Paging, Depends(_paging)],
     to: Annotated[str | None, Query(alias="To")] = None,
+    from_: Annotated[str | None, Query(alias="From")] = None,
 ) -> Any:
-    """List messages, newest first, optionally to one number (a Twilio page of one)."""
+    """List messages, newest first, to and/or from one number, a page at a time as Twilio."""
     settings: Settings = request.app.state.settings
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
-    items = [m.as_twilio() for m in reversed(request.app.state.outbox.find_sms(to))]
-    return _page("messages", items, f"/{API_VERSION}/Accounts/{account_sid}/Messages.json")
-
-
-def _page(name: str, items: list[Any], uri: str) -> dict[str, Any]:
-    """A Twilio list answer holding every item on page 0."""
-    return {
-        name: items,
-        "page": 0,
-        "page_size": max(50, len(items)),
-        "first_page_uri": uri,
-        "next_page_uri": None,
-        "previous_page_uri": None,
-        "uri": uri,
-        "start": 0,
-        "end": max(0, len(items) - 1),
-    }
+    messages = [
+        m
+        for m in reversed(request.app.state.outbox.find_sms(to))
+        if from_ is None or m.from_ == from_
+    ]
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+    filters = {"To": to, "From": from_}
+    return _page("messages", messages, lambda m: m.as_twilio(), uri, filters, page)
 
 
 @router.get("/Accounts/{account_sid}/Messages/{sid}.json")
@@ -336,16 +397,24 @@ async def create_call(
 async def list_calls(
     request: Request,
     account_sid: str,
+    page: Annotated[Paging, Depends(_paging)],
     to: Annotated[str | None, Query(alias="To")] = None,
     from_: Annotated[str | None, Query(alias="From")] = None,
+    status: Annotated[str | None, Query(alias="Status")] = None,
 ) -> Any:
-    """List calls, newest first, optionally to and/or from one number (a Twilio page of one)."""
+    """List calls, newest first, to and/or from one number and/or in one status, a page at a
+    time as Twilio."""
     settings: Settings = request.app.state.settings
     if not _authorised(request, account_sid, settings):
         return twilio_error(401, 20003, "Authenticate")
-    calls = request.app.state.outbox.find_calls(to)
-    items = [c.as_twilio() for c in reversed(calls) if from_ is None or c.from_ == from_]
-    return _page("calls", items, f"/{API_VERSION}/Accounts/{account_sid}/Calls.json")
+    calls = [
+        c
+        for c in reversed(request.app.state.outbox.find_calls(to))
+        if (from_ is None or c.from_ == from_) and (status is None or c.status == status)
+    ]
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Calls.json"
+    filters = {"To": to, "From": from_, "Status": status}
+    return _page("calls", calls, lambda c: c.as_twilio(), uri, filters, page)
 
 
 @router.get("/Accounts/{account_sid}/Calls/{sid}.json")
