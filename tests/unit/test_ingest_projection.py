@@ -226,3 +226,20 @@ def test_a_late_event_fills_what_no_newer_event_set_and_is_marked_late() -> None
 
 def _seq(sequence: int, status: str) -> CaseEventData:
     return CaseEventData(case_id="c1", sequence=sequence, status=status)
+
+
+def test_an_attribute_that_changes_type_but_compares_equal_is_a_change() -> None:
+    # Python takes 1 == True and 0 == 0.0; a sender that turns a count into a flag (or a whole
+    # number into a decimal) has changed the case, and consumers see the new JSON type.
+    proj = Projection(None, {})
+    for i, attributes in enumerate(
+        [{"vip": 1, "flag": 0, "ratio": 1}, {"vip": True, "flag": False, "ratio": 1.0}]
+    ):
+        data = CaseEventData(case_id="c1", customer_ids=["a"], attributes=attributes)
+        nxt = apply(proj, data, key=_key(data, f"src|e{i}", T0 + timedelta(seconds=i)), now=T0)
+        assert nxt is not None and nxt.state_changed and nxt.state is not None
+        proj = nxt
+    assert proj.state is not None and proj.state.version == 2
+    attributes = proj.state.attributes
+    assert attributes["vip"] is True and attributes["flag"] is False
+    assert type(attributes["ratio"]) is float

@@ -78,6 +78,12 @@ def order_key(
     return OrderKey(source, data.sequence, (time or received).timestamp(), event_key)
 
 
+def _same(held: Any, value: Any) -> bool:
+    """Whether an attribute already holds this value: of the same type, since Python takes
+    True == 1 and 0 == 0.0, yet a flag that became a count (or back) is a change to publish."""
+    return type(held) is type(value) and held == value
+
+
 def is_late(current: Projection, key: OrderKey) -> bool:
     """Whether the case has already taken newer news than this event, on any field."""
     return any(held.newer_than(key) for held in current.field_order.values())
@@ -130,7 +136,7 @@ def apply(
         if slot in order and not key.newer_than(order[slot]):
             continue
         order[slot] = key
-        if attrs.get(name) != value:
+        if not _same(attrs.get(name), value):
             attrs[name] = value
             changed = True
     customers = list(base.get("customer_ids") or [])
