@@ -93,6 +93,10 @@ async def test_unparseable_bodies(
         (lambda e: e["data"].update(sequence=2**63), "data.sequence"),
         (lambda e: e["data"].update(attributes={"score": 10**20}), "data.attributes.score"),
         (lambda e: e["data"].update(attributes={"score": -(2**63) - 1}), "data.attributes.score"),
+        # Attribute names the database refuses as field names: a 500 before.
+        (lambda e: e["data"].update(attributes={"order.ref": "A-1"}), "data.attributes.order.ref"),
+        (lambda e: e["data"].update(attributes={"$x": 1}), "data.attributes.$x"),
+        (lambda e: e["data"].update(attributes={"a\x00b": 1}), "data.attributes.a\x00b"),
         (lambda e: e.update(time="0001-01-01T00:00:00+14:00"), "time"),
         (lambda e: e["data"].update(eta="9999-12-31T23:00:00-14:00"), "data.eta"),
         (
@@ -191,6 +195,35 @@ async def test_an_event_that_breaks_processing_fails_only_its_own_post(
         assert (await ingest.get(f"/v1/cases/case-{i}")).json()["status"] == "open"
 
 
+async def test_a_batch_answers_per_event_when_one_breaks_processing(
+    ingest: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The events before and after the bad one were applied: the caller must learn that,
+    # not get a 500 for the whole batch and post it all again.
+    from herald_ingest import processing
+
+    real_apply = processing.apply
+
+    def apply(current: Any, data: Any, **kw: Any) -> Any:
+        if data.case_id == "case-poison":
+            raise OverflowError("a value the database cannot hold")
+        return real_apply(current, data, **kw)
+
+    monkeypatch.setattr(processing, "apply", apply)
+    batch = [
+        {**_event(), "data": {"case_id": "case-a", "status": "open"}},
+        {**_event(), "data": {"case_id": "case-poison", "status": "open"}},
+        {**_event(), "data": {"case_id": "case-b", "status": "open"}},
+    ]
+    r = await ingest.post("/v1/events", json=batch)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [x["result"] for x in body["results"]] == ["accepted", "failed", "accepted"]
+    assert (body["accepted"], body["failed"]) == (2, 1)
+    for case in ("case-a", "case-b"):
+        assert (await ingest.get(f"/v1/cases/{case}")).json()["status"] == "open"
+
+
 async def test_oversize_batch_is_refused(ingest: httpx.AsyncClient) -> None:
     r = await ingest.post("/v1/events", json=[_event() for _ in range(11)])
     assert r.status_code == 413
@@ -237,6 +270,44 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
     assert any("ce_type" in reason for reason in reasons)
     assert any("case_id" in reason for reason in reasons)
     assert all(dict(r.headers)["x-herald-source-topic"] == topic.encode() for r in dead)
+
+
+async def test_an_attribute_name_the_database_refuses_goes_to_the_dlq_naming_it(
+    ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
+) -> None:
+    def headers(event_id: str) -> list[tuple[str, bytes]]:
+        return [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", event_id.encode()),
+            ("ce_source", b"/erp"),
+            ("ce_type", b"case.updated"),
+            ("content-type", b"application/json"),
+        ]
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
+    await producer.start()
+    topic = Topics.EVENTS_INBOUND.name(namespace)
+    try:
+        bad = {"case_id": "case-8", "attributes": {"order.ref": "A-1"}}
+        await producer.send_and_wait(
+            topic, json.dumps(bad).encode(), key=b"case-8", headers=headers("k-1")
+        )
+        good = {"case_id": "case-9", "status": "delayed"}
+        await producer.send_and_wait(
+            topic, json.dumps(good).encode(), key=b"case-8", headers=headers("k-2")
+        )
+    finally:
+        await producer.stop()
+
+    async def projected() -> bool:
+        return (await ingest.get("/v1/cases/case-9")).status_code == 200
+
+    await eventually(projected, within=20)
+    [dead] = await read_topic(infra["kafka"], dlq_topic("ingest").name(namespace), 1)
+    found = dict(dead.headers)
+    assert found["x-herald-error-kind"] == b"permanent"
+    assert found["x-herald-field"] == b"data.attributes.order.ref"
+    assert (await ingest.get("/v1/cases/case-8")).status_code == 404
 
 
 async def test_event_types_have_their_own_rules(ingest: httpx.AsyncClient) -> None:

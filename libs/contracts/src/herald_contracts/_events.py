@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -51,6 +51,49 @@ def _storable(value: object) -> object:
 
 
 Scalar = Annotated[str | Int64 | float | bool | None, BeforeValidator(_storable)]
+
+# A case's custom attributes, as events may set them. Their names become field names in the
+# database, which refuses a '.' in one, a leading '$' or NUL; and their number and size are
+# bounded so that a case's state stays well within what one broker record can carry.
+ATTRIBUTE_NAME_MAX = 100
+ATTRIBUTE_TEXT_MAX = 1000
+ATTRIBUTES_MAX = 100
+ATTRIBUTE_NAME_PATTERN = r"^[^$.\x00][^.\x00]*$"
+
+
+def _attribute_name(name: object) -> object:
+    # Checked here rather than by a pattern constraint: the error says which rule, and pydantic
+    # would turn a pattern on a key into `patternProperties` in the schema.
+    if isinstance(name, str):
+        if "." in name:
+            raise ValueError("an attribute name may not contain '.'")
+        if name.startswith("$"):
+            raise ValueError("an attribute name may not start with '$'")
+        if "\x00" in name:
+            raise ValueError("an attribute name may not contain NUL")
+    return name
+
+
+def _attribute_value(value: object) -> object:
+    # Before the union is tried, or a long string of digits could pass as a number.
+    if isinstance(value, str) and len(value) > ATTRIBUTE_TEXT_MAX:
+        raise ValueError(f"an attribute's text may hold at most {ATTRIBUTE_TEXT_MAX} characters")
+    return _storable(value)
+
+
+AttributeName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=ATTRIBUTE_NAME_MAX),
+    BeforeValidator(_attribute_name),
+]
+AttributeValue = Annotated[
+    Annotated[str, StringConstraints(max_length=ATTRIBUTE_TEXT_MAX)] | Int64 | float | bool | None,
+    BeforeValidator(_attribute_value),
+]
+
+
+def _attribute_names_schema(schema: dict[str, Any]) -> None:
+    schema.setdefault("propertyNames", {})["pattern"] = ATTRIBUTE_NAME_PATTERN
 
 
 def utc_representable(value: datetime) -> datetime:
@@ -100,7 +143,16 @@ class CaseEventData(_Body):
     assigned_team: str | None = Field(default=None, max_length=200)
     assigned_engineer: str | None = Field(default=None, max_length=200)
     appointment: Appointment | None = None
-    attributes: dict[str, Scalar] = Field(default_factory=dict)
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict,
+        max_length=ATTRIBUTES_MAX,
+        description=(
+            f"Custom fields of the case: at most {ATTRIBUTES_MAX}, each named by 1 to "
+            f"{ATTRIBUTE_NAME_MAX} characters without '.', NUL or a leading '$', its text "
+            f"at most {ATTRIBUTE_TEXT_MAX} characters."
+        ),
+        json_schema_extra=_attribute_names_schema,
+    )
 
 
 class _TypedCaseEvent(CaseEventData):

@@ -104,10 +104,19 @@ class Processor:
             self._intake_batch, window=0.002, max_batch=max_batch, max_in_flight=2
         )
 
-    async def submit(self, events: Sequence[InboundEvent]) -> list[Outcome]:
+    async def submit(self, events: Sequence[InboundEvent]) -> list[Outcome | Exception]:
         """process_batch for one caller's events, batched with other callers' (their order
-        kept); outcomes in the order given."""
-        return list(await asyncio.gather(*(self._intake.call(e) for e in events)))
+        kept); outcomes in the order given, or the error an event met: one event's failure
+        must not hide what became of the others, which may have been applied."""
+        answers = await asyncio.gather(
+            *(self._intake.call(e) for e in events), return_exceptions=True
+        )
+        out: list[Outcome | Exception] = []
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer  # a cancellation, not an answer
+            out.append(answer)
+        return out
 
     async def _intake_batch(self, events: list[InboundEvent]) -> list[Outcome | BaseException]:
         try:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+import logging
+from typing import Annotated, Any, Literal
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pymongo.errors import ConnectionFailure
 
 from herald_ingest.config import Settings
 from herald_ingest.domain.intake import (
@@ -17,16 +20,20 @@ from herald_ingest.domain.intake import (
     StructuredCloudEvent,
     parse_structured,
 )
-from herald_ingest.processing import Processor
+from herald_ingest.processing import Outcome, Processor
 from herald_kit import (
     HeraldError,
     InvalidInput,
     MalformedRequest,
+    PermanentError,
     Principal,
+    RetryableError,
+    is_permanent_kafka_error,
     problem,
     require_scopes,
 )
 
+log = logging.getLogger("herald.ingest")
 router = APIRouter(prefix="/v1", tags=["events"])
 Writer = Annotated[Principal, Depends(require_scopes("events:write"))]
 JSON_TYPES = (
@@ -41,7 +48,7 @@ class EventResult(BaseModel):
 
     index: int
     id: str | None = None
-    result: str
+    result: Literal["accepted", "duplicate", "rejected", "failed"]
     field: str | None = None
     reason: str | None = None
 
@@ -52,6 +59,9 @@ class BatchResult(BaseModel):
     accepted: int
     duplicate: int
     rejected: int
+    failed: int = Field(
+        default=0, description="Events that met an unexpected error (the others still count)."
+    )
     results: list[EventResult]
 
 
@@ -125,16 +135,54 @@ async def post_events(request: Request, who: Writer) -> Any:
                 index=index, id=_id_of(raw), result="rejected", field=exc.field, reason=exc.reason
             )
     outcomes = await processor.submit([event for _, event in valid])
+    first = outcomes[0] if outcomes else None
+    if single and isinstance(first, Exception):
+        raise first  # its own problem+json: 422 naming the field, 503 for an outage
+    for outcome in outcomes:
+        if isinstance(outcome, Exception) and _is_outage(outcome):
+            # Retrying the whole batch is safe (events already applied answer `duplicate`),
+            # and a caller that reads only the status must not take the batch as done.
+            raise outcome
     for (index, event), outcome in zip(valid, outcomes, strict=True):
-        results[index] = EventResult(index=index, id=event.id, result=outcome.value)
+        results[index] = _result(index, event, outcome)
     ordered = [results[i] for i in range(len(items))]
     body = BatchResult(
         accepted=sum(r.result == "accepted" for r in ordered),
         duplicate=sum(r.result == "duplicate" for r in ordered),
         rejected=sum(r.result == "rejected" for r in ordered),
+        failed=sum(r.result == "failed" for r in ordered),
         results=ordered,
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=202)
+
+
+def _is_outage(outcome: Exception) -> bool:
+    """The database or broker did not answer (or a case stayed contended): a passing failure."""
+    if isinstance(outcome, RetryableError | ConnectionFailure):
+        return True
+    return isinstance(outcome, KafkaError) and not is_permanent_kafka_error(outcome)
+
+
+def _result(index: int, event: InboundEvent, outcome: Outcome | Exception) -> EventResult:
+    """One event's line of a batch's answer."""
+    if isinstance(outcome, Outcome):
+        return EventResult(index=index, id=event.id, result=outcome.value)
+    if isinstance(outcome, PermanentError):
+        # Something only processing could find wrong with the event (its case would outgrow
+        # what the broker takes, say): the event's own fault, named like a validation error.
+        return EventResult(
+            index=index,
+            id=event.id,
+            result="rejected",
+            field=outcome.field,
+            reason=outcome.detail,
+        )
+    log.error(
+        "event of a batch failed",
+        exc_info=outcome,
+        extra={"index": index, "error": type(outcome).__name__},
+    )
+    return EventResult(index=index, id=event.id, result="failed", reason="internal error")
 
 
 def _id_of(raw: Any) -> str | None:

@@ -73,7 +73,9 @@ class Rejected(Exception):
 
 def _first_error(exc: ValidationError, prefix: str = "") -> Rejected:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    # A refused attribute name is reported at ("attributes", name, "[key]"): the field is the
+    # attribute itself, as the sender wrote it.
+    loc = ".".join(str(p) for p in err["loc"] if p != "[key]")
     return Rejected(f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body", err["msg"])
 
 
