@@ -7,17 +7,20 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
+from aiokafka.errors import KafkaTimeoutError
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
-from herald_contracts import CaseChanged, CaseEventData, Topic, Topics
+from herald_contracts import Appointment, CaseChanged, CaseEventData, Topic, Topics
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import Projection
-from herald_ingest.processing import Processor
+from herald_ingest.processing import Outcome, Processor
 from herald_kit import decode
 from support import case_event, read_topic
 
@@ -173,3 +176,105 @@ async def test_the_same_event_by_http_and_kafka_publishes_no_version_that_was_no
         (2, "engineer on the way"),
         (3, "engineer on the way"),
     ]
+
+
+class _Failing(CaseRepository):
+    """A repository that fails to record how events ended, once (a crash after publishing)."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.fail = True
+
+    async def mark_many(self, marks: Sequence[tuple[str, str, int | None]]) -> None:
+        if self.fail:
+            self.fail = False
+            raise AutoReconnect("the database went away after the publish")
+        await super().mark_many(marks)
+
+
+class _FailingBroker(_Broker):
+    """A broker that refuses the first send (a crash after the save, before publishing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        if self.fail:
+            self.fail = False
+            raise KafkaTimeoutError()
+        return await super().send(topic, value, key, headers)
+
+
+@pytest.mark.parametrize("crash", ["after-publishing", "before-publishing"])
+async def test_events_of_a_batch_healed_after_a_crash_are_announced_as_they_were_made(
+    crash: str, mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    """Two events of one case in one poll, and a crash after the case was saved: the retry
+    announces each with the version it made and the late flag it had, not the case's final
+    version (a second trigger key: the booking announced twice) nor lateness judged against
+    the other event of the same write (the booking never announced)."""
+    db = mongo[db_name("ingest")]
+    broker = _FailingBroker() if crash == "before-publishing" else _Broker()
+    repo = _Failing(db) if crash == "after-publishing" else CaseRepository(db)
+    broker.fail = crash == "before-publishing"
+    processor = Processor(repo, broker)  # type: ignore[arg-type]
+    at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    # After publishing, the summary is older news than the booking (so it was late); before,
+    # newer (so the booking, re-judged against it, would look late and never be announced).
+    summary_at = at + (
+        timedelta(seconds=-1) if crash == "after-publishing" else timedelta(seconds=1)
+    )
+    booked = InboundEvent(
+        id="booked",
+        source="/crm",
+        type="appointment.booked",
+        time=at,
+        data=CaseEventData(
+            case_id="heal-1", customer_ids=["c1"], appointment=Appointment(starts_at=at)
+        ),
+    )
+    summary = InboundEvent(
+        id="summary",
+        source="/crm",
+        type="case.updated",
+        time=summary_at,
+        data=CaseEventData(case_id="heal-1", summary="boiler"),
+    )
+    with pytest.raises((AutoReconnect, KafkaTimeoutError)):
+        await processor.process_batch([booked, summary])
+    # What the consumer's per-record fallback, a redelivery or the sweeper does next.
+    for event in (booked, summary):
+        assert await processor.process(event) == Outcome.ACCEPTED
+
+    made = {"booked": (1, False), "summary": (2, crash == "after-publishing")}
+    changes = [body for topic, body in broker.sent if topic == Topics.CASES_CHANGES.base]
+    announced = {(c["event"]["id"], c["state"]["version"], c["late"]) for c in changes}
+    assert announced == {(event_id, v, late) for event_id, (v, late) in made.items()}
+    stored = await CaseRepository(db).get("heal-1")
+    assert stored is not None and stored.version == 2
+
+
+async def test_a_case_saved_with_the_older_record_of_its_last_events_still_heals(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    db = mongo[db_name("ingest")]
+    broker = _Broker()
+    repo = _Failing(db)
+    processor = Processor(repo, broker)  # type: ignore[arg-type]
+    event = _inbound("old-1", status="engineer booked")
+    with pytest.raises(AutoReconnect):
+        await processor.process_batch([event])
+    # As an older ingest stored it: the event keys alone.
+    await db["cases"].update_one({"_id": "race-1"}, {"$set": {"last_events": [event.key]}})
+    broker.sent.clear()
+    assert await processor.process(event) == Outcome.ACCEPTED
+    [change] = [body for topic, body in broker.sent if topic == Topics.CASES_CHANGES.base]
+    assert (change["event"]["id"], change["state"]["version"], change["late"]) == (
+        "old-1",
+        1,
+        False,
+    )
+    assert await processor.process(event) == Outcome.DUPLICATE

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from aiokafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure
@@ -25,12 +26,22 @@ from herald_contracts import (
     EventRef,
     utc_now,
 )
-from herald_ingest.adapters.repository import CaseRepository
+from herald_ingest.adapters.repository import Applied, CaseRepository
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import OrderKey, Projection, apply, is_late, order_key
 from herald_kit import Coalescer, Doc, EventProducer, RetryableError, encode
 
 log = logging.getLogger("herald.ingest")
+
+
+class Change(NamedTuple):
+    """A change to announce: the event, the case's state, whether the event was late, and the
+    version the event made (the state's own, unless announced again after a crash)."""
+
+    event: InboundEvent
+    state: CaseState
+    late: bool
+    version: int
 
 
 class Outcome(StrEnum):
@@ -152,20 +163,30 @@ class Processor:
         for _ in range(20):
             current, stored_version, last_events = await self.repo.load(event.data.case_id)
             if event.key in last_events and current.state is not None:
-                # An earlier attempt saved this event but crashed before publishing.
-                await self._publish([(event, current.state, is_late(current, key))])
-                await self.repo.mark(event.key, "applied", current.state.version)
+                # An earlier attempt saved this event but crashed before publishing or before
+                # recording that it had: announce it again as it was announced then.
+                made = last_events[event.key]
+                if made is None:  # saved by an older ingest, which kept only the event's key
+                    made = (current.state.version, is_late(current, key))
+                version, late = made
+                if version is None:  # it only kept newer order keys: nothing to announce
+                    await self.repo.mark(event.key, "unchanged", stored_version)
+                    return Outcome.ACCEPTED
+                await self._publish([Change(event, current.state, late, version)])
+                await self.repo.mark(event.key, "applied", version)
                 return Outcome.ACCEPTED
             nxt = apply(current, event.data, key=key, now=now)
             if nxt is None or nxt.state is None or not nxt.state_changed:
                 if nxt is not None and nxt.state is not None:
                     # Same state, newer order keys: keep them so older events cannot regress it.
-                    if not await self.repo.save(nxt, expected=stored_version, event_key=event.key):
+                    kept = (event.key, None, False)
+                    if not await self.repo.save(nxt, expected=stored_version, applied=kept):
                         continue
                 await self.repo.mark(event.key, "unchanged", stored_version)
                 return Outcome.ACCEPTED
-            if await self.repo.save(nxt, expected=stored_version, event_key=event.key):
-                await self._publish([(event, nxt.state, nxt.late)])
+            made_now = (event.key, nxt.state.version, nxt.late)
+            if await self.repo.save(nxt, expected=stored_version, applied=made_now):
+                await self._publish([Change(event, nxt.state, nxt.late, nxt.state.version)])
                 await self.repo.mark(event.key, "applied", nxt.state.version)
                 return Outcome.ACCEPTED
         raise RetryableError(f"case {event.data.case_id} is contended; retry")
@@ -209,13 +230,13 @@ class Processor:
         for i in todo:
             by_case.setdefault(events[i].data.case_id, []).append(i)
         loaded = await self.repo.load_many(list(by_case))
-        writes: list[tuple[Projection, int, list[str]]] = []
-        changes: dict[str, list[tuple[InboundEvent, CaseState, bool]]] = {}
+        writes: list[tuple[Projection, int, list[Applied]]] = []
+        changes: dict[str, list[Change]] = {}
         marks: dict[str, list[tuple[str, str, int | None]]] = {}
         for case_id, indexes in by_case.items():
             projection, stored = loaded.get(case_id, (Projection(None, {}), 0))
             start = projection
-            applied: list[str] = []
+            applied: list[Applied] = []
             for i in indexes:
                 event = events[i]
                 key = _key(event, None, now)
@@ -225,11 +246,15 @@ class Processor:
                     marks.setdefault(case_id, []).append((event.key, "unchanged", stored))
                     continue
                 projection = nxt
-                applied.append(event.key)
                 if nxt.state_changed and nxt.state is not None:
-                    changes.setdefault(case_id, []).append((event, nxt.state, nxt.late))
-                    marks.setdefault(case_id, []).append((event.key, "applied", nxt.state.version))
+                    version = nxt.state.version
+                    applied.append((event.key, version, nxt.late))
+                    changes.setdefault(case_id, []).append(
+                        Change(event, nxt.state, nxt.late, version)
+                    )
+                    marks.setdefault(case_id, []).append((event.key, "applied", version))
                 else:
+                    applied.append((event.key, None, False))
                     version = projection.state.version if projection.state else stored
                     marks.setdefault(case_id, []).append((event.key, "unchanged", version))
             if projection is not start and projection.state is not None:
@@ -246,7 +271,7 @@ class Processor:
             outcomes[i] = await self.process(events[i], now=now)
         return [outcomes[i] for i in range(len(events))]
 
-    async def _publish(self, changes: Sequence[tuple[InboundEvent, CaseState, bool]]) -> None:
+    async def _publish(self, changes: Sequence[Change]) -> None:
         """Publish each change and its snapshot; wait once for all acknowledgements.
 
         A late change (its event older than news the case already had) still publishes the
@@ -257,15 +282,22 @@ class Processor:
         """
         raw = self.producer.raw
         pending = []
-        for event, state, late in changes:
+        for event, state, late, version in changes:
+            announced = state
+            if version != state.version:
+                # Announced again after a crash, an event keeps the version it made (what the
+                # scheduler's trigger key is made of), though the state is the newest by then.
+                announced = state.model_copy(update={"version": version})
             change = CaseChanged(
                 event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
-                state=state,
+                state=announced,
                 late=late,
             )
-            eid = f"{state.case_id}:{state.version}"
             key = state.case_id.encode()
-            for et, body in ((CASE_CHANGED, change), (CASE_STATE, state)):
+            for et, body, eid in (
+                (CASE_CHANGED, change, f"{state.case_id}:{version}"),
+                (CASE_STATE, state, f"{state.case_id}:{state.version}"),
+            ):
                 headers, value = encode(
                     et, body, source=self.producer.source, event_id=eid, subject=state.case_id
                 )

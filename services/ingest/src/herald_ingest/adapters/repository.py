@@ -29,6 +29,12 @@ def _failed_indexes(exc: BulkWriteError, *, only_duplicates: bool) -> set[int]:
     return {int(e["index"]) for e in errors}
 
 
+# What a write did with each of its events: (event key, the version it made or None if it only
+# kept newer order keys, whether it was late). Kept with the case, so that an attempt that
+# crashed after the write announces each event again exactly as it was first announced.
+Applied = tuple[str, int | None, bool]
+
+
 class CaseRepository:
     """One document per case; writes are conditional on the version read."""
 
@@ -93,19 +99,35 @@ class CaseRepository:
         except BulkWriteError as exc:
             _failed_indexes(exc, only_duplicates=True)
 
-    async def load(self, case_id: str) -> tuple[Projection, int, list[str]]:
-        """The case's projection, its stored version (0 when new) and its last saved events."""
+    async def load(
+        self, case_id: str
+    ) -> tuple[Projection, int, dict[str, tuple[int | None, bool] | None]]:
+        """The case's projection, its stored version (0 when new) and the events its last write
+        applied, each with the version it made and whether it was late (None when stored by an
+        older version of ingest, which kept only the keys)."""
         doc = await self.cases.find_one({"_id": case_id})
         if doc is None:
-            return Projection(None, {}), 0, []
+            return Projection(None, {}), 0, {}
         return self._projection(doc)
 
     @staticmethod
-    def _projection(doc: Doc) -> tuple[Projection, int, list[str]]:
+    def _projection(
+        doc: Doc,
+    ) -> tuple[Projection, int, dict[str, tuple[int | None, bool] | None]]:
         state = CaseState.model_validate(doc["state"])
-        last = doc.get("last_events") or ([doc["last_event"]] if doc.get("last_event") else [])
+        last: dict[str, tuple[int | None, bool] | None] = {}
+        stored = doc.get("last_events") or ([doc["last_event"]] if doc.get("last_event") else [])
+        for entry in stored:
+            if isinstance(entry, dict):
+                version = entry.get("version")
+                last[entry["event"]] = (
+                    None if version is None else int(version),
+                    bool(entry.get("late")),
+                )
+            else:
+                last[str(entry)] = None  # the older form: the event key alone
         order = {k: OrderKey.from_doc(v) for k, v in (doc.get("field_order") or {}).items()}
-        return Projection(state, order), state.version, list(last)
+        return Projection(state, order), state.version, last
 
     async def load_many(self, case_ids: Sequence[str]) -> dict[str, tuple[Projection, int]]:
         """Several cases in one round trip; missing cases are absent from the answer."""
@@ -116,20 +138,26 @@ class CaseRepository:
         return out
 
     @staticmethod
-    def _doc(projection: Projection, event_keys: Sequence[str]) -> Doc:
+    def _doc(projection: Projection, applied: Sequence[Applied]) -> Doc:
         assert projection.state is not None
         return {
             "_id": projection.state.case_id,
             "state": projection.state.model_dump(mode="python"),
             "field_order": {k: v.to_doc() for k, v in projection.field_order.items()},
-            "last_event": event_keys[-1],
-            # Events applied by this write: a crash before publishing is found and healed.
-            "last_events": list(event_keys),
+            "last_event": applied[-1][0],
+            # Events applied by this write, with the version each made and whether it was
+            # late: a crash before publishing is found and healed, each event announced as it
+            # was the first time (not under the case's final version, nor judged late against
+            # the other events of the same write). A list, not a document keyed by event: an
+            # event key may hold a '.', which the database refuses in a field name.
+            "last_events": [
+                {"event": key, "version": version, "late": late} for key, version, late in applied
+            ],
         }
 
-    async def save(self, projection: Projection, *, expected: int, event_key: str) -> bool:
+    async def save(self, projection: Projection, *, expected: int, applied: Applied) -> bool:
         """Write when nobody else did meanwhile; False on a lost race."""
-        doc = self._doc(projection, [event_key])
+        doc = self._doc(projection, [applied])
         if expected == 0:
             try:
                 await self.cases.insert_one(doc)
@@ -139,7 +167,9 @@ class CaseRepository:
         result = await self.cases.replace_one({"_id": doc["_id"], "state.version": expected}, doc)
         return result.modified_count == 1
 
-    async def save_many(self, writes: Sequence[tuple[Projection, int, Sequence[str]]]) -> set[str]:
+    async def save_many(
+        self, writes: Sequence[tuple[Projection, int, Sequence[Applied]]]
+    ) -> set[str]:
         """Conditional writes of several cases in a few round trips; the case ids that lost a race.
 
         New cases are inserted (the unique _id refuses a second creator); existing ones are
