@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -240,3 +241,44 @@ async def test_sweeper_heals_a_half_done_event_and_forgets_old_ones(harness: Har
     forgotten, _ = await short.sweep()
     assert forgotten == 1
     assert await repo.seen.count_documents({"_id": stuck.key}) == 0
+
+
+async def test_a_sweep_pages_through_a_batch_of_claims_larger_than_a_page(
+    harness: Harness,
+) -> None:
+    # Every claim of one batch has the same time: pages by time alone started again at the
+    # batch's first claim for ever once a batch held more claims than a page (500).
+    repo = harness.app.state.repo
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    events = [
+        InboundEvent(
+            id=f"big-{i:04}",
+            source="/crm",
+            type="case.updated",
+            time=T0,
+            data=CaseEventData(case_id=f"big-{i:04}", customer_ids=["c1"], status="open"),
+        )
+        for i in range(1200)
+    ]
+    await repo.claim_many(
+        [
+            {
+                "_id": e.key,
+                "case_id": e.data.case_id,
+                "status": "received",
+                "received_at": an_hour_ago,
+                "event": event_doc(e),
+            }
+            for e in events
+        ]
+    )
+    # All finished but a few, on either side of where the pages end.
+    stuck = {0, 499, 500, 999, 1000, 1199}
+    await repo.mark_many([(e.key, "applied", 1) for i, e in enumerate(events) if i not in stuck])
+
+    sweeper = harness.app.state.sweeper
+    assert await asyncio.wait_for(sweeper.sweep(), 60) == (0, len(stuck))
+    for i in stuck:
+        case = (await harness.client.get(f"/v1/cases/big-{i:04}")).json()
+        assert case["status"] == "open"
+    assert await asyncio.wait_for(sweeper.sweep(), 60) == (0, 0)

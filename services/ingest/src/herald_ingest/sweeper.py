@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timedelta
 
 from herald_contracts import utc_now
-from herald_ingest.adapters.repository import CaseRepository
+from herald_ingest.adapters.repository import CaseRepository, ClaimPosition
 from herald_ingest.processing import Processor, event_from_doc
 from herald_kit import Every
 
@@ -38,7 +38,7 @@ class Sweeper:
         forgotten = await self.repo.forget_seen(before=now - self.retention)
         recovered = 0
         # Claims are looked at once each, oldest first, from where the last pass stopped.
-        since = self._since or now - self.retention
+        since: ClaimPosition = (self._since or now - self.retention, None)
         before = now - self.recover_after
         while True:
             rows, resume = await self.repo.unfinished(since=since, before=before)

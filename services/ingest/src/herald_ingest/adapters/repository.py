@@ -33,6 +33,9 @@ def _failed_indexes(exc: BulkWriteError, *, only_duplicates: bool) -> set[int]:
 # kept newer order keys, whether it was late). Kept with the case, so that an attempt that
 # crashed after the write announces each event again exactly as it was first announced.
 Applied = tuple[str, int | None, bool]
+# Where a scan of claims stands: a claim time, and the key of the last claim of that time read
+# (None to start at the first claim of that time).
+ClaimPosition = tuple[datetime, str | None]
 
 
 class CaseRepository:
@@ -259,17 +262,31 @@ class CaseRepository:
         return newest[::-1]
 
     async def unfinished(
-        self, *, since: datetime, before: datetime, limit: int = 500
-    ) -> tuple[list[Doc], datetime | None]:
-        """Events claimed in [since, before) that never finished (a crash mid-way), and the
-        claim time to continue from next time (None when this page reached `before`)."""
-        cursor = self.seen.find({"received_at": {"$gte": since, "$lt": before}})
-        page = [d async for d in cursor.sort("received_at", 1).limit(limit)]
+        self, *, since: ClaimPosition, before: datetime, limit: int = 500
+    ) -> tuple[list[Doc], ClaimPosition | None]:
+        """Events claimed from `since` (a claim time, and the key of the last claim of that
+        time already read, if any) until `before` that never finished (a crash mid-way), and
+        the position to continue from (None when this page reached `before`).
+
+        Pages go by claim time and key: every claim of one batch has the same time, so a page
+        that ended inside a batch of more than `limit` claims would, by time alone, start
+        again at that batch's first claim for ever."""
+        at, key = since
+        where: Doc = {"received_at": {"$gte": at, "$lt": before}}
+        if key is not None:
+            where = {
+                "$or": [
+                    {"received_at": at, "_id": {"$gt": key}},
+                    {"received_at": {"$gt": at, "$lt": before}},
+                ]
+            }
+        cursor = self.seen.find(where).sort([("received_at", 1), ("_id", 1)])
+        page = [d async for d in cursor.limit(limit)]
         finished = {
             d["_id"]
             async for d in self.done.find({"_id": {"$in": [d["_id"] for d in page]}}, {"_id": 1})
         }
-        resume = page[-1]["received_at"] if len(page) == limit else None
+        resume = (page[-1]["received_at"], page[-1]["_id"]) if len(page) == limit else None
         return [d for d in page if d["_id"] not in finished], resume
 
     async def forget_seen(self, *, before: datetime) -> int:
