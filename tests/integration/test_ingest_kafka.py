@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo.errors import AutoReconnect
 
 from herald_contracts import (
     DELIVERY_STATUS,
@@ -282,3 +283,34 @@ async def test_a_sweep_pages_through_a_batch_of_claims_larger_than_a_page(
         case = (await harness.client.get(f"/v1/cases/big-{i:04}")).json()
         assert case["status"] == "open"
     assert await asyncio.wait_for(sweeper.sweep(), 60) == (0, 0)
+
+
+async def test_a_sweep_cut_short_by_an_outage_starts_again_at_the_row_it_failed_on(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A row's own failure is skipped; an outage is no row's fault, and skipping every row it
+    # meets would leave them unhealed for good.
+    repo = harness.app.state.repo
+    processor = harness.app.state.processor
+    case_id = f"sw-{uuid.uuid4().hex[:8]}"
+    stuck = InboundEvent(
+        id="stuck-1",
+        source="/crm",
+        type="case.updated",
+        time=T0,
+        data=CaseEventData(case_id=case_id, customer_ids=["c1"], status="engineer booked"),
+    )
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await repo.claim(stuck.key, case_id=case_id, now=an_hour_ago, event=event_doc(stuck))
+    real = processor.process
+
+    async def down(event: InboundEvent, **kw: Any) -> Any:
+        raise AutoReconnect("the database went away")
+
+    monkeypatch.setattr(processor, "process", down)
+    sweeper = harness.app.state.sweeper
+    with pytest.raises(AutoReconnect):
+        await sweeper.sweep()
+    monkeypatch.setattr(processor, "process", real)
+    assert await sweeper.sweep() == (0, 1)
+    assert (await harness.client.get(f"/v1/cases/{case_id}")).json()["version"] == 1

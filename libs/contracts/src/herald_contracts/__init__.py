@@ -1,6 +1,9 @@
 """Herald's event contracts: the CloudEvents types, their bodies and the topics they use."""
 
 from herald_contracts._events import (
+    ATTRIBUTE_NAME_MAX,
+    ATTRIBUTE_TEXT_MAX,
+    ATTRIBUTES_MAX,
     CHANNELS,
     INBOUND_EVENT_TYPES,
     INBOUND_MODELS,
@@ -53,6 +56,9 @@ from herald_contracts._topics import Cleanup, Topic, Topics, dlq_topic
 
 __all__ = [
     "ALL_EVENT_TYPES",
+    "ATTRIBUTES_MAX",
+    "ATTRIBUTE_NAME_MAX",
+    "ATTRIBUTE_TEXT_MAX",
     "BY_TYPE",
     "CASE_CHANGED",
     "CASE_STATE",

@@ -64,7 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _wire() -> None:
         repo = CaseRepository(runtime.db)
         await repo.ensure_indexes()
-        processor = Processor(repo, runtime.producer, max_batch=settings.consumer_batch)
+        processor = Processor(
+            repo,
+            runtime.producer,
+            max_batch=settings.consumer_batch,
+            max_record_bytes=settings.max_record_bytes,
+        )
         app.state.repo = repo
         app.state.processor = processor
         inbound.processor = processor

@@ -24,6 +24,14 @@ class Settings(ServiceSettings):
         "few round trips per partition however many they are, so a large batch is what keeps up "
         "with a backlog; when traffic is light a poll returns what is there at once.",
     )
+    max_record_bytes: int = Field(
+        default=1_048_576,
+        ge=16_384,
+        le=1_048_576,
+        description="The largest change ingest publishes (a case's state and its event, as a "
+        "record): an event that would make its case's change larger is refused naming `data`. "
+        "The default is the producer's own limit; set the topics' max.message.bytes if lower.",
+    )
     custom_event_types: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Custom event types: type name -> JSON Schema (draft 2020-12) of its data. "

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from aiokafka.errors import KafkaError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pymongo.errors import ConnectionFailure
 
 from herald_contracts import (
@@ -29,9 +30,31 @@ from herald_contracts import (
 from herald_ingest.adapters.repository import Applied, CaseRepository
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.domain.projection import OrderKey, Projection, apply, is_late, order_key
-from herald_kit import Coalescer, Doc, EventProducer, RetryableError, encode
+from herald_kit import (
+    Coalescer,
+    Doc,
+    EventProducer,
+    PermanentError,
+    RetryableError,
+    encode,
+    is_permanent_kafka_error,
+)
 
 log = logging.getLogger("herald.ingest")
+
+
+# The largest record the kit's producer sends (aiokafka's default `max_request_size`, which
+# EventProducer keeps; the broker's default `message.max.bytes` is a little larger).
+MAX_RECORD_BYTES = 1_048_576
+
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+class Unpublishable(PermanentError):
+    """The event's change cannot be published (its case's state would outgrow what the broker
+    takes): refused as that event's fault, so its case and every other keep flowing."""
+
+    title = "Change not publishable"
 
 
 class Change(NamedTuple):
@@ -49,6 +72,14 @@ class Outcome(StrEnum):
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure is the database's or the broker's (or a case contended for too long):
+    it passes, and is no event's fault."""
+    if isinstance(exc, ConnectionFailure | RetryableError | OSError):
+        return True
+    return isinstance(exc, KafkaError) and not is_permanent_kafka_error(exc)
 
 
 def event_doc(event: InboundEvent) -> Doc:
@@ -105,10 +136,16 @@ class Processor:
     """Idempotent: a redelivered event is acknowledged, not reapplied; a crash mid-way resumes."""
 
     def __init__(
-        self, repo: CaseRepository, producer: EventProducer, *, max_batch: int = 2000
+        self,
+        repo: CaseRepository,
+        producer: EventProducer,
+        *,
+        max_batch: int = 2000,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.repo = repo
         self.producer = producer
+        self.max_record_bytes = max_record_bytes
         # HTTP intake: concurrent requests (often one event each) share process_batch calls,
         # two at most in flight, so a burst of posts costs a few batches, not a batch each.
         self._intake: Coalescer[InboundEvent, Outcome] = Coalescer(
@@ -184,17 +221,31 @@ class Processor:
                         continue
                 await self.repo.mark(event.key, "unchanged", stored_version)
                 return Outcome.ACCEPTED
+            try:
+                records = self._encode(Change(event, nxt.state, nxt.late, nxt.state.version))
+            except Unpublishable:
+                # Refused before anything of it was stored: as if never received, so the
+                # case is not left holding a state it can never announce.
+                await self.repo.forget_events([event.key])
+                raise
             made_now = (event.key, nxt.state.version, nxt.late)
             if await self.repo.save(nxt, expected=stored_version, applied=made_now):
-                await self._publish([Change(event, nxt.state, nxt.late, nxt.state.version)])
+                refused = await self._send([(event.key, records)])
+                if refused:
+                    raise refused[event.key]
                 await self.repo.mark(event.key, "applied", nxt.state.version)
                 return Outcome.ACCEPTED
         raise RetryableError(f"case {event.data.case_id} is contended; retry")
 
-    async def process_batch(self, events: Sequence[InboundEvent]) -> list[Outcome]:
-        """Apply many events with a few round trips; outcomes in the order given."""
+    async def process_batch(self, events: Sequence[InboundEvent]) -> list[Outcome | PermanentError]:
+        """Apply many events with a few round trips; outcomes in the order given.
+
+        An event whose case could not be announced with it (its change too large for the
+        broker, or refused by it for good) gets its error as its outcome; the other events,
+        of its case and of others, go on.
+        """
         now = utc_now()
-        outcomes: dict[int, Outcome] = {}
+        outcomes: dict[int, Outcome | PermanentError] = {}
         first_of: dict[str, int] = {}
         fresh: list[int] = []
         for i, event in enumerate(events):
@@ -231,8 +282,11 @@ class Processor:
             by_case.setdefault(events[i].data.case_id, []).append(i)
         loaded = await self.repo.load_many(list(by_case))
         writes: list[tuple[Projection, int, list[Applied]]] = []
-        changes: dict[str, list[Change]] = {}
+        # Each case's changes, encoded before the write so that one too large is refused
+        # before anything of it is stored.
+        sends: dict[str, list[tuple[str, list[Record]]]] = {}
         marks: dict[str, list[tuple[str, str, int | None]]] = {}
+        refused: list[str] = []
         for case_id, indexes in by_case.items():
             projection, stored = loaded.get(case_id, (Projection(None, {}), 0))
             start = projection
@@ -245,63 +299,129 @@ class Processor:
                 if nxt is None:
                     marks.setdefault(case_id, []).append((event.key, "unchanged", stored))
                     continue
-                projection = nxt
                 if nxt.state_changed and nxt.state is not None:
                     version = nxt.state.version
+                    try:
+                        records = self._encode(Change(event, nxt.state, nxt.late, version))
+                    except Unpublishable as exc:
+                        outcomes[i] = exc  # the case goes on without it
+                        refused.append(event.key)
+                        continue
+                    projection = nxt
                     applied.append((event.key, version, nxt.late))
-                    changes.setdefault(case_id, []).append(
-                        Change(event, nxt.state, nxt.late, version)
-                    )
+                    sends.setdefault(case_id, []).append((event.key, records))
                     marks.setdefault(case_id, []).append((event.key, "applied", version))
                 else:
+                    projection = nxt
                     applied.append((event.key, None, False))
                     version = projection.state.version if projection.state else stored
                     marks.setdefault(case_id, []).append((event.key, "unchanged", version))
             if projection is not start and projection.state is not None:
                 writes.append((projection, stored, applied))
+        if refused:
+            # Nothing of a refused event is kept: its caller may send it again once the case
+            # has room (fewer or shorter attributes), and the sweeper has nothing to retry.
+            await self.repo.forget_events(refused)
         lost = await self.repo.save_many(writes)
         for case_id in lost:
             # Someone else wrote the case meanwhile: apply its events one by one instead.
             slow.extend(by_case[case_id])
-            changes.pop(case_id, None)
+            sends.pop(case_id, None)
             marks.pop(case_id, None)
-        await self._publish([c for case_changes in changes.values() for c in case_changes])
-        await self.repo.mark_many([m for case_marks in marks.values() for m in case_marks])
+        failed = await self._send([s for case_sends in sends.values() for s in case_sends])
+        for event_key, refusal in failed.items():
+            # Stored but refused by the broker for good: that event's answer, not an outage
+            # for the batch. Left unfinished, so the sweeper tries once more to announce it.
+            outcomes[first_of[event_key]] = refusal
+        await self.repo.mark_many(
+            [m for case_marks in marks.values() for m in case_marks if m[0] not in failed]
+        )
         for i in sorted(slow):
-            outcomes[i] = await self.process(events[i], now=now)
+            try:
+                outcomes[i] = await self.process(events[i], now=now)
+            except PermanentError as exc:
+                outcomes[i] = exc
         return [outcomes[i] for i in range(len(events))]
 
     async def _publish(self, changes: Sequence[Change]) -> None:
-        """Publish each change and its snapshot; wait once for all acknowledgements.
+        """Publish changes (see `_send`); the first refused one raises."""
+        refused = await self._send([(c.event.key, self._encode(c)) for c in changes])
+        if refused:
+            raise next(iter(refused.values()))
+
+    def _encode(self, change: Change) -> list[Record]:
+        """A change and the case's snapshot as records; Unpublishable if either is larger than
+        the broker takes (checked as the producer would, before the case is written).
 
         A late change (its event older than news the case already had) still publishes the
         merged state, marked `late`, so the scheduler does not announce its event as news.
+        """
+        event, state, late, version = change
+        announced = state
+        if version != state.version:
+            # Announced again after a crash, an event keeps the version it made (what the
+            # scheduler's trigger key is made of), though the state is the newest by then.
+            announced = state.model_copy(update={"version": version})
+        body = CaseChanged(
+            event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
+            state=announced,
+            late=late,
+        )
+        key = state.case_id.encode()
+        records: list[Record] = []
+        for et, data, eid in (
+            (CASE_CHANGED, body, f"{state.case_id}:{version}"),
+            (CASE_STATE, state, f"{state.case_id}:{state.version}"),
+        ):
+            headers, value = encode(
+                et, data, source=self.producer.source, event_id=eid, subject=state.case_id
+            )
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+            if size > self.max_record_bytes:
+                raise Unpublishable(
+                    f"with this event the case's state would take {size} bytes on the broker, "
+                    f"over the {self.max_record_bytes} it takes: send fewer or shorter "
+                    "attributes",
+                    field="data",
+                )
+            records.append((self.producer.topic_name(et.topic), key, value, headers))
+        return records
+
+    async def _send(self, changes: Sequence[tuple[str, list[Record]]]) -> dict[str, Unpublishable]:
+        """Send each event's records; wait once for all acknowledgements. The events whose
+        records the broker refused for good (too large for a topic's own limit, say), each with
+        why: that is the event's fault, not an outage, and the other events' records still go.
+        An outage raises.
 
         Sends are queued in order (one case's versions stay in order on its partition) and
         awaited together, so a batch costs one round trip to the broker rather than one each.
         """
         raw = self.producer.raw
-        pending = []
-        for event, state, late, version in changes:
-            announced = state
-            if version != state.version:
-                # Announced again after a crash, an event keeps the version it made (what the
-                # scheduler's trigger key is made of), though the state is the newest by then.
-                announced = state.model_copy(update={"version": version})
-            change = CaseChanged(
-                event=EventRef(id=event.id, source=event.source, type=event.type, time=event.time),
-                state=announced,
-                late=late,
-            )
-            key = state.case_id.encode()
-            for et, body, eid in (
-                (CASE_CHANGED, change, f"{state.case_id}:{version}"),
-                (CASE_STATE, state, f"{state.case_id}:{state.version}"),
-            ):
-                headers, value = encode(
-                    et, body, source=self.producer.source, event_id=eid, subject=state.case_id
-                )
-                topic = self.producer.topic_name(et.topic)
-                pending.append(await raw.send(topic, value, key=key, headers=list(headers)))
-        if pending:
-            await asyncio.gather(*pending)
+        pending: list[tuple[str, asyncio.Future[object]]] = []
+        refused: dict[str, Unpublishable] = {}
+        for event_key, records in changes:
+            for topic, key, value, headers in records:
+                try:
+                    sent = await raw.send(topic, value, key=key, headers=list(headers))
+                except KafkaError as exc:
+                    if not is_permanent_kafka_error(exc):
+                        raise
+                    refused.setdefault(event_key, _refused(exc))
+                    continue
+                pending.append((event_key, sent))
+        if not pending:
+            return refused
+        results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        for (event_key, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                if not is_permanent_kafka_error(result):
+                    raise result
+                refused.setdefault(event_key, _refused(result))
+        return refused
+
+
+def _refused(exc: BaseException) -> Unpublishable:
+    return Unpublishable(
+        f"the broker refused the case's change with this event: {type(exc).__name__}",
+        field="data",
+    )

@@ -87,6 +87,12 @@ class CaseRepository:
                 rows[d["_id"]] = {**rows[d["_id"]], "status": d["status"]}
         return rows
 
+    async def forget_events(self, keys: Sequence[str]) -> None:
+        """Drop the claims and timeline entries of events refused after they were claimed:
+        nothing of them was applied, and a retry must meet no duplicate."""
+        await self.seen.delete_many({"_id": {"$in": list(keys)}})
+        await self.timeline.delete_many({"_id": {"$in": [f"event|{k}" for k in keys]}})
+
     async def mark(self, key: str, status: str, version: int | None) -> None:
         """Record how an event ended."""
         await self.mark_many([(key, status, version)])

@@ -6,11 +6,9 @@ import json
 import logging
 from typing import Annotated, Any, Literal
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from pymongo.errors import ConnectionFailure
 
 from herald_ingest.config import Settings
 from herald_ingest.domain.intake import (
@@ -20,15 +18,13 @@ from herald_ingest.domain.intake import (
     StructuredCloudEvent,
     parse_structured,
 )
-from herald_ingest.processing import Outcome, Processor
+from herald_ingest.processing import Outcome, Processor, is_outage
 from herald_kit import (
     HeraldError,
     InvalidInput,
     MalformedRequest,
     PermanentError,
     Principal,
-    RetryableError,
-    is_permanent_kafka_error,
     problem,
     require_scopes,
 )
@@ -139,7 +135,7 @@ async def post_events(request: Request, who: Writer) -> Any:
     if single and isinstance(first, Exception):
         raise first  # its own problem+json: 422 naming the field, 503 for an outage
     for outcome in outcomes:
-        if isinstance(outcome, Exception) and _is_outage(outcome):
+        if isinstance(outcome, Exception) and is_outage(outcome):
             # Retrying the whole batch is safe (events already applied answer `duplicate`),
             # and a caller that reads only the status must not take the batch as done.
             raise outcome
@@ -154,13 +150,6 @@ async def post_events(request: Request, who: Writer) -> Any:
         results=ordered,
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=202)
-
-
-def _is_outage(outcome: Exception) -> bool:
-    """The database or broker did not answer (or a case stayed contended): a passing failure."""
-    if isinstance(outcome, RetryableError | ConnectionFailure):
-        return True
-    return isinstance(outcome, KafkaError) and not is_permanent_kafka_error(outcome)
 
 
 def _result(index: int, event: InboundEvent, outcome: Outcome | Exception) -> EventResult:

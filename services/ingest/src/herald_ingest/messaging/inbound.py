@@ -78,13 +78,15 @@ class BatchInboundLoop(ConsumerLoop):
     async def _handle_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self.processor is not None
         events: list[InboundEvent] = []
+        sources: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             try:
                 events.append(to_event(record, self.catalog))
+                sources.append(record)
             except PermanentError as exc:
                 await self._to_dlq(record, exc, "permanent")
         try:
-            await self.processor.process_batch(events)
+            outcomes = await self.processor.process_batch(events)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -101,6 +103,12 @@ class BatchInboundLoop(ConsumerLoop):
                 )
                 if ident in good:
                     await self._handle_one(record)
+        else:
+            for record, outcome in zip(sources, outcomes, strict=True):
+                if isinstance(outcome, PermanentError):
+                    # Its case could not be announced with it (too large for the broker, say):
+                    # the event's own fault, dead-lettered with why while the others went on.
+                    await self._to_dlq(record, outcome, "permanent")
         last = records[-1]
         self._positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
         self.handled += len(records)
