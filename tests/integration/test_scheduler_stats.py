@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 from test_scheduler_support import (
     active_campaign,
     campaign_body,
@@ -25,6 +29,7 @@ from herald_contracts import (
 )
 from herald_dispatcher.app import create_app as dispatcher_app
 from herald_dispatcher.config import Settings as DispatcherSettings
+from herald_scheduler.adapters.stats import StatsRepository
 from support import api_keys, eventually, running
 
 
@@ -247,3 +252,112 @@ async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
         assert body["requested"] == 1
         assert body["suppressed_by_reason"] == {"no-consent": 1}
         assert body["channels"] == {}
+
+
+async def test_a_reply_read_before_its_messages_first_status_is_counted(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """The two topics are read independently: under load delivery.status.v1 lags, and a reply
+    reaches the stats before the status that tells which campaign its message belongs to."""
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        open_publisher(infra, namespace) as publisher,
+    ):
+        cid = await active_campaign(client)
+
+        def reply(rid: str, intent: str) -> EngagementReply:
+            return EngagementReply(
+                reply_id=rid,
+                customer_id="cust-1",
+                channel="sms",
+                intent=intent,  # type: ignore[arg-type]
+                message_id="m1",
+                at=datetime.now(UTC),
+            )
+
+        await publisher.send(ENGAGEMENT_REPLY, reply("sms-SM1", "confirm"), "cust-1")
+        await publisher.send(ENGAGEMENT_REPLY, reply("sms-SM1", "confirm"), "cust-1")  # again
+        await publisher.send(ENGAGEMENT_REPLY, reply("sms-SM2", "callback"), "cust-1")
+        await asyncio.sleep(3)  # the replies are read (and parked) first
+        for st in ("sent", "delivered"):
+            status = DeliveryStatus(
+                message_id="m1",
+                request_id="r1",
+                campaign_id=cid,
+                customer_id="cust-1",
+                channel="sms",
+                status=st,  # type: ignore[arg-type]
+                at=datetime.now(UTC),
+            )
+            await publisher.send(DELIVERY_STATUS, status, "cust-1")
+
+        async def counted() -> dict[str, object] | None:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            sms = body["channels"].get("sms", {})
+            return body if sms.get("delivered") and sms.get("engaged", 0) >= 2 else None
+
+        await eventually(counted, within=60)
+        # A reply redelivered now, after its message is known, is no second count.
+        await publisher.send(ENGAGEMENT_REPLY, reply("sms-SM1", "confirm"), "cust-1")
+        await publisher.send(ENGAGEMENT_REPLY, reply("sms-SM3", "other"), "cust-1")
+
+        async def all_read() -> dict[str, object] | None:
+            body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return body if body["replies_by_intent"].get("other") else None
+
+        body = await eventually(all_read, within=60)
+        assert body["replies_by_intent"] == {"confirm": 1, "callback": 1, "other": 1}
+        assert body["channels"]["sms"]["engaged"] == 3
+
+
+class _Refusing:
+    """A collection whose next `n` calls of one method fail as an outage would."""
+
+    def __init__(self, real: Any, method: str, n: int) -> None:
+        self.real, self.method, self.n = real, method, n
+
+    def __getattr__(self, name: str) -> Any:
+        op = getattr(self.real, name)
+        if name != self.method:
+            return op
+
+        async def refusing(*args: Any, **kwargs: Any) -> Any:
+            if self.n:
+                self.n -= 1
+                raise AutoReconnect("primary stepped down")
+            return await op(*args, **kwargs)
+
+        return refusing
+
+
+async def test_a_count_the_database_refused_is_counted_when_the_event_is_retried(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    """The consumer retries an event whose handling met a passing database error: the guard
+    written before the failed count must not make the retry a duplicate."""
+    db = mongo[db_name("scheduler")]
+    stats = StatsRepository(db)
+    status = {"campaign_id": "c1", "message_id": "m1", "channel": "sms", "reason": None}
+    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.status(**status, status="delivered")
+    # Retried on the replica the partition moved to meanwhile, and then redelivered.
+    other = StatsRepository(db)
+    assert await other.status(**status, status="delivered")
+    assert not await other.status(**status, status="delivered")
+    # A batch of requests (one guard each, one count for all) is retried whole.
+    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.requested("c1", ["r1", "r2", "r3"])
+    await stats.requested("c1", ["r1", "r2", "r3"])
+    await stats.requested("c1", ["r1", "r2", "r3"])
+    # The outage refuses taking the guard back too: this replica's retry still counts.
+    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    stats.seen = _Refusing(db["stats_seen"], "delete_many", 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.status(**status, status="sent")
+    assert await stats.status(**status, status="sent")
+    assert not await stats.status(**status, status="sent")
+    counters = await stats.get("c1")
+    assert counters["requested"] == 3
+    assert counters["channels"]["sms"] == {"sent": 1, "delivered": 1}

@@ -28,9 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the scheduler app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "scheduler")
-    # Statistics guards and the message-to-campaign rows: one or more per message, forgotten
-    # once no redelivery can ask for them (docs/operations.md#data-retention).
-    for collection in ("stats_seen", "stats_messages"):
+    # Statistics guards, the message-to-campaign rows and the replies parked before their
+    # message's first status: one or more per message, forgotten once no redelivery can ask for
+    # them (docs/operations.md#data-retention).
+    for collection in ("stats_seen", "stats_messages", "stats_parked"):
         runtime.forget_old(collection)
     app = build_app(
         settings,
