@@ -179,6 +179,12 @@ async def test_contacts_and_replies_join_the_case_timeline(harness: Harness) -> 
     reply = EngagementReply(
         reply_id="rep-1", customer_id="c1", channel="sms", intent="confirm", case_id=case_id, at=T0
     )
+    # A contact the dispatcher failed before any message went out is no contact either: off
+    # the timeline. Sent first: the statuses after it on its partition show it was judged.
+    unsent = status.model_copy(
+        update={"message_id": "f-1", "channel": "sms", "status": "failed", "reason": "render"}
+    )
+    await harness.send(DELIVERY_STATUS, unsent, key="c1", event_id="f-1", time=T0)
     await harness.send(DELIVERY_STATUS, status, key="c1", event_id="d-1", time=T0)
     await harness.send(DELIVERY_STATUS, status, key="c1", event_id="d-1b", time=T0)  # redelivery
     # A suppression is no contact: it stays off the timeline (the customer's status page).
@@ -195,7 +201,7 @@ async def test_contacts_and_replies_join_the_case_timeline(harness: Harness) -> 
 
     assert await eventually(kinds, within=20) == ["contact", "event", "reply"]
     items = (await harness.client.get(f"/v1/cases/{case_id}/timeline")).json()["items"]
-    contact = next(i for i in items if i["kind"] == "contact")
+    (contact,) = [i for i in items if i["kind"] == "contact"]
     assert (contact["channel"], contact["status"]) == ("sms", "delivered")
 
 

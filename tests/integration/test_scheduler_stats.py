@@ -310,6 +310,62 @@ async def test_a_reply_read_before_its_messages_first_status_is_counted(
         assert body["channels"]["sms"]["engaged"] == 3
 
 
+async def test_a_contact_the_dispatcher_failed_is_counted_by_its_rule(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """Scheduler and dispatcher on one namespace: a still-applies expression that cannot be
+    evaluated for the case fails the contact before any channel is chosen; a template failure
+    after the channel was chosen counts in that channel too."""
+    dispatcher = dispatcher_app(
+        DispatcherSettings(
+            kafka_bootstrap=infra["kafka"],
+            mongo_uri=infra["mongo"],
+            mongo_db=db_name("dispatcher"),
+            topic_namespace=namespace,
+            api_keys=api_keys(),
+            view_wait_seconds=10.0,
+            case_wait_seconds=0.5,
+            retry_attempts=1,
+        )
+    )
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        running(dispatcher),
+        open_publisher(infra, namespace) as publisher,
+    ):
+        # The status is text: as a number it cannot be read.
+        cid = await active_campaign(client, still_applies="int(case.status) > 0")
+        await publisher.send(CONTACT_PREFERENCES, preferences("cust-f"), "cust-f")
+        await publisher.change("case-f", 1, "open", ["cust-f"])
+        await publisher.change("case-f", 1, "open", ["cust-f"])  # a replay
+        # As the dispatcher reports a template failure on the SMS (the scheduler refuses such
+        # templates at save time; a campaign saved before may still have one).
+        render = DeliveryStatus(
+            message_id="failed-r2",
+            request_id="r2",
+            campaign_id=cid,
+            customer_id="cust-2",
+            channel="sms",
+            status="failed",
+            reason="render",
+            at=datetime.now(UTC),
+        )
+        await publisher.send(DELIVERY_STATUS, render, "cust-2")
+        await publisher.send(DELIVERY_STATUS, render, "cust-2")  # redelivered
+
+        async def counted() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return body if len(body["failed_by_reason"]) == 2 else None
+
+        body = await eventually(counted, within=60)
+        await asyncio.sleep(1)
+        body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert body["requested"] == 1
+        assert body["failed_by_reason"] == {"still-applies": 1, "render": 1}
+        assert list(body["channels"]) == ["sms"] and body["channels"]["sms"]["failed"] == 1
+        assert body["suppressed_by_reason"] == {}
+
+
 class _Refusing:
     """A collection whose next `n` calls of one method fail as an outage would."""
 

@@ -25,6 +25,7 @@ from herald_contracts import (
     QuietHours,
     TimerRequest,
 )
+from herald_dispatcher.policy import derived_id
 from herald_kit.windows import ContactWindow, Window
 
 T = MessageTemplate(body="Your engineer arrives at 14:00.")
@@ -298,4 +299,54 @@ def test_a_channel_failing_before_sending_fails_the_contact_only_when_nothing_is
     request = _request(now, campaign=_one_segment_campaign(max_attempts=3))
     decision = asyncio.run(r.dispatcher.handle(request))
     assert (decision.outcome, decision.rule, decision.channel) == ("failed", "segment-limit", "sms")
-    assert not r.producer.sent
+    # No message went out: only the failed contact's status, for the campaign's stats.
+    assert [type(body) for _, body in r.producer.sent] == [DeliveryStatus]
+
+
+def test_a_failed_contact_reaches_the_campaign_stats_as_a_failed_status() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    broken = MessageTemplate(body="{{ case.missing.field }}")
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    # Both ranked channels tried: the SMS does not render, the email is over no limit but the
+    # attempts are used up by then.
+    request = _request(now, campaign=_one_segment_campaign(max_attempts=1, sms=broken))
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.rule) == ("failed", "render")
+    (status,) = r.producer.of(DeliveryStatus)
+    assert (status.status, status.reason, status.channel) == ("failed", "render", "sms")
+    assert (status.request_id, status.campaign_id, status.customer_id) == ("r1", "c", "c1")
+    assert status.message_id == derived_id("r1", "failed")  # one event however often decided
+    # Decided again (a replay after a crash before the record): the same event.
+    again = rig(_prefs(ranking=["sms", "email"]), now)
+    asyncio.run(again.dispatcher.handle(request))
+    assert again.producer.of(DeliveryStatus) == [status]
+
+
+def test_a_still_applies_expression_that_fails_reaches_the_stats_without_a_channel() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(), now)
+    request = _request(now)
+    request = request.model_copy(
+        update={"campaign": request.campaign.model_copy(update={"still_applies": "case.x > 1"})}
+    )
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.rule) == ("failed", "still-applies")
+    (status,) = r.producer.of(DeliveryStatus)
+    assert (status.status, status.reason, status.channel) == ("failed", "still-applies", None)
+
+
+def test_an_escalation_that_fails_before_sending_publishes_no_status() -> None:
+    # Its contact was made (the first message's own statuses are counted).
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    broken = MessageTemplate(body="{{ case.missing.field }}")
+    r = rig(_prefs(ranking=["email", "sms"]), now)
+    request = _request(
+        now,
+        campaign=_one_segment_campaign(max_attempts=2, sms=broken),
+        attempt=2,
+        tried_channels=["email"],
+        escalation_of="m-email",
+    )
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.rule) == ("failed", "render")
+    assert not r.producer.of(DeliveryStatus)

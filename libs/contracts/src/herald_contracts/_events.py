@@ -480,14 +480,23 @@ SuppressionReason = Literal[
     "campaign-archived",
 ]
 SUPPRESSION_REASONS: tuple[str, ...] = get_args(SuppressionReason)
+# Why the dispatcher failed a contact before any message went out (`DeliveryStatus.reason` of
+# its `failed` status, after every channel it could try): the rule that failed it.
+ContactFailure = Literal["render", "segment-limit", "still-applies"]
+CONTACT_FAILURES: tuple[str, ...] = get_args(ContactFailure)
 
 
 class DeliveryStatus(_Body):
-    """A status of one message, from a sender; or, with status `suppressed`, the dispatcher's
-    decision not to contact the customer for a request at all (no message was made)."""
+    """A status of one message, from a sender; or, from the dispatcher, a contact for which no
+    message went out: status `suppressed` (it decided not to contact the customer) or `failed`
+    (no message could be made on any channel tried: a template that does not render, an SMS
+    over the segment limit, a still-applies expression that cannot be evaluated)."""
 
     message_id: Id = Field(
-        description="The message; for `suppressed`, an id derived from the request alone."
+        description=(
+            "The message; for the dispatcher's `suppressed` and `failed`, an id derived from "
+            "the request alone."
+        )
     )
     request_id: Id
     campaign_id: Id
@@ -495,14 +504,21 @@ class DeliveryStatus(_Body):
     case_id: Id | None = None
     channel: Channel | None = Field(
         default=None,
-        description="Always set by senders; on `suppressed`, only when a channel was chosen.",
+        description=(
+            "Always set by senders; on the dispatcher's `suppressed` and `failed`, only when "
+            "a channel was chosen (for `failed`, the last one tried)."
+        ),
     )
     status: DeliveryState
     provider_id: str | None = None
     error_code: str | None = None
     reason: str | None = Field(
         default=None,
-        description="Free text from a sender; on `suppressed`, one of the suppression reasons.",
+        description=(
+            "Free text from a sender; on `suppressed`, one of the suppression reasons; on the "
+            "dispatcher's `failed`, the rule that failed the contact (`CONTACT_FAILURES`: "
+            "`render`, `segment-limit`, `still-applies`)."
+        ),
     )
     at: AwareDatetime
 

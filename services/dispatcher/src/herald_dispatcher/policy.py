@@ -229,24 +229,28 @@ class Dispatcher:
                 decision = Decision("failed", "render", detail=str(exc))
         finally:
             reads.discard()
-        if decision.outcome == "suppressed":
+        if decision.outcome in ("suppressed", "failed"):
             # Before the decision is recorded: a crash in between decides (and publishes) again.
-            await self._publish_suppressed(request, decision, now)
+            await self._publish_unsent(request, decision, now)
         await self._record(claim_key, request, decision, prefs, case, now)
         return decision
 
-    async def _publish_suppressed(
+    async def _publish_unsent(
         self, request: ContactRequest, decision: Decision, now: datetime
     ) -> None:
-        """Tell delivery.status.v1 that a contact was not made and why (campaign stats count it).
+        """Tell delivery.status.v1 that a contact was not made and why (campaign stats count it):
+        `suppressed` with its reason, or `failed` (no message could be made on any channel
+        tried) with the rule that failed it as its reason and the last channel tried.
 
         Only a contact's own decision: an escalation that stops (customer reached, channels or
-        attempts used up) follows a contact that was made. The id derives from the request, so
-        a replay or a second decision of the same request publishes the same event.
+        attempts used up) follows a contact that was made, and an escalation that fails follows
+        one whose own statuses were counted. The id derives from the request, so a replay or a
+        second decision of the same request publishes the same event.
         """
         if request.attempt != 1 or request.escalation_of is not None:
             return
-        sid = derived_id(request.request_id, "suppressed")
+        failed = decision.outcome == "failed"
+        sid = derived_id(request.request_id, "failed" if failed else "suppressed")
         status = DeliveryStatus(
             message_id=sid,
             request_id=request.request_id,
@@ -254,8 +258,8 @@ class Dispatcher:
             customer_id=request.customer_id,
             case_id=request.case_id,
             channel=decision.channel,
-            status="suppressed",
-            reason=decision.reason or decision.rule,
+            status="failed" if failed else "suppressed",
+            reason=decision.rule if failed else decision.reason or decision.rule,
             at=now,
         )
         await self.producer.publish(

@@ -10,7 +10,13 @@ from __future__ import annotations
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
-from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, DeliveryStatus, EngagementReply
+from herald_contracts import (
+    CONTACT_FAILURES,
+    DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
+    DeliveryStatus,
+    EngagementReply,
+)
 from herald_ingest.adapters.repository import CaseRepository
 from herald_kit import DecodeError, Event, decode
 
@@ -20,9 +26,10 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
     event: Event[BaseModel] = decode(record)
     if event.type == DELIVERY_STATUS.type:
         status = DeliveryStatus.model_validate(event.data)
-        if status.case_id is None or status.status == "suppressed":
-            # A suppression is no contact; the dispatcher's explain API says why (and the
-            # customer-facing page should not list what the customer never received).
+        if status.case_id is None or status.status == "suppressed" or _unsent(status):
+            # A suppression is no contact, nor a contact the dispatcher failed before any
+            # message went out; the dispatcher's explain API says why (and the customer-facing
+            # page should not list what the customer never received).
             return
         # Addresses never reach the timeline: channel and outcome are what an agent needs.
         await repo.add_activity(
@@ -56,3 +63,14 @@ async def handle_timeline(repo: CaseRepository, record: ConsumerRecord[bytes, by
         )
     else:
         raise DecodeError(f"unexpected event type {event.type!r}", field="ce_type")
+
+
+def _unsent(status: DeliveryStatus) -> bool:
+    """The dispatcher's `failed` for a contact no message could be made for (a sender's
+    failures carry the provider's code or their own words, never one of its rules)."""
+    return (
+        status.status == "failed"
+        and status.error_code is None
+        and status.provider_id is None
+        and status.reason in CONTACT_FAILURES
+    )

@@ -28,6 +28,8 @@ from herald_kit import CounterBatcher, Doc, IdLoader, InsertBatcher, RecentKeys
 RECORDED = 20_000
 # Guards whose count failed and could not be taken back, kept for the consumer's retry.
 OWED = 10_000
+# Statuses whose reason is counted in `failed_by_reason`.
+FAILURES = frozenset({"failed", "undelivered"})
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -104,14 +106,18 @@ class StatsRepository:
         *,
         campaign_id: str,
         message_id: str,
-        channel: str,
+        channel: str | None,
         status: str,
         reason: str | None,
     ) -> bool:
-        """One status of one message; False when already counted."""
+        """One status of one message; False when already counted.
+
+        Without a channel (the dispatcher failed a contact before it chose one), only the
+        failure's reason is counted, and there is no message for replies to answer.
+        """
         # The message's campaign, for replies to it (the first status of a message writes it;
         # the later ones of a message this process recorded lately skip the repeated insert).
-        if message_id not in self._recorded:
+        if channel is not None and message_id not in self._recorded:
             await self._messages.insert(
                 {"_id": message_id, "campaign_id": campaign_id, "channel": channel, "at": utc_now()}
             )
@@ -119,9 +125,13 @@ class StatsRepository:
             # whether or not the row was new: a crash may have come between the two.
             await self._count_parked(campaign_id, channel, message_id)
             self._recorded.add(message_id)
-        inc = {f"channels.{channel}.{_field(status)}": 1}
-        if status in ("failed", "undelivered") and reason:
+        inc: dict[str, int] = {}
+        if channel is not None:
+            inc[f"channels.{channel}.{_field(status)}"] = 1
+        if status in FAILURES and reason:
             inc[f"failed_by_reason.{_field(reason)}"] = 1
+        if not inc:
+            return False
         return bool(await self._count_once(campaign_id, [f"st|{message_id}|{status}"], inc))
 
     async def suppressed(

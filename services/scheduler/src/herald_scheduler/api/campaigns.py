@@ -231,7 +231,13 @@ class CampaignStats(BaseModel):
     campaign_id: str
     requested: int
     channels: dict[str, ChannelStats]
-    failed_by_reason: dict[str, int]
+    failed_by_reason: dict[str, int] = Field(
+        description=(
+            "Failed and undelivered messages by the provider's error code or reason, and "
+            "contacts the dispatcher failed before any message went out by its rule (`render`, "
+            "`segment-limit`, `still-applies`; in the channel's `failed` when one was chosen)."
+        ),
+    )
     suppressed_by_reason: dict[str, int] = Field(
         default_factory=dict,
         description="Contacts the dispatcher decided against, by reason (all channels).",

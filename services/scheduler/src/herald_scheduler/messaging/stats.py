@@ -74,8 +74,8 @@ class StatsConsumer:
                     reason=st.reason or "unknown",
                 )
                 return
-            if st.channel is None:
-                return  # senders always name the channel; nothing to count against
+            # Senders always name the channel; a `failed` without one is the dispatcher's, for a
+            # contact it failed before choosing a channel: counted by reason only.
             await self._note_contact(st)
             await self.stats.status(
                 campaign_id=st.campaign_id,
