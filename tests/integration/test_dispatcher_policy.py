@@ -420,7 +420,14 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     assert email.subject == f"Case {case.case_id}"
     token = email.text.split("http://127.0.0.1:8102/s/")[1]
     claims = LinkSigner("test-link-secret", "case-status").verify(token, max_age_seconds=60)
-    assert claims == {"case": case.case_id, "customer": prefs.customer_id, "locale": "en-GB"}
+    # The message and campaign too: an answer on the page counts for the campaign.
+    assert claims == {
+        "case": case.case_id,
+        "customer": prefs.customer_id,
+        "locale": "en-GB",
+        "msg": email.message_id,
+        "cmp": campaign.id,
+    }
     assert email.unsubscribe_url and email.html == "<p>engineer booked</p>"
 
     # Nobody answers the email: the escalation timer fires (the scheduler re-sends its request).

@@ -253,6 +253,26 @@ async def test_a_call_back_without_a_callable_number_is_refused(served: Served) 
     assert "callback_number" in r.text
 
 
+async def test_an_answer_on_a_link_from_a_message_names_that_message_and_its_campaign(
+    served: Served, infra: dict[str, str]
+) -> None:
+    """The dispatcher's link names the message it was sent in and the campaign: the answer is
+    counted in that campaign's stats, and a call-back asked for there is reported for it."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    claims = {"case": case_id, "customer": "c1", "locale": "en-GB", "msg": "m-1", "cmp": "camp-1"}
+    token = LinkSigner(SECRET, "case-status").sign(claims)
+    r = await served.client.post(
+        f"/s/{token}/reply",
+        content=b"intent=confirm",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 303, r.text
+    [record] = await _replies(infra, served)
+    reply = decode(record, EngagementReply).data
+    assert (reply.intent, reply.message_id, reply.campaign_id) == ("confirm", "m-1", "camp-1")
+
+
 async def test_a_shared_case_shows_each_customer_only_their_own_contacts_and_replies(
     served: Served, infra: dict[str, str]
 ) -> None:

@@ -310,6 +310,53 @@ async def test_a_reply_read_before_its_messages_first_status_is_counted(
         assert body["channels"]["sms"]["engaged"] == 3
 
 
+async def test_call_backs_count_for_the_campaign_answered_apart_from_its_channels(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    async with (
+        scheduler(infra, namespace, db_name("scheduler")) as client,
+        open_publisher(infra, namespace) as publisher,
+    ):
+        cid = await active_campaign(client)
+
+        def call(reply_id: str, st: str, code: str | None = None) -> DeliveryStatus:
+            # As the voice sender reports a call-back asked for in answer to the SMS m1.
+            return DeliveryStatus(
+                message_id=f"callback-{reply_id}",
+                request_id="m1",
+                campaign_id=cid,
+                customer_id="cust-1",
+                channel="voice",
+                status=st,  # type: ignore[arg-type]
+                error_code=code,
+                at=datetime.now(UTC),
+            )
+
+        for st in (
+            call("sms-SM1", "sent"),
+            call("sms-SM1", "answered"),
+            call("sms-SM1", "answered"),  # redelivered: counted once
+            call("web-1", "failed", "outside-window"),
+        ):
+            await publisher.send(DELIVERY_STATUS, st, "cust-1")
+
+        async def counted() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+            return body if body["callbacks"]["failed"] else None
+
+        body = await eventually(counted, within=60)
+        await asyncio.sleep(1)
+        body = (await client.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert body["callbacks"] == {
+            "sent": 1,
+            "answered": 1,
+            "failed": 1,
+            "failed_by_reason": {"outside-window": 1},
+        }
+        # The campaign did not choose to call: its channels and failures are its messages'.
+        assert body["channels"] == {} and body["failed_by_reason"] == {}
+
+
 async def test_a_contact_the_dispatcher_failed_is_counted_by_its_rule(
     infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
 ) -> None:

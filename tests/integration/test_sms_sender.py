@@ -494,6 +494,8 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     callback = env.replies.where(intent="callback")[0]
     assert callback.callback_number == phone
     assert callback.locale == msg.locale  # the call-back speaks the language of the SMS
+    # and names the campaign it answers, for which the call-back is reported (campaign stats).
+    assert callback.campaign_id == msg.campaign_id
     assert msg.expires_at is not None and callback.callback_until is not None
     assert abs((callback.callback_until - msg.expires_at).total_seconds()) < 0.001  # ms stored
 

@@ -110,7 +110,7 @@ async def env(
         yield Env(sandbox, http, prod, statuses, timers)
 
 
-def _reply(phone: str, *, until: datetime) -> EngagementReply:
+def _reply(phone: str, *, until: datetime, campaign_id: str | None = "camp-cb") -> EngagementReply:
     return EngagementReply(
         reply_id=f"sms-SM{unique_phone()[-8:]}",
         customer_id="cust-cb",
@@ -118,6 +118,7 @@ def _reply(phone: str, *, until: datetime) -> EngagementReply:
         intent="callback",
         text="3",
         message_id="msg-1",
+        campaign_id=campaign_id,
         case_id="case-1",
         at=utc_now(),
         callback_number=phone,
@@ -150,6 +151,8 @@ async def test_a_callback_outside_calling_hours_is_placed_when_they_open(
         lambda: env.statuses.where(message_id=f"callback-{reply.reply_id}", status="sent")
     )
     assert sent[0].provider_id == calls[0]["sid"]
+    # Reported for the campaign whose message was answered (the reply waited in a timer).
+    assert (sent[0].campaign_id, sent[0].request_id) == ("camp-cb", "msg-1")
     assert len(await env.calls_to(phone)) == 1  # the redelivered reply placed no second call
 
 
@@ -163,5 +166,13 @@ async def test_no_call_when_the_campaign_window_ends_before_calling_hours(
         lambda: env.statuses.where(message_id=f"callback-{reply.reply_id}", status="failed")
     )
     assert failed[0].error_code == "outside-window"
+    assert (failed[0].campaign_id, failed[0].request_id) == ("camp-cb", "msg-1")
     assert await env.calls_to(phone) == []
     assert not [t for t in env.timers.items if t.reply and t.reply.reply_id == reply.reply_id]
+    # A reply that names no campaign (one published before replies did) still gets its answer.
+    anonymous = _reply(phone, until=opening - timedelta(seconds=5), campaign_id=None)
+    await env.producer.publish(ENGAGEMENT_REPLY, anonymous, key=anonymous.customer_id)
+    failed = await eventually(
+        lambda: env.statuses.where(message_id=f"callback-{anonymous.reply_id}", status="failed")
+    )
+    assert failed[0].campaign_id == "callback"

@@ -137,6 +137,7 @@ async def test_pressing_1_confirms_in_the_customers_language(env: Env) -> None:
     reply = (await eventually(lambda: env.replies.where(message_id=msg.message_id)))[0]
     assert reply.intent == "confirm" and reply.channel == "voice"
     assert reply.customer_id == msg.customer_id and reply.case_id == msg.case_id
+    assert reply.campaign_id == msg.campaign_id  # a call-back asked for here is reported for it
     sent = env.statuses.where(message_id=msg.message_id, status="sent")
     assert sent and sent[0].provider_id == call["sid"]
 

@@ -486,6 +486,15 @@ ContactFailure = Literal["render", "segment-limit", "still-applies"]
 CONTACT_FAILURES: tuple[str, ...] = get_args(ContactFailure)
 
 
+# The start of the message id of a call-back call (the voice sender's `callback-<reply id>`):
+# its statuses carry the campaign whose message the customer answered, and are counted for that
+# campaign apart from its own channels.
+CALLBACK_MESSAGE = "callback-"
+# The `campaign_id` of a call-back's statuses when the reply named no campaign (replies from
+# before replies carried one).
+CALLBACK_CAMPAIGN = "callback"
+
+
 class DeliveryStatus(_Body):
     """A status of one message, from a sender; or, from the dispatcher, a contact for which no
     message went out: status `suppressed` (it decided not to contact the customer) or `failed`
@@ -495,11 +504,21 @@ class DeliveryStatus(_Body):
     message_id: Id = Field(
         description=(
             "The message; for the dispatcher's `suppressed` and `failed`, an id derived from "
-            "the request alone."
+            "the request alone; for a call-back call, `callback-<reply id>`."
         )
     )
-    request_id: Id
-    campaign_id: Id
+    request_id: Id = Field(
+        description=(
+            "The contact request; for a call-back call, the message the customer answered "
+            "(the reply, when it named none)."
+        )
+    )
+    campaign_id: Id = Field(
+        description=(
+            "For a call-back call, the campaign whose message the customer answered "
+            "(`callback` when the reply did not say)."
+        )
+    )
     customer_id: Id
     case_id: Id | None = None
     channel: Channel | None = Field(
@@ -537,6 +556,13 @@ class EngagementReply(_Body):
     intent: Intent
     text: str | None = Field(default=None, max_length=2000)
     message_id: Id | None = None
+    campaign_id: Id | None = Field(
+        default=None,
+        description=(
+            "The campaign whose message was answered, when the channel that answered knows it: "
+            "a call-back is reported for it."
+        ),
+    )
     case_id: Id | None = None
     topic: Topic | None = None
     at: AwareDatetime

@@ -546,14 +546,27 @@ class Dispatcher:
         )
         return Decision("deferred", rule, channel=channel, detail=detail, due_at=due)
 
-    def _links(self, request: ContactRequest, prefs: ContactPreferences) -> dict[str, _Link]:
+    def _links(
+        self, request: ContactRequest, prefs: ContactPreferences, mid: str
+    ) -> dict[str, _Link]:
         return {
-            "status": _Link(self, "status", request, prefs),
-            "preferences": _Link(self, "preferences", request, prefs),
+            "status": _Link(self, "status", request, prefs, mid),
+            "preferences": _Link(self, "preferences", request, prefs, mid),
         }
 
-    def link(self, kind: str, request: ContactRequest, prefs: ContactPreferences) -> str:
-        """A signed link to the case status page or the preference centre."""
+    def link(
+        self,
+        kind: str,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        mid: str | None = None,
+    ) -> str:
+        """A signed link to the case status page or the preference centre.
+
+        A status link names the message it is sent in (`msg`) and its campaign (`cmp`), so an
+        answer given on the page is counted for that campaign (short keys: the link is often
+        in an SMS).
+        """
         signer = self._status_links if kind == "status" else self._pref_links
         if signer is None:
             raise RenderError("the template asks for a signed link but no link secret is set")
@@ -561,9 +574,14 @@ class Dispatcher:
             if request.case_id is None:
                 raise RenderError("links.status needs a case")
             # The payload the case status page (ingest) verifies.
-            token = signer.sign(
-                {"case": request.case_id, "customer": prefs.customer_id, "locale": prefs.locale}
-            )
+            claims = {
+                "case": request.case_id,
+                "customer": prefs.customer_id,
+                "locale": prefs.locale,
+            }
+            if mid is not None:
+                claims |= {"msg": mid, "cmp": request.campaign.id}
+            token = signer.sign(claims)
             return self.settings.status_url.format(token=token)
         # The payload the preference centre verifies.
         token = signer.sign({"c": prefs.customer_id, "p": "preferences"})
@@ -585,7 +603,8 @@ class Dispatcher:
     ) -> Decision:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
-        links = self._links(request, prefs)
+        mid = message_id(request.request_id, channel, request.attempt)
+        links = self._links(request, prefs, mid)
         variables: dict[str, Any] = {
             "case": case_json,
             "contact": {"customer_id": prefs.customer_id, "locale": prefs.locale},
@@ -593,7 +612,6 @@ class Dispatcher:
             "links": links,
         }
         opts: dict[str, Any] = {"locale": prefs.locale, "tz": prefs.time_zone}
-        mid = message_id(request.request_id, channel, request.attempt)
         common: dict[str, Any] = {
             "message_id": mid,
             "request_id": request.request_id,
@@ -848,15 +866,21 @@ class _Link:
     """A signed link, signed only when a template reads it."""
 
     def __init__(
-        self, dispatcher: Dispatcher, kind: str, request: ContactRequest, prefs: ContactPreferences
+        self,
+        dispatcher: Dispatcher,
+        kind: str,
+        request: ContactRequest,
+        prefs: ContactPreferences,
+        mid: str,
     ) -> None:
         self._d, self._kind, self._request, self._prefs = dispatcher, kind, request, prefs
+        self._mid = mid
 
         self.url: str | None = None  # once a template read it: one token per message
 
     def __str__(self) -> str:
         if self.url is None:
-            self.url = self._d.link(self._kind, self._request, self._prefs)
+            self.url = self._d.link(self._kind, self._request, self._prefs, self._mid)
         return self.url
 
     def __html__(self) -> str:

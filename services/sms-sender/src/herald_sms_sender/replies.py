@@ -52,6 +52,7 @@ class Replies:
                 intent=intent,
                 text=body[:2000] or None,
                 message_id=row["_id"],
+                campaign_id=row.get("campaign_id"),
                 case_id=row.get("case_id"),
                 at=now,
                 callback_number=from_ if intent == "callback" else None,

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import quote
 
 from herald_contracts import (
+    CALLBACK_CAMPAIGN,
+    CALLBACK_MESSAGE,
     ENGAGEMENT_REPLY,
     TIMER_REQUESTED,
     DeliveryState,
@@ -152,6 +154,7 @@ class VoiceCalling:
             intent=intent,
             text=text,
             message_id=ref["message_id"],
+            campaign_id=ref.get("campaign_id"),
             case_id=ref.get("case_id"),
             at=utc_now(),
         )
@@ -331,11 +334,13 @@ class VoiceCalling:
         if reply.callback_number is None:
             log.info("call-back request without a number", extra={"reply": reply.reply_id})
             return
-        mid = f"callback-{reply.reply_id}"
+        mid = f"{CALLBACK_MESSAGE}{reply.reply_id}"
         ref: dict[str, Any] = {
             "message_id": mid,
             "request_id": reply.message_id or reply.reply_id,
-            "campaign_id": "callback",
+            # Reported for the campaign whose message the customer answered, whose stats count
+            # call-backs apart from its channels (by the message id's prefix).
+            "campaign_id": reply.campaign_id or CALLBACK_CAMPAIGN,
             "customer_id": reply.customer_id,
             "case_id": reply.case_id,
         }

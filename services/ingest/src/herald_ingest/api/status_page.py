@@ -158,6 +158,10 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
         customer_id=claims["customer"],
         channel="web",
         intent=intent,  # checked against BUTTONS above
+        # A link the dispatcher put in a message names the message and its campaign: the answer
+        # is counted for that campaign (a link signed here, or before links named them, does not).
+        message_id=_claim(claims, "msg"),
+        campaign_id=_claim(claims, "cmp"),
         case_id=state.case_id,
         callback_number=number,
         locale=claims.get("locale"),
@@ -167,6 +171,12 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
     await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
     # Relative to /s/<token>/reply, for the same reason as the form's action.
     return RedirectResponse(f"../{token}?done={intent}", status_code=303)
+
+
+def _claim(claims: dict[str, Any], key: str) -> str | None:
+    """An optional text claim of the link; None when absent or not text."""
+    value = claims.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def _callback_number(form: dict[str, list[str]], locale: str | None) -> str:

@@ -134,6 +134,17 @@ class StatsRepository:
             return False
         return bool(await self._count_once(campaign_id, [f"st|{message_id}|{status}"], inc))
 
+    async def callback(
+        self, *, campaign_id: str, message_id: str, status: str, reason: str | None
+    ) -> bool:
+        """One status of a call-back call the customer asked for in answer to the campaign;
+        False when already counted. Kept apart from the campaign's own channels: the campaign
+        did not choose to call."""
+        inc = {f"callbacks.{_field(status)}": 1}
+        if status in FAILURES and reason:
+            inc[f"callbacks.failed_by_reason.{_field(reason)}"] = 1
+        return bool(await self._count_once(campaign_id, [f"st|{message_id}|{status}"], inc))
+
     async def suppressed(
         self, *, campaign_id: str, request_id: str, channel: str | None, reason: str
     ) -> bool:
@@ -195,4 +206,5 @@ class StatsRepository:
             "failed_by_reason": doc.get("failed_by_reason", {}),
             "suppressed_by_reason": doc.get("suppressed_by_reason", {}),
             "replies_by_intent": doc.get("replies_by_intent", {}),
+            "callbacks": doc.get("callbacks", {}),
         }

@@ -187,6 +187,19 @@ class ChannelStats(BaseModel):
     )
 
 
+class CallbackStats(BaseModel):
+    """Call-backs the customer asked for in answer to the campaign's messages, by call status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Call-backs that failed, by reason."
+    )
+
+
 class CampaignStats(BaseModel):
     """What a campaign did so far."""
 
@@ -223,6 +236,13 @@ class CampaignStats(BaseModel):
                         "expired": 6,
                     },
                     "replies_by_intent": {"stop": 3, "callback": 7},
+                    "callbacks": {
+                        "sent": 6,
+                        "answered": 5,
+                        "failed": 1,
+                        "no-answer": 1,
+                        "failed_by_reason": {"outside-window": 1},
+                    },
                 }
             ]
         }
@@ -243,6 +263,13 @@ class CampaignStats(BaseModel):
         description="Contacts the dispatcher decided against, by reason (all channels).",
     )
     replies_by_intent: dict[str, int]
+    callbacks: CallbackStats = Field(
+        default_factory=CallbackStats,
+        description=(
+            "Calls placed because the customer asked to be called back in answer to one of the "
+            "campaign's messages (not in `channels`: the campaign did not choose to call)."
+        ),
+    )
 
 
 @router.get("/{campaign_id}/stats", summary="Requests, statuses and replies per channel.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import ConsumerRecord
 
-from herald_contracts import DeliveryStatus, EngagementReply, Topics
+from herald_contracts import CALLBACK_MESSAGE, DeliveryStatus, EngagementReply, Topics
 from herald_kit import NotFound, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.adapters.history import ContactHistory
@@ -72,6 +72,17 @@ class StatsConsumer:
                     request_id=st.request_id,
                     channel=st.channel,
                     reason=st.reason or "unknown",
+                )
+                return
+            if st.message_id.startswith(CALLBACK_MESSAGE):
+                # A call-back the customer asked for: counted for the campaign they answered,
+                # apart from its channels; no contact of the campaign's for caps (the
+                # dispatcher does not count call-backs either).
+                await self.stats.callback(
+                    campaign_id=st.campaign_id,
+                    message_id=st.message_id,
+                    status=st.status,
+                    reason=st.error_code or st.reason,
                 )
                 return
             # Senders always name the channel; a `failed` without one is the dispatcher's, for a
