@@ -9,6 +9,7 @@ from herald_twilio._client import (
 from herald_twilio._sending import (
     PauseOutcome,
     busy_delay,
+    expired_waiting,
     gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
@@ -24,6 +25,7 @@ __all__ = [
     "ProviderTimeout",
     "TwilioClient",
     "busy_delay",
+    "expired_waiting",
     "gave_up_reason",
     "pause_unclaimed",
     "publish_delivery_status",

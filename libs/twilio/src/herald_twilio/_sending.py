@@ -74,6 +74,14 @@ def gave_up_reason(outcome: PauseOutcome | None, last: str) -> str:
     return f"gave up after retryable errors (last: {last})"
 
 
+def expired_waiting(last: str, waiting: str) -> tuple[str, str]:
+    """The failure code and reason of a message whose deadline passed while it waited for the
+    pacer (`last`: the latest retryable failure, 'none' before any; `waiting`: "to send")."""
+    if last == "none":
+        return "expired", f"expired waiting {waiting}"
+    return last, gave_up_reason("expired", last)
+
+
 async def publish_delivery_status(
     producer: EventProducer,
     ref: dict[str, Any],

@@ -29,6 +29,7 @@ from herald_sms_sender.domain.keywords import number_key
 from herald_twilio import (
     PauseOutcome,
     busy_delay,
+    expired_waiting,
     gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
@@ -218,7 +219,7 @@ class SmsSending:
                         # The pacer's wait (a 429's hold, a queue of sends) outlasted the
                         # deadline. Checked once the row is ours again: no other consumer's
                         # outcome is touched.
-                        await self._expired(ref, last)
+                        await self.fail(ref, *expired_waiting(last, "to send"))
                         return
                 try:
                     sent = await self.provider.send(
@@ -266,14 +267,6 @@ class SmsSending:
         if paused == "taken":
             return  # another consumer holds the row now; its outcome stands
         await self.fail(ref, last, gave_up_reason(paused, last))
-
-    async def _expired(self, ref: dict[str, Any], last: str) -> None:
-        """Not sent: the deadline passed while waiting to send (`last`: the latest retryable
-        failure, 'none' before any)."""
-        if last == "none":
-            await self.fail(ref, "expired", "expired waiting to send")
-        else:
-            await self.fail(ref, last, gave_up_reason("expired", last))
 
     async def _pause(self, msg: OutboundSms, delay: float, claim: str) -> PauseOutcome:
         """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""

@@ -27,6 +27,7 @@ from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_twilio import (
     PauseOutcome,
     busy_delay,
+    expired_waiting,
     gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
@@ -229,7 +230,7 @@ class VoiceCalling:
                     # The pacer's wait (a 429's hold, a queue of calls) outlasted the expiry.
                     # Checked once the row is ours again, so no other consumer's outcome is
                     # overwritten.
-                    await self._expired(ref, last)
+                    await self._fail(ref, *expired_waiting(last, "to call"))
                     return
                 try:
                     placed = await self.provider.call(
@@ -309,14 +310,6 @@ class VoiceCalling:
     async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
-
-    async def _expired(self, ref: dict[str, Any], last: str) -> None:
-        """No call: the expiry passed while waiting to place it (`last`: the latest retryable
-        failure, 'none' before any)."""
-        if last == "none":
-            await self._fail(ref, "expired", "expired waiting to call")
-        else:
-            await self._fail(ref, last, gave_up_reason("expired", last))
 
     async def _pause(self, call: Call, delay: float, claim: str) -> PauseOutcome:
         return await pause_unclaimed(
