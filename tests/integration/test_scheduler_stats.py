@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 from test_scheduler_support import (
@@ -214,12 +215,9 @@ async def test_dry_run_weighs_caps_with_the_customers_earlier_contacts(
         assert len(body["contacted"]) == 2  # type: ignore[arg-type]
 
 
-async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
-    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
-) -> None:
-    """Scheduler and dispatcher on one namespace: a case change for a customer who gave no
-    consent is requested, suppressed by the dispatcher, and counted by reason."""
-    dispatcher = dispatcher_app(
+def _dispatcher(infra: dict[str, str], namespace: str, db_name: Callable[[str], str]) -> FastAPI:
+    """A dispatcher on the test's namespace, deciding without waiting long for a case."""
+    return dispatcher_app(
         DispatcherSettings(
             kafka_bootstrap=infra["kafka"],
             mongo_uri=infra["mongo"],
@@ -231,6 +229,14 @@ async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
             retry_attempts=1,
         )
     )
+
+
+async def test_a_dispatcher_suppression_reaches_the_campaign_stats(
+    infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """Scheduler and dispatcher on one namespace: a case change for a customer who gave no
+    consent is requested, suppressed by the dispatcher, and counted by reason."""
+    dispatcher = _dispatcher(infra, namespace, db_name)
     async with (
         scheduler(infra, namespace, db_name("scheduler")) as client,
         running(dispatcher),
@@ -363,18 +369,7 @@ async def test_a_contact_the_dispatcher_failed_is_counted_by_its_rule(
     """Scheduler and dispatcher on one namespace: a still-applies expression that cannot be
     evaluated for the case fails the contact before any channel is chosen; a template failure
     after the channel was chosen counts in that channel too."""
-    dispatcher = dispatcher_app(
-        DispatcherSettings(
-            kafka_bootstrap=infra["kafka"],
-            mongo_uri=infra["mongo"],
-            mongo_db=db_name("dispatcher"),
-            topic_namespace=namespace,
-            api_keys=api_keys(),
-            view_wait_seconds=10.0,
-            case_wait_seconds=0.5,
-            retry_attempts=1,
-        )
-    )
+    dispatcher = _dispatcher(infra, namespace, db_name)
     async with (
         scheduler(infra, namespace, db_name("scheduler")) as client,
         running(dispatcher),
