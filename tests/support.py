@@ -142,6 +142,17 @@ def case_event(
     return event
 
 
+def cloudevent_headers(event_id: str, *, type_: str = "case.updated") -> list[tuple[str, bytes]]:
+    """Kafka headers of a binary-mode CloudEvent from the ERP, as a backend system sends one."""
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id.encode()),
+        ("ce_source", b"/erp"),
+        ("ce_type", type_.encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
 @asynccontextmanager
 async def open_reader(kafka: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer of one topic from its beginning, in a group of its own."""

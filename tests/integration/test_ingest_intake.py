@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from herald_contracts import CaseChanged, Topics, dlq_topic
 from herald_ingest.adapters.repository import CaseRepository
 from herald_kit import decode
-from support import READ_ONLY_KEY, eventually, read_topic
+from support import READ_ONLY_KEY, cloudevent_headers, eventually, read_topic
 
 
 @pytest.fixture
@@ -240,13 +240,7 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
     producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
     await producer.start()
     topic = Topics.EVENTS_INBOUND.name(namespace)
-    good_headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", b"k-1"),
-        ("ce_source", b"/erp"),
-        ("ce_type", b"case.updated"),
-        ("content-type", b"application/json"),
-    ]
+    good_headers = cloudevent_headers("k-1")
     try:
         await producer.send_and_wait(topic, b"\x00\xffgarbage", key=b"case-9")
         missing = [(k, v) for k, v in good_headers if k != "ce_id"] + [("ce_id", b"k-0")]
@@ -275,15 +269,7 @@ async def test_poison_message_goes_to_dlq_and_consumer_continues(
 async def test_an_attribute_name_the_database_refuses_goes_to_the_dlq_naming_it(
     ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
 ) -> None:
-    def headers(event_id: str) -> list[tuple[str, bytes]]:
-        return [
-            ("ce_specversion", b"1.0"),
-            ("ce_id", event_id.encode()),
-            ("ce_source", b"/erp"),
-            ("ce_type", b"case.updated"),
-            ("content-type", b"application/json"),
-        ]
-
+    headers = cloudevent_headers
     producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
     await producer.start()
     topic = Topics.EVENTS_INBOUND.name(namespace)

@@ -28,7 +28,7 @@ from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.app import create_app
 from herald_ingest.domain.intake import InboundEvent
 from herald_ingest.processing import Outcome, Processor, Unpublishable, event_doc
-from support import eventually, ingest_settings, read_topic, running
+from support import cloudevent_headers, eventually, ingest_settings, read_topic, running
 
 # Events of the most attributes an event may carry, each of the longest text: about 100 KB of
 # state each, so the eleventh would take a case past the producer's 1 MiB record.
@@ -114,15 +114,7 @@ async def test_an_event_that_would_outgrow_the_broker_is_refused_and_its_case_fl
 async def test_over_kafka_the_event_goes_to_the_dlq_and_the_case_flows_on(
     ingest: httpx.AsyncClient, infra: dict[str, str], namespace: str
 ) -> None:
-    def headers(event_id: str) -> list[tuple[str, bytes]]:
-        return [
-            ("ce_specversion", b"1.0"),
-            ("ce_id", event_id.encode()),
-            ("ce_source", b"/erp"),
-            ("ce_type", b"case.updated"),
-            ("content-type", b"application/json"),
-        ]
-
+    headers = cloudevent_headers
     producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"], max_request_size=2**21)
     await producer.start()
     topic = Topics.EVENTS_INBOUND.name(namespace)
