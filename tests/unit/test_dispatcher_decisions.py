@@ -350,3 +350,62 @@ def test_an_escalation_that_fails_before_sending_publishes_no_status() -> None:
     decision = asyncio.run(r.dispatcher.handle(request))
     assert (decision.outcome, decision.rule) == ("failed", "render")
     assert not r.producer.of(DeliveryStatus)
+
+
+# -- a contact whose channel failed before sending and whose next one was deferred ------------
+
+
+def _marketing(request_id: str, campaign_id: str, email: MessageTemplate, now: datetime) -> Any:
+    campaign = CampaignRef(
+        id=campaign_id,
+        version=1,
+        name="n",
+        topic="offers",
+        priority="marketing",
+        cap_policy="suppress",
+        max_attempts=2,
+        messages={"sms": {"en": T}, "email": {"en": email}},
+    )
+    return _request(now, request_id=request_id, trigger_key=request_id, campaign=campaign)
+
+
+def _deferred_fallback() -> tuple[Any, TimerRequest]:
+    """r1 at 06:00 in London: its email does not render, its SMS waits for 08:00."""
+    six = datetime(2026, 1, 12, 6, tzinfo=UTC)
+    prefs = _prefs(ranking=["email", "sms"], consents={"offers": {"sms": True, "email": True}})
+    r = rig(prefs, six)
+    broken = MessageTemplate(body="{{ case.missing.field }}")
+    decision = asyncio.run(r.dispatcher.handle(_marketing("r1", "a", broken, six)))
+    assert (decision.outcome, decision.rule, decision.channel) == ("deferred", "quiet-hours", "sms")
+    (timer,) = r.producer.of(TimerRequest)
+    assert timer.request is not None and timer.request.attempt == 2
+    return r, timer
+
+
+def test_a_first_contact_deferred_to_its_next_channel_is_held_back_by_the_caps() -> None:
+    r, timer = _deferred_fallback()
+    # 07:00: another marketing campaign reaches the customer, using the day's one contact.
+    r.clock.now = datetime(2026, 1, 12, 7, tzinfo=UTC)
+    other = asyncio.run(r.dispatcher.handle(_marketing("r2", "b", T, r.clock.now)))
+    assert other.outcome == "sent"
+    assert timer.request is not None and timer.due_at is not None
+    r.clock.now = timer.due_at
+    decision = asyncio.run(r.dispatcher.handle(timer.request))
+    assert (decision.outcome, decision.rule) == ("suppressed", "frequency-cap")
+    assert not r.producer.of(OutboundSms)
+    # The contact ended unsent: the stats hear of it once, as they would of its first attempt.
+    (status,) = r.producer.of(DeliveryStatus)
+    assert (status.status, status.reason) == ("suppressed", "frequency-cap")
+    assert status.message_id == derived_id("r1", "suppressed")
+
+
+def test_a_first_contact_sent_on_a_deferred_channel_counts_towards_the_caps() -> None:
+    r, timer = _deferred_fallback()
+    assert timer.request is not None and timer.due_at is not None
+    r.clock.now = timer.due_at
+    decision = asyncio.run(r.dispatcher.handle(timer.request))
+    assert (decision.outcome, decision.channel) == ("sent", "sms")
+    r.clock.now = timer.due_at + timedelta(hours=1)
+    other = asyncio.run(r.dispatcher.handle(_marketing("r2", "b", T, r.clock.now)))
+    assert (other.outcome, other.rule) == ("suppressed", "frequency-cap")
+    assert not r.producer.of(OutboundEmail)

@@ -386,6 +386,15 @@ class ContactRequest(_Body):
         description="Set when an escalation timer fires: the message whose success is checked.",
     )
 
+    @property
+    def first_contact(self) -> bool:
+        """The customer's own contact, not an escalation of one: what the frequency caps hold
+        back and count, and what campaign stats count once when it ends unsent. Any attempt:
+        a contact whose first channel failed before sending, deferred on a later channel,
+        comes back as a later attempt and is still the customer's first (escalations always
+        name the message they follow)."""
+        return self.escalation_of is None
+
 
 class _Outbound(_Body):
     message_id: Id

@@ -244,10 +244,13 @@ class Dispatcher:
 
         Only a contact's own decision: an escalation that stops (customer reached, channels or
         attempts used up) follows a contact that was made, and an escalation that fails follows
-        one whose own statuses were counted. The id derives from the request, so a replay or a
-        second decision of the same request publishes the same event.
+        one whose own statuses were counted. A contact's own decision may be a later attempt (a
+        channel failed before sending, the next one was deferred): it is still the contact's,
+        and the only one that ends it, since a deferral publishes nothing. The id derives from
+        the request alone, so a replay or a second decision of the same request publishes the
+        same event, which stats count once.
         """
-        if request.attempt != 1 or request.escalation_of is not None:
+        if not request.first_contact:
             return
         failed = decision.outcome == "failed"
         sid = derived_id(request.request_id, "failed" if failed else "suppressed")
@@ -322,7 +325,7 @@ class Dispatcher:
         reads: _Reads,
     ) -> Decision:
         campaign = request.campaign
-        first = request.attempt == 1 and request.escalation_of is None
+        first = request.first_contact
         case_json = (
             case.model_dump(mode="json") if case else {}
         )  # what conditions and templates see
@@ -401,7 +404,7 @@ class Dispatcher:
         ends `failed` only when the attempts are used up or no channel is left. A contact sent
         at once on the later channel still counts as the customer's first (caps).
         """
-        first = request.attempt == 1 and request.escalation_of is None
+        first = request.first_contact
         failures: list[str] = []
         failed: Decision | None = None
         while True:
@@ -915,7 +918,7 @@ class _Reads:
             key = f"{campaign.id}|{request.case_id}|{request.customer_id}"
             state = asyncio.ensure_future(ledger.request_state(key, _trigger_order(request)))
         history = None
-        if request.attempt == 1 and request.escalation_of is None and campaign.counts_towards_cap:
+        if request.first_contact and campaign.counts_towards_cap:
             history = asyncio.ensure_future(
                 ledger.cap_history(request.customer_id, campaign.priority.value)
             )

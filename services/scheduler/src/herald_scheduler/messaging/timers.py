@@ -159,9 +159,10 @@ class TimerService:
             status, rate = await self._campaign_gate(request.campaign.id)
             if status == "archived":
                 # An archived campaign contacts nobody more: the row is closed unsent. A
-                # dispatcher's deferral of a first attempt was counted as requested, so it ends
-                # as suppressed (`campaign-archived`) in the stats; the scheduler's own rows were
-                # never counted and, like the rest of a fan-out halted by an archive, end quietly.
+                # dispatcher's deferral of a contact's own request was counted as requested, so
+                # it ends as suppressed (`campaign-archived`) in the stats; the scheduler's own
+                # rows were never counted and, like the rest of a fan-out halted by an archive,
+                # end quietly.
                 if row["kind"] == "timer":
                     await self._publish_suppressed(request, "campaign-archived", utc_now())
                 ok = await self.timers.settle(row, "cancelled", now=utc_now())
@@ -232,8 +233,9 @@ class TimerService:
         return gate
 
     async def _publish_expired(self, request: ContactRequest, kind: str, now: datetime) -> None:
-        """A contact's first attempt expired while it waited here: it ends as suppressed."""
-        if request.attempt != 1 or request.escalation_of is not None:
+        """A contact's own request (not an escalation, at any attempt) expired while it waited
+        here: it ends as suppressed."""
+        if not request.first_contact:
             return
         if kind != "timer":
             # The scheduler's own delayed request was never published, so never counted as
@@ -246,9 +248,9 @@ class TimerService:
     ) -> None:
         """Tell delivery.status.v1 that a contact ended while it waited here (it expired, or
         its campaign was archived), as the dispatcher does for one it suppresses: only for a
-        contact's first attempt (an escalation follows a contact that was made), under an id
+        contact's own request (an escalation follows a contact that was made), under an id
         derived from the request, so a second firing of the row publishes the same event."""
-        if request.attempt != 1 or request.escalation_of is not None:
+        if not request.first_contact:
             return
         sid = suppressed_id(request.request_id)
         status = DeliveryStatus(
