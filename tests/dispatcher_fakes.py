@@ -43,7 +43,7 @@ class Decisions:
         if key not in self.claims:
             self.claims.add(key)
             return None
-        return self.recorded.get(key, {"outcome": "claimed"})
+        return self.recorded.get(key)  # None too for a claim without a decision (a crash)
 
     async def record(self, decision: dict[str, Any]) -> None:
         self.recorded.setdefault(decision["_id"], decision)

@@ -8,6 +8,7 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -409,3 +410,87 @@ def test_a_first_contact_sent_on_a_deferred_channel_counts_towards_the_caps() ->
     other = asyncio.run(r.dispatcher.handle(_marketing("r2", "b", T, r.clock.now)))
     assert (other.outcome, other.rule) == ("suppressed", "frequency-cap")
     assert not r.producer.of(OutboundEmail)
+
+
+# -- a status that comes before the writes after the send --------------------------------------
+
+
+def _two_channels(now: datetime) -> tuple[Any, ContactRequest]:
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    return r, _request(now, max_attempts=2)  # no escalate_after_seconds: no timer either
+
+
+def _failed(sms: OutboundSms, now: datetime) -> DeliveryStatus:
+    return DeliveryStatus(
+        message_id=sms.message_id,
+        request_id=sms.request_id,
+        campaign_id=sms.campaign_id,
+        customer_id=sms.customer_id,
+        channel="sms",
+        status="failed",
+        error_code="21211",
+        at=now,
+    )
+
+
+def test_a_failure_reported_while_the_send_is_still_being_recorded_escalates() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r, request = _two_channels(now)
+    lagging = asyncio.Event()  # the writes after the send (a batch window, a busy database)
+    sent = asyncio.Event()
+    attempt, content, publish = r.ledger.note_attempt, r.ledger.note_content, r.producer.publish
+
+    async def attempt_after_send(doc: dict[str, Any]) -> None:
+        if sent.is_set():
+            await lagging.wait()
+        await attempt(doc)
+
+    async def content_after_send(*args: Any) -> None:
+        await lagging.wait()
+        await content(*args)
+
+    async def publish_and_tell(event_type: Any, data: Any, **kw: Any) -> None:
+        await publish(event_type, data, **kw)
+        if isinstance(data, OutboundSms):
+            sent.set()
+
+    r.ledger.note_attempt, r.ledger.note_content = attempt_after_send, content_after_send
+    r.producer.publish = publish_and_tell  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        deciding = asyncio.create_task(r.dispatcher.handle(request))
+        await sent.wait()
+        (sms,) = r.producer.of(OutboundSms)
+        # The sender refuses the number at once and reports it failed.
+        await r.dispatcher.on_status(_failed(sms, now))
+        lagging.set()
+        await deciding
+
+    asyncio.run(scenario())
+    (nxt,) = r.producer.of(ContactRequest)
+    assert (nxt.attempt, nxt.tried_channels) == (2, ["sms"])
+
+
+def test_a_decision_that_stopped_between_its_attempt_row_and_its_message_sends_it_again() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r, request = _two_channels(now)
+    publish = r.producer.publish
+
+    async def broker_down(event_type: Any, data: Any, **kw: Any) -> None:
+        if isinstance(data, OutboundSms):
+            raise ConnectionError("broker unavailable")
+        await publish(event_type, data, **kw)
+
+    r.producer.publish = broker_down  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        asyncio.run(r.dispatcher.handle(request))
+    assert len(r.ledger.attempts) == 1 and not r.producer.of(OutboundSms)  # a row, no message
+    # The request is redelivered (its offset was not committed): the message goes out.
+    r.producer.publish = publish  # type: ignore[method-assign]
+    decision = asyncio.run(r.dispatcher.handle(request))
+    assert (decision.outcome, decision.channel) == ("sent", "sms")
+    (sms,) = r.producer.of(OutboundSms)
+    assert set(r.ledger.attempts) == {sms.message_id}
+    asyncio.run(r.dispatcher.on_status(_failed(sms, now)))
+    (nxt,) = r.producer.of(ContactRequest)
+    assert nxt.tried_channels == ["sms"]

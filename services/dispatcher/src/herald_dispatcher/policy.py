@@ -13,7 +13,7 @@ import html
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -684,6 +684,12 @@ class Dispatcher:
                 detail=repeat,
                 reason="repeated-content",
             )
+        # The attempt row before the message: a status the sender reports at once (a refused
+        # number fails in milliseconds) finds what to escalate to, however long the writes after
+        # the send take. A crash in between leaves a row for a message not sent yet: the request,
+        # decided again, sends it under the same id and finds the row already there.
+        nxt = self.next_request(request, channel, mid)
+        await self.ledger.note_attempt(self._attempt_row(request, channel, mid, nxt, now))
         await self.producer.publish(
             OUTBOUND_TOPICS[channel],
             outbound,
@@ -692,10 +698,35 @@ class Dispatcher:
             subject=request.case_id,
         )
         await asyncio.gather(
-            self._after_send(request, case, channel, mid, now, state, history, first=first),
+            self._after_send(request, case, mid, nxt, now, state, history, first=first),
             self.ledger.note_content(last, digest, mid, now, request),
         )
         return Decision("sent", "ranked", channel=channel, message_id=mid)
+
+    @staticmethod
+    def _attempt_row(
+        request: ContactRequest,
+        channel: Channel,
+        mid: str,
+        nxt: ContactRequest | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """The ledger row of an emitted message: what its statuses and replies escalate or stop."""
+        campaign = request.campaign
+        return {
+            "_id": mid,
+            "request_id": request.request_id,
+            "attempt": request.attempt,
+            "channel": channel,
+            "customer_id": request.customer_id,
+            "case_id": request.case_id,
+            "success": campaign.success,
+            # A JSON string: one opaque field to store (see Views), read once if ever.
+            "next": nxt.model_dump_json() if nxt else None,
+            # Whether an escalation timer waits on this attempt (see _cancel).
+            "timer": nxt is not None and campaign.escalate_after_seconds is not None,
+            "at": now,
+        }
 
     def _repeats(
         self, last: LastContent, digest: str, mid: str, now: datetime, request: ContactRequest
@@ -725,39 +756,24 @@ class Dispatcher:
         self,
         request: ContactRequest,
         case: CaseState | None,
-        channel: Channel,
         mid: str,
+        nxt: ContactRequest | None,
         now: datetime,
         state: RequestState | None,
         history: CapHistory | None,
         *,
         first: bool,
     ) -> None:
-        """Ledger rows for caps, supersession and escalation; the escalation timer.
+        """Ledger rows for caps and supersession (the attempt's was written before the send);
+        the escalation timer.
 
         `first`: the customer's first message of the contact (not an escalation of one), which
         counts towards the caps, even on a channel taken after one that failed before sending.
+        These rows stay after the send: a request decided again after a crash may decide
+        otherwise (superseded meanwhile, say), and must not find itself counted or told.
         """
         campaign = request.campaign
-        nxt = self.next_request(request, channel, mid)
-        writes = [
-            self.ledger.note_attempt(
-                {
-                    "_id": mid,
-                    "request_id": request.request_id,
-                    "attempt": request.attempt,
-                    "channel": channel,
-                    "customer_id": request.customer_id,
-                    "case_id": request.case_id,
-                    "success": campaign.success,
-                    # A JSON string: one opaque field to store (see Views), read once if ever.
-                    "next": nxt.model_dump_json() if nxt else None,
-                    # Whether an escalation timer waits on this attempt (see _cancel).
-                    "timer": nxt is not None and campaign.escalate_after_seconds is not None,
-                    "at": now,
-                }
-            )
-        ]
+        writes: list[Awaitable[Any]] = []
         if first:
             if campaign.counts_towards_cap:
                 writes.append(self._note_contact(request, history, now))
