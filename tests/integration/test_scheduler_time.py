@@ -168,18 +168,20 @@ async def test_a_timer_whose_request_expired_is_closed_without_sending(
         app = client._transport.app  # type: ignore[attr-defined]
         now = datetime.now(UTC)
         rows = [
-            # (timer id, kind, request id, attempt, expiry): a dispatcher's escalation whose
-            # request expired while it waited, a first attempt the dispatcher deferred (quiet
-            # hours) that expired likewise, the scheduler's own delayed request likewise, and
-            # a delayed request still in time.
-            ("t-exp", "timer", "r-exp", 2, now - timedelta(seconds=1)),
-            ("t-exp1", "timer", "r-exp1", 1, now - timedelta(seconds=1)),
-            ("d-exp", "delay", "r-dexp", 1, now - timedelta(seconds=1)),
-            ("d-live", "delay", "r-live", 1, now + timedelta(hours=1)),
+            # (timer id, kind, request id, attempt, escalation of, expiry): a dispatcher's
+            # escalation whose request expired while it waited, a first attempt the dispatcher
+            # deferred (quiet hours) that expired likewise, a contact's own request deferred
+            # onto its next channel after the first failed before sending (attempt 2) likewise,
+            # the scheduler's own delayed request likewise, and a delayed request still in time.
+            ("t-exp", "timer", "r-exp", 2, "m-1", now - timedelta(seconds=1)),
+            ("t-exp1", "timer", "r-exp1", 1, None, now - timedelta(seconds=1)),
+            ("t-exp2", "timer", "r-exp2", 2, None, now - timedelta(seconds=1)),
+            ("d-exp", "delay", "r-dexp", 1, None, now - timedelta(seconds=1)),
+            ("d-live", "delay", "r-live", 1, None, now + timedelta(hours=1)),
         ]
-        for i, (tid, kind, rid, attempt, expires) in enumerate(rows):
+        for i, (tid, kind, rid, attempt, of, expires) in enumerate(rows):
             request = _request(rid, "cust-1").model_copy(
-                update={"expires_at": expires, "attempt": attempt}
+                update={"expires_at": expires, "attempt": attempt, "escalation_of": of}
             )
             await app.state.timers.schedule(
                 timer_id=tid,
@@ -199,18 +201,19 @@ async def test_a_timer_whose_request_expired_is_closed_without_sending(
         assert {k: d["state"] for k, d in states.items()} == {
             "t-exp": "expired",
             "t-exp1": "expired",
+            "t-exp2": "expired",
             "d-exp": "expired",
             "d-live": "fired",
         }
         assert all(d["fired_at"] is not None for d in states.values())
 
-        # Each first attempt that expired while it waited ends as suppressed (expired) in the
-        # campaign's stats; the expired delayed request counts as requested too (it never went
-        # out, so nothing else counted it). The escalation (attempt 2) followed a contact that
-        # was made, so it adds nothing.
+        # Each contact's own request that expired while it waited ends as suppressed (expired)
+        # in the campaign's stats, whatever its attempt; the expired delayed request counts as
+        # requested too (it never went out, so nothing else counted it). The escalation
+        # followed a contact that was made, so it adds nothing.
         async def counted() -> bool:
             stats = await app.state.stats.get("camp-1")
-            return stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 2}
+            return stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 3}
 
         await eventually(counted)
         # Firing an expired row again (a replica whose claim lapsed) counts nothing twice.
@@ -219,12 +222,12 @@ async def test_a_timer_whose_request_expired_is_closed_without_sending(
         )
         await asyncio.sleep(0.5)
         stats = await app.state.stats.get("camp-1")
-        assert stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 2}
+        assert stats["requested"] == 2 and stats["suppressed_by_reason"] == {"expired": 3}
         got = await requests.wait_for(lambda items: bool(items))
         await asyncio.sleep(0.5)  # anything else sent would have arrived by now
         got = await requests.poll()
     assert [r.request_id for r in got] == ["r-live"]
-    assert expired_count("timer") == before["timer"] + 2
+    assert expired_count("timer") == before["timer"] + 3
     assert expired_count("delay") == before["delay"] + 1
 
 
