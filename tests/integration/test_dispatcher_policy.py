@@ -413,8 +413,22 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     assert timers[0].key == f"escalate:{request.request_id}:1"
     assert timers[0].due_at == NOON + timedelta(seconds=600)
 
-    # The SMS fails: email at once, through the whole policy again.
+    # The SMS fails: its escalation timer is asked for again, due now (the scheduler applies
+    # the campaign's gate and re-sends its request), and email goes out through the whole
+    # policy again.
     await _publish(h, _status_of(sms, "undelivered"))
+
+    def at_once() -> TimerRequest | None:
+        return next((t for t in h.timers(prefs.customer_id) if t.due_at == h.clock.now), None)
+
+    now = await eventually(at_once)
+    assert (now.timer_id, now.key, now.request) == (
+        timers[0].timer_id,
+        timers[0].key,
+        timers[0].request,
+    )
+    assert now.request is not None
+    await h.producer.publish(CONTACT_REQUESTED, now.request, key=prefs.customer_id)
     [email] = await eventually(lambda: h.emails(prefs.customer_id))
     assert email.attempt == 2
     assert email.subject == f"Case {case.case_id}"
@@ -444,9 +458,9 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
     [call] = await eventually(lambda: h.calls(prefs.customer_id))
     assert call.attempt == 3 and call.language == "en-GB"
     assert call.say == "Your engineer arrives at 14:00."
-    # The first attempt's timer is cancelled; the last attempt schedules no further escalation.
-    cancels = [t for t in h.timers(prefs.customer_id) if t.action == "cancel"]
-    assert f"escalate:{request.request_id}:1" in [t.key for t in cancels]
+    # Nothing is cancelled (the failure moved the first attempt's own timer to now); the last
+    # attempt schedules no further escalation.
+    assert not [t for t in h.timers(prefs.customer_id) if t.action == "cancel"]
     decisions = await h.decided(prefs.customer_id, 3)
     assert [d["channel"] for d in decisions if d["outcome"] == "sent"] == ["sms", "email", "voice"]
     assert not [t for t in h.timers(prefs.customer_id) if t.key.endswith(":3")]
@@ -802,7 +816,7 @@ async def test_a_suppressed_status_does_not_escalate(harness: Harness) -> None:
     )
     # The failed status of an unknown message is a marker: once it is consumed, so was the other.
     await asyncio.sleep(3)
-    assert h.emails(prefs.customer_id) == []
+    assert h.emails(prefs.customer_id) == [] and h.timers(prefs.customer_id) == []
     assert len(await h.decisions(prefs.customer_id)) == 1
 
 

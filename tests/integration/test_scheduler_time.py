@@ -879,3 +879,52 @@ async def test_a_cancel_that_arrives_before_its_timer_still_cancels_it(
         assert await keys.find_one({"_id": "escalate:nobody:1"}) is not None
         await repo.sweep(before=now + timedelta(hours=1))
         assert await keys.find_one({"_id": "escalate:nobody:1"}) is None
+
+
+async def test_an_escalation_asked_for_at_once_moves_its_timer_and_passes_the_campaign_gate(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    publisher: Publisher,
+    requests: Requests,
+    mongo: AsyncMongoClient[Doc],
+) -> None:
+    db = db_name("scheduler")
+    timers = mongo[db]["timers"]
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        service = app.state.timer_service
+        service.hold = timedelta(seconds=1)
+        service.status_ttl = 0.2
+        active, paused = await active_campaign(client), await active_campaign(client)
+        assert (await client.post(f"/v1/campaigns/{paused}/pause")).status_code == 200
+        for cid in (active, paused):
+            # An attempt's escalation timer, due in ten minutes; its message then fails and the
+            # dispatcher asks for the same timer due now (the second order: failure first).
+            base = _timer(f"e-{cid}", f"escalate:r-{cid}:1", 600, f"r-{cid}")
+            assert base.request is not None
+            ref = base.request.campaign.model_copy(update={"id": cid})
+            nxt = base.request.model_copy(update={"campaign": ref, "escalation_of": "m1"})
+            later = base.model_copy(update={"request": nxt})
+            now = later.model_copy(update={"due_at": datetime.now(UTC)})
+            first, second = (later, now) if cid == active else (now, later)
+            await publisher.send(TIMER_REQUESTED, first, "cust-1")
+            await publisher.send(TIMER_REQUESTED, second, "cust-1")
+
+        # The active campaign's escalation goes out at once (not in ten minutes), once.
+        got = await requests.wait_for(lambda items: bool(items), within=10)
+        assert [r.request_id for r in got] == [f"r-{active}"]
+        # The paused campaign's is held, not sent, and stays the one row.
+        await asyncio.sleep(2)
+        assert [r.request_id for r in await requests.poll()] == [f"r-{active}"]
+        rows = [d async for d in timers.find({"_id": {"$in": [f"e-{active}", f"e-{paused}"]}})]
+        assert {d["_id"]: d["state"] for d in rows} == {
+            f"e-{active}": "fired",
+            f"e-{paused}": "pending",
+        }
+        # Resumed: it goes out, once.
+        assert (await client.post(f"/v1/campaigns/{paused}/resume")).status_code == 200
+        await requests.wait_for(lambda items: len(items) >= 2, within=10)
+        await asyncio.sleep(1)
+        got = await requests.poll()
+        assert [r.request_id for r in got] == [f"r-{active}", f"r-{paused}"]

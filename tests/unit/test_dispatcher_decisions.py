@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import zoneinfo
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -70,6 +70,13 @@ def _request(now: datetime, **overrides: Any) -> ContactRequest:
     return ContactRequest(**{**fields, **overrides})
 
 
+def _escalated_now(r: Any) -> ContactRequest:
+    """The next attempt a failure status asked for: the attempt's escalation timer, due now."""
+    (timer,) = [t for t in r.producer.of(TimerRequest) if t.due_at == r.clock.now]
+    assert timer.reason == "escalation" and timer.request is not None
+    return cast(ContactRequest, timer.request)
+
+
 # -- a message carries the moment its window closes ------------------------------------------
 
 
@@ -123,8 +130,9 @@ def test_a_message_that_expired_at_the_sender_escalates_to_the_next_channel() ->
         error_code="expired",
         at=now + timedelta(minutes=1),
     )
+    r.clock.now = failed.at
     asyncio.run(r.dispatcher.on_status(failed))
-    (nxt,) = r.producer.of(ContactRequest)
+    nxt = _escalated_now(r)
     assert (nxt.attempt, nxt.tried_channels) == (2, ["sms"])
 
 
@@ -467,7 +475,7 @@ def test_a_failure_reported_while_the_send_is_still_being_recorded_escalates() -
         await deciding
 
     asyncio.run(scenario())
-    (nxt,) = r.producer.of(ContactRequest)
+    nxt = _escalated_now(r)
     assert (nxt.attempt, nxt.tried_channels) == (2, ["sms"])
 
 
@@ -492,5 +500,29 @@ def test_a_decision_that_stopped_between_its_attempt_row_and_its_message_sends_i
     (sms,) = r.producer.of(OutboundSms)
     assert set(r.ledger.attempts) == {sms.message_id}
     asyncio.run(r.dispatcher.on_status(_failed(sms, now)))
-    (nxt,) = r.producer.of(ContactRequest)
-    assert nxt.tried_channels == ["sms"]
+    assert _escalated_now(r).tried_channels == ["sms"]
+
+
+# -- a failure escalates through the campaign's gate --------------------------------------------
+
+
+def test_a_failure_escalates_through_the_scheduler_as_the_attempts_own_timer_due_now() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    request = _request(now, max_attempts=2)
+    request = request.model_copy(
+        update={"campaign": request.campaign.model_copy(update={"escalate_after_seconds": 600})}
+    )
+    asyncio.run(r.dispatcher.handle(request))
+    (sms,) = r.producer.of(OutboundSms)
+    (later,) = r.producer.of(TimerRequest)
+    r.clock.now = now + timedelta(seconds=30)
+    asyncio.run(r.dispatcher.on_status(_failed(sms, r.clock.now)))
+    # Not straight to the dispatcher: a paused campaign's scheduler holds it, an archived one's
+    # cancels it, as it would the escalation timer, which this is, moved to now.
+    assert not r.producer.of(ContactRequest)
+    at_once = [t for t in r.producer.of(TimerRequest) if t is not later]
+    assert [(t.action, t.timer_id, t.key) for t in at_once] == [
+        ("schedule", later.timer_id, later.key)
+    ]
+    assert at_once[0].due_at == r.clock.now and at_once[0].request == later.request

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from herald_contracts import (
-    CONTACT_REQUESTED,
     DELIVERY_STATUS,
     OUTBOUND_EMAIL,
     OUTBOUND_SMS,
@@ -830,28 +829,44 @@ class Dispatcher:
         attempt = await self.ledger.attempt(status.message_id)
         if attempt is None:
             return  # not a message this dispatcher emitted (or emitted before the ledger)
-        rid, number = attempt["request_id"], int(attempt["attempt"])
         if status.status in DELIVERED:
-            await self.ledger.mark(rid, "delivered", at=self.clock())
+            await self.ledger.mark(attempt["request_id"], "delivered", at=self.clock())
             if attempt.get("success") == "delivered":
                 await self._cancel(attempt)
         elif status.status in FAILED:
             # The customer did not get these words: the next message may say them again.
             key = content_key(attempt["customer_id"], attempt["channel"], attempt.get("case_id"))
             await self.ledger.forget_content(key, status.message_id)
-            await self._cancel(attempt)
             if attempt.get("next") is None:
+                await self._cancel(attempt)  # nothing to escalate to (no timer either)
                 return
-            nxt = stored_request(attempt["next"])
-            # Through contact.requests (keyed by customer) so one consumer decides per customer;
-            # it is the very request the escalation timer would send, so the claim keeps it single.
-            await self.producer.publish(
-                CONTACT_REQUESTED,
-                nxt,
-                key=nxt.customer_id,
-                event_id=derived_id(rid, number, "escalate-now"),
-                subject=nxt.case_id,
-            )
+            await self._escalate_now(status.message_id, attempt)
+
+    async def _escalate_now(self, mid: str, attempt: dict[str, Any]) -> None:
+        """Send the next attempt now, through the scheduler as the escalation timer would.
+
+        It is the attempt's own escalation timer (same id, same key) due now: the scheduler
+        moves a pending one earlier, or writes it when the status comes before it. So the
+        campaign's gate applies (paused: held, archived: cancelled), there is one timer to
+        fire, a reply's cancel of the key stops it too, and nothing is cancelled here. It costs
+        a hop through the scheduler: up to its idle poll (its `TIMER_POLL_SECONDS`, 0.5 s).
+        """
+        nxt = stored_request(attempt["next"])
+        rid, number = attempt["request_id"], int(attempt["attempt"])
+        timer = TimerRequest(
+            timer_id=derived_id(mid, "escalate"),
+            key=escalation_key(rid, number),
+            due_at=self.clock(),
+            reason="escalation",
+            request=nxt,
+        )
+        # An event of its own: this timer request differs from the send's in its due time.
+        await self.producer.publish(
+            TIMER_REQUESTED,
+            timer,
+            key=attempt["customer_id"],
+            event_id=derived_id(rid, number, "escalate-now"),
+        )
 
     async def on_reply(self, reply: EngagementReply) -> None:
         """A reply is engagement: stop escalating and cancel pending escalation timers."""

@@ -55,6 +55,10 @@ class TimerRepository:
         """A new pending timer that re-sends a request (or re-publishes a reply); False when
         this timer id exists already (a replayed request).
 
+        A timer id that exists, still pending, and is asked for at an earlier time is moved to
+        it: the dispatcher's escalation timer, asked for again due now when its message fails
+        (the one timer fires, at once; a later request for it changes nothing).
+
         `timer`: a dispatcher's timer, re-sending a request already counted; `delay`: the
         scheduler's own delayed (or paced) request, counted as requested when it fires.
         """
@@ -77,7 +81,13 @@ class TimerRepository:
             # Its cancel came first (a tombstone): the timer starts out cancelled.
             row["state"] = "cancelled"
             row["cancelled_at"] = cancelled_at
-        return await insert_if_absent(self.timers, row)
+        if await insert_if_absent(self.timers, row):
+            return True
+        await self.timers.update_one(
+            {"_id": timer_id, "state": "pending", "due_at": {"$gt": due_at}},
+            {"$set": {"due_at": due_at}},
+        )
+        return False
 
     async def index_pending_keys(self) -> int:
         """Once per database: name every pending timer under its key (rows written before
