@@ -7,6 +7,14 @@ from enum import StrEnum
 
 DAY_MS = 24 * 60 * 60 * 1000
 
+# How long a compacted topic keeps a superseded record before the cleaner may drop it. A
+# scheduled fire pins the end offsets of contacts.preferences.v1 (and cases.state.v1) when it
+# starts and reads each key's latest record below the pin, possibly hours later (a paced fire, a
+# resume after a crash or a pause); a record written after the pin must not let the cleaner drop
+# the one below it before then, or that customer (case) drops out of the fire. Far longer than
+# the longest fire plus its resume window.
+MIN_COMPACTION_LAG_MS = 7 * DAY_MS
+
 
 class Cleanup(StrEnum):
     """Kafka cleanup policy."""
@@ -39,6 +47,7 @@ class Topic:
             # Compact promptly so a restarted local view reads little history.
             cfg["min.cleanable.dirty.ratio"] = "0.1"
             cfg["segment.ms"] = str(DAY_MS)
+            cfg["min.compaction.lag.ms"] = str(MIN_COMPACTION_LAG_MS)
         return cfg
 
 
