@@ -153,6 +153,29 @@ def test_schedule_dry_run_applies_the_audience_at_the_next_fire() -> None:
     assert [(o.customer_id, o.reason) for o in result.not_contacted] == [("en", "audience")]
 
 
+def test_schedule_dry_run_judges_a_customer_listed_twice_once_as_a_fire_contacts_once() -> None:
+    from herald_kit.caps import CapLimits
+
+    campaign = _campaign(
+        priority="marketing",
+        trigger={"kind": "schedule", "cron": "0 9 * * mon", "time_zone": "Europe/Amsterdam"},
+        limits={"cap_policy": "suppress"},
+    )
+    contacts = {"a": _prefs("a"), "b": _prefs("b")}
+    result = dry_run(
+        campaign,
+        cases=[],
+        customers=["a", "b", "a", "a"],
+        contacts=contacts,
+        now=NOW,
+        caps={"marketing": CapLimits(per_day=1, per_week=3)},
+    )
+    # Judged once each, in order: the repeats neither count twice nor hit their own cap.
+    assert [o.customer_id for o in result.contacted] == ["a", "b"]
+    assert result.not_contacted == []
+    assert any("more than once" in n for n in result.notes)
+
+
 def test_schedule_dry_run_reads_each_customers_cases_for_the_audience() -> None:
     campaign = _campaign(
         trigger={

@@ -357,7 +357,10 @@ class DryRunIn(BaseModel):
     customers: list[str] | None = Field(
         default=None,
         max_length=1000,
-        description="Audience sample (schedule triggers); default: the first customers known.",
+        description=(
+            "Audience sample (schedule triggers); default: the first customers known. A customer "
+            "listed more than once is judged once, as a fire contacts each customer once."
+        ),
     )
     at: AwareDatetime | None = Field(default=None, description="Pretend it is this time.")
 

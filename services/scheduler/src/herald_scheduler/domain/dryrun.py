@@ -242,7 +242,12 @@ def dry_run(
                 by_customer.setdefault(customer, []).append(case.model_dump(mode="json"))
         if audience_reads_cases(trigger.audience) and not cases:
             notes.append("the audience reads `cases` but no sample cases were given: none apply")
-        for customer in customers:
+        # A fire contacts each customer of its audience once: a customer listed more than once
+        # in the sample is judged once, at its first place.
+        unique = list(dict.fromkeys(customers))
+        if len(unique) < len(customers):
+            notes.append("customers listed more than once are judged once, as a fire contacts them")
+        for customer in unique:
             prefs = contacts.get(customer)
             snapshot = (
                 {"contact": prefs.model_dump(mode="json"), "cases": by_customer.get(customer, [])}
