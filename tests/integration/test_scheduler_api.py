@@ -93,6 +93,17 @@ DUTCH = {"campaign": campaign_body(trigger={**SCHEDULE, "audience": 'contact.loc
         ),
         ({"trigger": {**SCHEDULE, "cron": "0 0 31 2 *"}}, "trigger.schedule.cron", "no date"),
         ({"trigger": {**SCHEDULE, "cron": "0 0 30 2 *"}}, "trigger.schedule.cron", "no date"),
+        # Audiences that select no customer: every fire would contact nobody.
+        (
+            {"trigger": {**SCHEDULE, "audience": "1 + 1"}},
+            "trigger.schedule.audience",
+            "never select",
+        ),
+        (
+            {"trigger": {**SCHEDULE, "audience": 'contact.locale.matches("(")'}},
+            "trigger.schedule.audience",
+            "regular expression",
+        ),
     ],
 )
 async def test_bad_campaigns_are_refused_naming_the_field(

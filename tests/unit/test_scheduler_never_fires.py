@@ -112,3 +112,39 @@ async def test_a_campaign_that_cannot_be_scheduled_does_not_stop_the_others(
         runner._scheduler.shutdown(wait=False)
     logged = [r for r in caplog.records if r.name == "herald.scheduler.schedules"]
     assert sorted(getattr(r, "campaign", "") for r in logged) == ["a-overflow", "b-bad"]
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        "1 + 1",  # a constant, never true or false
+        "1 / 0 == 1",  # reads nothing and fails for everyone
+        "contact.locale",  # a string
+        "size(cases)",  # a number
+        'contact.version > 1 ? "a" : "b"',
+        'contact.locale.matches("(")',  # not a regular expression
+        'cases.exists(c, matches(c.status, "["))',
+    ],
+)
+def test_an_audience_that_can_select_no_customer_is_refused_naming_the_field(
+    audience: str,
+) -> None:
+    trigger = _trigger(cron="0 9 * * *", audience=audience)  # it parses
+    with pytest.raises(InvalidInput) as info:
+        trigger.check_audience()
+    assert info.value.field == "trigger.schedule.audience"
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        'contact.locale == "nl"',
+        'cases.exists(c, c.status == "delayed")',
+        'contact.locale.matches("^n[lL]$")',
+        "has(contact.quiet_hours) && contact.version > 1",
+        "contact.channels.sms.verified",  # a boolean only the snapshot's values can tell
+        "true",
+    ],
+)
+def test_an_audience_that_can_select_customers_is_accepted(audience: str) -> None:
+    _trigger(cron="0 9 * * *", audience=audience).check_audience()

@@ -7,6 +7,7 @@ the scheduler (filters at trigger time) and the dispatcher (still-applies at sen
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Any
 
@@ -49,6 +50,109 @@ def _program(expr: str) -> tuple[Any, Any]:
 def check(expr: str) -> None:
     """Raise ExpressionError when expr does not compile."""
     _program(expr)
+
+
+# Calls whose result is always a boolean, and calls whose result never is (CEL's standard
+# functions and macros): what a type checker tells of an expression's result without knowing
+# its variables' types. cel-python has no checker; `check_condition` reads the tree.
+_BOOL_CALLS = frozenset({"matches", "startsWith", "endsWith", "contains", "exists", "all", "has"})
+_BOOL_CALLS |= {"exists_one"}
+_NOT_BOOL_CALLS = frozenset(
+    {
+        "size", "int", "uint", "double", "string", "bytes", "timestamp", "duration", "type",
+        "map", "filter", "lowerAscii", "upperAscii", "substring", "charAt", "indexOf",
+        "lastIndexOf", "replace", "split", "join", "trim", "getFullYear", "getMonth", "getDate",
+        "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds",
+        "getMilliseconds",
+    }
+)  # fmt: skip
+# Nodes that, with one child, only wrap it (the grammar's precedence levels).
+_WRAPPERS = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
+) | {"unary", "member", "primary", "paren_expr"}
+
+
+def _unwrap(tree: Any) -> Any:
+    while isinstance(tree, Tree) and tree.data in _WRAPPERS and len(tree.children) == 1:
+        tree = tree.children[0]
+    return tree
+
+
+def _path(tree: Any) -> str | None:
+    """`a.b.c` for a plain chain of member names on a variable, else None."""
+    tree = _unwrap(tree)
+    if tree.data == "ident":
+        return str(tree.children[0])
+    if tree.data == "member_dot":
+        head = _path(tree.children[0])
+        return f"{head}.{tree.children[1]}" if head else None
+    return None
+
+
+def _yields_bool(tree: Any, not_boolean: Collection[str]) -> bool | None:
+    """True when the expression always yields a boolean, False when it never does, None when
+    only its variables' values can tell. `not_boolean`: variables and member paths
+    (`contact.locale`) known not to hold a boolean."""
+    tree = _unwrap(tree)
+    kind, children = tree.data, tree.children
+    if kind == "expr":  # c ? a : b
+        a, b = _yields_bool(children[1], not_boolean), _yields_bool(children[2], not_boolean)
+        return a if a == b else None
+    if kind in ("conditionalor", "conditionaland", "relation"):  # ||, &&, ==, <, in, ...
+        return True
+    if kind in ("addition", "multiplication", "list_lit", "map_lit"):
+        return False
+    if kind == "unary":
+        return bool(children[0].data == "unary_not")
+    if kind == "literal":
+        return bool(children[0].type == "BOOL_LIT")
+    if kind in ("member_dot_arg", "ident_arg"):
+        name = str(children[1] if kind == "member_dot_arg" else children[0])
+        if name in _BOOL_CALLS:
+            return True
+        return False if name in _NOT_BOOL_CALLS else None
+    if kind in ("ident", "member_dot"):
+        return False if _path(tree) in not_boolean else None
+    return None
+
+
+def _regex_literals(tree: Any) -> list[Token]:
+    """The string literals given to `matches` as its pattern."""
+    found: list[Token] = []
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg" and str(node.children[1]) == "matches":
+            args = node.children[2]
+        elif node.data == "ident_arg" and str(node.children[0]) == "matches":
+            args = node.children[1]
+        else:
+            continue
+        if not isinstance(args, Tree) or not args.children:
+            continue
+        pattern = _unwrap(args.children[-1])
+        if pattern.data == "literal" and pattern.children[0].type in ("STRING_LIT", "MLSTRING_LIT"):
+            found.append(pattern.children[0])
+    return found
+
+
+def check_condition(expr: str, not_boolean: Collection[str] = ()) -> None:
+    """Raise ExpressionError when expr, a condition judged per record, cannot yield true or
+    false for any record: it does not compile; its result is never a boolean (`1 + 1`,
+    `size(x)`, or a member in `not_boolean`); it reads no variable and fails (`1 / 0 == 1`);
+    or a `matches` pattern written in it is not a valid regular expression."""
+    ast = _program(expr)[1]
+    if _yields_bool(ast, not_boolean) is False:
+        raise ExpressionError("the expression must yield true or false, and never does")
+    for pattern in _regex_literals(ast):
+        try:
+            evaluate(f'"".matches({pattern})', {})
+        except ExpressionError as exc:
+            raise ExpressionError(f"{pattern} is not a valid regular expression (RE2)") from exc
+    if not free_variables(expr):
+        # It reads nothing: what it yields now it yields for every record.
+        try:
+            evaluate(expr, {})
+        except ExpressionError as exc:
+            raise ExpressionError(f"reads no variable and fails for every record: {exc}") from exc
 
 
 # Macros whose first argument names a variable bound inside the others (CEL spec).

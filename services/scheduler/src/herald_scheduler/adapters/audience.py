@@ -77,7 +77,7 @@ class FireRepository:
     async def begin(self, row: Doc) -> bool:
         """Record a fire; False when this campaign already fired at this scheduled time."""
         return await insert_if_absent(
-            self.fires, {**row, "cp_part": 0, "cp_off": 0, "requested": 0}
+            self.fires, {**row, "cp_part": 0, "cp_off": 0, "requested": 0, "audience_errors": 0}
         )
 
     async def due_markers(self) -> list[Doc]:
@@ -93,13 +93,23 @@ class FireRepository:
         return [d async for d in self.fires.find({"done": False})]
 
     async def advance(
-        self, fire_id: str, *, old: tuple[int, int], new: tuple[int, int], count: int
+        self,
+        fire_id: str,
+        *,
+        old: tuple[int, int],
+        new: tuple[int, int],
+        count: int,
+        audience_errors: int = 0,
     ) -> bool:
         """Move the (partition, offset) checkpoint past a published batch; False when another
-        worker moved it first."""
+        worker moved it first. `audience_errors`: the batch's customers the audience filter
+        could not be evaluated for (not contacted)."""
         result = await self.fires.update_one(
             {"_id": fire_id, "cp_part": old[0], "cp_off": old[1]},
-            {"$set": {"cp_part": new[0], "cp_off": new[1]}, "$inc": {"requested": count}},
+            {
+                "$set": {"cp_part": new[0], "cp_off": new[1]},
+                "$inc": {"requested": count, "audience_errors": audience_errors},
+            },
         )
         return bool(result.modified_count)
 

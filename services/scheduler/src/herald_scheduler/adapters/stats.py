@@ -96,10 +96,15 @@ class StatsRepository:
         # One insert_many for the lot (the guards of concurrent callers join it too).
         await self._count_once(campaign_id, [f"req|{r}" for r in request_ids], {"requested": 1})
 
-    async def requested_batch(self, campaign_id: str, count: int) -> None:
-        """Requests of a fan-out batch (already counted once per checkpoint)."""
-        if count:
-            await self._counts.add(campaign_id, {"requested": count})
+    async def requested_batch(
+        self, campaign_id: str, count: int, *, audience_errors: int = 0
+    ) -> None:
+        """Requests of a fan-out batch (already counted once per checkpoint), and its customers
+        the audience filter could not be evaluated for."""
+        counts = {"requested": count, "audience_errors": audience_errors}
+        counts = {k: n for k, n in counts.items() if n}
+        if counts:
+            await self._counts.add(campaign_id, counts)
 
     async def status(
         self,
@@ -202,6 +207,7 @@ class StatsRepository:
         return {
             "campaign_id": campaign_id,
             "requested": doc.get("requested", 0),
+            "audience_errors": doc.get("audience_errors", 0),
             "channels": doc.get("channels", {}),
             "failed_by_reason": doc.get("failed_by_reason", {}),
             "suppressed_by_reason": doc.get("suppressed_by_reason", {}),

@@ -68,6 +68,14 @@ def _check_fires(body: CampaignIn, now: datetime) -> None:
         body.trigger.check_fires(now)
 
 
+def _check_saved(body: CampaignIn, now: datetime) -> None:
+    """What a save refuses (422) beyond the model: a schedule that would never fire, an
+    audience that can select nobody."""
+    _check_fires(body, now)
+    if isinstance(body.trigger, ScheduleTrigger):
+        body.trigger.check_audience()
+
+
 def _out(doc: dict[str, Any]) -> Campaign:
     return Campaign(
         id=doc["_id"],
@@ -113,7 +121,7 @@ def _expected_version(if_match: str | None) -> int:
 async def create(body: CampaignIn, response: Response, repo: Repo, who: Writer) -> Campaign:
     """Validate and store a draft."""
     now = utc_now()
-    _check_fires(body, now)
+    _check_saved(body, now)
     doc = await repo.create(body, now=now)
     response.headers["Location"] = f"/v1/campaigns/{doc['_id']}"
     return _out(doc)
@@ -163,7 +171,7 @@ async def update(
 ) -> Campaign:
     """Replace the definition as version n+1; contacts already under way keep their version."""
     now = utc_now()
-    _check_fires(body, now)
+    _check_saved(body, now)
     doc = await repo.update(
         campaign_id, body, expected_version=_expected_version(if_match), now=now
     )
@@ -250,6 +258,13 @@ class CampaignStats(BaseModel):
 
     campaign_id: str
     requested: int
+    audience_errors: int = Field(
+        default=0,
+        description=(
+            "Customers of scheduled fires whose audience filter could not be evaluated for "
+            "their values (not contacted); each fire's count is on its fire row too."
+        ),
+    )
     channels: dict[str, ChannelStats]
     failed_by_reason: dict[str, int] = Field(
         description=(

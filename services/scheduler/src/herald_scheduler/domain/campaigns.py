@@ -31,12 +31,18 @@ from herald_contracts import (
     SCHEDULED_FIRE,
     CaseState,
     Channel,
+    ContactPreferences,
     MessageTemplate,
     Priority,
 )
 from herald_kit import InvalidInput, valid_zone
 from herald_kit.templates import message_environment
-from herald_scheduler.domain.expressions import ExpressionError, check, free_variables
+from herald_scheduler.domain.expressions import (
+    ExpressionError,
+    check,
+    check_condition,
+    free_variables,
+)
 
 Topic = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
@@ -93,6 +99,17 @@ def _cel(value: str | None) -> str | None:
 
 # What an audience filter reads: the customer's preference snapshot, and their cases.
 AUDIENCE_VARIABLES = frozenset({"contact", "cases"})
+
+# What an audience reads that never holds a boolean: `contact` (a map), `cases` (a list) and the
+# snapshot's fields (none of them is a boolean), so `contact.locale` alone is refused at save.
+AUDIENCE_NOT_BOOLEAN = frozenset(
+    {"contact", "cases"}
+    | {
+        f"contact.{name}"
+        for name, f in ContactPreferences.model_fields.items()
+        if f.annotation is not bool
+    }
+)
 
 
 def audience_reads_cases(audience: str | None) -> bool:
@@ -498,6 +515,22 @@ class ScheduleTrigger(BaseModel):
                 f"cron {self.cron!r} matches no date to come: the campaign would never fire",
                 field="trigger.schedule.cron",
             )
+
+    def check_audience(self) -> None:
+        """InvalidInput naming the field when the audience can yield true or false for no
+        customer (a constant such as `1 + 1`, `contact.locale` alone, a `matches` pattern that
+        is no regular expression): accepted, every fire would contact nobody. Checked when a
+        campaign is saved, not when a stored one is read, so campaigns saved before stay
+        readable; what only a customer's values can tell is counted per fire
+        (`audience_errors`)."""
+        if self.audience is not None:
+            try:
+                check_condition(self.audience, AUDIENCE_NOT_BOOLEAN)
+            except ExpressionError as exc:
+                raise InvalidInput(
+                    f"the audience can never select a customer: {exc}",
+                    field="trigger.schedule.audience",
+                ) from exc
 
     def apscheduler_trigger(self) -> BaseTrigger:
         """The APScheduler trigger for this schedule."""

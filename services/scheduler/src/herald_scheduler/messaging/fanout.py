@@ -274,6 +274,7 @@ class FanOut:
         if job.outcome is None:
             return job.published  # another worker moved the checkpoint: it carries on
         await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
+        errors = int(fire.get("audience_errors") or 0) + job.settled_errors
         log.info(
             "fan-out ended",
             extra={
@@ -281,8 +282,16 @@ class FanOut:
                 "published": job.published,
                 "outcome": job.outcome,
                 "read_ahead_partitions": job.read_ahead,
+                "audience_errors": errors,
             },
         )
+        if errors:
+            # Once per fire, when it ends: the count only, never a customer or their values.
+            log.warning(
+                "audience filter could not be evaluated for some customers; they were not "
+                "contacted",
+                extra={"fire": fire_id, "campaign": job.ref.id, "audience_errors": errors},
+            )
         return job.published
 
     def _read_ahead(
@@ -329,11 +338,13 @@ class FanOut:
                 job.outcome = "halted"
                 await settler.drain()
                 return False
+            errors_before = job.audience_errors
             if batched:
                 futures, count = await self._send_batches(job, p, chunk)
             else:
                 futures, count = await self._send_each(job, chunk)
-            if not await settler.add(futures, count, chunk[-1][0] + 1):
+            errors = job.audience_errors - errors_before
+            if not await settler.add(futures, count, chunk[-1][0] + 1, errors):
                 return False
         return await settler.drain()
 
@@ -406,9 +417,11 @@ class FanOut:
                 )
         return futures, len(futures)
 
-    async def _settle(self, job: _Job, p: int, futures: list[Any], count: int, offset: int) -> bool:
+    async def _settle(
+        self, job: _Job, p: int, futures: list[Any], count: int, offset: int, errors: int
+    ) -> bool:
         await asyncio.gather(*futures)
-        if not await self._checkpoint(job, p, offset, count):
+        if not await self._checkpoint(job, p, offset, count, errors):
             return False
         await job.pace()
         return True
@@ -433,13 +446,24 @@ class FanOut:
                     variables["cases"] = json.loads(job.cases.get(customer, b"[]"))
                 if not evaluate(job.audience, variables):
                     return None
-            except (ValueError, ExpressionError):
+            except ExpressionError:
+                # The filter fails for this customer's values (a missing key, a bad
+                # conversion): not contacted, and counted on the fire so it is not silent.
+                job.audience_errors += 1
                 return None
+            except ValueError:
+                return None  # not a snapshot: it cannot be in anyone's audience
         return job.encoder.encode(job.request_id(customer), customer)
 
-    async def _checkpoint(self, job: _Job, part: int, off: int, count: int) -> bool:
+    async def _checkpoint(
+        self, job: _Job, part: int, off: int, count: int, errors: int = 0
+    ) -> bool:
         ok = await self.fires.advance(
-            job.fire["_id"], old=(job.cp_part, job.cp_off), new=(part, off), count=count
+            job.fire["_id"],
+            old=(job.cp_part, job.cp_off),
+            new=(part, off),
+            count=count,
+            audience_errors=errors,
         )
         if not ok:
             log.warning(
@@ -448,9 +472,10 @@ class FanOut:
             return False
         job.cp_part, job.cp_off = part, off
         job.published += count
+        job.settled_errors += errors
         REQUESTS.labels("schedule").inc(count)
         if self.stats is not None:
-            await self.stats.requested_batch(job.ref.id, count)
+            await self.stats.requested_batch(job.ref.id, count, audience_errors=errors)
         return True
 
 
@@ -521,10 +546,10 @@ class _Settler:
         self.fanout = fanout
         self.job = job
         self.p = p
-        self.pending: tuple[list[Any], int, int] | None = None
+        self.pending: tuple[list[Any], int, int, int] | None = None
         self.running: asyncio.Task[bool] | None = None
 
-    async def add(self, futures: list[Any], count: int, offset: int) -> bool:
+    async def add(self, futures: list[Any], count: int, offset: int, errors: int = 0) -> bool:
         """A chunk sent; False when settling an earlier one found the checkpoint moved."""
         if self.running is not None and not await self.running:
             self.running = None
@@ -532,7 +557,7 @@ class _Settler:
         self.running = None
         if self.pending is not None:
             self.running = asyncio.create_task(self.fanout._settle(self.job, self.p, *self.pending))
-        self.pending = (futures, count, offset)
+        self.pending = (futures, count, offset, errors)
         if self.job.rate and self.running is not None:
             # A paced fire sleeps while settling: it must not run a chunk further ahead.
             ok = await self.running
@@ -577,6 +602,9 @@ class _Job:
         self.cp_part: int = fire["cp_part"]
         self.cp_off: int = fire["cp_off"]
         self.published = 0
+        # Customers the audience filter failed for: while encoding, and as checkpointed.
+        self.audience_errors = 0
+        self.settled_errors = 0
         self.read_ahead = 0  # partitions the read-ahead worker read
         self.same_partitions = False
         self.outcome: str | None = None
