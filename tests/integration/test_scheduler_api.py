@@ -184,6 +184,26 @@ async def test_stale_missing_and_archived_versions_conflict(client: httpx.AsyncC
     assert r.status_code == 404
 
 
+async def test_if_match_star_or_a_list_naming_the_current_version_saves(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/v1/campaigns", json=campaign_body())
+    cid = r.json()["id"]
+    body = campaign_body(name="renamed")
+    # `*`: whatever version is current (RFC 9110); the save is still a new version.
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": "*"})
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    assert r.headers["ETag"] == '"2"'
+    # A list matches when one of its ETags is the current version.
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"1", "2"'})
+    assert r.status_code == 200 and r.json()["version"] == 3, r.text
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": '"1", W/"2"'})
+    assert r.status_code == 412 and "version 3" in r.json()["detail"], r.text
+    assert (await client.post(f"/v1/campaigns/{cid}/archive")).status_code == 200
+    r = await client.put(f"/v1/campaigns/{cid}", json=body, headers={"If-Match": "*"})
+    assert r.status_code == 409 and r.json()["field"] == "status"
+
+
 @pytest.mark.parametrize(
     "prepare,action,status",
     [

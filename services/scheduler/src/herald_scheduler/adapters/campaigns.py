@@ -62,11 +62,20 @@ class CampaignRepository:
         )
 
     async def update(
-        self, campaign_id: str, body: CampaignIn, *, expected_version: int, now: datetime
+        self,
+        campaign_id: str,
+        body: CampaignIn,
+        *,
+        expected_versions: list[int] | None,
+        now: datetime,
     ) -> Doc:
-        """Save a new version when the caller saw the current one (optimistic concurrency)."""
+        """Save a new version when the current one is among `expected_versions`, those the
+        caller saw (optimistic concurrency); None: whatever version is current (`If-Match: *`)."""
+        query: dict[str, Any] = {"_id": campaign_id, "status": {"$ne": "archived"}}
+        if expected_versions is not None:
+            query["version"] = {"$in": expected_versions}
         doc = await self.campaigns.find_one_and_update(
-            {"_id": campaign_id, "version": expected_version, "status": {"$ne": "archived"}},
+            query,
             {
                 "$set": {"definition": body.model_dump(mode="json"), "updated_at": now},
                 "$inc": {"version": 1},
@@ -77,8 +86,9 @@ class CampaignRepository:
             current = await self.get(campaign_id)
             if current["status"] == "archived":
                 raise Conflict("an archived campaign cannot change", field="status")
+            named = ", ".join(str(v) for v in expected_versions or ())
             raise PreconditionFailed(
-                f"the campaign is at version {current['version']}, not {expected_version}",
+                f"the campaign is at version {current['version']}, not {named}",
                 field="If-Match",
             )
         await self._keep_version(doc)

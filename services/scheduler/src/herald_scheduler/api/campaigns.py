@@ -106,15 +106,23 @@ def _etag(doc: dict[str, Any]) -> str:
     return f'"{doc["version"]}"'
 
 
-def _expected_version(if_match: str | None) -> int:
+def _expected_versions(if_match: str | None) -> list[int] | None:
+    """The versions an update may replace: those the If-Match ETags name (a list matches when
+    one of them is current), or None for `*`, any current version (RFC 9110, 13.1.1)."""
     if if_match is None:
         raise PreconditionRequired(
             "send If-Match with the version you read (its ETag)", field="If-Match"
         )
-    value = if_match.strip().removeprefix("W/").strip('"')
-    if not (value.isascii() and value.isdigit()):
+    if if_match.strip() == "*":
+        return None
+    versions = []
+    for entry in if_match.split(","):  # a campaign ETag is digits: no comma inside one
+        value = entry.strip().removeprefix("W/").strip('"')
+        if value.isascii() and value.isdigit():
+            versions.append(int(value))
+    if not versions:
         raise PreconditionFailed(f"If-Match {if_match!r} is not a campaign ETag", field="If-Match")
-    return int(value)
+    return versions
 
 
 @router.post("", status_code=201, summary="Create a campaign (as a draft).")
@@ -166,14 +174,21 @@ async def update(
     repo: Repo,
     who: Writer,
     if_match: Annotated[
-        str | None, Header(description='The ETag you read, e.g. "3".', examples=['"3"'])
+        str | None,
+        Header(
+            description=(
+                'The ETag you read, e.g. "3"; a list matches when it names the current version, '
+                "`*` any current version."
+            ),
+            examples=['"3"'],
+        ),
     ] = None,
 ) -> Campaign:
     """Replace the definition as version n+1; contacts already under way keep their version."""
     now = utc_now()
     _check_saved(body, now)
     doc = await repo.update(
-        campaign_id, body, expected_version=_expected_version(if_match), now=now
+        campaign_id, body, expected_versions=_expected_versions(if_match), now=now
     )
     response.headers["ETag"] = _etag(doc)
     return _out(doc)
