@@ -13,11 +13,13 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 import uvicorn
+from aiokafka import AIOKafkaProducer
 
-from herald_kit import LinkSigner
+from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, Topics, utc_now
+from herald_kit import LinkSigner, encode
 from herald_preferences.app import create_app
 from herald_preferences.config import Settings
-from support import TEST_KEY, api_keys, free_port, unique_phone, wait_ready
+from support import TEST_KEY, api_keys, eventually, free_port, unique_phone, wait_ready
 
 SECRET = "centre-test-secret"
 
@@ -72,6 +74,36 @@ async def _contact(api: httpx.AsyncClient, **over: Any) -> str:
     r = await api.post("/v1/contacts", json=body)
     assert r.status_code == 201, r.text
     return cid
+
+
+async def _text(
+    api: httpx.AsyncClient, infra: dict[str, str], namespace: str, cid: str, word: str
+) -> None:
+    """The customer texts STOP or START; returns once the service has applied it."""
+    reply = EngagementReply(
+        reply_id=f"r-{uuid.uuid4().hex[:8]}",
+        customer_id=cid,
+        channel="sms",
+        intent=word.lower(),
+        text=word,
+        at=utc_now(),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
+    await producer.start()
+    try:
+        headers, value = encode(ENGAGEMENT_REPLY, reply, source="test")
+        await producer.send_and_wait(
+            Topics.ENGAGEMENT_REPLIES.name(namespace), value, key=cid.encode(), headers=headers
+        )
+    finally:
+        await producer.stop()
+    want = ["sms"] if word == "STOP" else []
+
+    async def applied() -> bool:
+        history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+        return bool(history["stopped_channels"] == want)
+
+    await eventually(applied, within=20, interval=0.3)
 
 
 async def _link(api: httpx.AsyncClient, cid: str) -> str:
@@ -144,6 +176,47 @@ async def test_unticking_a_topic_outside_the_configured_ones_withdraws_it(
     assert ("partner-offers", "email", False, "customer") in [
         (e["topic"], e["channel"], e["granted"], e["actor"]) for e in history["entries"]
     ]
+
+
+async def test_saving_while_stopped_keeps_what_a_later_start_restores(
+    service: httpx.AsyncClient, browser: Any, infra: dict[str, str], namespace: str
+) -> None:
+    """A STOPped channel shows no ticked box (nothing is sent there); saving quiet hours then
+    wrote every topic on it as the customer's withdrawal, so START restored nothing."""
+    cid = await _contact(
+        service,
+        consents={
+            "service-updates": {"sms": True, "email": True},
+            "appointments": {"sms": True},
+        },
+    )
+    await _text(service, infra, namespace, cid, "STOP")
+    page = await browser.new_page()
+    try:
+        await page.goto(await _link(service, cid))
+        assert "You replied STOP on Text message (SMS)" in await page.inner_text("body")
+        assert not await page.is_checked("[id='consent:service-updates:sms']")
+        assert await page.is_checked("[id='consent:service-updates:email']")
+        await page.fill("#quiet-start", "21:00")
+        await page.fill("#quiet-end", "08:00")
+        await page.click("#save")
+        await page.wait_for_selector("#saved")
+        # Still honest: the channel is stopped and nothing is ticked on it.
+        assert "You replied STOP" in await page.inner_text("body")
+        assert not await page.is_checked("[id='consent:appointments:sms']")
+    finally:
+        await page.close()
+    got = (await service.get(f"/v1/contacts/{cid}")).json()
+    assert got["quiet_hours"] == {"start": "21:00", "end": "08:00"}
+    assert got["consents"]["service-updates"] == {"email": True, "sms": False, "voice": False}
+
+    await _text(service, infra, namespace, cid, "START")
+    got = (await service.get(f"/v1/contacts/{cid}")).json()
+    assert got["consents"]["service-updates"]["sms"] is True
+    assert got["consents"]["appointments"]["sms"] is True
+    history = (await service.get(f"/v1/contacts/{cid}/consents")).json()
+    centre = [e for e in history["entries"] if e["source"] == "preference-centre"]
+    assert not [e for e in centre if e["channel"] == "sms"]
 
 
 async def test_the_page_speaks_the_customers_language(

@@ -213,10 +213,14 @@ def test_the_form_lifts_a_stop_only_when_the_customer_opts_in_on_that_channel() 
         CURRENT, form, topics=["billing", "marketing"], stopped=["sms"]
     )
     assert contact["ranking"] == ["sms"]
-    assert contact["consents"] == {"billing": {"sms": True}, "marketing": {"sms": False}}
+    # The stopped channel's boxes show unticked: an unticked one is no answer, and leaves the
+    # grant kept from before the STOP as it was.
+    assert contact["consents"] == {"billing": {"sms": True}}
     assert lifted == [Change(ALL_TOPICS, "sms", True)]
-    _, lifted = contact_from_form(CURRENT, {"rank-1": ["sms"]}, topics=["billing"], stopped=["sms"])
-    assert lifted == []
+    contact, lifted = contact_from_form(
+        CURRENT, {"rank-1": ["sms"]}, topics=["billing"], stopped=["sms"]
+    )
+    assert lifted == [] and contact["consents"] == {}
 
 
 @pytest.mark.parametrize(

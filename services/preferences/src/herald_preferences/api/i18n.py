@@ -23,7 +23,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "save": "Save my preferences",
         "saved": "Your preferences are saved.",
         "error": "Please check: {detail}",
-        "stopped": "You replied STOP on {channel}. Ticking a box for it starts messages again.",
+        "stopped": "You replied STOP on {channel}, so we send nothing there. Ticking a box for it "
+        "starts messages again, along with the choices you made before the STOP; until then "
+        "they are kept as they were.",
         "sms": "Text message (SMS)",
         "email": "Email",
         "voice": "Phone call",
@@ -33,6 +35,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "marketing": "Offers and news",
         "expired": "This link has expired. Ask us for a new one.",
         "invalid": "This link is not valid.",
+        "gone": "There is nothing to show for this link.",
     },
     "zh_CN": {
         "title": "您的联系偏好",
@@ -48,7 +51,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "save": "保存我的偏好",
         "saved": "您的偏好已保存。",
         "error": "请检查：{detail}",
-        "stopped": "您曾在{channel}回复退订。勾选该渠道将重新开始接收消息。",
+        "stopped": "您曾在{channel}回复退订，我们不会通过该渠道发送任何消息。勾选该渠道将重新开始"
+        "接收消息，并恢复您退订前的选择；在此之前，这些选择保持不变。",
         "sms": "短信",
         "email": "电子邮件",
         "voice": "电话",
@@ -58,6 +62,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "marketing": "优惠与资讯",
         "expired": "此链接已过期，请向我们索取新链接。",
         "invalid": "此链接无效。",
+        "gone": "此链接没有可显示的内容。",
     },
 }
 

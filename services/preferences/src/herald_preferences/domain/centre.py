@@ -22,6 +22,10 @@ def contact_from_form(
     Fields: rank-1..rank-3 (a channel or empty), quiet-start/quiet-end (HH:MM or both empty),
     consent:<topic>:<channel> checkboxes (present = opted in). Opting in to a topic on a
     channel the customer had STOPped lifts the STOP: the customer asked for it themselves.
+
+    On a STOPped channel the page shows every box unticked (nothing is sent there), so an
+    unticked box says nothing about the topic: only ticked boxes are recorded, and the grants
+    kept from before the STOP stay for a later START to restore.
     """
 
     def one(name: str) -> str:
@@ -50,6 +54,8 @@ def contact_from_form(
     for topic in topics:
         for channel in available:
             on = bool(form.get(f"consent:{topic}:{channel}"))
+            if channel in stopped and not on:
+                continue
             consents.setdefault(topic, {})[channel] = on
             if on and channel in stopped and Change(ALL_TOPICS, channel, True) not in lifted:
                 lifted.append(Change(ALL_TOPICS, channel, True))
