@@ -127,8 +127,20 @@ async def _customer_page(s: Served, browser: Any, locale: str) -> tuple[str, Any
     return case_id, page
 
 
-async def _replies(infra: dict[str, str], s: Served) -> list[Any]:
-    return await read_topic(infra["kafka"], Topics.ENGAGEMENT_REPLIES.name(s.namespace), 1)
+async def _replies(infra: dict[str, str], s: Served, n: int = 1) -> list[Any]:
+    return await read_topic(infra["kafka"], Topics.ENGAGEMENT_REPLIES.name(s.namespace), n)
+
+
+async def _answer(s: Served, token: str, body: str) -> httpx.Response:
+    """Post an answer as the page's form does: with the submission value of a fresh view."""
+    html = (await s.client.get(f"/s/{token}")).text
+    submission = re.search(r'name="submission" value="([^"]+)"', html)
+    assert submission, html
+    return await s.client.post(
+        f"/s/{token}/reply",
+        content=f"{body}&submission={submission.group(1)}".encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
 
 
 async def test_customer_sees_state_in_english_and_confirms(
@@ -181,11 +193,7 @@ async def test_the_page_and_its_answer_stay_under_a_proxys_path_prefix(
     html = (await served.client.get(f"/s/{token}")).text
     actions = set(re.findall(r'action="([^"]+)"', html))
     assert actions and {urljoin(page, a) for a in actions} == {f"{page}/reply"}
-    r = await served.client.post(
-        f"/s/{token}/reply",
-        content=b"intent=confirm",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-    )
+    r = await _answer(served, token, "intent=confirm")
     assert r.status_code == 303
     assert urljoin(f"{page}/reply", r.headers["location"]) == f"{page}?done=confirm"
 
@@ -213,11 +221,7 @@ async def test_expired_tampered_and_foreign_links_are_refused(served: Served) ->
 
     stranger = signer.sign({"case": case_id, "customer": "someone-else"})
     assert (await served.client.get(f"/s/{stranger}")).status_code == 404
-    r = await served.client.post(
-        f"/s/{token}/reply",
-        content=b"intent=launch",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-    )
+    r = await _answer(served, token, "intent=launch")
     assert r.status_code == 422 and r.json()["field"] == "intent"
 
 
@@ -244,13 +248,61 @@ async def test_a_call_back_without_a_callable_number_is_refused(served: Served) 
     await _open_case(served, case_id)
     url = await _link(served, case_id, "en-GB")
     token = url.rsplit("/s/", 1)[1]
-    r = await served.client.post(
-        f"/s/{token}/reply",
-        content=b"intent=callback&callback_number=12",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
+    r = await _answer(served, token, "intent=callback&callback_number=12")
     assert r.status_code == 422, r.text
     assert "callback_number" in r.text
+
+
+async def test_each_answer_on_the_page_is_a_new_answer_and_a_double_submit_is_one(
+    served: Served, browser: Any, infra: dict[str, str]
+) -> None:
+    """The reply id once came from the link and intent alone: a corrected call-back number, or
+    confirm after reschedule, was published under an earlier answer's id and dropped."""
+    case_id, page = await _customer_page(served, browser, "en-GB")
+    token = urlsplit(page.url).path.rsplit("/", 1)[1]
+    await page.fill("#callback-number", "020 7946 0018")
+    await page.click("#btn-callback")
+    await page.wait_for_selector("#done")
+    await page.fill("#callback-number", "020 7946 0019")  # a corrected number
+    await page.click("#btn-callback")
+    await page.wait_for_url("**?done=callback")
+    for intent in ("reschedule", "confirm"):
+        await page.click(f"#btn-{intent}")
+        await page.wait_for_url(f"**?done={intent}")
+    await page.close()
+    # One form submitted twice (a double click, a resent request): the same answer.
+    html = (await served.client.get(f"/s/{token}")).text
+    form = re.search(r'name="submission" value="([^"]+)"', html)
+    assert form
+    for _ in range(2):
+        r = await served.client.post(
+            f"/s/{token}/reply",
+            content=f"intent=confirm&submission={form.group(1)}".encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 303, r.text
+    records = await _replies(infra, served, 6)
+    replies = [decode(r, EngagementReply).data for r in records]
+    assert [(x.intent, x.callback_number) for x in replies] == [
+        ("callback", "+442079460018"),
+        ("callback", "+442079460019"),
+        ("reschedule", None),
+        ("confirm", None),
+        ("confirm", None),
+        ("confirm", None),
+    ]
+    ids = [x.reply_id for x in replies]
+    assert len(set(ids[:5])) == 5 and ids[5] == ids[4]
+    assert {x.case_id for x in replies} == {case_id}
+
+    # Without the form's value (or with a made-up one) nothing is published.
+    for extra in ("", "&submission=not-one-of-ours"):
+        r = await served.client.post(
+            f"/s/{token}/reply",
+            content=f"intent=confirm{extra}".encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 422 and r.json()["field"] == "submission"
 
 
 async def test_an_answer_on_a_link_from_a_message_names_that_message_and_its_campaign(
@@ -262,11 +314,7 @@ async def test_an_answer_on_a_link_from_a_message_names_that_message_and_its_cam
     await _open_case(served, case_id)
     claims = {"case": case_id, "customer": "c1", "locale": "en-GB", "msg": "m-1", "cmp": "camp-1"}
     token = LinkSigner(SECRET, "case-status").sign(claims)
-    r = await served.client.post(
-        f"/s/{token}/reply",
-        content=b"intent=confirm",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
+    r = await _answer(served, token, "intent=confirm")
     assert r.status_code == 303, r.text
     [record] = await _replies(infra, served)
     reply = decode(record, EngagementReply).data

@@ -3,6 +3,8 @@ with buttons that send the customer's answer to engagement.replies.v1."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -32,6 +34,10 @@ router = APIRouter(tags=["status page"])
 Reader = Annotated[Principal, Depends(require_scopes("cases:read"))]
 PURPOSE = "case-status"
 FIELDS = ("status", "summary", "next_step", "assigned_team", "assigned_engineer")
+# The page's forms carry a value drawn anew for each page view: the answer's id derives from
+# it, so submitting one form twice is one answer, and each new submission a new one.
+SUBMISSION = "submission"
+_SUBMISSION_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class NotConfigured(HeraldError):
@@ -125,6 +131,7 @@ async def status_page(token: str, request: Request, done: str | None = None) -> 
         # Relative to the page (/s/<token>): right behind a proxy that serves ingest under a
         # path prefix (<public base>/ingest/s/<token>) as well as at the root.
         action=f"{token}/reply",
+        submission=secrets.token_hex(16),
         fmt=lambda value: when(value, locale),
     )
     return HTMLResponse(
@@ -149,10 +156,14 @@ async def status_reply(token: str, request: Request) -> RedirectResponse:
     state = await repo.get(claims["case"])
     if state is None or claims["customer"] not in state.customer_ids:
         raise NotFound("There is nothing to show for this link.")
+    submission = (form.get(SUBMISSION) or [""])[0]
+    if not _SUBMISSION_RE.match(submission):
+        raise InvalidInput("the form's submission value is missing or not valid", field=SUBMISSION)
     number = _callback_number(form, claims.get("locale")) if intent == "callback" else None
-    # One answer per link and intent: a double click publishes the same reply id again,
-    # which every consumer already treats as a duplicate.
-    reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{intent}"))
+    # One answer per form as rendered: a double click publishes the same reply id again, which
+    # every consumer already treats as a duplicate; a later answer (a corrected call-back
+    # number, confirm after reschedule) comes from a page rendered since, with a new value.
+    reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{submission}:{intent}"))
     reply = EngagementReply(
         reply_id=reply_id,
         customer_id=claims["customer"],
