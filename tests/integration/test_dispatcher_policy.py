@@ -439,6 +439,7 @@ async def test_sms_failure_escalates_to_email_then_voice_after_timeout(harness: 
         "case": case.case_id,
         "customer": prefs.customer_id,
         "locale": "en-GB",
+        "tz": "Europe/London",  # the page writes times in the customer's zone
         "msg": email.message_id,
         "cmp": campaign.id,
     }

@@ -181,6 +181,35 @@ async def test_customer_sees_the_page_in_chinese(served: Served, browser: Any) -
     assert await page.text_content("#btn-callback") == "请给我回电"
 
 
+async def test_times_are_written_in_the_customers_zone_and_name_it(served: Served) -> None:
+    """The page wrote times in UTC without saying so: a customer in Shanghai read the 22:00
+    appointment as 14:00."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    r = await served.client.post(
+        f"/v1/cases/{case_id}/status-links",
+        json={"customer_id": "c1", "locale": "zh-CN", "time_zone": "Asia/Shanghai"},
+    )
+    assert r.status_code == 200, r.text
+    html = (await served.client.get(r.json()["url"])).text
+    appointment = re.search(r'<dd id="appointment">([^\n]*)', html)
+    assert appointment and "2026年11月25日 22:00:00 (Asia/Shanghai)" in appointment.group(1)
+
+    # A link signed before links named a zone still shows UTC, and says so.
+    old = LinkSigner(SECRET, "case-status").sign(
+        {"case": case_id, "customer": "c1", "locale": "en-GB"}
+    )
+    html = (await served.client.get(f"/s/{old}")).text
+    appointment = re.search(r'<dd id="appointment">([^\n]*)', html)
+    assert appointment and "25 Nov 2026, 14:00:00 (UTC)" in appointment.group(1)
+
+    r = await served.client.post(
+        f"/v1/cases/{case_id}/status-links",
+        json={"customer_id": "c1", "time_zone": "Mars/Olympus_Mons"},
+    )
+    assert r.status_code == 422 and "time_zone" in r.text
+
+
 async def test_the_page_and_its_answer_stay_under_a_proxys_path_prefix(
     served: Served,
 ) -> None:

@@ -566,8 +566,9 @@ class Dispatcher:
         """A signed link to the case status page or the preference centre.
 
         A status link names the message it is sent in (`msg`) and its campaign (`cmp`), so an
-        answer given on the page is counted for that campaign (short keys: the link is often
-        in an SMS).
+        answer given on the page is counted for that campaign, and the customer's time zone
+        (`tz`), so the page writes times as the customer's clock reads them (short keys: the
+        link is often in an SMS).
         """
         signer = self._status_links if kind == "status" else self._pref_links
         if signer is None:
@@ -580,6 +581,7 @@ class Dispatcher:
                 "case": request.case_id,
                 "customer": prefs.customer_id,
                 "locale": prefs.locale,
+                "tz": prefs.time_zone,
             }
             if mid is not None:
                 claims |= {"msg": mid, "cmp": request.campaign.id}

@@ -12,12 +12,12 @@ from urllib.parse import parse_qs
 import phonenumbers
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.config import Settings
-from herald_ingest.domain.status_text import BUTTONS, pick_locale, when, words
+from herald_ingest.domain.status_text import BUTTONS, page_zone, pick_locale, when, words
 from herald_ingest.web.templates import status_template
 from herald_kit import (
     EventProducer,
@@ -69,6 +69,19 @@ class LinkRequest(BaseModel):
 
     customer_id: str = Field(min_length=1, max_length=200)
     locale: str = Field(default="en", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        description="The customer's IANA time zone: the page writes times in it.",
+        examples=["Europe/London"],
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if page_zone(value) != value:
+            raise ValueError("not a known IANA time zone")
+        return value
 
 
 class StatusLink(BaseModel):
@@ -96,7 +109,7 @@ async def create_status_link(
     if body.customer_id not in state.customer_ids:
         raise InvalidInput("the customer is not on this case", field="customer_id")
     token = _signer(request).sign(
-        {"case": case_id, "customer": body.customer_id, "locale": body.locale}
+        {"case": case_id, "customer": body.customer_id, "locale": body.locale, "tz": body.time_zone}
     )
     return StatusLink(
         url=f"{settings.base_url()}/s/{token}",
@@ -120,6 +133,7 @@ async def status_page(token: str, request: Request, done: str | None = None) -> 
         # Same answer whether the case is gone or never was this customer's: nothing leaks.
         raise NotFound("There is nothing to show for this link.")
     locale = pick_locale(claims.get("locale"), request.headers.get("accept-language"))
+    zone = page_zone(claims.get("tz"))
     html = status_template.render(
         locale=locale,
         t=words(locale),
@@ -132,7 +146,7 @@ async def status_page(token: str, request: Request, done: str | None = None) -> 
         # path prefix (<public base>/ingest/s/<token>) as well as at the root.
         action=f"{token}/reply",
         submission=secrets.token_hex(16),
-        fmt=lambda value: when(value, locale),
+        fmt=lambda value: when(value, locale, zone),
     )
     return HTMLResponse(
         html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}

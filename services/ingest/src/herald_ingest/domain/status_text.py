@@ -96,10 +96,24 @@ def words(locale: str) -> dict[str, str]:
     return TEXT["zh-CN"] if locale.startswith("zh") else TEXT["en"]
 
 
+def page_zone(wanted: Any) -> str:
+    """The time zone the page writes times in: the link's (an IANA name), UTC for a link that
+    names none (signed before links carried it) or one Babel does not know."""
+    if isinstance(wanted, str) and wanted:
+        try:
+            get_timezone(wanted)
+        except (LookupError, ValueError):
+            return "UTC"
+        return wanted
+    return "UTC"
+
+
 def when(value: Any, locale: str, time_zone: str = "UTC") -> str:
-    """A date and time as the customer's locale writes it."""
+    """A date and time as the customer's locale writes it, in their time zone, naming the zone
+    (a time without one is read in the reader's own zone and misleads)."""
     if not isinstance(value, datetime):
         return ""
-    return format_datetime(
+    shown = format_datetime(
         value, "medium", tzinfo=get_timezone(time_zone), locale=locale.replace("-", "_")
     )
+    return f"{shown} ({time_zone})"
