@@ -131,7 +131,9 @@ async def _replies(infra: dict[str, str], s: Served, n: int = 1) -> list[Any]:
     return await read_topic(infra["kafka"], Topics.ENGAGEMENT_REPLIES.name(s.namespace), n)
 
 
-async def _answer(s: Served, token: str, body: str) -> httpx.Response:
+async def _answer(
+    s: Served, token: str, body: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """Post an answer as the page's form does: with the submission value of a fresh view."""
     html = (await s.client.get(f"/s/{token}")).text
     submission = re.search(r'name="submission" value="([^"]+)"', html)
@@ -139,7 +141,7 @@ async def _answer(s: Served, token: str, body: str) -> httpx.Response:
     return await s.client.post(
         f"/s/{token}/reply",
         content=f"{body}&submission={submission.group(1)}".encode(),
-        headers={"content-type": "application/x-www-form-urlencoded"},
+        headers={"content-type": "application/x-www-form-urlencoded", **(headers or {})},
     )
 
 
@@ -252,6 +254,57 @@ async def test_expired_tampered_and_foreign_links_are_refused(served: Served) ->
     assert (await served.client.get(f"/s/{stranger}")).status_code == 404
     r = await _answer(served, token, "intent=launch")
     assert r.status_code == 422 and r.json()["field"] == "intent"
+
+
+async def test_a_browser_is_told_what_is_wrong_in_its_language(served: Served) -> None:
+    """A browser was shown raw English problem+json for a refused link or answer."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    token = (await _link(served, case_id, "zh-CN")).rsplit("/", 1)[1]
+    browser = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8", "accept-language": "zh-CN"}
+    signer = LinkSigner(SECRET, "case-status")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 10**8)
+        old = signer.sign({"case": case_id, "customer": "c1"})
+    stranger = signer.sign({"case": case_id, "customer": "someone-else"})
+    for path, status, text in (
+        (f"/s/{token[:-3]}xyz", 403, "此链接无效。"),
+        (f"/s/{old}", 410, "此链接已过期"),
+        (f"/s/{stranger}", 404, "此链接没有可显示的内容"),
+    ):
+        r = await served.client.get(path, headers=browser)
+        assert r.status_code == status, path
+        assert r.headers["content-type"].startswith("text/html")
+        assert text in r.text and '<html lang="zh-CN">' in r.text
+        answer = f"intent=confirm&submission={uuid.uuid4().hex}".encode()
+        r = await served.client.post(f"{path}/reply", content=answer, headers=browser)
+        assert r.status_code == status and text in r.text
+    r = await _answer(served, token, "intent=launch", headers=browser)
+    assert r.status_code == 422 and "我们无法接收该回复" in r.text
+    # An API client still gets problem+json.
+    r = await served.client.get(f"/s/{stranger}")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_number_that_cannot_be_called_shows_the_page_again_with_it(
+    served: Served, browser: Any, infra: dict[str, str]
+) -> None:
+    _, page = await _customer_page(served, browser, "en-GB")
+    await page.fill("#callback-number", "020 79")
+    await page.click("#btn-callback")
+    await page.wait_for_selector("#error")
+    assert await page.text_content("#error") == "Please give a phone number we can call."
+    assert await page.input_value("#callback-number") == "020 79"  # to correct, not retype
+    assert await page.text_content("#status") == "engineer booked"
+    assert page.url.endswith("/reply")
+    # Corrected from the same page: the answer is taken, and the page is the case's again.
+    await page.fill("#callback-number", "020 7946 0018")
+    await page.click("#btn-callback")
+    await page.wait_for_selector("#done")
+    assert page.url.endswith("?done=callback") and "/reply" not in page.url
+    await page.close()
+    [record] = await _replies(infra, served)
+    assert decode(record, EngagementReply).data.callback_number == "+442079460018"
 
 
 async def test_customer_asks_for_a_call_back_on_the_number_they_type(

@@ -11,18 +11,19 @@ from urllib.parse import parse_qs
 
 import phonenumbers
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, field_validator
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_ingest.adapters.repository import CaseRepository
 from herald_ingest.config import Settings
 from herald_ingest.domain.status_text import BUTTONS, page_zone, pick_locale, when, words
-from herald_ingest.web.templates import status_template
+from herald_ingest.web.templates import message_template, status_template
 from herald_kit import (
     EventProducer,
     HeraldError,
     InvalidInput,
+    LinkExpired,
     LinkInvalid,
     LinkSigner,
     NotFound,
@@ -118,62 +119,147 @@ async def create_status_link(
     )
 
 
-@router.get(
-    "/s/{token}",
-    response_class=HTMLResponse,
-    summary="The customer's status page (signed link).",
-    responses={403: {"description": "Tampered link"}, 410: {"description": "Expired link"}},
-)
-async def status_page(token: str, request: Request, done: str | None = None) -> HTMLResponse:
-    """The latest state and the timeline, in the customer's language."""
-    claims = _verify(request, token)
+def _wants_html(request: Request) -> bool:
+    """Whether the client is a browser (it accepts HTML): it gets pages, API clients problems."""
+    return "text/html" in request.headers.get("accept", "").lower()
+
+
+def _page_headers() -> dict[str, str]:
+    return {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}  # token in the URL
+
+
+def _problem_page(
+    request: Request, exc: HeraldError, link_locale: str | None = None
+) -> HTMLResponse:
+    """A refused request as a page in the customer's language, with the problem's status."""
+    locale = pick_locale(link_locale, request.headers.get("accept-language"))
+    t = words(locale)
+    if isinstance(exc, LinkExpired):
+        text = t["expired"]
+    elif isinstance(exc, LinkInvalid):
+        text = t["invalid"]
+    elif isinstance(exc, NotFound):
+        text = t["gone"]
+    elif isinstance(exc, NotConfigured):
+        text = t["unavailable"]
+    else:
+        text = t["refused"]
+    html = message_template.render(locale=locale, title=t["title"], text=text)
+    return HTMLResponse(html, status_code=exc.status, headers=_page_headers())
+
+
+async def _render(
+    request: Request,
+    token: str,
+    claims: dict[str, Any],
+    *,
+    done: str | None = None,
+    status: int = 200,
+    error: str | None = None,
+    number: str = "",
+    from_reply: bool = False,
+) -> HTMLResponse:
+    """The page for a verified link; NotFound when the case is not (or no longer) theirs."""
     repo: CaseRepository = request.app.state.repo
     state = await repo.get(claims["case"])
     if state is None or claims["customer"] not in state.customer_ids:
         # Same answer whether the case is gone or never was this customer's: nothing leaks.
         raise NotFound("There is nothing to show for this link.")
     locale = pick_locale(claims.get("locale"), request.headers.get("accept-language"))
+    t = words(locale)
     zone = page_zone(claims.get("tz"))
     html = status_template.render(
         locale=locale,
-        t=words(locale),
+        t=t,
         case=state.model_dump(),
         fields=FIELDS,
         timeline=await repo.customer_timeline(state.case_id, claims["customer"]),
         buttons=BUTTONS,
         done=done in BUTTONS,
         # Relative to the page (/s/<token>): right behind a proxy that serves ingest under a
-        # path prefix (<public base>/ingest/s/<token>) as well as at the root.
-        action=f"{token}/reply",
+        # path prefix (<public base>/ingest/s/<token>) as well as at the root. The page shown
+        # again for a refused answer is at /s/<token>/reply itself.
+        action="reply" if from_reply else f"{token}/reply",
         submission=secrets.token_hex(16),
+        error=t[error] if error else None,
+        number=number,
         fmt=lambda value: when(value, locale, zone),
     )
-    return HTMLResponse(
-        html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    )
+    return HTMLResponse(html, status_code=status, headers=_page_headers())
+
+
+@router.get(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="The customer's status page (signed link).",
+    responses={
+        403: {"description": "Tampered link"},
+        404: {"description": "Nothing to show for this link"},
+        410: {"description": "Expired link"},
+    },
+)
+async def status_page(token: str, request: Request, done: str | None = None) -> HTMLResponse:
+    """The latest state and the timeline, in the customer's language. A browser is shown a
+    refused link as a page in its language; an API client gets problem+json."""
+    try:
+        return await _render(request, token, _verify(request, token), done=done)
+    except HeraldError as exc:
+        if not _wants_html(request):
+            raise
+        return _problem_page(request, exc)
 
 
 @router.post(
     "/s/{token}/reply",
     summary="The customer's answer from the status page (form post).",
     status_code=303,
-    responses={303: {"description": "Back to the page, with a thank-you"}},
+    responses={
+        303: {"description": "Back to the page, with a thank-you"},
+        422: {"description": "A field is wrong (a browser sees the page again, with the error)"},
+    },
 )
-async def status_reply(token: str, request: Request) -> RedirectResponse:
+async def status_reply(token: str, request: Request) -> Response:
     """Publish the customer's answer to engagement.replies.v1, then show the page again."""
-    claims = _verify(request, token)
+    claims: dict[str, Any] = {}
+    try:
+        claims = _verify(request, token)
+        return await _reply(token, request, claims)
+    except HeraldError as exc:
+        if not _wants_html(request):
+            raise
+        return _problem_page(request, exc, _claim(claims, "locale"))
+
+
+async def _reply(token: str, request: Request, claims: dict[str, Any]) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     intent = (form.get("intent") or [""])[0]
     if intent not in BUTTONS:
         raise InvalidInput(f"intent must be one of {', '.join(BUTTONS)}", field="intent")
+    submission = (form.get(SUBMISSION) or [""])[0]
+    if not _SUBMISSION_RE.match(submission):
+        raise InvalidInput("the form's submission value is missing or not valid", field=SUBMISSION)
     repo: CaseRepository = request.app.state.repo
     state = await repo.get(claims["case"])
     if state is None or claims["customer"] not in state.customer_ids:
         raise NotFound("There is nothing to show for this link.")
-    submission = (form.get(SUBMISSION) or [""])[0]
-    if not _SUBMISSION_RE.match(submission):
-        raise InvalidInput("the form's submission value is missing or not valid", field=SUBMISSION)
-    number = _callback_number(form, claims.get("locale")) if intent == "callback" else None
+    number = None
+    if intent == "callback":
+        typed = (form.get("callback_number") or [""])[0].strip()
+        try:
+            number = _callback_number(typed, claims.get("locale"))
+        except InvalidInput:
+            if not _wants_html(request):
+                raise
+            # The page again, saying what is wrong, with what they typed to correct.
+            return await _render(
+                request,
+                token,
+                claims,
+                status=422,
+                error="bad_number",
+                number=typed[:32],
+                from_reply=True,
+            )
     # One answer per form as rendered: a double click publishes the same reply id again, which
     # every consumer already treats as a duplicate; a later answer (a corrected call-back
     # number, confirm after reschedule) comes from a page rendered since, with a new value.
@@ -204,10 +290,9 @@ def _claim(claims: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _callback_number(form: dict[str, list[str]], locale: str | None) -> str:
+def _callback_number(raw: str, locale: str | None) -> str:
     """The number the customer typed for the call-back, as E.164 (national numbers read in the
     region of the link's locale, e.g. en-GB → GB)."""
-    raw = (form.get("callback_number") or [""])[0].strip()
     region = (locale or "").rpartition("-")[2].upper() or None
     try:
         parsed = phonenumbers.parse(raw, region if region and len(region) == 2 else None)

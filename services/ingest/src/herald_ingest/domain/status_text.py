@@ -36,6 +36,12 @@ TEXT: dict[str, dict[str, str]] = {
         "channel.email": "by email",
         "channel.voice": "by phone",
         "channel.web": "on this page",
+        "bad_number": "Please give a phone number we can call.",
+        "expired": "This link has expired. Ask us for a new one.",
+        "invalid": "This link is not valid.",
+        "gone": "There is nothing to show for this link.",
+        "unavailable": "This page is not available right now. Please try again later.",
+        "refused": "We could not take that answer. Please open the page again and retry.",
     },
     "zh-CN": {
         "title": "您的服务单",
@@ -64,6 +70,12 @@ TEXT: dict[str, dict[str, str]] = {
         "channel.email": "电子邮件",
         "channel.voice": "电话",
         "channel.web": "网页",
+        "bad_number": "请填写我们可以拨打的电话号码。",
+        "expired": "此链接已过期，请向我们索取新链接。",  # noqa: RUF001
+        "invalid": "此链接无效。",
+        "gone": "此链接没有可显示的内容。",
+        "unavailable": "此页面暂时无法使用，请稍后再试。",  # noqa: RUF001
+        "refused": "我们无法接收该回复，请重新打开页面后再试。",  # noqa: RUF001
     },
 }
 BUTTONS = ("confirm", "reschedule", "callback")
