@@ -274,6 +274,25 @@ async def test_a_save_sends_the_customer_back_to_their_page_behind_a_path_prefix
     assert urljoin(str(r.url), r.headers["location"]) == str(r.url) + "?saved=1"
 
 
+async def test_a_link_for_an_erased_or_unknown_customer_says_there_is_nothing_to_show(
+    service: httpx.AsyncClient,
+) -> None:
+    """Such a link answered 500, as if the service had failed."""
+    cid = await _contact(service, locale="zh-CN")
+    url = await _link(service, cid)
+    r = await service.delete(f"/v1/contacts/{cid}")
+    assert r.status_code in (200, 204), r.text
+    unknown = LinkSigner(SECRET, "preferences").sign({"c": "nobody-at-all", "p": "preferences"})
+    for path in (urlsplit(url).path, f"/p/{unknown}"):
+        for r in (
+            await service.get(path, headers={"accept-language": "zh-CN"}),
+            await service.post(path, content="rank-1=sms", headers={"accept-language": "zh-CN"}),
+        ):
+            assert r.status_code == 404, path
+            assert r.headers["content-type"].startswith("text/html")
+            assert "此链接没有可显示的内容" in r.text
+
+
 async def test_tampered_expired_or_foreign_links_are_refused(service: httpx.AsyncClient) -> None:
     cid = await _contact(service)
     url = await _link(service, cid)

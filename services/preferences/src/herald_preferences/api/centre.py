@@ -23,6 +23,7 @@ from herald_kit import (
     LinkExpired,
     LinkInvalid,
     LinkSigner,
+    NotFound,
     PreconditionFailed,
 )
 from herald_preferences.adapters.repository import ContactRepository
@@ -116,11 +117,22 @@ def _page(
 def _link_problem(request: Request, exc: HeraldError) -> HTMLResponse:
     locale = pick_locale(request.headers.get("accept-language"))
     w = words(locale)
-    text = w["expired"] if isinstance(exc, LinkExpired) else w["invalid"]
+    if isinstance(exc, LinkExpired):
+        text = w["expired"]
+    elif isinstance(exc, NotFound):
+        text = w["gone"]
+    else:
+        text = w["invalid"]
     html = _env.get_template("message.html").render(
         lang=html_lang(locale), title=w["title"], text=text
     )
     return HTMLResponse(html, status_code=exc.status, headers={"Referrer-Policy": "no-referrer"})
+
+
+def _gone() -> NotFound:
+    """An erased or unknown customer's link: 404, the same for both, so nothing tells whether
+    the customer was ever known."""
+    return NotFound("There is nothing to show for this link.", field="token")
 
 
 @router.get("/p/{token}", response_class=HTMLResponse, summary="The preference centre page.")
@@ -133,7 +145,7 @@ async def centre_page(request: Request, token: str, saved: int = 0) -> Response:
     repo: ContactRepository = request.app.state.repo
     doc = await repo.get(customer)
     if doc is None or doc.get("erased"):
-        return _link_problem(request, HeraldError("gone"))
+        return _link_problem(request, _gone())
     return _page(request, doc, saved=bool(saved))
 
 
@@ -151,7 +163,7 @@ async def centre_save(request: Request, token: str) -> Response:
     for _ in range(ATTEMPTS):
         current = await repo.get(customer)
         if current is None or current.get("erased"):
-            return _link_problem(request, HeraldError("gone"))
+            return _link_problem(request, _gone())
         try:
             raw, lifted = contact_from_form(
                 current,
