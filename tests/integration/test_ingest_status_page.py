@@ -256,6 +256,22 @@ async def test_expired_tampered_and_foreign_links_are_refused(served: Served) ->
     assert r.status_code == 422 and r.json()["field"] == "intent"
 
 
+async def test_no_other_site_may_frame_the_page(served: Served) -> None:
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    token = (await _link(served, case_id, "en-GB")).rsplit("/", 1)[1]
+    html = {"accept": "text/html"}
+    bad = await _answer(served, token, "intent=callback&callback_number=12", headers=html)
+    for r in (
+        await served.client.get(f"/s/{token}"),
+        await served.client.get(f"/s/{token[:-3]}xyz", headers=html),
+        bad,
+    ):
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+        assert r.headers["x-frame-options"] == "DENY"
+
+
 async def test_a_browser_is_told_what_is_wrong_in_its_language(served: Served) -> None:
     """A browser was shown raw English problem+json for a refused link or answer."""
     case_id = f"sp-{uuid.uuid4().hex[:8]}"

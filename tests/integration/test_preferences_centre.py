@@ -274,6 +274,15 @@ async def test_a_save_sends_the_customer_back_to_their_page_behind_a_path_prefix
     assert urljoin(str(r.url), r.headers["location"]) == str(r.url) + "?saved=1"
 
 
+async def test_no_other_site_may_frame_the_centre(service: httpx.AsyncClient) -> None:
+    cid = await _contact(service)
+    url = await _link(service, cid)
+    token = url.rsplit("/p/", 1)[1]
+    for r in (await service.get(url), await service.get(f"/p/{token[:-2]}xx")):
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+
+
 async def test_a_link_for_an_erased_or_unknown_customer_says_there_is_nothing_to_show(
     service: httpx.AsyncClient,
 ) -> None:

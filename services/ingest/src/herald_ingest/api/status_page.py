@@ -125,7 +125,16 @@ def _wants_html(request: Request) -> bool:
 
 
 def _page_headers() -> dict[str, str]:
-    return {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}  # token in the URL
+    return {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",  # the token is in the URL
+        # Nothing but the page's own inline style and its forms posting back here; no other
+        # site may frame it (a framed button can be clicked unseen), which X-Frame-Options
+        # also says to browsers that predate frame-ancestors.
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "X-Frame-Options": "DENY",
+    }
 
 
 def _problem_page(
