@@ -741,6 +741,37 @@ async def test_an_erase_during_another_writes_flush_stays_the_last_word_on_the_t
     assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
 
 
+async def test_a_flush_racing_an_erase_does_not_name_the_customer_in_the_ledger_again(
+    app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    repo = app.state.repo
+    real = repo.get
+    armed = [True]
+
+    async def erase_after_read(customer_id: str) -> Any:
+        doc = await real(customer_id)
+        if armed:
+            armed.clear()
+            # The erase runs whole between this flush's read and its copy of the queued entries.
+            r = await api.delete(f"/v1/contacts/{cid}")
+            assert r.status_code == 200, r.text
+        return doc
+
+    repo.get = erase_after_read
+    # A republisher run, a redelivered reply or a bounce flushing the contact.
+    await app.state.outbox.flush(cid)
+    repo.get = real
+
+    db = mongo[settings.mongo_db]
+    assert await db["consent_ledger"].count_documents({"customer_id": cid}) == 0
+    assert await db["consent_ledger"].count_documents({"erased": True}) == 2
+    assert await db["contacts"].count_documents({"_id": cid}) == 0
+    assert await snapshots.until(cid, lambda s: s == "tombstone") == "tombstone"
+
+
 async def _import_then(
     app: FastAPI, api: httpx.AsyncClient, during: Callable[[str], Awaitable[None]]
 ) -> str:

@@ -69,7 +69,20 @@ class Outbox:
             doc = await self.repo.get(customer_id)
             if doc is None:
                 break
-            await self.repo.copy_to_ledger(doc.get("pending", []))
+            pending = doc.get("pending", [])
+            await self.repo.copy_to_ledger(pending)
+            if pending and not doc.get("erased"):
+                # An erase between the read and the copy re-keyed the ledger, and the copy put
+                # these entries back under the customer's id (their keyed copies are in: the
+                # erase copies the queued entries it reads before re-keying). Take them out
+                # again, and publish the tombstone rather than this older snapshot.
+                now = await self.repo.get(customer_id)
+                if now is None or now.get("erased"):
+                    await self.repo.drop_ledger([e["_id"] for e in pending])
+                    await self.producer.tombstone(Topics.CONTACTS_PREFERENCES, customer_id)
+                    if now is not None:
+                        await self.repo.delete_erased(customer_id, now["version"])
+                    break
             await self._publish(doc)
             if doc.get("erased"):
                 await self.repo.delete_erased(customer_id, doc["version"])
