@@ -262,6 +262,23 @@ async def test_idempotency_key_replays_and_refuses_another_body(
     assert (await api.get(f"/v1/contacts/{cid}")).json()["version"] == 2
 
 
+async def test_the_same_json_formatted_otherwise_is_a_repeat_not_another_request(
+    api: httpx.AsyncClient,
+) -> None:
+    body = contact()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await api.post("/v1/contacts", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    reformatted = json.dumps(dict(reversed(list(body.items()))), indent=2)
+    again = await api.post(
+        "/v1/contacts",
+        content=reformatted,
+        headers={**key, "Content-Type": "application/json"},
+    )
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+
+
 async def test_concurrent_writes_one_wins_the_other_gets_412(api: httpx.AsyncClient) -> None:
     body = contact()
     cid = body["customer_id"]
@@ -770,6 +787,34 @@ async def test_a_flush_racing_an_erase_does_not_name_the_customer_in_the_ledger_
     assert await db["consent_ledger"].count_documents({"erased": True}) == 2
     assert await db["contacts"].count_documents({"_id": cid}) == 0
     assert await snapshots.until(cid, lambda s: s == "tombstone") == "tombstone"
+
+
+async def test_an_erase_while_a_keyed_write_runs_leaves_no_response_with_its_addresses(
+    app: FastAPI, api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    store = app.state.idempotency
+    real = store.complete
+
+    async def erase_first(key: str, **kwargs: Any) -> None:
+        # The PATCH has written; its response is not stored yet when the erase runs.
+        r = await api.delete(f"/v1/contacts/{cid}")
+        assert r.status_code == 200, r.text
+        await real(key, **kwargs)
+
+    store.complete = erase_first
+    r = await api.patch(
+        f"/v1/contacts/{cid}",
+        json={"locale": "fr-FR"},
+        headers={"Content-Type": "application/merge-patch+json", "Idempotency-Key": "p-1"},
+    )
+    store.complete = real
+    assert r.status_code == 200, r.text
+    rows = await mongo[settings.mongo_db]["idempotency"].find().to_list()
+    text = json.dumps(rows, default=str)
+    assert body["channels"]["sms"][-6:] not in text and "ada@example.com" not in text
 
 
 async def _import_then(

@@ -227,15 +227,29 @@ class IdempotencyStore:
         self.rows = db["idempotency"]
 
     async def claim(
-        self, key: str, fingerprint: str, *, now: datetime, stale: timedelta
+        self,
+        key: str,
+        fingerprint: str,
+        *,
+        now: datetime,
+        stale: timedelta,
+        customer_id: str | None = None,
     ) -> Doc | None:
         """Claim a key; None when this request owns it now, else the existing record.
 
-        A claim left pending by a crashed request is taken over after `stale`.
+        A claim left pending by a crashed request is taken over after `stale`. The claim names
+        the customer the request writes when known, so an erase while it runs deletes it and
+        its response (the customer's addresses) is never stored (see complete).
         """
         try:
             await self.rows.insert_one(
-                {"_id": key, "fingerprint": fingerprint, "state": "pending", "at": now}
+                {
+                    "_id": key,
+                    "fingerprint": fingerprint,
+                    "state": "pending",
+                    "at": now,
+                    "customer_id": customer_id,
+                }
             )
             return None
         except DuplicateKeyError:
@@ -262,9 +276,10 @@ class IdempotencyStore:
         headers: dict[str, str],
         customer_id: str | None,
     ) -> None:
-        """Store the response to replay."""
+        """Store the response to replay, in the claim only if it is still there: an erase of
+        the customer meanwhile deleted it, and the response must not outlive the erase."""
         await self.rows.update_one(
-            {"_id": key},
+            {"_id": key, "state": "pending"},
             {
                 "$set": {
                     "state": "done",

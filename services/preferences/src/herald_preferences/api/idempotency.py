@@ -4,6 +4,7 @@ with a different body is refused (422)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -14,6 +15,19 @@ from herald_kit import Conflict, InvalidInput, Principal
 from herald_preferences.adapters.repository import IdempotencyStore
 
 REPLAYED_HEADERS = ("etag", "location", "content-type")
+
+
+def _canonical(body: bytes, content_type: str) -> bytes:
+    """What the fingerprint hashes: a JSON body in one canonical form (sorted keys, compact),
+    so the same request formatted otherwise is a repeat, not a different request; any other
+    body (NDJSON imports, where lines are rows) as sent."""
+    if "ndjson" in content_type or "jsonl" in content_type:
+        return body
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # not JSON, or not UTF-8
+        return body
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def idempotent(
@@ -31,12 +45,14 @@ async def idempotent(
         raise InvalidInput("Idempotency-Key must be 1 to 200 characters", field="Idempotency-Key")
     store: IdempotencyStore = request.app.state.idempotency
     stale = timedelta(seconds=request.app.state.settings.idempotency_stale_seconds)
-    body = await request.body()
+    body = _canonical(await request.body(), request.headers.get("content-type", ""))
     fingerprint = hashlib.sha256(
         request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
     ).hexdigest()
     row_id = f"{who.name}:{key}"
-    existing = await store.claim(row_id, fingerprint, now=utc_now(), stale=stale)
+    existing = await store.claim(
+        row_id, fingerprint, now=utc_now(), stale=stale, customer_id=customer_id
+    )
     if existing is not None:
         if existing["fingerprint"] != fingerprint:
             raise InvalidInput(
