@@ -817,6 +817,44 @@ async def test_an_erase_while_a_keyed_write_runs_leaves_no_response_with_its_add
     assert body["channels"]["sms"][-6:] not in text and "ada@example.com" not in text
 
 
+@pytest.mark.parametrize("if_match", [None, '"1"'])
+async def test_an_erase_retries_a_write_landing_mid_erase_unless_if_match_was_given(
+    app: FastAPI, api: httpx.AsyncClient, settings: Settings, mongo: Mongo, if_match: str | None
+) -> None:
+    body = contact()
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    repo = app.state.repo
+    real = repo.copy_to_ledger
+    fired: list[int] = []
+
+    async def write_first(entries: Any) -> None:
+        if not fired:
+            fired.append(1)
+            # A customer's withdrawal lands between the erase's read and its write.
+            r = await api.patch(
+                f"/v1/contacts/{cid}",
+                json={"consents": {"service-updates": {"sms": False}}},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert r.status_code == 200, r.text
+        await real(entries)
+
+    repo.copy_to_ledger = write_first
+    r = await api.delete(f"/v1/contacts/{cid}", headers={"If-Match": if_match} if if_match else {})
+    repo.copy_to_ledger = real
+    db = mongo[settings.mongo_db]
+    if if_match is not None:
+        is_problem(r, 412, "If-Match")
+        assert (await api.get(f"/v1/contacts/{cid}")).json()["version"] == 2
+        return
+    assert r.status_code == 200, r.text
+    # The withdrawal written mid-erase is kept as evidence, anonymised like the others.
+    assert r.json()["ledger_entries_kept"] == 3
+    assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
+    assert await db["consent_ledger"].count_documents({"customer_id": cid}) == 0
+
+
 async def _import_then(
     app: FastAPI, api: httpx.AsyncClient, during: Callable[[str], Awaitable[None]]
 ) -> str:

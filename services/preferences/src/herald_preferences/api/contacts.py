@@ -561,15 +561,29 @@ async def erase_contact(
     settings: Settings = request.app.state.settings
 
     async def run() -> Response:
-        current = await repo.get(customer_id)
         claim: int | None = None
-        if current is not None and not current.get("erased"):
+        # Like _write: without If-Match, a write landing between the read and the replace is
+        # retried on the fresh state (its queued entries copied too); with it, it is 412.
+        for _ in range(WRITE_ATTEMPTS):
+            current = await repo.get(customer_id)
+            if current is None or current.get("erased"):
+                break
             if if_match is not None and not _matches(if_match, current["version"]):
                 raise PreconditionFailed("the contact changed since it was read", field="If-Match")
             # Evidence first: queued entries join the ledger before the document loses them.
             await repo.copy_to_ledger(current.get("pending", []))
             claim = await outbox.intend(customer_id)
-            await repo.replace(erased(current, now=utc_now()), expected_version=current["version"])
+            try:
+                await repo.replace(
+                    erased(current, now=utc_now()), expected_version=current["version"]
+                )
+            except PreconditionFailed:
+                if if_match is not None:
+                    raise
+                continue
+            break
+        else:
+            raise Conflict("the contact kept changing; try again", field="customer_id")
         secret = (
             settings.pseudonym_secret.get_secret_value()
             or settings.link_secret.get_secret_value()
