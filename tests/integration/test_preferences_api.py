@@ -279,6 +279,36 @@ async def test_the_same_json_formatted_otherwise_is_a_repeat_not_another_request
     assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
 
 
+async def test_null_under_consents_withdraws_the_consent_in_the_ledger(
+    api: httpx.AsyncClient,
+) -> None:
+    body = contact(
+        consents={
+            "service-updates": {"sms": True, "email": True},
+            "billing": {"sms": True, "email": True},
+        }
+    )
+    cid = body["customer_id"]
+    assert (await api.post("/v1/contacts", json=body)).status_code == 201
+    patch = {"Content-Type": "application/merge-patch+json"}
+    r = await api.patch(
+        f"/v1/contacts/{cid}", json={"consents": {"service-updates": {"sms": None}}}, headers=patch
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["consents"]["service-updates"] == {"email": True, "sms": False}
+    r = await api.patch(f"/v1/contacts/{cid}", json={"consents": {"billing": None}}, headers=patch)
+    assert r.json()["consents"]["billing"] == {"email": False, "sms": False}
+    history = (await api.get(f"/v1/contacts/{cid}/consents")).json()
+    withdrawals = [
+        (e["topic"], e["channel"], e["source"]) for e in history["entries"] if not e["granted"]
+    ]
+    assert withdrawals == [
+        ("service-updates", "sms", "api"),
+        ("billing", "email", "api"),
+        ("billing", "sms", "api"),
+    ]
+
+
 async def test_concurrent_writes_one_wins_the_other_gets_412(api: httpx.AsyncClient) -> None:
     body = contact()
     cid = body["customer_id"]

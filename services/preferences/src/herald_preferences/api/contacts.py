@@ -289,6 +289,32 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def withdraw_nulls(patch: dict[str, Any], consents: dict[str, dict[str, bool]]) -> dict[str, Any]:
+    """The patch with `null` under `consents` turned into `false`.
+
+    Merge patch would drop the key, and a consent not named is left as it is (ledger.diff: a
+    caller cannot silently erase evidence), so removing one must be a withdrawal the ledger
+    records. `consents.<topic>: null` withdraws every channel of the topic, `consents: null`
+    every consent.
+    """
+    if "consents" not in patch:
+        return patch
+    given = patch["consents"]
+    if given is None:
+        given = dict.fromkeys(consents)
+    if not isinstance(given, dict):
+        return patch  # validation names the field
+    out: dict[str, Any] = {}
+    for topic, channels in given.items():
+        if channels is None:
+            out[topic] = dict.fromkeys(consents.get(topic, {}), False)
+        elif isinstance(channels, dict):
+            out[topic] = {ch: False if ok is None else ok for ch, ok in channels.items()}
+        else:
+            out[topic] = channels
+    return {**patch, "consents": out}
+
+
 @router.patch(
     "/{customer_id}",
     summary="Change part of a contact (JSON merge patch, RFC 7386).",
@@ -313,12 +339,14 @@ async def patch_contact(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Merge the given fields onto the contact; `null` removes one."""
+    """Merge the given fields onto the contact; `null` removes one (under `consents`, withdraws
+    it: false in the ledger)."""
     if patch.get("customer_id", customer_id) != customer_id:
         raise InvalidInput("customer_id cannot change", field="customer_id")
 
     def build(current: dict[str, Any], ledger: list[dict[str, Any]]) -> ContactIn:
-        merged = merge_patch(as_input(current, ledger), patch)
+        base = as_input(current, ledger)
+        merged = merge_patch(base, withdraw_nulls(patch, base["consents"]))
         try:
             return ContactIn.model_validate(merged)
         except ValidationError as exc:
