@@ -286,6 +286,16 @@ def test_an_sms_over_the_segment_limit_gives_way_to_the_next_ranked_channel() ->
     assert [c["r"] for (c,) in r.ledger.contacts.values()] == ["r1"]
 
 
+def test_an_email_without_a_subject_takes_the_campaign_name_as_written() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(ranking=["email"]), now)
+    campaign = _request(now).campaign.model_copy(update={"name": "Ticket {#1} {{ follow-up"})
+    decision = asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    assert decision.outcome == "sent"
+    (email,) = r.producer.of(OutboundEmail)
+    assert email.subject == "Ticket {#1} {{ follow-up"
+
+
 def test_a_message_that_does_not_render_gives_way_to_the_next_ranked_channel() -> None:
     now = datetime(2026, 1, 12, 12, tzinfo=UTC)
     broken = MessageTemplate(body="{{ case.missing.field }}")

@@ -649,7 +649,13 @@ class Dispatcher:
                     **common, body=body, segments=measure.segments, encoding=encoding
                 )
             elif channel == "email":
-                subject = render(template.subject or campaign.name, variables, **opts)
+                # Without a subject of its own the campaign's name is the subject, as written:
+                # a name is not a template ("Ticket {#1} follow-up" must not fail every email).
+                subject = (
+                    render(template.subject, variables, **opts)
+                    if template.subject
+                    else campaign.name.strip()
+                )
                 text = render(template.body, variables, **opts)
                 html_body = (
                     render(template.html, variables, html=True, **opts) if template.html else None
