@@ -296,6 +296,19 @@ def test_an_email_without_a_subject_takes_the_campaign_name_as_written() -> None
     assert email.subject == "Ticket {#1} {{ follow-up"
 
 
+def test_a_taiwanese_customer_is_called_in_the_traditional_chinese_template() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(ranking=["voice"], locale="zh-TW"), now)
+    messages = {
+        "voice": {"zh-Hans": MessageTemplate(body="简体"), "zh-Hant": MessageTemplate(body="繁體")}
+    }
+    campaign = _request(now).campaign.model_copy(update={"messages": messages})
+    asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    (call,) = r.producer.of(OutboundVoice)
+    # The voice sender adds the region TTS wants (zh-Hant -> zh-TW).
+    assert (call.say, call.language, call.locale) == ("繁體", "zh-Hant", "zh-Hant")
+
+
 def test_a_message_that_does_not_render_gives_way_to_the_next_ranked_channel() -> None:
     now = datetime(2026, 1, 12, 12, tzinfo=UTC)
     broken = MessageTemplate(body="{{ case.missing.field }}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from hypothesis import given
@@ -68,6 +68,65 @@ def test_choice_is_first_ranked_channel_with_consent_and_valid_address(
 def test_sms_segments(body: str, encoding: str, segments: int) -> None:
     m = measure_sms(body)
     assert (m.encoding, m.segments) == (encoding, segments)
+
+
+@pytest.mark.parametrize(
+    ("available", "customer", "picked"),
+    [
+        # The script a region implies (CLDR likely subtags): Taiwan reads Traditional Chinese.
+        (["zh-Hans", "zh-Hant"], "zh-TW", "zh-Hant"),
+        (["zh-Hans", "zh-Hant"], "zh-HK", "zh-Hant"),
+        (["zh-Hans", "zh-Hant"], "zh-SG", "zh-Hans"),
+        (["zh-Hans", "zh-Hant"], "zh", "zh-Hans"),
+        (["zh-CN", "zh-TW"], "zh-Hant-TW", "zh-TW"),
+        (["zh-CN", "zh-TW"], "zh-Hant", "zh-TW"),
+        (["zh-CN", "zh-TW"], "zh-Hans-SG", "zh-CN"),
+        (["zh", "zh-Hant-HK"], "zh-TW", "zh-Hant-HK"),
+        # Another template of the customer's own language before English or any other.
+        (["de", "en-US"], "en-GB", "en-US"),
+        (["en", "en-US"], "en-GB", "en"),
+        (["es", "pt-PT", "en"], "pt-BR", "pt-PT"),
+        # English, any English, before the first locale.
+        (["de", "en-GB"], "fr-FR", "en-GB"),
+        (["de", "en-GB", "en-US"], "fr", "en-US"),
+        (["de", "es"], "fr", "de"),
+        (["de", "en"], "not a tag", "en"),
+    ],
+)
+def test_a_customer_gets_the_template_of_the_language_and_script_they_read(
+    available: list[str], customer: str, picked: str
+) -> None:
+    by_locale = {tag: MessageTemplate(body=tag) for tag in available}
+    assert pick_template(by_locale, customer)[0] == picked
+
+
+@pytest.mark.parametrize(
+    ("value", "zone", "shown"),
+    [
+        ("2026-12-24", "America/Los_Angeles", "December 24, 2026"),
+        ("2026-12-24", "Pacific/Kiritimati", "December 24, 2026"),
+        (date(2026, 12, 24), "America/Los_Angeles", "December 24, 2026"),
+        # An instant is shown on the customer's calendar; a naive one is UTC.
+        ("2026-12-24T02:00:00+00:00", "America/Los_Angeles", "December 23, 2026"),
+        ("2026-12-24T02:00:00", "America/Los_Angeles", "December 23, 2026"),
+        (datetime(2026, 12, 24, 2), "America/Los_Angeles", "December 23, 2026"),
+        ("2026-12-24T02:00:00", "Europe/Paris", "December 24, 2026"),
+    ],
+)
+def test_a_date_is_shown_as_the_day_it_is(value: object, zone: str, shown: str) -> None:
+    out = render("{{ due|date('long') }}", {"due": value}, locale="en-US", tz=zone)
+    assert out == shown
+
+
+def test_a_naive_date_time_is_utc_in_every_filter() -> None:
+    values = {"at": "2026-12-24T14:30:00", "aware": "2026-12-24T14:30:00+00:00"}
+    for filt in ("datetime", "time", "date"):
+        naive = render(f"{{{{ at|{filt} }}}}", values, locale="en-GB", tz="Asia/Tokyo")
+        aware = render(f"{{{{ aware|{filt} }}}}", values, locale="en-GB", tz="Asia/Tokyo")
+        assert naive == aware
+    assert render("{{ at|time }}", values, locale="en-GB", tz="Asia/Tokyo") == "23:30"
+    # A calendar date as a date-time: the start of that day where the customer is.
+    assert render("{{ d|time }}", {"d": "2026-12-24"}, tz="America/New_York") == "12:00\u202fAM"
 
 
 def test_locale_fallback() -> None:

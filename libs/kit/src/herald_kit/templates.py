@@ -13,12 +13,13 @@ import re
 import string
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
+from babel.core import get_global
 from jinja2 import (
     StrictUndefined,
     filters,
@@ -43,6 +44,7 @@ __all__ = [
     "BoundedSandbox",
     "RenderError",
     "babel_locale",
+    "best_locale",
     "locale_chain",
     "message_environment",
 ]
@@ -72,6 +74,63 @@ def locale_chain(locale: str) -> list[str]:
     return chain
 
 
+@functools.lru_cache(maxsize=1024)
+def _likely(tag: str) -> tuple[str, str | None, str | None] | None:
+    """A tag's language, script and region, the missing ones filled in with CLDR's likely
+    subtags (zh-TW → zh Hant TW, zh-Hant → zh Hant TW, zh → zh Hans CN, pt → pt Latn BR);
+    None for a tag Babel cannot read."""
+    try:
+        loc = Locale.parse(tag, sep="-")  # Babel fills in the script a region implies
+    except (UnknownLocaleError, ValueError):
+        return None
+    language, script, region = loc.language, loc.script, loc.territory
+    if script is None or region is None:
+        subtags = get_global("likely_subtags")
+        keys = [f"{language}_{script}"] if script else []
+        keys += [f"{language}_{region}"] if region else []
+        found = next((subtags[k] for k in [*keys, language] if k in subtags), None)
+        if found is not None:
+            likely = Locale.parse(found)
+            script = script or likely.script
+            region = region or likely.territory
+    return language, script, region
+
+
+def _closest(available: Iterable[str], wanted: str) -> str | None:
+    """Of the tags available, the one of wanted's language closest to it, or None.
+
+    Closest: the tag itself (case-insensitive); then, likely subtags filled in on both sides,
+    the same script and region (zh-TW for zh-Hant-TW, zh-Hant for zh-TW); then the same script
+    (Traditional for Traditional, whatever the region); then the same region; then one of
+    wanted's own chain (en for en-GB); then any of the language, in order.
+    """
+    target = _likely(wanted)
+    chain = [c.lower() for c in locale_chain(wanted)[:-1]] if target else []
+    best: tuple[tuple[bool, ...], str] | None = None
+    for tag in sorted(available):
+        if tag.lower() == wanted.lower():
+            return tag
+        got = _likely(tag)
+        if target is None or got is None or got[0] != target[0]:
+            continue
+        same_script, same_region = got[1] == target[1], got[2] == target[2]
+        rank = (same_script and same_region, same_script, same_region, tag.lower() in chain)
+        if best is None or rank > best[0]:
+            best = (rank, tag)
+    return best[1] if best else None
+
+
+def best_locale(available: Iterable[str], wanted: str) -> str:
+    """The locale of those available (at least one) a customer of locale `wanted` reads best.
+
+    A template of the customer's language, the closest by script and region (see _closest: a
+    Taiwanese customer gets Traditional Chinese, a Brazilian one European Portuguese rather
+    than another language); else an English one (en, else the closest to en); else the first.
+    """
+    tags = sorted(available)
+    return _closest(tags, wanted) or _closest(tags, "en") or tags[0]
+
+
 @functools.lru_cache(maxsize=256)
 def babel_locale(tag: str) -> Locale:
     """A Babel locale for a BCP 47 tag, falling back along its chain, then to English."""
@@ -83,31 +142,54 @@ def babel_locale(tag: str) -> Locale:
     return Locale.parse("en")
 
 
-def _instant(value: Any) -> datetime:
+def _calendar_date(value: Any) -> date | None:
+    """A calendar date (a date, or a date-only ISO string such as "2026-12-24"), else None."""
     if isinstance(value, datetime):
+        return None
+    if isinstance(value, date):
         return value
     if isinstance(value, str):
-        return datetime.fromisoformat(value)
+        try:
+            return date.fromisoformat(value)  # refuses a string with a time of day
+        except ValueError:
+            return None
+    return None
+
+
+def _instant(value: Any, tz: str) -> datetime:
+    """An aware instant. A naive date-time is UTC (whatever the server's zone is); a calendar
+    date is the start of that day in the customer's zone."""
+    day = _calendar_date(value)
+    if day is not None:
+        return datetime.combine(day, time(), tzinfo=zone(tz))
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     raise TypeError(f"not a date-time: {type(value).__name__}")
 
 
 @pass_context
 def _f_datetime(ctx: Context, value: Any, fmt: str = "medium") -> str:
     return babel_dates.format_datetime(
-        _instant(value), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
+        _instant(value, ctx[TZ_VAR]), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
     )
 
 
 @pass_context
 def _f_date(ctx: Context, value: Any, fmt: str = "medium") -> str:
-    local = _instant(value).astimezone(zone(ctx[TZ_VAR]))
-    return babel_dates.format_date(local.date(), fmt, locale=ctx[LOCALE_VAR])
+    # A calendar date is the same day everywhere: converting it as an instant would show a
+    # customer west of UTC the day before.
+    day = _calendar_date(value)
+    if day is None:
+        day = _instant(value, ctx[TZ_VAR]).astimezone(zone(ctx[TZ_VAR])).date()
+    return babel_dates.format_date(day, fmt, locale=ctx[LOCALE_VAR])
 
 
 @pass_context
 def _f_time(ctx: Context, value: Any, fmt: str = "short") -> str:
     return babel_dates.format_time(
-        _instant(value), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
+        _instant(value, ctx[TZ_VAR]), fmt, tzinfo=zone(ctx[TZ_VAR]), locale=ctx[LOCALE_VAR]
     )
 
 

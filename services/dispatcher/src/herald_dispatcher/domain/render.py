@@ -16,6 +16,7 @@ from herald_kit.templates import (
     TZ_VAR,
     RenderError,
     babel_locale,
+    best_locale,
     locale_chain,
     message_environment,
 )
@@ -69,13 +70,10 @@ def measure_sms(body: str) -> SmsMeasure:
 def pick_template(
     by_locale: dict[str, MessageTemplate], locale: str
 ) -> tuple[str, MessageTemplate]:
-    """The template for the first locale of the chain the campaign has (case-insensitive)."""
-    lowered = {k.lower(): k for k in by_locale}
-    for candidate in locale_chain(locale):
-        if candidate.lower() in lowered:
-            key = lowered[candidate.lower()]
-            return key, by_locale[key]
-    key = sorted(by_locale)[0]
+    """The template in the locale the customer reads best (the kit's best_locale): the same
+    language, closest by script and region (CLDR likely subtags: zh-TW reads zh-Hant, not
+    zh-Hans), else English, else the campaign's first locale."""
+    key = best_locale(by_locale, locale)
     return key, by_locale[key]
 
 
