@@ -286,6 +286,23 @@ def test_an_sms_over_the_segment_limit_gives_way_to_the_next_ranked_channel() ->
     assert [c["r"] for (c,) in r.ledger.contacts.values()] == ["r1"]
 
 
+def test_an_sms_whose_escape_pair_straddles_a_part_counts_the_part_it_takes() -> None:
+    # 306 septets: two parts of 153 by arithmetic, three on the wire (ESC + € stay together).
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    euro = MessageTemplate(body="a" * 152 + "€" + "a" * 152)
+    campaign = _one_segment_campaign(max_attempts=1, sms=euro).model_copy(
+        update={"sms_segment_limit": 2}
+    )
+    r = rig(_prefs(), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    assert (decision.outcome, decision.rule) == ("failed", "segment-limit")
+    r = rig(_prefs(), now)
+    campaign = campaign.model_copy(update={"sms_segment_limit": 3})
+    asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.segments == 3
+
+
 def test_an_email_without_a_subject_takes_the_campaign_name_as_written() -> None:
     now = datetime(2026, 1, 12, 12, tzinfo=UTC)
     r = rig(_prefs(ranking=["email"]), now)

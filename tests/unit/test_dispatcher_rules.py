@@ -63,6 +63,12 @@ def test_choice_is_first_ranked_channel_with_consent_and_valid_address(
         ("你" * 71, "UCS-2", 2),
         ("您的工程师将于16:00到达" * 5, "UCS-2", 1),  # 70 code units: one segment
         ("您的工程师将于16:00到达" * 6, "UCS-2", 2),
+        # 306 septets fit two parts of 153, but the escape pair of € cannot straddle them.
+        ("a" * 152 + "€" + "a" * 152, "GSM-7", 3),
+        ("a" * 151 + "€" + "a" * 153, "GSM-7", 2),
+        # 134 code units fit two parts of 67, but no emoji (a surrogate pair) can be cut in two.
+        ("😀" * 67, "UCS-2", 3),
+        ("é" + "😀" * 33 + "é" + "😀" * 33, "UCS-2", 2),
     ],
 )
 def test_sms_segments(body: str, encoding: str, segments: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +55,27 @@ class SmsMeasure:
 
 
 def measure_sms(body: str) -> SmsMeasure:
-    """GSM-7 (160/153 septets) or UCS-2 (70/67 code units) segments."""
+    """GSM-7 (160/153 septets) or UCS-2 (70/67 code units) segments.
+
+    A message over one part is cut into parts of at most 153 septets (67 code units), never
+    inside a GSM-7 escape pair (€, [ ...) or a UTF-16 surrogate pair (an emoji): such a
+    pair that does not fit starts the next part, which can take one part more than
+    units / 153 says.
+    """
     if all(c in GSM7_BASIC or c in GSM7_EXTENDED for c in body):
-        units = sum(2 if c in GSM7_EXTENDED else 1 for c in body)
+        sizes = [2 if c in GSM7_EXTENDED else 1 for c in body]
         single, multi, enc = 160, 153, "GSM-7"
     else:
-        units = len(body.encode("utf-16-le")) // 2
+        sizes = [2 if ord(c) > 0xFFFF else 1 for c in body]
         single, multi, enc = 70, 67, "UCS-2"
-    segments = 1 if units <= single else math.ceil(units / multi)
+    units = sum(sizes)
+    if units <= single:
+        return SmsMeasure(enc, units, 1)
+    segments, used = 1, 0
+    for size in sizes:
+        if used + size > multi:
+            segments, used = segments + 1, 0
+        used += size
     return SmsMeasure(enc, units, segments)
 
 
