@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 
 import pytest
 
+from herald_contracts import OutboundVoice
+from herald_voice_sender.calling import VoiceCalling
 from herald_voice_sender.domain import ivr
 
 
@@ -155,10 +158,33 @@ def test_voicemail_has_no_menu() -> None:
         ("zh-CN", "zh-CN"),
         ("en", "en-US"),
         ("en-GB", "en-GB"),
+        # A region says what a voice needs; the script is dropped (voices are not named by it).
+        ("zh-Hant-TW", "zh-TW"),
+        ("zh-Hans-CN", "zh-CN"),
+        ("sr-Latn-RS", "sr-RS"),
     ],
 )
 def test_tts_language_adds_the_likeliest_region(tag: str, spoken: str) -> None:
     assert ivr.tts_language(tag) == spoken
+
+
+@pytest.mark.parametrize(
+    ("language", "spoken"),
+    [("zh-Hant-TW", "zh-TW"), ("zh-Hant", "zh-TW"), ("fr-FR", "fr-FR")],
+)
+def test_a_call_is_said_in_a_language_text_to_speech_knows(language: str, spoken: str) -> None:
+    msg = OutboundVoice(
+        message_id="m1",
+        request_id="r1",
+        campaign_id="c",
+        customer_id="c1",
+        locale="zh-Hant",
+        created_at=datetime(2026, 1, 12, tzinfo=UTC),
+        to="+886912345678",
+        say="繁體",
+        language=language,
+    )
+    assert VoiceCalling.from_outbound(msg).language == spoken
 
 
 def test_chinese_prompts_for_chinese_tags() -> None:

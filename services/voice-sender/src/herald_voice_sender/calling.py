@@ -174,7 +174,8 @@ class VoiceCalling:
             "case_id": msg.case_id,
         }
         # The call's expiry: the request's, or the close of the customer's window if earlier.
-        return Call(msg.message_id, msg.to, msg.language, ref, msg.deadline)
+        # Said in the tag text-to-speech knows (zh-Hant-TW, zh-Hant -> zh-TW), as a call-back is.
+        return Call(msg.message_id, msg.to, tts_language(msg.language), ref, msg.deadline)
 
     async def place(self, call: Call, *, say: str = "") -> None:
         """Place the call unless the ledger says it was placed or may have been."""

@@ -173,13 +173,17 @@ FALLBACK_LANGUAGE = "en-US"
 
 def tts_language(tag: str) -> str:
     """A BCP 47 tag as text-to-speech wants it, with a region: zh -> zh-CN, zh-Hant -> zh-TW,
-    en -> en-US (the likeliest region, from CLDR through Babel); a tag that has a region, or
-    that CLDR does not know, is kept."""
+    en -> en-US (the likeliest region, from CLDR through Babel); a tag that has a region is
+    kept without its script (zh-Hant-TW -> zh-TW: voices are named by language and region), and
+    one CLDR does not know is kept."""
     try:
         loc = Locale.parse(tag, sep="-")
     except (ValueError, UnknownLocaleError):
         return tag
     if loc.territory:
+        parts = tag.split("-")
+        if len(parts) > 2 and len(parts[1]) == 4 and parts[1].isalpha():
+            return "-".join([parts[0], *parts[2:]])  # the script subtag dropped
         return tag
     subtags = get_global("likely_subtags")
     tried = [f"{loc.language}_{loc.script}", f"und_{loc.script}"] if loc.script else []
