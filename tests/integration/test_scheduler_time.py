@@ -9,9 +9,11 @@ import itertools
 import json
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 from pymongo import AsyncMongoClient
 from test_scheduler_support import (
@@ -648,6 +650,19 @@ async def test_timers_written_before_the_key_index_can_still_be_cancelled(
         await client.close()
 
 
+@contextlib.asynccontextmanager
+async def gated_scheduler(
+    infra: dict[str, str], namespace: str, db: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """A scheduler whose timers look at their campaign often, short enough for a test: a row
+    a pause holds comes back within a second, a campaign's status is read again within 0.2 s."""
+    async with scheduler(infra, namespace, db) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        app.state.timer_service.hold = timedelta(seconds=1)
+        app.state.timer_service.status_ttl = 0.2
+        yield client, app
+
+
 async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_them(
     infra: dict[str, str],
     namespace: str,
@@ -657,12 +672,7 @@ async def test_a_paused_campaign_holds_its_timers_and_an_archived_one_cancels_th
 ) -> None:
     db = db_name("scheduler")
     timers = mongo[db]["timers"]
-    async with scheduler(infra, namespace, db) as client:
-        app = client._transport.app  # type: ignore[attr-defined]
-        service = app.state.timer_service
-        # Short enough for a test: a held row comes back within a second, a status within 0.2.
-        service.hold = timedelta(seconds=1)
-        service.status_ttl = 0.2
+    async with gated_scheduler(infra, namespace, db) as (client, app):
         paused = await active_campaign(client)
         archived = await active_campaign(client)
         for cid, action in ((paused, "pause"), (archived, "pause"), (archived, "archive")):
@@ -760,11 +770,7 @@ async def test_a_paced_campaign_resumed_sends_its_held_timers_at_its_pace(
     db = db_name("scheduler")
     timers = mongo[db]["timers"]
     rate = 4.0
-    async with scheduler(infra, namespace, db) as client:
-        app = client._transport.app  # type: ignore[attr-defined]
-        service = app.state.timer_service
-        service.hold = timedelta(seconds=1)
-        service.status_ttl = 0.2
+    async with gated_scheduler(infra, namespace, db) as (client, app):
         cid = await active_campaign(client, limits={"rate_per_second": rate})
         assert (await client.post(f"/v1/campaigns/{cid}/pause")).status_code == 200
         now = datetime.now(UTC)
@@ -891,11 +897,7 @@ async def test_an_escalation_asked_for_at_once_moves_its_timer_and_passes_the_ca
 ) -> None:
     db = db_name("scheduler")
     timers = mongo[db]["timers"]
-    async with scheduler(infra, namespace, db) as client:
-        app = client._transport.app  # type: ignore[attr-defined]
-        service = app.state.timer_service
-        service.hold = timedelta(seconds=1)
-        service.status_ttl = 0.2
+    async with gated_scheduler(infra, namespace, db) as (client, _):
         active, paused = await active_campaign(client), await active_campaign(client)
         assert (await client.post(f"/v1/campaigns/{paused}/pause")).status_code == 200
         for cid in (active, paused):
