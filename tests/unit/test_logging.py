@@ -23,6 +23,15 @@ def test_masks_email_phone_and_secrets() -> None:
     assert "<email>" in out and "<phone>" in out
 
 
+def test_masks_internationalised_email_and_bracketed_phone() -> None:
+    out = mask(
+        "Zoë at zoë@exämple.de or ada@bücher.example, call +1 (555) 010-4477 or (020) 7946 0018"
+    )
+    for leaked in ("zoë@", "exämple", "bücher", "555", "4477", "7946"):
+        assert leaked not in out
+    assert out.count("<email>") == 2 and out.count("<phone>") == 2
+
+
 def test_masks_url_encoded_phone_and_email() -> None:
     out = mask("GET /v1/contacts/%2B12015550199 and ?to=%2b447700900123&e=ada%40example.com")
     assert "2015550199" not in out and "7700900123" not in out and "ada" not in out

@@ -11,9 +11,11 @@ from typing import Any
 
 from herald_kit._context import event_id_var, trace_var
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
-# A run of 7+ digits, optionally with a leading + and common separators: phone-shaped.
-_PHONE = re.compile(r"(?<![\w-])\+?\d(?:[\s().\-]?\d){6,}(?![\w-])")
+# Internationalised addresses too (zoë@exämple.de): any run without spaces, quotes or brackets.
+_EMAIL = re.compile(r"[^\s@\"'<>()\[\],;:]+@[^\s@\"'<>()\[\],;:]+\.[^\s@\"'<>()\[\],;:.]{2,}")
+# A run of 7+ digits, optionally with a leading + and common separators (up to two between
+# digits, as in "+1 (555) 010-4477"): phone-shaped.
+_PHONE = re.compile(r"(?<![\w-])\+?\(?\d(?:[\s().\-]{0,2}\d){6,}(?![\w-])")
 _SECRET = re.compile(
     r"(?i)(\b(?:token|secret|password|passwd|api[_-]?key|authorization|auth_token|sig(?:nature)?)"
     r"\b[\"']?\s*[:=]\s*[\"']?)(?:Bearer\s+|Basic\s+)?[^\s\"'&,;}]+"

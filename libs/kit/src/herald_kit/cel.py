@@ -7,6 +7,7 @@ the scheduler (filters at trigger time) and the dispatcher (still-applies at sen
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection
 from functools import lru_cache
 from typing import Any
@@ -219,6 +220,42 @@ def _interpret(ast: Any, activation: Any) -> Any:
         return exc
 
 
+# celpy's messages that never hold an operand's value: its fixed phrases, and the two shapes below
+# that name only types or the member an expression asked for. Any other message (a Python
+# exception's own text, such as int()'s "invalid literal ... 'Zoë'") can quote a customer's value.
+_FIXED_REASONS = frozenset(
+    {
+        "no such overload",
+        "no such key",
+        "match error",
+        "invalid_argument",
+        "modulus or divide by zero",
+        "divide by zero",
+        "evaluation error",
+        "unbound function",
+        "return error for overflow",
+    }
+)
+_OVERLOAD = re.compile(
+    r"found no matching overload for Token\('\w+', '(\w+)'\) applied to '\((.*)\)'"
+)
+_TYPE_NAME = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+_MEMBER = re.compile(r"no such member in mapping: '[A-Za-z_]\w*'")
+
+
+def _reason(error: CELEvalError) -> str:
+    """Why an evaluation failed, without any value it was given: the reason is logged and stored
+    with the decision, and the values are customers' case attributes."""
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+    kind = error.args[1] if len(error.args) > 1 and isinstance(error.args[1], type) else None
+    if overload := _OVERLOAD.fullmatch(text):
+        types = ", ".join(_TYPE_NAME.findall(overload[2]))
+        return f"no matching overload for {overload[1]} on ({types})"
+    if text in _FIXED_REASONS or _MEMBER.fullmatch(text):
+        return text
+    return f"{kind.__name__ if kind else 'evaluation'} error"
+
+
 def evaluate(expr: str, variables: dict[str, Any]) -> bool:
     """Evaluate expr over JSON-like variables; a non-boolean or error result is an error."""
     fast, ast = _program(expr)
@@ -231,7 +268,7 @@ def evaluate(expr: str, variables: dict[str, Any]) -> bool:
         except CELEvalError:
             result = _interpret(ast, activation)  # for the precise reason
     if isinstance(result, CELEvalError):
-        raise ExpressionError(f"cannot evaluate: {result}")
+        raise ExpressionError(f"cannot evaluate: {_reason(result)}")
     if not isinstance(result, BoolType | bool):
         raise ExpressionError("the expression must yield true or false")
     return bool(result)
