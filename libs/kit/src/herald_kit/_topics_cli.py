@@ -1,16 +1,23 @@
-"""Create Herald's topics with their partitions and cleanup policies (`herald-topics create`)."""
+"""Create Herald's topics with their partitions and cleanup policies (`herald-topics create`).
+
+The command connects as the services do: HERALD_KAFKA_BOOTSTRAP, HERALD_KAFKA_SECURITY_PROTOCOL,
+HERALD_KAFKA_SASL_* and HERALD_KAFKA_SSL_CAFILE are read from the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from herald_contracts import Topic, Topics, dlq_topic
+from herald_kit._kafka import kafka_client_options
+from herald_kit._settings import ServiceSettings
 
 log = logging.getLogger("herald.topics")
 
@@ -42,20 +49,41 @@ async def ensure_topics(
     namespace: str = "",
     topics: Iterable[Topic] | None = None,
     partitions: int | None = None,
+    replication_factor: int | None = None,
+    min_insync_replicas: int | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    """Create missing topics; returns the names created. Existing topics are left as they are.
+
+    Each topic gets `replication_factor` copies: by default three, or one per broker on a smaller
+    cluster (a development broker). `min_insync_replicas` defaults to one less than the copies
+    when there are three or more, so an `acks=all` publish survives the loss of one broker and
+    is refused rather than kept by a single broker. `client_options` are the services' Kafka
+    connection options (TLS, SASL); `bootstrap` overrides their servers.
+    """
+    options = {**(client_options or {}), "bootstrap_servers": bootstrap}
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=30_000)
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        copies = replication_factor or min(3, brokers)
+        if copies > brokers:
+            raise ValueError(f"replication factor {copies} needs {copies} brokers; {brokers} up")
+        insync = min_insync_replicas or (copies - 1 if copies >= 3 else None)
+        if insync is not None and insync > copies:
+            raise ValueError(f"min.insync.replicas {insync} exceeds replication factor {copies}")
         existing = set(await admin.list_topics())
         wanted = [t for t in (topics or all_topics()) if t.name(namespace) not in existing]
         created: list[str] = []
         for topic in wanted:
+            configs = topic.configs()
+            if insync is not None:
+                configs = {**configs, "min.insync.replicas": str(insync)}
             new = NewTopic(
                 topic.name(namespace),
                 partitions or topic.partitions,
-                1,
-                topic_configs=topic.configs(),
+                copies,
+                topic_configs=configs,
             )
             try:
                 await admin.create_topics([new])
@@ -93,16 +121,43 @@ async def delete_namespace(bootstrap: str, namespace: str) -> None:
         await admin.close()
 
 
-def main() -> None:
-    """CLI: herald-topics create [--bootstrap HOST:PORT] [--namespace NS]."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    """CLI: herald-topics create [--bootstrap HOST:PORT] [--namespace NS]
+    [--replication-factor N] [--min-insync-replicas N]."""
+    settings = ServiceSettings()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["create", "list"])
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--namespace", default="")
-    args = parser.parse_args()
+    parser.add_argument("--bootstrap", default=settings.kafka_bootstrap)
+    parser.add_argument("--namespace", default=settings.topic_namespace)
+    parser.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="copies of each partition (default: 3, or one per broker on a smaller cluster)",
+    )
+    parser.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        default=None,
+        help="copies an acks=all publish must reach (default: replication factor - 1 from 3)",
+    )
+    args = parser.parse_args(argv)
     if args.command == "list":
         for t in all_topics():
             print(t.name(args.namespace), t.cleanup.value, t.partitions)
         return
-    created = asyncio.run(ensure_topics(args.bootstrap, namespace=args.namespace))
+    try:
+        created = asyncio.run(
+            ensure_topics(
+                args.bootstrap,
+                namespace=args.namespace,
+                replication_factor=args.replication_factor,
+                min_insync_replicas=args.min_insync_replicas,
+                client_options=kafka_client_options(settings),
+            )
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     print(f"topics: {len(created)} created, {len(all_topics()) - len(created)} already there")
