@@ -303,6 +303,35 @@ def test_an_sms_whose_escape_pair_straddles_a_part_counts_the_part_it_takes() ->
     assert sms.segments == 3
 
 
+@pytest.mark.parametrize(
+    "body",
+    ["a" * 1601, "a" * 1599 + "\N{GRINNING FACE}"],  # an emoji counts two at Twilio
+    ids=["1601-characters", "emoji-over-1600"],
+)
+def test_an_sms_over_1600_characters_gives_way_to_the_next_ranked_channel(body: str) -> None:
+    # No segment limit on the campaign: Twilio would refuse the body (21617) after it was
+    # planned as sent.
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    campaign = _one_segment_campaign(max_attempts=3, sms=MessageTemplate(body=body))
+    campaign = campaign.model_copy(update={"sms_segment_limit": None})
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    assert (decision.outcome, decision.channel) == ("sent", "email")
+    assert decision.detail is not None and "sms failed: segment-limit" in decision.detail
+    assert not r.producer.of(OutboundSms) and len(r.producer.of(OutboundEmail)) == 1
+
+
+def test_an_sms_of_1600_characters_goes_out() -> None:
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    campaign = _one_segment_campaign(max_attempts=3, sms=MessageTemplate(body="a" * 1600))
+    campaign = campaign.model_copy(update={"sms_segment_limit": None})
+    r = rig(_prefs(ranking=["sms", "email"]), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    assert (decision.outcome, decision.channel) == ("sent", "sms")
+    (sms,) = r.producer.of(OutboundSms)
+    assert len(sms.body) == 1600 and sms.segments == 11
+
+
 def test_an_email_without_a_subject_takes_the_campaign_name_as_written() -> None:
     now = datetime(2026, 1, 12, 12, tzinfo=UTC)
     r = rig(_prefs(ranking=["email"]), now)

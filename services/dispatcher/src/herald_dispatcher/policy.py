@@ -49,7 +49,13 @@ from herald_dispatcher.adapters.store import (
     stored_request,
 )
 from herald_dispatcher.config import Settings
-from herald_dispatcher.domain.render import RenderError, measure_sms, pick_template, render
+from herald_dispatcher.domain.render import (
+    MAX_SMS_CHARS,
+    RenderError,
+    measure_sms,
+    pick_template,
+    render,
+)
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
 from herald_kit import EventProducer, LinkSigner, PermanentError, labelled
 from herald_kit.caps import CapLimits, apply_caps
@@ -398,10 +404,11 @@ class Dispatcher:
         """Rules 4 to 9 on the best channel; the next one when it fails before sending.
 
         A message that cannot be made for a channel (it does not render, or is over the SMS
-        segment limit) is tried on the next ranked channel at once, as a message that failed
-        at the provider would be: the next attempt, with that channel among those tried. It
-        ends `failed` only when the attempts are used up or no channel is left. A contact sent
-        at once on the later channel still counts as the customer's first (caps).
+        segment limit or the provider's 1,600 characters) is tried on the next ranked channel
+        at once, as a message that failed at the provider would be: the next attempt, with that
+        channel among those tried. It ends `failed` only when the attempts are used up or no
+        channel is left. A contact sent at once on the later channel still counts as the
+        customer's first (caps).
         """
         first = request.first_contact
         failures: list[str] = []
@@ -636,6 +643,15 @@ class Dispatcher:
             if channel == "sms":
                 body = render(template.body, variables, **opts)
                 measure = measure_sms(body)
+                if measure.characters > MAX_SMS_CHARS:
+                    # Planned as sent, it would only fail at the provider (21617): a body
+                    # too long for any SMS gives way like one over the campaign's limit.
+                    return Decision(
+                        "failed",
+                        "segment-limit",
+                        channel=channel,
+                        detail=f"{measure.characters} characters > SMS maximum {MAX_SMS_CHARS}",
+                    )
                 limit = campaign.sms_segment_limit
                 if limit is not None and measure.segments > limit:
                     return Decision(

@@ -22,6 +22,7 @@ from herald_kit.templates import (
 
 # RenderError and locale_chain live in the kit (shared with the scheduler) and are re-exported.
 __all__ = [
+    "MAX_SMS_CHARS",
     "RenderError",
     "SmsMeasure",
     "locale_chain",
@@ -45,13 +46,19 @@ GSM7_BASIC = set(
 GSM7_EXTENDED = set("^{}\\[~]|€\f")
 
 
+# Twilio refuses a longer SMS body outright (400, error 21617) rather than split it, counting a
+# character outside the Basic Multilingual Plane (an emoji) as two.
+MAX_SMS_CHARS = 1600
+
+
 @dataclass(frozen=True, slots=True)
 class SmsMeasure:
-    """How an SMS body is encoded and billed."""
+    """How an SMS body is encoded and billed, and its length as the provider counts it."""
 
     encoding: str
     units: int
     segments: int
+    characters: int
 
 
 def measure_sms(body: str) -> SmsMeasure:
@@ -69,14 +76,16 @@ def measure_sms(body: str) -> SmsMeasure:
         sizes = [2 if ord(c) > 0xFFFF else 1 for c in body]
         single, multi, enc = 70, 67, "UCS-2"
     units = sum(sizes)
+    # UTF-16 code units: an emoji is two, an escape pair such as € one.
+    characters = sum(2 if ord(c) > 0xFFFF else 1 for c in body)
     if units <= single:
-        return SmsMeasure(enc, units, 1)
+        return SmsMeasure(enc, units, 1, characters)
     segments, used = 1, 0
     for size in sizes:
         if used + size > multi:
             segments, used = segments + 1, 0
         used += size
-    return SmsMeasure(enc, units, segments)
+    return SmsMeasure(enc, units, segments, characters)
 
 
 def pick_template(
