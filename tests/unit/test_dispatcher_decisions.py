@@ -351,8 +351,36 @@ def test_a_taiwanese_customer_is_called_in_the_traditional_chinese_template() ->
     campaign = _request(now).campaign.model_copy(update={"messages": messages})
     asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
     (call,) = r.producer.of(OutboundVoice)
-    # The voice sender adds the region TTS wants (zh-Hant -> zh-TW).
-    assert (call.say, call.language, call.locale) == ("繁體", "zh-Hant", "zh-Hant")
+    # Written for Taiwan's script, the text is said in the customer's own language.
+    assert (call.say, call.language, call.locale) == ("繁體", "zh-TW", "zh-Hant")
+
+
+@pytest.mark.parametrize(
+    ("locale", "language"),
+    [
+        ("zh-HK", "zh-HK"),
+        ("zh-Hant-HK", "zh-Hant-HK"),
+        ("zh-CN", "zh-CN"),
+        # A customer of another language keeps the tag of the template picked for them.
+        ("fr", "zh-Hans"),
+    ],
+)
+def test_a_hong_kong_customer_is_called_in_cantonese_not_taiwanese_mandarin(
+    locale: str, language: str
+) -> None:
+    # The Traditional template is the one a Hong Kong customer reads, but Hong Kong speaks
+    # Cantonese: the call's language keeps the customer's region (the voice sender says zh-HK)
+    # rather than the template's (zh-Hant, which it says as zh-TW).
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    r = rig(_prefs(ranking=["voice"], locale=locale), now)
+    messages = {
+        "voice": {"zh-Hans": MessageTemplate(body="简体"), "zh-Hant": MessageTemplate(body="繁體")}
+    }
+    campaign = _request(now).campaign.model_copy(update={"messages": messages})
+    asyncio.run(r.dispatcher.handle(_request(now, campaign=campaign)))
+    (call,) = r.producer.of(OutboundVoice)
+    assert call.language == language
+    assert call.locale == ("zh-Hans" if language in ("zh-CN", "zh-Hans") else "zh-Hant")
 
 
 def test_a_message_that_does_not_render_gives_way_to_the_next_ranked_channel() -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "best_locale",
     "locale_chain",
     "message_environment",
+    "written_for",
 ]
 
 # Templates see the customer's locale and zone through these context names.
@@ -129,6 +130,20 @@ def best_locale(available: Iterable[str], wanted: str) -> str:
     """
     tags = sorted(available)
     return _closest(tags, wanted) or _closest(tags, "en") or tags[0]
+
+
+def written_for(tag: str, wanted: str) -> bool:
+    """Whether text in locale `tag` is written for a customer of locale `wanted`, so that the
+    customer's own tag names it more fully: `tag` is wanted or one of its parents (zh for zh-HK),
+    or it names no region and the language and script wanted has, likely subtags filled in
+    (zh-Hant for zh-HK and zh-TW; not zh-Hans for zh-HK, nor zh-TW for zh-HK)."""
+    parts = wanted.lower().split("-")
+    if tag.lower() in {"-".join(parts[:i]) for i in range(1, len(parts) + 1)}:
+        return True
+    got, target = _likely(tag), _likely(wanted)
+    if got is None or target is None or got[:2] != target[:2]:
+        return False
+    return Locale.parse(tag, sep="-").territory is None
 
 
 @functools.lru_cache(maxsize=256)

@@ -55,6 +55,7 @@ from herald_dispatcher.domain.render import (
     measure_sms,
     pick_template,
     render,
+    written_for,
 )
 from herald_dispatcher.metrics import DECISIONS, FIRST_CONTACT, RENDER_ERRORS
 from herald_kit import EventProducer, LinkSigner, PermanentError, labelled
@@ -688,9 +689,10 @@ class Dispatcher:
             else:
                 say = render(template.body, variables, **opts)
                 # TTS wants the fullest tag the text is written in: the customer's own locale when
-                # the template is for it or a parent of it (zh → zh-CN), else the template's.
-                own = prefs.locale.lower().startswith(locale_key.lower())
-                language = prefs.locale if own else locale_key
+                # the template is written for it (a parent of it, or its script with no region:
+                # zh-Hant read to a zh-HK customer is said in Cantonese, not zh-TW's Mandarin),
+                # else the template's.
+                language = prefs.locale if written_for(locale_key, prefs.locale) else locale_key
                 outbound = OutboundVoice(**common, say=say, language=language)
         except RenderError as exc:
             RENDER_ERRORS.labels(channel).inc()

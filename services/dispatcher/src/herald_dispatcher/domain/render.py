@@ -18,9 +18,11 @@ from herald_kit.templates import (
     best_locale,
     locale_chain,
     message_environment,
+    written_for,
 )
 
-# RenderError and locale_chain live in the kit (shared with the scheduler) and are re-exported.
+# RenderError, locale_chain and written_for live in the kit (shared with the scheduler) and are
+# re-exported.
 __all__ = [
     "MAX_SMS_CHARS",
     "RenderError",
@@ -29,6 +31,7 @@ __all__ = [
     "measure_sms",
     "pick_template",
     "render",
+    "written_for",
 ]
 
 
