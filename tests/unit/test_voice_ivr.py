@@ -162,6 +162,16 @@ def test_voicemail_has_no_menu() -> None:
         ("zh-Hant-TW", "zh-TW"),
         ("zh-Hans-CN", "zh-CN"),
         ("sr-Latn-RS", "sr-RS"),
+        # Chinese has three voices: Hong Kong's and Macau's Cantonese is not Taiwan's Mandarin,
+        # and a region no voice is named after is said by the voice of its script.
+        ("zh-HK", "zh-HK"),
+        ("zh-Hant-HK", "zh-HK"),
+        ("zh-MO", "zh-HK"),
+        ("yue", "zh-HK"),
+        ("yue-Hant-HK", "zh-HK"),
+        ("zh-TW", "zh-TW"),
+        ("zh-SG", "zh-CN"),
+        ("zh-Hant-SG", "zh-TW"),
     ],
 )
 def test_tts_language_adds_the_likeliest_region(tag: str, spoken: str) -> None:

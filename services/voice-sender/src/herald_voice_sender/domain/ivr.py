@@ -171,11 +171,21 @@ HINTS: dict[str, str] = {
 FALLBACK_LANGUAGE = "en-US"
 
 
+# Text-to-speech has three Chinese voices: Mandarin (zh-CN), Taiwanese Mandarin (zh-TW) and
+# Cantonese (zh-HK), the language of Hong Kong and Macau (yue). Another region's Chinese is
+# said by the voice of its script (Singapore's Simplified by zh-CN's): a tag such as zh-SG
+# names no voice.
+CANTONESE_REGIONS = frozenset({"HK", "MO"})
+
+
 def tts_language(tag: str) -> str:
     """A BCP 47 tag as text-to-speech wants it, with a region: zh -> zh-CN, zh-Hant -> zh-TW,
     en -> en-US (the likeliest region, from CLDR through Babel); a tag that has a region is
     kept without its script (zh-Hant-TW -> zh-TW: voices are named by language and region), and
-    one CLDR does not know is kept."""
+    one CLDR does not know is kept. Chinese is said by one of its three voices: zh-HK (Cantonese)
+    for Hong Kong, Macau and yue, else zh-TW for Traditional, else zh-CN."""
+    if tag.split("-")[0].lower() in ("zh", "yue"):
+        return _chinese_voice(tag)
     try:
         loc = Locale.parse(tag, sep="-")
     except (ValueError, UnknownLocaleError):
@@ -190,6 +200,20 @@ def tts_language(tag: str) -> str:
     found = next((subtags[k] for k in [*tried, loc.language] if k in subtags), loc.language)
     likely = Locale.parse(found)
     return f"{loc.language}-{likely.territory}" if likely.territory else tag
+
+
+def _chinese_voice(tag: str) -> str:
+    """The Chinese voice of a zh or yue tag: Cantonese for yue or a Cantonese region, else the
+    voice of its script (named, else the likeliest for its region: zh-TW is Traditional)."""
+    language, *rest = tag.split("-")
+    region = next((p.upper() for p in rest if len(p) == 2 and p.isalpha()), None)
+    if language.lower() == "yue" or region in CANTONESE_REGIONS:
+        return "zh-HK"
+    script = next((p.title() for p in rest if len(p) == 4 and p.isalpha()), None)
+    if script is None and region is not None:
+        likely = get_global("likely_subtags").get(f"zh_{region}", "")
+        script = "Hant" if "_Hant" in likely else None
+    return "zh-TW" if script == "Hant" else "zh-CN"
 
 
 def prompts_for(language: str) -> Prompts:
