@@ -375,6 +375,9 @@ async def test_each_final_status_is_one_event_however_often_it_is_called_back(
         )
         assert r.status_code == 204, r.text
 
+    finals = ("delivered", "undelivered", "failed")
+    metric = "herald_send_outcomes_total"
+    before = {s: await _metric(env, metric, channel="sms", status=s) for s in finals}
     for status in ("delivered", "delivered", "undelivered", "delivered", "undelivered"):
         await callback(status)
     # One customer, one partition: the last publish arrives after any earlier one.
@@ -390,6 +393,10 @@ async def test_each_final_status_is_one_event_however_often_it_is_called_back(
         *("sent", "delivered", "delivered", "undelivered", "delivered", "undelivered", "failed")
     ]
     assert all(event_id == f"{msg.message_id}:{status}" for event_id, status in events)
+    # Each status is counted once, the first time it is called back: a retried callback is no
+    # second outcome.
+    for s in finals:
+        assert await _metric(env, metric, channel="sms", status=s) - before[s] == 1, s
 
 
 async def test_stop_withdraws_consent_before_the_next_send(env_factory: EnvFactory) -> None:

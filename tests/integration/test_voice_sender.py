@@ -170,6 +170,49 @@ async def test_a_redelivered_call_is_placed_once_and_counts_as_one_outcome(env: 
     assert len(await env.calls_to(phone)) == 1
 
 
+async def test_a_status_twilio_calls_back_twice_counts_as_one_outcome(env: Env) -> None:
+    # Twilio retries a callback it did not see answered: the same status is published again
+    # (same event id, which consumers drop as a repeat) but is one outcome.
+    phone = unique_phone()
+    r = await env.http.post(
+        f"{env.sandbox}/sandbox/api/twilio/behaviour",
+        json={"faults": [{"kind": "no-answer", "share": 1.0, "to_prefix": phone}]},
+    )
+    assert r.status_code == 200, r.text
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    before = await env.outcomes("no-answer")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    [final] = await eventually(
+        lambda: env.statuses.where(message_id=msg.message_id, status="no-answer")
+    )
+    url = f"{env.sender}/webhooks/twilio/voice/status?mid={msg.message_id}"
+    params = {"CallSid": final.provider_id or "", "CallStatus": "no-answer"}
+    sig = RequestValidator(SANDBOX_TOKEN).compute_signature(url, params)
+    r = await env.http.post(url, data=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 204, r.text
+    await eventually(
+        lambda: len(env.statuses.where(message_id=msg.message_id, status="no-answer")) == 2
+    )
+    assert await env.outcomes("no-answer") - before == 1
+
+    # The same for the answer the TwiML request reports.
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    before = await env.outcomes("answered")
+    await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    call = await env.answered_call(phone)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="answered"))
+    url = f"{env.sender}/webhooks/twilio/voice/twiml?mid={msg.message_id}"
+    params = {"CallSid": call["sid"], "AnsweredBy": "human"}
+    sig = RequestValidator(SANDBOX_TOKEN).compute_signature(url, params)
+    r = await env.http.post(url, data=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 200, r.text
+    await eventually(
+        lambda: len(env.statuses.where(message_id=msg.message_id, status="answered")) == 2
+    )
+    assert await env.outcomes("answered") - before == 1
+
+
 async def test_pressing_2_dials_the_contact_centre(env: Env) -> None:
     phone = unique_phone()
     msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")

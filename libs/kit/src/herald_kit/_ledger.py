@@ -155,6 +155,17 @@ class SendLedger:
         }
         return [(mid, claim) in ours for mid, claim, _ in items]
 
+    async def first_report(self, message_id: str, status: str) -> bool:
+        """Record that a provider's callback reported `status` for the message: True the first
+        time, False when the row holds it already (the provider retried its callback)."""
+        field = f"reported.{status}"
+        result = await self._run(
+            lambda: self.rows.update_one(
+                {"_id": message_id, field: {"$exists": False}}, {"$set": {field: True}}
+            )
+        )
+        return result.modified_count == 1
+
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""
         return await self._run(lambda: self._rows.get(message_id))

@@ -13,6 +13,7 @@ from herald_twilio._sending import (
     gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
+    publish_reported_status,
     republish_settled,
 )
 from herald_twilio._webhooks import BadSignature, validate_signed_form
@@ -29,6 +30,7 @@ __all__ = [
     "gave_up_reason",
     "pause_unclaimed",
     "publish_delivery_status",
+    "publish_reported_status",
     "republish_settled",
     "validate_signed_form",
 ]

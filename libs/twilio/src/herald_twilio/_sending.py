@@ -119,6 +119,37 @@ async def publish_delivery_status(
     )
 
 
+async def publish_reported_status(
+    producer: EventProducer,
+    ledger: SendLedger,
+    ref: dict[str, Any],
+    status: DeliveryState,
+    *,
+    channel: Channel,
+    provider_id: str | None = None,
+    error_code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Publish a status a provider's callback reported, and count it the first time only.
+
+    Twilio retries a callback it did not see answered, so one status may be reported twice:
+    it is published each time, under the same event id (consumers drop the repeat), and counted
+    when the ledger first records it. Recorded after the publication: a crash in between leaves
+    it unrecorded (the retried callback counts it), never published but counted."""
+    await publish_delivery_status(
+        producer,
+        ref,
+        status,
+        channel=channel,
+        provider_id=provider_id,
+        error_code=error_code,
+        reason=reason,
+        repeat=True,
+    )
+    if await ledger.first_report(ref["message_id"], status):
+        count_send_outcome(channel=channel, status=status)
+
+
 SETTLED = ("sent", "failed", "unknown")
 
 

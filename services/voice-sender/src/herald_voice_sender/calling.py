@@ -31,6 +31,7 @@ from herald_twilio import (
     gave_up_reason,
     pause_unclaimed,
     publish_delivery_status,
+    publish_reported_status,
     republish_settled,
 )
 from herald_voice_sender.adapters.ledger import CallLedger
@@ -136,6 +137,28 @@ class VoiceCalling:
         """Publish a delivery status of a call."""
         await publish_delivery_status(
             self.producer,
+            ref,
+            status,
+            channel="voice",
+            provider_id=provider_id,
+            error_code=error_code,
+            reason=reason,
+        )
+
+    async def publish_reported(
+        self,
+        ref: dict[str, Any],
+        status: DeliveryState,
+        *,
+        provider_id: str | None = None,
+        error_code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Publish a status a Twilio callback reported; counted once however often Twilio
+        retries the callback (see `publish_reported_status`)."""
+        await publish_reported_status(
+            self.producer,
+            self.ledger,
             ref,
             status,
             channel="voice",

@@ -52,6 +52,8 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
     the same id (message id:status), which every consumer drops as a repeat, as it does a
     redelivered record. Nothing is recorded first: a crash between such a record and the
     publication would have made the retried callback look like a repeat and lost the status.
+    The ledger records the status after its publication, and the outcome is counted then, the
+    first time only (`herald_send_outcomes_total` counts statuses, not callbacks).
     """
     sending: SmsSending = request.app.state.sending
     status = _required(form, "MessageStatus")
@@ -66,7 +68,7 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
     error = form.get("ErrorCode")
     code = error if isinstance(error, str) and error else None
     ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
-    await sending.publish(
+    await sending.publish_reported(
         {**ref, "message_id": row["_id"]},
         status,  # type: ignore[arg-type]
         provider_id=sid,

@@ -67,7 +67,7 @@ async def twiml(request: Request, form: Signed, mid: str = "", again: str = "") 
     machine = answered_by.startswith("machine") or answered_by == "fax"
     outcome: DeliveryState = "machine" if machine else "answered"
     if not again:  # a repeat publishes the same event (id message id:outcome) again
-        await calling.publish_status(_ref(row), outcome, provider_id=_field(form, "CallSid"))
+        await calling.publish_reported(_ref(row), outcome, provider_id=_field(form, "CallSid"))
     say = row.get("say") or ""
     if machine:
         body = ivr.voicemail(
@@ -132,8 +132,8 @@ async def status(request: Request, form: Signed, mid: str = "") -> Response:
     if not call_status:
         raise MalformedRequest("CallStatus is required", field="CallStatus")
     outcome = FINAL.get(call_status)
-    if outcome is not None:  # a repeated callback publishes the same event again
-        await calling.publish_status(
+    if outcome is not None:  # a repeated callback publishes the same event again, counted once
+        await calling.publish_reported(
             _ref(row),
             outcome,
             provider_id=_field(form, "CallSid") or None,
