@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from herald_kit import Runtime, ServiceSettings, _concurrent
+from herald_kit import ConsumerLoop, Runtime, ServiceSettings, _concurrent
 from herald_kit._concurrent import ConcurrentConsumerLoop, _Partition
 
 
@@ -217,6 +217,66 @@ async def test_a_stop_cancels_what_outlives_the_grace_and_still_returns_in_time(
     assert 0.5 <= took < 1.5, took  # the grace, and a margin: not held by the provider
     assert sorted(provider.cancelled) == [0, 1]
     assert broker.commits == []  # neither finished: both are redelivered
+    assert broker.stopped
+
+
+def _plain_loop(provider: _Provider, broker: _SilentBroker, *, grace: float = 20.0) -> ConsumerLoop:
+    """The loop that handles its records one by one in its own task (the scheduler's timers, the
+    voice sender's reply callbacks)."""
+    loop = ConsumerLoop(
+        settings=ServiceSettings(consumer_stop_grace_seconds=grace),
+        producer=None,  # type: ignore[arg-type]  # the handler never fails: nothing to publish
+        group="scheduler-timers",
+        topics=[],
+        handler=provider.handle,
+    )
+    loop._consumer = broker  # type: ignore[assignment]
+    loop._task = asyncio.create_task(loop._run())
+    return loop
+
+
+async def test_a_stop_lets_the_plain_loops_record_in_flight_finish_and_commits_it() -> None:
+    """A handler cut short between two writes (a row updated, its event not yet published)
+    leaves a half-done side effect; a deploy's SIGTERM must let it finish."""
+    tp = TopicPartition("timers.requests.v1", 0)
+    # Offset 0 is being handled when the stop comes; offset 1, of the same batch, waits.
+    broker = _OneBatchBroker(tp, [_record(tp, 0, b"c-1"), _record(tp, 1, b"c-2")])
+    provider = _Provider()
+    loop = _plain_loop(provider, broker)
+    await asyncio.wait_for(provider.in_flight.wait(), 5)
+
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done(), "the stop did not wait for the record in flight"
+    assert provider.cancelled == []
+    provider.answer.set()  # the handler's work completes
+    await asyncio.wait_for(stopping, 5)
+
+    assert provider.completed == [0]  # the record in flight finished
+    assert provider.started == [0]  # nothing new was started once stopping
+    assert broker.commits == [{tp: 1}]  # offset 0 is committed; offset 1 is redelivered
+    assert broker.stopped
+
+
+async def test_a_stop_cancels_the_plain_loops_record_that_outlives_the_grace() -> None:
+    tp = TopicPartition("timers.requests.v1", 0)
+    broker = _OneBatchBroker(tp, [_record(tp, 0, b"c-1"), _record(tp, 1, b"c-2")])
+    provider = _Provider()  # never completes
+    loop = _plain_loop(provider, broker, grace=0.5)
+    await asyncio.wait_for(provider.in_flight.wait(), 5)
+
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done() and provider.cancelled == []  # within the grace: waited on
+    await asyncio.wait_for(stopping, 5)
+    took = clock() - began
+
+    assert 0.5 <= took < 1.5, took  # the grace, and a margin: not held by the handler
+    assert provider.cancelled == [0]
+    assert provider.started == [0]
+    assert broker.commits == []  # nothing finished: the batch is redelivered
     assert broker.stopped
 
 

@@ -34,7 +34,7 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from herald_kit._kafka import ConsumerLoop
+from herald_kit._kafka import ConsumerLoop, cancel_and_wait
 
 log = logging.getLogger("herald.kafka")
 
@@ -112,6 +112,11 @@ class ConcurrentConsumerLoop(ConsumerLoop):
 
     def _listener(self) -> ConsumerRebalanceListener | None:
         return _Revocations(self)
+
+    async def _end_run(self) -> None:
+        """Cancel the polling task at once: its records are handled by workers of their own,
+        which its clean-up (`_drain`) lets finish within the stop grace."""
+        await cancel_and_wait(self._task)
 
     @property
     def _limit(self) -> int:

@@ -496,23 +496,43 @@ class ConsumerLoop:
         return max(0.0, self._stop_by - asyncio.get_running_loop().time())
 
     async def stop(self) -> None:
-        """Stop polling, then leave the group.
+        """Stop polling, let the record being handled finish within the stop grace, then
+        leave the group.
 
-        This loop handles records in its own task, so a record being handled when the stop
-        comes is cancelled, and what of its batch was not committed is redelivered.
-        ConcurrentConsumerLoop (the senders' provider calls) lets the records being handled
-        finish within the stop grace instead, and commits them.
+        The record being handled when the stop comes may finish (a handler cut short between
+        two writes would leave a half-done side effect for the redelivery to meet); the loop
+        then takes no other record of its batch, commits up to the one it finished, and ends.
+        What still runs when the grace is over is cancelled, and what was not committed is
+        redelivered. ConcurrentConsumerLoop drains its records in flight the same way.
 
         A caller cancelled meanwhile still gets both done (the loop's last commit, leaving the
         group) and then its cancellation: swallowing it would leave the caller running on.
         """
         self.stopping()
         try:
-            await cancel_and_wait(self._task)
+            await self._end_run()
         finally:
             if self._consumer is not None:
                 await stop_client(self._consumer)
                 self._consumer = None
+
+    async def _end_run(self) -> None:
+        """Let the loop's task end by itself within the stop grace (it checks `_stopping`
+        after each record and each poll), then cancel it. A caller cancelled meanwhile cancels
+        it at once, and still waits for it to end."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            if not task.done():
+                _, late = await asyncio.wait({task}, timeout=self._grace_left())
+                if late:
+                    log.warning(
+                        "record still being handled when the stop grace ended; cancelled",
+                        extra={"group": self.group},
+                    )
+        finally:
+            await cancel_and_wait(task)
 
     def _listener(self) -> ConsumerRebalanceListener | None:
         """Told of rebalances (a subclass holding records in flight needs to be)."""
@@ -538,9 +558,15 @@ class ConsumerLoop:
                 await asyncio.sleep(1)
                 continue
             for tp, records in batches.items():
+                end: int | None = None
                 for record in records:
+                    if self._stopping:
+                        # Stopping: what was not started is left uncommitted, for redelivery.
+                        break
                     await self._handle_one(record)
-                await self._commit(consumer, tp, records[-1].offset + 1)
+                    end = record.offset + 1
+                if end is not None:
+                    await self._commit(consumer, tp, end)
             if batches:
                 self._update_lag(consumer)
 
