@@ -44,3 +44,23 @@ async def test_concurrent_inserts_answer_each_caller_inserted_or_duplicate(
     assert sorted(i for i, a in zip(ids[1:], answers[1:], strict=True) if a) == sorted(
         f"g-{i}" for i in range(50)
     )
+
+
+async def test_a_named_increment_is_applied_once_and_its_record_is_removed_later(
+    mongo: Client, db_name: Callable[[str], str]
+) -> None:
+    coll = mongo[db_name("batching")]["counters"]
+    counters = CounterBatcher(coll)
+    await counters.add("c", {"sent": 1}, op="st|m1|sent")
+    # The same operation again (a retry whose first answer was lost), merged with a new one.
+    await asyncio.gather(
+        counters.add("c", {"sent": 1}, op="st|m1|sent"),
+        counters.add("c", {"sent": 1}, op="st|m2|sent"),
+    )
+    assert (await coll.find_one({"_id": "c"}) or {})["sent"] == 2
+    # Answered operations are removed by the next updates: the document does not grow.
+    for i in range(3, 30):
+        await counters.add("c", {"sent": 1}, op=f"st|m{i}|sent")
+    doc = await coll.find_one({"_id": "c"}) or {}
+    assert doc["sent"] == 29
+    assert len(doc["ops"]) == 1  # the last one's, until the next update

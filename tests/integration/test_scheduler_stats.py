@@ -436,7 +436,7 @@ async def test_a_count_the_database_refused_is_counted_when_the_event_is_retried
     db = mongo[db_name("scheduler")]
     stats = StatsRepository(db)
     status = {"campaign_id": "c1", "message_id": "m1", "channel": "sms", "reason": None}
-    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    stats._counts.rows = _Refusing(db["stats"], "update_one", 1)  # type: ignore[assignment]
     with pytest.raises(AutoReconnect):
         await stats.status(**status, status="delivered")
     # Retried on the replica the partition moved to meanwhile, and then redelivered.
@@ -444,13 +444,13 @@ async def test_a_count_the_database_refused_is_counted_when_the_event_is_retried
     assert await other.status(**status, status="delivered")
     assert not await other.status(**status, status="delivered")
     # A batch of requests (one guard each, one count for all) is retried whole.
-    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    stats._counts.rows = _Refusing(db["stats"], "update_one", 1)  # type: ignore[assignment]
     with pytest.raises(AutoReconnect):
         await stats.requested("c1", ["r1", "r2", "r3"])
     await stats.requested("c1", ["r1", "r2", "r3"])
     await stats.requested("c1", ["r1", "r2", "r3"])
     # The outage refuses taking the guard back too: this replica's retry still counts.
-    stats._counts.rows = _Refusing(db["stats"], "bulk_write", 1)  # type: ignore[assignment]
+    stats._counts.rows = _Refusing(db["stats"], "update_one", 1)  # type: ignore[assignment]
     stats.seen = _Refusing(db["stats_seen"], "delete_many", 1)  # type: ignore[assignment]
     with pytest.raises(AutoReconnect):
         await stats.status(**status, status="sent")
@@ -459,3 +459,77 @@ async def test_a_count_the_database_refused_is_counted_when_the_event_is_retried
     counters = await stats.get("c1")
     assert counters["requested"] == 3
     assert counters["channels"]["sms"] == {"sent": 1, "delivered": 1}
+
+
+class _LostReply:
+    """A collection whose next `n` writes that change the counters are applied by the
+    database, but whose answer never arrives (the connection drops on the way back)."""
+
+    WRITES = ("bulk_write", "update_one")
+
+    def __init__(self, real: Any, n: int) -> None:
+        self.real, self.n = real, n
+
+    def __getattr__(self, name: str) -> Any:
+        op = getattr(self.real, name)
+        if name not in self.WRITES:
+            return op
+
+        async def applied_then_lost(*args: Any, **kwargs: Any) -> Any:
+            result = await op(*args, **kwargs)
+            if name == "bulk_write":
+                applied = result.matched_count or result.upserted_count
+            else:
+                applied = result.matched_count or result.upserted_id is not None
+            if self.n and applied:
+                self.n -= 1
+                raise AutoReconnect("connection closed")
+            return result
+
+        return applied_then_lost
+
+
+async def test_a_count_applied_but_whose_answer_was_lost_is_not_counted_again_on_retry(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    """The consumer retries an event whose count met a dropped connection: the database may
+    have applied the count already, and the retry must not add it a second time."""
+    db = mongo[db_name("scheduler")]
+    stats = StatsRepository(db)
+    status = {"campaign_id": "c1", "message_id": "m1", "channel": "sms", "reason": None}
+    stats._counts.rows = _LostReply(db["stats"], 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.status(**status, status="delivered")
+    # Retried here (the guard was taken back), then redelivered.
+    assert await stats.status(**status, status="delivered")
+    assert not await stats.status(**status, status="delivered")
+
+    # Retried on the replica the partition moved to, together with a new event that joins
+    # the same update of the campaign's counters.
+    stats._counts.rows = _LostReply(db["stats"], 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.status(**status, status="sent")
+    other = StatsRepository(db)
+    retried, new = await asyncio.gather(
+        other.status(**status, status="sent"),
+        other.status(**{**status, "message_id": "m2"}, status="sent"),
+    )
+    assert retried and new
+
+    # A batch of requests (one guard each, one count for all) is retried whole.
+    stats._counts.rows = _LostReply(db["stats"], 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.requested("c1", ["r1", "r2", "r3"])
+    await stats.requested("c1", ["r1", "r2", "r3"])
+    await stats.requested("c1", ["r1", "r2", "r3", "r4"])
+
+    # The outage refuses taking the guard back too: this replica's retry is still counted once.
+    stats._counts.rows = _LostReply(db["stats"], 1)  # type: ignore[assignment]
+    stats.seen = _Refusing(db["stats_seen"], "delete_many", 1)  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await stats.status(**status, status="failed")
+    assert await stats.status(**status, status="failed")
+
+    counters = await stats.get("c1")
+    assert counters["requested"] == 4
+    assert counters["channels"]["sms"] == {"delivered": 1, "sent": 2, "failed": 1}

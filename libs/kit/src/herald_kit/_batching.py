@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_kit._mongo import Doc
 
 DUPLICATE_KEY = 11000
+# Recorded counter operations removed by one update at most, and documents whose operations a
+# CounterBatcher remembers to remove.
+FORGET_PER_WRITE = 500
+FORGET_DOCS = 10_000
+# Attempts at a counter update whose document keeps changing under it (created, or an operation
+# removed, between an update and the read that follows it).
+WRITE_ROUNDS = 5
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
@@ -192,30 +200,101 @@ class UpdateBatcher:
 
 class CounterBatcher:
     """Concurrent `$inc` upserts, merged per `_id`: the increments of one window add up into
-    one update per document, so a hot counter document is written once, not once per event."""
+    one update per document, so a hot counter document is written once, not once per event.
+
+    An increment may name its operation (`op`, the caller's guard key): the update then records
+    the operation in the document (`ops.<hash>`) and applies only where it is not recorded yet,
+    in the same single-document write. An update the database applied but whose answer was lost
+    (a dropped connection, a stepping-down primary) is thereby not applied again when the
+    caller retries it, here or on another replica. Where one operation of a merged update is
+    found recorded already, the update is made again without it. A recorded operation is
+    removed by this batcher's next update of the document, once its caller has had the answer
+    (a retry comes before it: the caller's guard keeps a counted event from counting again).
+    """
 
     def __init__(
         self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 500
     ) -> None:
         self.rows = rows
         self._c: Coalescer[Any, None] = Coalescer(self._write, window=window, max_batch=max_batch)
+        # Per document: recorded operations whose callers have their answer, to remove.
+        self._done: dict[Any, set[str]] = {}
 
-    async def add(self, key: Any, inc: dict[str, int]) -> None:
-        """Add these increments to the document `key` (created when absent)."""
-        await self._c.call((key, tuple(sorted(inc.items()))))
+    async def add(self, key: Any, inc: dict[str, int], *, op: str | None = None) -> None:
+        """Add these increments to the document `key` (created when absent), once per `op`."""
+        await self._c.call((key, tuple(sorted(inc.items())), op))
 
     async def _write(
-        self, items: list[tuple[Any, tuple[tuple[str, int], ...]]]
+        self, items: list[tuple[Any, tuple[tuple[str, int], ...], str | None]]
     ) -> list[BaseException | None]:
-        merged: dict[Any, dict[str, int]] = {}
-        for key, inc in items:
-            into = merged.setdefault(key, {})
-            for field, n in inc:
-                into[field] = into.get(field, 0) + n
-        ops = [UpdateOne({"_id": k}, {"$inc": inc}, upsert=True) for k, inc in merged.items()]
-        await self.rows.bulk_write(ops, ordered=False)
-        done: list[BaseException | None] = [None] * len(items)
-        return done
+        per_doc: dict[Any, list[tuple[tuple[tuple[str, int], ...], str | None]]] = {}
+        for key, inc, op in items:
+            per_doc.setdefault(key, []).append((inc, op))
+        keys = list(per_doc)
+        outcomes = await asyncio.gather(
+            *(self._write_one(k, per_doc[k]) for k in keys), return_exceptions=True
+        )
+        failed = {
+            k: out for k, out in zip(keys, outcomes, strict=True) if isinstance(out, BaseException)
+        }
+        for out in failed.values():
+            if not isinstance(out, Exception):
+                raise out  # a cancellation: the Coalescer cancels every caller
+        return [failed.get(key) for key, _, _ in items]
+
+    async def _write_one(
+        self, key: Any, items: list[tuple[tuple[tuple[str, int], ...], str | None]]
+    ) -> None:
+        """Apply the increments of one document, those of a named operation once."""
+        pending = [(inc, None if op is None else _op_field(op)) for inc, op in items]
+        answered = {f for _, f in pending if f is not None}
+        forgot: list[str] = []
+        rounds = 0
+        while pending:
+            rounds += 1
+            if rounds > WRITE_ROUNDS:
+                raise RuntimeError("counter document changed under every attempt to update it")
+            fields = {f for _, f in pending if f is not None}
+            inc: dict[str, int] = {}
+            for part, _ in pending:
+                for name, n in part:
+                    inc[name] = inc.get(name, 0) + n
+            forget = sorted(self._done.get(key, set()) - fields)[:FORGET_PER_WRITE]
+            change: Doc = {"$inc": inc}
+            if fields:
+                change["$set"] = dict.fromkeys(fields, 1)
+            if forget:
+                change["$unset"] = dict.fromkeys(forget, "")
+            flt: Doc = {"_id": key, **{f: {"$exists": False} for f in fields}}
+            if (await self.rows.update_one(flt, change)).matched_count:
+                forgot = forget
+                break
+            # Not matched: the document is absent, or an operation of the lot is recorded.
+            doc = await self.rows.find_one({"_id": key}, dict.fromkeys(fields, 1) or {"_id": 1})
+            if doc is None:
+                try:
+                    await self.rows.update_one(flt, change, upsert=True)
+                except DuplicateKeyError:
+                    continue  # created meanwhile (by another replica): read it again
+                forgot = forget
+                break
+            recorded = {f for f in fields if f.split(".", 1)[1] in (doc.get("ops") or {})}
+            # Those were applied before (their answer was lost): the rest is applied again.
+            # None recorded: one was removed meanwhile, or the document just created.
+            pending = [(i, f) for i, f in pending if f not in recorded]
+        done = self._done.setdefault(key, set())
+        done.difference_update(forgot)
+        done.update(answered)
+        if not done:
+            del self._done[key]
+        while len(self._done) > FORGET_DOCS:
+            # The oldest documents' recorded operations stay (a few bytes each).
+            del self._done[next(iter(self._done))]
+
+
+def _op_field(op: str) -> str:
+    """The document field recording an operation (a hash: an id may hold a dot or a '$')."""
+    return "ops." + hashlib.blake2b(op.encode(), digest_size=10).hexdigest()
 
 
 class RecentKeys:

@@ -4,6 +4,8 @@ Each count is guarded by a natural key (message and status, reply id, request id
 first, so a redelivered event never counts twice; a crash between the guard and the count
 loses that one count rather than doubling it. A count the database refuses (an outage, a busy
 database: the consumer retries the event) takes its guards back first, so the retry counts it.
+The count records its guard keys in the counter document in the same update, so a count the
+database applied but whose answer was lost is not applied again by that retry.
 
 A reply is attributed to its message's campaign and channel through the row the message's first
 status writes (`stats_messages`). A reply read before that status (delivery.status.v1 and
@@ -63,9 +65,9 @@ class StatsRepository:
         fails, its guards are deleted before the error goes on to the consumer, whose retry
         (here or on the replica the partition moves to) inserts them again and counts. Should
         the database refuse the delete too (an outage does), the guards are owed: this
-        replica's retry counts them although they are there. A batch of increments that the
-        database applied but whose answer was lost is counted again on the retry: rarer than
-        a refused write, and an over-count by one is preferred to a count lost for good.
+        replica's retry counts them although they are there. Each guard key names its count's
+        operation in the counter document (CounterBatcher), so a count that the database
+        applied but whose answer was lost is not applied again by the retry.
         """
         now = utc_now()
         inserted = await asyncio.gather(*(self._seen.insert({"_id": k, "at": now}) for k in keys))
@@ -74,7 +76,14 @@ class StatsRepository:
             return 0
         n = len(fresh)
         try:
-            await self._counts.add(campaign_id, {f: v * n for f, v in inc.items()})
+            # One operation per guard key (a retry may find some of them counted already); the
+            # batcher merges them into one update of the campaign's counters.
+            counted = await asyncio.gather(
+                *(self._counts.add(campaign_id, inc, op=k) for k in fresh), return_exceptions=True
+            )
+            for outcome in counted:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except Exception:
             try:
                 await self.seen.delete_many({"_id": {"$in": fresh}})
