@@ -198,6 +198,12 @@ class UpdateBatcher:
         return [None] * len(ops)
 
 
+_Inc = tuple[tuple[str, int], ...]
+# One call: the increments, its operation (or None), whether its record is kept, and the
+# operations whose records to remove.
+_Count = tuple[_Inc, str | None, bool, tuple[str, ...]]
+
+
 class CounterBatcher:
     """Concurrent `$inc` upserts, merged per `_id`: the increments of one window add up into
     one update per document, so a hot counter document is written once, not once per event.
@@ -209,7 +215,9 @@ class CounterBatcher:
     caller retries it, here or on another replica. Where one operation of a merged update is
     found recorded already, the update is made again without it. A recorded operation is
     removed by this batcher's next update of the document, once its caller has had the answer
-    (a retry comes before it: the caller's guard keeps a counted event from counting again).
+    (a retry comes before it: the caller's guard keeps a counted event from counting again);
+    with `keep`, it stays until a later call names it in `forget` (a caller that may apply it
+    again after the answer, as a resumed fan-out does).
     """
 
     def __init__(
@@ -220,16 +228,23 @@ class CounterBatcher:
         # Per document: recorded operations whose callers have their answer, to remove.
         self._done: dict[Any, set[str]] = {}
 
-    async def add(self, key: Any, inc: dict[str, int], *, op: str | None = None) -> None:
-        """Add these increments to the document `key` (created when absent), once per `op`."""
-        await self._c.call((key, tuple(sorted(inc.items())), op))
+    async def add(
+        self,
+        key: Any,
+        inc: dict[str, int],
+        *,
+        op: str | None = None,
+        keep: bool = False,
+        forget: Sequence[str] = (),
+    ) -> None:
+        """Add these increments to the document `key` (created when absent), once per `op`;
+        remove the records of the operations in `forget`."""
+        await self._c.call((key, (tuple(sorted(inc.items())), op, keep, tuple(forget))))
 
-    async def _write(
-        self, items: list[tuple[Any, tuple[tuple[str, int], ...], str | None]]
-    ) -> list[BaseException | None]:
-        per_doc: dict[Any, list[tuple[tuple[tuple[str, int], ...], str | None]]] = {}
-        for key, inc, op in items:
-            per_doc.setdefault(key, []).append((inc, op))
+    async def _write(self, items: list[tuple[Any, _Count]]) -> list[BaseException | None]:
+        per_doc: dict[Any, list[_Count]] = {}
+        for key, count in items:
+            per_doc.setdefault(key, []).append(count)
         keys = list(per_doc)
         outcomes = await asyncio.gather(
             *(self._write_one(k, per_doc[k]) for k in keys), return_exceptions=True
@@ -240,17 +255,16 @@ class CounterBatcher:
         for out in failed.values():
             if not isinstance(out, Exception):
                 raise out  # a cancellation: the Coalescer cancels every caller
-        return [failed.get(key) for key, _, _ in items]
+        return [failed.get(key) for key, _ in items]
 
-    async def _write_one(
-        self, key: Any, items: list[tuple[tuple[tuple[str, int], ...], str | None]]
-    ) -> None:
+    async def _write_one(self, key: Any, items: list[_Count]) -> None:
         """Apply the increments of one document, those of a named operation once."""
-        pending = [(inc, None if op is None else _op_field(op)) for inc, op in items]
-        answered = {f for _, f in pending if f is not None}
-        forgot: list[str] = []
+        pending = [(inc, None if op is None else _op_field(op)) for inc, op, _, _ in items]
+        answered = {_op_field(op) for _, op, keep, _ in items if op is not None and not keep}
+        asked = {_op_field(op) for _, _, _, forget in items for op in forget}
+        forgot: set[str] = set()
         rounds = 0
-        while pending:
+        while True:
             rounds += 1
             if rounds > WRITE_ROUNDS:
                 raise RuntimeError("counter document changed under every attempt to update it")
@@ -259,12 +273,21 @@ class CounterBatcher:
             for part, _ in pending:
                 for name, n in part:
                     inc[name] = inc.get(name, 0) + n
-            forget = sorted(self._done.get(key, set()) - fields)[:FORGET_PER_WRITE]
-            change: Doc = {"$inc": inc}
+            auto = sorted(self._done.get(key, set()) - fields - asked)[:FORGET_PER_WRITE]
+            forget = (asked - fields) | set(auto)
+            change: Doc = {}
+            if inc:
+                change["$inc"] = inc
             if fields:
                 change["$set"] = dict.fromkeys(fields, 1)
             if forget:
                 change["$unset"] = dict.fromkeys(forget, "")
+            if not inc and not fields:
+                # Nothing (left) to count: only records to remove, where the document is.
+                if forget:
+                    await self.rows.update_one({"_id": key}, change)
+                    forgot = forget
+                break
             flt: Doc = {"_id": key, **{f: {"$exists": False} for f in fields}}
             if (await self.rows.update_one(flt, change)).matched_count:
                 forgot = forget

@@ -100,14 +100,20 @@ class FireRepository:
         new: tuple[int, int],
         count: int,
         audience_errors: int = 0,
+        stats: Doc | None = None,
     ) -> bool:
         """Move the (partition, offset) checkpoint past a published batch; False when another
         worker moved it first. `audience_errors`: the batch's customers the audience filter
-        could not be evaluated for (not contacted)."""
+        could not be evaluated for (not contacted). `stats`: the batch's campaign stats count,
+        kept with the checkpoint until the next one (`stats_owed`), so a resume applies it
+        again should the fan-out have stopped before it was (see FanOut)."""
+        change: Doc = {"cp_part": new[0], "cp_off": new[1]}
+        if stats is not None:
+            change["stats_owed"] = stats
         result = await self.fires.update_one(
             {"_id": fire_id, "cp_part": old[0], "cp_off": old[1]},
             {
-                "$set": {"cp_part": new[0], "cp_off": new[1]},
+                "$set": change,
                 "$inc": {"requested": count, "audience_errors": audience_errors},
             },
         )

@@ -106,14 +106,31 @@ class StatsRepository:
         await self._count_once(campaign_id, [f"req|{r}" for r in request_ids], {"requested": 1})
 
     async def requested_batch(
-        self, campaign_id: str, count: int, *, audience_errors: int = 0
+        self,
+        campaign_id: str,
+        count: int,
+        *,
+        audience_errors: int = 0,
+        op: str | None = None,
+        previous: str | None = None,
     ) -> None:
         """Requests of a fan-out batch (already counted once per checkpoint), and its customers
-        the audience filter could not be evaluated for."""
+        the audience filter could not be evaluated for.
+
+        `op` names the checkpoint: counted once however often it is applied (a resumed fan-out
+        applies its last checkpoint's counts again, not knowing whether they were). Its record
+        stays in the counters until the next checkpoint's count removes it (`previous`).
+        """
         counts = {"requested": count, "audience_errors": audience_errors}
         counts = {k: n for k, n in counts.items() if n}
-        if counts:
-            await self._counts.add(campaign_id, counts)
+        if counts or previous:
+            await self._counts.add(
+                campaign_id,
+                counts,
+                op=op if counts else None,
+                keep=True,
+                forget=[previous] if previous else [],
+            )
 
     async def status(
         self,

@@ -21,6 +21,7 @@ ids stay (campaign, fire time, customer): the cases decide who is in the audienc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -222,6 +223,10 @@ class FanOut:
             encoder=RequestEncoder(template, source="scheduler"),
             out_topic=self.producer.topic_name(Topics.CONTACT_REQUESTS),
         )
+        owed = fire.get("stats_owed")
+        if owed and self.stats is not None:
+            # The last checkpoint's stats, which the run that wrote it may not have added.
+            await self._count(job, owed)
         job.producer = request_producer(self.settings)
         consumer = self._consumer()
         ahead: _ReadAhead | None = None
@@ -274,6 +279,11 @@ class FanOut:
         if job.outcome is None:
             return job.published  # another worker moved the checkpoint: it carries on
         await self.fires.finish(fire_id, now=utc_now(), outcome=job.outcome)
+        if job.stats_op is not None and self.stats is not None:
+            # The fire is over (no resume will apply its last count again): its record goes.
+            # A record left behind (the database refused) is a few bytes in the counters.
+            with contextlib.suppress(Exception):
+                await self.stats.requested_batch(job.ref.id, 0, previous=job.stats_op)
         errors = int(fire.get("audience_errors") or 0) + job.settled_errors
         log.info(
             "fan-out ended",
@@ -458,25 +468,54 @@ class FanOut:
     async def _checkpoint(
         self, job: _Job, part: int, off: int, count: int, errors: int = 0
     ) -> bool:
+        """Move the checkpoint past a published chunk, then add its counts to the campaign's
+        stats.
+
+        The stats are another document, written after the checkpoint: a fan-out stopped in
+        between (the stats write failed, the checkpoint's answer was lost, a crash) resumes past
+        the chunk and would never count it. So the checkpoint keeps the chunk's stats count
+        (`stats_owed`, replaced by the next checkpoint that counts), and a resume applies it
+        again first; the count is named after its checkpoint, so applying it twice counts once.
+        """
+        fire_id = job.fire["_id"]
+        owed: Doc | None = None
+        if self.stats is not None and (count or errors):
+            owed = {
+                "op": f"fanout|{fire_id}|{part}|{off}",
+                "requested": count,
+                "audience_errors": errors,
+                "previous": job.stats_op,
+            }
         ok = await self.fires.advance(
-            job.fire["_id"],
+            fire_id,
             old=(job.cp_part, job.cp_off),
             new=(part, off),
             count=count,
             audience_errors=errors,
+            stats=owed,
         )
         if not ok:
-            log.warning(
-                "fan-out checkpoint moved by another worker", extra={"fire": job.fire["_id"]}
-            )
+            log.warning("fan-out checkpoint moved by another worker", extra={"fire": fire_id})
             return False
         job.cp_part, job.cp_off = part, off
         job.published += count
         job.settled_errors += errors
         REQUESTS.labels("schedule").inc(count)
-        if self.stats is not None:
-            await self.stats.requested_batch(job.ref.id, count, audience_errors=errors)
+        if owed is not None:
+            await self._count(job, owed)
         return True
+
+    async def _count(self, job: _Job, owed: Doc) -> None:
+        """Add a checkpoint's counts to the campaign's stats (once, however often called)."""
+        assert self.stats is not None
+        await self.stats.requested_batch(
+            job.ref.id,
+            owed["requested"],
+            audience_errors=owed["audience_errors"],
+            op=owed["op"],
+            previous=owed.get("previous"),
+        )
+        job.stats_op = owed["op"]
 
 
 class _ReadAhead:
@@ -602,6 +641,8 @@ class _Job:
         self.cp_part: int = fire["cp_part"]
         self.cp_off: int = fire["cp_off"]
         self.published = 0
+        # The last checkpoint's stats count (its name), applied: the next one removes its record.
+        self.stats_op: str | None = None
         # Customers the audience filter failed for: while encoding, and as checkpointed.
         self.audience_errors = 0
         self.settled_errors = 0
