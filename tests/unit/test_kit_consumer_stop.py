@@ -280,6 +280,18 @@ async def test_a_stop_cancels_the_plain_loops_record_that_outlives_the_grace() -
     assert broker.stopped
 
 
+async def test_an_idle_plain_loop_stops_without_waiting_for_its_poll() -> None:
+    tp = TopicPartition("timers.requests.v1", 0)
+    broker = _SilentBroker(tp)  # each poll waits its whole timeout, and finds nothing
+    loop = _plain_loop(_Provider(), broker)
+    await asyncio.sleep(0.05)
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    await asyncio.wait_for(loop.stop(), 5)
+    assert clock() - began < 0.3  # not the rest of the poll's 0.5 s, nor the grace
+    assert broker.stopped and broker.commits == []
+
+
 async def test_a_service_stop_runs_its_loops_graces_together() -> None:
     runtime = Runtime(ServiceSettings(), "voice-sender")
     runtime.producer = _Step("producer flushed", [])  # type: ignore[assignment]

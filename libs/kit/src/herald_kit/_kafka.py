@@ -449,6 +449,7 @@ class ConsumerLoop:
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
     _stop_by: float | None = None  # event-loop time at which records in flight are cancelled
+    _handling: bool = False  # the loop's task is handling (or committing) a polled batch
     handled: int = 0
     _positions: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -518,13 +519,13 @@ class ConsumerLoop:
 
     async def _end_run(self) -> None:
         """Let the loop's task end by itself within the stop grace (it checks `_stopping`
-        after each record and each poll), then cancel it. A caller cancelled meanwhile cancels
-        it at once, and still waits for it to end."""
+        before each record), then cancel it; a task polling or idle is cancelled at once. A
+        caller cancelled meanwhile cancels it at once, and still waits for it to end."""
         task = self._task
         if task is None:
             return
         try:
-            if not task.done():
+            if self._handling and not task.done():
                 _, late = await asyncio.wait({task}, timeout=self._grace_left())
                 if late:
                     log.warning(
@@ -557,16 +558,20 @@ class ConsumerLoop:
                 log.warning("poll failed, retrying", extra={"group": self.group, "error": str(exc)})
                 await asyncio.sleep(1)
                 continue
-            for tp, records in batches.items():
-                end: int | None = None
-                for record in records:
-                    if self._stopping:
-                        # Stopping: what was not started is left uncommitted, for redelivery.
-                        break
-                    await self._handle_one(record)
-                    end = record.offset + 1
-                if end is not None:
-                    await self._commit(consumer, tp, end)
+            self._handling = True
+            try:
+                for tp, records in batches.items():
+                    end: int | None = None
+                    for record in records:
+                        if self._stopping:
+                            # Stopping: what was not started stays uncommitted, for redelivery.
+                            break
+                        await self._handle_one(record)
+                        end = record.offset + 1
+                    if end is not None:
+                        await self._commit(consumer, tp, end)
+            finally:
+                self._handling = False
             if batches:
                 self._update_lag(consumer)
 
