@@ -157,6 +157,23 @@ def test_decisions_are_kept_at_least_as_long_as_the_claims_they_settle() -> None
         DispatcherSettings(ledger_retention_seconds=int((14 * DAY).total_seconds()))
 
 
+def test_a_repeat_window_longer_than_the_ledger_retention_is_refused() -> None:
+    # The last content is swept with the ledger's rows: a 45-day window over 30 days of rows
+    # would let the same words through again after day 30.
+    with pytest.raises(ValidationError, match="repeat_window_seconds must be at most"):
+        DispatcherSettings(repeat_window_seconds=(45 * DAY).total_seconds())
+    with pytest.raises(ValidationError, match="repeat_window_seconds"):
+        DispatcherSettings(
+            ledger_retention_seconds=int((20 * DAY).total_seconds()),
+            repeat_window_seconds=(21 * DAY).total_seconds(),
+        )
+    within = DispatcherSettings(
+        ledger_retention_seconds=int((20 * DAY).total_seconds()),
+        repeat_window_seconds=(20 * DAY).total_seconds(),
+    )
+    assert within.repeat_window_seconds == within.ledger_retention_seconds
+
+
 async def test_settled_timers_and_their_keys_go_after_the_replay_window(
     mongo: Any, db_name: Callable[[str], str]
 ) -> None:

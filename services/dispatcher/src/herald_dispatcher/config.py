@@ -58,7 +58,8 @@ class Settings(ServiceSettings, ContactPolicySettings):
             "about that case, sent less than this long ago, is suppressed (`repeated-content`): "
             "two campaigns on one trigger, or a case update that changes nothing the template "
             "shows, tell the customer nothing new. The next scheduled fire of the campaign that "
-            "sent the last message is not a repeat (a daily reminder). 0 turns the rule off."
+            "sent the last message is not a repeat (a daily reminder). 0 turns the rule off. "
+            "No longer than ledger_retention_seconds: the last content is forgotten after that."
         ),
     )
     decision_retention_seconds: int = Field(
@@ -84,5 +85,17 @@ class Settings(ServiceSettings, ContactPolicySettings):
             raise ValueError(
                 "decision_retention_seconds must be at least ledger_retention_seconds: a claim "
                 "whose decision is forgotten first would be decided (and sent) again"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _last_content_outlives_repeat_window(self) -> Self:
+        # `last_contents` is swept with the ledger's rows: a window longer than that would let
+        # the same message through again once its predecessor's row is forgotten.
+        if self.repeat_window_seconds > self.ledger_retention_seconds:
+            raise ValueError(
+                "repeat_window_seconds must be at most ledger_retention_seconds: the last "
+                "message's content is forgotten after the ledger retention, so the same message "
+                "would be sent again inside the window"
             )
         return self
