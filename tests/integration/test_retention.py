@@ -174,6 +174,18 @@ def test_a_repeat_window_longer_than_the_ledger_retention_is_refused() -> None:
     assert within.repeat_window_seconds == within.ledger_retention_seconds
 
 
+def test_ingest_remembers_seen_events_at_least_as_long_as_a_topic_can_replay_them() -> None:
+    from herald_ingest.config import Settings as IngestSettings
+    from herald_kit import REPLAY_WINDOW
+
+    window = int(REPLAY_WINDOW.total_seconds())
+    # A day: an event read again from the topic a week later would be applied as new.
+    for short in (60, 86_400, window - 1):
+        with pytest.raises(ValidationError, match="dedupe_retention_seconds"):
+            IngestSettings(dedupe_retention_seconds=short)
+    assert IngestSettings(dedupe_retention_seconds=window).dedupe_retention_seconds == window
+
+
 async def test_settled_timers_and_their_keys_go_after_the_replay_window(
     mongo: Any, db_name: Callable[[str], str]
 ) -> None:

@@ -39,10 +39,11 @@ class Settings(ServiceSettings):
     )
     dedupe_retention_seconds: int = Field(
         default=int(REPLAY_WINDOW.total_seconds()),
-        ge=60,
+        ge=int(REPLAY_WINDOW.total_seconds()),
         description=(
             "How long a seen (source, id) is remembered: at least as long as the topic can hold "
-            "a record (7 days, and up to 7 more until its segment rolls)."
+            "a record (7 days, and up to 7 more until its segment rolls), so an event read again "
+            "from the topic is still known; a shorter value is refused."
         ),
     )
     recover_after_seconds: int = Field(
