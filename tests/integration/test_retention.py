@@ -210,13 +210,38 @@ async def test_settled_timers_and_their_keys_go_after_the_replay_window(
     assert await _ids(db["timer_keys"]) == ["twice"]
 
     # Due that long ago and never fired (a scheduler stopped that long): the timer stays, and so
-    # does every key, until it has fired, since a cancel may still come for it.
+    # does its key, until it has fired, since a cancel may still come for it; the keys of
+    # settled timers go as usual.
     await timers.schedule(timer_id="late", key="late", due_at=gone, request={}, now=now)
     await db["timers"].update_one({"_id": "again"}, {"$set": {"due_at": gone}})
     await db["timer_keys"].update_one({"_id": "twice"}, {"$set": {"due": gone}})
     assert await timers.sweep(before=now - REPLAY_WINDOW) == 1
-    assert await _ids(db["timer_keys"]) == ["late", "twice"]
+    assert await _ids(db["timer_keys"]) == ["late"]
     assert await timers.cancel("late", now=now) == 1
+
+
+async def test_one_timer_left_pending_for_weeks_keeps_only_its_own_key(
+    mongo: Any, db_name: Callable[[str], str]
+) -> None:
+    from herald_kit import REPLAY_WINDOW
+    from herald_scheduler.adapters.timers import TimerRepository
+
+    now = utc_now()
+    db = mongo[db_name("scheduler")]
+    timers = TimerRepository(db)
+    await timers.ensure_indexes()
+    old = now - REPLAY_WINDOW - 5 * DAY
+    # Escalation timers of three weeks ago, fired long since...
+    for i in range(20):
+        await timers.schedule(timer_id=f"t{i}", key=f"esc:{i}", due_at=old, request={}, now=old)
+    await db["timers"].update_many({}, {"$set": {"state": "fired"}})
+    # ...and one that has not fired for 16 days (a row that fails whenever it fires, say).
+    stuck = now - REPLAY_WINDOW - DAY
+    await timers.schedule(timer_id="stuck", key="esc:stuck", due_at=stuck, request={}, now=old)
+
+    assert await timers.sweep(before=now - REPLAY_WINDOW) == 20
+    assert await _ids(db["timers"]) == ["stuck"]
+    assert await _ids(db["timer_keys"]) == ["esc:stuck"]  # its cancel may still come
 
 
 def _forgotten(collection: str) -> float:

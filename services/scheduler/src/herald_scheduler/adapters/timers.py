@@ -267,10 +267,11 @@ class TimerRepository:
         settled = {"state": {"$in": ["fired", "expired", "cancelled"]}}
         forgotten = await forget_before(self.timers, before, field="due_at", where=settled)
         # A key goes with its latest timer (keys written before `due` are kept), unless a timer
-        # that old is still pending (a scheduler stopped that long): its cancel needs the key.
-        overdue = await self.timers.find_one({"state": "pending", "due_at": {"$lt": before}})
-        if overdue is None:
-            await forget_before(self.keys, before, field="due")
+        # under it that old is still pending (a scheduler stopped that long): its cancel needs
+        # the key. Only those keys stay: one such row must not keep every other key for ever.
+        overdue = self.timers.find({"state": "pending", "due_at": {"$lt": before}}, {"key": 1})
+        needed = sorted({r["key"] async for r in overdue if "key" in r})
+        await forget_before(self.keys, before, field="due", where={"_id": {"$nin": needed}})
         return forgotten
 
     async def due_count(self, *, now: datetime) -> int:
