@@ -44,6 +44,7 @@ def test_the_issue_s_alerts_are_shipped() -> None:
         "HeraldProviderErrorRate",
         "HeraldSendLatencySLOBurn",
         "HeraldTimersOverdue",
+        "HeraldTimersFailing",
         "HeraldSchedulerLeaseLost",
     }
 

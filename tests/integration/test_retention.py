@@ -243,6 +243,11 @@ async def test_one_timer_left_pending_for_weeks_keeps_only_its_own_key(
     assert await _ids(db["timers"]) == ["stuck"]
     assert await _ids(db["timer_keys"]) == ["esc:stuck"]  # its cancel may still come
 
+    # Settled `failed` (it could not be fired), it goes with its key like any settled timer.
+    await db["timers"].update_one({"_id": "stuck"}, {"$set": {"state": "failed"}})
+    assert await timers.sweep(before=now - REPLAY_WINDOW) == 1
+    assert await _ids(db["timers"]) == [] and await _ids(db["timer_keys"]) == []
+
 
 def _forgotten(collection: str) -> float:
     labels = {"collection": collection}

@@ -808,7 +808,7 @@ async def test_a_paced_campaign_resumed_sends_its_held_timers_at_its_pace(
     assert min(gaps) >= 1 / rate - 0.002, gaps
 
 
-@pytest.mark.parametrize("closed", ["fired", "expired"])
+@pytest.mark.parametrize("closed", ["fired", "expired", "failed"])
 async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
     infra: dict[str, str], db_name: Callable[[str], str], closed: str
 ) -> None:
@@ -822,10 +822,11 @@ async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
             await repo.coalesce(key=window, case_version=1, due_at=now, request=request, now=now)
             == "opened"
         )
-        # The window closed: sent, or expired unsent (it fired after the request's expiry,
-        # say after the scheduler was down for a while).
+        # The window closed: sent, expired unsent (it fired after the request's expiry, say
+        # after the scheduler was down for a while), or failed (it could not be fired).
         row = await repo.claim(window, now=now, lease=timedelta(seconds=30))
-        assert row is not None and await repo.settle(row, closed, now=now)
+        assert row is not None and await repo.failed_attempt(row, error="ValueError") == 1
+        assert await repo.settle(row, closed, now=now)
         later = now + timedelta(hours=2)
         assert (
             await repo.coalesce(
@@ -835,7 +836,7 @@ async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
         )
         row = await repo.get(window)
         assert row is not None
-        assert (row["state"], row["case_version"]) == ("pending", 2)
+        assert (row["state"], row["case_version"], row["attempts"]) == ("pending", 2, 0)
         assert row["due_at"].replace(tzinfo=UTC) > now + timedelta(hours=1)  # the new window
         # The same version again (a replay) is still stale.
         assert (
@@ -846,6 +847,54 @@ async def test_a_closed_coalescing_window_reopens_for_a_newer_version(
         )
     finally:
         await client.close()
+
+
+async def test_a_row_that_cannot_be_fired_ends_failed_and_holds_back_no_other(
+    mongo: AsyncMongoClient[Doc], db_name: Callable[[str], str]
+) -> None:
+    from herald_scheduler.messaging.timers import MAX_FIRE_ATTEMPTS, TimerService
+
+    class Producer:
+        sent: list[str] = []
+
+        async def publish(self, event_type: str, data: ContactRequest, **_: Any) -> None:
+            self.sent.append(data.request_id)
+
+    class Stats:
+        async def requested(self, campaign_id: str, request_ids: list[str]) -> None:
+            return None
+
+    repo = TimerRepository(mongo[db_name("scheduler")])
+    now = datetime.now(UTC)
+    # Due first, a row this version cannot read; then a good one.
+    await repo.schedule(
+        timer_id="poison", key="esc:1", due_at=now - timedelta(seconds=2), request={}, now=now
+    )
+    good = _request("r2", "cust-1").model_dump(mode="json")
+    await repo.schedule(
+        timer_id="good", key="esc:2", due_at=now - timedelta(seconds=1), request=good, now=now
+    )
+    producer = Producer()
+    service = TimerService(
+        repo,
+        producer,
+        Stats(),
+        poll_seconds=0.01,
+        lease_seconds=0.05,  # type: ignore[arg-type]
+    )
+    settled = 0
+    for _ in range(MAX_FIRE_ATTEMPTS):
+        settled += await service.fire_due()
+        await asyncio.sleep(0.1)  # past the lease: the failed row is claimed again
+    assert settled == 2 and producer.sent == ["r2"]
+    row = await repo.get("poison")
+    assert row is not None
+    assert (row["state"], row["attempts"], row["error"]) == (
+        "failed",
+        MAX_FIRE_ATTEMPTS,
+        "ValidationError",
+    )
+    assert await service.fire_due() == 0  # never tried again
 
 
 async def test_a_cancel_that_arrives_before_its_timer_still_cancels_it(

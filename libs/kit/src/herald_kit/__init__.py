@@ -30,6 +30,7 @@ from herald_kit._errors import (
     RetryableError,
 )
 from herald_kit._kafka import (
+    INFRA_ERRORS,
     ConsumerLoop,
     DecodeError,
     Event,
@@ -58,6 +59,7 @@ from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
 from herald_kit._zones import valid_zone
 
 __all__ = [
+    "INFRA_ERRORS",
     "PROBLEM",
     "REPLAY_WINDOW",
     "ApiKeyEntry",

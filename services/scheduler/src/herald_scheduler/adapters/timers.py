@@ -174,12 +174,14 @@ class TimerRepository:
         )
         if joined.modified_count:
             return "joined"
-        # A window that closed, sent or expired unsent (it fired after the request's expiry),
-        # opens again for a newer version: an expired one must not swallow every later change.
+        # A window that closed, sent, expired unsent (it fired after the request's expiry) or
+        # failed (it could not be fired, see `failed_attempt`), opens again for a newer version:
+        # one that ended unsent must not swallow every later change. Its count of failed
+        # attempts starts again with the new request.
         reopened = await self.timers.update_one(
             {
                 "_id": key,
-                "state": {"$in": ["fired", "expired"]},
+                "state": {"$in": ["fired", "expired", "failed"]},
                 "case_version": {"$lt": case_version},
             },
             {
@@ -189,6 +191,7 @@ class TimerRepository:
                     "claimed_until": EPOCH,
                     "case_version": case_version,
                     "request": request,
+                    "attempts": 0,
                 }
             },
         )
@@ -229,8 +232,8 @@ class TimerRepository:
         )
 
     async def settle(self, row: Doc, state: str, *, now: datetime) -> bool:
-        """Mark a claimed row fired (or expired, or cancelled: its campaign was archived);
-        False when it changed since the claim.
+        """Mark a claimed row fired (or expired, or cancelled: its campaign was archived, or
+        failed: it could not be fired); False when it changed since the claim.
 
         A coalescing row that took a newer case version while it fired stays pending and is
         released at once, so the newer state goes out too.
@@ -246,6 +249,17 @@ class TimerRepository:
             {"$set": {"claimed_until": EPOCH}},
         )
         return False
+
+    async def failed_attempt(self, row: Doc, *, error: str) -> int | None:
+        """Count an attempt to fire a claimed row that failed (`error`: the error's type, never
+        its text, which may quote the request); how many have failed so far, None when the row
+        changed since the claim. The row stays claimed: it is fired again after the lease."""
+        counted = await self.timers.find_one_and_update(
+            {"_id": row["_id"], "state": "pending", "claim": row["claim"]},
+            {"$inc": {"attempts": 1}, "$set": {"error": error}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if counted is None else int(counted["attempts"])
 
     async def hold(self, row: Doc, *, until: datetime, held: bool = True) -> bool:
         """Put a claimed row back, due again at `until`; False when it changed since the claim.
@@ -264,7 +278,7 @@ class TimerRepository:
         A batch of ids at a time, deleted by `_id`: a delete by state and date would hold this
         busy collection (every SMS schedules an escalation timer) while FerretDB reads all of it.
         """
-        settled = {"state": {"$in": ["fired", "expired", "cancelled"]}}
+        settled = {"state": {"$in": ["fired", "expired", "cancelled", "failed"]}}
         forgotten = await forget_before(self.timers, before, field="due_at", where=settled)
         # A key goes with its latest timer (keys written before `due` are kept), unless a timer
         # under it that old is still pending (a scheduler stopped that long): its cancel needs

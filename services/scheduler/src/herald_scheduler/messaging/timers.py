@@ -23,6 +23,7 @@ from herald_contracts import (
     utc_now,
 )
 from herald_kit import (
+    INFRA_ERRORS,
     REPLAY_WINDOW,
     Doc,
     EventProducer,
@@ -30,6 +31,8 @@ from herald_kit import (
     PermanentError,
     cancel_and_wait,
     decode,
+    is_permanent_kafka_error,
+    is_transient_db_error,
 )
 from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
@@ -42,6 +45,21 @@ log = logging.getLogger("herald.scheduler.timers")
 # The dispatcher's namespace for ids derived from a request (herald_dispatcher.policy): an
 # expiry noted here and one the dispatcher notes for the same request are the same event.
 MESSAGE_NAMESPACE = uuid.UUID("2b0f3c55-0d7e-4c2b-8a39-5b1f6e2d7c90")
+
+
+# Failed attempts to fire one row before it is settled `failed`: each comes a lease (30 s) after
+# the last, so a row that cannot be fired (a request this version cannot read, a record the
+# broker refuses) is given up within minutes instead of being retried for ever. An outage is not
+# the row's failure and is not counted (see `_outage`).
+MAX_FIRE_ATTEMPTS = 5
+
+
+def _outage(exc: BaseException) -> bool:
+    """True when the broker or the database failed, not the row: retried for as long as it lasts,
+    as a consumer retries (herald_kit.ConsumerLoop)."""
+    if is_transient_db_error(exc):
+        return True
+    return isinstance(exc, INFRA_ERRORS) and not is_permanent_kafka_error(exc)
 
 
 def suppressed_id(request_id: str) -> str:
@@ -152,65 +170,96 @@ class TimerService:
             row = await self.timers.claim(timer_id, now=utc_now(), lease=self.lease)
             if row is None:
                 continue  # another replica took it, or it was cancelled meanwhile
-            if row.get("reply") is not None:
-                settled += await self._fire_reply(row)
-                continue
-            request = ContactRequest.model_validate(row["request"])
-            status, rate = await self._campaign_gate(request.campaign.id)
-            if status == "archived":
-                # An archived campaign contacts nobody more: the row is closed unsent. A
-                # dispatcher's deferral of a contact's own request was counted as requested, so
-                # it ends as suppressed (`campaign-archived`) in the stats; the scheduler's own
-                # rows were never counted and, like the rest of a fan-out halted by an archive,
-                # end quietly.
-                if row["kind"] == "timer":
-                    await self._publish_suppressed(request, "campaign-archived", utc_now())
-                ok = await self.timers.settle(row, "cancelled", now=utc_now())
-                TIMERS_FIRED.labels(row["kind"], "cancelled" if ok else "superseded").inc()
-                settled += 1
-                continue
-            if status == "paused" and not _expired(request):
-                # Held, not sent: re-checked after a while, so a resume sends it (and an expiry
-                # that passes meanwhile closes it as it would have without the pause).
-                await self.timers.hold(row, until=utc_now() + self.hold)
-                continue
-            if row.get("held") and rate and self.pace is not None:
-                # Resumed: the rows the pause held all come due within one hold, so each takes
-                # a new slot of the campaign's pace instead of going out in one burst.
-                slot = await self.pace.reserve(request.campaign.id, rate, utc_now())
-                if slot > utc_now():
-                    await self.timers.hold(row, until=slot, held=False)
-                    continue
-            if row["kind"] == "coalesce":
-                # The window's close (moved later by the campaign's send pace), not the time of
-                # the last change that joined it.
-                request = request.model_copy(update={"not_before": row["due_at"]})
-            now = utc_now()
-            if request.expires_at is not None and request.expires_at <= now:
-                # Never send after the expiry: the row is closed without a request, and the
-                # contact ends as suppressed (expired) in the campaign's stats.
-                await self._publish_expired(request, row["kind"], now)
-                outcome = "expired"
-            else:
-                # A dispatcher timer re-sends its request unchanged; its event id is the timer's
-                # own, so a retry and the original request stay distinguishable.
-                event_id = row["_id"] if row["kind"] == "timer" else request.request_id
-                await self.producer.publish(
-                    CONTACT_REQUESTED,
-                    request,
-                    key=request.customer_id,
-                    event_id=event_id,
-                    subject=request.case_id,
-                )
-                REQUESTS.labels(row["kind"]).inc()
-                if row["kind"] != "timer":
-                    # A dispatcher timer re-sends a request already counted; the others are new.
-                    await self.stats.requested(request.campaign.id, [request.request_id])
-                outcome = "fired"
-            ok = await self.timers.settle(row, outcome, now=now)
-            TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
-            settled += 1
+            try:
+                settled += await self._fire(row)
+            except Exception as exc:
+                if _outage(exc):
+                    # The poll ends; the row is fired again after its lease, like one whose
+                    # replica died mid-fire.
+                    raise
+                settled += await self._failed(row, exc)
         return settled
+
+    async def _failed(self, row: Doc, exc: Exception) -> int:
+        """A row whose firing failed on its own account: counted on the row and fired again
+        after its lease, until `MAX_FIRE_ATTEMPTS` failed; then settled `failed` (logged by id,
+        kind and error type, never the request, and counted in herald_scheduler_timers_total,
+        which HeraldTimersFailing watches). 1 when it was settled."""
+        error = type(exc).__name__
+        kind = "callback" if row.get("reply") is not None else str(row["kind"])
+        about = {"timer_id": row["_id"], "kind": kind, "error": error}
+        attempts = await self.timers.failed_attempt(row, error=error)
+        if attempts is None:
+            return 0  # cancelled, moved or joined meanwhile: it is fired (or not) as it is now
+        if attempts < MAX_FIRE_ATTEMPTS:
+            log.warning(
+                "timer could not be fired; tried again", extra={**about, "attempt": attempts}
+            )
+            return 0
+        ok = await self.timers.settle(row, "failed", now=utc_now())
+        TIMERS_FIRED.labels(kind, "failed" if ok else "superseded").inc()
+        if ok:
+            log.error("timer failed for good; not fired", extra={**about, "attempts": attempts})
+        return 1
+
+    async def _fire(self, row: Doc) -> int:
+        """Fire (or close, or hold) one claimed row; 1 when it was settled."""
+        if row.get("reply") is not None:
+            return await self._fire_reply(row)
+        request = ContactRequest.model_validate(row["request"])
+        status, rate = await self._campaign_gate(request.campaign.id)
+        if status == "archived":
+            # An archived campaign contacts nobody more: the row is closed unsent. A
+            # dispatcher's deferral of a contact's own request was counted as requested, so
+            # it ends as suppressed (`campaign-archived`) in the stats; the scheduler's own
+            # rows were never counted and, like the rest of a fan-out halted by an archive,
+            # end quietly.
+            if row["kind"] == "timer":
+                await self._publish_suppressed(request, "campaign-archived", utc_now())
+            ok = await self.timers.settle(row, "cancelled", now=utc_now())
+            TIMERS_FIRED.labels(row["kind"], "cancelled" if ok else "superseded").inc()
+            return 1
+        if status == "paused" and not _expired(request):
+            # Held, not sent: re-checked after a while, so a resume sends it (and an expiry
+            # that passes meanwhile closes it as it would have without the pause).
+            await self.timers.hold(row, until=utc_now() + self.hold)
+            return 0
+        if row.get("held") and rate and self.pace is not None:
+            # Resumed: the rows the pause held all come due within one hold, so each takes
+            # a new slot of the campaign's pace instead of going out in one burst.
+            slot = await self.pace.reserve(request.campaign.id, rate, utc_now())
+            if slot > utc_now():
+                await self.timers.hold(row, until=slot, held=False)
+                return 0
+        if row["kind"] == "coalesce":
+            # The window's close (moved later by the campaign's send pace), not the time of
+            # the last change that joined it.
+            request = request.model_copy(update={"not_before": row["due_at"]})
+        now = utc_now()
+        if request.expires_at is not None and request.expires_at <= now:
+            # Never send after the expiry: the row is closed without a request, and the
+            # contact ends as suppressed (expired) in the campaign's stats.
+            await self._publish_expired(request, row["kind"], now)
+            outcome = "expired"
+        else:
+            # A dispatcher timer re-sends its request unchanged; its event id is the timer's
+            # own, so a retry and the original request stay distinguishable.
+            event_id = row["_id"] if row["kind"] == "timer" else request.request_id
+            await self.producer.publish(
+                CONTACT_REQUESTED,
+                request,
+                key=request.customer_id,
+                event_id=event_id,
+                subject=request.case_id,
+            )
+            REQUESTS.labels(row["kind"]).inc()
+            if row["kind"] != "timer":
+                # A dispatcher timer re-sends a request already counted; the others are new.
+                await self.stats.requested(request.campaign.id, [request.request_id])
+            outcome = "fired"
+        ok = await self.timers.settle(row, outcome, now=now)
+        TIMERS_FIRED.labels(row["kind"], outcome if ok else "superseded").inc()
+        return 1
 
     async def _campaign_gate(self, campaign_id: str) -> tuple[str | None, float | None]:
         """The campaign's status and send rate, read at most every few seconds; (None, None)
