@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from herald_kit import CircuitBreaker, Pacer, observe_provider_request
+from herald_kit import CircuitBreaker, Pacer, PartitionShare, observe_provider_request
 
 
 class Clock:
@@ -47,6 +47,12 @@ def test_a_named_pacer_exports_rate_tokens_waits_and_holds() -> None:
     pacer.hold("a", 5)
     assert sample("herald_pacer_holds_total", sender="unit-pacer") == 1
     assert sample("herald_pacer_tokens", sender="unit-pacer") == 0
+
+
+def test_a_named_pacer_exports_the_rate_of_its_share_so_replicas_sum_to_the_whole() -> None:
+    pacer = Pacer(10, name="unit-share-pacer")
+    pacer.follow(PartitionShare("sender", 3, 12))
+    assert sample("herald_pacer_rate_per_second", sender="unit-share-pacer") == 2.5
 
 
 def test_an_unnamed_pacer_exports_nothing() -> None:

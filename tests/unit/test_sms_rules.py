@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herald_kit import CircuitBreaker, Pacer, backoff
+from herald_kit import CircuitBreaker, Pacer, PartitionShare, backoff
 from herald_sms_sender.domain.keywords import interpret, number_key
 
 
@@ -170,3 +170,62 @@ async def test_only_the_caller_that_took_the_trial_hands_it_back() -> None:
     done.set()
     await task
     assert breaker.wait() == 0
+
+
+@given(
+    rate=st.floats(min_value=0.5, max_value=500),
+    owned=st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=6),
+)
+def test_replicas_following_their_partitions_keep_the_configured_rate_together(
+    rate: float, owned: list[int]
+) -> None:
+    """Every replica paces alone; together, their shares of the partitions make the whole."""
+    total = sum(owned)
+    if total == 0:
+        return
+    replicas = [Pacer(rate, burst=1, clock=Clock()) for _ in owned]
+    for pacer, mine in zip(replicas, owned, strict=True):
+        pacer.follow(PartitionShare("sender", mine, total))
+    assert sum(p.effective_rate for p in replicas) == pytest.approx(rate, rel=1e-9)
+    for pacer, mine in zip(replicas, owned, strict=True):
+        if mine == 0:
+            continue
+        starts = [pacer.reserve("+1500") for _ in range(20)]
+        assert 19 / (starts[-1] - starts[0]) == pytest.approx(rate * mine / total, rel=1e-9)
+
+
+def test_a_pacer_follows_every_group_feeding_it_by_their_partitions() -> None:
+    pacer = Pacer(8, burst=4, clock=Clock())
+    pacer.follow(PartitionShare("outbound", 1, 2))
+    assert pacer.effective_rate == pytest.approx(4)
+    pacer.follow(PartitionShare("callbacks", 2, 2))  # owns both call-back partitions too
+    assert pacer.effective_rate == pytest.approx(6)
+    assert pacer.tokens() == 3  # the burst is divided like the rate
+    pacer.follow(PartitionShare("outbound", 2, 2))  # a replica left: the rest take its share
+    assert pacer.effective_rate == pytest.approx(8)
+    assert pacer.tokens() == 4
+
+
+def test_a_replica_owning_no_partition_sends_nothing_until_a_rebalance_gives_it_some() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        pacer = Pacer(2, clock=clock)
+        pacer.follow(PartitionShare("outbound", 0, 4))
+        assert pacer.tokens() == 0
+        send = asyncio.create_task(pacer.acquire("a"))
+        await asyncio.sleep(0.01)
+        assert not send.done()  # no share of the rate, however long it waits
+        pacer.follow(PartitionShare("outbound", 1, 4))
+        await asyncio.wait_for(send, 1)
+        assert pacer.reserve("a") == pytest.approx(2.0)  # then at its share: 0.5/s
+
+    asyncio.run(scenario())
+
+
+def test_a_retry_after_still_holds_a_replica_paced_at_its_share() -> None:
+    clock = Clock()
+    pacer = Pacer(10, burst=2, clock=clock)
+    pacer.follow(PartitionShare("outbound", 1, 2))
+    pacer.hold("a", 5.0)
+    assert pacer.reserve("a") == pytest.approx(5.0)
+    assert pacer.reserve("a") == pytest.approx(5.2)  # one slot of its 5/s after the hold

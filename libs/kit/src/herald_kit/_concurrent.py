@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from herald_kit._kafka import ConsumerLoop, cancel_and_wait
@@ -83,17 +83,6 @@ class _Partition:
         return moved
 
 
-class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: ConcurrentConsumerLoop) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.loop._release(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
-
-
 @dataclass
 class ConcurrentConsumerLoop(ConsumerLoop):
     """ConsumerLoop whose records are handled with up to `concurrency` keys in flight."""
@@ -110,8 +99,8 @@ class ConcurrentConsumerLoop(ConsumerLoop):
     _commit_task: asyncio.Task[None] | None = None
     _busy: set[asyncio.Task[None]] = field(default_factory=set)  # workers handling a record
 
-    def _listener(self) -> ConsumerRebalanceListener | None:
-        return _Revocations(self)
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._release(revoked)
 
     async def _end_run(self) -> None:
         """Cancel the polling task at once: its records are handled by workers of their own,

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -432,6 +432,30 @@ def is_transient_db_error(exc: BaseException) -> bool:
     )
 
 
+class PartitionShare(NamedTuple):
+    """One group member's part of its topics' partitions, as the last rebalance assigned it."""
+
+    group: str
+    owned: int
+    total: int
+
+
+AssignmentHook = Callable[[PartitionShare], None]
+
+
+class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells a loop of its group's rebalances."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.loop._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.loop._assigned(set(assigned))
+
+
 @dataclass
 class ConsumerLoop:
     """Consume topics as one group; handle each record; commit after; DLQ what can't be handled.
@@ -452,6 +476,7 @@ class ConsumerLoop:
     _handling: bool = False  # the loop's task is handling (or committing) a polled batch
     handled: int = 0
     _positions: dict[TopicPartition, int] = field(default_factory=dict)
+    _assignment_hooks: list[AssignmentHook] = field(default_factory=list)
 
     @property
     def group_id(self) -> str:
@@ -535,9 +560,40 @@ class ConsumerLoop:
         finally:
             await cancel_and_wait(task)
 
-    def _listener(self) -> ConsumerRebalanceListener | None:
-        """Told of rebalances (a subclass holding records in flight needs to be)."""
+    def on_assignment(self, hook: AssignmentHook) -> None:
+        """Call `hook` after every rebalance with this member's share of the partitions of the
+        loop's topics (register before start). The group splits the partitions among its
+        members, so the shares of all replicas add up to the whole: what is divided by them,
+        a provider's rate, stays whole however many replicas run."""
+        self._assignment_hooks.append(hook)
+
+    def _listener(self) -> ConsumerRebalanceListener:
+        return _Rebalances(self)
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before a rebalance moves partitions away (a subclass holding records in flight
+        needs to know)."""
         return None
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        """After a rebalance: `assigned` is this member's whole assignment (aiokafka's eager
+        protocol revokes every partition and assigns anew)."""
+        if not self._assignment_hooks or self._consumer is None:
+            return
+        owned = total = 0
+        for name in {t.name(self.settings.topic_namespace) for t in self.topics}:
+            mine = sum(1 for tp in assigned if tp.topic == name)
+            known = self._consumer.partitions_for_topic(name)
+            if known is None:
+                # The assignment was computed from metadata, so this does not happen; should it,
+                # count what is owned as all there is rather than divide by a guess.
+                log.warning("partition count unknown", extra={"group": self.group, "topic": name})
+            owned += mine
+            total += len(known) if known else mine
+        share = PartitionShare(self.group, owned, total)
+        log.info("partitions assigned", extra={"group": self.group, "owned": owned, "total": total})
+        for hook in self._assignment_hooks:
+            hook(share)
 
     def ready(self) -> bool:
         """True once partitions are assigned and the loop is alive."""

@@ -82,7 +82,10 @@ PACER_HOLDS = Counter(
     ["sender"],
 )
 PACER_RATE = Gauge(
-    "herald_pacer_rate_per_second", "A sender's configured pace (0 = unpaced).", ["sender"]
+    "herald_pacer_rate_per_second",
+    "A sender replica's pace: its share of the configured rate (sum over replicas for the "
+    "whole; 0 = unpaced when configured so, or no partition owned).",
+    ["sender"],
 )
 PACER_TOKENS = Gauge(
     "herald_pacer_tokens",

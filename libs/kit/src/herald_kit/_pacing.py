@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from herald_kit._kafka import PartitionShare
 from herald_kit._metrics import (
     BREAKER_OPENED,
     BREAKER_STATE,
@@ -33,6 +35,13 @@ class Pacer:
     concurrent senders queue in order and the long-run rate is exactly `rate`; `burst` sends
     may go back to back after an idle spell. A rate of 0 turns pacing off.
     With a `name` (the sender's service name) it exports its waits, holds, rate and tokens.
+
+    `rate` and `burst` are what the provider allows all replicas of a sender together, and
+    every replica paces alone (no round trip to share state per send). So a pacer that follows
+    the consumer groups feeding it (`follow`) paces at its share of the rate: the part of
+    those groups' partitions this replica owns, updated on every rebalance. The group divides
+    the partitions among the replicas, so the shares add up to the whole rate however many
+    run (an autoscaler's included); a replica owning no partition sends nothing.
     """
 
     def __init__(
@@ -49,35 +58,69 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
         self._ids: dict[str, _Schedule] = {}
+        # Partitions owned and in all, per consumer group followed; none followed: the whole.
+        self._shares: dict[str, tuple[int, int]] = {}
+        self.share = 1.0
+        self._reshared = asyncio.Event()  # set (and replaced) when the share changes
         self.name = name
         if name is not None:
             PACER_RATE.labels(name).set(rate)
             PACER_TOKENS.labels(name).set_function(self.tokens)
 
+    @property
+    def effective_rate(self) -> float:
+        """This replica's part of the rate (the whole rate when following no group)."""
+        return self.rate * self.share
+
+    @property
+    def _burst(self) -> int:
+        # The burst is divided like the rate, but one send back to back is always allowed.
+        return max(1, int(self.burst * self.share))
+
+    def follow(self, share: PartitionShare) -> None:
+        """A consumer group feeding this pacer was rebalanced: pace at the share of the
+        followed groups' partitions this replica now owns (all groups weigh by their
+        partitions, so the replicas' shares still add up to one)."""
+        self._shares[share.group] = (share.owned, share.total)
+        owned = sum(o for o, _ in self._shares.values())
+        total = sum(t for _, t in self._shares.values())
+        self.share = owned / total if total > 0 else 0.0
+        if self.name is not None:
+            PACER_RATE.labels(self.name).set(self.effective_rate)
+        self._reshared.set()  # waiters for a share of their own look again
+        self._reshared = asyncio.Event()
+
     def tokens(self) -> float:
         """Sends the fullest identity's bucket allows back to back now (`burst` when idle)."""
         if self.rate <= 0:
             return float(self.burst)
+        rate = self.effective_rate
+        if rate <= 0:
+            return 0.0
+        burst = self._burst
         now = self._clock()
         if not self._ids:
-            return float(self.burst)
+            return float(burst)
         best = 0.0
         for s in self._ids.values():
             if s.hold_until > now:
                 continue
-            backlog = max(0.0, s.tat - now) * self.rate  # slots already reserved ahead
-            best = max(best, self.burst - backlog)
-        return max(0.0, min(float(self.burst), best))
+            backlog = max(0.0, s.tat - now) * rate  # slots already reserved ahead
+            best = max(best, burst - backlog)
+        return max(0.0, min(float(burst), best))
 
     def reserve(self, identity: str) -> float:
-        """Reserve a slot for one send; the seconds to wait before using it."""
+        """Reserve a slot for one send; the seconds to wait before using it (infinite, and
+        nothing reserved, while this replica has no share of the rate)."""
         now = self._clock()
+        if self.rate > 0 and self.effective_rate <= 0:
+            return math.inf
         s = self._ids.setdefault(identity, _Schedule(tat=now))
         if self.rate <= 0:
             return max(0.0, s.hold_until - now)  # unpaced, but a Retry-After still holds
-        interval = 1.0 / self.rate
+        interval = 1.0 / self.effective_rate
         tat = max(s.tat, now)
-        wait = max(0.0, tat - (self.burst - 1) * interval - now)
+        wait = max(0.0, tat - (self._burst - 1) * interval - now)
         s.tat = tat + interval
         return wait
 
@@ -90,7 +133,10 @@ class Pacer:
 
     async def acquire(self, identity: str) -> None:
         """Wait for this identity's next slot."""
-        wait = self.reserve(identity)
+        while math.isinf(wait := self.reserve(identity)):
+            # No partition here, so no part of the rate: wait for a rebalance to give some (a
+            # record left from a revoked partition is redelivered to its new owner meanwhile).
+            await self._reshared.wait()
         if self.name is not None:
             PACER_WAIT.labels(self.name).observe(wait)
         if wait > 0:
@@ -103,7 +149,8 @@ class Pacer:
         now = self._clock()
         s = self._ids.setdefault(identity, _Schedule(tat=now))
         # GCRA lets `burst - 1` slots go early; a Retry-After allows none before its time.
-        early = (self.burst - 1) / self.rate if self.rate > 0 else 0.0
+        rate = self.effective_rate
+        early = (self._burst - 1) / rate if rate > 0 else 0.0
         s.tat = max(s.tat, now + seconds + early)
         s.hold_until = max(s.hold_until, now + seconds)
 

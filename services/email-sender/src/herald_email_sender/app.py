@@ -11,8 +11,8 @@ from herald_email_sender.adapters.smtp import EmailRelay, SmtpRelay
 from herald_email_sender.api import unsubscribe
 from herald_email_sender.config import Settings
 from herald_email_sender.messaging.outbound import EmailSendingRef, outbound_consumer
-from herald_email_sender.sending import EmailSending
-from herald_kit import LinkSigner, Runtime, build_app
+from herald_email_sender.sending import SENDER, EmailSending
+from herald_kit import LinkSigner, Pacer, Runtime, build_app
 
 log = logging.getLogger("herald.email")
 
@@ -35,7 +35,12 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
     secret = settings.link_secret.get_secret_value()
     app.state.signer = LinkSigner(secret, "unsubscribe") if secret else None
     ref = EmailSendingRef()
-    runtime.consumers.append(outbound_consumer(settings, runtime.producer, ref))
+    outbound = outbound_consumer(settings, runtime.producer, ref)
+    # The rate is per relay across every replica: this replica paces at its share of it, the
+    # part of the outbound partitions it owns.
+    pacer = Pacer(settings.rate_per_second, settings.rate_burst, name=SENDER)
+    outbound.on_assignment(pacer.follow)
+    runtime.consumers.append(outbound)
 
     @runtime.on_start
     async def _wire() -> None:
@@ -61,6 +66,7 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
             producer=runtime.producer,
             settings=settings,
             signer=app.state.signer,
+            pacer=pacer,
         )
         ref.set(app.state.sending)
 

@@ -46,7 +46,9 @@ class Settings(ServiceSettings):
     )
 
     rate_per_second: float = Field(
-        default=0.0, ge=0, description="Messages per second to the relay; 0 turns pacing off."
+        default=0.0,
+        ge=0,
+        description="Messages per second to the relay, all replicas together; 0 turns pacing off.",
     )
     rate_burst: int = Field(default=1, ge=1)
     send_concurrency: int = Field(default=32, ge=1, le=1000)

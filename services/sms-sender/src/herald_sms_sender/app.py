@@ -30,6 +30,9 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
         routers=[webhooks.router],
     )
     identity = settings.messaging_service_sid or settings.from_number
+    # The rate is per sender identity across every replica: this replica paces at its share
+    # of it, the part of the outbound partitions it owns.
+    pacer = Pacer(settings.rate_per_second, settings.rate_burst, name="sms-sender")
 
     @runtime.on_start
     async def _wire() -> None:
@@ -50,7 +53,7 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
             runtime.producer,
             callback_url=f"{settings.base_url()}/webhooks/twilio/status",
             identity=identity,
-            pacer=Pacer(settings.rate_per_second, settings.rate_burst, name="sms-sender"),
+            pacer=pacer,
             breaker=CircuitBreaker(
                 threshold=settings.breaker_threshold,
                 cooldown=settings.breaker_cooldown_seconds,
@@ -79,15 +82,15 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
         await app.state.sending.send(decode(record, OutboundSms).data)
 
     # Sends wait on the provider, so a batch is handled concurrently (per customer in order).
-    runtime.consumers.append(
-        ConcurrentConsumerLoop(
-            settings,
-            runtime.producer,
-            "sms-sender",
-            [Topics.OUTBOUND_SMS],
-            on_message,
-            batch=settings.consumer_batch,
-            concurrency=settings.concurrency,
-        )
+    outbound = ConcurrentConsumerLoop(
+        settings,
+        runtime.producer,
+        "sms-sender",
+        [Topics.OUTBOUND_SMS],
+        on_message,
+        batch=settings.consumer_batch,
+        concurrency=settings.concurrency,
     )
+    outbound.on_assignment(pacer.follow)
+    runtime.consumers.append(outbound)
     return app

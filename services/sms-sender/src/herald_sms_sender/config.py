@@ -24,7 +24,9 @@ class Settings(ServiceSettings):
     from_number: str = "+15005550006"
     messaging_service_sid: str | None = None
     rate_per_second: float = Field(
-        default=0.0, ge=0, description="Sends per second per sender identity; 0 = no pacing."
+        default=0.0,
+        ge=0,
+        description="Sends per second per sender identity, all replicas together; 0 = no pacing.",
     )
     rate_burst: int = Field(default=1, ge=1, description="Sends allowed back to back when idle.")
     # A message spends most of its time waiting (the ledger's writes, the provider, the status

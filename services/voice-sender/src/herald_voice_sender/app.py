@@ -31,6 +31,9 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
         description="Places IVR callback calls through Twilio Voice.",
         routers=[webhooks.router],
     )
+    # The rate is per caller id across every replica: this replica paces at its share of it,
+    # the part of the outbound and call-back partitions it owns (both place calls).
+    pacer = Pacer(settings.rate_per_second, settings.rate_burst, name="voice-sender")
 
     @runtime.on_start
     async def _wire() -> None:
@@ -51,7 +54,7 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
             base_url=settings.base_url(),
             identity=settings.caller_id,
             machine_detection=settings.machine_detection,
-            pacer=Pacer(settings.rate_per_second, settings.rate_burst, name="voice-sender"),
+            pacer=pacer,
             breaker=CircuitBreaker(
                 threshold=settings.breaker_threshold,
                 cooldown=settings.breaker_cooldown_seconds,
@@ -81,16 +84,17 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
         if reply.intent == "callback" and reply.channel != "voice":
             await app.state.calling.callback(reply)
 
-    runtime.consumers.append(
-        ConcurrentConsumerLoop(
-            settings,
-            runtime.producer,
-            "voice-sender",
-            [Topics.OUTBOUND_VOICE],
-            on_outbound,
-            batch=settings.consumer_batch,
-            concurrency=settings.concurrency,
-        )
+    outbound = ConcurrentConsumerLoop(
+        settings,
+        runtime.producer,
+        "voice-sender",
+        [Topics.OUTBOUND_VOICE],
+        on_outbound,
+        batch=settings.consumer_batch,
+        concurrency=settings.concurrency,
     )
-    runtime.consume("voice-sender-callbacks", [Topics.ENGAGEMENT_REPLIES], on_reply)
+    outbound.on_assignment(pacer.follow)
+    runtime.consumers.append(outbound)
+    callbacks = runtime.consume("voice-sender-callbacks", [Topics.ENGAGEMENT_REPLIES], on_reply)
+    callbacks.on_assignment(pacer.follow)
     return app

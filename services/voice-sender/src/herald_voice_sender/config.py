@@ -27,7 +27,9 @@ class Settings(ServiceSettings):
     )
     machine_detection: bool = True
     rate_per_second: float = Field(
-        default=1.0, ge=0, description="Calls per second per caller id; 0 = no pacing."
+        default=1.0,
+        ge=0,
+        description="Calls per second per caller id, all replicas together; 0 = no pacing.",
     )
     rate_burst: int = Field(default=1, ge=1)
     concurrency: int = Field(default=16, ge=1, le=1000)
