@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiokafka import ConsumerRecord
 
 from herald_contracts import CALLBACK_MESSAGE, DeliveryStatus, EngagementReply, Topics
@@ -12,6 +15,10 @@ from herald_scheduler.adapters.stats import StatsRepository
 
 # Statuses that mean a message went out: the contact counts towards the customer's caps.
 SENT = frozenset({"sent", "delivered", "answered"})
+# How long a campaign's priority and cap contribution are used without reading the campaign
+# again: statuses come by the thousand and carry no campaign version, so each is not worth a
+# read, but a version saved with another priority or `counts_towards_cap` applies within this.
+CAP_CLASS_SECONDS = 10.0
 
 
 class StatsConsumer:
@@ -24,32 +31,40 @@ class StatsConsumer:
         *,
         campaigns: CampaignRepository | None = None,
         history: ContactHistory | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = stats
         self.campaigns = campaigns
         self.history = history
         self.status_topic = Topics.DELIVERY_STATUS.name(namespace)
-        # Priority and cap contribution per campaign: read once, they rarely change.
-        self._caps: dict[str, tuple[str, bool] | None] = {}
+        self._clock = clock
+        # Priority and cap contribution per campaign, with when they were read: kept for
+        # CAP_CLASS_SECONDS only, as a new version (PUT /campaigns/{id}) may change them.
+        self._caps: dict[str, tuple[float, tuple[str, bool]]] = {}
 
     async def _cap_class(self, campaign_id: str) -> tuple[str, bool] | None:
-        if campaign_id not in self._caps:
-            if len(self._caps) > 10_000:
-                self._caps.clear()
-            try:
-                d = (
-                    (await self.campaigns.get(campaign_id))["definition"]
-                    if self.campaigns
-                    else None
-                )
-            except NotFound:
-                d = None
-            self._caps[campaign_id] = (
-                (d.get("priority", "service"), d.get("limits", {}).get("counts_towards_cap", True))
-                if d
-                else None
-            )
-        return self._caps[campaign_id]
+        """The campaign's priority and whether it counts towards caps, as of its current
+        version give or take CAP_CLASS_SECONDS; None for a campaign not found (not kept: it
+        may be created or replicated yet, and its contacts must count from then on)."""
+        now = self._clock()
+        cached = self._caps.get(campaign_id)
+        if cached is not None and now - cached[0] < CAP_CLASS_SECONDS:
+            return cached[1]
+        if self.campaigns is None:
+            return None
+        try:
+            d = (await self.campaigns.get(campaign_id))["definition"]
+        except NotFound:
+            self._caps.pop(campaign_id, None)
+            return None
+        if len(self._caps) > 10_000:
+            self._caps.clear()
+        cap_class = (
+            d.get("priority", "service"),
+            d.get("limits", {}).get("counts_towards_cap", True),
+        )
+        self._caps[campaign_id] = (now, cap_class)
+        return cap_class
 
     async def _note_contact(self, st: DeliveryStatus) -> None:
         if self.history is None or st.status not in SENT:
