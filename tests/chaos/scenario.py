@@ -597,7 +597,7 @@ async def provider_faults(stack: Stack, plan: FaultPlan) -> None:
     """Make the sandbox fail a share of provider requests for the rest of the run."""
     half = plan.provider_faults / 2
     body = {
-        "faults": [{"kind": "server-error", "share": half}, {"kind": "timeout", "share": half}]
+        "faults": [{"kind": "unavailable", "share": half}, {"kind": "timeout", "share": half}]
         if plan.provider_faults
         else [],
         "timeout_seconds": plan.provider_timeout_seconds,

@@ -36,7 +36,7 @@ async def test_no_contact_lost_or_duplicated_under_faults(
     assert sum("kill -9" in line for line in journal) == len(plan.services)
     assert any("stop Kafka" in line for line in journal)
     assert any("stop the database" in line for line in journal)
-    assert result.provider_faults.get("server-error", 0) >= 1, result.table()
+    assert result.provider_faults.get("unavailable", 0) >= 1, result.table()
     assert result.provider_faults.get("timeout", 0) >= 1, result.table()
     assert result.duplicates == 0, result.table()
     assert result.lost == 0, result.table()

@@ -158,6 +158,45 @@ async def test_a_timeout_that_created_the_message_is_settled_sent_by_lookup(
         )
 
 
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_a_gateway_502_after_the_provider_took_it_is_settled_sent_by_lookup_not_resent(
+    channel: str,
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    """Twilio took the message (placed the call) and the proxy in front of it answered 502: a
+    5xx that says nothing about the request is an unknown outcome, looked up like a timeout,
+    not a refusal to send again."""
+    sender_name, collection, topic, what, prefix = CHANNELS[channel]
+    db = db_name(sender_name.replace("-", "_"))
+    async with served(channel, infra, namespace, db) as s:
+        r = await s.http.post(
+            f"{s.sandbox}/sandbox/api/twilio/behaviour",
+            json={"faults": [{"kind": "bad-gateway", "share": 1.0}]},
+        )
+        assert r.status_code == 200, r.text
+        phone = unique_phone()
+        msg = _message(channel, phone)
+        await s.prod.publish(topic, msg, key=msg.customer_id)
+
+        [sent] = await eventually(
+            lambda: s.statuses.where(message_id=msg.message_id, status="sent"), within=30
+        )
+        await asyncio.sleep(0.5)
+        items = await _in_sandbox(s.http, s.sandbox, what, phone)
+        assert [i["sid"] for i in items] == [sent.provider_id], "sent again after the 502"
+        row = await mongo[db][collection].find_one({"_id": msg.message_id})
+        assert row is not None and row["status"] == "sent"
+        assert row["provider_id"] == sent.provider_id and sent.provider_id.startswith(prefix)
+        metrics = (await s.http.get(f"{s.sender}/metrics")).text
+        assert (
+            f'herald_provider_requests_total{{code="502",outcome="timeout",sender="{sender_name}"}}'
+            in metrics
+        )
+
+
 @pytest.mark.parametrize("expired", [False, True], ids=["live", "expired"])
 @pytest.mark.parametrize("channel", ["sms", "voice"])
 async def test_a_row_left_sending_that_the_provider_never_saw_ends_unknown_never_resent(

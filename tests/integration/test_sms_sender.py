@@ -206,13 +206,13 @@ async def test_faults_every_message_ends_sent_or_failed_none_lost_none_doubled(
         breaker_threshold=1000,
     )
     phone, hard = unique_phone(), unique_phone()
-    # 20% 5xx and timeouts for everyone; one number almost always answered 5xx, so that some
+    # 20% 503s and timeouts for everyone; one number almost always answered 503, so that some
     # messages exhaust their attempts and end failed.
     await env.behaviour(
         faults=[
-            {"kind": "server-error", "share": 0.1},
+            {"kind": "unavailable", "share": 0.1},
             {"kind": "timeout", "share": 0.1},
-            {"kind": "server-error", "share": 0.9, "to_prefix": hard},
+            {"kind": "unavailable", "share": 0.9, "to_prefix": hard},
         ],
         timeout_seconds=1.0,
         seed=7,
@@ -579,13 +579,13 @@ async def test_breaker_opens_on_a_failing_provider_then_closes_and_nothing_is_lo
         send_backoff_cap_seconds=0.2,
     )
     sender = {"sender": "sms-sender"}
-    busy = {**sender, "outcome": "busy", "code": "20500"}
+    busy = {**sender, "outcome": "busy", "code": "20503"}
     # The registry is the process's: compare with what earlier tests left in it.
     opened_before = await _metric(env, "herald_circuit_breaker_opened_total", **sender)
     accepted = {**sender, "outcome": "accepted", "code": ""}
     accepted_before = await _metric(env, "herald_provider_requests_total", **accepted)
     busy_before = await _metric(env, "herald_provider_requests_total", **busy)
-    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0}])
+    await env.behaviour(faults=[{"kind": "unavailable", "share": 1.0}])
     phone = unique_phone()
     msgs = [outbound_sms(phone, customer_id=f"cust-b{i}") for i in range(5)]
     for m in msgs:
@@ -635,8 +635,8 @@ async def test_retries_stop_at_the_expiry_and_the_message_fails_with_a_reason(
         breaker_threshold=1000,
     )
     phone = unique_phone()
-    await env.behaviour(faults=[{"kind": "server-error", "share": 1.0, "to_prefix": phone}])
-    busy = {"sender": "sms-sender", "outcome": "busy", "code": "20500"}
+    await env.behaviour(faults=[{"kind": "unavailable", "share": 1.0, "to_prefix": phone}])
+    busy = {"sender": "sms-sender", "outcome": "busy", "code": "20503"}
     before = await _metric(env, "herald_provider_requests_total", **busy)
     msg = outbound_sms(phone, customer_id="cust-exp", expires_at=utc_now() + timedelta(seconds=2))
     await env.publish(msg)
@@ -646,8 +646,8 @@ async def test_retries_stop_at_the_expiry_and_the_message_fails_with_a_reason(
     [failed] = await eventually(
         lambda: env.statuses.where(message_id=msg.message_id, status="failed"), within=10
     )
-    assert failed.error_code == "20500"
-    assert failed.reason == "expired during retries (last: 20500)"
+    assert failed.error_code == "20503"
+    assert failed.reason == "expired during retries (last: 20503)"
     assert failed.at <= msg.expires_at + timedelta(seconds=0.5)
     tried = await _metric(env, "herald_provider_requests_total", **busy) - before
     assert 2 <= tried < 50

@@ -25,7 +25,8 @@ class ProviderRejected(PermanentError):
 
 
 class ProviderBusy(RetryableError):
-    """The provider answered 429 or 5xx, or could not be reached: nothing went out; retry later."""
+    """The provider refused the request for now (429, or Twilio's own 503 20503), or could not
+    be reached: nothing went out; retry later."""
 
     def __init__(self, detail: str, *, status: int, code: str, retry_after: float | None) -> None:
         super().__init__(detail, code=code, retry_after=retry_after)
@@ -33,7 +34,15 @@ class ProviderBusy(RetryableError):
 
 
 class ProviderTimeout(RetryableError):
-    """No answer in time: the provider may or may not have taken the request."""
+    """No verdict: no answer in time, the connection lost, or a 5xx that does not say the
+    request was refused. The provider may or may not have taken the request."""
+
+
+# Twilio's "service unavailable": the one 5xx Twilio documents as "try again with back-off",
+# i.e. the request was not taken. Its 500 (20500) is documented as possibly processed ("a
+# retried SMS or call may reach the customer twice"), and a gateway's 502/504 (no Twilio code
+# in the body) says nothing about whether Twilio got the request.
+UNAVAILABLE = 20503
 
 
 # The response headers of the request made in the current task (Retry-After lives there, and
@@ -147,12 +156,18 @@ class TwilioClient:
             raise ProviderTimeout("twilio did not answer in time", code="timeout") from exc
         except TwilioRestException as exc:
             code = str(exc.code or exc.status)
-            if exc.status == 429 or exc.status >= 500:
+            if exc.status == 429 or (exc.status == 503 and exc.code == UNAVAILABLE):
                 raise ProviderBusy(
                     f"twilio {exc.status} ({code})",
                     status=exc.status,
                     code=code,
                     retry_after=_retry_after(_last_headers.get()),
+                ) from exc
+            if exc.status >= 500:
+                # The request may have been taken (see UNAVAILABLE): an unknown outcome, like
+                # a timeout, to be looked up rather than sent again.
+                raise ProviderTimeout(
+                    f"twilio {exc.status} ({code}): outcome unknown", code=code
                 ) from exc
             raise ProviderRejected(f"twilio {exc.status} ({code}): {exc.msg}", code=code) from exc
 

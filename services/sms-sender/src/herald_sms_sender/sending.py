@@ -17,7 +17,7 @@ from herald_contracts import (
     OutboundSms,
     utc_now,
 )
-from herald_kit import CircuitBreaker, EventProducer, Pacer, backoff
+from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
     ProviderBusy,
@@ -253,16 +253,17 @@ class SmsSending:
                     await self.fail(ref, exc.code or "rejected", exc.detail)
                     return
                 except ProviderTimeout as exc:
+                    # No verdict (a timeout, a lost connection, a 5xx that may have been
+                    # taken): look the message up; not found, or the look-up failing, is
+                    # 'unknown', never a second send the customer might get twice.
                     self.breaker.failure()
-                    # The provider may have taken it: look before sending again.
                     found = await self._reconcile(msg, since=claimed_at)
                     if found is not None:
                         await self._sent(ref, found)
                         return
-                    last = exc.code or "timeout"
-                    delay = backoff(
-                        attempt, base=self.retry.base_seconds, cap=self.retry.cap_seconds
-                    )
+                    await self.ledger.set(msg.message_id, "unknown", error_code=exc.code)
+                    await self.publish(ref, "unknown", error_code=exc.code, reason=exc.detail)
+                    return
                 except ProviderBusy as exc:
                     last, delay = busy_delay(
                         exc,

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urljoin
 
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from twilio.request_validator import RequestValidator
 
 from herald_kit import Runtime
@@ -106,6 +106,16 @@ def twilio_error(
         status_code=status,
         headers=headers,
     )
+
+
+# What a proxy in front of the API answers when the API's answer does not reach it (no
+# Twilio error body, so no Twilio code).
+BAD_GATEWAY = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def _unavailable() -> JSONResponse:
+    """Twilio's 503 (20503): the request was not taken; Twilio says try again with back-off."""
+    return twilio_error(503, 20503, "Service unavailable")
 
 
 def _authorised(request: Request, account_sid: str, settings: Settings) -> bool:
@@ -214,9 +224,13 @@ async def create_message(
         return twilio_error(
             429, 20429, "Too Many Requests", headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
         )
-    fault = behaviour.fault(to, ("server-error", "timeout", "undelivered"))
+    fault = behaviour.fault(
+        to, ("server-error", "unavailable", "timeout", "bad-gateway", "undelivered")
+    )
     if fault == "server-error":
         return twilio_error(500, 20500, "An internal server error has occurred")
+    if fault == "unavailable":
+        return _unavailable()
     if behaviour.enforce_opt_out and to in outbox.opted_out:
         return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient", headers=None)
     record = outbox.add_sms(
@@ -240,6 +254,9 @@ async def create_message(
     if fault == "timeout":
         # Twilio took the message, but the answer never reaches the client in time.
         await asyncio.sleep(behaviour.timeout_seconds)
+    if fault == "bad-gateway":
+        # Twilio took the message, but the proxy in between lost its answer.
+        return HTMLResponse(BAD_GATEWAY, status_code=502)
     return JSONResponse(record.as_twilio(), status_code=201)
 
 
@@ -373,10 +390,22 @@ async def create_call(
             429, 20429, "Too Many Requests", headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
         )
     fault = behaviour.fault(
-        to, ("server-error", "timeout", "machine", "busy", "no-answer", "failed")
+        to,
+        (
+            "server-error",
+            "unavailable",
+            "timeout",
+            "bad-gateway",
+            "machine",
+            "busy",
+            "no-answer",
+            "failed",
+        ),
     )
     if fault == "server-error":
         return twilio_error(500, 20500, "An internal server error has occurred")
+    if fault == "unavailable":
+        return _unavailable()
     record = request.app.state.outbox.add_call(
         account_sid=account_sid,
         to=to,
@@ -386,10 +415,16 @@ async def create_call(
         status_callback=status_callback,
         machine_detection=machine_detection,
     )
-    _spawn(request, play_call(request.app, record, None if fault == "timeout" else fault))
+    _spawn(
+        request,
+        play_call(request.app, record, None if fault in ("timeout", "bad-gateway") else fault),
+    )
     if fault == "timeout":
         # Twilio placed the call, but the answer never reaches the client in time.
         await asyncio.sleep(behaviour.timeout_seconds)
+    if fault == "bad-gateway":
+        # Twilio placed the call, but the proxy in between lost its answer.
+        return HTMLResponse(BAD_GATEWAY, status_code=502)
     return JSONResponse(record.as_twilio(), status_code=201)
 
 

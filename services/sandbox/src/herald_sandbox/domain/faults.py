@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FaultKind = Literal[
-    "server-error", "timeout", "undelivered", "machine", "busy", "no-answer", "failed"
+    "server-error",
+    "unavailable",
+    "timeout",
+    "bad-gateway",
+    "undelivered",
+    "machine",
+    "busy",
+    "no-answer",
+    "failed",
 ]
 
 
