@@ -2,23 +2,28 @@
 
 Real database and broker. An answer that leaves the outcome unknown (a timeout, a 5xx that
 may have been taken) is looked up and, not found, reported `unknown`: never sent a second
-time.
+time. A 429's Retry-After, over real HTTP, holds the next request back that long.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
+from aiohttp import web
 from twilio_support import outbound_sms, producer
 
-from herald_kit import EventProducer
+from herald_kit import EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
     ProviderTimeout,
     Sent,
+    TwilioSms,
 )
 from herald_sms_sender.sending import RetryPolicy, SmsSending
 from support import unique_phone
@@ -92,3 +97,67 @@ async def test_an_sms_whose_answer_was_lost_and_not_found_is_unknown_never_sent_
     assert twilio.taken == [msg.body]
     row = await db["send_ledger"].find_one({"_id": msg.message_id})
     assert row["status"] == "unknown"
+
+
+@asynccontextmanager
+async def twilio_answering_429_once(retry_after: int) -> AsyncIterator[tuple[str, list[float]]]:
+    """A local HTTP server standing in for Twilio: the first Message gets 429 with
+    `Retry-After`, the next ones are taken. Its URL, and when each request came."""
+    times: list[float] = []
+
+    async def create(request: web.Request) -> web.Response:
+        times.append(time.monotonic())
+        if len(times) == 1:
+            body = {"code": 20429, "message": "Too Many Requests", "status": 429}
+            return web.Response(
+                status=429,
+                headers={"Retry-After": str(retry_after)},
+                content_type="application/json",
+                text=json.dumps(body),
+            )
+        sid = f"SM{len(times):032d}"
+        return web.json_response({"sid": sid, "status": "queued"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", times
+    finally:
+        await runner.cleanup()
+
+
+async def test_after_a_429_the_next_request_waits_for_its_retry_after(
+    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("sms_sender")]
+    async with twilio_answering_429_once(retry_after=2) as (url, times):
+        twilio = TwilioSms(
+            account_sid="AC" + "0" * 32,
+            auth_token="token",
+            from_number=IDENTITY,
+            messaging_service_sid=None,
+            base_url=url,
+        )
+        pacer = Pacer(0)
+        sending = SmsSending(
+            Ledger(db),
+            twilio,
+            prod,
+            callback_url="http://127.0.0.1:1/s",
+            identity=twilio.identity,
+            pacer=pacer,
+            retry=RetryPolicy(base_seconds=0.05, cap_seconds=0.1),
+        )
+        msg = outbound_sms(unique_phone())
+        try:
+            await sending.send(msg)
+        finally:
+            await twilio.close()
+    assert len(times) == 2
+    assert times[1] - times[0] >= 2.0, "the next request came before Twilio's Retry-After"
+    row = await db["send_ledger"].find_one({"_id": msg.message_id})
+    assert row["status"] == "sent"

@@ -1,6 +1,6 @@
 """What Twilio's error answers become, through twilio-python and a real local HTTP server: a
-5xx that may have been taken (Twilio's 500, a gateway's 502/504) is an unknown outcome, never
-a refusal to retry."""
+429's Retry-After reaches the sender, Twilio's 503 is a refusal to retry, and a 5xx that may
+have been taken (Twilio's 500, a gateway's 502/504) is an unknown outcome, never a refusal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from herald_twilio import ProviderTimeout, TwilioClient
+from herald_twilio import ProviderBusy, ProviderTimeout, TwilioClient
 
 SID = "AC" + "0" * 32
 Answer = Callable[[], web.Response]
@@ -59,6 +59,24 @@ async def send(client: TwilioClient) -> None:
     )
 
 
+async def test_a_429s_retry_after_reaches_the_sender() -> None:
+    async with answering(
+        twilio_error(429, 20429, "Too Many Requests", **{"Retry-After": "7"})
+    ) as c:
+        with pytest.raises(ProviderBusy) as info:
+            await send(c)
+    assert (info.value.http_status, info.value.code) == (429, "20429")
+    assert info.value.retry_after == 7.0
+
+
+async def test_twilios_503_is_busy_and_keeps_its_retry_after() -> None:
+    unavailable = twilio_error(503, 20503, "Service unavailable", **{"Retry-After": "3"})
+    async with answering(unavailable) as c:
+        with pytest.raises(ProviderBusy) as info:
+            await send(c)
+    assert (info.value.http_status, info.value.code, info.value.retry_after) == (503, "20503", 3.0)
+
+
 @pytest.mark.parametrize(
     ("answer", "code"),
     [
@@ -76,3 +94,10 @@ async def test_a_5xx_that_may_have_been_taken_is_an_unknown_outcome_not_busy(
         with pytest.raises(ProviderTimeout) as info:
             await send(c)
     assert info.value.code == code
+
+
+async def test_a_429_without_retry_after_has_none() -> None:
+    async with answering(twilio_error(429, 20429, "Too Many Requests")) as c:
+        with pytest.raises(ProviderBusy) as info:
+            await send(c)
+    assert info.value.retry_after is None

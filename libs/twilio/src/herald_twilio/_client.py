@@ -44,11 +44,13 @@ class ProviderTimeout(RetryableError):
 # in the body) says nothing about whether Twilio got the request.
 UNAVAILABLE = 20503
 
-
-# The response headers of the request made in the current task (Retry-After lives there, and
-# TwilioRestException does not carry headers).
-_last_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "twilio_last_headers", default=None
+# Where the request in flight keeps its response headers (Retry-After lives there, and
+# TwilioRestException does not carry headers): a dict the caller creates before the request
+# and the HTTP client fills in. A dict, not a value set in the ContextVar: asyncio.wait_for runs
+# the request in a task of its own (on Python 3.11) with a copy of the context, and a value set
+# there never reaches the caller; the dict they share does.
+_headers_holder: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "twilio_headers_holder", default=None
 )
 
 
@@ -78,7 +80,10 @@ class _HeaderKeepingClient(AsyncTwilioHttpClient):  # type: ignore[misc]
             raise ProviderTimeout(
                 f"twilio connection lost: {type(exc).__name__}", code="io"
             ) from exc
-        _last_headers.set({k.lower(): v for k, v in (response.headers or {}).items()})
+        holder = _headers_holder.get()
+        if holder is not None:
+            holder.clear()
+            holder.update({k.lower(): v for k, v in (response.headers or {}).items()})
         return response
 
 
@@ -148,7 +153,8 @@ class TwilioClient:
         )
 
     async def _create(self, request: Awaitable[T]) -> T:
-        _last_headers.set(None)
+        headers: dict[str, str] = {}
+        token = _headers_holder.set(headers)
         try:
             # A hard bound even if the HTTP layer's own timeout does not fire.
             return await asyncio.wait_for(request, self._timeout + 1)
@@ -161,7 +167,7 @@ class TwilioClient:
                     f"twilio {exc.status} ({code})",
                     status=exc.status,
                     code=code,
-                    retry_after=_retry_after(_last_headers.get()),
+                    retry_after=_retry_after(headers),
                 ) from exc
             if exc.status >= 500:
                 # The request may have been taken (see UNAVAILABLE): an unknown outcome, like
@@ -170,6 +176,8 @@ class TwilioClient:
                     f"twilio {exc.status} ({code}): outcome unknown", code=code
                 ) from exc
             raise ProviderRejected(f"twilio {exc.status} ({code}): {exc.msg}", code=code) from exc
+        finally:
+            _headers_holder.reset(token)
 
     async def close(self) -> None:
         """Close the HTTP session."""
