@@ -2,11 +2,14 @@
 
 Real database and broker. An answer that leaves the outcome unknown (a timeout, a 5xx that
 may have been taken) is looked up and, not found, reported `unknown`: never sent a second
-time. A 429's Retry-After, over real HTTP, holds the next request back that long.
+time. A 429's Retry-After, over real HTTP, holds the next request back that long. And waits on
+the circuit breaker send nothing, so they take none of a message's attempts: a slow half-open
+trial does not fail the messages waiting for its verdict.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,16 +19,21 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from twilio_support import outbound_sms, producer
+from twilio_support import outbound_sms, outbound_voice, producer
 
-from herald_kit import EventProducer, Pacer
+from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
+    ProviderBusy,
     ProviderTimeout,
     Sent,
     TwilioSms,
 )
 from herald_sms_sender.sending import RetryPolicy, SmsSending
+from herald_voice_sender.adapters.ledger import CallLedger
+from herald_voice_sender.adapters.provider import Placed
+from herald_voice_sender.calling import RetryPolicy as CallRetryPolicy
+from herald_voice_sender.calling import VoiceCalling
 from support import unique_phone
 
 IDENTITY = "+15005550006"
@@ -161,3 +169,94 @@ async def test_after_a_429_the_next_request_waits_for_its_retry_after(
     assert times[1] - times[0] >= 2.0, "the next request came before Twilio's Retry-After"
     row = await db["send_ledger"].find_one({"_id": msg.message_id})
     assert row["status"] == "sent"
+
+
+class RecoveringSlowly:
+    """Answers the first request 503 (the breaker opens), then takes each, slowly: three
+    seconds a request, inside Twilio's 10 s timeout, so the half-open trial is long in flight
+    (a waiting message polls the breaker every tenth of a second meanwhile)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    async def _request(self, to: str) -> str:
+        self.requests.append(to)
+        if len(self.requests) == 1:
+            raise ProviderBusy("twilio 503 (20503)", status=503, code="20503", retry_after=None)
+        await asyncio.sleep(3.0)
+        return f"{len(self.requests):032d}"
+
+    async def send(self, *, to: str, body: str, status_callback: str | None) -> Sent:
+        return Sent(provider_id="SM" + await self._request(to), status="queued")
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> list[str]:
+        return []
+
+    async def call(
+        self, *, to: str, url: str, status_callback: str, machine_detection: bool
+    ) -> Placed:
+        return Placed(provider_id="CA" + await self._request(to), status="queued")
+
+    async def find_placed(self, *, to: str, since: datetime) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+def opens_at_once() -> CircuitBreaker:
+    """Opened by one failure, for a tenth of a second."""
+    return CircuitBreaker(threshold=1, cooldown=0.1)
+
+
+async def test_smses_waiting_on_a_slow_trial_keep_their_attempts_and_are_sent(
+    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("sms_sender")]
+    twilio = RecoveringSlowly()
+    sending = SmsSending(
+        Ledger(db),
+        twilio,
+        prod,
+        callback_url="http://127.0.0.1:1/s",
+        identity=IDENTITY,
+        breaker=opens_at_once(),
+        retry=RetryPolicy(attempts=6, base_seconds=0.15, cap_seconds=0.15),
+    )
+    first, *others = [outbound_sms(unique_phone()) for _ in range(6)]
+    opening = asyncio.create_task(sending.send(first))  # its 503 opens the breaker
+    await asyncio.sleep(0.01)
+    await asyncio.gather(opening, *(sending.send(m) for m in others))
+    rows = (
+        await db["send_ledger"].find({"_id": {"$in": [m.message_id for m in others]}}).to_list(None)
+    )
+    assert {r["status"] for r in rows} == {"sent"}, [r.get("reason") for r in rows]
+    assert sorted(twilio.requests[1:]) == sorted(m.to for m in [first, *others])
+
+
+async def test_calls_waiting_on_a_slow_trial_keep_their_attempts_and_are_placed(
+    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+) -> None:
+    db = mongo[db_name("voice_sender")]
+    twilio = RecoveringSlowly()
+    calling = VoiceCalling(
+        CallLedger(db),
+        twilio,
+        prod,
+        base_url="http://127.0.0.1:1",
+        identity=IDENTITY,
+        breaker=opens_at_once(),
+        retry=CallRetryPolicy(attempts=5, base_seconds=0.15, cap_seconds=0.15),
+    )
+    first, *others = [
+        VoiceCalling.from_outbound(outbound_voice(unique_phone(), "Your engineer is booked."))
+        for _ in range(6)
+    ]
+    opening = asyncio.create_task(calling.place(first))
+    await asyncio.sleep(0.01)
+    await asyncio.gather(opening, *(calling.place(c) for c in others))
+    rows = (
+        await db["call_ledger"].find({"_id": {"$in": [c.message_id for c in others]}}).to_list(None)
+    )
+    assert {r["status"] for r in rows} == {"sent"}, [r.get("reason") for r in rows]
+    assert sorted(twilio.requests[1:]) == sorted(c.to for c in [first, *others])

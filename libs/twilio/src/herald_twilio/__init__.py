@@ -7,7 +7,9 @@ from herald_twilio._client import (
     TwilioClient,
 )
 from herald_twilio._sending import (
+    OPEN_CIRCUIT_PATIENCE,
     PauseOutcome,
+    breaker_deadline,
     busy_delay,
     expired_waiting,
     gave_up_reason,
@@ -19,12 +21,14 @@ from herald_twilio._sending import (
 from herald_twilio._webhooks import BadSignature, validate_signed_form
 
 __all__ = [
+    "OPEN_CIRCUIT_PATIENCE",
     "BadSignature",
     "PauseOutcome",
     "ProviderBusy",
     "ProviderRejected",
     "ProviderTimeout",
     "TwilioClient",
+    "breaker_deadline",
     "busy_delay",
     "expired_waiting",
     "gave_up_reason",

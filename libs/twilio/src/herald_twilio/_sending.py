@@ -40,6 +40,16 @@ def busy_delay(
 
 PauseOutcome = Literal["resumed", "expired", "taken"]
 
+# How long a message with no deadline waits, in all, for an open circuit breaker (or for the
+# verdict of the half-open trial) before it fails. A wait on the breaker sends nothing, so it
+# takes none of the message's provider attempts; only its deadline, else this, bounds it.
+OPEN_CIRCUIT_PATIENCE = timedelta(minutes=15)
+
+
+def breaker_deadline(deadline: datetime | None, claimed_at: datetime) -> datetime:
+    """Until when a message claimed at `claimed_at` may wait on the circuit breaker."""
+    return deadline if deadline is not None else claimed_at + OPEN_CIRCUIT_PATIENCE
+
 
 async def pause_unclaimed(
     ledger: SendLedger,

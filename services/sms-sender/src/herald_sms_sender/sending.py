@@ -28,6 +28,7 @@ from herald_sms_sender.adapters.provider import (
 from herald_sms_sender.domain.keywords import number_key
 from herald_twilio import (
     PauseOutcome,
+    breaker_deadline,
     busy_delay,
     expired_waiting,
     gave_up_reason,
@@ -215,15 +216,22 @@ class SmsSending:
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
         paused: PauseOutcome | None = None
-        for attempt in range(1, self.retry.attempts + 1):
+        # Waits on the breaker (open, or a half-open trial in flight) send nothing, so they take
+        # none of the message's attempts, or a slow trial would fail every message waiting on it
+        # without one request to the provider; the deadline bounds them instead.
+        breaker_until = breaker_deadline(msg.deadline, claimed_at)
+        attempt = 0
+        while attempt < self.retry.attempts:
             premarked, marked = marked, False
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                paused = await self._pause(msg, wait, claim)  # the row is 'retry' meanwhile
+                # The row is 'retry' meanwhile.
+                paused = await self._pause(msg, wait, claim, until=breaker_until)
                 if paused != "resumed":
                     break
                 continue
+            attempt += 1
             try:
                 if not (premarked and self.pacer.ready(self.identity)):
                     if premarked:
@@ -292,10 +300,14 @@ class SmsSending:
             return  # another consumer holds the row now; its outcome stands
         await self.fail(ref, last, gave_up_reason(paused, last))
 
-    async def _pause(self, msg: OutboundSms, delay: float, claim: str) -> PauseOutcome:
-        """Sleep before the next attempt unless that passes the expiry (see pause_unclaimed)."""
+    async def _pause(
+        self, msg: OutboundSms, delay: float, claim: str, *, until: datetime | None = None
+    ) -> PauseOutcome:
+        """Sleep before the next attempt unless that passes the deadline (or `until`, for a
+        wait on the breaker; see pause_unclaimed)."""
+        expires_at = until if until is not None else msg.deadline
         return await pause_unclaimed(
-            self.ledger, msg.message_id, delay=delay, expires_at=msg.deadline, claim=claim
+            self.ledger, msg.message_id, delay=delay, expires_at=expires_at, claim=claim
         )
 
     async def _reconcile(self, msg: OutboundSms, *, since: datetime) -> str | None:

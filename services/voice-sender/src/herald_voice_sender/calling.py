@@ -26,6 +26,7 @@ from herald_contracts import (
 from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_twilio import (
     PauseOutcome,
+    breaker_deadline,
     busy_delay,
     expired_waiting,
     gave_up_reason,
@@ -231,14 +232,20 @@ class VoiceCalling:
             return
         last = "none"
         paused: PauseOutcome | None = None
-        for attempt in range(1, self.retry.attempts + 1):
+        # Waits on the breaker (open, or a half-open trial in flight) place no call, so they take
+        # none of the call's attempts, or a slow trial would fail every call waiting on it
+        # without one request to the provider; the expiry bounds them instead.
+        breaker_until = breaker_deadline(call.expires_at, now)
+        attempt = 0
+        while attempt < self.retry.attempts:
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
-                paused = await self._pause(call, wait, claim)
+                paused = await self._pause(call, wait, claim, until=breaker_until)
                 if paused != "resumed":
                     break
                 continue
+            attempt += 1
             try:
                 await self.pacer.acquire(self.identity)
                 sending_at = utc_now()
@@ -335,9 +342,14 @@ class VoiceCalling:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
 
-    async def _pause(self, call: Call, delay: float, claim: str) -> PauseOutcome:
+    async def _pause(
+        self, call: Call, delay: float, claim: str, *, until: datetime | None = None
+    ) -> PauseOutcome:
+        """Sleep before the next attempt unless that passes the expiry (or `until`, for a wait
+        on the breaker; see pause_unclaimed)."""
+        expires_at = until if until is not None else call.expires_at
         return await pause_unclaimed(
-            self.ledger, call.message_id, delay=delay, expires_at=call.expires_at, claim=claim
+            self.ledger, call.message_id, delay=delay, expires_at=expires_at, claim=claim
         )
 
     async def callback(self, reply: EngagementReply) -> None:
