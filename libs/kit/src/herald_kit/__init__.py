@@ -46,7 +46,7 @@ from herald_kit._kafka import (
     stop_client,
 )
 from herald_kit._ledger import RetryingSendLedger, SendLedger, transient
-from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner
+from herald_kit._links import LinkExpired, LinkInvalid, LinkSigner, customer_page_headers
 from herald_kit._logging import JsonFormatter, configure_logging, mask
 from herald_kit._metrics import count_send_outcome, labelled, observe_provider_request
 from herald_kit._mongo import Doc, create_client, insert_if_absent, ping
@@ -109,6 +109,7 @@ __all__ = [
     "count_send_outcome",
     "create_client",
     "current_trace",
+    "customer_page_headers",
     "decode",
     "delete_namespace",
     "encode",

@@ -23,6 +23,24 @@ class LinkExpired(HeraldError):
     title = "Link expired"
 
 
+def customer_page_headers() -> dict[str, str]:
+    """The headers of every page a customer reaches through a signed link (status page,
+    preference centre, unsubscribe confirmation): a new dict each time, for the caller to keep.
+
+    Never cached, and never sent on as a referrer: the token is in the URL. Nothing but the
+    page's own inline style and its forms posting back to the service; no other site may frame
+    the page (a framed button can be clicked through unseen), which X-Frame-Options also says
+    to browsers that predate frame-ancestors.
+    """
+    return {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "X-Frame-Options": "DENY",
+    }
+
+
 class LinkSigner:
     """Sign and verify payloads for one purpose ('preferences', 'case-status', ...)."""
 

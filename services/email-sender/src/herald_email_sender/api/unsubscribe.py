@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import ONE_CLICK
-from herald_kit import EventProducer, LinkInvalid, LinkSigner, MalformedRequest, NotFound
+from herald_kit import (
+    EventProducer,
+    LinkInvalid,
+    LinkSigner,
+    MalformedRequest,
+    NotFound,
+    customer_page_headers,
+)
 
 router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 
@@ -88,13 +95,19 @@ async def one_click(request: Request, token: TokenPath, signer: Signer) -> JSONR
     response_class=HTMLResponse,
 )
 async def confirm_page(request: Request, token: TokenPath, signer: Signer) -> HTMLResponse:
-    """A page with one button that makes the one-click POST."""
+    """A page with one button that makes the one-click POST, sent with the headers of every
+    customer page (never cached, no referrer, never framed)."""
     settings: Settings = request.app.state.settings
     signer.verify(token, max_age_seconds=settings.unsubscribe_max_age_seconds)
-    action = html.escape(str(request.url.path), quote=True)
+    # Relative to the page (/v1/unsubscribe/<token>), so the button posts back to this very
+    # URL: behind an ingress that serves the service under a path prefix and strips it
+    # (<public base>/email-sender/v1/unsubscribe/<token>), the path the service sees would
+    # post outside the service, where nothing unsubscribes.
+    action = html.escape(f"./{token}", quote=True)
     return HTMLResponse(
         "<!doctype html><html lang=en><meta charset=utf-8><title>Unsubscribe</title>"
         f'<form method=post action="{action}">'
         '<input type=hidden name="List-Unsubscribe" value="One-Click">'
-        "<p>Stop these emails?</p><button type=submit>Unsubscribe</button></form></html>"
+        "<p>Stop these emails?</p><button type=submit>Unsubscribe</button></form></html>",
+        headers=customer_page_headers(),
     )

@@ -28,6 +28,7 @@ from herald_kit import (
     LinkSigner,
     NotFound,
     Principal,
+    customer_page_headers,
     require_scopes,
 )
 
@@ -124,19 +125,6 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "").lower()
 
 
-def _page_headers() -> dict[str, str]:
-    return {
-        "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",  # the token is in the URL
-        # Nothing but the page's own inline style and its forms posting back here; no other
-        # site may frame it (a framed button can be clicked unseen), which X-Frame-Options
-        # also says to browsers that predate frame-ancestors.
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        "X-Frame-Options": "DENY",
-    }
-
-
 def _problem_page(
     request: Request, exc: HeraldError, link_locale: str | None = None
 ) -> HTMLResponse:
@@ -154,7 +142,7 @@ def _problem_page(
     else:
         text = t["refused"]
     html = message_template.render(locale=locale, title=t["title"], text=text)
-    return HTMLResponse(html, status_code=exc.status, headers=_page_headers())
+    return HTMLResponse(html, status_code=exc.status, headers=customer_page_headers())
 
 
 async def _render(
@@ -194,7 +182,7 @@ async def _render(
         number=number,
         fmt=lambda value: when(value, locale, zone),
     )
-    return HTMLResponse(html, status_code=status, headers=_page_headers())
+    return HTMLResponse(html, status_code=status, headers=customer_page_headers())
 
 
 @router.get(

@@ -25,6 +25,7 @@ from herald_kit import (
     LinkSigner,
     NotFound,
     PreconditionFailed,
+    customer_page_headers,
 )
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.api.i18n import html_lang, pick_locale, words
@@ -40,15 +41,6 @@ _env = Environment(
     autoescape=select_autoescape(["html"]),
 )
 ATTEMPTS = 5
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the token is in the URL
-    # No other site may frame the page (a framed form can be clicked through unseen); the
-    # X-Frame-Options header says the same to browsers that predate frame-ancestors.
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Frame-Options": "DENY",
-}
 
 
 class NotConfigured(HeraldError):
@@ -111,7 +103,7 @@ def _page(
         saved=saved,
         error=error,
     )
-    return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=customer_page_headers())
 
 
 def _link_problem(request: Request, exc: HeraldError) -> HTMLResponse:
@@ -126,7 +118,7 @@ def _link_problem(request: Request, exc: HeraldError) -> HTMLResponse:
     html = _env.get_template("message.html").render(
         lang=html_lang(locale), title=w["title"], text=text
     )
-    return HTMLResponse(html, status_code=exc.status, headers=_PAGE_HEADERS)
+    return HTMLResponse(html, status_code=exc.status, headers=customer_page_headers())
 
 
 def _gone() -> NotFound:
