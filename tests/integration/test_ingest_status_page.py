@@ -33,6 +33,7 @@ from support import (
     free_port,
     ingest_settings,
     read_topic,
+    running,
     wait_ready,
 )
 
@@ -493,3 +494,90 @@ async def test_a_shared_case_shows_each_customer_only_their_own_contacts_and_rep
     assert "by email" not in page  # bob's contact and answer are his, not alice's
     assert "asked for a call back" not in page
     assert page.count('<li class="contact"') == 1 and page.count('<li class="reply"') == 1
+
+
+async def _submission(s: Served, token: str) -> str:
+    """The submission value of a fresh view of the page's forms."""
+    html = (await s.client.get(f"/s/{token}")).text
+    found = re.search(r'name="submission" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+async def _call_back(
+    client: httpx.AsyncClient, token: str, submission: str, number: str, *, html: bool = False
+) -> httpx.Response:
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    if html:
+        headers["accept"] = "text/html"
+    body = f"intent=callback&submission={submission}&callback_number={number.replace(' ', '+')}"
+    return await client.post(f"/s/{token}/reply", content=body.encode(), headers=headers)
+
+
+async def test_one_link_asks_for_a_few_call_backs_a_day_however_many_forms_it_sends(
+    served: Served, infra: dict[str, str], namespace: str, db_name: Callable[[str], str]
+) -> None:
+    """Each call-back is a call Herald places, and a link's holder could ask for one after
+    another, each from a fresh view of the page: now a link asks for 3 a day at most, counted
+    in the database for every replica of the service."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    token = (await _link(served, case_id, "en-GB")).rsplit("/", 1)[1]
+    first = await _submission(served, token)
+    r = await _call_back(served.client, token, first, "07911 123450")
+    assert r.status_code == 303, r.text
+    for n in (1, 2):
+        r = await _call_back(
+            served.client, token, await _submission(served, token), f"0791112345{n}"
+        )
+        assert r.status_code == 303, r.text
+    # A form sent again is the answer it was, not one more.
+    r = await _call_back(served.client, token, first, "07911 123450")
+    assert r.status_code == 303, r.text
+
+    # The fourth is refused: an API client with problem+json, a browser with the page again.
+    r = await _call_back(served.client, token, await _submission(served, token), "07911123453")
+    assert r.status_code == 429, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["field"] == "intent"
+    r = await _call_back(
+        served.client, token, await _submission(served, token), "07911 123453", html=True
+    )
+    assert r.status_code == 429
+    assert "as many times as we can take today" in r.text
+    assert 'value="07911 123453"' in r.text
+    assert r.headers["x-frame-options"] == "DENY"
+    # Another replica of the service (or this one restarted) counts the same.
+    settings = ingest_settings(infra, namespace, db_name("ingest"), link_secret=SECRET)
+    async with running(create_app(settings)) as other:
+        html = (await other.get(f"/s/{token}")).text
+        found = re.search(r'name="submission" value="([^"]+)"', html)
+        assert found
+        r = await _call_back(other, token, found.group(1), "07911123454")
+        assert r.status_code == 429, r.text
+    # Other answers are still taken, and the first call-back's form still is.
+    assert (await _answer(served, token, "intent=confirm")).status_code == 303
+    r = await _call_back(served.client, token, first, "07911 123450")
+    assert r.status_code == 303, r.text
+
+    records = await _replies(infra, served, 6)
+    replies = [decode(x, EngagementReply).data for x in records]
+    called = {x.reply_id: x.callback_number for x in replies if x.intent == "callback"}
+    assert sorted(called.values()) == ["+447911123450", "+447911123451", "+447911123452"]
+
+
+async def test_call_backs_asked_for_at_once_are_capped_all_the_same(served: Served) -> None:
+    """Requests that arrive together must not each read that the link has asked for none."""
+    case_id = f"sp-{uuid.uuid4().hex[:8]}"
+    await _open_case(served, case_id)
+    token = (await _link(served, case_id, "en-GB")).rsplit("/", 1)[1]
+    forms = [await _submission(served, token) for _ in range(8)]
+    answers = await asyncio.gather(
+        *(_call_back(served.client, token, form, f"0791112346{n}") for n, form in enumerate(forms))
+    )
+    assert sorted(r.status_code for r in answers) == [303] * 3 + [429] * 5
+    # Another link (a later message's) asks for its own.
+    other = (await _link(served, case_id, "en-US")).rsplit("/", 1)[1]
+    form = await _submission(served, other)
+    r = await _call_back(served.client, other, form, "%2B44 7911 123469")
+    assert r.status_code == 303, r.text

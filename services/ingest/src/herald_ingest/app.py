@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from herald_contracts import Topics
-from herald_ingest.adapters.repository import CaseRepository
+from herald_ingest.adapters.repository import CALLBACKS, CaseRepository
 from herald_ingest.api import cases, events, status_page
 from herald_ingest.config import Settings
 from herald_ingest.domain.intake import EventCatalog
@@ -18,6 +20,8 @@ from herald_kit import Runtime, build_app
 
 # Statuses and replies of this many customers are recorded at once.
 TIMELINE_CONCURRENCY = 32
+# A status link's call-back count is read for the current day only.
+CALLBACKS_KEPT = timedelta(days=2)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[events.router, cases.router, status_page.router],
     )
     app.state.catalog = catalog
+    runtime.forget_old(CALLBACKS, keep=CALLBACKS_KEPT)
 
     async def not_wired(record: ConsumerRecord[bytes, bytes]) -> None:
         raise RuntimeError("processor not wired")

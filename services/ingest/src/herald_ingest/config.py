@@ -53,3 +53,11 @@ class Settings(ServiceSettings):
     status_link_max_age_seconds: int = Field(
         default=14 * 24 * 3600, ge=60, description="How long a customer's status link works."
     )
+    status_callbacks_per_day: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description="How many call-backs one status link may ask for in a day (UTC): each is a "
+        "call Herald places, so whoever holds a link cannot have it call without end. A form "
+        "sent twice counts once.",
+    )

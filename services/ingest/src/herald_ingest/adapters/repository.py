@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from pymongo import DESCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -18,6 +18,7 @@ DUPLICATE_KEY = 11000
 # Conditional replaces per bulk_write command. (Before the FerretDB patch, each operation of a
 # command scanned the collection, so large commands stalled; now they address the _id index.)
 CHUNK = 250
+CALLBACKS = "status_callbacks"
 
 
 def _failed_indexes(exc: BulkWriteError, *, only_duplicates: bool) -> set[int]:
@@ -48,6 +49,9 @@ class CaseRepository:
         self.done = db["seen_done"]
         self.cases = db["cases"]
         self.timeline = db["timeline"]
+        # Call-backs asked for from status links, a row per link, day and slot (see
+        # take_callback); forgotten by the kit's retention sweep (app.py).
+        self.callbacks = db[CALLBACKS]
         self._new_timeline = InsertBatcher(self.timeline)
 
     async def ensure_indexes(self) -> None:
@@ -266,6 +270,32 @@ class CaseRepository:
         cursor = self.timeline.find(query, {"_id": 0})
         newest = [d async for d in cursor.sort([("at", -1), ("_id", -1)]).limit(limit)]
         return newest[::-1]
+
+    async def take_callback(
+        self, link: str, day: date, reply_id: str, *, cap: int, now: datetime
+    ) -> bool:
+        """Count a call-back (`reply_id`) asked for from a status link (`link`, a digest) on
+        `day`; False when the link already asked for `cap` that day. The same reply again is
+        not counted again.
+
+        The day has `cap` slots, each a row with its own _id, and a request takes the first
+        free one by inserting it: the unique _id gives a slot to one request only however many
+        arrive at once, on any replica, with nothing but inserts and lookups by _id, which
+        FerretDB v1 and MongoDB both do atomically (a count read before writing would let a
+        burst of requests through together)."""
+        slots = [f"{link}|{day.isoformat()}|{i}" for i in range(cap)]
+        taken = {
+            d["_id"]: d.get("reply_id") async for d in self.callbacks.find({"_id": {"$in": slots}})
+        }
+        if reply_id in taken.values():
+            return True
+        for slot in slots:
+            if slot in taken:
+                continue
+            row = {"_id": slot, "link": link, "reply_id": reply_id, "at": now}
+            if await insert_if_absent(self.callbacks, row):
+                return True
+        return False
 
     async def unfinished(
         self, *, since: ClaimPosition, before: datetime, limit: int = 500

@@ -3,6 +3,8 @@ with buttons that send the customer's answer to engagement.replies.v1."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 import uuid
@@ -36,10 +38,24 @@ router = APIRouter(tags=["status page"])
 Reader = Annotated[Principal, Depends(require_scopes("cases:read"))]
 PURPOSE = "case-status"
 FIELDS = ("status", "summary", "next_step", "assigned_team", "assigned_engineer")
-# The page's forms carry a value drawn anew for each page view: the answer's id derives from
-# it, so submitting one form twice is one answer, and each new submission a new one.
+# The page's forms carry a value the page issues anew for each view: a random nonce and an HMAC,
+# under the link secret, of the link and that nonce. The answer's id derives from it, so
+# submitting one form twice is one answer, and each new form a new one; a value the page did
+# not issue (made up by whoever holds the link, or posted from another site that never fetched
+# the page) is refused before anything is published.
 SUBMISSION = "submission"
-_SUBMISSION_RE = re.compile(r"^[0-9a-f]{32}$")
+_SUBMISSION_RE = re.compile(r"^([0-9a-f]{32})\.([0-9a-f]{64})$")
+# What a call-back may dial: numbers a customer answers. Premium-rate, shared-cost, UAN,
+# personal (forwarding), pager, toll-free, voicemail and unknown numbers cost or reach someone
+# else, and would let whoever holds a link make Herald call them for profit.
+CALLABLE = frozenset(
+    {
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+        phonenumbers.PhoneNumberType.VOIP,
+    }
+)
 
 
 class NotConfigured(HeraldError):
@@ -49,6 +65,17 @@ class NotConfigured(HeraldError):
     title = "Not configured"
 
 
+class NotCallable(InvalidInput):
+    """A valid number of a kind a call-back does not dial (premium rate, shared cost, ...)."""
+
+
+class TooManyCallbacks(HeraldError):
+    """The link has asked for as many call-backs today as one link may."""
+
+    status = 429
+    title = "Too many call-back requests"
+
+
 def _signer(request: Request) -> LinkSigner:
     """The signer of status links; 503 when no link secret is configured."""
     settings: Settings = request.app.state.settings
@@ -56,6 +83,30 @@ def _signer(request: Request) -> LinkSigner:
     if not secret:
         raise NotConfigured("no link secret is configured (HERALD_INGEST_LINK_SECRET)")
     return LinkSigner(secret, PURPOSE)
+
+
+def _submission_mac(request: Request, token: str, nonce: str) -> str:
+    settings: Settings = request.app.state.settings
+    key = settings.link_secret.get_secret_value().encode()
+    return hmac.new(key, f"herald:status-form:{token}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def _new_submission(request: Request, token: str) -> str:
+    """A value for one rendering of the page's forms, which only this service can issue."""
+    nonce = secrets.token_hex(16)
+    return f"{nonce}.{_submission_mac(request, token, nonce)}"
+
+
+def _check_submission(request: Request, token: str, value: str) -> None:
+    """InvalidInput unless the value was issued by this service for this link's page."""
+    match = _SUBMISSION_RE.match(value)
+    if match is None or not hmac.compare_digest(
+        match.group(2), _submission_mac(request, token, match.group(1))
+    ):
+        raise InvalidInput(
+            "the form's submission value is missing or was not issued by this page",
+            field=SUBMISSION,
+        )
 
 
 def _verify(request: Request, token: str) -> dict[str, Any]:
@@ -177,7 +228,7 @@ async def _render(
         # path prefix (<public base>/ingest/s/<token>) as well as at the root. The page shown
         # again for a refused answer is at /s/<token>/reply itself.
         action="reply" if from_reply else f"{token}/reply",
-        submission=secrets.token_hex(16),
+        submission=_new_submission(request, token),
         error=t[error] if error else None,
         number=number,
         fmt=lambda value: when(value, locale, zone),
@@ -212,7 +263,14 @@ async def status_page(token: str, request: Request, done: str | None = None) -> 
     status_code=303,
     responses={
         303: {"description": "Back to the page, with a thank-you"},
-        422: {"description": "A field is wrong (a browser sees the page again, with the error)"},
+        422: {
+            "description": "A field is wrong, or the form was not issued by the page (a browser "
+            "sees the page again, with the error)"
+        },
+        429: {
+            "description": "The link has asked for as many call-backs today as one link may "
+            "(a browser sees the page again, saying so)"
+        },
     },
 )
 async def status_reply(token: str, request: Request) -> Response:
@@ -232,19 +290,24 @@ async def _reply(token: str, request: Request, claims: dict[str, Any]) -> Respon
     intent = (form.get("intent") or [""])[0]
     if intent not in BUTTONS:
         raise InvalidInput(f"intent must be one of {', '.join(BUTTONS)}", field="intent")
-    submission = (form.get(SUBMISSION) or [""])[0]
-    if not _SUBMISSION_RE.match(submission):
-        raise InvalidInput("the form's submission value is missing or not valid", field=SUBMISSION)
     repo: CaseRepository = request.app.state.repo
     state = await repo.get(claims["case"])
     if state is None or claims["customer"] not in state.customer_ids:
         raise NotFound("There is nothing to show for this link.")
+    # After the case: a link that shows nothing says so (404) whatever its form held.
+    submission = (form.get(SUBMISSION) or [""])[0]
+    _check_submission(request, token, submission)
+    # One answer per form as rendered: a double click publishes the same reply id again, which
+    # every consumer already treats as a duplicate; a later answer (a corrected call-back
+    # number, confirm after reschedule) comes from a page rendered since, with a new value.
+    reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{submission}:{intent}"))
     number = None
     if intent == "callback":
         typed = (form.get("callback_number") or [""])[0].strip()
         try:
             number = _callback_number(typed, claims.get("locale"))
-        except InvalidInput:
+            await _count_callback(request, token, reply_id)
+        except (InvalidInput, TooManyCallbacks) as exc:
             if not _wants_html(request):
                 raise
             # The page again, saying what is wrong, with what they typed to correct.
@@ -252,15 +315,17 @@ async def _reply(token: str, request: Request, claims: dict[str, Any]) -> Respon
                 request,
                 token,
                 claims,
-                status=422,
-                error="bad_number",
+                status=exc.status,
+                error=(
+                    "callback_limit"
+                    if isinstance(exc, TooManyCallbacks)
+                    else "bad_number_type"
+                    if isinstance(exc, NotCallable)
+                    else "bad_number"
+                ),
                 number=typed[:32],
                 from_reply=True,
             )
-    # One answer per form as rendered: a double click publishes the same reply id again, which
-    # every consumer already treats as a duplicate; a later answer (a corrected call-back
-    # number, confirm after reschedule) comes from a page rendered since, with a new value.
-    reply_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"herald:status:{token}:{submission}:{intent}"))
     reply = EngagementReply(
         reply_id=reply_id,
         customer_id=claims["customer"],
@@ -287,9 +352,30 @@ def _claim(claims: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+async def _count_callback(request: Request, token: str, reply_id: str) -> None:
+    """Count a call-back asked for from this link today (UTC); TooManyCallbacks when the link
+    has asked for `status_callbacks_per_day` already. The same answer again (a form sent
+    twice) is not counted twice.
+
+    Each call-back makes Herald place a call: whoever holds a link could otherwise have it
+    call as often as they liked. The count is kept in the database, so it holds across the
+    service's replicas and restarts; the link is stored as a digest, never itself."""
+    settings: Settings = request.app.state.settings
+    repo: CaseRepository = request.app.state.repo
+    link = hashlib.sha256(token.encode()).hexdigest()[:32]
+    now = utc_now()
+    cap = settings.status_callbacks_per_day
+    if not await repo.take_callback(link, now.date(), reply_id, cap=cap, now=now):
+        raise TooManyCallbacks(
+            f"this link has asked for {cap} call-backs today; no more are taken until tomorrow",
+            field="intent",
+        )
+
+
 def _callback_number(raw: str, locale: str | None) -> str:
     """The number the customer typed for the call-back, as E.164 (national numbers read in the
-    region of the link's locale, e.g. en-GB → GB)."""
+    region of the link's locale, e.g. en-GB → GB); NotCallable for a valid number of a kind a
+    call-back does not dial (CALLABLE)."""
     region = (locale or "").rpartition("-")[2].upper() or None
     try:
         parsed = phonenumbers.parse(raw, region if region and len(region) == 2 else None)
@@ -297,4 +383,10 @@ def _callback_number(raw: str, locale: str | None) -> str:
         parsed = None
     if parsed is None or not phonenumbers.is_valid_number(parsed):
         raise InvalidInput("a phone number we can call", field="callback_number")
+    if phonenumbers.number_type(parsed) not in CALLABLE:
+        raise NotCallable(
+            "a mobile or landline number: premium-rate, shared-cost, personal, pager and other "
+            "special numbers are not called back",
+            field="callback_number",
+        )
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

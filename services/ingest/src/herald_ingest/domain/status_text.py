@@ -37,6 +37,10 @@ TEXT: dict[str, dict[str, str]] = {
         "channel.voice": "by phone",
         "channel.web": "on this page",
         "bad_number": "Please give a phone number we can call.",
+        "bad_number_type": "Please give a mobile or landline number: we do not call back "
+        "premium-rate, shared-cost, personal, pager or other special numbers.",
+        "callback_limit": "You have asked us to call you back as many times as we can take "
+        "today. We will call you; if you still need us, ask again tomorrow.",
         "expired": "This link has expired. Ask us for a new one.",
         "invalid": "This link is not valid.",
         "gone": "There is nothing to show for this link.",
@@ -71,6 +75,9 @@ TEXT: dict[str, dict[str, str]] = {
         "channel.voice": "电话",
         "channel.web": "网页",
         "bad_number": "请填写我们可以拨打的电话号码。",
+        "bad_number_type": "请填写手机或固定电话号码：我们不回拨付费、分摊费用、个人转接、"  # noqa: RUF001
+        "寻呼等特殊号码。",
+        "callback_limit": "您今天的回电请求已达上限。我们会给您回电；如仍需联系，请明天再提出。",  # noqa: RUF001
         "expired": "此链接已过期，请向我们索取新链接。",  # noqa: RUF001
         "invalid": "此链接无效。",
         "gone": "此链接没有可显示的内容。",
