@@ -246,12 +246,63 @@ def test_a_customer_whose_zone_nobody_gave_is_reached_in_their_numbers_evening()
 
 
 def test_a_toll_free_number_does_not_locate_its_customer() -> None:
-    # A toll-free number names every zone of the North American plan, Guam to Pago Pago: no
-    # hour is daytime in all of them. The customer's own zone decides.
+    # A toll-free number names every zone of the North American plan, Guam to Pago Pago, and
+    # is answered wherever its owner likes. The customer's own zone decides.
     now = datetime(2026, 1, 12, 15, tzinfo=UTC)  # 10:00 in New York
     phone = {"sms": ChannelAddress(address="+18005550100")}
     r = rig(_prefs(channels=phone, time_zone="America/New_York"), now)
     assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+
+
+def test_a_toll_free_number_without_a_zone_is_reached_in_its_regions_main_zone() -> None:
+    # Nobody said where the customer lives and the number says no place: the region's main
+    # zone (New York for the US), not UTC, where 17:30 in New York is 22:30, the night.
+    now = datetime(2026, 1, 12, 22, 30, tzinfo=UTC)
+    phone = {"sms": ChannelAddress(address="+18005550100")}
+    r = rig(_prefs(channels=phone, time_zone="UTC"), now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.send_by == datetime(2026, 1, 13, 2, tzinfo=UTC)  # 21:00 in New York
+
+
+def test_an_australian_mobile_without_a_zone_is_not_texted_at_night_anywhere_in_australia() -> None:
+    # phonenumbers places every +61 4 number from Sydney (UTC+11 in January) to Cocos (+6:30),
+    # four and a half hours apart: contact waits for the hour that is day in all of them
+    # (08:00 on Cocos, 12:30 in Sydney), never for UTC's 08:00, 19:00 in Sydney.
+    now = datetime(2026, 1, 15, 16, tzinfo=UTC)  # 03:00 in Sydney
+    phone = {"sms": ChannelAddress(address="+61412345678")}
+    r = rig(_prefs(channels=phone, time_zone="UTC"), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now)))
+    assert (decision.outcome, decision.rule) == ("deferred", "quiet-hours")
+    assert decision.due_at == datetime(2026, 1, 16, 1, 30, tzinfo=UTC)
+    assert not r.producer.of(OutboundSms)
+
+
+def test_a_russian_mobile_without_a_zone_is_not_texted_at_night_in_moscow() -> None:
+    # A +7 9 number may be anywhere from Kaliningrad (UTC+2) to Kamchatka (+12): the three
+    # hours a day that are day in all of them, 09:00-12:00 in Moscow.
+    now = datetime(2026, 1, 15, 20, 30, tzinfo=UTC)  # 23:30 in Moscow
+    phone = {"sms": ChannelAddress(address="+79161234567")}
+    r = rig(_prefs(channels=phone, time_zone="UTC"), now)
+    decision = asyncio.run(r.dispatcher.handle(_request(now)))
+    assert (decision.outcome, decision.rule) == ("deferred", "quiet-hours")
+    assert decision.due_at == datetime(2026, 1, 16, 6, tzinfo=UTC)  # 09:00 in Moscow
+
+
+def test_quiet_hours_no_hour_of_a_numbers_zones_escapes_fall_back_to_its_regions_main_zone() -> (
+    None
+):
+    # 08:00-11:00 allowed in each of a Russian mobile's zones, ten hours apart, never opens
+    # in all of them together: the customer is then reached in Moscow's morning.
+    now = datetime(2026, 1, 15, 6, tzinfo=UTC)  # 09:00 in Moscow
+    phone = {"sms": ChannelAddress(address="+79161234567")}
+    prefs = _prefs(
+        channels=phone, time_zone="UTC", quiet_hours=QuietHours(start="11:00", end="07:00")
+    )
+    r = rig(prefs, now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.send_by == datetime(2026, 1, 15, 8, tzinfo=UTC)  # 11:00 in Moscow
 
 
 # -- a channel that fails before anything is sent --------------------------------------------

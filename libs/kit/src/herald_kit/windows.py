@@ -8,7 +8,8 @@ window.
 
 On a phone channel the windows hold in every time zone the number may be in as well as in the
 customer's own: a missing or wrong zone in the preferences can then only narrow the hours,
-never move a call or an SMS into the night where the phone is.
+never move a call or an SMS into the night where the phone is. Only a number whose zones never
+share an allowed minute gives way, to the customer's zone or its region's main one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+from babel.core import get_global
 from phonenumbers import timezone as phone_zones
 from pydantic import BaseModel, Field
 
@@ -195,7 +197,8 @@ def _window(w: LocalWindow | None) -> Window | None:
 
 def zones_of(prefs: ContactPreferences, channel: Channel) -> tuple[ZoneInfo, ...]:
     """The zones the customer's number may be in on a phone channel (phonenumbers' geographic
-    zones); none on another channel or for a number that names none."""
+    zones, however far apart); none on another channel, for a service number (toll-free) or for
+    a number that names none."""
     address = prefs.channels.get(channel)
     if channel not in ("sms", "voice") or address is None:
         return ()
@@ -205,24 +208,26 @@ def zones_of(prefs: ContactPreferences, channel: Channel) -> tuple[ZoneInfo, ...
 @functools.lru_cache(maxsize=4096)
 def _number_zones(number: str) -> tuple[ZoneInfo, ...]:
     try:
-        names = phone_zones.time_zones_for_number(phonenumbers.parse(number, None))
+        parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
         return ()
-    # phonenumbers says "Etc/Unknown" for a number without a region: no zone.
-    zones = tuple(z for z in (known_zone(n) for n in names if n != "Etc/Unknown") if z)
-    # A number that may be anywhere across many hours (a toll-free number names every zone
-    # of the North American plan, from Guam to Pago Pago) does not locate its customer: no
-    # window would ever hold in all of them.
-    offsets = [z.utcoffset(_OFFSET_AT) or timedelta(0) for z in zones]
-    if offsets and max(offsets) - min(offsets) > NUMBER_ZONES_SPREAD:
+    # A service number is answered wherever its owner likes: phonenumbers names every zone of
+    # its numbering plan (Guam to Pago Pago for a North American toll-free one), no place.
+    if phonenumbers.number_type(parsed) in _SERVICE_NUMBERS:
         return ()
-    return zones
+    names = phone_zones.time_zones_for_number(parsed)
+    # phonenumbers says "Etc/Unknown" for a number without a region: no zone.
+    return tuple(z for z in (known_zone(n) for n in names if n != "Etc/Unknown") if z)
 
 
-# The widest spread of UTC offsets a number's zones may have and still locate it: mainland
-# North America's area codes, Eastern to Pacific, span three hours; a country-wide list more.
-NUMBER_ZONES_SPREAD = timedelta(hours=4)
-_OFFSET_AT = datetime(2026, 1, 15, 12, tzinfo=UTC)
+_SERVICE_NUMBERS = frozenset(
+    {
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+        phonenumbers.PhoneNumberType.PREMIUM_RATE,
+        phonenumbers.PhoneNumberType.SHARED_COST,
+        phonenumbers.PhoneNumberType.UAN,
+    }
+)
 
 
 def region_of(prefs: ContactPreferences, channel: Channel) -> str:
@@ -242,6 +247,67 @@ def _number_region(number: str) -> str:
     return phonenumbers.region_code_for_number(parsed) or "default"
 
 
+# The zone most of a region's people live in, for the regions that span several zones (CLDR
+# lists a region's zones in no such order); a region of one zone has that one.
+MAIN_ZONES: Mapping[str, str] = {
+    "AR": "America/Argentina/Buenos_Aires",
+    "AU": "Australia/Sydney",
+    "BR": "America/Sao_Paulo",
+    "CA": "America/Toronto",
+    "CD": "Africa/Kinshasa",
+    "CL": "America/Santiago",
+    "CN": "Asia/Shanghai",
+    "CY": "Asia/Nicosia",
+    "DE": "Europe/Berlin",
+    "EC": "America/Guayaquil",
+    "ES": "Europe/Madrid",
+    "FM": "Pacific/Chuuk",
+    "GL": "America/Nuuk",
+    "ID": "Asia/Jakarta",
+    "KI": "Pacific/Tarawa",
+    "KZ": "Asia/Almaty",
+    "MH": "Pacific/Majuro",
+    "MN": "Asia/Ulaanbaatar",
+    "MX": "America/Mexico_City",
+    "MY": "Asia/Kuala_Lumpur",
+    "NZ": "Pacific/Auckland",
+    "PF": "Pacific/Tahiti",
+    "PG": "Pacific/Port_Moresby",
+    "PS": "Asia/Gaza",
+    "PT": "Europe/Lisbon",
+    "RU": "Europe/Moscow",
+    "UA": "Europe/Kyiv",
+    "UM": "Pacific/Wake",
+    "US": "America/New_York",
+    "UZ": "Asia/Tashkent",
+}
+
+
+@functools.lru_cache(maxsize=512)
+def region_zone(region: str) -> ZoneInfo | None:
+    """The main zone of a region (ISO 3166, as `region_of` gives it); None for 'default', a
+    non-geographic code ('001') or a region CLDR gives no zone."""
+    if region in MAIN_ZONES:
+        return known_zone(MAIN_ZONES[region])
+    zones = get_global("territory_zones").get(region) if len(region) == 2 else None
+    return next((z for z in (known_zone(n) for n in zones or ()) if z), None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ever_opens(window: ContactWindow) -> bool:
+    """Whether contact is ever allowed in every zone of `window` together, in the winter and
+    in the summer of either hemisphere."""
+    try:
+        for at in _SEASONS:
+            window.next_allowed(at)
+    except ValueError:
+        return False
+    return True
+
+
+_SEASONS = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
+
+
 def contact_window(
     prefs: ContactPreferences,
     channel: Channel,
@@ -253,28 +319,34 @@ def contact_window(
     """The customer's quiet hours and the legal window for the channel and the region of the
     customer's number (a service-critical campaign may use its own window per channel).
 
-    On SMS and voice both hold in the customer's zone and in every zone of the number; a zone
-    name that is not a zone, or the default "UTC", counts only when the number names none."""
+    On SMS and voice both hold in the customer's zone and in every zone of the number together.
+    When they never open in all of those together (quiet hours and a number spanning ten hours),
+    or the number names no zone (toll-free), the customer's own zone decides alone, else the
+    main zone of the number's region. A zone name that is not a zone, or the default "UTC", is
+    no zone of the customer's: UTC decides only for a customer and a number that say nothing of
+    where they are."""
+    region = region_of(prefs, channel)
     legal: LocalWindow | None
     if critical and channel in critical_windows:
         legal = critical_windows[channel]
     else:
-        region = region_of(prefs, channel)
         by_channel = legal_windows.get(region, legal_windows.get("default", {}))
         legal = by_channel.get(channel)
-    quiet = prefs.quiet_hours
-    number_zones = zones_of(prefs, channel)
-    # "UTC" is the zone a contact has when nobody said where the customer lives: where the
-    # number says, that is the better word (a US customer at "UTC" would get 08:00-16:00).
-    unsaid = prefs.time_zone == UNSAID_ZONE
-    own = None if unsaid and number_zones else known_zone(prefs.time_zone)
-    if own is None and number_zones:
-        tz, also = number_zones[0], number_zones[1:]
-    else:
-        tz, also = own or ZoneInfo("UTC"), number_zones
-    return ContactWindow(
-        tz=tz,
-        allowed=_window(legal),
-        quiet=Window.parse(quiet.start, quiet.end) if quiet else None,
-        also=also,
+    allowed = _window(legal)
+    quiet = (
+        Window.parse(prefs.quiet_hours.start, prefs.quiet_hours.end) if prefs.quiet_hours else None
     )
+    # "UTC" is the zone a contact has when nobody said where the customer lives: the number is
+    # the better word (a US customer at "UTC" would get 08:00-16:00).
+    own = None if prefs.time_zone == UNSAID_ZONE else known_zone(prefs.time_zone)
+    main = region_zone(region)
+    number_zones = zones_of(prefs, channel)
+    if number_zones:
+        # Allowed only when allowed in every zone the phone may be in, however far apart (an
+        # Australian mobile may be on Cocos, 4.5 hours behind Sydney): a missing or wrong zone
+        # narrows the hours and never moves a contact into the night where the phone is.
+        tz = own or (main if main in number_zones else number_zones[0])
+        window = ContactWindow(tz=tz, allowed=allowed, quiet=quiet, also=number_zones)
+        if _ever_opens(window):
+            return window
+    return ContactWindow(tz=own or main or ZoneInfo("UTC"), allowed=allowed, quiet=quiet)
