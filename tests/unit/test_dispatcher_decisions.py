@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dispatcher_fakes import rig
 from herald_contracts import (
     CampaignRef,
+    CaseState,
     ChannelAddress,
     ContactPreferences,
     ContactRequest,
@@ -27,6 +28,7 @@ from herald_contracts import (
     TimerRequest,
 )
 from herald_dispatcher.policy import derived_id
+from herald_kit import LinkSigner
 from herald_kit.windows import ContactWindow, Window
 
 T = MessageTemplate(body="Your engineer arrives at 14:00.")
@@ -303,6 +305,38 @@ def test_quiet_hours_no_hour_of_a_numbers_zones_escapes_fall_back_to_its_regions
     assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
     (sms,) = r.producer.of(OutboundSms)
     assert sms.send_by == datetime(2026, 1, 15, 8, tzinfo=UTC)  # 11:00 in Moscow
+
+
+def test_a_customer_without_a_zone_is_told_times_by_the_clock_the_number_placed_them_in() -> None:
+    # The windows placed the customer in New York (the number's zone): the message and the
+    # status page it links to tell the engineer's arrival by New York's clock, not by UTC's.
+    now = datetime(2026, 5, 1, 14, tzinfo=UTC)  # 10:00 in New York
+    case = CaseState(
+        case_id="k1",
+        version=1,
+        customer_ids=["c1"],
+        status="booked",
+        eta=datetime(2026, 5, 1, 18, tzinfo=UTC),  # 14:00 in New York
+        updated_at=now,
+    )
+    phone = {"sms": ChannelAddress(address=NEW_YORK)}
+    r = rig(
+        _prefs(channels=phone, time_zone="UTC"),
+        now,
+        link_secret="s3cret",
+        status_url="https://status.example/s/{token}",
+    )
+    r.views.cases["k1"] = case
+    eta = MessageTemplate(body="Arrives at {{ case.eta | time }}: {{ links.status }}")
+    request = _request(now, case_id="k1", case_version=1, case_state=case)
+    request.campaign.messages["sms"] = {"en": eta}
+    assert asyncio.run(r.dispatcher.handle(request)).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    told, link = sms.body.split(": ")
+    assert told.replace("\u202f", " ") == "Arrives at 2:00 PM"
+    token = link.removeprefix("https://status.example/s/")
+    claims = LinkSigner("s3cret", "case-status").verify(token, max_age_seconds=60)
+    assert claims["tz"] == "America/New_York"
 
 
 # -- a channel that fails before anything is sent --------------------------------------------

@@ -557,11 +557,11 @@ class Dispatcher:
         return Decision("deferred", rule, channel=channel, detail=detail, due_at=due)
 
     def _links(
-        self, request: ContactRequest, prefs: ContactPreferences, mid: str
+        self, request: ContactRequest, prefs: ContactPreferences, mid: str, tz: str
     ) -> dict[str, _Link]:
         return {
-            "status": _Link(self, "status", request, prefs, mid),
-            "preferences": _Link(self, "preferences", request, prefs, mid),
+            "status": _Link(self, "status", request, prefs, mid, tz),
+            "preferences": _Link(self, "preferences", request, prefs, mid, tz),
         }
 
     def link(
@@ -570,13 +570,15 @@ class Dispatcher:
         request: ContactRequest,
         prefs: ContactPreferences,
         mid: str | None = None,
+        tz: str | None = None,
     ) -> str:
         """A signed link to the case status page or the preference centre.
 
         A status link names the message it is sent in (`msg`) and its campaign (`cmp`), so an
         answer given on the page is counted for that campaign, and the customer's time zone
-        (`tz`), so the page writes times as the customer's clock reads them (short keys: the
-        link is often in an SMS).
+        (`tz`: the one the message's times are told in, else the one on file), so the page
+        writes times as the customer's clock reads them (short keys: the link is often in an
+        SMS).
         """
         signer = self._status_links if kind == "status" else self._pref_links
         if signer is None:
@@ -589,7 +591,7 @@ class Dispatcher:
                 "case": request.case_id,
                 "customer": prefs.customer_id,
                 "locale": prefs.locale,
-                "tz": prefs.time_zone,
+                "tz": tz or prefs.time_zone,
             }
             if mid is not None:
                 claims |= {"msg": mid, "cmp": request.campaign.id}
@@ -616,14 +618,17 @@ class Dispatcher:
         campaign = request.campaign
         locale_key, template = pick_template(campaign.messages[channel], prefs.locale)
         mid = message_id(request.request_id, channel, request.attempt)
-        links = self._links(request, prefs, mid)
+        # Times are told in the zone the windows placed the customer in: with no zone on file,
+        # the number's (a US customer is not told UTC hours while texted by New York's clock).
+        tz = window.tz.key
+        links = self._links(request, prefs, mid, tz)
         variables: dict[str, Any] = {
             "case": case_json,
             "contact": {"customer_id": prefs.customer_id, "locale": prefs.locale},
             "campaign": {"id": campaign.id, "name": campaign.name},
             "links": links,
         }
-        opts: dict[str, Any] = {"locale": prefs.locale, "tz": prefs.time_zone}
+        opts: dict[str, Any] = {"locale": prefs.locale, "tz": tz}
         common: dict[str, Any] = {
             "message_id": mid,
             "request_id": request.request_id,
@@ -932,15 +937,16 @@ class _Link:
         request: ContactRequest,
         prefs: ContactPreferences,
         mid: str,
+        tz: str,
     ) -> None:
         self._d, self._kind, self._request, self._prefs = dispatcher, kind, request, prefs
-        self._mid = mid
+        self._mid, self._tz = mid, tz
 
         self.url: str | None = None  # once a template read it: one token per message
 
     def __str__(self) -> str:
         if self.url is None:
-            self.url = self._d.link(self._kind, self._request, self._prefs, self._mid)
+            self.url = self._d.link(self._kind, self._request, self._prefs, self._mid, self._tz)
         return self.url
 
     def __html__(self) -> str:
