@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -98,6 +99,8 @@ async def test_unparseable_bodies(
         (lambda e: e["data"].update(attributes={"$x": 1}), "data.attributes.$x"),
         (lambda e: e["data"].update(attributes={"a\x00b": 1}), "data.attributes.a\x00b"),
         (lambda e: e.update(time="0001-01-01T00:00:00+14:00"), "time"),
+        # A time in the future (2062 for 2026) would make every later update of the case late.
+        (lambda e: e.update(time="2062-05-01T12:00:00Z"), "time"),
         (lambda e: e["data"].update(eta="9999-12-31T23:00:00-14:00"), "data.eta"),
         (
             lambda e: e["data"].update(appointment={"starts_at": "0001-01-01T10:00:00+10:30"}),
@@ -306,7 +309,7 @@ async def test_event_types_have_their_own_rules(ingest: httpx.AsyncClient) -> No
     resolved = _event()
     resolved["type"] = "case.resolved"
     del resolved["data"]["status"]
-    resolved["time"] = "2030-01-01T00:00:00Z"  # newer than the booking
+    resolved["time"] = datetime.now(UTC).isoformat()  # newer than the booking
     assert (await ingest.post("/v1/events", json=resolved)).status_code == 202
     case = (await ingest.get("/v1/cases/case-1")).json()
     assert case["status"] == "resolved"
@@ -340,7 +343,8 @@ async def test_the_timeline_reads_page_by_page_and_the_status_page_shows_the_new
 ) -> None:
     """A long case history is read to its newest entry a page at a time (the first 500 alone
     hid the rest); the customer's status page shows the newest entries, not the oldest."""
-    times = [f"2030-01-01T00:00:0{n}Z" for n in range(5)]
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    times = [(start + timedelta(seconds=n)).isoformat() for n in range(5)]
     for n in (3, 0, 4, 1, 2):  # posted out of order: the timeline goes by event time
         ev = _event(status=f"step {n}", sequence=n + 1)
         ev["time"] = times[n]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
-from herald_ingest.domain.intake import EventCatalog, Rejected
+from herald_ingest.domain.intake import EventCatalog, Rejected, parse_structured
+from herald_ingest.domain.projection import Projection, apply, order_key
 from herald_ingest.domain.status_text import pick_locale, when, words
+from herald_ingest.messaging.inbound import to_event
+from herald_kit import DecodeError
 
 
 @pytest.mark.parametrize(
@@ -141,3 +145,63 @@ def test_dates_and_words_follow_the_locale() -> None:
     assert words("en-US")["confirm"] == "Confirm"
     assert words("zh-CN")["confirm"] == "确认"
     assert set(words("en")) == set(words("zh-CN"))  # every word translated
+
+
+# -- an event's time -------------------------------------------------------------------------
+
+RECEIVED = datetime(2026, 5, 1, 12, tzinfo=UTC)
+
+
+def _posted(time: datetime, status: str = "engineer booked", n: int = 1) -> dict[str, object]:
+    return {
+        "specversion": "1.0",
+        "id": f"e{n}",
+        "source": "/crm",
+        "type": "case.updated",
+        "time": time.isoformat(),
+        "data": {"case_id": "case-7", "customer_ids": ["c1"], "status": status},
+    }
+
+
+def test_an_event_from_the_future_is_refused_and_cannot_freeze_its_case() -> None:
+    # A sender's typo (2062 for 2026) would rank above every correct update of the case.
+    with pytest.raises(Rejected) as err:
+        parse_structured(_posted(RECEIVED.replace(year=2062)), received=RECEIVED)
+    assert err.value.field == "time"
+    # A clock a little ahead is no typo: the event goes in, and the next update, received
+    # the next day, is newer news than it.
+    ahead = parse_structured(_posted(RECEIVED + timedelta(minutes=4)), received=RECEIVED)
+    later = RECEIVED + timedelta(days=1)
+    update = parse_structured(_posted(later, "visit cancelled", 2), received=later)
+    case = Projection(None, {})
+    for event, now in ((ahead, RECEIVED), (update, later)):
+        key = order_key(
+            event.data, source=event.source, time=event.time, received=now, event_key=event.key
+        )
+        case = apply(case, event.data, key=key, now=now) or case
+    assert case.state is not None and case.state.status == "visit cancelled"
+
+
+def test_how_far_ahead_an_event_time_may_be_is_the_catalogs() -> None:
+    strict = EventCatalog(max_time_ahead=timedelta(0))
+    assert parse_structured(_posted(RECEIVED), strict, received=RECEIVED).time == RECEIVED
+    with pytest.raises(Rejected) as err:
+        parse_structured(_posted(RECEIVED + timedelta(seconds=1)), strict, received=RECEIVED)
+    assert err.value.field == "time"
+
+
+def test_a_kafka_event_from_the_future_is_dead_lettered_naming_its_time() -> None:
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat().encode()
+    value = b'{"case_id": "case-7", "status": "engineer booked"}'
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"k-1"),
+        ("ce_source", b"/erp"),
+        ("ce_type", b"case.updated"),
+        ("ce_time", ahead),
+        ("content-type", b"application/json"),
+    ]
+    record = ConsumerRecord("t", 0, 0, 0, 0, b"case-7", value, None, 6, len(value), headers)
+    with pytest.raises(DecodeError) as err:  # a DecodeError is what sends a record to the DLQ
+        to_event(record, EventCatalog())
+    assert err.value.field == "time"

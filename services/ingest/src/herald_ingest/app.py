@@ -28,7 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ingest app; connections open in the lifespan."""
     settings = settings or Settings()
     runtime = Runtime(settings, "ingest")
-    catalog = EventCatalog(settings.custom_event_types)
+    catalog = EventCatalog(
+        settings.custom_event_types,
+        max_time_ahead=timedelta(seconds=settings.max_event_time_ahead_seconds),
+    )
     app = build_app(
         settings,
         runtime,

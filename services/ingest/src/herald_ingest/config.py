@@ -37,6 +37,13 @@ class Settings(ServiceSettings):
         description="Custom event types: type name -> JSON Schema (draft 2020-12) of its data. "
         "The data must carry case_id; other top-level scalars become case attributes.",
     )
+    max_event_time_ahead_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="How far ahead of ingest's clock an event's `time` may be (senders' clocks "
+        "drift). One further ahead is refused naming `time` (HTTP 422; over Kafka, the DLQ): "
+        "it would outrank every later update of its case, which the projection orders by time.",
+    )
     dedupe_retention_seconds: int = Field(
         default=int(REPLAY_WINDOW.total_seconds()),
         ge=int(REPLAY_WINDOW.total_seconds()),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
@@ -10,6 +10,11 @@ from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from herald_contracts import INBOUND, CaseEventData, utc_representable
+
+# How far ahead of ingest's clock an event's own time may be. Senders' clocks drift a little;
+# an event stamped further ahead (a typo of 2062 for 2026) would outrank every correct update of
+# its case until that time came, since the projection orders a case's events by their time.
+MAX_TIME_AHEAD = timedelta(minutes=5)
 
 
 class InboundEvent(BaseModel):
@@ -56,7 +61,12 @@ class StructuredCloudEvent(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     source: str = Field(min_length=1, max_length=500)
     type: str = Field(min_length=1, max_length=200)
-    time: AwareDatetime | None = None
+    time: AwareDatetime | None = Field(
+        default=None,
+        description="When the event happened, with an offset. It orders the case's events, so "
+        "it may be at most a few minutes (HERALD_INGEST_MAX_EVENT_TIME_AHEAD_SECONDS, default "
+        "300) ahead of ingest's clock; an event without one ranks by when ingest received it.",
+    )
     subject: str | None = None
     datacontenttype: str | None = None
     data: dict[str, Any]
@@ -79,15 +89,20 @@ def _first_error(exc: ValidationError, prefix: str = "") -> Rejected:
     return Rejected(f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body", err["msg"])
 
 
-def parse_structured(raw: Any, catalog: EventCatalog | None = None) -> InboundEvent:
-    """Validate one structured CloudEvent; Rejected naming the field otherwise."""
+def parse_structured(
+    raw: Any, catalog: EventCatalog | None = None, *, received: datetime | None = None
+) -> InboundEvent:
+    """Validate one structured CloudEvent received at `received` (now by default); Rejected
+    naming the field otherwise."""
     if not isinstance(raw, dict):
         raise Rejected("body", "a CloudEvent must be a JSON object")
     try:
         ce = StructuredCloudEvent.model_validate(raw)
     except ValidationError as exc:
         raise _first_error(exc) from exc
-    return validate_event(ce.id, ce.source, ce.type, ce.time, ce.data, catalog or DEFAULT_CATALOG)
+    return validate_event(
+        ce.id, ce.source, ce.type, ce.time, ce.data, catalog or DEFAULT_CATALOG, received=received
+    )
 
 
 class CustomType:
@@ -132,9 +147,16 @@ class CustomType:
 
 
 class EventCatalog:
-    """The event types ingest accepts: Herald's own (schemas/events/) and custom ones."""
+    """The events ingest accepts: Herald's own types (schemas/events/) and custom ones, with a
+    time at most `max_time_ahead` ahead of ingest's clock."""
 
-    def __init__(self, custom: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        custom: dict[str, dict[str, Any]] | None = None,
+        *,
+        max_time_ahead: timedelta = MAX_TIME_AHEAD,
+    ) -> None:
+        self.max_time_ahead = max_time_ahead
         self.custom: dict[str, CustomType] = {}
         for name, schema in (custom or {}).items():
             if name in INBOUND:
@@ -175,12 +197,23 @@ def validate_event(
     time: datetime | None,
     data: Any,
     catalog: EventCatalog = DEFAULT_CATALOG,
+    *,
+    received: datetime | None = None,
 ) -> InboundEvent:
-    """Check the type is known, the time usable and the data matches its schema."""
+    """Check the type is known, the time usable (not ahead of `received`, now by default, by
+    more than the catalog allows) and the data matches its schema."""
     if time is not None:
         try:
             utc_representable(time)
         except ValueError as exc:
             raise Rejected("time", str(exc)) from exc
+        received = received or datetime.now(UTC)
+        if time > received + catalog.max_time_ahead:
+            raise Rejected(
+                "time",
+                f"{time.isoformat()} is ahead of the time it was received "
+                f"({received.isoformat(timespec='seconds')}) by more than "
+                f"{int(catalog.max_time_ahead.total_seconds())} s",
+            )
     body = catalog.validate(type_, data)
     return InboundEvent(id=event_id, source=source, type=type_, time=time, data=body)
