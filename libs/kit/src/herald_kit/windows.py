@@ -139,9 +139,11 @@ class ContactWindow:
         return None
 
     def _boundaries(self, minutes: list[int], now: datetime, days: int) -> list[datetime]:
-        """The UTC instants after `now`, within `days` local days, at which a local time of
-        `minutes` falls in some zone (either side of a fold; the hour after a time skipped by
-        a gap), in order."""
+        """The UTC instants after `now`, within `days` local days, at which contact may start or
+        stop being allowed: where a local time of `minutes` falls in some zone (either side of
+        a fold), and where some zone's clocks change (a window opening at a time a gap skips
+        opens when the clocks jump over it; clocks going back may land inside a window), in
+        order."""
         candidates: set[datetime] = set()
         for tz in self.zones:
             local_now = now.astimezone(tz)
@@ -153,8 +155,14 @@ class ContactWindow:
                         at = naive.replace(tzinfo=tz, fold=fold).astimezone(UTC)
                         if at > now:
                             candidates.add(at)
-                            # A local time skipped by a DST gap: the hour after is real.
-                            candidates.add(at + timedelta(hours=1))
+                starts, ends = (
+                    datetime.combine(d, time(), tzinfo=tz).astimezone(UTC)
+                    for d in (date, date + timedelta(days=1))
+                )
+                if starts.astimezone(tz).utcoffset() != ends.astimezone(tz).utcoffset():
+                    jump = _jump(starts, ends, tz)
+                    if jump > now:
+                        candidates.add(jump)
         return sorted(candidates)
 
     def next_allowed(self, now: datetime) -> datetime:
@@ -178,17 +186,25 @@ class ContactWindow:
         closing = [w.end for w in (self.allowed,) if w is not None and w.start != w.end] + [
             w.start for w in (self.quiet,) if w is not None and w.start != w.end
         ]
-        at = self._first(closing, now, allowed=False) if closing else None
-        if at is None:
-            return None  # never closes (a closing minute is never allowed in its own zone)
-        # A closing time skipped by a DST gap closes the window when the clocks jump, before
-        # the candidate: step back to the first minute that is not allowed.
-        for _ in range(120):
-            earlier = at - timedelta(minutes=1)
-            if earlier <= now or self.permits(earlier):
-                break
-            at = earlier
-        return at
+        # None when it never closes (a closing minute is never allowed in its own zone); a
+        # closing time a gap skips closes the window when the clocks jump (a candidate too).
+        return self._first(closing, now, allowed=False) if closing else None
+
+
+def _jump(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant (to the second) in (before, after] with `after`'s UTC offset in `tz`:
+    where its clocks changed between two instants of different offsets."""
+    offset = after.astimezone(tz).utcoffset()
+    lo, hi = before, after
+    while hi - lo > timedelta(seconds=1):
+        mid = (lo + (hi - lo) / 2).replace(microsecond=0)
+        if mid <= lo:
+            mid = lo + timedelta(seconds=1)
+        if mid.astimezone(tz).utcoffset() == offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _window(w: LocalWindow | None) -> Window | None:
