@@ -3,6 +3,7 @@ as before: an upgrade neither rebuilds the views nor loses a pending escalation.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from herald_contracts import (
@@ -70,3 +71,20 @@ def test_a_pending_escalation_of_either_shape_is_the_request_that_was_stored() -
     request = _request()
     assert stored_request(request.model_dump_json()) == request
     assert stored_request(request.model_dump(mode="json")) == request
+
+
+def test_rows_a_newer_version_stored_are_read_with_unknown_fields_ignored() -> None:
+    """During a rolling update a newer replica's rows (a field this version does not know, at
+    the top and nested) are read as what this version knows of them, not refused."""
+    prefs = _prefs()
+    body = prefs.model_dump(mode="json")
+    body["new_optional_field"] = 1
+    body["channels"]["sms"]["verified_at"] = NOW.isoformat()
+    for row in ({"_id": "cust-1", "version": 4, "json": json.dumps(body)}, {"body": body}):
+        assert _snapshot(ContactPreferences, row) == prefs
+    request = _request()
+    stored = request.model_dump(mode="json")
+    stored["new_optional_field"] = None
+    stored["case_state"]["new_state_field"] = "x"
+    assert stored_request(json.dumps(stored)) == request
+    assert stored_request(stored) == request

@@ -1,12 +1,20 @@
 """What a dispatcher's timer ends in when it fires after its request expired: a contact's own
-request (at whatever attempt) ends in campaign stats as suppressed, an escalation quietly."""
+request (at whatever attempt) ends in campaign stats as suppressed, an escalation quietly. And a
+row a newer version stored, with fields this one does not know, fires as any other."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from herald_contracts import CampaignRef, ContactRequest, DeliveryStatus, MessageTemplate
+from herald_contracts import (
+    CampaignRef,
+    ContactRequest,
+    DeliveryStatus,
+    EngagementReply,
+    MessageTemplate,
+    utc_now,
+)
 from herald_scheduler.messaging.timers import TimerService, suppressed_id
 
 
@@ -21,6 +29,7 @@ class _Timers:
             "request": request.model_dump(mode="json"),
         }
         self.settled: list[str] = []
+        self.failures: list[str] = []
 
     async def due(self, *, now: datetime, limit: int) -> list[str]:
         return [] if self.settled else ["t1"]
@@ -31,6 +40,10 @@ class _Timers:
     async def settle(self, row: dict[str, Any], outcome: str, *, now: datetime) -> bool:
         self.settled.append(outcome)
         return True
+
+    async def failed_attempt(self, row: dict[str, Any], *, error: str) -> int:
+        self.failures.append(error)
+        return len(self.failures)
 
 
 class _Producer:
@@ -58,8 +71,11 @@ def _expired(**overrides: Any) -> ContactRequest:
     return ContactRequest(**{**fields, **overrides})
 
 
-async def _fire(request: ContactRequest) -> tuple[list[str], list[Any]]:
+async def _fire(
+    request: ContactRequest, *, row: dict[str, Any] | None = None
+) -> tuple[list[str], list[Any]]:
     timers, producer = _Timers(request), _Producer()
+    timers.row.update(row or {})
     service = TimerService(
         cast(Any, timers), cast(Any, producer), cast(Any, None), poll_seconds=1, lease_seconds=1
     )
@@ -80,3 +96,26 @@ async def test_a_contacts_deferred_next_channel_that_expires_ends_as_suppressed(
 async def test_an_escalation_that_expires_ends_quietly() -> None:
     settled, sent = await _fire(_expired(attempt=2, tried_channels=["sms"], escalation_of="m1"))
     assert settled == ["expired"] and sent == []
+
+
+async def test_a_row_a_newer_version_stored_fires_with_its_unknown_fields_ignored() -> None:
+    """During a rolling update a newer dispatcher's timer (its request with a field this version
+    does not know, at the top and nested) is sent, not failed for good as the row's fault."""
+    request = _expired(expires_at=utc_now() + timedelta(hours=1))
+    stored = request.model_dump(mode="json")
+    stored["new_optional_field"] = None
+    stored["campaign"]["messages"]["sms"]["en"]["new_template_field"] = "x"
+    settled, sent = await _fire(request, row={"request": stored})
+    assert settled == ["fired"]
+    assert sent == [request]
+
+
+async def test_a_deferred_call_back_a_newer_version_stored_is_republished() -> None:
+    reply = EngagementReply(
+        reply_id="x", customer_id="c1", channel="sms", intent="callback", at=utc_now(),
+        callback_until=utc_now() + timedelta(hours=1),
+    )  # fmt: skip
+    stored = reply.model_dump(mode="json") | {"new_optional_field": None}
+    settled, sent = await _fire(_expired(), row={"reply": stored})
+    assert settled == ["fired"]
+    assert sent == [reply]

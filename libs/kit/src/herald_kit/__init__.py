@@ -17,6 +17,7 @@ from herald_kit._batching import (
     RecentKeys,
     UpdateBatcher,
 )
+from herald_kit._compat import validate_own
 from herald_kit._concurrent import ConcurrentConsumerLoop
 from herald_kit._context import TraceContext, current_trace
 from herald_kit._errors import (
@@ -133,4 +134,5 @@ __all__ = [
     "transient",
     "tune_gc",
     "valid_zone",
+    "validate_own",
 ]

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -52,6 +52,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure, OperationFailure
 
 from herald_contracts import BY_TYPE, SOURCE_PREFIX, EventType, Topic, dlq_topic
+from herald_kit._compat import validate_own
 from herald_kit._context import TraceContext, current_trace, event_id_var, trace_var
 from herald_kit._errors import PermanentError, RetryableError
 from herald_kit._metrics import CONSUMED, DLQ, HANDLE_SECONDS, LAG, PRODUCED, labelled
@@ -201,8 +202,19 @@ class _RawData(JSONFormat):
 _RAW_DATA = _RawData()
 
 
-def decode(record: ConsumerRecord[bytes, bytes], model: type[M] | None = None) -> Event[M]:
-    """Decode and validate a binary-mode record; DecodeError when it cannot be."""
+def decode(
+    record: ConsumerRecord[bytes, bytes],
+    model: type[M] | None = None,
+    *,
+    unknown_fields: Literal["ignore", "forbid"] = "ignore",
+) -> Event[M]:
+    """Decode and validate a binary-mode record; DecodeError when it cannot be.
+
+    Herald's own topics carry what any version of Herald wrote: during a rolling update a newer
+    producer's records reach older consumers, so fields this version does not know are ignored,
+    at any depth (`validate_own`). A topic others publish to passes `unknown_fields="forbid"`:
+    there an unknown field is the sender's mistake, named in the DecodeError.
+    """
     headers = dict(record.headers or ())
     if "ce_type" not in headers:
         raise DecodeError("missing ce_type header: not a CloudEvent in binary mode")
@@ -223,7 +235,9 @@ def decode(record: ConsumerRecord[bytes, bytes], model: type[M] | None = None) -
     assert model is not None
     raw = ce.get_data()
     try:
-        if isinstance(raw, bytes | str):
+        if unknown_fields == "ignore":
+            data = validate_own(model, raw, kind=ce_type)
+        elif isinstance(raw, bytes | str):
             data = model.model_validate_json(raw)
         else:
             data = model.model_validate(raw)

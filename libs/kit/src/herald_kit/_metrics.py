@@ -46,6 +46,12 @@ BACKGROUND_RUNS = Counter(
     "preferences republisher), by task and outcome (ok, failed).",
     ["task", "outcome"],
 )
+UNKNOWN_FIELDS = Counter(
+    "herald_unknown_fields_ignored_total",
+    "Fields unknown to this version, ignored in an event or stored row a newer version of "
+    "Herald wrote (a rolling update in progress), by event type or row kind.",
+    ["kind"],
+)
 ROWS_FORGOTTEN = Counter(
     "herald_rows_forgotten_total",
     "Rows deleted once past their retention, by collection.",

@@ -38,6 +38,7 @@ from herald_kit import (
     RetryableError,
     encode,
     is_permanent_kafka_error,
+    validate_own,
 )
 
 log = logging.getLogger("herald.ingest")
@@ -103,7 +104,7 @@ def event_from_doc(doc: Doc) -> InboundEvent:
         source=doc["source"],
         type=doc["type"],
         time=time,
-        data=CaseEventData.model_validate(doc["data"]),
+        data=validate_own(CaseEventData, doc["data"], kind="seen.data"),
     )
 
 

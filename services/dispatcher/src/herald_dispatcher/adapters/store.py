@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import CaseState, ContactPreferences, ContactRequest
-from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher
+from herald_kit import Doc, IdLoader, InsertBatcher, UpdateBatcher, validate_own
 from herald_kit.caps import WEEK
 from herald_kit.paging import Position, after
 
@@ -23,16 +23,13 @@ def _snapshot(model: type[M], doc: Doc | None) -> M | None:
     `body` of rows written before it."""
     if doc is None:
         return None
-    if "json" in doc:
-        return model.model_validate_json(doc["json"])
-    return model.model_validate(doc["body"])
+    kind = f"view.{model.__name__}"
+    return validate_own(model, doc["json"] if "json" in doc else doc["body"], kind=kind)
 
 
 def stored_request(value: str | Doc) -> ContactRequest:
     """An attempt's next request: a JSON string, or a nested document in rows written before."""
-    if isinstance(value, str):
-        return ContactRequest.model_validate_json(value)
-    return ContactRequest.model_validate(value)
+    return validate_own(ContactRequest, value, kind="attempts.next")
 
 
 class Views:

@@ -11,7 +11,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from herald_contracts import CaseState, utc_now
 from herald_ingest.domain.projection import OrderKey, Projection
-from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent
+from herald_kit import Doc, InsertBatcher, forget_before, insert_if_absent, validate_own
 from herald_kit.paging import Position, after
 
 DUPLICATE_KEY = 11000
@@ -127,7 +127,7 @@ class CaseRepository:
     def _projection(
         doc: Doc,
     ) -> tuple[Projection, int, dict[str, tuple[int | None, bool] | None]]:
-        state = CaseState.model_validate(doc["state"])
+        state = validate_own(CaseState, doc["state"], kind="cases.state")
         last: dict[str, tuple[int | None, bool] | None] = {}
         stored = doc.get("last_events") or ([doc["last_event"]] if doc.get("last_event") else [])
         for entry in stored:
@@ -225,14 +225,17 @@ class CaseRepository:
     async def get(self, case_id: str) -> CaseState | None:
         """The current state of a case."""
         doc = await self.cases.find_one({"_id": case_id}, {"state": 1})
-        return CaseState.model_validate(doc["state"]) if doc else None
+        return validate_own(CaseState, doc["state"], kind="cases.state") if doc else None
 
     async def by_customer(self, customer_id: str, *, limit: int = 100) -> list[CaseState]:
         """Cases of a customer, newest first."""
         cursor = self.cases.find({"state.customer_ids": customer_id}, {"state": 1}).sort(
             "state.updated_at", DESCENDING
         )
-        return [CaseState.model_validate(d["state"]) async for d in cursor.limit(limit)]
+        return [
+            validate_own(CaseState, d["state"], kind="cases.state")
+            async for d in cursor.limit(limit)
+        ]
 
     async def add_timeline(self, entry: Doc) -> None:
         """Append to a case's timeline (idempotent by _id)."""

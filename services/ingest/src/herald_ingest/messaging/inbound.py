@@ -24,7 +24,7 @@ class _JsonObject(RootModel[dict[str, Any]]):
 
 def to_event(record: ConsumerRecord[bytes, bytes], catalog: EventCatalog) -> InboundEvent:
     """Decode and validate one record; DecodeError (which means the DLQ) when it is bad."""
-    event = decode(record, _JsonObject)
+    event = decode(record, _JsonObject, unknown_fields="forbid")
     try:
         return validate_event(
             event.id, event.source, event.type, event.time, event.data.root, catalog

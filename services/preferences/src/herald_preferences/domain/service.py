@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from herald_contracts import ChannelAddress, ContactPreferences
-from herald_kit import InvalidInput
+from herald_kit import InvalidInput, validate_own
 from herald_preferences.domain.contacts import ContactIn, normalise_email, normalise_phone
 from herald_preferences.domain.ledger import (
     SYSTEM_WRITERS,
@@ -41,17 +41,22 @@ def normalised_channels(contact: ContactIn, *, region: str) -> dict[str, Channel
 
 
 def snapshot(doc: Mapping[str, Any]) -> ContactPreferences:
-    """The published form of a stored contact."""
-    return ContactPreferences(
-        customer_id=doc["_id"],
-        version=doc["version"],
-        channels=doc.get("channels", {}),
-        ranking=doc.get("ranking", []),
-        consents=doc.get("consents", {}),
-        locale=doc.get("locale", "en"),
-        time_zone=doc.get("time_zone", "UTC"),
-        quiet_hours=doc.get("quiet_hours"),
-        updated_at=doc["updated_at"],
+    """The published form of a stored contact (a channel or quiet hours written by a newer
+    version may carry fields this one does not know: they are left out)."""
+    return validate_own(
+        ContactPreferences,
+        {
+            "customer_id": doc["_id"],
+            "version": doc["version"],
+            "channels": doc.get("channels", {}),
+            "ranking": doc.get("ranking", []),
+            "consents": doc.get("consents", {}),
+            "locale": doc.get("locale", "en"),
+            "time_zone": doc.get("time_zone", "UTC"),
+            "quiet_hours": doc.get("quiet_hours"),
+            "updated_at": doc["updated_at"],
+        },
+        kind="contacts",
     )
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from herald_contracts import CaseState, ContactPreferences, utc_now
-from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes
+from herald_kit import HeraldError, PreconditionFailed, Principal, require_scopes, validate_own
 from herald_scheduler.adapters.audience import ContactView
 from herald_scheduler.adapters.campaigns import ALLOWED, TARGET, CampaignRepository
 from herald_scheduler.adapters.history import ContactHistory
@@ -81,7 +81,7 @@ def _out(doc: dict[str, Any]) -> Campaign:
         id=doc["_id"],
         version=doc["version"],
         status=doc["status"],
-        definition=CampaignIn.model_validate(doc["definition"]),
+        definition=definition_of(doc),
         created_at=doc["created_at"],
         updated_at=doc["updated_at"],
     )
@@ -424,7 +424,9 @@ async def dry_run_draft(
         else:
             customers = [d["_id"] for d in await contacts.page(after="", limit=limit)]
     snapshots = await contacts.get_many(customers)
-    known = {cid: ContactPreferences.model_validate(p) for cid, p in snapshots.items()}
+    known = {
+        cid: validate_own(ContactPreferences, p, kind="contacts") for cid, p in snapshots.items()
+    }
     history: ContactHistory = request.app.state.history
     return dry_run(
         body.campaign,

@@ -35,7 +35,7 @@ from herald_contracts import (
     MessageTemplate,
     Priority,
 )
-from herald_kit import InvalidInput, valid_zone
+from herald_kit import InvalidInput, valid_zone, validate_own
 from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import (
     ExpressionError,
@@ -708,7 +708,7 @@ CampaignStatus = Literal["draft", "active", "paused", "archived"]
 
 def definition_of(doc: dict[str, Any]) -> CampaignIn:
     """The stored definition as a model."""
-    return CampaignIn.model_validate(doc["definition"])
+    return validate_own(CampaignIn, doc["definition"], kind="campaigns.definition")
 
 
 def fire_key(scheduled: datetime) -> str:

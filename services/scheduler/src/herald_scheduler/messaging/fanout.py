@@ -45,6 +45,7 @@ from herald_kit import (
     start_client,
     stop_client,
     tune_gc,
+    validate_own,
 )
 from herald_scheduler.adapters.audience import FireRepository
 from herald_scheduler.adapters.stats import StatsRepository
@@ -206,7 +207,7 @@ class FanOut:
         fire = await self.fires.get(fire_id)
         if fire is None or fire["done"]:
             return 0
-        ref = CampaignRef.model_validate(fire["campaign"])
+        ref = validate_own(CampaignRef, fire["campaign"], kind="fires.campaign")
         scheduled: datetime = fire["scheduled_at"]
         expires = fire.get("expires_after_seconds")
         template = ContactRequest(

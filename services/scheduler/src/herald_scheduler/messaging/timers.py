@@ -33,6 +33,7 @@ from herald_kit import (
     decode,
     is_permanent_kafka_error,
     is_transient_db_error,
+    validate_own,
 )
 from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
@@ -206,7 +207,7 @@ class TimerService:
         """Fire (or close, or hold) one claimed row; 1 when it was settled."""
         if row.get("reply") is not None:
             return await self._fire_reply(row)
-        request = ContactRequest.model_validate(row["request"])
+        request = validate_own(ContactRequest, row["request"], kind="timers.request")
         status, rate = await self._campaign_gate(request.campaign.id)
         if status == "archived":
             # An archived campaign contacts nobody more: the row is closed unsent. A
@@ -320,7 +321,7 @@ class TimerService:
         """A deferred call-back: re-publish its reply under the reply's own event id (to every
         consumer a redelivery, which they already handle idempotently), unless its window
         closed."""
-        reply = EngagementReply.model_validate(row["reply"])
+        reply = validate_own(EngagementReply, row["reply"], kind="timers.reply")
         now = utc_now()
         if reply.callback_until is not None and reply.callback_until <= now:
             outcome = "expired"
