@@ -41,6 +41,7 @@ from herald_twilio import (
 log = logging.getLogger("herald.sms")
 # Twilio's "attempt to send to unsubscribed recipient": the number texted STOP.
 OPTED_OUT = "21610"
+STOPPED = "recipient texted STOP"
 
 
 @dataclass(frozen=True)
@@ -198,21 +199,22 @@ class SmsSending:
             await self.fail(ref, "expired", "expired before send")
             return
         if opted_out:
-            await self.fail(ref, OPTED_OUT, "recipient texted STOP")
+            await self.fail(ref, OPTED_OUT, STOPPED)
             return
-        await self._attempts(msg, ref, claim=claim, claimed_at=now, marked=direct)
+        await self._attempts(msg, ref, key=key, claim=claim, claimed_at=now, marked=direct)
 
     async def _attempts(
         self,
         msg: OutboundSms,
         ref: dict[str, Any],
         *,
+        key: str,
         claim: str,
         claimed_at: datetime,
         marked: bool = False,
     ) -> None:
-        """Provider attempts under the claim token `claim`; `marked`: the claim already marked
-        the row 'sending'."""
+        """Provider attempts to the number keyed `key` under the claim token `claim`; `marked`:
+        the claim already marked the row 'sending' (and the opt-out was read alongside it)."""
         callback = f"{self.callback_url}?mid={quote(msg.message_id, safe='')}"
         last = "none"
         paused: PauseOutcome | None = None
@@ -239,9 +241,14 @@ class SmsSending:
                         # 'sending'.
                         await self.ledger.set(msg.message_id, "queued")
                     await self.pacer.acquire(self.identity)
-                    if not await self.ledger.start_sending(
-                        msg.message_id, claim=claim, now=utc_now()
-                    ):
+                    # The opt-out is read again after every wait (the pacer, a 429's hold, a
+                    # retry pause, an open breaker): a STOP that came meanwhile must stop this
+                    # very message, not only the next one. Read alongside the conditional update.
+                    started, opted_out = await asyncio.gather(
+                        self.ledger.start_sending(msg.message_id, claim=claim, now=utc_now()),
+                        self.ledger.is_opted_out(key),
+                    )
+                    if not started:
                         # The wait outlasted a rebalance and the consumer that got the partition
                         # claimed the row again: that one sends (or sent) it; its outcome stands.
                         log.info("claimed again elsewhere before sending; left to that consumer")
@@ -251,6 +258,9 @@ class SmsSending:
                         # deadline. Checked once the row is ours again: no other consumer's
                         # outcome is touched.
                         await self.fail(ref, *expired_waiting(last, "to send"))
+                        return
+                    if opted_out:
+                        await self.fail(ref, OPTED_OUT, STOPPED)
                         return
                 try:
                     sent = await self.provider.send(
