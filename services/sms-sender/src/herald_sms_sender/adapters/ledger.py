@@ -9,6 +9,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 
+# The statuses of a row whose message the provider took or may have taken. Delivery is
+# recorded beside the status (`reported.delivered`); 'delivered' is kept for any row that
+# carries it as its status.
+MAY_HAVE_REACHED = ("sent", "delivered", "unknown", "sending")
+
 
 class Ledger(RetryingSendLedger):
     """One row per message id; the row's status says whether a send may happen.
@@ -35,10 +40,25 @@ class Ledger(RetryingSendLedger):
         await self.rows.create_index([("number_key", 1), ("at", DESCENDING)])
 
     async def last_to(self, number_key: str) -> Doc | None:
-        """The latest message sent to a number: what an inbound reply most likely answers."""
+        """The latest message that reached, or may have reached, a number: what an inbound
+        reply most likely answers.
+
+        Any row the provider may have taken counts: 'sent', 'unknown' (the answer was lost, and
+        Twilio may well have sent it; a reply is the proof it did), 'sending' (the call is in
+        flight or was cut short), and any row with the provider's id or a delivery callback.
+        Only rows that never went out are passed over ('queued', 'retry', 'failed' before the
+        provider took them), or a reply would be credited to an older message, or to none.
+        """
         return await transient(
             lambda: self.rows.find_one(
-                {"number_key": number_key, "status": {"$in": ["sent", "delivered"]}},
+                {
+                    "number_key": number_key,
+                    "$or": [
+                        {"status": {"$in": list(MAY_HAVE_REACHED)}},
+                        {"provider_id": {"$exists": True}},
+                        {"reported.delivered": {"$exists": True}},
+                    ],
+                },
                 sort=[("at", DESCENDING)],
             )
         )
