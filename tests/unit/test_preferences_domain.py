@@ -149,10 +149,33 @@ def test_diff_records_only_what_changes_and_leaves_unnamed_consent_alone() -> No
         ("help", "help"),
         ("", None),
         (None, None),
+        # As phones write them; the SMS sender reads the same vocabulary.
+        ("STOP 🛑", "stop"),
+        ("Stop\u200b", "stop"),
+        ("STOP\ufe0f", "stop"),
+        ("(STOP)", "stop"),
+        ("STOP STOP", "stop"),
+        ("【退订】", "stop"),
+        ("退訂", "stop"),
+        ("取消訂閱", "stop"),
+        ("please stop texting me", "stop"),
+        ("unsubscribe me", "stop"),
+        ("don't stop", None),
+        ("stop by tomorrow", None),
     ],
 )
 def test_keywords(text: str | None, expected: str | None) -> None:
     assert keyword(text) == expected
+
+
+@pytest.mark.parametrize("text", ["STOP 🛑", "(Stop)", "退訂", "Please stop texting me"])
+def test_a_reply_that_reads_as_stop_withdraws_the_channel(text: str) -> None:
+    """A reply the sender did not read as a keyword (an older sender, a shared number) still
+    withdraws consent when its text is one."""
+    reply = EngagementReply(
+        reply_id="r1", customer_id="c1", channel="sms", intent="other", text=text, at=NOW
+    )
+    assert reply_changes(reply) == ([Change(ALL_TOPICS, "sms", False)], "sms-keyword")
 
 
 def _status(

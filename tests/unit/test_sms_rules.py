@@ -38,12 +38,84 @@ from herald_sms_sender.domain.keywords import interpret, number_key
         ("yes", "start"),
         ("opt-in", "start"),
         ("info", "help"),
-        ("stop sending me these please", "other"),
         ("", "other"),
+        # The words as phones write them: emoji, invisible characters, emoji presentation,
+        # brackets, a word repeated, traditional characters.
+        ("STOP 🛑", "stop"),
+        ("🛑 Stop", "stop"),
+        ("Stop\u200b", "stop"),  # a zero-width space after it
+        ("\ufeffSTOP", "stop"),  # a byte-order mark before it
+        ("STOP\ufe0f", "stop"),  # the emoji-presentation selector
+        ("(STOP)", "stop"),
+        ("«Stop»", "stop"),
+        ("“unsubscribe”", "stop"),
+        ("STOP STOP", "stop"),
+        ("stop, stop!", "stop"),
+        ("【退订】", "stop"),
+        ("退订退订", "stop"),
+        ("退訂", "stop"),
+        ("取消訂閱", "stop"),
+        ("Start 👍", "start"),
+        ("1\ufe0f\u20e3", "confirm"),  # the keycap emoji 1
+        ("👍", "other"),  # decoration alone is no word
+        ("🛑", "other"),
+        ("11", "other"),  # a code repeated is another code
     ],
 )
 def test_keywords(text: str, intent: str) -> None:
     assert interpret(text) == intent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "please stop",
+        "Stop please.",
+        "STOP NOW",
+        "Stop, thank you!",
+        "*STOP*",
+        "stop texting me",
+        "Please stop texting me!!",
+        "stop sending me these please",
+        "Stop sending me these messages",
+        "stop messaging us",
+        "stop these texts",
+        "Can you stop texting me?",
+        "unsubscribe me",
+        "Unsubscribe me from this list, thanks",
+        "I want to unsubscribe",
+        "I'd like to opt out",
+        "opt me out",
+        "opt out of these texts",
+        "cancel my subscription",
+    ],
+)
+def test_a_short_clear_request_to_stop_the_texts_is_an_opt_out(text: str) -> None:
+    assert interpret(text) == "stop"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "don't stop",
+        "Don’t stop texting me",  # noqa: RUF001 - the apostrophe phones type
+        "do not unsubscribe me",
+        "never stop",
+        "stop by tomorrow",
+        "Can you stop by?",
+        "Stop by tomorrow please",
+        "please stop calling me at night",  # calls, at night: for a person to read
+        "stop texting me at night",
+        "stop the engineer",
+        "cancel this",  # the appointment, most likely
+        "cancel my appointment",
+        "cancel this message",
+        "STOP 1",
+        "help me stop",
+    ],
+)
+def test_free_text_that_mentions_stop_is_no_opt_out(text: str) -> None:
+    assert interpret(text) == "other"
 
 
 def test_reply_codes_are_configurable() -> None:
