@@ -487,6 +487,10 @@ async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:
     r = await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": "HELP"})
     assert "Acme Energy" in r.json()["response"] and "0800 123 456" in r.json()["response"]
     assert "STOP" in r.json()["response"]
+    # In the language the SMS was written in, as is the answer to HELP asked in it.
+    assert "退订" in r.json()["response"]
+    r = await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": "帮助"})
+    assert "退订" in r.json()["response"] and "0800 123 456" in r.json()["response"]
     for body, intent in (
         ("1", "confirm"),
         (" 2 ", "reschedule"),

@@ -158,6 +158,7 @@ def test_diff_records_only_what_changes_and_leaves_unnamed_consent_alone() -> No
         ("【退订】", "stop"),
         ("退訂", "stop"),
         ("取消訂閱", "stop"),
+        ("帮助", "help"),
         ("please stop texting me", "stop"),
         ("unsubscribe me", "stop"),
         ("don't stop", None),

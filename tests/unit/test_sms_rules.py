@@ -60,6 +60,11 @@ from herald_sms_sender.domain.keywords import interpret, number_key
         ("👍", "other"),  # decoration alone is no word
         ("🛑", "other"),
         ("11", "other"),  # a code repeated is another code
+        # HELP in Chinese.
+        ("帮助", "help"),
+        ("幫助", "help"),
+        ("求助", "help"),
+        ("客服", "help"),
     ],
 )
 def test_keywords(text: str, intent: str) -> None:

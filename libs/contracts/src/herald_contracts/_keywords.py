@@ -39,7 +39,8 @@ STOP_WORDS = frozenset(
 )
 # Twilio's opt-in words, OPT-IN, and 开通 "activate".
 START_WORDS = frozenset({"START", "UNSTOP", "YES", "OPTIN", "开通"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
+# Twilio's HELP and INFO, and 帮助/幫助 "help", 求助 "ask for help", 客服 "customer service".
+HELP_WORDS = frozenset({"HELP", "INFO", "帮助", "幫助", "求助", "客服"})
 
 # Around the word: spaces and punctuation (NFKC has made full-width marks ASCII already; the
 # ideographic full stop and comma have no ASCII form). Inside it: spaces, hyphens, underscores.

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, provider: SmsProvider | None = 
             help_answer=settings.help_text.format(
                 brand=settings.brand, contact=settings.help_contact
             ),
+            help_answers=settings.help_answers(),
         )
 
     @runtime.on_stop

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, Intent, utc_now
 from herald_kit import EventProducer
+from herald_kit.templates import best_locale
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.domain.keywords import interpret, number_key
 
@@ -24,11 +25,20 @@ class Replies:
         *,
         keywords: Mapping[str, Intent],
         help_answer: str,
+        help_answers: Mapping[str, str] | None = None,
     ) -> None:
+        """`help_answer`: the HELP answer in English, and for any locale `help_answers` (by
+        BCP 47 tag) has none close."""
         self.ledger = ledger
         self.producer = producer
         self.keywords = keywords
         self.help_answer = help_answer
+        self.help_answers = {"en": help_answer, **(help_answers or {})}
+
+    def help_for(self, locale: str | None) -> str:
+        """The HELP answer for a customer last written to in `locale`: the closest by language,
+        script and region (zh-TW reads zh-Hant), else English."""
+        return self.help_answers[best_locale(self.help_answers, locale or "en")]
 
     async def handle(self, *, sid: str, from_: str, body: str) -> str | None:
         """Apply and publish one inbound SMS; the text to answer with, if any."""
@@ -66,7 +76,11 @@ class Replies:
                 event_id=reply.reply_id,  # Twilio's retries of a webhook publish the same id
                 subject=reply.case_id,
             )
-        return self.help_answer if intent == "help" else None
+        if intent != "help":
+            return None
+        # Answered in the language the number was last written to; English for a number we
+        # never messaged.
+        return self.help_for(row.get("locale") if row is not None else None)
 
 
 def _aware(value: datetime | None) -> datetime | None:
