@@ -5,10 +5,15 @@ database view: FerretDB v1 reads a few thousand documents a second and pages by 
 full scan, while the broker streams hundreds of thousands. A fire pins each partition's end
 offset when it starts (the audience as of the fire), and walks the partitions in order; per
 partition a first pass finds each customer's latest record (a compacted topic may still hold
-older snapshots and tombstones), a second pass publishes for those. The checkpoint is
-(partition, offset) after each published batch, so a crash resumes where it stopped; a batch
-published but not checkpointed goes out again with the same request ids (campaign, fire time,
-customer), which the dispatcher drops.
+older snapshots and tombstones), a second pass publishes for those. The first pass keeps a
+customer id and an offset per customer, never a snapshot. Without an audience filter that is all
+the publishing needs; with one, the second pass reads the partition again from the checkpoint to
+the pinned end and evaluates the filter on each latest record's snapshot as it comes, a chunk at
+a time: a partition's snapshots (~0.8 KB a customer) are never held together, so a fire's memory
+grows by ~0.14 KB per customer of its largest partition, whatever the snapshots hold. The
+checkpoint is (partition, offset) after each published batch, so a crash resumes where it
+stopped; a batch published but not checkpointed goes out again with the same request ids
+(campaign, fire time, customer), which the dispatcher drops.
 
 An audience filter that reads `cases` (the customer's cases) makes the fire pin the compacted
 cases.state.v1 topic's end offsets too. Each run (a resume included) first streams that topic up
@@ -25,7 +30,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from array import array
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from multiprocessing import get_context
@@ -87,36 +93,81 @@ async def read_range(
             yield records
 
 
-async def partition_members(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, *, keep: bool, batch: int
-) -> list[Member]:
-    """One read of the partition up to the pinned end finds each customer's latest record;
-    older snapshots and customers whose latest record is a tombstone are left out, and so are
-    those before `start` (already published). In offset order; the snapshot is kept only when
-    an audience filter needs it."""
+async def latest_offsets(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, batch: int
+) -> dict[bytes, int]:
+    """The first pass: each customer's latest offset below the pinned end, bitwise inverted
+    (negative) when that record is a tombstone. A key and an int per customer, no snapshot."""
     consumer.assign([tp])
     consumer.seek(tp, 0)
-    latest: dict[bytes, tuple[int, bytes | None]] = {}
+    latest: dict[bytes, int] = {}
     async for records in read_range(consumer, tp, end, batch):
         for r in records:
             if r.key is not None:
-                value = r.value if keep or r.value is None else b""
-                latest[r.key] = (r.offset, value)
-    return sorted(
-        (off, key, value)
-        for key, (off, value) in latest.items()
-        if value is not None and off >= start
-    )
+                latest[r.key] = r.offset if r.value is not None else ~r.offset
+    return latest
+
+
+async def partition_members(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, *, keep: bool, batch: int
+) -> list[Member] | array[int]:
+    """One read of the partition up to the pinned end finds each customer's latest record;
+    older snapshots and customers whose latest record is a tombstone are left out, and so are
+    those before `start` (already published).
+
+    Without an audience filter, the members themselves (offset, customer, b""), in offset order.
+    With one (`keep`), only their offsets, sorted, eight bytes each: `member_chunks` reads their
+    snapshots again a chunk at a time, since a partition's snapshots held at once outgrow the
+    pod (a million customers' would take a gigabyte)."""
+    latest = await latest_offsets(consumer, tp, end, batch)
+    if keep:
+        return array("q", sorted(off for off in latest.values() if off >= start))
+    return sorted((off, key, b"") for key, off in latest.items() if off >= start)
+
+
+async def member_chunks(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    members: list[Member] | array[int],
+    batch: int,
+) -> AsyncGenerator[list[Member], None]:
+    """A partition's members (as `partition_members` found them) in chunks of `batch`, in
+    offset order. Offsets are read again from `start` up to the last of them, and only the
+    records at those offsets are kept, with their snapshots: the records between are older
+    snapshots and tombstones. One chunk (and the fetch it is taken from) is held at a time."""
+    if isinstance(members, list):
+        for i in range(0, len(members), batch):
+            yield members[i : i + batch]
+        return
+    if not members:
+        return
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    chunk: list[Member] = []
+    i, count = 0, len(members)
+    async for records in read_range(consumer, tp, members[-1] + 1, batch):
+        for r in records:
+            while i < count and members[i] < r.offset:
+                i += 1  # compacted away since the first pass (a newer record past the pin)
+            if i < count and members[i] == r.offset and r.key is not None and r.value is not None:
+                i += 1
+                chunk.append((r.offset, r.key, r.value))
+                if len(chunk) == batch:
+                    yield chunk
+                    chunk = []
+    if chunk:
+        yield chunk
 
 
 def read_partition_members(
     settings: ServiceSettings, topic: str, p: int, start: int, end: int, keep: bool, batch: int
-) -> list[Member]:
+) -> list[Member] | array[int]:
     """`partition_members` in a process of its own (the fan-out's read-ahead worker), on the
     event loop and collector settings the service runs with."""
     tune_gc(settings.gc_threshold)
 
-    async def read() -> list[Member]:
+    async def read() -> list[Member] | array[int]:
         consumer = audience_consumer(settings)
         try:
             await start_client(consumer)
@@ -251,21 +302,8 @@ class FanOut:
                     consumer, fire.get("case_ends") or {}, named_members(job.audience)
                 )
             for p, start, end in parts:
-                if start < end:
-                    if ahead is not None and ahead.holds(p):
-                        members = await ahead.take(p)
-                        job.read_ahead += 1
-                    else:
-                        members = await partition_members(
-                            consumer,
-                            TopicPartition(self.topic, p),
-                            start,
-                            end,
-                            keep=bool(job.audience),
-                            batch=self.batch,
-                        )
-                    if not await self._partition(job, p, members):
-                        break
+                if start < end and not await self._partition(job, consumer, ahead, p, start, end):
+                    break
                 if not await self._checkpoint(job, p + 1, 0, 0):
                     break
             else:
@@ -318,37 +356,54 @@ class FanOut:
             return None
         return _ReadAhead(self.settings, self.topic, self.batch, todo, keep=bool(job.audience))
 
-    async def _partition(self, job: _Job, p: int, members: list[Member]) -> bool:
-        # Both topics are keyed by customer id: with equal partition counts the request belongs
-        # on the partition its snapshot came from, so requests go out as whole record batches
-        # (the per-message path hashes and queues every record, and costs three times more).
-        batched = job.same_partitions and self._hashes_to([m[1] for m in members[:100]], p, job)
+    async def _partition(
+        self,
+        job: _Job,
+        consumer: AIOKafkaConsumer,
+        ahead: _ReadAhead | None,
+        p: int,
+        start: int,
+        end: int,
+    ) -> bool:
+        """Read and publish one partition. Only this call holds its members, so they are gone
+        before the next partition is taken (and unpickled from the read-ahead worker)."""
+        tp = TopicPartition(self.topic, p)
+        if ahead is not None and ahead.holds(p):
+            members = await ahead.take(p)
+            job.read_ahead += 1
+        else:
+            members = await partition_members(
+                consumer, tp, start, end, keep=bool(job.audience), batch=self.batch
+            )
         # Chunks are settled in order, each once the broker acknowledged all of it: its
         # checkpoint and stats are written while the next chunk is encoded and sent, so a
         # chunk's database round trips never hold up the encoding.
         settler = _Settler(self, job, p)
         try:
-            return await self._publish(job, p, members, settler, batched=batched)
+            chunks = member_chunks(consumer, tp, start, members, self.batch)
+            async with contextlib.aclosing(chunks):
+                return await self._publish(job, p, chunks, settler)
         finally:
             settler.abandon()
 
     async def _publish(
-        self,
-        job: _Job,
-        p: int,
-        members: list[tuple[int, bytes, bytes]],
-        settler: _Settler,
-        *,
-        batched: bool,
+        self, job: _Job, p: int, chunks: AsyncIterator[list[Member]], settler: _Settler
     ) -> bool:
-        for i in range(0, len(members), self.batch):
-            chunk = members[i : i + self.batch]
+        batched: bool | None = None
+        async for chunk in chunks:
             if self.status is not None and await self.status(job.ref.id) != "active":
                 # Paused or archived mid-way: what is in flight is settled, the rest of this
                 # fire's audience is not contacted.
                 job.outcome = "halted"
                 await settler.drain()
                 return False
+            if batched is None:
+                # Both topics are keyed by customer id: with equal partition counts the request
+                # belongs on the partition its snapshot came from, so requests go out as whole
+                # record batches (the per-message path hashes and queues every record, and
+                # costs three times more).
+                sample = [m[1] for m in chunk[:100]]
+                batched = job.same_partitions and self._hashes_to(sample, p, job)
             errors_before = job.audience_errors
             if batched:
                 futures, count = await self._send_batches(job, p, chunk)
@@ -540,7 +595,7 @@ class _ReadAhead:
         # spawn, not fork: the service's threads (the database driver's, the event loop's)
         # must not be copied mid-operation into the child.
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-        self._next: tuple[int, asyncio.Future[list[Member]]] | None = None
+        self._next: tuple[int, asyncio.Future[list[Member] | array[int]]] | None = None
         self._submit()
 
     def _submit(self) -> None:
@@ -564,7 +619,7 @@ class _ReadAhead:
         """True when partition p is the one being read ahead."""
         return self._next is not None and self._next[0] == p
 
-    async def take(self, p: int) -> list[Member]:
+    async def take(self, p: int) -> list[Member] | array[int]:
         """Partition p's members (read ahead), and start reading the next partition."""
         assert self._next is not None and self._next[0] == p, "partitions are taken in order"
         members = await self._next[1]
