@@ -13,7 +13,8 @@ case "${1:-}" in
     "$HERE/ferretdb.sh" start
     # Topics come from the contracts library, the single source of their names and policies.
     (cd "$HERALD_ROOT" && uv run --frozen herald-topics create \
-      --bootstrap "${HERALD_KAFKA_HOST:-127.0.0.1}:${HERALD_KAFKA_PORT:-9092}")
+      --bootstrap "${HERALD_KAFKA_HOST:-127.0.0.1}:${HERALD_KAFKA_PORT:-9092}" \
+      --replication-factor 1)
     ;;
   stop) "$HERE/services.sh" stop; "$HERE/ferretdb.sh" stop; "$HERE/kafka.sh" stop ;;
   reset) "$HERE/services.sh" stop; "$HERE/ferretdb.sh" reset; "$HERE/kafka.sh" reset ;;

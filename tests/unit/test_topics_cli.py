@@ -64,6 +64,23 @@ def test_the_operator_chooses_copies_and_in_sync_minimum(cluster: _Cluster) -> N
     assert {t.topic_configs["min.insync.replicas"] for t in cluster.created} == {"3"}
 
 
+def test_a_broker_down_while_topics_are_made_is_refused_not_given_fewer_copies(
+    cluster: _Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.brokers = 2  # one of three restarting
+    with pytest.raises(SystemExit):
+        _topics_cli.main(["create"])
+    assert "replication factor 3 needs 3 brokers; 2 up" in capsys.readouterr().err
+    assert cluster.created == []
+
+
+def test_a_single_development_broker_is_asked_for_one_copy(cluster: _Cluster) -> None:
+    cluster.brokers = 1
+    _topics_cli.main(["create", "--replication-factor", "1"])
+    assert {t.replication_factor for t in cluster.created} == {1}
+    assert all("min.insync.replicas" not in t.topic_configs for t in cluster.created)
+
+
 def test_an_in_sync_minimum_above_the_copies_is_refused(
     cluster: _Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:

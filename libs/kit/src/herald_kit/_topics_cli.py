@@ -55,8 +55,10 @@ async def ensure_topics(
 ) -> list[str]:
     """Create missing topics; returns the names created. Existing topics are left as they are.
 
-    Each topic gets `replication_factor` copies: by default three, or one per broker on a smaller
-    cluster (a development broker). `min_insync_replicas` defaults to one less than the copies
+    Each topic gets `replication_factor` copies. Left out (the development stack and the tests),
+    that is three, or one per broker up on a smaller cluster; the command always asks for three
+    unless told otherwise, since a broker restarting when it runs must not leave every topic
+    with fewer copies for good. `min_insync_replicas` defaults to one less than the copies
     when there are three or more, so an `acks=all` publish survives the loss of one broker and
     is refused rather than kept by a single broker. `client_options` are the services' Kafka
     connection options (TLS, SASL); `bootstrap` overrides their servers.
@@ -134,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--replication-factor",
         type=int,
-        default=None,
-        help="copies of each partition (default: 3, or one per broker on a smaller cluster)",
+        default=3,
+        help="copies of each partition (default 3; 1 for a single-broker development cluster)",
     )
     parser.add_argument(
         "--min-insync-replicas",
