@@ -19,7 +19,7 @@ from herald_kit._batching import (
 )
 from herald_kit._compat import validate_own
 from herald_kit._concurrent import ConcurrentConsumerLoop
-from herald_kit._context import TraceContext, current_trace
+from herald_kit._context import TraceContext, continued, current_trace, current_traceparent
 from herald_kit._errors import (
     Conflict,
     HeraldError,
@@ -107,9 +107,11 @@ __all__ = [
     "build_app",
     "cancel_and_wait",
     "configure_logging",
+    "continued",
     "count_send_outcome",
     "create_client",
     "current_trace",
+    "current_traceparent",
     "customer_page_headers",
     "decode",
     "delete_namespace",

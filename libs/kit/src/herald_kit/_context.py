@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -40,14 +42,17 @@ class TraceContext:
         if not value:
             return None
         parts = value.strip().split("-")
-        if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        if len(parts) < 4 or [len(p) for p in parts[:4]] != [2, 32, 16, 2]:
             return None
+        if parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
+            return None  # ff is no version; version 00 has exactly four parts
         try:
-            int(parts[1], 16)
-            int(parts[2], 16)
+            _, trace, span, _ = (int(p, 16) for p in parts[:4])
         except ValueError:
             return None
-        return cls(parts[1], parts[2])
+        if not trace or not span:
+            return None  # all zeros: invalid in W3C trace context
+        return cls(parts[1].lower(), parts[2].lower())
 
 
 trace_var: ContextVar[TraceContext | None] = ContextVar("herald_trace", default=None)
@@ -57,3 +62,27 @@ event_id_var: ContextVar[str | None] = ContextVar("herald_event_id", default=Non
 def current_trace() -> TraceContext:
     """The trace being handled, or a new one."""
     return trace_var.get() or TraceContext.new()
+
+
+def current_traceparent() -> str | None:
+    """The traceparent of the trace being handled, to keep with work finished later (a timer
+    row, a send-ledger row); None when no trace is being handled."""
+    trace = trace_var.get()
+    return trace.header() if trace is not None else None
+
+
+@contextmanager
+def continued(traceparent: str | None) -> Iterator[TraceContext]:
+    """Handle what follows in the trace a kept traceparent names: work that finishes later
+    (a timer that fires, a provider's status callback) stays in the trace that started it.
+
+    A row kept before it had a traceparent (or a malformed one) goes on in the trace being
+    handled, else in a new one, so the records and log lines of that one piece of work still
+    share a trace.
+    """
+    trace = TraceContext.parse(traceparent) or current_trace()
+    token = trace_var.set(trace)
+    try:
+        yield trace
+    finally:
+        trace_var.reset(token)

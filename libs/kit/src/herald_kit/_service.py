@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from herald_contracts import Topic, utc_now
 from herald_kit._auth import KeyStore
 from herald_kit._concurrent import ConcurrentConsumerLoop
+from herald_kit._context import TraceContext, trace_var
 from herald_kit._kafka import ConsumerLoop, EventProducer, Handler
 from herald_kit._logging import configure_logging
 from herald_kit._metrics import HTTP_REQUESTS, UP, labelled
@@ -228,6 +229,35 @@ class RequestCounter:
             labelled(HTTP_REQUESTS, path, scope["method"], str(status)).inc()
 
 
+class TraceRequests:
+    """ASGI middleware: handle each request in a trace, the caller's when it sends a valid W3C
+    `traceparent` header, else one of its own, so the request's log lines and the records it
+    publishes share one trace id.
+
+    Plain ASGI for the reason RequestCounter is; the trace is set in the request's own task,
+    which the endpoint runs in.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on inside its trace."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                trace = TraceContext.parse(value.decode("latin-1"))
+                break
+        token = trace_var.set(trace or TraceContext.new())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            trace_var.reset(token)
+
+
 def build_app(
     settings: ServiceSettings,
     runtime: Runtime,
@@ -257,6 +287,9 @@ def build_app(
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter)
+    # Added last, so outermost: the body limit's and the problem handlers' log lines are in
+    # the request's trace too.
+    app.add_middleware(TraceRequests)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive.")
     async def healthz() -> dict[str, str]:
