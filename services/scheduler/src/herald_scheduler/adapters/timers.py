@@ -51,6 +51,7 @@ class TimerRepository:
         now: datetime,
         kind: str = "timer",
         reply: dict[str, Any] | None = None,
+        traceparent: str | None = None,
     ) -> bool:
         """A new pending timer that re-sends a request (or re-publishes a reply); False when
         this timer id exists already (a replayed request).
@@ -61,6 +62,7 @@ class TimerRepository:
 
         `timer`: a dispatcher's timer, re-sending a request already counted; `delay`: the
         scheduler's own delayed (or paced) request, counted as requested when it fires.
+        `traceparent`: the trace it was asked for in, which its firing goes on in.
         """
         row: dict[str, Any] = {
             "_id": timer_id,
@@ -74,6 +76,8 @@ class TimerRepository:
         }
         if reply is not None:
             row["reply"] = reply
+        if traceparent is not None:
+            row["traceparent"] = traceparent
         # The key first: a crash in between leaves a key naming no row, never a row that a
         # cancel cannot find.
         cancelled_at = await self._index_key(key, timer_id, due_at)
@@ -147,8 +151,12 @@ class TimerRepository:
         due_at: datetime,
         request: dict[str, Any],
         now: datetime,
+        traceparent: str | None = None,
     ) -> str:
         """Put a case change into its coalescing window: open one, join it, or reopen it.
+
+        The window fires in the trace of the latest change that opened or joined it
+        (`traceparent`), as it sends that change's request.
 
         Returns "opened", "joined", "reopened" or "stale" (an older or repeated version).
         The matcher consumes one case's changes in order (the topic is keyed by case id), so
@@ -165,12 +173,15 @@ class TimerRepository:
             "request": request,
             "created_at": now,
         }
+        latest: dict[str, Any] = {"case_version": case_version, "request": request}
+        if traceparent is not None:
+            row["traceparent"] = latest["traceparent"] = traceparent
         # Not under timer_keys: nothing cancels a coalescing window by key.
         if await insert_if_absent(self.timers, row):
             return "opened"
         joined = await self.timers.update_one(
             {"_id": key, "state": "pending", "case_version": {"$lt": case_version}},
-            {"$set": {"case_version": case_version, "request": request}},
+            {"$set": latest},
         )
         if joined.modified_count:
             return "joined"
@@ -189,8 +200,7 @@ class TimerRepository:
                     "state": "pending",
                     "due_at": due_at,
                     "claimed_until": EPOCH,
-                    "case_version": case_version,
-                    "request": request,
+                    **latest,
                     "attempts": 0,
                 }
             },

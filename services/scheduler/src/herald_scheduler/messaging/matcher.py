@@ -14,7 +14,7 @@ from herald_contracts import (
     ContactRequest,
     utc_now,
 )
-from herald_kit import Doc, EventProducer, decode
+from herald_kit import Doc, EventProducer, current_traceparent, decode
 from herald_scheduler.adapters.campaigns import CampaignRepository
 from herald_scheduler.adapters.pacing import SendPace
 from herald_scheduler.adapters.stats import StatsRepository
@@ -136,6 +136,7 @@ class Matcher:
                         due_at=due,
                         request=request.model_dump(mode="json"),
                         now=now,
+                        traceparent=current_traceparent(),
                     )
                     if rate and outcome in ("opened", "reopened"):
                         # A window that closes is one request: it takes one slot of the pace.
@@ -162,6 +163,7 @@ class Matcher:
                         ),
                         now=now,
                         kind="delay",
+                        traceparent=current_traceparent(),
                     )
                 else:
                     await self.producer.publish(

@@ -30,6 +30,7 @@ from herald_kit import (
     NotFound,
     PermanentError,
     cancel_and_wait,
+    continued,
     decode,
     is_permanent_kafka_error,
     is_transient_db_error,
@@ -106,7 +107,10 @@ class TimerService:
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """timers.requests.v1: schedule a timer (idempotent by timer id) or cancel by key."""
-        req = decode(record, TimerRequest).data
+        event = decode(record, TimerRequest)
+        req = event.data
+        # Kept on the row, so what fires later goes on in the trace that asked for it.
+        traceparent = event.trace.header() if event.trace is not None else None
         now = utc_now()
         if req.action == "cancel":
             await self.timers.cancel(req.key, now=now)
@@ -122,6 +126,7 @@ class TimerService:
                 request=None,
                 reply=req.reply.model_dump(mode="json"),
                 now=now,
+                traceparent=traceparent,
             )
             return
         if req.request is None:
@@ -132,6 +137,7 @@ class TimerService:
             due_at=req.due_at,
             request=req.request.model_dump(mode="json"),
             now=now,
+            traceparent=traceparent,
         )
 
     def start(self) -> None:
@@ -165,20 +171,25 @@ class TimerService:
                 await asyncio.sleep(self.poll_seconds)
 
     async def fire_due(self, limit: int = 500) -> int:
-        """Fire up to `limit` due timers; how many were settled."""
+        """Fire up to `limit` due timers; how many were settled.
+
+        Each row fires in the trace it was scheduled in (a row kept without one, in a trace of
+        its own), so its records and log lines follow the contact that asked for it.
+        """
         settled = 0
         for timer_id in await self.timers.due(now=utc_now(), limit=limit):
             row = await self.timers.claim(timer_id, now=utc_now(), lease=self.lease)
             if row is None:
                 continue  # another replica took it, or it was cancelled meanwhile
-            try:
-                settled += await self._fire(row)
-            except Exception as exc:
-                if _outage(exc):
-                    # The poll ends; the row is fired again after its lease, like one whose
-                    # replica died mid-fire.
-                    raise
-                settled += await self._failed(row, exc)
+            with continued(row.get("traceparent")):
+                try:
+                    settled += await self._fire(row)
+                except Exception as exc:
+                    if _outage(exc):
+                        # The poll ends; the row is fired again after its lease, like one whose
+                        # replica died mid-fire.
+                        raise
+                    settled += await self._failed(row, exc)
         return settled
 
     async def _failed(self, row: Doc, exc: Exception) -> int:
