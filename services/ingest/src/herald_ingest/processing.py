@@ -36,6 +36,8 @@ from herald_kit import (
     EventProducer,
     PermanentError,
     RetryableError,
+    TraceContext,
+    current_traceparent,
     encode,
     is_permanent_kafka_error,
     validate_own,
@@ -84,14 +86,18 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def event_doc(event: InboundEvent) -> Doc:
-    """What a seen row keeps of an event, so the recovery sweeper can apply it again."""
-    return {
+    """What a seen row keeps of an event, so the recovery sweeper can apply it again (in the
+    trace it came in with)."""
+    doc: Doc = {
         "id": event.id,
         "source": event.source,
         "type": event.type,
         "time": event.time,
         "data": event.data.model_dump(mode="json", exclude_none=True),
     }
+    if event.traceparent is not None:
+        doc["traceparent"] = event.traceparent
+    return doc
 
 
 def event_from_doc(doc: Doc) -> InboundEvent:
@@ -105,6 +111,7 @@ def event_from_doc(doc: Doc) -> InboundEvent:
         type=doc["type"],
         time=time,
         data=validate_own(CaseEventData, doc["data"], kind="seen.data"),
+        traceparent=doc.get("traceparent"),  # none in rows kept before traces were
     )
 
 
@@ -156,7 +163,16 @@ class Processor:
     async def submit(self, events: Sequence[InboundEvent]) -> list[Outcome | Exception]:
         """process_batch for one caller's events, batched with other callers' (their order
         kept); outcomes in the order given, or the error an event met: one event's failure
-        must not hide what became of the others, which may have been applied."""
+        must not hide what became of the others, which may have been applied.
+
+        The batch is applied outside the caller's task, so each event takes the caller's trace
+        (the request's) with it, unless it came with one of its own.
+        """
+        trace = current_traceparent()
+        if trace is not None:
+            events = [
+                e if e.traceparent else e.model_copy(update={"traceparent": trace}) for e in events
+            ]
         answers = await asyncio.gather(
             *(self._intake.call(e) for e in events), return_exceptions=True
         )
@@ -356,6 +372,9 @@ class Processor:
 
         A late change (its event older than news the case already had) still publishes the
         merged state, marked `late`, so the scheduler does not announce its event as news.
+
+        Both records are published in the event's trace (a new one when it came with none),
+        never in the trace of whatever task applies the batch.
         """
         event, state, late, version = change
         announced = state
@@ -370,12 +389,18 @@ class Processor:
         )
         key = state.case_id.encode()
         records: list[Record] = []
+        trace = TraceContext.parse(event.traceparent) or TraceContext.new()
         for et, data, eid in (
             (CASE_CHANGED, body, f"{state.case_id}:{version}"),
             (CASE_STATE, state, f"{state.case_id}:{state.version}"),
         ):
             headers, value = encode(
-                et, data, source=self.producer.source, event_id=eid, subject=state.case_id
+                et,
+                data,
+                source=self.producer.source,
+                event_id=eid,
+                subject=state.case_id,
+                trace=trace.child(),
             )
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
             if size > self.max_record_bytes:

@@ -27,6 +27,9 @@ class InboundEvent(BaseModel):
     type: str
     time: datetime | None
     data: CaseEventData
+    # The W3C traceparent the event came in with (a Kafka record's header, the HTTP request's
+    # trace): its cases.changed and cases.state records are published in that trace.
+    traceparent: str | None = None
 
     @property
     def key(self) -> str:
@@ -199,6 +202,7 @@ def validate_event(
     catalog: EventCatalog = DEFAULT_CATALOG,
     *,
     received: datetime | None = None,
+    traceparent: str | None = None,
 ) -> InboundEvent:
     """Check the type is known, the time usable (not ahead of `received`, now by default, by
     more than the catalog allows) and the data matches its schema."""
@@ -216,4 +220,6 @@ def validate_event(
                 f"{int(catalog.max_time_ahead.total_seconds())} s",
             )
     body = catalog.validate(type_, data)
-    return InboundEvent(id=event_id, source=source, type=type_, time=time, data=body)
+    return InboundEvent(
+        id=event_id, source=source, type=type_, time=time, data=body, traceparent=traceparent
+    )

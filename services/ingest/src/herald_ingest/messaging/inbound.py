@@ -13,7 +13,7 @@ from pydantic import RootModel
 
 from herald_ingest.domain.intake import EventCatalog, InboundEvent, Rejected, validate_event
 from herald_ingest.processing import Processor
-from herald_kit import ConsumerLoop, DecodeError, PermanentError, decode
+from herald_kit import ConsumerLoop, DecodeError, PermanentError, continued, decode
 
 log = logging.getLogger("herald.ingest")
 
@@ -27,10 +27,21 @@ def to_event(record: ConsumerRecord[bytes, bytes], catalog: EventCatalog) -> Inb
     event = decode(record, _JsonObject, unknown_fields="forbid")
     try:
         return validate_event(
-            event.id, event.source, event.type, event.time, event.data.root, catalog
+            event.id,
+            event.source,
+            event.type,
+            event.time,
+            event.data.root,
+            catalog,
+            traceparent=event.trace.header() if event.trace is not None else None,
         )
     except Rejected as exc:
         raise DecodeError(f"{exc.field}: {exc.reason}", field=exc.field) from exc
+
+
+def _traceparent(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    value: bytes | None = dict(record.headers or ()).get("traceparent")
+    return value.decode(errors="replace") if value else None
 
 
 async def handle_inbound(
@@ -43,7 +54,8 @@ async def handle_inbound(
 @dataclass
 class BatchInboundLoop(ConsumerLoop):
     """The kit's consumer loop, but each partition's batch is applied in one go (partitions of
-    a poll side by side).
+    a poll side by side). A batch holds many traces: each event carries its record's
+    traceparent to the records it publishes (`InboundEvent.traceparent`).
 
     Per-record handling costs five database round trips and a broker acknowledgement per event;
     a batch costs about as much as one event. Bad records still go to the DLQ one by one with
@@ -84,7 +96,9 @@ class BatchInboundLoop(ConsumerLoop):
                 events.append(to_event(record, self.catalog))
                 sources.append(record)
             except PermanentError as exc:
-                await self._to_dlq(record, exc, "permanent")
+                # In the record's trace, as the kit's per-record path is: its log line too.
+                with continued(_traceparent(record)):
+                    await self._to_dlq(record, exc, "permanent")
         try:
             outcomes = await self.processor.process_batch(events)
         except asyncio.CancelledError:
@@ -108,7 +122,8 @@ class BatchInboundLoop(ConsumerLoop):
                 if isinstance(outcome, PermanentError):
                     # Its case could not be announced with it (too large for the broker, say):
                     # the event's own fault, dead-lettered with why while the others went on.
-                    await self._to_dlq(record, outcome, "permanent")
+                    with continued(_traceparent(record)):
+                        await self._to_dlq(record, outcome, "permanent")
         last = records[-1]
         self._positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
         self.handled += len(records)
