@@ -119,6 +119,7 @@ class Collector:
         self.model = et.model
         self.items: list[Any] = []
         self.ids: list[str] = []  # each item's event id
+        self.traces: list[str | None] = []  # each item's trace id
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -142,6 +143,7 @@ class Collector:
                 for r in records:
                     event = decode(r, self.model)
                     self.ids.append(event.id)
+                    self.traces.append(event.trace.trace_id if event.trace else None)
                     self.items.append(event.data)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -156,6 +158,14 @@ class Collector:
     def where(self, **fields: Any) -> list[Any]:
         """Collected events whose fields equal the given values."""
         return [i for i in self.items if all(getattr(i, k) == v for k, v in fields.items())]
+
+    def traces_where(self, **fields: Any) -> list[str | None]:
+        """The trace ids of the collected events whose fields equal the given values."""
+        return [
+            trace
+            for item, trace in zip(self.items, self.traces, strict=True)
+            if all(getattr(item, k) == v for k, v in fields.items())
+        ]
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from twilio_support import (
 )
 
 from herald_contracts import DELIVERY_STATUS, ENGAGEMENT_REPLY, OUTBOUND_SMS, utc_now
-from herald_kit import EventProducer
+from herald_kit import EventProducer, TraceContext
+from herald_kit._context import trace_var
 from herald_sms_sender.app import create_app as sms_app
 from herald_sms_sender.config import Settings as SmsSettings
 from herald_sms_sender.domain.keywords import number_key
@@ -475,6 +476,50 @@ async def test_a_stop_from_a_number_we_hold_no_send_for_reaches_every_customer_a
     # Not an answer to the refused message: its request must still escalate.
     assert all(x.message_id is None and x.case_id is None for x in replies)
     assert await env.sms_to(phone) == []
+
+
+async def test_status_callbacks_and_replies_are_published_in_the_trace_of_the_message(
+    env_factory: EnvFactory,
+) -> None:
+    """One contact, one trace: the provider's status callback, and the customer's answer to the
+    message, come as HTTP requests of their own, but are published in the trace the outbound
+    message was sent in (kept on its send-ledger row)."""
+    env: Env = await env_factory({"twilio_callbacks": False})
+    phone = unique_phone()
+    msg = outbound_sms(phone, customer_id="cust-trace")
+    trace = TraceContext.new()
+    token = trace_var.set(trace)  # the dispatcher publishes the message in the contact's trace
+    try:
+        await env.publish(msg)
+    finally:
+        trace_var.reset(token)
+    [sent] = await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="sent"))
+    path = f"/webhooks/twilio/status?mid={msg.message_id}"
+
+    async def callback(status: str) -> None:
+        params = {"MessageSid": sent.provider_id, "MessageStatus": status}
+        r = await env.http.post(
+            env.sender + path,
+            data=params,
+            headers={"X-Twilio-Signature": _sign(env.sender + path, params)},
+        )
+        assert r.status_code == 204, r.text
+
+    await callback("delivered")
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="delivered"))
+    assert env.statuses.traces_where(message_id=msg.message_id) == [trace.trace_id] * 2
+    inbound = f"{env.sandbox}/sandbox/api/twilio/inbound-sms"
+    await env.http.post(inbound, json={"from": phone, "to": "+15005550006", "body": "1"})
+    await eventually(lambda: env.replies.where(message_id=msg.message_id))
+    assert env.replies.traces_where(message_id=msg.message_id) == [trace.trace_id]
+
+    # A row sent before rows kept a trace: its callback is still published, in a trace of its
+    # own (the callback request's).
+    await env.ledger.update_one({"_id": msg.message_id}, {"$unset": {"traceparent": ""}})
+    await callback("undelivered")
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="undelivered"))
+    [late] = env.statuses.traces_where(message_id=msg.message_id, status="undelivered")
+    assert late is not None and late != trace.trace_id
 
 
 async def test_help_and_reply_codes(env_factory: EnvFactory) -> None:

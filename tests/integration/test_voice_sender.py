@@ -29,7 +29,8 @@ from herald_contracts import (
     EngagementReply,
     utc_now,
 )
-from herald_kit import EventProducer
+from herald_kit import EventProducer, TraceContext
+from herald_kit._context import trace_var
 from herald_voice_sender.app import create_app as voice_app
 from herald_voice_sender.config import Settings as VoiceSettings
 from herald_voice_sender.domain import ivr
@@ -140,6 +141,34 @@ async def test_pressing_1_confirms_in_the_customers_language(env: Env) -> None:
     assert reply.campaign_id == msg.campaign_id  # a call-back asked for here is reported for it
     sent = env.statuses.where(message_id=msg.message_id, status="sent")
     assert sent and sent[0].provider_id == call["sid"]
+
+
+async def test_the_calls_webhooks_publish_in_the_trace_of_the_message(env: Env) -> None:
+    """One contact, one trace: Twilio's requests about a call (its answer, the callee's choice,
+    its status) are published in the trace the outbound message was sent in, kept on the
+    call's send-ledger row."""
+    phone = unique_phone()
+    msg = outbound_voice(phone, "Your engineer is booked for 2 pm.")
+    trace = TraceContext.new()
+    token = trace_var.set(trace)  # the dispatcher publishes the message in the contact's trace
+    try:
+        await env.producer.publish(OUTBOUND_VOICE, msg, key=msg.customer_id)
+    finally:
+        trace_var.reset(token)
+    call = await env.answered_call(phone)
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="answered"))
+    await env.press(call["sid"], "1")
+    await eventually(lambda: env.replies.where(message_id=msg.message_id))
+    url = f"{env.sender}/webhooks/twilio/voice/status?mid={msg.message_id}"
+    params = {"CallSid": call["sid"], "CallStatus": "busy"}
+    sig = RequestValidator(SANDBOX_TOKEN).compute_signature(url, params)
+    r = await env.http.post(url, data=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 204, r.text
+    await eventually(lambda: env.statuses.where(message_id=msg.message_id, status="busy"))
+    for status in ("sent", "answered", "busy"):
+        traces = env.statuses.traces_where(message_id=msg.message_id, status=status)
+        assert traces == [trace.trace_id], status
+    assert env.replies.traces_where(message_id=msg.message_id) == [trace.trace_id]
 
 
 async def test_a_call_past_its_send_by_is_not_placed(env: Env) -> None:

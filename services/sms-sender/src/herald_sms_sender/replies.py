@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, Intent, utc_now
-from herald_kit import EventProducer
+from herald_kit import EventProducer, continued
 from herald_kit.templates import best_locale
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.domain.keywords import interpret, number_key
@@ -69,13 +69,15 @@ class Replies:
                 callback_until=_aware(row.get("expires_at")) if intent == "callback" else None,
                 locale=row.get("locale"),
             )
-            await self.producer.publish(
-                ENGAGEMENT_REPLY,
-                reply,
-                key=reply.customer_id,
-                event_id=reply.reply_id,  # Twilio's retries of a webhook publish the same id
-                subject=reply.case_id,
-            )
+            # The answer to a message goes on in the trace the message was sent in.
+            with continued(row.get("traceparent")):
+                await self.producer.publish(
+                    ENGAGEMENT_REPLY,
+                    reply,
+                    key=reply.customer_id,
+                    event_id=reply.reply_id,  # Twilio's retries of a webhook publish the same id
+                    subject=reply.case_id,
+                )
         if intent != "help":
             return None
         # Answered in the language the number was last written to; English for a number we

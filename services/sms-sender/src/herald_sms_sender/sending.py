@@ -17,7 +17,7 @@ from herald_contracts import (
     OutboundSms,
     utc_now,
 )
-from herald_kit import CircuitBreaker, EventProducer, Pacer
+from herald_kit import CircuitBreaker, EventProducer, Pacer, current_traceparent
 from herald_sms_sender.adapters.ledger import Ledger
 from herald_sms_sender.adapters.provider import (
     ProviderBusy,
@@ -165,7 +165,15 @@ class SmsSending:
         key = number_key(msg.to)
         # The expiry is the campaign's window for a call-back the customer may ask for in reply,
         # spoken in the language the SMS was written in.
-        meta = {**ref, "number_key": key, "expires_at": msg.expires_at, "locale": msg.locale}
+        # The message's trace is kept with it too (written with the claim, no write of its
+        # own): the provider's status callbacks and the customer's replies publish in it.
+        meta = {
+            **ref,
+            "number_key": key,
+            "expires_at": msg.expires_at,
+            "locale": msg.locale,
+            "traceparent": current_traceparent(),
+        }
         # This send's claim token: a wait before the provider call (pacer, retry pause) may
         # outlast a rebalance, and the consumer that gets the partition claims the row again.
         claim = meta["claim"] = uuid.uuid4().hex

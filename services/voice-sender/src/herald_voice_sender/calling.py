@@ -23,7 +23,7 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_kit import CircuitBreaker, EventProducer, Pacer
+from herald_kit import CircuitBreaker, EventProducer, Pacer, current_traceparent
 from herald_twilio import (
     PauseOutcome,
     breaker_deadline,
@@ -207,6 +207,9 @@ class VoiceCalling:
         now = utc_now()
         # The number is kept (it is needed to call back); it is never logged.
         meta = {**ref, "to": call.to, "language": call.language, "say": say, "kind": call.kind}
+        # The call's trace, kept with the claim (no write of its own): Twilio's webhooks for
+        # the call (its answer, the callee's choice, its status) publish in it.
+        meta["traceparent"] = current_traceparent()
         # This placing's claim token: a wait before the provider call (pacer, retry pause) may
         # outlast a rebalance, and the consumer that gets the partition claims the row again.
         claim = meta["claim"] = uuid.uuid4().hex

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
 from twilio.twiml.messaging_response import MessagingResponse
 
-from herald_kit import MalformedRequest, NotFound
+from herald_kit import MalformedRequest, NotFound, continued
 from herald_sms_sender.config import Settings
 from herald_sms_sender.replies import Replies
 from herald_sms_sender.sending import SmsSending
@@ -68,13 +68,15 @@ async def status_callback(request: Request, form: Signed, mid: str = "") -> Resp
     error = form.get("ErrorCode")
     code = error if isinstance(error, str) and error else None
     ref = {k: row.get(k) for k in ("request_id", "campaign_id", "customer_id", "case_id")}
-    await sending.publish_reported(
-        {**ref, "message_id": row["_id"]},
-        status,  # type: ignore[arg-type]
-        provider_id=sid,
-        error_code=code,
-        reason=None if status == "delivered" else f"carrier reported {status}",
-    )
+    # In the trace the message was sent in, kept on its ledger row.
+    with continued(row.get("traceparent")):
+        await sending.publish_reported(
+            {**ref, "message_id": row["_id"]},
+            status,  # type: ignore[arg-type]
+            provider_id=sid,
+            error_code=code,
+            reason=None if status == "delivered" else f"carrier reported {status}",
+        )
     return Response(status_code=204)
 
 

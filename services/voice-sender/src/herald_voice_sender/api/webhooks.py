@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
 
 from herald_contracts import DeliveryState, Intent
-from herald_kit import MalformedRequest, NotFound
+from herald_kit import MalformedRequest, NotFound, continued
 from herald_twilio import validate_signed_form
 from herald_voice_sender.calling import VoiceCalling
 from herald_voice_sender.config import Settings
@@ -67,7 +67,8 @@ async def twiml(request: Request, form: Signed, mid: str = "", again: str = "") 
     machine = answered_by.startswith("machine") or answered_by == "fax"
     outcome: DeliveryState = "machine" if machine else "answered"
     if not again:  # a repeat publishes the same event (id message id:outcome) again
-        await calling.publish_reported(_ref(row), outcome, provider_id=_field(form, "CallSid"))
+        with continued(row.get("traceparent")):  # the call's trace, kept on its ledger row
+            await calling.publish_reported(_ref(row), outcome, provider_id=_field(form, "CallSid"))
     say = row.get("say") or ""
     if machine:
         body = ivr.voicemail(
@@ -103,9 +104,13 @@ async def gather(request: Request, form: Signed, mid: str = "") -> Response:
         intent, text = CHOICE_INTENT[choice]
         call_sid = _field(form, "CallSid") or row.get("provider_id") or row["_id"]
         # One reply per call and choice: Twilio's retries of this webhook publish the same id.
-        await calling.publish_reply(
-            _ref(row), reply_id=f"voice-{call_sid}-{choice}", intent=intent, text=text or digits
-        )
+        with continued(row.get("traceparent")):
+            await calling.publish_reply(
+                _ref(row),
+                reply_id=f"voice-{call_sid}-{choice}",
+                intent=intent,
+                text=text or digits,
+            )
     body = ivr.after(
         choice,
         language=language,
@@ -133,11 +138,12 @@ async def status(request: Request, form: Signed, mid: str = "") -> Response:
         raise MalformedRequest("CallStatus is required", field="CallStatus")
     outcome = FINAL.get(call_status)
     if outcome is not None:  # a repeated callback publishes the same event again, counted once
-        await calling.publish_reported(
-            _ref(row),
-            outcome,
-            provider_id=_field(form, "CallSid") or None,
-            error_code=_field(form, "ErrorCode") or None,
-            reason=f"call {call_status}",
-        )
+        with continued(row.get("traceparent")):
+            await calling.publish_reported(
+                _ref(row),
+                outcome,
+                provider_id=_field(form, "CallSid") or None,
+                error_code=_field(form, "ErrorCode") or None,
+                reason=f"call {call_status}",
+            )
     return Response(status_code=204)
