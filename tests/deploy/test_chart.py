@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 from deploy.chartlib import CHART, CI_VALUES, KUBE_VERSION, ROOT, Render
 
 from herald_devstack import SERVICES
+from herald_devstack._services import ServiceSpec
 from herald_kit import ServiceSettings
 from herald_kit._concurrent import STOP_COMMIT_SECONDS
 from herald_kit._topics_cli import all_topics
@@ -267,6 +269,52 @@ def test_settings_reach_each_service_under_its_own_prefix(render: Render) -> Non
         assert data[f"{p}KAFKA_SSL_CAFILE"] == "/etc/herald/kafka-ca/ca.crt"
         assert data[f"{p}MONGO_DB"] == "herald_" + spec.name.replace("-", "_")
         assert all(k.startswith(p) for k in data)
+
+
+def _settings(docs: list[dict[str, Any]], spec: ServiceSpec) -> ServiceSettings:
+    """The service's own Settings built from its rendered ConfigMap (and a link secret, which
+    comes from a Secret): what the pod starts with, or the error it crash-loops on."""
+    settings_class = importlib.import_module(f"{spec.module}.config").Settings
+    data = _named(docs, "ConfigMap", f"herald-{spec.name}")["data"]
+    fields = {k.removeprefix(spec.env_prefix).lower(): v for k, v in data.items()}
+    settings: ServiceSettings = settings_class(**fields, link_secret="s" * 32)
+    return settings
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=IDS)
+def test_every_enabled_service_accepts_the_settings_it_is_rendered(
+    render: Render, values: Path | None
+) -> None:
+    docs = render(*_values(values))
+    enabled = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs if d["kind"] == "Deployment"
+    }
+    assert enabled
+    for spec in SERVICES:
+        if spec.name in enabled:
+            _settings(docs, spec)
+
+
+def test_numbers_in_env_reach_the_services_as_the_numbers_written(render: Render) -> None:
+    """Helm reads a values file's numbers as float64, printed as 2.592e+06 from a million on:
+    an integer setting refuses that. Each number written reaches the service unchanged."""
+    path = CHART / "ci" / "numeric-settings.yaml"
+    values = yaml.safe_load(path.read_text())
+    docs = render(path)
+    checked = 0
+    for spec in SERVICES:
+        if spec.name == "sandbox":
+            continue
+        env = values["default"]["env"] | values["services"].get(spec.name, {}).get("env", {})
+        settings = _settings(docs, spec)
+        for key, written in env.items():
+            parsed = getattr(settings, key.lower())
+            assert parsed == written, (spec.name, key, parsed)
+            checked += 1
+    assert checked
+    big = _named(docs, "ConfigMap", "herald-dispatcher")["data"]
+    assert big["HERALD_DISPATCHER_LEDGER_RETENTION_SECONDS"] == "2592000"
+    assert big["HERALD_DISPATCHER_RETRY_BASE_SECONDS"] == "0.25"
 
 
 @pytest.mark.parametrize("values", [(PUBLIC_URL,), (CHART / "ci" / "production.yaml",)])

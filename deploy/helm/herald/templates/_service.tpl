@@ -100,6 +100,18 @@ automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
 {{- end -}}
 {{- end -}}
 
+{{/* An env value as the text a setting parses. Helm reads every number of a values file as a
+     float64, which prints as 2.592e+06 from a million on, and the services' integer settings
+     refuse that (the pod crash-loops): a whole number is printed as an integer, any other
+     value as it is (a fraction keeps its decimals). */}}
+{{- define "herald.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (float64 (int64 .))) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.configmap" }}
 {{- $p := include "herald.envPrefix" . }}
 {{- $root := .root }}
@@ -140,7 +152,7 @@ data:
   {{ $p }}MONGO_DB: {{ .svc.mongoDb | default (printf "herald_%s" (.name | replace "-" "_")) | quote }}
   {{- end }}
   {{- range $k, $v := .svc.env }}
-  {{ $p }}{{ $k }}: {{ $v | toString | quote }}
+  {{ $p }}{{ $k }}: {{ include "herald.envValue" $v | quote }}
   {{- end }}
 {{- end }}
 
