@@ -166,6 +166,28 @@ def test_relay_credentials_are_refused_on_a_connection_without_tls(
         SmtpRelay(host="127.0.0.1", port=2525, security="none", **login)
 
 
+@pytest.mark.parametrize(
+    ("written", "security"),
+    [("STARTTLS", "starttls"), ("TLS", "tls"), ("StartTLS", "starttls"), ("None", "none")],
+)
+def test_smtp_security_is_accepted_in_any_case(
+    monkeypatch: pytest.MonkeyPatch, written: str, security: str
+) -> None:
+    # The chart lets SMTP_SECURITY: STARTTLS through (it compares in lower case): the service
+    # must start with it, not crash-loop on a spelling.
+    for name in list(os.environ):
+        if name.startswith("HERALD_EMAIL_SENDER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HERALD_EMAIL_SENDER_SMTP_SECURITY", written)
+    assert Settings().smtp_security == security
+    if security == "none":
+        # The credentials check still sees the spelling for what it is.
+        with pytest.raises(ValidationError, match="clear text"):
+            Settings(smtp_username="herald", smtp_password="smtp-s3cret")
+    with pytest.raises(ValidationError, match="smtp_security"):
+        Settings(smtp_security="SSL")
+
+
 def test_the_local_stack_allows_an_http_one_click_url_explicitly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

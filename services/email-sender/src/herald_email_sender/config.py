@@ -3,7 +3,7 @@
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from herald_kit import ServiceSettings
@@ -24,7 +24,8 @@ class Settings(ServiceSettings):
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_security: Literal["none", "starttls", "tls"] = Field(
         default="starttls",
-        description="none (a local sink without credentials only), starttls, or implicit tls.",
+        description="none (a local sink without credentials only), starttls, or implicit tls "
+        "(in any case).",
     )
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
@@ -70,6 +71,13 @@ class Settings(ServiceSettings):
         "HTTPS, so without this an http:// address refuses to start.",
     )
     unsubscribe_max_age_seconds: int = Field(default=60 * 60 * 24 * 180, ge=60)
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _security_in_any_case(cls, value: object) -> object:
+        # Operators write STARTTLS as often as starttls (and the chart compares it in lower
+        # case): either spelling means the same connection.
+        return value.strip().lower() if isinstance(value, str) else value
 
     def unsubscribe_base(self) -> str:
         """The one-click endpoint's public base: unsubscribe_base_url, else public_base_url."""
