@@ -3,7 +3,8 @@
 #   helm lint --strict and helm template for the defaults (with the public URL they require)
 #   and every ci/*.yaml value set; the bare defaults must be refused with a clear message;
 #   every rendered manifest against the Kubernetes schemas (kubernetes-validate);
-#   a deliberately broken value set must be rejected by values.schema.json;
+#   a deliberately broken value set must be rejected by values.schema.json, and SASL without a
+#   mechanism refused at render;
 #   the alert rules with promtool (check + unit tests); skaffold.yaml against skaffold's schema.
 # The behavioural checks (hardening, secrets, topics, metrics on running services) are pytest
 # tests in tests/deploy/.
@@ -54,6 +55,13 @@ if "$HELM" template herald "$CHART" --kube-version "$KUBE_VERSION" \
   echo "a string for replicas was accepted" >&2; exit 1
 fi
 grep -q "replicas" "$OUT/broken.err" || { cat "$OUT/broken.err" >&2; exit 1; }
+
+echo "== SASL without a mechanism is refused at render, naming the value to set"
+if "$HELM" template herald "$CHART" --kube-version "$KUBE_VERSION" \
+    -f tests/deploy/broken-values/sasl-without-mechanism.yaml > /dev/null 2> "$OUT/sasl.err"; then
+  echo "SASL_SSL without kafka.sasl.mechanism was accepted" >&2; exit 1
+fi
+grep -q "kafka.sasl.mechanism" "$OUT/sasl.err" || { cat "$OUT/sasl.err" >&2; exit 1; }
 
 echo "== promtool"
 "$PROMTOOL" check rules "$CHART/files/alerts.yaml"

@@ -13,8 +13,7 @@ import pytest
 import yaml
 from deploy.chartlib import CHART, CI_VALUES, KUBE_VERSION, ROOT, Render
 
-from herald_devstack import SERVICES
-from herald_devstack._services import ServiceSpec
+from herald_devstack import BY_NAME, SERVICES, ServiceSpec
 from herald_kit import ServiceSettings
 from herald_kit._concurrent import STOP_COMMIT_SECONDS
 from herald_kit._topics_cli import all_topics
@@ -403,9 +402,53 @@ def test_smtp_credentials_on_a_connection_without_tls_are_refused_at_render(
         "services.email-sender.secretEnv.SMTP_PASSWORD=null",
     )
     assert template(PUBLIC_URL, sets=(plain, *without_credentials)).returncode == 0
-    for security in ("starttls", "tls"):
+    for security in ("starttls", "tls", "STARTTLS"):
         done = template(PUBLIC_URL, sets=(f"services.email-sender.env.SMTP_SECURITY={security}",))
         assert done.returncode == 0, done.stderr
+        # What renders, the service starts with (the chart compares the value in lower case).
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        settings = _settings(docs, BY_NAME["email-sender"])
+        assert settings.smtp_security == security.lower()  # type: ignore[attr-defined]
+
+
+def test_sasl_without_a_mechanism_is_refused_at_render(template: Any) -> None:
+    # Rendered, every Kafka service would crash-loop: aiokafka falls back to PLAIN without
+    # credentials and refuses to build a client.
+    done = template(ROOT / "tests" / "deploy" / "broken-values" / "sasl-without-mechanism.yaml")
+    assert done.returncode != 0
+    assert "kafka.sasl.mechanism" in done.stderr and "SASL_SSL" in done.stderr
+
+
+SASL = (
+    "kafka.sasl.mechanism=SCRAM-SHA-512",
+    "kafka.sasl.username=herald",
+    "kafka.sasl.passwordSecret.name=herald-kafka-user",
+)
+
+
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [
+        (("kafka.securityProtocol=SASL_PLAINTEXT",), "kafka.sasl.mechanism"),
+        (("kafka.securityProtocol=SASL_SSL", *SASL[:2]), "kafka.sasl.passwordSecret.name"),
+        (("kafka.securityProtocol=SASL_SSL", SASL[0], SASL[2]), "kafka.sasl.username"),
+        (("kafka.securityProtocol=SSL", *SASL), "does not use SASL"),
+    ],
+    ids=["plaintext-without-mechanism", "without-password", "without-user", "ssl-with-mechanism"],
+)
+def test_kafka_authentication_no_client_can_use_is_refused_at_render(
+    template: Any, sets: tuple[str, ...], named: str
+) -> None:
+    done = template(PUBLIC_URL, sets=sets)
+    assert done.returncode != 0
+    assert named in done.stderr
+
+
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
+def test_complete_sasl_settings_render(render: Render, protocol: str) -> None:
+    docs = render(PUBLIC_URL, sets=(f"kafka.securityProtocol={protocol}", *SASL))
+    data = _named(docs, "ConfigMap", "herald-ingest")["data"]
+    assert data["HERALD_INGEST_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
 
 
 def test_prometheus_rule_carries_the_rules_file_with_published_runbook_links(

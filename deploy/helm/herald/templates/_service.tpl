@@ -112,6 +112,28 @@ automountServiceAccountToken: {{ .svc.serviceAccount.automountToken }}
 {{- end -}}
 {{- end -}}
 
+{{/* Refuse to render Kafka settings no client can connect with: SASL_PLAINTEXT and SASL_SSL
+     authenticate, and without a mechanism, a user name and a password Secret every Kafka
+     service fails to build its client (or is refused by the brokers) and crash-loops; a
+     mechanism without a SASL protocol would be ignored, and the services would connect
+     unauthenticated. Context: dict "root" "name" "svc". */}}
+{{- define "herald.checkKafka" -}}
+{{- if .svc.kafka -}}
+{{- $kafka := .root.Values.kafka -}}
+{{- $sasl := $kafka.sasl | default dict -}}
+{{- $protocol := toString $kafka.securityProtocol -}}
+{{- if hasPrefix "SASL_" $protocol -}}
+{{- if not $sasl.mechanism -}}
+{{- fail (printf "kafka.securityProtocol %s authenticates with SASL but kafka.sasl.mechanism is empty, and every Kafka service would crash-loop: set kafka.sasl.mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), kafka.sasl.username and kafka.sasl.passwordSecret.name (e.g. the Strimzi KafkaUser's Secret), or use securityProtocol SSL or PLAINTEXT" $protocol) -}}
+{{- else if or (not $sasl.username) (not ($sasl.passwordSecret | default dict).name) -}}
+{{- fail (printf "kafka.securityProtocol %s with kafka.sasl.mechanism %s needs kafka.sasl.username and kafka.sasl.passwordSecret.name (the Secret holding the user's password, e.g. the Strimzi KafkaUser's), or every Kafka service would crash-loop" $protocol $sasl.mechanism) -}}
+{{- end -}}
+{{- else if $sasl.mechanism -}}
+{{- fail (printf "kafka.sasl.mechanism %s is set but kafka.securityProtocol %s does not use SASL, so the services would connect without authenticating: use securityProtocol SASL_SSL (or SASL_PLAINTEXT), or empty kafka.sasl.mechanism" $sasl.mechanism $protocol) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.configmap" }}
 {{- $p := include "herald.envPrefix" . }}
 {{- $root := .root }}
