@@ -464,9 +464,13 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Called before every join, the first included: until it completes, no member.
+        self.loop._member = False
         await self.loop._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.loop._member = True
+        self.loop._rebalanced(set(assigned))
         self.loop._assigned(set(assigned))
 
 
@@ -491,6 +495,7 @@ class ConsumerLoop:
     handled: int = 0
     _positions: dict[TopicPartition, int] = field(default_factory=dict)
     _assignment_hooks: list[AssignmentHook] = field(default_factory=list)
+    _member: bool = False  # the group's last rebalance completed (with or without partitions)
 
     @property
     def group_id(self) -> str:
@@ -589,6 +594,16 @@ class ConsumerLoop:
         needs to know)."""
         return None
 
+    def _rebalanced(self, assigned: set[TopicPartition]) -> None:
+        """After a rebalance: forget the positions of the partitions this member lost and report
+        its lag anew, so a topic whose partitions moved to another member reads 0 here, not the
+        lag it had (the new owner reports it: summed over the members, as the HPA does, it
+        would count twice)."""
+        for tp in [tp for tp in self._positions if tp not in assigned]:
+            del self._positions[tp]
+        if self._consumer is not None:
+            self._update_lag(self._consumer)
+
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         """After a rebalance: `assigned` is this member's whole assignment (aiokafka's eager
         protocol revokes every partition and assigns anew)."""
@@ -610,12 +625,22 @@ class ConsumerLoop:
             hook(share)
 
     def ready(self) -> bool:
-        """True once partitions are assigned and the loop is alive."""
+        """True while the loop runs as a member of its group: it has joined (its last rebalance
+        completed) and its topics exist. A member may own no partition (more replicas than
+        partitions, or the rolling update's extra pod while the old ones still run): it takes
+        partitions over on the next rebalance, and holding it unready would stall the rollout
+        and keep an HTTP service's extra replicas out of traffic. False before the first join,
+        while a rebalance is under way, and once the loop has ended."""
+        consumer = self._consumer
         return (
-            self._consumer is not None
+            consumer is not None
             and self._task is not None
             and not self._task.done()
-            and bool(self._consumer.assignment())
+            and self._member
+            and all(
+                consumer.partitions_for_topic(t.name(self.settings.topic_namespace))
+                for t in self.topics
+            )
         )
 
     async def _run(self) -> None:
@@ -660,7 +685,8 @@ class ConsumerLoop:
                 delay = min(delay * 2, 5)
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        totals: dict[str, int] = {}
+        # Every topic of the loop is reported, 0 for one this member owns no partition of.
+        totals = {t.base: 0 for t in self.topics}
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is None:
