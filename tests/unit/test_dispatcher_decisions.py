@@ -307,6 +307,39 @@ def test_quiet_hours_no_hour_of_a_numbers_zones_escapes_fall_back_to_its_regions
     assert sms.send_by == datetime(2026, 1, 15, 8, tzinfo=UTC)  # 11:00 in Moscow
 
 
+NEW_ZEALAND_MOBILE = "+64211234567"
+
+
+def test_a_number_whose_zones_share_no_hour_for_weeks_is_texted_in_the_customers_zone() -> None:
+    # A London customer with a New Zealand mobile and quiet hours 21:00-09:00: 20:00-21:00 in
+    # London is 09:00-10:00 in Auckland in January, but from New Zealand's clock change (27
+    # September) to Britain's (25 October) the two are twelve hours apart and no hour is
+    # allowed in both. London's own hours decide then, not "never" (the message suppressed).
+    now = datetime(2026, 10, 10, 12, tzinfo=UTC)  # 13:00 in London, 01:00 in Auckland
+    phone = {"sms": ChannelAddress(address=NEW_ZEALAND_MOBILE)}
+    prefs = _prefs(channels=phone, quiet_hours=QuietHours(start="21:00", end="09:00"))
+    r = rig(prefs, now)
+    assert asyncio.run(r.dispatcher.handle(_request(now))).outcome == "sent"
+    (sms,) = r.producer.of(OutboundSms)
+    assert sms.send_by == datetime(2026, 10, 10, 20, tzinfo=UTC)  # 21:00 in London
+
+
+def test_a_number_whose_zones_share_no_hour_for_days_is_not_held_for_them() -> None:
+    # 1 April: Britain is on summer time, New Zealand until 5 April: the message waits for
+    # London's morning that day, not for the hour both share again on the 5th.
+    now = datetime(2026, 4, 1, 6, tzinfo=UTC)  # 07:00 in London
+    phone = {"sms": ChannelAddress(address=NEW_ZEALAND_MOBILE)}
+    prefs = _prefs(channels=phone, quiet_hours=QuietHours(start="21:00", end="09:00"))
+    decision = asyncio.run(rig(prefs, now).dispatcher.handle(_request(now)))
+    assert (decision.outcome, decision.rule) == ("deferred", "quiet-hours")
+    assert decision.due_at == datetime(2026, 4, 1, 8, tzinfo=UTC)  # 09:00 in London
+    # In January they share 20:00-21:00 in London every day: the message waits for it.
+    now = datetime(2026, 1, 15, 12, tzinfo=UTC)  # noon in London, 01:00 in Auckland
+    decision = asyncio.run(rig(prefs, now).dispatcher.handle(_request(now)))
+    assert (decision.outcome, decision.rule) == ("deferred", "quiet-hours")
+    assert decision.due_at == datetime(2026, 1, 15, 20, tzinfo=UTC)  # 09:00 in Auckland
+
+
 def test_a_customer_without_a_zone_is_told_times_by_the_clock_the_number_placed_them_in() -> None:
     # The windows placed the customer in New York (the number's zone): the message and the
     # status page it links to tell the engineer's arrival by New York's clock, not by UTC's.

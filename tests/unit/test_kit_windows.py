@@ -9,7 +9,14 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from herald_kit.windows import ContactWindow, Window
+from herald_contracts import ContactPreferences
+from herald_kit.windows import (
+    GIVE_WAY_AFTER,
+    ContactWindow,
+    Window,
+    contact_window,
+    default_legal_windows,
+)
 
 NEW_YORK = ZoneInfo("America/New_York")  # 2026-03-08: 02:00 EST -> 03:00 EDT at 07:00 UTC
 
@@ -106,3 +113,57 @@ def test_the_window_opens_and_closes_at_the_first_minute_it_does_across_a_clock_
     opens = _first(window, now, allowed=True)
     if opens is not None:
         assert window.next_allowed(now) == opens
+
+
+# A customer's zone on file and a number whose zones lie on the other side of the world, or
+# span it: in some weeks of the year no hour is allowed in all of them together.
+FAR_APART = [
+    ("Europe/London", "+64211234567"),  # New Zealand
+    ("America/New_York", "+61412345678"),  # Australia, Sydney to Cocos
+    ("Europe/Moscow", "+64211234567"),
+    ("Pacific/Auckland", "+447911123456"),  # United Kingdom
+    ("UTC", "+79161234567"),  # Russia, Kaliningrad to Kamchatka
+    ("Australia/Sydney", "+12125551234"),  # New York
+]
+EVENINGS = st.sampled_from(["19:00", "20:00", "21:00", "22:00"])
+MORNINGS = st.sampled_from(["07:00", "08:00", "09:00", "10:00"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    place=st.sampled_from(FAR_APART),
+    quiet=st.none() | st.tuples(EVENINGS, MORNINGS),
+    now=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+)
+def test_a_contact_waits_at_most_a_day_past_the_fallback_zones_opening_any_day_of_the_year(
+    place: tuple[str, str], quiet: tuple[str, str] | None, now: datetime
+) -> None:
+    # When the number's zones share no allowed hour, on some weeks of the year (one hemisphere
+    # on summer time, the other not) or all of them, the customer's zone (else the region's
+    # main one) decides: the windows never "never open", nor hold a contact for days.
+    zone, number = place
+    prefs = ContactPreferences.model_validate(
+        {
+            "customer_id": "c1",
+            "version": 1,
+            "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "time_zone": zone,
+            "channels": {"sms": {"address": number}},
+            **({"quiet_hours": {"start": quiet[0], "end": quiet[1]}} if quiet else {}),
+        }
+    )
+    window = contact_window(
+        prefs, "sms", critical=False, legal_windows=default_legal_windows(), critical_windows={}
+    )
+    assert window.fallback is not None
+    opens = window.next_allowed(now)
+    assert opens - window.fallback.next_allowed(now) <= GIVE_WAY_AFTER
+    assert window.permits(opens)
+    if opens > now:
+        assert not window.permits(opens - timedelta(minutes=1))
+    closes = window.closes_after(opens)
+    assert closes is not None and closes > opens
+    assert not window.permits(closes)
+    assert window.permits(closes - timedelta(minutes=1))

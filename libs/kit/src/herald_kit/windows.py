@@ -8,8 +8,10 @@ window.
 
 On a phone channel the windows hold in every time zone the number may be in as well as in the
 customer's own: a missing or wrong zone in the preferences can then only narrow the hours,
-never move a call or an SMS into the night where the phone is. Only a number whose zones never
-share an allowed minute gives way, to the customer's zone or its region's main one.
+never move a call or an SMS into the night where the phone is. Where the number's zones share
+no allowed minute for more than a day (quiet hours and a number spanning ten hours, or two
+hemispheres in the weeks one is on summer time and the other not), the decision gives way to
+the customer's zone or its region's main one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from herald_contracts import Channel, ContactPreferences
 from herald_kit._zones import valid_zone
 
 MINUTES_PER_DAY = 24 * 60
+# How much longer than the fallback zone alone would, a contact waits for the hour that is
+# allowed in every zone of the number together: a day at most, never weeks.
+GIVE_WAY_AFTER = timedelta(hours=24)
 # The zone a contact carries when its owner gave none.
 UNSAID_ZONE: str = ContactPreferences.model_fields["time_zone"].default
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -96,12 +101,19 @@ def known_zone(name: str) -> ZoneInfo | None:
 @dataclass(frozen=True, slots=True)
 class ContactWindow:
     """When one channel may reach one customer: inside `allowed`, outside `quiet`, in `tz` and
-    in every zone of `also` (the zones the customer's phone number may be in)."""
+    in every zone of `also` (the zones the customer's phone number may be in).
+
+    With a `fallback` (the same windows in the customer's zone or the region's main one), an
+    instant the fallback allows is allowed too when the windows do not open in every zone
+    together within `GIVE_WAY_AFTER` of it: a contact then waits at most a day longer than the
+    fallback alone would make it, on the weeks the zones share no allowed minute as on the
+    others."""
 
     tz: ZoneInfo
     allowed: Window | None = None
     quiet: Window | None = None
     also: tuple[ZoneInfo, ...] = ()
+    fallback: ContactWindow | None = None
 
     @property
     def zones(self) -> tuple[ZoneInfo, ...]:
@@ -109,8 +121,47 @@ class ContactWindow:
         return (self.tz, *(z for z in self.also if z != self.tz))
 
     def permits(self, instant: datetime) -> bool:
-        """Whether a contact at this UTC instant respects both windows in every zone."""
+        """Whether a contact at this UTC instant respects both windows in every zone, or in the
+        fallback's when they do not open in every zone together for more than a day."""
+        if self._holds(instant):
+            return True
+        return (
+            self.fallback is not None
+            and self.fallback.permits(instant)
+            and self._gives_way(instant)
+        )
+
+    def _holds(self, instant: datetime) -> bool:
+        """Whether both windows allow this instant in every zone."""
         return all(self._permits_in(z, instant) for z in self.zones)
+
+    def _gives_way(self, instant: datetime) -> bool:
+        """Whether the windows, not open in every zone at `instant`, stay shut for more than
+        `GIVE_WAY_AFTER` after it, so that the fallback decides (never without one)."""
+        if self.fallback is None:
+            return False
+        opens = self._opens_after(instant, GIVE_WAY_AFTER)
+        return opens is None or opens - instant > GIVE_WAY_AFTER
+
+    def _opens_after(self, now: datetime, within: timedelta | None = None) -> datetime | None:
+        """The first instant after `now` at which both windows allow contact in every zone,
+        searched within nine days or, not as far, `within`; None when there is none."""
+        days = 9 if within is None else min(9, within.days + 2)  # whole local days from today
+        return self._first(self._opening, now, allowed=True, days=days)
+
+    @property
+    def _opening(self) -> list[int]:
+        """The local minutes at which contact may start being allowed."""
+        return [w.start for w in (self.allowed,) if w is not None] + [
+            w.end for w in (self.quiet,) if w is not None
+        ]
+
+    @property
+    def _closing(self) -> list[int]:
+        """The local minutes at which contact may stop being allowed."""
+        return [w.end for w in (self.allowed,) if w is not None and w.start != w.end] + [
+            w.start for w in (self.quiet,) if w is not None and w.start != w.end
+        ]
 
     def _permits_in(self, tz: ZoneInfo, instant: datetime) -> bool:
         local = instant.astimezone(tz)
@@ -123,16 +174,19 @@ class ContactWindow:
             and self.quiet.contains(minute)
         )
 
-    def _first(self, minutes: list[int], now: datetime, allowed: bool) -> datetime | None:
-        """The earliest UTC instant after `now`, within nine days, at which a local time of
-        `minutes` falls in some zone and contact is (or, `allowed` false, is not) allowed.
+    def _first(
+        self, minutes: list[int], now: datetime, allowed: bool, days: int = 9
+    ) -> datetime | None:
+        """The earliest UTC instant after `now`, within `days` local days (nine), at which a
+        local time of `minutes` falls in some zone and contact is (or, `allowed` false, is not)
+        allowed in every zone.
 
         The next two local days are searched first: their candidates before `now` + 22 h come
         before any of a later day's in every zone, whatever its offset and a DST change.
         """
-        for days, sure in ((2, timedelta(hours=22)), (9, None)):
-            for at in self._boundaries(minutes, now, days):
-                if self.permits(at) is allowed:
+        for span, sure in ((2, timedelta(hours=22)), (days, None)):
+            for at in self._boundaries(minutes, now, span):
+                if self._holds(at) is allowed:
                     if sure is None or at < now + sure:
                         return at
                     break  # a later day may yet hold an earlier one: search them all
@@ -166,29 +220,54 @@ class ContactWindow:
         return sorted(candidates)
 
     def next_allowed(self, now: datetime) -> datetime:
-        """`now` when permitted, else the earliest later instant that is (minute precision)."""
-        if self.permits(now):
+        """`now` when permitted, else the earliest later instant that is (minute precision).
+
+        Raises ValueError when the windows never open (allowed and quiet cover the day)."""
+        if self._holds(now):
             return now
         # Contact is allowed where every zone allows it: such a stretch begins where one zone
         # opens, so the openings in every zone are the candidates.
-        opening = [w.start for w in (self.allowed,) if w is not None] + [
-            w.end for w in (self.quiet,) if w is not None
-        ]
-        at = self._first(opening, now, allowed=True)
-        if at is None:  # only when allowed and quiet cover the day
+        alone: datetime | None = None
+        if self.fallback is not None:
+            try:
+                alone = self.fallback.next_allowed(now)
+            except ValueError:
+                alone = None
+        # Each instant before `together` has it as the next opening in every zone: the
+        # fallback's first one more than a day before it is allowed (see `permits`), so the
+        # search need not go further than a day past it.
+        within = None if alone is None else alone + GIVE_WAY_AFTER - now
+        together = self._opens_after(now, within)
+        if alone is not None and (together is None or together - alone > GIVE_WAY_AFTER):
+            return alone
+        if together is None:  # only when allowed and quiet cover the day
             raise ValueError("the windows never open")
-        return at
+        return together
 
     def closes_after(self, now: datetime) -> datetime | None:
         """The first instant after `now` at which contact is no longer allowed (minute
         precision); None when the windows never close. A message must be sent before it.
         `now` should be allowed (a message is emitted only then)."""
-        closing = [w.end for w in (self.allowed,) if w is not None and w.start != w.end] + [
-            w.start for w in (self.quiet,) if w is not None and w.start != w.end
-        ]
-        # None when it never closes (a closing minute is never allowed in its own zone); a
-        # closing time a gap skips closes the window when the clocks jump (a candidate too).
-        return self._first(closing, now, allowed=False) if closing else None
+        at = now
+        # A stretch allowed in every zone may run on into one the fallback decides, and back:
+        # follow them to the first instant neither allows (a few at most).
+        for _ in range(4):
+            if self._holds(at) or self.fallback is None:
+                # None when it never closes (a closing minute is never allowed in its own
+                # zone); a closing time a gap skips closes the window when the clocks jump (a
+                # candidate too).
+                ends = self._first(self._closing, at, allowed=False) if self._closing else None
+            else:
+                # The fallback decides until its own windows close, or until the windows come
+                # within a day of opening in every zone together.
+                ends = self.fallback.closes_after(at)
+                opens = self._opens_after(at, None if ends is None else ends + GIVE_WAY_AFTER - at)
+                if opens is not None and (ends is None or opens - GIVE_WAY_AFTER < ends):
+                    ends = opens - GIVE_WAY_AFTER
+            if ends is None or not self.permits(ends):
+                return ends
+            at = ends
+        return at  # still allowed: an early bound is safe, it only ends the message sooner
 
 
 def _jump(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
@@ -309,21 +388,6 @@ def region_zone(region: str) -> ZoneInfo | None:
     return next((z for z in (known_zone(n) for n in zones or ()) if z), None)
 
 
-@functools.lru_cache(maxsize=4096)
-def _ever_opens(window: ContactWindow) -> bool:
-    """Whether contact is ever allowed in every zone of `window` together, in the winter and
-    in the summer of either hemisphere."""
-    try:
-        for at in _SEASONS:
-            window.next_allowed(at)
-    except ValueError:
-        return False
-    return True
-
-
-_SEASONS = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
-
-
 def contact_window(
     prefs: ContactPreferences,
     channel: Channel,
@@ -336,11 +400,12 @@ def contact_window(
     customer's number (a service-critical campaign may use its own window per channel).
 
     On SMS and voice both hold in the customer's zone and in every zone of the number together.
-    When they never open in all of those together (quiet hours and a number spanning ten hours),
-    or the number names no zone (toll-free), the customer's own zone decides alone, else the
-    main zone of the number's region. A zone name that is not a zone, or the default "UTC", is
-    no zone of the customer's: UTC decides only for a customer and a number that say nothing of
-    where they are."""
+    Where they do not open in all of those together for more than a day (quiet hours and a
+    number spanning ten hours, or zones in two hemispheres in the weeks between their clock
+    changes), or the number names no zone (toll-free), the customer's own zone decides alone,
+    else the main zone of the number's region. A zone name that is not a zone, or the default
+    "UTC", is no zone of the customer's: UTC decides only for a customer and a number that say
+    nothing of where they are."""
     region = region_of(prefs, channel)
     legal: LocalWindow | None
     if critical and channel in critical_windows:
@@ -357,12 +422,14 @@ def contact_window(
     own = None if prefs.time_zone == UNSAID_ZONE else known_zone(prefs.time_zone)
     main = region_zone(region)
     number_zones = zones_of(prefs, channel)
-    if number_zones:
-        # Allowed only when allowed in every zone the phone may be in, however far apart (an
-        # Australian mobile may be on Cocos, 4.5 hours behind Sydney): a missing or wrong zone
-        # narrows the hours and never moves a contact into the night where the phone is.
-        tz = own or (main if main in number_zones else number_zones[0])
-        window = ContactWindow(tz=tz, allowed=allowed, quiet=quiet, also=number_zones)
-        if _ever_opens(window):
-            return window
-    return ContactWindow(tz=own or main or ZoneInfo("UTC"), allowed=allowed, quiet=quiet)
+    alone = ContactWindow(tz=own or main or ZoneInfo("UTC"), allowed=allowed, quiet=quiet)
+    if not number_zones:
+        return alone
+    # Allowed only when allowed in every zone the phone may be in, however far apart (an
+    # Australian mobile may be on Cocos, 4.5 hours behind Sydney): a missing or wrong zone
+    # narrows the hours and never moves a contact into the night where the phone is. Whether
+    # they open together is decided at each instant: a London customer's New Zealand mobile
+    # has an hour a day in both, but none in the weeks after one of them changes its clocks
+    # and before the other does.
+    tz = own or (main if main in number_zones else number_zones[0])
+    return ContactWindow(tz=tz, allowed=allowed, quiet=quiet, also=number_zones, fallback=alone)
