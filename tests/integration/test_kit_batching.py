@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import AsyncMongoClient
 
 from herald_kit import CounterBatcher, InsertBatcher
+from herald_kit._batching import _op_field
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -64,3 +66,49 @@ async def test_a_named_increment_is_applied_once_and_its_record_is_removed_later
     doc = await coll.find_one({"_id": "c"}) or {}
     assert doc["sent"] == 29
     assert len(doc["ops"]) == 1  # the last one's, until the next update
+
+
+async def test_operations_left_by_replicas_that_restarted_go_once_older_than_their_retention(
+    mongo: Client, db_name: Callable[[str], str]
+) -> None:
+    coll = mongo[db_name("batching")]["counters"]
+    kept = timedelta(days=30)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def batcher() -> CounterBatcher:
+        return CounterBatcher(coll, ops_kept=kept, clock=lambda: now)
+
+    # Three runs of a replica, a day apart: each counts 200 events and restarts before an
+    # update of its own could remove their records.
+    for run in range(3):
+        counters = batcher()
+        await asyncio.gather(
+            *(counters.add("c", {"sent": 1}, op=f"st|m{run}-{i}|sent") for i in range(200))
+        )
+        now += timedelta(days=1)
+    doc = await coll.find_one({"_id": "c"}) or {}
+    assert doc["sent"] == 600 and len(doc["ops"]) == 600
+    assert all(isinstance(at, datetime) for at in doc["ops"].values())
+    # Within the retention a record still keeps a retry from counting twice.
+    await batcher().add("c", {"sent": 1}, op="st|m0-0|sent")
+    assert (await coll.find_one({"_id": "c"}) or {})["sent"] == 600
+
+    # A month after the first two runs' counts, the next update of the document, by any
+    # replica, removes their records; the last run's are younger and stay.
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC) + kept
+    await batcher().add("c", {"sent": 1}, op="st|m-new|sent")
+    doc = await coll.find_one({"_id": "c"}) or {}
+    assert doc["sent"] == 601
+    assert len(doc["ops"]) == 200 + 1
+    # A replica that keeps running looks again later: the last run's records go too.
+    counters = batcher()
+    await counters.add("c", {"sent": 1}, op="st|m-later|sent")
+    now += timedelta(days=2)
+    await counters.add("c", {"sent": 1}, op="st|m-last|sent")
+    doc = await coll.find_one({"_id": "c"}) or {}
+    assert doc["sent"] == 603
+    # The other replica's, younger, and the last one's, until this replica's next update.
+    assert {f"ops.{name}" for name in doc["ops"]} == {
+        _op_field("st|m-new|sent"),
+        _op_field("st|m-last|sent"),
+    }

@@ -533,3 +533,35 @@ async def test_a_count_applied_but_whose_answer_was_lost_is_not_counted_again_on
     counters = await stats.get("c1")
     assert counters["requested"] == 4
     assert counters["channels"]["sms"] == {"delivered": 1, "sent": 2, "failed": 1}
+
+
+class _Reads:
+    """A collection that keeps the documents its `find_one` calls return."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.docs: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        doc = await self.real.find_one(*args, **kwargs)
+        self.docs.append(doc)
+        return doc
+
+
+async def test_the_counters_are_read_without_the_records_of_their_counts(
+    mongo: AsyncMongoClient[dict[str, Any]], db_name: Callable[[str], str]
+) -> None:
+    """The counter document holds a record per recent count (thousands on a busy campaign):
+    reading the stats does not load them."""
+    db = mongo[db_name("scheduler")]
+    stats = StatsRepository(db)
+    await stats.requested("c1", [f"r{i}" for i in range(50)])
+    assert (await db["stats"].find_one({"_id": "c1"}) or {}).get("ops")
+    reads = _Reads(db["stats"])
+    stats.stats = reads  # type: ignore[assignment]
+    counters = await stats.get("c1")
+    assert counters["requested"] == 50
+    assert reads.docs and all("ops" not in doc for doc in reads.docs)

@@ -10,6 +10,7 @@ from herald_kit._auth import (
     require_scopes,
 )
 from herald_kit._batching import (
+    OPS_KEPT,
     Coalescer,
     CounterBatcher,
     IdLoader,
@@ -62,6 +63,7 @@ from herald_kit._zones import valid_zone
 
 __all__ = [
     "INFRA_ERRORS",
+    "OPS_KEPT",
     "PROBLEM",
     "REPLAY_WINDOW",
     "ApiKeyEntry",

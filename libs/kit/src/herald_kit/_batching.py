@@ -15,12 +15,14 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from herald_contracts import utc_now
 from herald_kit._mongo import Doc
 
 DUPLICATE_KEY = 11000
@@ -28,6 +30,11 @@ DUPLICATE_KEY = 11000
 # CounterBatcher remembers to remove.
 FORGET_PER_WRITE = 500
 FORGET_DOCS = 10_000
+# How long a recorded counter operation is kept at most: as long as the ledger rows that guard
+# the same events (a retry, a redelivery or a replay comes within it). And how often, per
+# document, a CounterBatcher reads when its operations were recorded, to remove the old ones.
+OPS_KEPT = timedelta(days=30)
+OPS_LOOK_EVERY = timedelta(hours=1)
 # Attempts at a counter update whose document keeps changing under it (created, or an operation
 # removed, between an update and the read that follows it).
 WRITE_ROUNDS = 5
@@ -209,24 +216,41 @@ class CounterBatcher:
     one update per document, so a hot counter document is written once, not once per event.
 
     An increment may name its operation (`op`, the caller's guard key): the update then records
-    the operation in the document (`ops.<hash>`) and applies only where it is not recorded yet,
-    in the same single-document write. An update the database applied but whose answer was lost
-    (a dropped connection, a stepping-down primary) is thereby not applied again when the
-    caller retries it, here or on another replica. Where one operation of a merged update is
-    found recorded already, the update is made again without it. A recorded operation is
-    removed by this batcher's next update of the document, once its caller has had the answer
-    (a retry comes before it: the caller's guard keeps a counted event from counting again);
-    with `keep`, it stays until a later call names it in `forget` (a caller that may apply it
-    again after the answer, as a resumed fan-out does).
+    the operation in the document (`ops.<hash>`, the time it was recorded) and applies only
+    where it is not recorded yet, in the same single-document write. An update the database
+    applied but whose answer was lost (a dropped connection, a stepping-down primary) is
+    thereby not applied again when the caller retries it, here or on another replica. Where one
+    operation of a merged update is found recorded already, the update is made again without
+    it. A recorded operation is removed by this batcher's next update of the document, once its
+    caller has had the answer (a retry comes before it: the caller's guard keeps a counted
+    event from counting again); with `keep`, it stays until a later call names it in `forget`
+    (a caller that may apply it again after the answer, as a resumed fan-out does).
+
+    What a batcher would have removed is lost when its process stops (or past `FORGET_DOCS`
+    documents): once an hour per document it updates, it reads when the document's operations
+    were recorded, and its next updates remove those recorded more than `ops_kept` ago, by
+    whichever replica. A document keeps no more than that period's records, however often its
+    writers restart.
     """
 
     def __init__(
-        self, rows: AsyncCollection[Doc], *, window: float = 0.002, max_batch: int = 500
+        self,
+        rows: AsyncCollection[Doc],
+        *,
+        window: float = 0.002,
+        max_batch: int = 500,
+        ops_kept: timedelta = OPS_KEPT,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.rows = rows
+        self.ops_kept = ops_kept
+        self.clock = clock
         self._c: Coalescer[Any, None] = Coalescer(self._write, window=window, max_batch=max_batch)
-        # Per document: recorded operations whose callers have their answer, to remove.
+        # Per document: recorded operations to remove (their callers have their answer, or
+        # they are older than `ops_kept`).
         self._done: dict[Any, set[str]] = {}
+        # Per document: when this batcher last read the times of its recorded operations.
+        self._looked: OrderedDict[Any, datetime] = OrderedDict()
 
     async def add(
         self,
@@ -259,6 +283,8 @@ class CounterBatcher:
 
     async def _write_one(self, key: Any, items: list[_Count]) -> None:
         """Apply the increments of one document, those of a named operation once."""
+        now = self.clock()
+        await self._look(key, now)
         pending = [(inc, None if op is None else _op_field(op)) for inc, op, _, _ in items]
         answered = {_op_field(op) for _, op, keep, _ in items if op is not None and not keep}
         asked = {_op_field(op) for _, _, _, forget in items for op in forget}
@@ -279,7 +305,7 @@ class CounterBatcher:
             if inc:
                 change["$inc"] = inc
             if fields:
-                change["$set"] = dict.fromkeys(fields, 1)
+                change["$set"] = dict.fromkeys(fields, now)
             if forget:
                 change["$unset"] = dict.fromkeys(forget, "")
             if not inc and not fields:
@@ -311,8 +337,41 @@ class CounterBatcher:
         if not done:
             del self._done[key]
         while len(self._done) > FORGET_DOCS:
-            # The oldest documents' recorded operations stay (a few bytes each).
+            # The oldest documents' recorded operations stay (a few bytes each) until a look
+            # finds them old.
             del self._done[next(iter(self._done))]
+
+    async def _look(self, key: Any, now: datetime) -> None:
+        """Once per `OPS_LOOK_EVERY` and document, find the operations recorded in it more than
+        `ops_kept` ago, for this update and the next ones to remove.
+
+        They are those another process, or this one before it restarted, left: one read by
+        `_id` an hour per document written, where a sweep would read every document (neither
+        FerretDB v1 nor MongoDB can select the fields of `ops` by their value)."""
+        last = self._looked.get(key)
+        if last is not None and now - last < OPS_LOOK_EVERY:
+            return
+        doc = await self.rows.find_one({"_id": key}, {"ops": 1})
+        self._looked[key] = now
+        self._looked.move_to_end(key)
+        while len(self._looked) > FORGET_DOCS:
+            self._looked.popitem(last=False)
+        before = now - self.ops_kept
+        old = {
+            f"ops.{name}"
+            for name, at in ((doc or {}).get("ops") or {}).items()
+            if _recorded_at(at) < before
+        }
+        if old:
+            self._done.setdefault(key, set()).update(old)
+
+
+def _recorded_at(value: Any) -> datetime:
+    """When an operation was recorded (its field's value); long ago for a record without a
+    time."""
+    if not isinstance(value, datetime):
+        return datetime.min.replace(tzinfo=UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _op_field(op: str) -> str:

@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.contacts = ContactView(db, dry_run_limit=settings.dry_run_limit)
         app.state.fires = fires
         app.state.timers = timers
-        stats = StatsRepository(db)
+        stats = StatsRepository(
+            db, guards_kept=timedelta(seconds=settings.ledger_retention_seconds)
+        )
         app.state.stats = stats
         history = ContactHistory(db)
         app.state.history = history

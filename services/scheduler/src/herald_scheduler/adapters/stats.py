@@ -5,7 +5,8 @@ first, so a redelivered event never counts twice; a crash between the guard and 
 loses that one count rather than doubling it. A count the database refuses (an outage, a busy
 database: the consumer retries the event) takes its guards back first, so the retry counts it.
 The count records its guard keys in the counter document in the same update, so a count the
-database applied but whose answer was lost is not applied again by that retry.
+database applied but whose answer was lost is not applied again by that retry; a record goes
+with a later update, at the latest once older than the guards' retention.
 
 A reply is attributed to its message's campaign and channel through the row the message's first
 status writes (`stats_messages`). A reply read before that status (delivery.status.v1 and
@@ -19,12 +20,13 @@ import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import utc_now
-from herald_kit import CounterBatcher, Doc, IdLoader, InsertBatcher, RecentKeys
+from herald_kit import OPS_KEPT, CounterBatcher, Doc, IdLoader, InsertBatcher, RecentKeys
 
 # Messages whose campaign row this process wrote lately (their later statuses need no insert).
 RECORDED = 20_000
@@ -44,7 +46,7 @@ def _field(value: str) -> str:
 class StatsRepository:
     """The `stats` counters and their guards."""
 
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], *, guards_kept: timedelta = OPS_KEPT) -> None:
         self.stats = db["stats"]
         self.seen = db["stats_seen"]
         self.messages = db["stats_messages"]
@@ -54,7 +56,8 @@ class StatsRepository:
         self._seen = InsertBatcher(self.seen)
         self._messages = InsertBatcher(self.messages)
         self._parked = IdLoader(self.parked)
-        self._counts = CounterBatcher(self.stats)
+        # A count's record of its guard key is kept no longer than the guard itself.
+        self._counts = CounterBatcher(self.stats, ops_kept=guards_kept)
         self._recorded = RecentKeys(RECORDED)
         self._owed: OrderedDict[str, None] = OrderedDict()
 
@@ -229,7 +232,8 @@ class StatsRepository:
 
     async def get(self, campaign_id: str) -> dict[str, Any]:
         """A campaign's counters (zeros when nothing happened yet)."""
-        doc = await self.stats.find_one({"_id": campaign_id}) or {}
+        # Not the records of the counts' guard keys (`ops`): nothing here, and many of them.
+        doc = await self.stats.find_one({"_id": campaign_id}, {"ops": 0}) or {}
         return {
             "campaign_id": campaign_id,
             "requested": doc.get("requested", 0),
