@@ -227,6 +227,33 @@ async def test_a_batch_answers_per_event_when_one_breaks_processing(
         assert (await ingest.get(f"/v1/cases/{case}")).json()["status"] == "open"
 
 
+@pytest.mark.parametrize("ingest_options", [{"max_batch": 10, "publish_wait_seconds": 0.5}])
+async def test_a_broker_that_does_not_acknowledge_answers_503_and_the_retry_announces(
+    ingest: httpx.AsyncClient,
+    infra: dict[str, str],
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that is away holds a send for as long as it is away: the post answers 503
+    (retry) instead of hanging, and the same event posted again once it is back is announced."""
+    app = ingest._transport.app  # type: ignore[attr-defined]
+    raw = app.state.runtime.producer.raw
+
+    async def unacknowledged(*args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()  # never acknowledged
+
+    monkeypatch.setattr(raw, "send", unacknowledged)
+    ev = _event(status="engineer booked")
+    r = await asyncio.wait_for(ingest.post("/v1/events", json=ev), timeout=30)
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"]
+    monkeypatch.undo()  # the broker is back
+    r = await ingest.post("/v1/events", json=ev)
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    records = await read_topic(infra["kafka"], Topics.CASES_CHANGES.name(namespace), 1)
+    assert decode(records[0], CaseChanged).data.event.id == ev["id"]
+
+
 async def test_oversize_batch_is_refused(ingest: httpx.AsyncClient) -> None:
     r = await ingest.post("/v1/events", json=[_event() for _ in range(11)])
     assert r.status_code == 413

@@ -556,6 +556,32 @@ async def test_snapshot_is_not_lost_when_kafka_fails_after_the_write(
     assert len(history["entries"]) == 2
 
 
+async def test_a_write_answers_as_stored_while_the_broker_does_not_acknowledge(
+    settings: Settings, snapshots: Snapshots
+) -> None:
+    """A broker that is away holds a send for as long as it is away: the write still answers
+    once stored, and the republisher publishes its snapshot when the broker is back."""
+    app = create_app(settings.model_copy(update={"publish_wait_seconds": 0.5}))
+    async with running(app) as api:
+        producer = app.state.runtime.producer
+        real = producer.publish
+        held = asyncio.Event()
+
+        async def unacknowledged(*args: Any, **kwargs: Any) -> None:
+            await held.wait()  # the broker never answers while it is away
+            await real(*args, **kwargs)
+
+        producer.publish = unacknowledged
+        body = contact()
+        r = await asyncio.wait_for(api.post("/v1/contacts", json=body), timeout=30)
+        assert r.status_code == 201, r.text
+        assert r.json()["customer_id"] == body["customer_id"]
+        held.set()  # the broker is back
+        producer.publish = real
+        snap = await snapshots.until(body["customer_id"], lambda s: s != "tombstone")
+        assert snap.version == 1
+
+
 async def _send(infra: dict[str, str], topic: str, items: list[tuple[Any, Any]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=infra["kafka"])
     await producer.start()

@@ -10,7 +10,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
@@ -95,6 +95,25 @@ async def _shielded(op: Awaitable[None]) -> None:
         with contextlib.suppress(BaseException):
             await task
         raise
+
+
+@contextlib.asynccontextmanager
+async def broker_wait(seconds: float | None) -> AsyncIterator[None]:
+    """Bound a wait for the broker inside a request (`publish_wait_seconds`).
+
+    A send waits for the broker's acknowledgement with no limit of its own while the broker is
+    away (aiokafka keeps retrying it), so a request publishing after its write would hang for
+    the whole outage. Past `seconds` the wait is cancelled and KafkaTimeoutError raised: a
+    passing broker error, which answers 503 with Retry-After over HTTP. A send cut off may
+    still reach the broker later; every publisher's event ids are deterministic, and what it
+    publishes is published again by its recovery, so that is harmless. None waits as long as
+    it takes.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise KafkaTimeoutError(f"the broker did not acknowledge within {seconds} s") from exc
 
 
 async def _ended(task: asyncio.Task[Any]) -> None:

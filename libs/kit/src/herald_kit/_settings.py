@@ -67,6 +67,17 @@ class ServiceSettings(BaseSettings):
             "(30 s); raise both together."
         ),
     )
+    publish_wait_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How long an HTTP request waits for the broker to acknowledge what it publishes "
+            "after its write. Past it the request answers as for a broker outage (the write is "
+            "stored, and what was not published is left to the service's recovery: the "
+            "preferences outbox republisher, ingest's sweeper or the caller's retry), rather "
+            "than hanging while the broker is away."
+        ),
+    )
     retry_attempts: int = Field(default=5, ge=0, le=50)
     retry_base_seconds: float = Field(default=0.2, gt=0)
     ledger_retention_seconds: int = Field(

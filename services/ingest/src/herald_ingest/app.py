@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.producer,
             max_batch=settings.consumer_batch,
             max_record_bytes=settings.max_record_bytes,
+            publish_wait=settings.publish_wait_seconds,
         )
         app.state.repo = repo
         app.state.processor = processor

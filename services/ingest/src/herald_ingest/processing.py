@@ -37,6 +37,7 @@ from herald_kit import (
     PermanentError,
     RetryableError,
     TraceContext,
+    broker_wait,
     current_traceparent,
     encode,
     is_permanent_kafka_error,
@@ -150,10 +151,12 @@ class Processor:
         *,
         max_batch: int = 2000,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        publish_wait: float | None = None,
     ) -> None:
         self.repo = repo
         self.producer = producer
         self.max_record_bytes = max_record_bytes
+        self.publish_wait = publish_wait  # see _send
         # HTTP intake: concurrent requests (often one event each) share process_batch calls,
         # two at most in flight, so a burst of posts costs a few batches, not a batch each.
         self._intake: Coalescer[InboundEvent, Outcome] = Coalescer(
@@ -421,7 +424,18 @@ class Processor:
 
         Sends are queued in order (one case's versions stay in order on its partition) and
         awaited together, so a batch costs one round trip to the broker rather than one each.
+
+        The wait is bounded (`publish_wait`): a broker that is away would hold the request, or
+        the intake batch every concurrent request shares, for the whole outage. Past it the
+        outage raises as KafkaTimeoutError; the events stay stored unfinished, and a retry
+        (HTTP caller, consumer) or the sweeper announces them.
         """
+        async with broker_wait(self.publish_wait):
+            return await self._send_all(changes)
+
+    async def _send_all(
+        self, changes: Sequence[tuple[str, list[Record]]]
+    ) -> dict[str, Unpublishable]:
         raw = self.producer.raw
         pending: list[tuple[str, asyncio.Future[object]]] = []
         refused: dict[str, Unpublishable] = {}

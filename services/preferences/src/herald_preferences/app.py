@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await repo.ensure_indexes()
         app.state.repo = repo
         app.state.idempotency = IdempotencyStore(runtime.db)
-        app.state.outbox = Outbox(repo, runtime.producer)
+        app.state.outbox = Outbox(repo, runtime.producer, wait=settings.publish_wait_seconds)
         app.state.handlers = PreferenceHandlers(repo, app.state.outbox, settings.topic_namespace)
         app.state.outbox.start(interval=settings.republish_interval_seconds)
 

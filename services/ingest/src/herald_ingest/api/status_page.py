@@ -30,6 +30,7 @@ from herald_kit import (
     LinkSigner,
     NotFound,
     Principal,
+    broker_wait,
     customer_page_headers,
     require_scopes,
 )
@@ -341,7 +342,10 @@ async def _reply(token: str, request: Request, claims: dict[str, Any]) -> Respon
         at=utc_now(),
     )
     producer: EventProducer = request.app.state.runtime.producer
-    await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
+    # Bounded like every publish in a request: a broker that is away answers 503 (the same
+    # form sent again publishes the same reply id), not a page that never loads.
+    async with broker_wait(request.app.state.settings.publish_wait_seconds):
+        await producer.publish(ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply_id)
     # Relative to /s/<token>/reply, for the same reason as the form's action.
     return RedirectResponse(f"../{token}?done={intent}", status_code=303)
 

@@ -25,6 +25,7 @@ from herald_kit import (
     NotFound,
     PreconditionFailed,
     Principal,
+    broker_wait,
     require_scopes,
 )
 from herald_preferences.adapters.repository import ContactRepository
@@ -531,7 +532,8 @@ async def import_contacts(
             )
         created = [d for i, d in enumerate(docs) if i not in existing]
         try:
-            await outbox.flush_new(created, marker)
+            async with broker_wait(settings.publish_wait_seconds):
+                await outbox.flush_new(created, marker)
         except (KafkaError, PyMongoError, OSError):
             # Stored, and the batch marker stays: the republisher copies and publishes them.
             log.warning("import flush deferred to the republisher", extra={"rows": len(created)})

@@ -5,7 +5,9 @@ import batch). After the write it flushes at once: queued ledger entries are cop
 ledger (deterministic ids: copying twice is a no-op), the full snapshot (or the erase
 tombstone) is published, and the marker is cleared. If Kafka hiccups after the database write,
 the marker stays and the republisher loop flushes the contact later: a snapshot is never lost,
-and publishing the same version twice is harmless on a compacted topic.
+and publishing the same version twice is harmless on a compacted topic. The flush a request
+runs waits for the broker at most `publish_wait_seconds`: while the broker is away the request
+answers as stored, and the republisher publishes once it is back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
 from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
-from herald_kit import Doc, EventProducer, Every, encode
+from herald_kit import Doc, EventProducer, Every, broker_wait, encode
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.ledger import entry_id
 from herald_preferences.domain.service import snapshot
@@ -31,9 +33,12 @@ PASSING = (KafkaError, PyMongoError, OSError)
 class Outbox:
     """Flush contacts to the ledger and to contacts.preferences.v1."""
 
-    def __init__(self, repo: ContactRepository, producer: EventProducer) -> None:
+    def __init__(
+        self, repo: ContactRepository, producer: EventProducer, *, wait: float | None = None
+    ) -> None:
         self.repo = repo
         self.producer = producer
+        self.wait = wait  # how long a request's flush may wait for the broker
         self._republisher: Every | None = None
 
     async def intend(self, customer_id: str) -> int:
@@ -102,9 +107,12 @@ class Outbox:
         return True
 
     async def try_flush(self, customer_id: str, claim: int | None) -> None:
-        """flush, but a broker or database hiccup only leaves the contact for the republisher."""
+        """flush, but a broker or database hiccup only leaves the contact for the republisher;
+        so does a broker that has not acknowledged within `wait` (a send to a broker that is
+        away waits without end, and the request with it)."""
         try:
-            await self.flush(customer_id, claim)
+            async with broker_wait(self.wait):
+                await self.flush(customer_id, claim)
         except PASSING as exc:
             log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
 
