@@ -1,11 +1,17 @@
 """Recurring and one-off audience campaigns under APScheduler 3.x, on one replica at a time.
 
-The replica holding the lease runs an AsyncIOScheduler whose jobs live in MongoDB
-(APScheduler's MongoDBJobStore, which works against FerretDB v1 through PyMongo's sync client);
-the others stand by and take over when the holder stops renewing. Each fire is recorded by its
-scheduled time before anything is published, so a double fire (two holders during a takeover, a
-misfire replay) emits nothing new. A fire is marked due before APScheduler's job store moves past
-its time, so one whose holder died before recording it is fired by the next leader.
+The replica holding the lease runs an APScheduler whose jobs live in MongoDB (APScheduler's
+MongoDBJobStore, which works against FerretDB v1 through PyMongo's sync client); the others stand
+by and take over when the holder stops renewing. Each fire is recorded by its scheduled time
+before anything is published, so a double fire (two holders during a takeover, a misfire replay)
+emits nothing new. A fire is marked due before APScheduler's job store moves past its time, so
+one whose holder died before recording it is fired by the next leader.
+
+Every call into that job store blocks its thread while the database is away, so none runs on
+the event loop: APScheduler runs in its own thread (BackgroundScheduler), the leader's reconcile
+calls it from worker threads, and the job store's client gives up after JOB_STORE_TIMEOUT_MS
+rather than PyMongo's 30 s. The API, the readiness probe, timers and Kafka heartbeats keep
+running through a database outage.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
-from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.base import BaseJobStore, JobLookupError
 from apscheduler.jobstores.mongodb import MongoDBJobStore
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -45,6 +52,9 @@ log = logging.getLogger("herald.scheduler.schedules")
 
 # A fire later than this after its time is skipped, whether APScheduler or a due marker holds it.
 MISFIRE_GRACE = timedelta(hours=1)
+# How long a call of the job store's sync client waits for an unreachable database (server
+# selection, connecting, an answer) before it fails, and the next tick or wake-up tries again.
+JOB_STORE_TIMEOUT_MS = 2_000
 
 
 def _noop() -> None:
@@ -98,8 +108,10 @@ class ScheduleRunner:
         self.mongo_db = mongo_db
         self.tick_seconds = tick_seconds
         self.leading = False
-        self._scheduler: AsyncIOScheduler | None = None
+        self._scheduler: BaseScheduler | None = None
         self._sync_client: MongoClient[Doc] | None = None
+        # APScheduler hands fires over from its own thread; they are started on this loop.
+        self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self._fanouts: dict[str, asyncio.Task[int]] = {}
         self._firing: dict[str, asyncio.Task[None]] = {}
@@ -142,14 +154,24 @@ class ScheduleRunner:
             log.warning("schedule lease lost; standing by")
             await self._step_down()
 
-    async def _take_over(self) -> None:
-        log.info("schedule lease taken", extra={"holder": self.lease.holder})
-        self._sync_client = MongoClient(self.mongo_uri, tz_aware=True, retryWrites=False)
-        store = MongoDBJobStore(
+    def _job_store(self) -> BaseJobStore:
+        """APScheduler's job store in the service's database, through its own sync client."""
+        self._sync_client = MongoClient(
+            self.mongo_uri,
+            tz_aware=True,
+            retryWrites=False,
+            serverSelectionTimeoutMS=JOB_STORE_TIMEOUT_MS,
+            connectTimeoutMS=JOB_STORE_TIMEOUT_MS,
+            socketTimeoutMS=JOB_STORE_TIMEOUT_MS,
+        )
+        return MongoDBJobStore(
             database=self.mongo_db, collection="apscheduler_jobs", client=self._sync_client
         )
-        self._scheduler = AsyncIOScheduler(
-            jobstores={"default": store},
+
+    async def _take_over(self) -> None:
+        log.info("schedule lease taken", extra={"holder": self.lease.holder})
+        scheduler = BackgroundScheduler(
+            jobstores={"default": self._job_store()},
             executors={"default": FireExecutor(self._on_fire)},
             job_defaults={
                 "coalesce": False,
@@ -158,14 +180,24 @@ class ScheduleRunner:
             },
             timezone="UTC",
         )
-        self._scheduler.start()
+        try:
+            # Starting the job store creates its index: a database call.
+            await asyncio.to_thread(scheduler.start)
+        except BaseException:
+            # Not leading yet: the next tick takes over again, with a new client.
+            client, self._sync_client = self._sync_client, None
+            if client is not None:
+                await asyncio.to_thread(client.close)
+            raise
+        self._scheduler = scheduler
         self.leading = True
         LEADER.set(1)
 
     def _on_fire(self, job_id: str, run_time: datetime) -> None:
-        """APScheduler hands a due run time over (from the event loop's thread: AsyncIOScheduler)
-        and then moves the job past it in its store. The due marker goes first, synchronously,
-        so a replica killed before the fire is recorded leaves it for the next leader."""
+        """APScheduler hands a due run time over (from its own thread) and then moves the job
+        past it in its store. The due marker goes first, synchronously, so a replica killed
+        before the fire is recorded leaves it for the next leader; the fire itself runs on the
+        event loop."""
         fire_id = f"{job_id}|{fire_key(run_time)}"
         if self._sync_client is not None:
             try:
@@ -176,7 +208,7 @@ class ScheduleRunner:
                 log.warning(
                     "due marker not written", extra={"fire": fire_id, "error": type(exc).__name__}
                 )
-        self._start_fire(fire_id, job_id, run_time)
+        self._loop.call_soon_threadsafe(self._start_fire, fire_id, job_id, run_time)
 
     def _start_fire(self, fire_id: str, campaign_id: str, scheduled: datetime) -> None:
         if fire_id in self._firing:
@@ -205,27 +237,32 @@ class ScheduleRunner:
         """
         self.leading = False
         LEADER.set(0)
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            # Waits for APScheduler's thread, which may be in a job store call; the fires it
+            # handed over before it ended are on the loop's queue ahead of this await's end.
+            await asyncio.to_thread(scheduler.shutdown, wait=False)
         while self._firing:
             await asyncio.gather(*list(self._firing.values()), return_exceptions=True)
         await _cancel_all(self._fanouts)
-        if self._sync_client is not None:
-            self._sync_client.close()
-            self._sync_client = None
+        client, self._sync_client = self._sync_client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
 
     def job_ids(self) -> set[str]:
-        """The campaigns this replica has scheduled (none while standing by)."""
+        """The campaigns this replica has scheduled (none while standing by). A job store
+        read on the calling thread: for tests and diagnostics, not for the event loop."""
         if self._scheduler is None:
             return set()
         return {job.id for job in self._scheduler.get_jobs()}
 
     async def _reconcile(self) -> None:
         """One job per active schedule campaign, named by its version; others removed."""
-        assert self._scheduler is not None
+        scheduler = self._scheduler
+        assert scheduler is not None
         wanted = {d["_id"]: d for d in await self.campaigns.active_schedules()}
-        for job in self._scheduler.get_jobs():
+        # Each job store call runs in a worker thread (see the module's docstring).
+        for job in await asyncio.to_thread(scheduler.get_jobs):
             doc = wanted.get(job.id)
             # A job stored with APScheduler's own cron trigger (an earlier version) goes too:
             # it fires a time the clocks repeat twice and skips one they jump over; so does one
@@ -235,15 +272,15 @@ class ScheduleRunner:
             )
             if doc is None or job.name != f"v{doc['version']}" or legacy:
                 with contextlib.suppress(JobLookupError):  # a concurrent tick removed it
-                    self._scheduler.remove_job(job.id)
-        have = {job.id for job in self._scheduler.get_jobs()}
+                    await asyncio.to_thread(scheduler.remove_job, job.id)
+        have = {job.id for job in await asyncio.to_thread(scheduler.get_jobs)}
         for cid, doc in wanted.items():
             if cid in have:
                 continue
             # One campaign that cannot be scheduled (a definition saved before a check existed)
             # must not keep every other campaign from firing: it is logged once per version.
             try:
-                self._schedule(cid, doc)
+                await asyncio.to_thread(self._schedule, scheduler, cid, doc)
             except Exception as exc:
                 failed = f"{cid}|v{doc.get('version')}"
                 if failed not in self._unschedulable:
@@ -253,17 +290,14 @@ class ScheduleRunner:
                         extra={"campaign": cid, "error": type(exc).__name__},
                     )
 
-    def _schedule(self, cid: str, doc: Doc) -> None:
+    def _schedule(self, scheduler: BaseScheduler, cid: str, doc: Doc) -> None:
         """Add the campaign's job, unless its schedule has no fire to come."""
-        assert self._scheduler is not None
         trigger = definition_of(doc).trigger
         assert isinstance(trigger, ScheduleTrigger)
         aps = trigger.apscheduler_trigger()
         if aps.get_next_fire_time(None, utc_now()) is None:
             return  # a one-off time already past, or a schedule with no more fires
-        self._scheduler.add_job(
-            _noop, aps, id=cid, name=f"v{doc['version']}", replace_existing=True
-        )
+        scheduler.add_job(_noop, aps, id=cid, name=f"v{doc['version']}", replace_existing=True)
 
     async def _fire(self, campaign_id: str, scheduled: datetime) -> None:
         """Record the fire and start its fan-out; its due marker goes once that is settled (a
