@@ -262,6 +262,44 @@ async def test_idempotency_key_replays_and_refuses_another_body(
     assert (await api.get(f"/v1/contacts/{cid}")).json()["version"] == 2
 
 
+async def test_a_database_blip_in_a_keyed_write_leaves_the_key_free_once_it_is_back(
+    app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    """The write fails with the database, and so does releasing its key: the release is
+    retried, so the retry is not refused as in progress until the claim goes stale."""
+    repo, store = app.state.repo, app.state.idempotency
+    real_create, real_release = repo.create, store.release
+    away = True
+
+    async def create(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("the database went away")
+
+    async def release(*args: Any, **kwargs: Any) -> None:
+        if away:
+            raise AutoReconnect("the database is still away")
+        await real_release(*args, **kwargs)
+
+    repo.create, store.release = create, release
+    body = contact()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    r = await api.post("/v1/contacts", json=body, headers=key)
+    assert r.status_code == 503, r.text
+    repo.create = real_create
+    # While the database is away the claim stays: a retry is told when to come back.
+    busy = await api.post("/v1/contacts", json=body, headers=key)
+    is_problem(busy, 409, "Idempotency-Key")
+    assert int(busy.headers["retry-after"]) >= 1
+    away = False
+
+    async def created() -> httpx.Response | None:
+        r = await api.post("/v1/contacts", json=body, headers=key)
+        return r if r.status_code == 201 else None
+
+    r = await eventually(created, within=15)  # not idempotency_stale_seconds (60 s)
+    assert r.json()["customer_id"] == body["customer_id"]
+    store.release = real_release
+
+
 async def test_the_same_json_formatted_otherwise_is_a_repeat_not_another_request(
     api: httpx.AsyncClient,
 ) -> None:

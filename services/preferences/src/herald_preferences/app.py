@@ -11,6 +11,7 @@ from herald_contracts import Topics
 from herald_kit import Runtime, build_app
 from herald_preferences.adapters.repository import ContactRepository, IdempotencyStore
 from herald_preferences.api import centre, contacts
+from herald_preferences.api.idempotency import Settlements
 from herald_preferences.config import Settings
 from herald_preferences.messaging.handlers import PreferenceHandlers
 from herald_preferences.messaging.outbox import Outbox
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await repo.ensure_indexes()
         app.state.repo = repo
         app.state.idempotency = IdempotencyStore(runtime.db)
+        app.state.settlements = Settlements()
         app.state.outbox = Outbox(repo, runtime.producer, wait=settings.publish_wait_seconds)
         app.state.handlers = PreferenceHandlers(repo, app.state.outbox, settings.topic_namespace)
         app.state.outbox.start(interval=settings.republish_interval_seconds)
@@ -63,5 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @runtime.on_stop
     async def _stop() -> None:
         await app.state.outbox.stop()
+        await app.state.settlements.stop()
 
     return app

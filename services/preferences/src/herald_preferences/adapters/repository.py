@@ -233,13 +233,16 @@ class IdempotencyStore:
         *,
         now: datetime,
         stale: timedelta,
+        token: str,
         customer_id: str | None = None,
     ) -> Doc | None:
         """Claim a key; None when this request owns it now, else the existing record.
 
         A claim left pending by a crashed request is taken over after `stale`. The claim names
         the customer the request writes when known, so an erase while it runs deletes it and
-        its response (the customer's addresses) is never stored (see complete).
+        its response (the customer's addresses) is never stored (see complete). `token` names
+        this request's claim: a release or completion retried late (the database was away)
+        touches only its own claim, never one a later request took over.
         """
         try:
             await self.rows.insert_one(
@@ -247,6 +250,7 @@ class IdempotencyStore:
                     "_id": key,
                     "fingerprint": fingerprint,
                     "state": "pending",
+                    "token": token,
                     "at": now,
                     "customer_id": customer_id,
                 }
@@ -261,7 +265,7 @@ class IdempotencyStore:
                 "fingerprint": fingerprint,
                 "at": {"$lt": now - stale},
             },
-            {"$set": {"at": now}},
+            {"$set": {"at": now, "token": token}},
         )
         if taken is not None:
             return None
@@ -271,6 +275,7 @@ class IdempotencyStore:
         self,
         key: str,
         *,
+        token: str,
         status: int,
         body: bytes,
         headers: dict[str, str],
@@ -279,7 +284,7 @@ class IdempotencyStore:
         """Store the response to replay, in the claim only if it is still there: an erase of
         the customer meanwhile deleted it, and the response must not outlive the erase."""
         await self.rows.update_one(
-            {"_id": key, "state": "pending"},
+            {"_id": key, "state": "pending", "token": token},
             {
                 "$set": {
                     "state": "done",
@@ -291,6 +296,6 @@ class IdempotencyStore:
             },
         )
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, *, token: str) -> None:
         """Forget a claim whose request failed without effect, so it may be retried."""
-        await self.rows.delete_one({"_id": key, "state": "pending"})
+        await self.rows.delete_one({"_id": key, "state": "pending", "token": token})
