@@ -300,6 +300,38 @@ async def test_a_database_blip_in_a_keyed_write_leaves_the_key_free_once_it_is_b
     store.release = real_release
 
 
+async def test_a_write_whose_answer_could_not_be_stored_answers_and_is_replayed(
+    app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    """The write is applied, then the database fails storing its answer: the caller still gets
+    it, and a retry with the key replays it instead of answering 409 'exists'."""
+    store = app.state.idempotency
+    real_complete = store.complete
+    away = True
+
+    async def complete(*args: Any, **kwargs: Any) -> None:
+        if away:
+            raise AutoReconnect("the database went away")
+        await real_complete(*args, **kwargs)
+
+    store.complete = complete
+    body = contact()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await api.post("/v1/contacts", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    assert (await api.get(f"/v1/contacts/{body['customer_id']}")).status_code == 200
+    away = False
+
+    async def replayed() -> httpx.Response | None:
+        r = await api.post("/v1/contacts", json=body, headers=key)
+        assert r.status_code in (201, 409), r.text  # 409: in progress until it is stored
+        return r if r.status_code == 201 else None
+
+    again = await eventually(replayed, within=15)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    store.complete = real_complete
+
+
 async def test_the_same_json_formatted_otherwise_is_a_repeat_not_another_request(
     api: httpx.AsyncClient,
 ) -> None:

@@ -4,8 +4,8 @@ with a different body is refused (422).
 A claim is settled once its request ends: released when the write failed (so the key may be
 retried), completed with the response when it succeeded. A database that fails just then
 would leave it pending, and every retry refused as in progress until the claim is stale
-(`idempotency_stale_seconds`); so a release the database does not take is retried in the
-background (`Settlements`) until it does.
+(`idempotency_stale_seconds`); so a settlement the database does not take is retried in the
+background (`Settlements`) until it does, and a write that succeeded answers as it did.
 """
 
 from __future__ import annotations
@@ -151,12 +151,23 @@ async def idempotent(
             settlements.later("release", lambda: store.release(row_id, token=token))
         raise
     headers = {k: v for k, v in response.headers.items() if k.lower() in REPLAYED_HEADERS}
-    await store.complete(
-        row_id,
-        token=token,
-        status=response.status_code,
-        body=bytes(response.body),
-        headers=headers,
-        customer_id=customer_id,
-    )
+
+    async def complete() -> None:
+        await store.complete(
+            row_id,
+            token=token,
+            status=response.status_code,
+            body=bytes(response.body),
+            headers=headers,
+            customer_id=customer_id,
+        )
+
+    try:
+        await complete()
+    except Exception as exc:
+        # The write is applied: its answer stands, or the caller would retry a write that is
+        # done (a create then answers 409, a PATCH applies again). A retry meanwhile is told
+        # the request is in progress, and replays this answer once it is stored.
+        log.warning("Idempotency-Key completion deferred", extra={"error": type(exc).__name__})
+        settlements.later("completion", complete)
     return response
