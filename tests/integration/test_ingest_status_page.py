@@ -230,6 +230,31 @@ async def test_the_page_and_its_answer_stay_under_a_proxys_path_prefix(
     assert urljoin(f"{page}/reply", r.headers["location"]) == f"{page}?done=confirm"
 
 
+async def test_an_answer_the_broker_does_not_acknowledge_is_503_not_a_page_that_never_loads(
+    infra: dict[str, str],
+    namespace: str,
+    db_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = ingest_settings(
+        infra, namespace, db_name("ingest"), link_secret=SECRET, publish_wait_seconds=0.5
+    )
+    app = create_app(settings)
+    async with running(app) as client:
+        s = Served(settings.base_url(), client, namespace)
+        case_id = f"sp-{uuid.uuid4().hex[:8]}"
+        await _open_case(s, case_id)
+        token = urlsplit(await _link(s, case_id, "en-GB")).path.rsplit("/", 1)[1]
+
+        async def unacknowledged(*args: Any, **kwargs: Any) -> None:
+            await asyncio.Event().wait()  # a broker that is away never answers
+
+        monkeypatch.setattr(app.state.runtime.producer, "publish", unacknowledged)
+        r = await asyncio.wait_for(_answer(s, token, "intent=confirm"), timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"]
+
+
 async def test_expired_tampered_and_foreign_links_are_refused(served: Served) -> None:
     case_id = f"sp-{uuid.uuid4().hex[:8]}"
     await _open_case(served, case_id)
