@@ -49,30 +49,53 @@ class InProgress(Conflict):
 
 class Settlements:
     """Claim settlements (release, completion) the database did not take when the request
-    ended, retried in the background until it does."""
+    ended, retried in the background until it does, and at once when the same key comes
+    again to this replica (the database answered its claim, so it is back)."""
 
-    def __init__(self, *, base_seconds: float = 0.2, cap_seconds: float = 5.0) -> None:
+    def __init__(self, *, base_seconds: float = 0.2, cap_seconds: float = 2.0) -> None:
         self.base_seconds = base_seconds
         self.cap_seconds = cap_seconds
+        self._pending: dict[str, Callable[[], Awaitable[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def later(self, what: str, settle: Callable[[], Awaitable[None]]) -> None:
-        """Retry `settle` in the background until the database takes it."""
-        task = asyncio.create_task(self._retry(what, settle), name=f"idempotency-{what}")
+    def later(self, key: str, what: str, settle: Callable[[], Awaitable[None]]) -> None:
+        """Retry `settle`, which settles claim `key`, in the background until the database
+        takes it. Settling twice is harmless: each settlement names its claim's token."""
+        self._pending[key] = settle
+        task = asyncio.create_task(self._retry(key, what, settle), name=f"idempotency-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _retry(self, what: str, settle: Callable[[], Awaitable[None]]) -> None:
+    async def settle_now(self, key: str) -> bool:
+        """Settle claim `key` now if this replica still holds its settlement; True if it did."""
+        settle = self._pending.get(key)
+        if settle is None:
+            return False
+        try:
+            await settle()
+        except Exception:
+            return False  # still away: the background retry goes on
+        self._settled(key, settle)
+        return True
+
+    def _settled(self, key: str, settle: Callable[[], Awaitable[None]]) -> None:
+        if self._pending.get(key) is settle:
+            del self._pending[key]
+
+    async def _retry(self, key: str, what: str, settle: Callable[[], Awaitable[None]]) -> None:
         attempt = 0
-        while True:
+        while self._pending.get(key) is settle:
             attempt += 1
             await asyncio.sleep(backoff(attempt, base=self.base_seconds, cap=self.cap_seconds))
+            if self._pending.get(key) is not settle:
+                return  # settled by a request with the same key meanwhile
             try:
                 await settle()
             except Exception as exc:
                 if not is_transient_db_error(exc):
                     # Not an outage: retrying would meet it again. The claim is taken over
                     # once stale, as a crashed request's is.
+                    self._settled(key, settle)
                     log.error(
                         "Idempotency-Key %s failed; the claim waits to go stale",
                         what,
@@ -80,8 +103,8 @@ class Settlements:
                     )
                     return
                 continue
+            self._settled(key, settle)
             log.info("Idempotency-Key %s settled after a retry", what, extra={"attempts": attempt})
-            return
 
     async def stop(self) -> None:
         """Cancel the retries still running (their claims are taken over once stale)."""
@@ -127,6 +150,17 @@ async def idempotent(
     existing = await store.claim(
         row_id, fingerprint, now=utc_now(), stale=stale, token=token, customer_id=customer_id
     )
+    if (
+        existing is not None
+        and existing["fingerprint"] == fingerprint
+        and existing.get("state") != "done"
+        and await settlements.settle_now(row_id)
+    ):
+        # The key's last request on this replica ended while the database was away, and its
+        # claim is settled now: this request goes on as if it had been then (runs, or replays).
+        existing = await store.claim(
+            row_id, fingerprint, now=utc_now(), stale=stale, token=token, customer_id=customer_id
+        )
     if existing is not None:
         if existing["fingerprint"] != fingerprint:
             raise InvalidInput(
@@ -148,7 +182,7 @@ async def idempotent(
             await store.release(row_id, token=token)
         except Exception as exc:
             log.warning("Idempotency-Key release deferred", extra={"error": type(exc).__name__})
-            settlements.later("release", lambda: store.release(row_id, token=token))
+            settlements.later(row_id, "release", lambda: store.release(row_id, token=token))
         raise
     headers = {k: v for k, v in response.headers.items() if k.lower() in REPLAYED_HEADERS}
 
@@ -169,5 +203,5 @@ async def idempotent(
         # done (a create then answers 409, a PATCH applies again). A retry meanwhile is told
         # the request is in progress, and replays this answer once it is stored.
         log.warning("Idempotency-Key completion deferred", extra={"error": type(exc).__name__})
-        settlements.later("completion", complete)
+        settlements.later(row_id, "completion", complete)
     return response
