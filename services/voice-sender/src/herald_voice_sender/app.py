@@ -24,6 +24,10 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
     # The call ledger: a row per call, forgotten once no redelivery can ask for it
     # (docs/operations.md#data-retention).
     runtime.forget_old("call_ledger")
+    # Opt-outs chosen on a call: one row per number (a hash of it), kept while a call handed
+    # over before the stop, or within the hold after it, can still come (a redelivery).
+    hold = timedelta(seconds=settings.opt_out_hold_seconds)
+    runtime.forget_old("opt_outs", keep=timedelta(seconds=settings.ledger_retention_seconds) + hold)
     app = build_app(
         settings,
         runtime,
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None, provider: VoiceProvider | None 
             ),
             calling_hours=CallingHours(settings.calling_hours_start, settings.calling_hours_end),
             callback_max_defer=timedelta(hours=settings.callback_max_defer_hours),
+            opt_out_hold=hold,
             retry=RetryPolicy(
                 attempts=settings.send_attempts,
                 base_seconds=settings.send_backoff_seconds,

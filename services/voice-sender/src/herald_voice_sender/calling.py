@@ -35,7 +35,7 @@ from herald_twilio import (
     publish_reported_status,
     republish_settled,
 )
-from herald_voice_sender.adapters.ledger import CallLedger
+from herald_voice_sender.adapters.ledger import CallLedger, number_key
 from herald_voice_sender.adapters.provider import (
     ProviderBusy,
     ProviderRejected,
@@ -57,6 +57,10 @@ log = logging.getLogger("herald.voice")
 CALLBACK_WAIT = timedelta(seconds=30)
 # The longest id an event carries (herald_contracts' `Id`).
 ID_MAX = 200
+# A call not placed because the callee chose stop on an earlier call (the keypad's stop key or
+# the word said): the sms-sender's 21610 for a call, which Twilio has no code for.
+OPTED_OUT = "opted-out"
+STOPPED = "the customer chose stop on a call"
 
 
 def callback_timer_id(reply_id: str, slot: datetime) -> str:
@@ -87,6 +91,9 @@ class Call:
     ref: dict[str, Any]
     expires_at: Any = None
     kind: str = "ivr"  # or "callback"
+    # When the call was asked for: the outbound message's creation (the dispatcher's consent
+    # check), or the customer's call-back request. None: always stopped by an opt-out.
+    requested_at: datetime | None = None
 
 
 class VoiceCalling:
@@ -106,6 +113,7 @@ class VoiceCalling:
         retry: RetryPolicy | None = None,
         calling_hours: CallingHours | None = None,
         callback_max_defer: timedelta = timedelta(hours=24),
+        opt_out_hold: timedelta = timedelta(days=1),
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -118,6 +126,7 @@ class VoiceCalling:
         self.retry = retry or RetryPolicy()
         self.calling_hours = calling_hours or CallingHours()
         self.callback_max_defer = callback_max_defer
+        self.opt_out_hold = opt_out_hold
 
     def url(self, what: str, message_id: str, **query: str) -> str:
         """A webhook URL of ours for one call (the message id rides in the signed URL)."""
@@ -199,7 +208,31 @@ class VoiceCalling:
         }
         # The call's expiry: the request's, or the close of the customer's window if earlier.
         # Said in the tag text-to-speech knows (zh-Hant-TW, zh-Hant -> zh-TW), as a call-back is.
-        return Call(msg.message_id, msg.to, tts_language(msg.language), ref, msg.deadline)
+        return Call(
+            msg.message_id,
+            msg.to,
+            tts_language(msg.language),
+            ref,
+            msg.deadline,
+            requested_at=msg.created_at,
+        )
+
+    def stopped(self, call: Call, stopped_at: datetime | None) -> bool:
+        """Whether a stop the number chose on a call (at `stopped_at`) forbids this call.
+
+        Preferences learns of the stop through engagement.replies.v1 and the dispatcher through
+        preferences, so a call it handed over shortly after the stop may not have seen it: any
+        call asked for up to `opt_out_hold` after the stop is stopped too. A call asked for
+        later passed a consent check that knew of the stop, so consent was given again (the
+        preference centre), which this service cannot see. A call-back asked for after the stop
+        is the customer's own later word: it is placed.
+        """
+        if stopped_at is None:
+            return False
+        if call.requested_at is None:
+            return True
+        hold = self.opt_out_hold if call.kind == "ivr" else timedelta(0)
+        return call.requested_at <= stopped_at + hold
 
     async def place(self, call: Call, *, say: str = "") -> None:
         """Place the call unless the ledger says it was placed or may have been."""
@@ -213,7 +246,14 @@ class VoiceCalling:
         # This placing's claim token: a wait before the provider call (pacer, retry pause) may
         # outlast a rebalance, and the consumer that gets the partition claims the row again.
         claim = meta["claim"] = uuid.uuid4().hex
-        may, row = await self.ledger.claim(call.message_id, now=now, meta=meta)
+        # The opt-out read goes alongside the claim; when nothing stands between the claim and
+        # the provider call (no pacing, no hold, breaker closed) it is not read again.
+        direct = self.pacer.ready(self.identity) and self.breaker.state == "closed"
+        key = number_key(call.to)
+        (may, row), stopped_at = await asyncio.gather(
+            self.ledger.claim(call.message_id, now=now, meta=meta),
+            self.ledger.stopped_at(key),
+        )
         if not may:
             assert row is not None
             if row["status"] == "sending":
@@ -233,6 +273,9 @@ class VoiceCalling:
         if call.expires_at is not None and call.expires_at <= now:
             await self._fail(ref, "expired", "expired before the call")
             return
+        if self.stopped(call, stopped_at):
+            await self._fail(ref, OPTED_OUT, STOPPED)
+            return
         last = "none"
         paused: PauseOutcome | None = None
         # Waits on the breaker (open, or a half-open trial in flight) place no call, so they take
@@ -241,6 +284,7 @@ class VoiceCalling:
         breaker_until = breaker_deadline(call.expires_at, now)
         attempt = 0
         while attempt < self.retry.attempts:
+            fresh, direct = direct, False
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
@@ -250,11 +294,17 @@ class VoiceCalling:
                 continue
             attempt += 1
             try:
+                # The opt-out is read again after every wait (the pacer, a 429's hold, a retry
+                # pause, an open breaker): a stop chosen meanwhile (on another call to the
+                # number) must stop this very call. Read alongside the conditional update.
+                fresh = fresh and self.pacer.ready(self.identity)
                 await self.pacer.acquire(self.identity)
                 sending_at = utc_now()
-                if not await self.ledger.start_sending(
-                    call.message_id, claim=claim, now=sending_at
-                ):
+                started, stopped_at = await asyncio.gather(
+                    self.ledger.start_sending(call.message_id, claim=claim, now=sending_at),
+                    _none() if fresh else self.ledger.stopped_at(key),
+                )
+                if not started:
                     # The wait outlasted a rebalance and the consumer that got the partition
                     # claimed the row again: that one places (or placed) the call; its outcome
                     # stands.
@@ -265,6 +315,9 @@ class VoiceCalling:
                     # Checked once the row is ours again, so no other consumer's outcome is
                     # overwritten.
                     await self._fail(ref, *expired_waiting(last, "to call"))
+                    return
+                if self.stopped(call, stopped_at):
+                    await self._fail(ref, OPTED_OUT, STOPPED)
                     return
                 try:
                     placed = await self.provider.call(
@@ -425,5 +478,11 @@ class VoiceCalling:
             ref,
             expires_at=min(until, closes),
             kind="callback",
+            requested_at=reply.at,
         )
         await self.place(call)
+
+
+async def _none() -> None:
+    """No read: the opt-out was read with the claim and nothing was waited for since."""
+    return None

@@ -49,3 +49,11 @@ class Settings(ServiceSettings):
         gt=0,
         description="A call-back with no campaign window of its own is placed within this.",
     )
+    opt_out_hold_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description=(
+            "A stop chosen on a call also stops the calls the dispatcher hands over up to this "
+            "long after it (before preferences and the dispatcher have heard of it)."
+        ),
+    )

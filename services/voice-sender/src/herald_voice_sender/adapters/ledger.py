@@ -1,11 +1,21 @@
-"""The call ledger: 'sending' before the provider call, 'sent' with the call sid after."""
+"""The call ledger: 'sending' before the provider call, 'sent' with the call sid after;
+opt-outs said on a call."""
 
 from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from herald_kit import Doc, RetryingSendLedger
+from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
+
+
+def number_key(number: str) -> str:
+    """A stable key for a phone number, so an opt-out is found by number without storing it
+    plainly (the sms-sender's key)."""
+    return hashlib.sha256(number.strip().encode()).hexdigest()
 
 
 class CallLedger(RetryingSendLedger):
@@ -21,9 +31,28 @@ class CallLedger(RetryingSendLedger):
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         super().__init__(db, "call_ledger")
+        self.opt_outs = db["opt_outs"]
+        # Concurrent calls' opt-out checks share one read.
+        self._opted_out = IdLoader(self.opt_outs)
 
     async def ensure_indexes(self) -> None:
         """Callbacks find a customer's latest call (its number) for a call-back request; a
         lookup at the provider checks a found call sid is not another row's."""
         await super().ensure_indexes()
         await self.rows.create_index([("customer_id", 1), ("at", DESCENDING)])
+
+    async def opt_out(self, number_key: str, *, at: datetime) -> None:
+        """The callee chose stop on a call (keypad or speech): no call already handed over is
+        placed to the number any more (see `stopped_at`)."""
+        await transient(
+            lambda: self.opt_outs.update_one({"_id": number_key}, {"$set": {"at": at}}, upsert=True)
+        )
+
+    async def stopped_at(self, number_key: str) -> datetime | None:
+        """When the number last chose stop on a call, or None."""
+        row = await transient(lambda: self._opted_out.get(number_key))
+        if row is None:
+            return None
+        at: datetime = row["at"]
+        # A client without tz_aware returns naive UTC.
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import FormData
 
-from herald_contracts import DeliveryState, Intent
+from herald_contracts import DeliveryState, Intent, utc_now
 from herald_kit import MalformedRequest, NotFound, continued
 from herald_twilio import validate_signed_form
+from herald_voice_sender.adapters.ledger import number_key
 from herald_voice_sender.calling import VoiceCalling
 from herald_voice_sender.config import Settings
 from herald_voice_sender.domain import ivr
@@ -103,6 +104,11 @@ async def gather(request: Request, form: Signed, mid: str = "") -> Response:
     if choice in CHOICE_INTENT:
         intent, text = CHOICE_INTENT[choice]
         call_sid = _field(form, "CallSid") or row.get("provider_id") or row["_id"]
+        if intent == "stop" and row.get("to"):
+            # Kept here too, before it is published: a call to the number still waiting (the
+            # pacer, a retry pause, an open breaker) is not placed, though the dispatcher
+            # handed it over before preferences heard of the stop.
+            await calling.ledger.opt_out(number_key(row["to"]), at=utc_now())
         # One reply per call and choice: Twilio's retries of this webhook publish the same id.
         with continued(row.get("traceparent")):
             await calling.publish_reply(
