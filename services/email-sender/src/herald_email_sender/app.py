@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -25,6 +26,12 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
     # (docs/operations.md#data-retention).
     for collection in ("send_ledger", "send_outcomes"):
         runtime.forget_old(collection)
+    # Unsubscribes: one row per address (a hash of it), kept while an email handed over before
+    # it, or within the hold after it, can still come (a redelivery).
+    runtime.forget_old(
+        "opt_outs",
+        keep=timedelta(seconds=settings.ledger_retention_seconds + settings.opt_out_hold_seconds),
+    )
     app = build_app(
         settings,
         runtime,
@@ -34,6 +41,8 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
     )
     secret = settings.link_secret.get_secret_value()
     app.state.signer = LinkSigner(secret, "unsubscribe") if secret else None
+    # Where an unsubscribe is kept by address (set once the database is open).
+    app.state.ledger = None
     ref = EmailSendingRef()
     outbound = outbound_consumer(settings, runtime.producer, ref)
     # The rate is per relay across every replica: this replica paces at its share of it, the
@@ -48,6 +57,7 @@ def create_app(settings: Settings | None = None, relay: EmailRelay | None = None
             log.warning("no link secret: emails go out without List-Unsubscribe")
         ledger = BatchedLedger(runtime.db)
         await ledger.ensure_indexes()
+        app.state.ledger = ledger
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         app.state.relay = relay or SmtpRelay(
             host=settings.smtp_host,

@@ -71,6 +71,14 @@ class Settings(ServiceSettings):
         "HTTPS, so without this an http:// address refuses to start.",
     )
     unsubscribe_max_age_seconds: int = Field(default=60 * 60 * 24 * 180, ge=60)
+    opt_out_hold_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description=(
+            "An unsubscribe also stops the emails it covers that the dispatcher hands over up "
+            "to this long after it (before preferences and the dispatcher have heard of it)."
+        ),
+    )
 
     @field_validator("smtp_security", mode="before")
     @classmethod

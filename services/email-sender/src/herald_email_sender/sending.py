@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 from pymongo.errors import PyMongoError
@@ -30,9 +30,10 @@ from herald_email_sender.adapters.smtp import (
     RelayUnavailable,
 )
 from herald_email_sender.config import Settings
-from herald_email_sender.domain.message import build_email
+from herald_email_sender.domain.message import address_key, build_email
 from herald_kit import (
     CircuitBreaker,
+    Doc,
     EventProducer,
     InvalidInput,
     LinkSigner,
@@ -50,6 +51,13 @@ OUTCOMES = Counter(
 )
 RELAY_ATTEMPTS = Counter("herald_email_relay_attempts_total", "Relay calls, by result.", ["result"])
 Sleep = Callable[[float], Awaitable[None]]
+# An email not sent because its recipient unsubscribed (the one-click link of an earlier email)
+# from what it covers: the voice-sender's code for a stop, the sms-sender's 21610.
+OPTED_OUT = "opted-out"
+# How long the unsubscribes read with the claim stand for a send that waited for nothing (the
+# pacer off and free, the breaker closed, a pooled connection ready): a longer wait (a full
+# pool, a slow connect) reads them again before MAIL FROM.
+CLAIM_READ_STANDS = 1.0
 
 
 class ClaimLost(Exception):
@@ -58,6 +66,10 @@ class ClaimLost(Exception):
 
 class ExpiredWaiting(Exception):
     """The message's deadline passed while it waited for a connection or the pacer."""
+
+
+class Unsubscribed(Exception):
+    """The recipient unsubscribed from this email while it waited; the reason is the arg."""
 
 
 class EmailSending:
@@ -144,6 +156,34 @@ class EmailSending:
         await self.ledger.set(msg.message_id, "failed", error_code=code, reason=reason)
         await self.status(msg, "failed", error_code=code, reason=reason)
 
+    def unsubscribed(self, msg: OutboundEmail, withdrawn: Doc | None) -> str | None:
+        """Why this email may not go out, given what its address unsubscribed from (`withdrawn`,
+        see `BatchedLedger.unsubscribes`); None when nothing it withdrew covers it.
+
+        An unsubscribe from every email covers every email; one from a topic (the link of an
+        email that named it) covers that topic's emails only, as preferences reads it.
+        Preferences learns of it from the reply and the dispatcher from preferences, so an
+        email handed over shortly after it may not have seen it: one created up to
+        `opt_out_hold_seconds` after the unsubscribe is covered too. One created later passed
+        a consent check that knew of it: the customer subscribed again (the preference
+        centre), which this service cannot see.
+        """
+        if withdrawn is None:
+            return None
+        hold = timedelta(seconds=self.settings.opt_out_hold_seconds)
+
+        def covers(at: datetime | None) -> bool:
+            if at is None:
+                return False
+            at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # naive is UTC
+            return msg.created_at <= at + hold
+
+        if covers(withdrawn.get("all")):
+            return "recipient unsubscribed"
+        if msg.topic is not None and covers((withdrawn.get("topics") or {}).get(msg.topic)):
+            return f"recipient unsubscribed from {msg.topic}"
+        return None
+
     def _expired(self, msg: OutboundEmail, after: float = 0.0) -> bool:
         # The request's expiry, or the close of the customer's quiet-hours window if earlier.
         deadline = msg.deadline
@@ -154,8 +194,16 @@ class EmailSending:
     async def send(self, msg: OutboundEmail) -> None:
         """Send unless the ledger says it was sent or may have been."""
         claim = uuid.uuid4().hex
-        may_send, row = await self.ledger.claim(
-            msg.message_id, now=utc_now(), meta={"claim": claim}
+        key = address_key(msg.to)
+        # What the address unsubscribed from is read alongside the claim; a send that then
+        # waits for nothing (see CLAIM_READ_STANDS) does not read it twice.
+        fresh = self.pacer.ready(self.relay_id) and self.breaker.state == "closed"
+        read_at = time.monotonic()
+        (may_send, row), withdrawn = await asyncio.gather(
+            self.ledger.claim(
+                msg.message_id, now=utc_now(), meta={"claim": claim, "address_key": key}
+            ),
+            self.ledger.unsubscribes(key),
         )
         if not may_send:
             assert row is not None
@@ -179,6 +227,10 @@ class EmailSending:
         if self._expired(msg):
             await self._fail(msg, "expired", "expired before send")
             return
+        reason = self.unsubscribed(msg, withdrawn)
+        if reason is not None:
+            await self._fail(msg, OPTED_OUT, reason)
+            return
         try:
             email = build_email(
                 msg,
@@ -190,12 +242,24 @@ class EmailSending:
         except InvalidInput as exc:
             await self._fail(msg, "invalid-address", exc.detail)
             return
-        await self._attempts(msg, email.recipient, email.data, claim)
+        fresh_until = read_at + CLAIM_READ_STANDS if fresh else None
+        await self._attempts(msg, email.recipient, email.data, claim, key, fresh_until)
 
-    async def _attempts(self, msg: OutboundEmail, recipient: str, data: bytes, claim: str) -> None:
+    async def _attempts(
+        self,
+        msg: OutboundEmail,
+        recipient: str,
+        data: bytes,
+        claim: str,
+        key: str,
+        fresh_until: float | None = None,
+    ) -> None:
+        """Relay attempts under the claim token `claim` to the address keyed `key`;
+        `fresh_until`: until when (monotonic) the unsubscribes read with the claim stand."""
         last: RelayError | None = None
         for attempt in range(1, self.settings.send_attempts + 1):
             if attempt > 1:
+                fresh_until = None  # a retry pause is a wait
                 assert last is not None
                 delay = backoff(
                     attempt - 1,
@@ -215,15 +279,22 @@ class EmailSending:
                 )
                 if not may_send:
                     return  # another consumer took it over after a rebalance
+            if self.breaker.state != "closed":
+                fresh_until = None  # so is a wait on the breaker (asking would take a trial)
             if not await self._breaker_allows(msg):
                 await self._fail(msg, "circuit-open", "expired while the relay was failing")
                 return
             try:
-                accepted = await self._relay(msg.message_id, claim, recipient, data, msg.deadline)
+                accepted = await self._relay(
+                    msg, claim, recipient, data, key=key, fresh_until=fresh_until
+                )
                 RELAY_ATTEMPTS.labels("accepted").inc()
                 self.breaker.success()
             except ClaimLost:
                 log.info("claimed again elsewhere before sending; left to that consumer")
+                return
+            except Unsubscribed as exc:
+                await self._fail(msg, OPTED_OUT, str(exc))
                 return
             except ExpiredWaiting:
                 if last is None:
@@ -281,11 +352,13 @@ class EmailSending:
 
     async def _relay(
         self,
-        message_id: str,
+        msg: OutboundEmail,
         claim: str,
         recipient: str,
         data: bytes,
-        deadline: datetime | None = None,
+        *,
+        key: str,
+        fresh_until: float | None = None,
     ) -> Accepted:
         """One relay transaction, paced per relay, observed as the other senders' provider
         requests are (accepted, rejected, busy, timeout) from after the pacer's wait.
@@ -293,19 +366,35 @@ class EmailSending:
         The ledger row turns 'sending' only once a connection is ready and the pacer lets the
         message go, just before MAIL FROM: a crash while waiting for either leaves it 'queued'
         (nothing handed to the relay), so it is sent after a restart, not written off. When
-        `deadline` passed during those waits, nothing is sent (ExpiredWaiting).
+        the message's deadline passed during those waits, nothing is sent (ExpiredWaiting).
+        What the address unsubscribed from is read again after any wait (unless the read with
+        the claim still stands, `fresh_until`), alongside the 'sending' mark: an unsubscribe
+        that came meanwhile stops this very email (Unsubscribed).
         """
+        message_id, deadline = msg.message_id, msg.deadline
         started = time.monotonic()
 
         async def pace() -> None:
             nonlocal started
+            waited = (
+                fresh_until is None
+                or not self.pacer.ready(self.relay_id)
+                or time.monotonic() > fresh_until
+            )
             await self.pacer.acquire(self.relay_id)
             now = utc_now()
-            if not await self.ledger.start_sending(message_id, claim=claim, now=now):
+            began, withdrawn = await asyncio.gather(
+                self.ledger.start_sending(message_id, claim=claim, now=now),
+                self.ledger.unsubscribes(key) if waited else _nothing(),
+            )
+            if not began:
                 raise ClaimLost(message_id)
             if deadline is not None and deadline <= now:
                 # Checked once the row is ours again: no other consumer's outcome is touched.
                 raise ExpiredWaiting(message_id)
+            reason = self.unsubscribed(msg, withdrawn)
+            if reason is not None:
+                raise Unsubscribed(reason)
             started = time.monotonic()
 
         def observe(outcome: str, code: str) -> None:
@@ -346,3 +435,8 @@ class EmailSending:
             except PyMongoError:
                 await asyncio.sleep(delay)
         await self.ledger.set(message_id, "sent", provider_id=provider_id)
+
+
+async def _nothing() -> None:
+    """No read: the one made with the claim stands (nothing was waited for since)."""
+    return None

@@ -13,6 +13,10 @@ A message's row goes through:
 - 'retry': the relay refused with a passing error (nothing went out); claimed again.
 - 'sent' (a second, insert-only row in `send_outcomes`, so it can be batched), 'failed',
   'unknown': final.
+
+The claim row also keeps a hash of the recipient's address (`address_key`): an unsubscribe
+names the message its link came with, and is kept by that address (`opt_outs`) so the emails
+to it still waiting are not sent.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from herald_contracts import utc_now
-from herald_kit import Coalescer, Doc, InsertBatcher, SendLedger
+from herald_kit import Coalescer, Doc, IdLoader, InsertBatcher, SendLedger, transient
 
 
 class BatchedLedger(SendLedger):
@@ -43,6 +47,9 @@ class BatchedLedger(SendLedger):
         self._starts: Coalescer[tuple[str, str, datetime], bool] = Coalescer(
             self._start_batch, window=window, max_batch=max_batch
         )
+        self.opt_outs = db["opt_outs"]
+        # Concurrent sends' unsubscribe checks share one read.
+        self._unsubscribes = IdLoader(self.opt_outs, window=window, max_batch=max_batch)
 
     async def claim(
         self, message_id: str, *, now: datetime, meta: dict[str, Any] | None = None
@@ -77,3 +84,23 @@ class BatchedLedger(SendLedger):
     async def get(self, message_id: str) -> Doc | None:
         """The outcome when there is one, else the claim row."""
         return await self.outcomes.find_one({"_id": message_id}) or await super().get(message_id)
+
+    async def unsubscribe(self, message_id: str, *, topic: str | None, at: datetime) -> bool:
+        """The recipient of this message unsubscribed: from `topic`, or from every email when
+        None. Kept by the message's address key; False when the message's row is gone (past
+        the ledger retention) or predates the key, so the address is not known here."""
+        row = await transient(lambda: self.rows.find_one({"_id": message_id}, {"address_key": 1}))
+        key = row.get("address_key") if row is not None else None
+        if not key:
+            return False
+        withdrawn = f"topics.{topic}" if topic is not None else "all"
+        await transient(
+            lambda: self.opt_outs.update_one(
+                {"_id": key}, {"$set": {"at": at, withdrawn: at}}, upsert=True
+            )
+        )
+        return True
+
+    async def unsubscribes(self, address_key: str) -> Doc | None:
+        """What the address unsubscribed from, and when: `all` (every email) and `topics`."""
+        return await transient(lambda: self._unsubscribes.get(address_key))

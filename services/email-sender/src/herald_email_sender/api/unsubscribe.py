@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -10,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
+from herald_email_sender.adapters.ledger import BatchedLedger
 from herald_email_sender.config import Settings
 from herald_email_sender.domain.message import ONE_CLICK
 from herald_kit import (
@@ -21,6 +23,7 @@ from herald_kit import (
     customer_page_headers,
 )
 
+log = logging.getLogger("herald.email.unsubscribe")
 router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 
 TokenPath = Annotated[str, Path(min_length=10, max_length=2000, description="Signed token.")]
@@ -77,6 +80,16 @@ async def one_click(request: Request, token: TokenPath, signer: Signer) -> JSONR
         raise MalformedRequest(f"The body must be {ONE_CLICK}.", field="List-Unsubscribe")
     payload = signer.verify(token, max_age_seconds=settings.unsubscribe_max_age_seconds)
     reply = _reply_for(payload)
+    # Kept here too, by the message's address, before it is published: an email to the
+    # address that it covers and that is still waiting (the pacer, a retry pause, an open
+    # breaker) is not sent, though the dispatcher handed it over before preferences heard.
+    ledger: BatchedLedger | None = request.app.state.ledger
+    if (
+        ledger is not None
+        and reply.message_id is not None
+        and not await ledger.unsubscribe(reply.message_id, topic=reply.topic, at=reply.at)
+    ):
+        log.info("unsubscribe from an email no longer in the ledger: left to preferences")
     producer: EventProducer = request.app.state.runtime.producer
     # The reply id derives from the message: a second click is the same event, not a new one.
     await producer.publish(

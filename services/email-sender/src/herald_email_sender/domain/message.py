@@ -28,6 +28,13 @@ def message_id_header(message_id: str, *, domain: str) -> str:
     return f"<{digest}@{domain}>"
 
 
+def address_key(address: str) -> str:
+    """A stable key for an email address, so an unsubscribe is found by address without
+    storing it plainly (as the sms-sender keys numbers). Case aside: a mailbox provider that
+    told two spellings apart is rare, and an unsubscribe must not miss the other spelling."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
 def checked_address(address: str) -> str:
     """The recipient, normalised; InvalidInput when it is not a deliverable address form."""
     try:
