@@ -19,15 +19,16 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from twilio_support import producer
+from twilio_support import Collector, producer
 
-from herald_contracts import OutboundEmail, utc_now
+from herald_contracts import ENGAGEMENT_REPLY, OutboundEmail, utc_now
 from herald_email_sender.adapters.ledger import BatchedLedger
 from herald_email_sender.adapters.smtp import Accepted, Pace, RelayRefused
 from herald_email_sender.app import create_app
 from herald_email_sender.config import Settings
 from herald_email_sender.sending import OPTED_OUT, EmailSending
 from herald_kit import CircuitBreaker, EventProducer, LinkSigner, Pacer
+from support import eventually
 
 SECRET = "unsubscribe-test-secret"
 PUBLIC = "https://mail.herald.test"
@@ -80,13 +81,13 @@ async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProd
         yield p
 
 
-def email(to: str, *, topic: str | None = None) -> OutboundEmail:
+def email(to: str, *, topic: str | None = None, customer_id: str = "cust-1") -> OutboundEmail:
     tag = uuid.uuid4().hex[:10]
     return OutboundEmail(
         message_id=f"msg-{tag}",
         request_id=f"req-{tag}",
         campaign_id="camp-1",
-        customer_id="cust-1",
+        customer_id=customer_id,
         case_id=f"case-{tag}",
         to=to,
         subject="Your engineer is booked",
@@ -188,7 +189,11 @@ async def test_an_unsubscribe_that_arrives_while_the_email_waits_stops_it(
 
 
 async def test_an_unsubscribe_from_a_topic_stops_that_topics_emails_only(
-    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+    mongo: Any,
+    db_name: Callable[[str], str],
+    prod: EventProducer,
+    infra: dict[str, str],
+    namespace: str,
 ) -> None:
     env = Env(mongo[db_name("email_sender")], prod)
     await env.ledger.ensure_indexes()
@@ -197,15 +202,21 @@ async def test_an_unsubscribe_from_a_topic_stops_that_topics_emails_only(
     first = email(to, topic="service-updates")
     await sending.send(first)
     # Handed over before the unsubscribe, claimed after it.
+    # `same` for another customer at the address (a shared mailbox), whom the link did not name.
     same, other, untopical = (
-        email(to, topic="service-updates"),
+        email(to, topic="service-updates", customer_id="cust-2"),
         email(to, topic="outages"),
         email(to),
     )
     await env.unsubscribe(sending, first)
 
-    for msg in (same, other, untopical):
-        await sending.send(msg)
+    async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
+        for msg in (same, other, untopical):
+            await sending.send(msg)
+        # Preferences hears of it for that customer too, for the topic it covered; no message
+        # is named, so the contact's escalation to the next channel goes on.
+        [told] = await eventually(lambda: replies.where(customer_id="cust-2"))
+    assert (told.intent, told.topic, told.message_id) == ("unsubscribe", "service-updates", None)
     assert (await env.row(same))["error_code"] == OPTED_OUT
     assert (await env.row(same))["reason"] == "recipient unsubscribed from service-updates"
     assert env.relay.taken == [to, to, to], "an email the unsubscribe did not cover was stopped"

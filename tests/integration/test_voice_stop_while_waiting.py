@@ -19,9 +19,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from twilio.request_validator import RequestValidator
-from twilio_support import outbound_voice, producer
+from twilio_support import Collector, outbound_voice, producer
 
-from herald_contracts import EngagementReply, utc_now
+from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_voice_sender.adapters.ledger import CallLedger
 from herald_voice_sender.adapters.provider import Placed, ProviderBusy
@@ -178,7 +178,11 @@ async def test_a_stop_chosen_while_a_call_waits_stops_it(
 
 
 async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_back_is(
-    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+    mongo: Any,
+    db_name: Callable[[str], str],
+    prod: EventProducer,
+    infra: dict[str, str],
+    namespace: str,
 ) -> None:
     db = mongo[db_name("voice_sender")]
     ledger = CallLedger(db)
@@ -189,12 +193,20 @@ async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_
     first = outbound_voice(phone, "Your parcel is delayed.")
     await calling.place(calling.from_outbound(first))
     await stop_on(calling)(first.message_id)
-    # Handed over just after the stop, by a dispatcher that had not heard of it yet.
+    # Handed over just after the stop, by a dispatcher that had not heard of it yet; for
+    # another customer at the number (a shared line), whom the stop did not name.
     handed_over = outbound_voice(phone, "Your parcel is delayed again.")
 
-    await calling.place(calling.from_outbound(handed_over))
-    row = await db["call_ledger"].find_one({"_id": handed_over.message_id})
-    assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+    async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
+        await calling.place(calling.from_outbound(handed_over))
+        row = await db["call_ledger"].find_one({"_id": handed_over.message_id})
+        assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+        # Preferences hears of the stop for that customer too; no message is named, so the
+        # contact's escalation to the next channel goes on.
+        [told] = await eventually(
+            lambda: replies.where(customer_id=handed_over.customer_id, intent="stop")
+        )
+    assert (told.channel, told.message_id) == ("voice", None)
 
     # A call-back the customer asks for after the stop (an SMS "3") is their later word.
     reply = EngagementReply(

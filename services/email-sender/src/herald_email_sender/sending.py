@@ -15,8 +15,10 @@ from pymongo.errors import PyMongoError
 
 from herald_contracts import (
     DELIVERY_STATUS,
+    ENGAGEMENT_REPLY,
     DeliveryState,
     DeliveryStatus,
+    EngagementReply,
     OutboundEmail,
     utc_now,
 )
@@ -54,6 +56,7 @@ Sleep = Callable[[float], Awaitable[None]]
 # An email not sent because its recipient unsubscribed (the one-click link of an earlier email)
 # from what it covers: the voice-sender's code for a stop, the sms-sender's 21610.
 OPTED_OUT = "opted-out"
+UNSUBSCRIBED = "recipient unsubscribed"
 # How long the unsubscribes read with the claim stand for a send that waited for nothing (the
 # pacer off and free, the breaker closed, a pooled connection ready): a longer wait (a full
 # pool, a slow connect) reads them again before MAIL FROM.
@@ -153,8 +156,32 @@ class EmailSending:
         )
 
     async def _fail(self, msg: OutboundEmail, code: str, reason: str) -> None:
+        if code == OPTED_OUT:
+            await self._withdrawn(msg, topic=None if reason == UNSUBSCRIBED else msg.topic)
         await self.ledger.set(msg.message_id, "failed", error_code=code, reason=reason)
         await self.status(msg, "failed", error_code=code, reason=reason)
+
+    async def _withdrawn(self, msg: OutboundEmail, *, topic: str | None) -> None:
+        """An email refused for an unsubscribe at its address: tell preferences that this
+        customer withdrew what the unsubscribe covered (every email, or `topic`), as the
+        sms-sender does for a refused SMS.
+
+        The unsubscribe itself reached preferences for the customer of the email it came with;
+        an address customers share is known here first, when an email to it is refused.
+        Published before the failure is recorded, so a crash in between repeats it (same event
+        id). No message or case is named: the customer did not answer this email, and its
+        escalation to the next channel must go on."""
+        reply = EngagementReply(
+            reply_id=f"email-opted-out-{msg.message_id}"[:200],
+            customer_id=msg.customer_id,
+            channel="email",
+            intent="unsubscribe",
+            topic=topic,
+            at=utc_now(),
+        )
+        await self.producer.publish(
+            ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply.reply_id
+        )
 
     def unsubscribed(self, msg: OutboundEmail, withdrawn: Doc | None) -> str | None:
         """Why this email may not go out, given what its address unsubscribed from (`withdrawn`,
@@ -179,7 +206,7 @@ class EmailSending:
             return msg.created_at <= at + hold
 
         if covers(withdrawn.get("all")):
-            return "recipient unsubscribed"
+            return UNSUBSCRIBED
         if msg.topic is not None and covers((withdrawn.get("topics") or {}).get(msg.topic)):
             return f"recipient unsubscribed from {msg.topic}"
         return None

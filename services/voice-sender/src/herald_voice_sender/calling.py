@@ -395,8 +395,30 @@ class VoiceCalling:
         return mine[0] if len(mine) == 1 else None
 
     async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
+        if code == OPTED_OUT:
+            await self._withdrawn(ref)
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
+
+    async def _withdrawn(self, ref: dict[str, Any]) -> None:
+        """A call refused for a stop chosen at its number: tell preferences that this
+        customer's voice consent is withdrawn, as the sms-sender does for a refused SMS.
+
+        The stop itself reached preferences for the customer of the call it was chosen on; a
+        number customers share is known here first, when a call to it is refused. Published
+        before the failure is recorded, so a crash in between repeats it (same event id). No
+        message or case is named: the customer did not answer this call, and its escalation to
+        the next channel must go on."""
+        reply = EngagementReply(
+            reply_id=f"voice-opted-out-{ref['message_id']}"[:ID_MAX],
+            customer_id=ref["customer_id"],
+            channel="voice",
+            intent="stop",
+            at=utc_now(),
+        )
+        await self.producer.publish(
+            ENGAGEMENT_REPLY, reply, key=reply.customer_id, event_id=reply.reply_id
+        )
 
     async def _pause(
         self, call: Call, delay: float, claim: str, *, until: datetime | None = None
