@@ -196,16 +196,23 @@ async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_
     # Handed over just after the stop, by a dispatcher that had not heard of it yet; for
     # another customer at the number (a shared line), whom the stop did not name.
     handed_over = outbound_voice(phone, "Your parcel is delayed again.")
+    # And one for the customer who chose stop, whom preferences heard it for already.
+    own = outbound_voice(phone, "Your parcel is delayed.", customer_id=first.customer_id)
 
     async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
-        await calling.place(calling.from_outbound(handed_over))
-        row = await db["call_ledger"].find_one({"_id": handed_over.message_id})
-        assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+        for call in (own, handed_over):
+            await calling.place(calling.from_outbound(call))
+            row = await db["call_ledger"].find_one({"_id": call.message_id})
+            assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
         # Preferences hears of the stop for that customer too; no message is named, so the
         # contact's escalation to the next channel goes on.
         [told] = await eventually(
             lambda: replies.where(customer_id=handed_over.customer_id, intent="stop")
         )
+        await asyncio.sleep(0.5)
+        # Not told again for the one who chose it: a call handed over before they consented
+        # again (the preference centre) must not withdraw that consent.
+        assert replies.where(reply_id=f"voice-opted-out-{own.message_id}") == []
     assert (told.channel, told.message_id) == ("voice", None)
 
     # A call-back the customer asks for after the stop (an SMS "3") is their later word.

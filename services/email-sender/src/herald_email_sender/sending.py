@@ -72,7 +72,12 @@ class ExpiredWaiting(Exception):
 
 
 class Unsubscribed(Exception):
-    """The recipient unsubscribed from this email while it waited; the reason is the arg."""
+    """The recipient unsubscribed from this email while it waited."""
+
+    def __init__(self, reason: str, withdrawn: Doc) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.withdrawn = withdrawn
 
 
 class EmailSending:
@@ -155,9 +160,14 @@ class EmailSending:
             subject=msg.case_id,
         )
 
-    async def _fail(self, msg: OutboundEmail, code: str, reason: str) -> None:
-        if code == OPTED_OUT:
+    async def _refuse(self, msg: OutboundEmail, reason: str, withdrawn: Doc | None) -> None:
+        """Fail an email for an unsubscribe at its address; preferences hears of it for the
+        email's customer unless the unsubscribe was said on an email to them (it heard then)."""
+        if withdrawn is None or msg.customer_id not in withdrawn.get("customers", []):
             await self._withdrawn(msg, topic=None if reason == UNSUBSCRIBED else msg.topic)
+        await self._fail(msg, OPTED_OUT, reason)
+
+    async def _fail(self, msg: OutboundEmail, code: str, reason: str) -> None:
         await self.ledger.set(msg.message_id, "failed", error_code=code, reason=reason)
         await self.status(msg, "failed", error_code=code, reason=reason)
 
@@ -167,10 +177,11 @@ class EmailSending:
         sms-sender does for a refused SMS.
 
         The unsubscribe itself reached preferences for the customer of the email it came with;
-        an address customers share is known here first, when an email to it is refused.
-        Published before the failure is recorded, so a crash in between repeats it (same event
-        id). No message or case is named: the customer did not answer this email, and its
-        escalation to the next channel must go on."""
+        an address customers share is known here first, when an email to it is refused. (Not
+        told again for that customer: an email handed over before they subscribed again must
+        not withdraw that.) Published before the failure is recorded, so a crash in between
+        repeats it (same event id). No message or case is named: the customer did not answer
+        this email, and its escalation to the next channel must go on."""
         reply = EngagementReply(
             reply_id=f"email-opted-out-{msg.message_id}"[:200],
             customer_id=msg.customer_id,
@@ -256,7 +267,7 @@ class EmailSending:
             return
         reason = self.unsubscribed(msg, withdrawn)
         if reason is not None:
-            await self._fail(msg, OPTED_OUT, reason)
+            await self._refuse(msg, reason, withdrawn)
             return
         try:
             email = build_email(
@@ -321,7 +332,7 @@ class EmailSending:
                 log.info("claimed again elsewhere before sending; left to that consumer")
                 return
             except Unsubscribed as exc:
-                await self._fail(msg, OPTED_OUT, str(exc))
+                await self._refuse(msg, exc.reason, exc.withdrawn)
                 return
             except ExpiredWaiting:
                 if last is None:
@@ -421,7 +432,8 @@ class EmailSending:
                 raise ExpiredWaiting(message_id)
             reason = self.unsubscribed(msg, withdrawn)
             if reason is not None:
-                raise Unsubscribed(reason)
+                assert withdrawn is not None
+                raise Unsubscribed(reason, withdrawn)
             started = time.monotonic()
 
         def observe(outcome: str, code: str) -> None:

@@ -23,7 +23,7 @@ from herald_contracts import (
     TimerRequest,
     utc_now,
 )
-from herald_kit import CircuitBreaker, EventProducer, Pacer, current_traceparent
+from herald_kit import CircuitBreaker, Doc, EventProducer, Pacer, current_traceparent
 from herald_twilio import (
     PauseOutcome,
     breaker_deadline,
@@ -217,8 +217,9 @@ class VoiceCalling:
             requested_at=msg.created_at,
         )
 
-    def stopped(self, call: Call, stopped_at: datetime | None) -> bool:
-        """Whether a stop the number chose on a call (at `stopped_at`) forbids this call.
+    def stopped(self, call: Call, stop: Doc | None) -> bool:
+        """Whether the stop the number chose on a call (`stop`, see `CallLedger.stop_of`)
+        forbids this call.
 
         Preferences learns of the stop through engagement.replies.v1 and the dispatcher through
         preferences, so a call it handed over shortly after the stop may not have seen it: any
@@ -227,11 +228,12 @@ class VoiceCalling:
         preference centre), which this service cannot see. A call-back asked for after the stop
         is the customer's own later word: it is placed.
         """
-        if stopped_at is None:
+        if stop is None:
             return False
         if call.requested_at is None:
             return True
         hold = self.opt_out_hold if call.kind == "ivr" else timedelta(0)
+        stopped_at: datetime = stop["at"]
         return call.requested_at <= stopped_at + hold
 
     async def place(self, call: Call, *, say: str = "") -> None:
@@ -250,9 +252,9 @@ class VoiceCalling:
         # the provider call (no pacing, no hold, breaker closed) it is not read again.
         direct = self.pacer.ready(self.identity) and self.breaker.state == "closed"
         key = number_key(call.to)
-        (may, row), stopped_at = await asyncio.gather(
+        (may, row), stop = await asyncio.gather(
             self.ledger.claim(call.message_id, now=now, meta=meta),
-            self.ledger.stopped_at(key),
+            self.ledger.stop_of(key),
         )
         if not may:
             assert row is not None
@@ -273,8 +275,8 @@ class VoiceCalling:
         if call.expires_at is not None and call.expires_at <= now:
             await self._fail(ref, "expired", "expired before the call")
             return
-        if self.stopped(call, stopped_at):
-            await self._fail(ref, OPTED_OUT, STOPPED)
+        if self.stopped(call, stop):
+            await self._refuse(ref, stop)
             return
         last = "none"
         paused: PauseOutcome | None = None
@@ -300,9 +302,9 @@ class VoiceCalling:
                 fresh = fresh and self.pacer.ready(self.identity)
                 await self.pacer.acquire(self.identity)
                 sending_at = utc_now()
-                started, stopped_at = await asyncio.gather(
+                started, stop = await asyncio.gather(
                     self.ledger.start_sending(call.message_id, claim=claim, now=sending_at),
-                    _none() if fresh else self.ledger.stopped_at(key),
+                    _none() if fresh else self.ledger.stop_of(key),
                 )
                 if not started:
                     # The wait outlasted a rebalance and the consumer that got the partition
@@ -316,8 +318,8 @@ class VoiceCalling:
                     # overwritten.
                     await self._fail(ref, *expired_waiting(last, "to call"))
                     return
-                if self.stopped(call, stopped_at):
-                    await self._fail(ref, OPTED_OUT, STOPPED)
+                if self.stopped(call, stop):
+                    await self._refuse(ref, stop)
                     return
                 try:
                     placed = await self.provider.call(
@@ -394,9 +396,14 @@ class VoiceCalling:
                 mine.append(sid)
         return mine[0] if len(mine) == 1 else None
 
-    async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
-        if code == OPTED_OUT:
+    async def _refuse(self, ref: dict[str, Any], stop: Doc | None) -> None:
+        """Fail a call for the stop chosen at its number; preferences hears of it for the
+        call's customer unless the stop was chosen on a call to them (it heard then)."""
+        if stop is None or ref["customer_id"] not in stop.get("customers", []):
             await self._withdrawn(ref)
+        await self._fail(ref, OPTED_OUT, STOPPED)
+
+    async def _fail(self, ref: dict[str, Any], code: str, reason: str) -> None:
         await self.ledger.set(ref["message_id"], "failed", error_code=code, reason=reason)
         await self.publish_status(ref, "failed", error_code=code, reason=reason)
 
@@ -405,10 +412,11 @@ class VoiceCalling:
         customer's voice consent is withdrawn, as the sms-sender does for a refused SMS.
 
         The stop itself reached preferences for the customer of the call it was chosen on; a
-        number customers share is known here first, when a call to it is refused. Published
-        before the failure is recorded, so a crash in between repeats it (same event id). No
-        message or case is named: the customer did not answer this call, and its escalation to
-        the next channel must go on."""
+        number customers share is known here first, when a call to it is refused. (Not told
+        again for that customer: a call handed over before they consented again must not
+        withdraw that consent.) Published before the failure is recorded, so a crash in between
+        repeats it (same event id). No message or case is named: the customer did not answer
+        this call, and its escalation to the next channel must go on."""
         reply = EngagementReply(
             reply_id=f"voice-opted-out-{ref['message_id']}"[:ID_MAX],
             customer_id=ref["customer_id"],

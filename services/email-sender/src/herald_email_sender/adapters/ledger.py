@@ -85,10 +85,13 @@ class BatchedLedger(SendLedger):
         """The outcome when there is one, else the claim row."""
         return await self.outcomes.find_one({"_id": message_id}) or await super().get(message_id)
 
-    async def unsubscribe(self, message_id: str, *, topic: str | None, at: datetime) -> bool:
-        """The recipient of this message unsubscribed: from `topic`, or from every email when
-        None. Kept by the message's address key; False when the message's row is gone (past
-        the ledger retention) or predates the key, so the address is not known here."""
+    async def unsubscribe(
+        self, message_id: str, *, customer_id: str, topic: str | None, at: datetime
+    ) -> bool:
+        """The recipient of this message (to `customer_id`) unsubscribed: from `topic`, or from
+        every email when None. Kept by the message's address key, with the customers it was
+        said for (`customers`: preferences heard it for them); False when the message's row is
+        gone (past the ledger retention) or predates the key, so the address is not known."""
         row = await transient(lambda: self.rows.find_one({"_id": message_id}, {"address_key": 1}))
         key = row.get("address_key") if row is not None else None
         if not key:
@@ -96,7 +99,9 @@ class BatchedLedger(SendLedger):
         withdrawn = f"topics.{topic}" if topic is not None else "all"
         await transient(
             lambda: self.opt_outs.update_one(
-                {"_id": key}, {"$set": {"at": at, withdrawn: at}}, upsert=True
+                {"_id": key},
+                {"$set": {"at": at, withdrawn: at}, "$addToSet": {"customers": customer_id}},
+                upsert=True,
             )
         )
         return True

@@ -87,7 +87,9 @@ async def one_click(request: Request, token: TokenPath, signer: Signer) -> JSONR
     if (
         ledger is not None
         and reply.message_id is not None
-        and not await ledger.unsubscribe(reply.message_id, topic=reply.topic, at=reply.at)
+        and not await ledger.unsubscribe(
+            reply.message_id, customer_id=reply.customer_id, topic=reply.topic, at=reply.at
+        )
     ):
         log.info("unsubscribe from an email no longer in the ledger: left to preferences")
     producer: EventProducer = request.app.state.runtime.producer

@@ -41,18 +41,22 @@ class CallLedger(RetryingSendLedger):
         await super().ensure_indexes()
         await self.rows.create_index([("customer_id", 1), ("at", DESCENDING)])
 
-    async def opt_out(self, number_key: str, *, at: datetime) -> None:
-        """The callee chose stop on a call (keypad or speech): no call already handed over is
-        placed to the number any more (see `stopped_at`)."""
+    async def opt_out(self, number_key: str, *, at: datetime, customer_id: str) -> None:
+        """The callee chose stop on a call (keypad or speech) to `customer_id`: no call already
+        handed over is placed to the number any more (see `VoiceCalling.stopped`)."""
         await transient(
-            lambda: self.opt_outs.update_one({"_id": number_key}, {"$set": {"at": at}}, upsert=True)
+            lambda: self.opt_outs.update_one(
+                {"_id": number_key},
+                {"$set": {"at": at}, "$addToSet": {"customers": customer_id}},
+                upsert=True,
+            )
         )
 
-    async def stopped_at(self, number_key: str) -> datetime | None:
-        """When the number last chose stop on a call, or None."""
+    async def stop_of(self, number_key: str) -> Doc | None:
+        """The number's stop: when it was last chosen (`at`, UTC-aware) and on calls to which
+        customers (`customers`, whom preferences heard it for); None without one."""
         row = await transient(lambda: self._opted_out.get(number_key))
-        if row is None:
-            return None
-        at: datetime = row["at"]
-        # A client without tz_aware returns naive UTC.
-        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        if row is not None and row["at"].tzinfo is None:
+            # A client without tz_aware returns naive UTC.
+            row = {**row, "at": row["at"].replace(tzinfo=UTC)}
+        return row

@@ -108,7 +108,9 @@ async def gather(request: Request, form: Signed, mid: str = "") -> Response:
             # Kept here too, before it is published: a call to the number still waiting (the
             # pacer, a retry pause, an open breaker) is not placed, though the dispatcher
             # handed it over before preferences heard of the stop.
-            await calling.ledger.opt_out(number_key(row["to"]), at=utc_now())
+            await calling.ledger.opt_out(
+                number_key(row["to"]), at=utc_now(), customer_id=row["customer_id"]
+            )
         # One reply per call and choice: Twilio's retries of this webhook publish the same id.
         with continued(row.get("traceparent")):
             await calling.publish_reply(
