@@ -72,6 +72,9 @@ class Ledger:
     async def by_provider_id(self, pid: str) -> dict[str, Any] | None:
         return next((r for r in self.rows.values() if r.get("provider_id") == pid), None)
 
+    async def stop_of(self, number_key: str) -> dict[str, Any] | None:
+        return None  # no stop chosen at any number here
+
 
 @dataclass
 class Producer:
