@@ -1,8 +1,10 @@
 """The SMS ledger says 'sending' whenever the provider is called, and an unpaced message gets
-there with its claim alone (one write fewer per message), on the real database and broker."""
+there with its claim alone (one write fewer per message); statuses called back together are
+recorded in one write; on the real database and broker."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -96,3 +98,36 @@ async def test_the_row_says_sending_at_the_provider_call_and_unpaced_claims_say_
     # One insert claims it; a paced message is then marked 'sending' before the call (it may
     # wait for the pacer first), an unpaced one was claimed 'sending'; 'sent' after the call.
     assert writes.counts == Counter({"insert": 1, "update": updates})
+
+
+async def test_statuses_called_back_together_are_recorded_in_one_write_and_each_counted_once(
+    ledger_db: tuple[Any, Any, Writes],
+) -> None:
+    """Each message's final status is called back once: at a hundred SMS a second, one write
+    per callback would be the sender's busiest database command. Recorded together, each
+    status is still first exactly once, however often its callback is repeated."""
+    db, rows, writes = ledger_db
+    ledger = Ledger(db)
+    ids = [f"m-report-{i}" for i in range(20)]
+    await rows.insert_many([{"_id": mid, "status": "sent"} for mid in ids])
+    # A status a version that recorded `True` saw before.
+    await rows.update_one({"_id": ids[0]}, {"$set": {"reported.delivered": True}})
+    writes.counts.clear()
+
+    firsts = await asyncio.gather(*(ledger.first_report(mid, "delivered") for mid in ids))
+    assert firsts == [False] + [True] * (len(ids) - 1)
+    assert writes.counts == Counter({"update": 1})
+
+    # Callbacks repeated together with new statuses: only the new ones are first, and a status
+    # reported twice in one go is first once.
+    calls = [(ids[1], "delivered"), (ids[1], "failed"), (ids[2], "failed"), (ids[1], "failed")]
+    again = await asyncio.gather(*(ledger.first_report(mid, s) for mid, s in calls))
+    assert again[0] is False and again[2] is True
+    assert sorted([again[1], again[3]]) == [False, True]
+    # A write whose answer was lost, made again (the ledger retries it): its own token is
+    # there, so it is still the first.
+    lost = [(ids[3], "undelivered", "token-of-a-lost-answer")]
+    assert await ledger._report_batch(lost) == [True]
+    assert await ledger._report_batch(lost) == [True]
+    # Unknown messages are first never.
+    assert await ledger.first_report("m-report-absent", "delivered") is False

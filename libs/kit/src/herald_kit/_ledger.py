@@ -7,6 +7,7 @@ message id, created with an insert-if-absent on the primary key (no transactions
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -66,8 +67,12 @@ class SendLedger:
         self._starts: Coalescer[tuple[str, str, datetime], bool] = Coalescer(
             self._start_batch, window=0.002, max_batch=200
         )
-        # Status callbacks arrive by the hundred a second: their reads by _id go together.
+        # Status callbacks arrive by the hundred a second: their reads by _id go together, and
+        # so do the records of what they reported.
         self._rows = IdLoader(self.rows)
+        self._reports: Coalescer[tuple[str, str, str], bool] = Coalescer(
+            self._report_batch, window=0.002, max_batch=200
+        )
 
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
         """How a single-document operation is run (once, here)."""
@@ -157,14 +162,35 @@ class SendLedger:
 
     async def first_report(self, message_id: str, status: str) -> bool:
         """Record that a provider's callback reported `status` for the message: True the first
-        time, False when the row holds it already (the provider retried its callback)."""
-        field = f"reported.{status}"
-        result = await self._run(
-            lambda: self.rows.update_one(
-                {"_id": message_id, field: {"$exists": False}}, {"$set": {field: True}}
+        time, False when the row holds it already (the provider retried its callback).
+
+        The record is this call's own token, written only where the status is not recorded
+        yet: a retry of a write whose answer was lost finds its own token there and is still
+        the first, while a row recorded by any other call (or by a version that wrote `True`)
+        is not."""
+        token = uuid.uuid4().hex
+        return await self._run(lambda: self._reports.call((message_id, status, token)))
+
+    async def _report_batch(self, items: list[tuple[str, str, str]]) -> list[bool | BaseException]:
+        ops = [
+            UpdateOne(
+                {"_id": mid, f"reported.{status}": {"$exists": False}},
+                {"$set": {f"reported.{status}": token}},
             )
-        )
-        return result.modified_count == 1
+            for mid, status, token in items
+        ]
+        result = await self.rows.bulk_write(ops, ordered=False)
+        if result.modified_count == len(ops):
+            return [True for _ in ops]
+        # Some status was recorded already (a repeated callback, in this batch or before) or
+        # its row is gone: the token each row holds tells which calls recorded theirs.
+        held = {
+            row["_id"]: row.get("reported") or {}
+            async for row in self.rows.find(
+                {"_id": {"$in": list({mid for mid, _, _ in items})}}, {"reported": 1}
+            )
+        }
+        return [held.get(mid, {}).get(status) == token for mid, status, token in items]
 
     async def get(self, message_id: str) -> Doc | None:
         """The row of a message id."""
