@@ -38,11 +38,13 @@ class GatedPacer(Pacer):
         self.waiting = asyncio.Event()
         self.opened = asyncio.Event()
 
-    async def acquire(self, identity: str) -> None:
+    async def acquire(self, identity: str) -> bool:
         self.calls += 1
         if self.calls == self.block_at:
             self.waiting.set()
             await self.opened.wait()
+            return True
+        return False
 
 
 class Provider:

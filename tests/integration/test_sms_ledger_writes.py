@@ -1,6 +1,7 @@
 """The SMS ledger says 'sending' whenever the provider is called, and an unpaced message gets
-there with its claim alone (one write fewer per message); statuses called back together are
-recorded in one write; on the real database and broker."""
+there with its claim alone (one write fewer per message); a paced one whose slot is free reads
+the opt-out once; statuses called back together are recorded in one write. On the real
+database and broker."""
 
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ from support import unique_phone
 
 
 class Writes(monitoring.CommandListener):
-    """Counts insert and update commands on the send ledger."""
+    """Counts insert and update commands on the send ledger, and reads of the opt-outs."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.opt_out_reads = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
         if name in ("insert", "update", "findAndModify") and event.command[name] == "send_ledger":
             self.counts[name] += 1
+        self.opt_out_reads += name == "find" and event.command[name] == "opt_outs"
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -98,6 +101,9 @@ async def test_the_row_says_sending_at_the_provider_call_and_unpaced_claims_say_
     # One insert claims it; a paced message is then marked 'sending' before the call (it may
     # wait for the pacer first), an unpaced one was claimed 'sending'; 'sent' after the call.
     assert writes.counts == Counter({"insert": 1, "update": updates})
+    # The opt-out is read with the claim; a paced message whose slot was free waited for
+    # nothing, so it is not read again before the call.
+    assert writes.opt_out_reads == 1
 
 
 async def test_statuses_called_back_together_are_recorded_in_one_write_and_each_counted_once(

@@ -62,11 +62,12 @@ class StopInThePacer(Pacer):
         super().__init__(1000.0)
         self.meanwhile: Texted | None = None
 
-    async def acquire(self, identity: str) -> None:
+    async def acquire(self, identity: str) -> bool:
         if self.meanwhile is not None:
             await self.meanwhile()
             self.meanwhile = None
         await super().acquire(identity)
+        return True  # the message waited for its turn (the STOP came meanwhile)
 
 
 @pytest.fixture

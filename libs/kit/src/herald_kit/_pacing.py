@@ -131,16 +131,20 @@ class Pacer:
         s = self._ids.get(identity)
         return s is None or s.hold_until <= self._clock()
 
-    async def acquire(self, identity: str) -> None:
-        """Wait for this identity's next slot."""
+    async def acquire(self, identity: str) -> bool:
+        """Wait for this identity's next slot; whether there was anything to wait for (False:
+        the slot was free, and the caller went on at once)."""
+        waited = False
         while math.isinf(wait := self.reserve(identity)):
             # No partition here, so no part of the rate: wait for a rebalance to give some (a
             # record left from a revoked partition is redelivered to its new owner meanwhile).
             await self._reshared.wait()
+            waited = True
         if self.name is not None:
             PACER_WAIT.labels(self.name).observe(wait)
         if wait > 0:
             await self._sleep(wait)  # type: ignore[misc]
+        return waited or wait > 0
 
     def hold(self, identity: str, seconds: float) -> None:
         """The provider said 429 / Retry-After: no slot for this identity before then."""

@@ -230,12 +230,15 @@ class SmsSending:
         # none of the message's attempts, or a slow trial would fail every message waiting on it
         # without one request to the provider; the deadline bounds them instead.
         breaker_until = breaker_deadline(msg.deadline, claimed_at)
+        # The opt-out read alongside the claim holds until the message waits for something.
+        read_fresh = True
         attempt = 0
         while attempt < self.retry.attempts:
             premarked, marked = marked, False
             wait = self.breaker.wait()
             if wait > 0:
                 last = "circuit-open"
+                read_fresh = False
                 # The row is 'retry' meanwhile.
                 paused = await self._pause(msg, wait, claim, until=breaker_until)
                 if paused != "resumed":
@@ -248,13 +251,16 @@ class SmsSending:
                         # A hold came up since the claim: never wait while the row says
                         # 'sending'.
                         await self.ledger.set(msg.message_id, "queued")
-                    await self.pacer.acquire(self.identity)
+                    if await self.pacer.acquire(self.identity):
+                        read_fresh = False
                     # The opt-out is read again after every wait (the pacer, a 429's hold, a
                     # retry pause, an open breaker): a STOP that came meanwhile must stop this
-                    # very message, not only the next one. Read alongside the conditional update.
+                    # very message, not only the next one. Read alongside the conditional update;
+                    # a free slot on the first attempt waited for nothing, and the claim's read
+                    # stands.
                     started, opted_out = await asyncio.gather(
                         self.ledger.start_sending(msg.message_id, claim=claim, now=utc_now()),
-                        self.ledger.is_opted_out(key),
+                        self._opted_out_since_read(key, fresh=read_fresh),
                     )
                     if not started:
                         # The wait outlasted a rebalance and the consumer that got the partition
@@ -311,12 +317,19 @@ class SmsSending:
                 self.breaker.release()
             if attempt == self.retry.attempts:
                 break
+            read_fresh = False
             paused = await self._pause(msg, delay, claim)
             if paused != "resumed":
                 break
         if paused == "taken":
             return  # another consumer holds the row now; its outcome stands
         await self.fail(ref, last, gave_up_reason(paused, last))
+
+    async def _opted_out_since_read(self, key: str, *, fresh: bool) -> bool:
+        """Whether the number opted out: read again unless the read alongside the claim is
+        `fresh` (no wait since), when its answer (no opt-out, or the claim had stopped there)
+        still holds."""
+        return False if fresh else await self.ledger.is_opted_out(key)
 
     async def _pause(
         self, msg: OutboundSms, delay: float, claim: str, *, until: datetime | None = None
