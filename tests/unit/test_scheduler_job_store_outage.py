@@ -8,13 +8,14 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, cast
 
 import pytest
 from apscheduler.jobstores.memory import MemoryJobStore
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from herald_scheduler.messaging.schedules import ScheduleRunner
+from herald_scheduler.messaging.schedules import ScheduleRunner, _noop
 
 # How long each job store call hangs while the database is away (PyMongo's own default is 30 s).
 HANG_SECONDS = 5.0
@@ -139,3 +140,48 @@ async def test_the_job_store_gives_up_on_an_unreachable_database_in_seconds() ->
     finally:
         assert runner._sync_client is not None
         runner._sync_client.close()
+
+
+class _Blip(MemoryJobStore):  # type: ignore[misc]
+    """A job store whose next write after a fire fails once (the database answered too late)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next_update = threading.Event()
+        self.failed = threading.Event()
+
+    def update_job(self, job: Any) -> None:
+        if self.fail_next_update.is_set():
+            self.fail_next_update.clear()
+            self.failed.set()
+            raise AutoReconnect("the database did not answer within the socket timeout")
+        super().update_job(job)
+
+
+async def _until(check: Callable[[], bool], seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def test_campaigns_keep_firing_after_a_job_store_write_failed_once() -> None:
+    """APScheduler's thread moves a fired job past its time in the job store; that write failing
+    once must not end the thread, or the leader would hold its lease and never fire again."""
+    runner = _runner()
+    store = _Blip()
+    runner._job_store = lambda: store  # type: ignore[method-assign]
+    fires: list[datetime] = []
+    runner._start_fire = lambda fire_id, cid, t: fires.append(t)  # type: ignore[method-assign]
+    await runner._take_over()
+    try:
+        assert runner._scheduler is not None
+        runner._scheduler.add_job(_noop, "interval", seconds=0.2, id="c1", name="v1")
+        assert await _until(lambda: len(fires) >= 2, 5)
+        store.fail_next_update.set()
+        assert await _until(store.failed.is_set, 5)
+        after_failure = len(fires)
+        assert await _until(lambda: len({*fires}) >= after_failure + 3, 5), fires
+    finally:
+        await asyncio.wait_for(runner._step_down(), 10)

@@ -14,3 +14,7 @@ REQUESTS = Counter(
     "herald_scheduler_requests_total", "Contact requests emitted, by trigger kind.", ["trigger"]
 )
 LEADER = Gauge("herald_scheduler_leader", "1 while this replica holds the schedule lease.")
+JOB_STORE_ERRORS = Counter(
+    "herald_scheduler_job_store_errors_total",
+    "Job store calls of the schedule leader's APScheduler thread that failed (retried shortly).",
+)

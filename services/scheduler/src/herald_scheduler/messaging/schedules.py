@@ -11,7 +11,8 @@ Every call into that job store blocks its thread while the database is away, so 
 the event loop: APScheduler runs in its own thread (BackgroundScheduler), the leader's reconcile
 calls it from worker threads, and the job store's client gives up after JOB_STORE_TIMEOUT_MS
 rather than PyMongo's 30 s. The API, the readiness probe, timers and Kafka heartbeats keep
-running through a database outage.
+running through a database outage, and APScheduler's thread outlives a failed job store call
+(`_SurvivingScheduler`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from threading import TIMEOUT_MAX
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
@@ -28,7 +30,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, JobLookupError
 from apscheduler.jobstores.mongodb import MongoDBJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -46,7 +48,7 @@ from herald_scheduler.domain.campaigns import (
 )
 from herald_scheduler.messaging.fanout import FanOut, fire_row
 from herald_scheduler.messaging.matcher import campaign_ref
-from herald_scheduler.metrics import LEADER
+from herald_scheduler.metrics import JOB_STORE_ERRORS, LEADER
 
 log = logging.getLogger("herald.scheduler.schedules")
 
@@ -55,6 +57,8 @@ MISFIRE_GRACE = timedelta(hours=1)
 # How long a call of the job store's sync client waits for an unreachable database (server
 # selection, connecting, an answer) before it fails, and the next tick or wake-up tries again.
 JOB_STORE_TIMEOUT_MS = 2_000
+# How soon APScheduler's thread looks for due jobs again after a job store call failed.
+JOB_STORE_RETRY_SECONDS = 1.0
 
 
 def _noop() -> None:
@@ -84,6 +88,34 @@ class FireExecutor(BaseExecutor):  # type: ignore[misc]
         for run_time in run_times:
             self.on_fire(job.id, run_time)
         self._run_job_success(job.id, [])
+
+
+class _SurvivingScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """A BackgroundScheduler whose thread outlives a failed job store call.
+
+    APScheduler 3 catches a failed read of the due jobs, but not a failed write after it (moving
+    a handed-over job past its time, removing a finished one): that error ends its thread for
+    good, while the scheduler still reports running and the leader keeps its lease, so no
+    campaign would fire again until a restart. Here the error is logged (by type) and counted
+    (`herald_scheduler_job_store_errors_total`), and the thread looks again after
+    JOB_STORE_RETRY_SECONDS. A job whose write failed is still due then and is handed over
+    again: its fire id is the same, so that fire is recorded once.
+    """
+
+    def _main_loop(self) -> None:
+        wait_seconds: float | None = TIMEOUT_MAX
+        while self.state != STATE_STOPPED:
+            self._event.wait(wait_seconds)
+            self._event.clear()
+            try:
+                wait_seconds = self._process_jobs()
+            except Exception as exc:
+                JOB_STORE_ERRORS.inc()
+                log.warning(
+                    "job store call failed; looking for due jobs again shortly",
+                    extra={"error": type(exc).__name__},
+                )
+                wait_seconds = JOB_STORE_RETRY_SECONDS
 
 
 class ScheduleRunner:
@@ -170,7 +202,7 @@ class ScheduleRunner:
 
     async def _take_over(self) -> None:
         log.info("schedule lease taken", extra={"holder": self.lease.holder})
-        scheduler = BackgroundScheduler(
+        scheduler = _SurvivingScheduler(
             jobstores={"default": self._job_store()},
             executors={"default": FireExecutor(self._on_fire)},
             job_defaults={
