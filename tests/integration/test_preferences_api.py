@@ -885,6 +885,55 @@ async def test_an_erase_during_another_writes_flush_stays_the_last_word_on_the_t
     assert (await api.get(f"/v1/contacts/{cid}")).status_code == 404
 
 
+async def test_an_erase_after_a_write_answered_before_its_snapshot_was_acknowledged_stays_last(
+    settings: Settings, snapshots: Snapshots
+) -> None:
+    """A write answers once `publish_wait_seconds` has passed, but its snapshot stays queued in
+    the producer and reaches the topic when the broker is back; an erase meanwhile (as on
+    another replica, whose broker connection is up) publishes its tombstone first. The write's
+    flush still reads the contact again once its snapshot is out and publishes the tombstone
+    after it, or the erased customer's phone number would be the topic's last word."""
+    app = create_app(settings.model_copy(update={"publish_wait_seconds": 0.5}))
+    async with running(app) as api:
+        body = contact()
+        cid = body["customer_id"]
+        assert (await api.post("/v1/contacts", json=body)).status_code == 201
+        producer = app.state.runtime.producer
+        real = producer.publish
+        back = asyncio.Event()
+
+        async def deliver(*args: Any, **kwargs: Any) -> None:
+            await back.wait()  # the broker is away for this producer's connection
+            await real(*args, **kwargs)
+
+        async def queued(*args: Any, **kwargs: Any) -> None:
+            # The producer keeps a record it accepted, whoever stops waiting for it.
+            producer.publish = real
+            await asyncio.shield(asyncio.ensure_future(deliver(*args, **kwargs)))
+
+        producer.publish = queued
+        r = await asyncio.wait_for(
+            api.patch(
+                f"/v1/contacts/{cid}",
+                json={"locale": "fr-FR"},
+                headers={"Content-Type": "application/merge-patch+json"},
+            ),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text  # answered as stored, the snapshot still queued
+        r = await api.delete(f"/v1/contacts/{cid}")
+        assert r.status_code == 200, r.text
+        await snapshots.until(cid, lambda s: s == "tombstone")
+        back.set()
+
+        async def snapshot_then_tombstone() -> bool:
+            await snapshots.poll()
+            return 2 in snapshots.history(cid) and snapshots.history(cid)[-1] == "tombstone"
+
+        await eventually(snapshot_then_tombstone, within=10)
+        assert snapshots.history(cid) == [1, "tombstone", 2, "tombstone"]
+
+
 async def test_a_flush_racing_an_erase_does_not_name_the_customer_in_the_ledger_again(
     app: FastAPI, api: httpx.AsyncClient, snapshots: Snapshots, settings: Settings, mongo: Mongo
 ) -> None:

@@ -7,7 +7,8 @@ tombstone) is published, and the marker is cleared. If Kafka hiccups after the d
 the marker stays and the republisher loop flushes the contact later: a snapshot is never lost,
 and publishing the same version twice is harmless on a compacted topic. The flush a request
 runs waits for the broker at most `publish_wait_seconds`: while the broker is away the request
-answers as stored, and the republisher publishes once it is back.
+answers as stored, and the republisher publishes once it is back. The flush itself goes on in
+the background meanwhile (see `try_flush`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
 from herald_contracts import CONTACT_PREFERENCES, Topics, utc_now
-from herald_kit import Doc, EventProducer, Every, broker_wait, encode
+from herald_kit import Doc, EventProducer, Every, broker_wait, cancel_and_wait, encode
 from herald_preferences.adapters.repository import ContactRepository
 from herald_preferences.domain.ledger import entry_id
 from herald_preferences.domain.service import snapshot
@@ -40,6 +41,8 @@ class Outbox:
         self.producer = producer
         self.wait = wait  # how long a request's flush may wait for the broker
         self._republisher: Every | None = None
+        # Flushes whose requests stopped waiting for them (see try_flush).
+        self._detached: set[asyncio.Task[bool]] = set()
 
     async def intend(self, customer_id: str) -> int:
         """Leave a flush marker before writing; returns the claim to pass to flush."""
@@ -109,12 +112,37 @@ class Outbox:
     async def try_flush(self, customer_id: str, claim: int | None) -> None:
         """flush, but a broker or database hiccup only leaves the contact for the republisher;
         so does a broker that has not acknowledged within `wait` (a send to a broker that is
-        away waits without end, and the request with it)."""
+        away waits without end, and the request with it).
+
+        Past `wait` only the request stops waiting: the flush runs on in the background, owned
+        by the outbox. Cutting it off would not take its snapshot back (the producer keeps the
+        record queued and delivers it once the broker is back), but would skip the read after
+        the acknowledgement; an erase on another replica meanwhile publishes the tombstone and
+        deletes the contact, and the snapshot landing after it would leave the erased
+        customer's addresses as the compacted topic's last record. Run to its end, the flush
+        sees the contact gone and publishes the tombstone again, after the snapshot.
+        """
+        task = asyncio.create_task(self.flush(customer_id, claim), name="outbox-flush")
         try:
             async with broker_wait(self.wait):
-                await self.flush(customer_id, claim)
+                await asyncio.shield(task)
         except PASSING as exc:
             log.warning("flush deferred to the republisher", extra={"error": type(exc).__name__})
+        finally:
+            if not task.done():  # the wait timed out, or the request itself was cancelled
+                self._detached.add(task)
+                task.add_done_callback(self._detached_done)
+
+    def _detached_done(self, task: asyncio.Task[bool]) -> None:
+        self._detached.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # the marker stays: the republisher flushes the contact again
+            log.warning(
+                "background flush failed; left to the republisher",
+                extra={"error": type(exc).__name__},
+            )
 
     async def flush_new(self, docs: Sequence[Doc], marker: str) -> None:
         """Publish freshly imported contacts (their ledger entries are in already), pipelined.
@@ -190,7 +218,12 @@ class Outbox:
         self._republisher.start()
 
     async def stop(self) -> None:
-        """Stop the republisher."""
+        """Stop the republisher; give the flushes still running in the background up to `wait`
+        to end (the producer is still up), then cancel them (their markers stay)."""
         republisher, self._republisher = self._republisher, None
         if republisher is not None:
             await republisher.stop()
+        if self._detached:
+            await asyncio.wait(set(self._detached), timeout=self.wait)
+        for task in list(self._detached):
+            await cancel_and_wait(task)
