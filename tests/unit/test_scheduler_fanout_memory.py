@@ -185,6 +185,7 @@ class _Fires:
     ) -> bool:
         assert (self.row["cp_part"], self.row["cp_off"]) == old
         self.row.update(cp_part=new[0], cp_off=new[1], requested=self.row["requested"] + count)
+        self.row["audience_errors"] = self.row.get("audience_errors", 0) + audience_errors
         return True
 
     async def finish(self, fire_id: str, *, now: datetime, outcome: str = "completed") -> None:
@@ -348,3 +349,55 @@ async def test_a_fire_contacts_each_customer_by_their_latest_snapshot_as_of_its_
     assert fires.row["outcome"] == "completed"
     assert (fires.row["cp_part"], fires.row["cp_off"]) == (2, 0)
     assert fires.row["requested"] == len(expected)
+
+
+class _Cleaned(_Topic):
+    """One partition whose log cleaner runs once, just after the fan-out's first read reached
+    the fire's pin: the records at `cleaned` are gone from then on."""
+
+    def __init__(self, records: list[tuple[str, str | None]], pin: int, cleaned: set[int]):
+        super().__init__(
+            "unit.contacts.preferences.v1", {0: (len(records), lambda off: (b"", b""))}
+        )
+        self.records = records
+        self.pin = pin
+        self.cleaned = cleaned
+        self.removed: set[int] = set()
+
+    def fetch(self, p: int, start: int, limit: int) -> list[ConsumerRecord[bytes, bytes]]:
+        offsets = [o for o in range(start, len(self.records)) if o not in self.removed][:limit]
+        records = []
+        for off in offsets:
+            customer, locale = self.records[off]
+            value = None if locale is None else _snapshot(customer, locale)
+            records.append(
+                ConsumerRecord(self.name, p, off, 0, 0, customer.encode(), value, None, 1, 1, ())
+            )
+        if self.pin - 1 in offsets:
+            self.removed = self.cleaned
+        return records
+
+
+@pytest.mark.parametrize("batch", [1, 2, 500])
+async def test_a_member_whose_snapshot_is_compacted_away_mid_fire_is_not_lost(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a, b, c and e were in the audience as of the pin (5); each but c wrote again after it,
+    # so the cleaner drops their records below the pin between the fan-out's two reads.
+    records: list[tuple[str, str | None]] = [
+        ("a", "en"),
+        ("b", "en"),
+        ("c", "en"),
+        ("d", "nl"),
+        ("e", "en"),
+        ("a", "en"),  # past the pin: a is still English
+        ("b", "nl"),  # b is Dutch now: judged on that, not contacted
+        ("e", None),  # e erased, and the tombstone gone too: nothing left of e
+    ]
+    topic = _Cleaned(records, pin=5, cleaned={0, 1, 4, 7})
+    fires, producer = await _fire(topic, _row(ENGLISH, {0: 5}), monkeypatch, keep=True, batch=batch)
+    assert [customer for _, customer in producer.sent] == ["c", "a"]
+    assert fires.row["requested"] == 2
+    assert fires.row["audience_errors"] == 1  # e: counted, not silently dropped
+    assert fires.row["outcome"] == "completed"
+    assert (fires.row["cp_part"], fires.row["cp_off"]) == (1, 0)

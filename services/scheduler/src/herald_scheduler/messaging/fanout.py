@@ -30,8 +30,10 @@ import contextlib
 import json
 import logging
 import time
+import zlib
 from array import array
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from multiprocessing import get_context
@@ -108,20 +110,43 @@ async def latest_offsets(
     return latest
 
 
+class PinnedMembers:
+    """A partition's members as the first pass found them for a fire with an audience filter:
+    the offsets of their latest records below the pin, sorted (eight bytes each), and beside
+    each a CRC-32 of its customer id (four bytes) by which the second pass finds the customer
+    again should the log cleaner remove that record before it is read."""
+
+    __slots__ = ("end", "keys", "offsets")
+
+    def __init__(self, offsets: array[int], keys: array[int], end: int) -> None:
+        self.offsets = offsets
+        self.keys = keys
+        self.end = end  # the pin
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.offsets)
+
+
 async def partition_members(
     consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, *, keep: bool, batch: int
-) -> list[Member] | array[int]:
+) -> list[Member] | PinnedMembers:
     """One read of the partition up to the pinned end finds each customer's latest record;
     older snapshots and customers whose latest record is a tombstone are left out, and so are
     those before `start` (already published).
 
     Without an audience filter, the members themselves (offset, customer, b""), in offset order.
-    With one (`keep`), only their offsets, sorted, eight bytes each: `member_chunks` reads their
-    snapshots again a chunk at a time, since a partition's snapshots held at once outgrow the
-    pod (a million customers' would take a gigabyte)."""
+    With one (`keep`), only their offsets and customer id checksums, twelve bytes each:
+    `member_chunks` reads their snapshots again a chunk at a time, since a partition's snapshots
+    held at once outgrow the pod (a million customers' would take a gigabyte)."""
     latest = await latest_offsets(consumer, tp, end, batch)
     if keep:
-        return array("q", sorted(off for off in latest.values() if off >= start))
+        keys = sorted((k for k, off in latest.items() if off >= start), key=latest.__getitem__)
+        return PinnedMembers(
+            array("q", (latest[k] for k in keys)), array("I", map(zlib.crc32, keys)), end
+        )
     return sorted((off, key, b"") for key, off in latest.items() if off >= start)
 
 
@@ -129,45 +154,103 @@ async def member_chunks(
     consumer: AIOKafkaConsumer,
     tp: TopicPartition,
     start: int,
-    members: list[Member] | array[int],
+    members: list[Member] | PinnedMembers,
     batch: int,
+    *,
+    on_lost: Callable[[int], None] | None = None,
 ) -> AsyncGenerator[list[Member], None]:
     """A partition's members (as `partition_members` found them) in chunks of `batch`, in
     offset order. Offsets are read again from `start` up to the last of them, and only the
     records at those offsets are kept, with their snapshots: the records between are older
-    snapshots and tombstones. One chunk (and the fetch it is taken from) is held at a time."""
+    snapshots and tombstones. One chunk (and the fetch it is taken from) is held at a time.
+
+    A member whose record is gone by then was compacted away between the two reads: the
+    customer wrote a newer record after the pin, and the cleaner kept only that. They were in
+    the fire's audience, so they are not dropped: after the last member, the partition is read on
+    from the pin for their records (by customer id checksum), and each such member is judged on
+    the first record found, the one nearest the pin, and published last (its offset is past the
+    pin). A member found by a tombstone was erased since and is left out; `on_lost` is told how
+    many were found by nothing (counted with the fire's audience errors)."""
     if isinstance(members, list):
         for i in range(0, len(members), batch):
             yield members[i : i + batch]
         return
-    if not members:
+    offsets, keys = members.offsets, members.keys
+    if not offsets:
         return
     consumer.assign([tp])
     consumer.seek(tp, start)
     chunk: list[Member] = []
-    i, count = 0, len(members)
-    async for records in read_range(consumer, tp, members[-1] + 1, batch):
+    lost: list[int] = []  # the customer id checksums of members whose record is gone
+    i, count = 0, len(offsets)
+    async for records in read_range(consumer, tp, offsets[-1] + 1, batch):
         for r in records:
-            while i < count and members[i] < r.offset:
-                i += 1  # compacted away since the first pass (a newer record past the pin)
-            if i < count and members[i] == r.offset and r.key is not None and r.value is not None:
+            while i < count and offsets[i] < r.offset:
+                lost.append(keys[i])  # compacted away since the first pass
+                i += 1
+            if i < count and offsets[i] == r.offset and r.key is not None and r.value is not None:
                 i += 1
                 chunk.append((r.offset, r.key, r.value))
                 if len(chunk) == batch:
                     yield chunk
                     chunk = []
-    if chunk:
-        yield chunk
+    lost.extend(keys[i:])  # the last records themselves were compacted away
+    if lost:
+        found, missing = await refind_members(consumer, tp, members.end, lost, batch)
+        chunk.extend(found)
+        log.warning(
+            "fan-out: audience members' records were compacted away while it read them",
+            extra={"partition": tp.partition, "found_past_pin": len(found), "missing": missing},
+        )
+        if missing and on_lost is not None:
+            on_lost(missing)
+    for j in range(0, len(chunk), batch):
+        yield chunk[j : j + batch]
+
+
+async def refind_members(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, lost: list[int], batch: int
+) -> tuple[list[Member], int]:
+    """The records past the pin `end` of the members whose latest record below it was compacted
+    away (`lost`: their customer id checksums): per customer, the first record past the pin, in
+    offset order, tombstones left out; and how many members no record was found for. Reads until
+    each is found or the partition's end.
+
+    A checksum is not an id: a customer sharing a lost member's (about one in four billion) may
+    be taken for them. One of the partition's members is then published again under the same
+    request id, which the dispatcher drops; a customer who joined after the pin is contacted."""
+    wanted = Counter(lost)
+    seen: set[bytes] = set()
+    found: list[Member] = []
+    consumer.seek(tp, end)
+    while wanted:
+        got = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
+        records = got.get(tp, [])
+        if not records:
+            break  # the partition's end
+        for r in records:
+            if r.key is None or r.key in seen:
+                continue
+            crc = zlib.crc32(r.key)
+            if crc not in wanted:
+                continue
+            seen.add(r.key)
+            wanted[crc] -= 1
+            if not wanted[crc]:
+                del wanted[crc]
+            if r.value is not None:
+                found.append((r.offset, r.key, r.value))
+    return found, sum(wanted.values())
 
 
 def read_partition_members(
     settings: ServiceSettings, topic: str, p: int, start: int, end: int, keep: bool, batch: int
-) -> list[Member] | array[int]:
+) -> list[Member] | PinnedMembers:
     """`partition_members` in a process of its own (the fan-out's read-ahead worker), on the
     event loop and collector settings the service runs with."""
     tune_gc(settings.gc_threshold)
 
-    async def read() -> list[Member] | array[int]:
+    async def read() -> list[Member] | PinnedMembers:
         consumer = audience_consumer(settings)
         try:
             await start_client(consumer)
@@ -304,7 +387,10 @@ class FanOut:
             for p, start, end in parts:
                 if start < end and not await self._partition(job, consumer, ahead, p, start, end):
                     break
-                if not await self._checkpoint(job, p + 1, 0, 0):
+                # Members no record was found for (compacted away mid-read) are counted on
+                # the fire as audience errors with the partition's last checkpoint.
+                lost = job.audience_errors - job.settled_errors
+                if not await self._checkpoint(job, p + 1, 0, 0, lost):
                     break
             else:
                 job.outcome = "completed"
@@ -380,7 +466,7 @@ class FanOut:
         # chunk's database round trips never hold up the encoding.
         settler = _Settler(self, job, p)
         try:
-            chunks = member_chunks(consumer, tp, start, members, self.batch)
+            chunks = member_chunks(consumer, tp, start, members, self.batch, on_lost=job.count_lost)
             async with contextlib.aclosing(chunks):
                 return await self._publish(job, p, chunks, settler)
         finally:
@@ -595,7 +681,7 @@ class _ReadAhead:
         # spawn, not fork: the service's threads (the database driver's, the event loop's)
         # must not be copied mid-operation into the child.
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-        self._next: tuple[int, asyncio.Future[list[Member] | array[int]]] | None = None
+        self._next: tuple[int, asyncio.Future[list[Member] | PinnedMembers]] | None = None
         self._submit()
 
     def _submit(self) -> None:
@@ -619,7 +705,7 @@ class _ReadAhead:
         """True when partition p is the one being read ahead."""
         return self._next is not None and self._next[0] == p
 
-    async def take(self, p: int) -> list[Member] | array[int]:
+    async def take(self, p: int) -> list[Member] | PinnedMembers:
         """Partition p's members (read ahead), and start reading the next partition."""
         assert self._next is not None and self._next[0] == p, "partitions are taken in order"
         members = await self._next[1]
@@ -708,6 +794,11 @@ class _Job:
         self.partition_count = 0
         self.producer: AIOKafkaProducer  # the fan-out's own, with large record batches
         self.started = time.monotonic()
+
+    def count_lost(self, members: int) -> None:
+        """Audience members the fan-out found no record for when it came to publish (compacted
+        away since it found them): not contacted, and counted with the audience errors."""
+        self.audience_errors += members
 
     async def pace(self) -> None:
         """Sleep until the published count fits the campaign's rate."""
