@@ -123,6 +123,34 @@ def test_free_text_that_mentions_stop_is_no_opt_out(text: str) -> None:
     assert interpret(text) == "other"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want to cancel",
+        "Can you cancel?",
+        "Could you cancel",
+        "cancel please",
+        "Ok, cancel",
+        "Cancel now",
+        "I want to end",
+        "please end",
+        "quit please",
+        "取消 please",
+    ],
+)
+def test_a_request_to_cancel_or_end_is_left_to_a_person(text: str) -> None:
+    # The appointment or the case, as likely as the texts: CANCEL, END, QUIT and 取消 opt out
+    # only as the whole message.
+    assert interpret(text) == "other"
+
+
+@pytest.mark.parametrize(
+    "text", ["STOP", "please stop", "stop texting me", "CANCEL", "End.", "取消"]
+)
+def test_an_opt_out_word_alone_or_stop_with_courtesy_is_still_an_opt_out(text: str) -> None:
+    assert interpret(text) == "stop"
+
+
 def test_reply_codes_are_configurable() -> None:
     assert interpret("4", {"4": "confirm"}) == "confirm"
     assert interpret("1", {"4": "confirm"}) == "other"

@@ -46,6 +46,10 @@ def test_interpret(digits: str, speech: str, choice: str) -> None:
         # An opt-out keyword as an SMS knows it, and a stop anywhere wins.
         ("en-US", "Unsubscribe.", "stop"),
         ("en-US", "Yes, stop calling me.", "stop"),
+        # Cancel or end said in a sentence is about the appointment as likely as the calls.
+        ("en-GB", "I want to cancel", "repeat"),
+        ("en-GB", "Can you cancel?", "repeat"),
+        ("en-US", "Cancel.", "stop"),
         # The prompts' languages, accents or none.
         ("fr-FR", "Arrêtez.", "stop"),
         ("fr-FR", "Oui, je confirme.", "confirm"),

@@ -84,8 +84,12 @@ def _unrepeated(word: str) -> str:
 # this" or "please stop calling me at night" are not: any word outside the forms (a negation,
 # another request, a time) leaves the message to a person. Courtesy words (`_COURTESY`,
 # anywhere) and an opening request (`_ASKING`: I WANT TO, CAN YOU, ...) set aside, it is:
-#   - an opt-out word, alone or repeated, whatever the punctuation around it: "please stop",
-#     "Stop, thank you!", "unsubscribe please", "*STOP*", "opt out opt out";
+#   - an opt-out word that can mean nothing else (`_PLAIN_STOP_WORDS`: STOP, STOPALL,
+#     UNSUBSCRIBE, OPT OUT, 退订, ...), alone or repeated, whatever the punctuation around it:
+#     "please stop", "Stop, thank you!", "unsubscribe please", "*STOP*", "opt out opt out".
+#     CANCEL, END, QUIT, REVOKE, TD, 取消 and 退出 are an opt-out only as the whole message:
+#     "I want to cancel", "can you cancel?" or "please end" are about the appointment or the
+#     case as likely as about the texts, so they are left to a person;
 #   - STOP `<texting>` [ME|US] [`<texts>`|THESE|THIS|THOSE|THEM|ALL]: "stop texting me",
 #     "stop sending me these", "stop messaging us";
 #   - STOP `<texts>`: "stop these messages", "stop all the texts";
@@ -97,6 +101,9 @@ def _unrepeated(word: str) -> str:
 # (THE, THESE, THIS, THOSE, YOUR, ALL) then MESSAGE(S), TEXT(S), SMS, ALERT(S), NOTIFICATIONS,
 # REMINDERS or UPDATES; `<subscription>`: the same determiners then LIST(S) or SUBSCRIPTION(S).
 _PHRASE_WORDS = 10
+_PLAIN_STOP_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "OPTOUT", "退订", "退訂", "退定", "取消订阅", "取消訂閱"}
+)
 _COURTESY = frozenset({"PLEASE", "PLS", "PLZ", "KINDLY", "NOW", "THANKS", "THX", "OK", "OKAY"})
 _ASKING = (
     ("I", "WANT", "TO"),
@@ -151,7 +158,7 @@ def _asks_to_stop(text: str) -> bool:
             break
     if not words:
         return False
-    if _unrepeated("".join(words)) in STOP_WORDS:
+    if _unrepeated("".join(words)) in _PLAIN_STOP_WORDS:
         return True
     head, rest = words[0], words[1:]
     if head == "STOP" and rest and rest[0] in _TEXTING:
