@@ -4,11 +4,13 @@ Real database and broker. Twilio may take a message and the answer be lost (a ti
 row is 'unknown', yet the customer has the SMS and answers it. That answer must name that
 message, not an older one, and a STOP to it must reach preferences (an engagement.replies.v1
 `stop` for the customer) even when no other message went to the number. A message that never
-went out (refused by Twilio) is passed over.
+went out (refused by Twilio) is passed over, and so is one whose call to Twilio is still in
+flight: the customer does not have it yet.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -27,14 +29,19 @@ from support import eventually, unique_phone
 
 class Provider:
     """Takes each SMS, answers as told per body: 'lost' (taken, the answer lost, and not
-    found in the Messages list yet) or 'refused' (a permanent 4xx: nothing went out)."""
+    found in the Messages list yet), 'refused' (a permanent 4xx: nothing went out) or 'held'
+    (the call waits for `release` before it is refused)."""
 
     def __init__(self) -> None:
         self.answers: dict[str, str] = {}
         self.taken = 0
+        self.release = asyncio.Event()
 
     async def send(self, *, to: str, body: str, status_callback: str | None) -> Sent:
         answer = self.answers.get(body, "taken")
+        if answer == "held":
+            await self.release.wait()
+            answer = "refused"
         if answer == "refused":
             raise ProviderRejected("unreachable", code="21612")
         self.taken += 1
@@ -131,3 +138,20 @@ async def test_a_newer_sms_that_never_went_out_is_passed_over(
         await setup.replies.handle(sid="SMin3", from_=setup.phone, body="1")
         reply = await reply_named(replies, "sms-SMin3")
     assert reply.message_id == sent.message_id
+
+
+async def test_a_reply_while_a_newer_sms_is_in_flight_answers_the_one_received(
+    setup: Setup, infra: dict[str, str], namespace: str
+) -> None:
+    sent = await setup.send("taken")
+    in_flight = asyncio.create_task(setup.send("held"))
+    try:
+        await eventually(lambda: setup.db["send_ledger"].find_one({"status": "sending"}))
+        async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
+            await setup.replies.handle(sid="SMin4", from_=setup.phone, body="1")
+            reply = await reply_named(replies, "sms-SMin4")
+        assert (reply.message_id, reply.case_id) == (sent.message_id, sent.case_id)
+    finally:
+        setup.provider.release.set()
+        refused = await in_flight
+    assert await setup.status(refused) == "failed"

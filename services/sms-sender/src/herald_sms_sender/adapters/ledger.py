@@ -11,8 +11,9 @@ from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 
 # The statuses of a row whose message the provider took or may have taken. Delivery is
 # recorded beside the status (`reported.delivered`); 'delivered' is kept for any row that
-# carries it as its status.
-MAY_HAVE_REACHED = ("sent", "delivered", "unknown", "sending")
+# carries it as its status. Not 'sending': the provider call is in flight and may yet be
+# refused, and a customer cannot answer a text they do not have yet.
+MAY_HAVE_REACHED = ("sent", "delivered", "unknown")
 
 
 class Ledger(RetryingSendLedger):
@@ -44,10 +45,13 @@ class Ledger(RetryingSendLedger):
         reply most likely answers.
 
         Any row the provider may have taken counts: 'sent', 'unknown' (the answer was lost, and
-        Twilio may well have sent it; a reply is the proof it did), 'sending' (the call is in
-        flight or was cut short), and any row with the provider's id or a delivery callback.
-        Only rows that never went out are passed over ('queued', 'retry', 'failed' before the
-        provider took them), or a reply would be credited to an older message, or to none.
+        Twilio may well have sent it; a reply is the proof it did), and any row with the
+        provider's id or a delivery callback. Rows that never went out are passed over
+        ('queued', 'retry', 'failed' before the provider took them), or a reply would be
+        credited to an older message, or to none; and so is a 'sending' row, whose call is still
+        in flight (the reply that arrives meanwhile answers an earlier text, and the call may
+        yet be refused). A call cut short by a crash is settled ('sent' or 'unknown') when the
+        message is read again after the restart.
         """
         return await transient(
             lambda: self.rows.find_one(
