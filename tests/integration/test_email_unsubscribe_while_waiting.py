@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -247,3 +248,38 @@ async def test_an_unsubscribe_from_a_topic_stops_that_topics_emails_only(
     await later.sending().send(resubscribed)
     assert (await env.row(resubscribed)).get("error_code") is None
     assert len(env.relay.taken) == 5
+
+
+async def test_a_later_unsubscribe_at_a_shared_address_is_told_for_one_who_unsubscribed_before(
+    mongo: Any,
+    db_name: Callable[[str], str],
+    prod: EventProducer,
+    infra: dict[str, str],
+    namespace: str,
+) -> None:
+    env = Env(mongo[db_name("email_sender")], prod)
+    await env.ledger.ensure_indexes()
+    to = f"family-{uuid.uuid4().hex[:8]}@example.com"
+    sending = env.sending()
+    a_old, b_old = email(to, topic="billing", customer_id="cust-a"), email(to, customer_id="cust-b")
+    await sending.send(a_old)
+    await sending.send(b_old)
+    # Weeks ago A unsubscribed from 'billing' (preferences heard it for A then); A has
+    # subscribed again since.
+    weeks_ago = utc_now() - timedelta(days=20)
+    assert await env.ledger.unsubscribe(
+        a_old.message_id, customer_id="cust-a", topic="billing", at=weeks_ago
+    )
+    # Handed over just before B, who shares the mailbox, unsubscribes from every email.
+    a_new = email(to, topic="outages", customer_id="cust-a")
+    await env.unsubscribe(sending, b_old)
+
+    async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
+        await sending.send(a_new)
+        assert (await env.row(a_new))["error_code"] == OPTED_OUT
+        # Preferences hears of today's unsubscribe for A too, or A's email consent stays.
+        [told] = await eventually(lambda: replies.where(customer_id="cust-a"))
+    assert (told.intent, told.topic) == ("unsubscribe", None)
+    # The older unsubscribe still counts for its topic.
+    stored = await env.db["opt_outs"].find_one({})
+    assert stored is not None and "billing" in stored["topics"]

@@ -11,6 +11,7 @@ it fails as opted out, as one refused at its claim does.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from twilio_support import Collector, outbound_voice, producer
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer
-from herald_voice_sender.adapters.ledger import CallLedger
+from herald_voice_sender.adapters.ledger import CallLedger, number_key
 from herald_voice_sender.adapters.provider import Placed, ProviderBusy
 from herald_voice_sender.api import webhooks
 from herald_voice_sender.calling import OPTED_OUT, RetryPolicy, VoiceCalling
@@ -235,3 +236,35 @@ async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_
     later = outbound_voice(phone, "Your parcel has arrived.")
     await calling.place(calling.from_outbound(later))
     assert len(provider.placed) == 3, "a call handed over after consent was given again"
+
+
+async def test_a_later_stop_on_a_shared_line_is_told_for_a_customer_who_stopped_before(
+    mongo: Any,
+    db_name: Callable[[str], str],
+    prod: EventProducer,
+    infra: dict[str, str],
+    namespace: str,
+) -> None:
+    db = mongo[db_name("voice_sender")]
+    ledger = CallLedger(db)
+    await ledger.ensure_indexes()
+    phone = unique_phone()
+    provider = Provider()
+    calling = calling_with(ledger, provider, prod)
+    a_id = f"cust-{uuid.uuid4().hex[:8]}"
+    # Weeks ago A chose stop on a call (preferences heard it for A then); A has consented again.
+    await ledger.opt_out(number_key(phone), at=utc_now() - timedelta(days=20), customer_id=a_id)
+    to_b = outbound_voice(phone, "Your parcel is delayed.")
+    await calling.place(calling.from_outbound(to_b))
+    assert len(provider.placed) == 1
+    # Handed over just before the line chooses stop again, on a call to B who shares it.
+    to_a = outbound_voice(phone, "Your parcel is delayed.", customer_id=a_id)
+    await stop_on(calling)(to_b.message_id)
+
+    async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
+        await calling.place(calling.from_outbound(to_a))
+        row = await db["call_ledger"].find_one({"_id": to_a.message_id})
+        assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+        # Preferences hears of today's stop for A too, or A's voice consent stays.
+        [told] = await eventually(lambda: replies.where(customer_id=a_id, intent="stop"))
+    assert (told.channel, told.message_id) == ("voice", None)

@@ -26,6 +26,7 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from herald_contracts import utc_now
 from herald_kit import Coalescer, Doc, IdLoader, InsertBatcher, SendLedger, transient
@@ -91,20 +92,52 @@ class BatchedLedger(SendLedger):
         """The recipient of this message (to `customer_id`) unsubscribed: from `topic`, or from
         every email when None. Kept by the message's address key, with the customers it was
         said for (`customers`: preferences heard it for them); False when the message's row is
-        gone (past the ledger retention) or predates the key, so the address is not known."""
+        gone (past the ledger retention) or predates the key, so the address is not known.
+
+        `customers` are those the latest unsubscribe (`at`) was said for: a newer one starts
+        the list again, as preferences heard it only for its own customer, and must hear it for
+        one who unsubscribed before (and subscribed again) when an email to them is refused."""
         row = await transient(lambda: self.rows.find_one({"_id": message_id}, {"address_key": 1}))
         key = row.get("address_key") if row is not None else None
         if not key:
             return False
-        withdrawn = f"topics.{topic}" if topic is not None else "all"
-        await transient(
-            lambda: self.opt_outs.update_one(
-                {"_id": key},
-                {"$set": {"at": at, withdrawn: at}, "$addToSet": {"customers": customer_id}},
-                upsert=True,
-            )
-        )
+        await transient(lambda: self._unsubscribe(key, customer_id=customer_id, topic=topic, at=at))
         return True
+
+    async def _unsubscribe(
+        self, key: str, *, customer_id: str, topic: str | None, at: datetime
+    ) -> None:
+        # Plain conditional updates and an insert (FerretDB has no update pipelines); each step
+        # is idempotent, so a retried write does no harm.
+        withdrawn = f"topics.{topic}" if topic is not None else "all"
+        for _ in range(3):
+            newer = await self.opt_outs.update_one(
+                {"_id": key, "at": {"$lt": at}},
+                {"$set": {"at": at, withdrawn: at, "customers": [customer_id]}},
+            )
+            if newer.matched_count:
+                return
+            same = await self.opt_outs.update_one(
+                {"_id": key, "at": at},
+                {"$set": {withdrawn: at}, "$addToSet": {"customers": customer_id}},
+            )
+            if same.matched_count:
+                return
+            # An older unsubscribe arriving late still withdraws what it names; the latest
+            # stays the one `customers` speak of.
+            older = await self.opt_outs.update_one(
+                {"_id": key, "at": {"$gt": at}}, {"$max": {withdrawn: at}}
+            )
+            if older.matched_count:
+                return
+            fields = {"all": at} if topic is None else {"topics": {topic: at}}
+            try:
+                await self.opt_outs.insert_one(
+                    {"_id": key, "at": at, "customers": [customer_id], **fields}
+                )
+                return
+            except DuplicateKeyError:
+                continue  # an unsubscribe recorded meanwhile: compare with it
 
     async def unsubscribes(self, address_key: str) -> Doc | None:
         """What the address unsubscribed from, and when: `all` (every email) and `topics`."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from herald_kit import Doc, IdLoader, RetryingSendLedger, transient
 
@@ -43,14 +44,38 @@ class CallLedger(RetryingSendLedger):
 
     async def opt_out(self, number_key: str, *, at: datetime, customer_id: str) -> None:
         """The callee chose stop on a call (keypad or speech) to `customer_id`: no call already
-        handed over is placed to the number any more (see `VoiceCalling.stopped`)."""
-        await transient(
-            lambda: self.opt_outs.update_one(
-                {"_id": number_key},
-                {"$set": {"at": at}, "$addToSet": {"customers": customer_id}},
-                upsert=True,
+        handed over is placed to the number any more (see `VoiceCalling.stopped`).
+
+        The number keeps its latest stop (`at`) and the customers that stop was said for
+        (`customers`): a newer stop starts the list again, as preferences heard it only for
+        its own customer, and must hear it for one who stopped before and consented again
+        when a call to them is refused. An older stop arriving late changes nothing."""
+        await transient(lambda: self._opt_out(number_key, at=at, customer_id=customer_id))
+
+    async def _opt_out(self, number_key: str, *, at: datetime, customer_id: str) -> None:
+        # Plain conditional updates and an insert (FerretDB has no update pipelines); each step
+        # is idempotent, so a retried write does no harm.
+        for _ in range(3):
+            newer = await self.opt_outs.update_one(
+                {"_id": number_key, "at": {"$lt": at}},
+                {"$set": {"at": at, "customers": [customer_id]}},
             )
-        )
+            if newer.matched_count:
+                return
+            same = await self.opt_outs.update_one(
+                {"_id": number_key, "at": at}, {"$addToSet": {"customers": customer_id}}
+            )
+            if same.matched_count:
+                return
+            if await self.opt_outs.find_one({"_id": number_key, "at": {"$gt": at}}, {"_id": 1}):
+                return
+            try:
+                await self.opt_outs.insert_one(
+                    {"_id": number_key, "at": at, "customers": [customer_id]}
+                )
+                return
+            except DuplicateKeyError:
+                continue  # a stop recorded meanwhile: compare with it
 
     async def stop_of(self, number_key: str) -> Doc | None:
         """The number's stop: when it was last chosen (`at`, UTC-aware) and on calls to which
