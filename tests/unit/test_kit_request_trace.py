@@ -79,3 +79,24 @@ async def test_a_request_without_a_valid_traceparent_gets_a_trace_of_its_own(hea
 async def test_a_later_version_traceparent_is_read_for_its_known_parts() -> None:
     (trace,) = await _traces_seen({"traceparent": f"01-{TRACE}-00f067aa0ba902b7-01-later"})
     assert trace is not None and trace.trace_id == TRACE
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"00- {TRACE[1:]}-00f067aa0ba902b7-01",  # a space inside the trace id
+        f"00-0x{TRACE[2:]}-00f067aa0ba902b7-01",  # a 0x prefix
+        f"00-{'1_' * 15}11-00f067aa0ba902b7-01",  # underscores between digits
+        f"00-+{TRACE[1:]}-00f067aa0ba902b7-01",  # a sign
+        f"00-{chr(0x0660) * 31}1-00f067aa0ba902b7-01",  # Arabic-Indic digits
+        f"00-{TRACE}-+0f067aa0ba902b7-01",
+        f"00-{TRACE}-00f067aa0ba902b7- 1",
+        f"00-{TRACE.upper()}-00f067aa0ba902b7-01",  # W3C ids are lower-case hex
+    ],
+)
+def test_a_traceparent_with_anything_but_lower_case_hex_digits_is_ignored(header: str) -> None:
+    assert TraceContext.parse(header) is None
+
+
+def test_a_valid_traceparent_is_read() -> None:
+    assert TraceContext.parse(CALLER) == TraceContext(TRACE, "00f067aa0ba902b7")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+# A traceparent's version, trace id, parent id and flags: lower-case hex of these lengths.
+_PARTS = tuple(re.compile(f"[0-9a-f]{{{n}}}") for n in (2, 32, 16, 2))
 
 
 def _span_id() -> str:
@@ -42,17 +46,17 @@ class TraceContext:
         if not value:
             return None
         parts = value.strip().split("-")
-        if len(parts) < 4 or [len(p) for p in parts[:4]] != [2, 32, 16, 2]:
+        # Lower-case hex digits of the exact lengths, as W3C writes them: not int(p, 16),
+        # which takes spaces, '0x', '_', a sign and other scripts' digits too.
+        if len(parts) < 4:
+            return None
+        if not all(p.fullmatch(part) for p, part in zip(_PARTS, parts[:4], strict=True)):
             return None
         if parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
             return None  # ff is no version; version 00 has exactly four parts
-        try:
-            _, trace, span, _ = (int(p, 16) for p in parts[:4])
-        except ValueError:
-            return None
-        if not trace or not span:
+        if not parts[1].strip("0") or not parts[2].strip("0"):
             return None  # all zeros: invalid in W3C trace context
-        return cls(parts[1].lower(), parts[2].lower())
+        return cls(parts[1], parts[2])
 
 
 trace_var: ContextVar[TraceContext | None] = ContextVar("herald_trace", default=None)
