@@ -6,14 +6,14 @@ import asyncio
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
 
-from herald_kit import ServiceSettings, hash_key
+from herald_kit import Pacer, ServiceSettings, hash_key
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -95,6 +95,21 @@ async def eventually(probe: Callable[[], Any], *, within: float = 20, interval: 
         if asyncio.get_running_loop().time() >= deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+class MeanwhileInThePacer(Pacer):
+    """A paced identity; `meanwhile` (the customer opting out, say) runs once, while the next
+    message waits for its turn."""
+
+    def __init__(self) -> None:
+        super().__init__(1000.0)
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def acquire(self, identity: str) -> bool:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return await super().acquire(identity)
 
 
 def service_settings(

@@ -1,6 +1,6 @@
 """Fixtures the integration tests share: a running ingest app; for the scheduler's tests, a
 scheduler replica, a publisher onto the test's topics and a reader of the contact requests the
-scheduler emits."""
+scheduler emits; for the senders' tests, a producer onto the test's topics."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 import httpx
 import pytest
 from test_scheduler_support import Publisher, Requests, open_publisher, open_requests, scheduler
+from twilio_support import producer
 
 from herald_ingest.app import create_app
+from herald_kit import EventProducer
 from support import ingest_settings, running
 
 
@@ -53,3 +55,9 @@ async def publisher(infra: dict[str, str], namespace: str) -> AsyncIterator[Publ
 async def requests(infra: dict[str, str], namespace: str) -> AsyncIterator[Requests]:
     async with open_requests(infra, namespace) as r:
         yield r
+
+
+@pytest.fixture
+async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
+    async with producer(infra["kafka"], namespace) as p:
+        yield p

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from twilio_support import Collector, producer
+from twilio_support import Collector
 
 from herald_contracts import ENGAGEMENT_REPLY, OutboundEmail, utc_now
 from herald_email_sender.adapters.ledger import BatchedLedger
@@ -29,7 +29,7 @@ from herald_email_sender.app import create_app
 from herald_email_sender.config import Settings
 from herald_email_sender.sending import OPTED_OUT, EmailSending
 from herald_kit import CircuitBreaker, EventProducer, LinkSigner, Pacer
-from support import eventually
+from support import MeanwhileInThePacer, eventually
 
 SECRET = "unsubscribe-test-secret"
 PUBLIC = "https://mail.herald.test"
@@ -60,26 +60,6 @@ class Relay:
 
     async def close(self) -> None:
         pass
-
-
-class UnsubscribeInThePacer(Pacer):
-    """A paced relay; the customer unsubscribes while an email waits for its turn."""
-
-    def __init__(self) -> None:
-        super().__init__(1000.0)
-        self.meanwhile: Meanwhile | None = None
-
-    async def acquire(self, identity: str) -> None:
-        if self.meanwhile is not None:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            await meanwhile()
-        await super().acquire(identity)
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 def email(to: str, *, topic: str | None = None, customer_id: str = "cust-1") -> OutboundEmail:
@@ -149,7 +129,7 @@ async def test_an_unsubscribe_that_arrives_while_the_email_waits_stops_it(
     env = Env(mongo[db_name("email_sender")], prod)
     await env.ledger.ensure_indexes()
     to = f"Customer-{uuid.uuid4().hex[:8]}@example.com"
-    pacer = UnsubscribeInThePacer() if wait == "pacer" else Pacer(0)
+    pacer = MeanwhileInThePacer() if wait == "pacer" else Pacer(0)
     breaker = CircuitBreaker()
     meanwhile: list[Meanwhile] = []
 

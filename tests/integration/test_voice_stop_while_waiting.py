@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from twilio.request_validator import RequestValidator
-from twilio_support import Collector, outbound_voice, producer
+from twilio_support import Collector, outbound_voice
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer
@@ -30,7 +30,7 @@ from herald_voice_sender.api import webhooks
 from herald_voice_sender.calling import OPTED_OUT, RetryPolicy, VoiceCalling
 from herald_voice_sender.config import Settings
 from herald_voice_sender.domain.window import CallingHours
-from support import eventually, unique_phone
+from support import MeanwhileInThePacer, eventually, unique_phone
 
 CALLER_ID = "+15005550006"
 BASE = "http://voice.test"
@@ -65,26 +65,6 @@ class Provider:
 
     async def close(self) -> None:
         pass
-
-
-class StopInThePacer(Pacer):
-    """A paced caller id; the customer chooses stop while a call waits for its turn."""
-
-    def __init__(self) -> None:
-        super().__init__(1000.0)
-        self.meanwhile: Chosen | None = None
-
-    async def acquire(self, identity: str) -> None:
-        if self.meanwhile is not None:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            await meanwhile()
-        await super().acquire(identity)
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 def stop_on(calling: VoiceCalling) -> Callable[[str], Awaitable[None]]:
@@ -136,7 +116,7 @@ async def test_a_stop_chosen_while_a_call_waits_stops_it(
     await ledger.ensure_indexes()
     phone = unique_phone()
     provider = Provider()
-    pacer = StopInThePacer() if wait == "pacer" else Pacer(0)
+    pacer = MeanwhileInThePacer() if wait == "pacer" else Pacer(0)
     breaker = CircuitBreaker()
     calling = calling_with(ledger, provider, prod, pacer=pacer, breaker=breaker)
     choose_stop = stop_on(calling)
