@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
 from aiohttp import web
-from twilio_support import outbound_sms, outbound_voice, producer
+from twilio_support import outbound_sms, outbound_voice
 
 from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
@@ -37,12 +37,6 @@ from herald_voice_sender.calling import VoiceCalling
 from support import unique_phone
 
 IDENTITY = "+15005550006"
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 class TakesThenLosesTheAnswer:
@@ -209,54 +203,46 @@ def opens_at_once() -> CircuitBreaker:
     return CircuitBreaker(threshold=1, cooldown=0.1)
 
 
-async def test_smses_waiting_on_a_slow_trial_keep_their_attempts_and_are_sent(
-    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_messages_waiting_on_a_slow_trial_keep_their_attempts_and_go_out(
+    channel: str, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
 ) -> None:
-    db = mongo[db_name("sms_sender")]
     twilio = RecoveringSlowly()
-    sending = SmsSending(
-        Ledger(db),
-        twilio,
-        prod,
-        callback_url="http://127.0.0.1:1/s",
-        identity=IDENTITY,
-        breaker=opens_at_once(),
-        retry=RetryPolicy(attempts=6, base_seconds=0.15, cap_seconds=0.15),
-    )
-    first, *others = [outbound_sms(unique_phone()) for _ in range(6)]
-    opening = asyncio.create_task(sending.send(first))  # its 503 opens the breaker
+    send: Callable[[Any], Awaitable[object]]
+    messages: list[Any]
+    if channel == "sms":
+        db = mongo[db_name("sms_sender")]
+        sending = SmsSending(
+            Ledger(db),
+            twilio,
+            prod,
+            callback_url="http://127.0.0.1:1/s",
+            identity=IDENTITY,
+            breaker=opens_at_once(),
+            retry=RetryPolicy(attempts=6, base_seconds=0.15, cap_seconds=0.15),
+        )
+        send, ledger = sending.send, "send_ledger"
+        messages = [outbound_sms(unique_phone()) for _ in range(6)]
+    else:
+        db = mongo[db_name("voice_sender")]
+        calling = VoiceCalling(
+            CallLedger(db),
+            twilio,
+            prod,
+            base_url="http://127.0.0.1:1",
+            identity=IDENTITY,
+            breaker=opens_at_once(),
+            retry=CallRetryPolicy(attempts=5, base_seconds=0.15, cap_seconds=0.15),
+        )
+        send, ledger = calling.place, "call_ledger"
+        messages = [
+            VoiceCalling.from_outbound(outbound_voice(unique_phone(), "Your engineer is booked."))
+            for _ in range(6)
+        ]
+    first, *others = messages
+    opening = asyncio.create_task(send(first))  # its 503 opens the breaker
     await asyncio.sleep(0.01)
-    await asyncio.gather(opening, *(sending.send(m) for m in others))
-    rows = (
-        await db["send_ledger"].find({"_id": {"$in": [m.message_id for m in others]}}).to_list(None)
-    )
+    await asyncio.gather(opening, *(send(m) for m in others))
+    rows = await db[ledger].find({"_id": {"$in": [m.message_id for m in others]}}).to_list(None)
     assert {r["status"] for r in rows} == {"sent"}, [r.get("reason") for r in rows]
     assert sorted(twilio.requests[1:]) == sorted(m.to for m in [first, *others])
-
-
-async def test_calls_waiting_on_a_slow_trial_keep_their_attempts_and_are_placed(
-    mongo: Any, db_name: Callable[[str], str], prod: EventProducer
-) -> None:
-    db = mongo[db_name("voice_sender")]
-    twilio = RecoveringSlowly()
-    calling = VoiceCalling(
-        CallLedger(db),
-        twilio,
-        prod,
-        base_url="http://127.0.0.1:1",
-        identity=IDENTITY,
-        breaker=opens_at_once(),
-        retry=CallRetryPolicy(attempts=5, base_seconds=0.15, cap_seconds=0.15),
-    )
-    first, *others = [
-        VoiceCalling.from_outbound(outbound_voice(unique_phone(), "Your engineer is booked."))
-        for _ in range(6)
-    ]
-    opening = asyncio.create_task(calling.place(first))
-    await asyncio.sleep(0.01)
-    await asyncio.gather(opening, *(calling.place(c) for c in others))
-    rows = (
-        await db["call_ledger"].find({"_id": {"$in": [c.message_id for c in others]}}).to_list(None)
-    )
-    assert {r["status"] for r in rows} == {"sent"}, [r.get("reason") for r in rows]
-    assert sorted(twilio.requests[1:]) == sorted(c.to for c in [first, *others])
