@@ -159,52 +159,90 @@ class _Provider:
 
 
 def _loop(
-    provider: _Provider, broker: _SilentBroker, *, grace: float = 20.0
-) -> ConcurrentConsumerLoop:
-    loop = ConcurrentConsumerLoop(
-        settings=ServiceSettings(consumer_stop_grace_seconds=grace),
-        producer=None,  # type: ignore[arg-type]  # the handler never fails: nothing to publish
-        group="sms-sender",
-        topics=[],
-        handler=provider.handle,
-        concurrency=4,
+    provider: _Provider, broker: _SilentBroker, *, plain: bool = False, grace: float = 20.0
+) -> ConsumerLoop:
+    """The SMS sender's loop, which handles records of different keys at once; `plain`: the
+    loop that handles its records one by one in its own task (the scheduler's timers, the voice
+    sender's reply callbacks)."""
+    settings = ServiceSettings(consumer_stop_grace_seconds=grace)
+    # The handler never fails: nothing to publish, so no producer.
+    loop = (
+        ConsumerLoop(
+            settings=settings,
+            producer=None,  # type: ignore[arg-type]
+            group="scheduler-timers",
+            topics=[],
+            handler=provider.handle,
+        )
+        if plain
+        else ConcurrentConsumerLoop(
+            settings=settings,
+            producer=None,  # type: ignore[arg-type]
+            group="sms-sender",
+            topics=[],
+            handler=provider.handle,
+            concurrency=4,
+        )
     )
     loop._consumer = broker  # type: ignore[assignment]
     loop._task = asyncio.create_task(loop._run())
     return loop
 
 
-async def test_a_stop_lets_the_provider_call_in_flight_finish_and_commits_its_record() -> None:
-    """A deploy's SIGTERM must not cut a provider request short: its ledger row would stay
-    'sending', and the redelivery could not tell whether the provider got it."""
-    tp = TopicPartition("outbound.sms.v1", 0)
-    # Offset 0 is being sent when the stop comes; offset 1 (the same customer) waits behind it.
-    broker = _OneBatchBroker(tp, [_record(tp, 0, b"cust-1"), _record(tp, 1, b"cust-1")])
+@pytest.mark.parametrize(
+    ("plain", "topic", "keys"),
+    [
+        # Offset 0 is being sent when the stop comes; offset 1 (the same customer) waits behind it.
+        (False, "outbound.sms.v1", (b"cust-1", b"cust-1")),
+        # Offset 0 is being handled when the stop comes; offset 1, of the same batch, waits.
+        (True, "timers.requests.v1", (b"c-1", b"c-2")),
+    ],
+    ids=["concurrent", "plain"],
+)
+async def test_a_stop_lets_the_record_in_flight_finish_and_commits_it(
+    plain: bool, topic: str, keys: tuple[bytes, bytes]
+) -> None:
+    """A deploy's SIGTERM must not cut a handler short: a provider request's ledger row would
+    stay 'sending', and the redelivery could not tell whether the provider got it; a handler cut
+    between two writes (a row updated, its event not yet published) leaves a half-done side
+    effect."""
+    tp = TopicPartition(topic, 0)
+    broker = _OneBatchBroker(tp, [_record(tp, 0, keys[0]), _record(tp, 1, keys[1])])
     provider = _Provider()
-    loop = _loop(provider, broker)
+    loop = _loop(provider, broker, plain=plain)
     await asyncio.wait_for(provider.in_flight.wait(), 5)
 
     stopping = asyncio.create_task(loop.stop())
     await asyncio.sleep(0.2)
-    assert not stopping.done(), "the stop did not wait for the provider call in flight"
+    assert not stopping.done(), "the stop did not wait for the record in flight"
     assert provider.cancelled == []
-    provider.answer.set()  # the provider answers
+    provider.answer.set()  # the provider answers, the handler's work completes
     await asyncio.wait_for(stopping, 5)
 
-    assert provider.completed == [0]  # the call in flight finished
+    assert provider.completed == [0]  # the record in flight finished
     assert provider.started == [0]  # nothing new was started once stopping
     assert broker.commits == [{tp: 1}]  # offset 0 is committed; offset 1 is redelivered
     assert broker.stopped
 
 
-async def test_a_stop_cancels_what_outlives_the_grace_and_still_returns_in_time() -> None:
-    tp = TopicPartition("outbound.sms.v1", 0)
-    broker = _OneBatchBroker(tp, [_record(tp, 0, b"cust-1"), _record(tp, 1, b"cust-2")])
+@pytest.mark.parametrize(
+    ("plain", "topic", "keys", "in_flight"),
+    [
+        (False, "outbound.sms.v1", (b"cust-1", b"cust-2"), [0, 1]),  # two customers at once
+        (True, "timers.requests.v1", (b"c-1", b"c-2"), [0]),  # one by one
+    ],
+    ids=["concurrent", "plain"],
+)
+async def test_a_stop_cancels_what_outlives_the_grace_and_still_returns_in_time(
+    plain: bool, topic: str, keys: tuple[bytes, bytes], in_flight: list[int]
+) -> None:
+    tp = TopicPartition(topic, 0)
+    broker = _OneBatchBroker(tp, [_record(tp, 0, keys[0]), _record(tp, 1, keys[1])])
     provider = _Provider()  # never answers
-    loop = _loop(provider, broker, grace=0.5)
+    loop = _loop(provider, broker, plain=plain, grace=0.5)
     await asyncio.wait_for(provider.in_flight.wait(), 5)
     await asyncio.sleep(0.05)
-    assert sorted(provider.started) == [0, 1]
+    assert sorted(provider.started) == in_flight
 
     clock = asyncio.get_running_loop().time
     began = clock()
@@ -215,67 +253,8 @@ async def test_a_stop_cancels_what_outlives_the_grace_and_still_returns_in_time(
     took = clock() - began
 
     assert 0.5 <= took < 1.5, took  # the grace, and a margin: not held by the provider
-    assert sorted(provider.cancelled) == [0, 1]
-    assert broker.commits == []  # neither finished: both are redelivered
-    assert broker.stopped
-
-
-def _plain_loop(provider: _Provider, broker: _SilentBroker, *, grace: float = 20.0) -> ConsumerLoop:
-    """The loop that handles its records one by one in its own task (the scheduler's timers, the
-    voice sender's reply callbacks)."""
-    loop = ConsumerLoop(
-        settings=ServiceSettings(consumer_stop_grace_seconds=grace),
-        producer=None,  # type: ignore[arg-type]  # the handler never fails: nothing to publish
-        group="scheduler-timers",
-        topics=[],
-        handler=provider.handle,
-    )
-    loop._consumer = broker  # type: ignore[assignment]
-    loop._task = asyncio.create_task(loop._run())
-    return loop
-
-
-async def test_a_stop_lets_the_plain_loops_record_in_flight_finish_and_commits_it() -> None:
-    """A handler cut short between two writes (a row updated, its event not yet published)
-    leaves a half-done side effect; a deploy's SIGTERM must let it finish."""
-    tp = TopicPartition("timers.requests.v1", 0)
-    # Offset 0 is being handled when the stop comes; offset 1, of the same batch, waits.
-    broker = _OneBatchBroker(tp, [_record(tp, 0, b"c-1"), _record(tp, 1, b"c-2")])
-    provider = _Provider()
-    loop = _plain_loop(provider, broker)
-    await asyncio.wait_for(provider.in_flight.wait(), 5)
-
-    stopping = asyncio.create_task(loop.stop())
-    await asyncio.sleep(0.2)
-    assert not stopping.done(), "the stop did not wait for the record in flight"
-    assert provider.cancelled == []
-    provider.answer.set()  # the handler's work completes
-    await asyncio.wait_for(stopping, 5)
-
-    assert provider.completed == [0]  # the record in flight finished
-    assert provider.started == [0]  # nothing new was started once stopping
-    assert broker.commits == [{tp: 1}]  # offset 0 is committed; offset 1 is redelivered
-    assert broker.stopped
-
-
-async def test_a_stop_cancels_the_plain_loops_record_that_outlives_the_grace() -> None:
-    tp = TopicPartition("timers.requests.v1", 0)
-    broker = _OneBatchBroker(tp, [_record(tp, 0, b"c-1"), _record(tp, 1, b"c-2")])
-    provider = _Provider()  # never completes
-    loop = _plain_loop(provider, broker, grace=0.5)
-    await asyncio.wait_for(provider.in_flight.wait(), 5)
-
-    clock = asyncio.get_running_loop().time
-    began = clock()
-    stopping = asyncio.create_task(loop.stop())
-    await asyncio.sleep(0.3)
-    assert not stopping.done() and provider.cancelled == []  # within the grace: waited on
-    await asyncio.wait_for(stopping, 5)
-    took = clock() - began
-
-    assert 0.5 <= took < 1.5, took  # the grace, and a margin: not held by the handler
-    assert provider.cancelled == [0]
-    assert provider.started == [0]
+    assert sorted(provider.cancelled) == in_flight
+    assert sorted(provider.started) == in_flight  # nothing new was started once stopping
     assert broker.commits == []  # nothing finished: the batch is redelivered
     assert broker.stopped
 
@@ -283,7 +262,7 @@ async def test_a_stop_cancels_the_plain_loops_record_that_outlives_the_grace() -
 async def test_an_idle_plain_loop_stops_without_waiting_for_its_poll() -> None:
     tp = TopicPartition("timers.requests.v1", 0)
     broker = _SilentBroker(tp)  # each poll waits its whole timeout, and finds nothing
-    loop = _plain_loop(_Provider(), broker)
+    loop = _loop(_Provider(), broker, plain=True)
     await asyncio.sleep(0.05)
     clock = asyncio.get_running_loop().time
     began = clock()
