@@ -67,6 +67,21 @@ class Provider:
         pass
 
 
+@pytest.fixture
+async def db(mongo: Any, db_name: Callable[[str], str]) -> Any:
+    """The voice sender's database, with the call ledger's indexes."""
+    db = mongo[db_name("voice_sender")]
+    await CallLedger(db).ensure_indexes()
+    return db
+
+
+async def outcome(db: Any, message_id: str) -> tuple[str, str | None]:
+    """A call's status in the ledger, and why it failed."""
+    row = await db["call_ledger"].find_one({"_id": message_id})
+    assert row is not None
+    return row["status"], row.get("error_code")
+
+
 def stop_on(calling: VoiceCalling) -> Callable[[str], Awaitable[None]]:
     """Choose stop (the keypad's 9) on the call with this message id, through the signed
     gather webhook."""
@@ -109,11 +124,9 @@ def calling_with(
 
 @pytest.mark.parametrize("wait", ["retry-pause", "429-hold", "pacer", "breaker-open"])
 async def test_a_stop_chosen_while_a_call_waits_stops_it(
-    wait: str, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
+    wait: str, db: Any, prod: EventProducer
 ) -> None:
-    db = mongo[db_name("voice_sender")]
     ledger = CallLedger(db)
-    await ledger.ensure_indexes()
     phone = unique_phone()
     provider = Provider()
     pacer = MeanwhileInThePacer() if wait == "pacer" else Pacer(0)
@@ -152,22 +165,18 @@ async def test_a_stop_chosen_while_a_call_waits_stops_it(
     await asyncio.wait_for(task, timeout=10)
 
     assert len(provider.placed) == 1, "the call was placed after the customer chose stop"
-    row = await db["call_ledger"].find_one({"_id": second.message_id})
-    assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+    assert await outcome(db, second.message_id) == ("failed", OPTED_OUT)
     stored = await db["opt_outs"].find_one({})
     assert stored is not None and phone not in str(stored), "the number is kept only as a hash"
 
 
 async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_back_is(
-    mongo: Any,
-    db_name: Callable[[str], str],
+    db: Any,
     prod: EventProducer,
     infra: dict[str, str],
     namespace: str,
 ) -> None:
-    db = mongo[db_name("voice_sender")]
     ledger = CallLedger(db)
-    await ledger.ensure_indexes()
     phone = unique_phone()
     provider = Provider()
     calling = calling_with(ledger, provider, prod)
@@ -183,8 +192,7 @@ async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_
     async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
         for call in (own, handed_over):
             await calling.place(calling.from_outbound(call))
-            row = await db["call_ledger"].find_one({"_id": call.message_id})
-            assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+            assert await outcome(db, call.message_id) == ("failed", OPTED_OUT)
         # Preferences hears of the stop for that customer too; no message is named, so the
         # contact's escalation to the next channel goes on.
         [told] = await eventually(
@@ -219,15 +227,12 @@ async def test_a_call_handed_over_after_the_stop_is_not_placed_but_a_later_call_
 
 
 async def test_a_later_stop_on_a_shared_line_is_told_for_a_customer_who_stopped_before(
-    mongo: Any,
-    db_name: Callable[[str], str],
+    db: Any,
     prod: EventProducer,
     infra: dict[str, str],
     namespace: str,
 ) -> None:
-    db = mongo[db_name("voice_sender")]
     ledger = CallLedger(db)
-    await ledger.ensure_indexes()
     phone = unique_phone()
     provider = Provider()
     calling = calling_with(ledger, provider, prod)
@@ -243,8 +248,7 @@ async def test_a_later_stop_on_a_shared_line_is_told_for_a_customer_who_stopped_
 
     async with Collector(infra["kafka"], namespace, ENGAGEMENT_REPLY) as replies:
         await calling.place(calling.from_outbound(to_a))
-        row = await db["call_ledger"].find_one({"_id": to_a.message_id})
-        assert (row["status"], row["error_code"]) == ("failed", OPTED_OUT)
+        assert await outcome(db, to_a.message_id) == ("failed", OPTED_OUT)
         # Preferences hears of today's stop for A too, or A's voice consent stays.
         [told] = await eventually(lambda: replies.where(customer_id=a_id, intent="stop"))
     assert (told.channel, told.message_id) == ("voice", None)
