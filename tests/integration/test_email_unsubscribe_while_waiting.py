@@ -122,12 +122,18 @@ class Env:
         return row
 
 
-@pytest.mark.parametrize("wait", ["retry-pause", "421-hold", "pacer", "breaker-open"])
-async def test_an_unsubscribe_that_arrives_while_the_email_waits_stops_it(
-    wait: str, mongo: Any, db_name: Callable[[str], str], prod: EventProducer
-) -> None:
+@pytest.fixture
+async def env(mongo: Any, db_name: Callable[[str], str], prod: EventProducer) -> Env:
+    """An email-sender on the test's database, with the send ledger's indexes."""
     env = Env(mongo[db_name("email_sender")], prod)
     await env.ledger.ensure_indexes()
+    return env
+
+
+@pytest.mark.parametrize("wait", ["retry-pause", "421-hold", "pacer", "breaker-open"])
+async def test_an_unsubscribe_that_arrives_while_the_email_waits_stops_it(
+    wait: str, env: Env
+) -> None:
     to = f"Customer-{uuid.uuid4().hex[:8]}@example.com"
     pacer = MeanwhileInThePacer() if wait == "pacer" else Pacer(0)
     breaker = CircuitBreaker()
@@ -170,14 +176,11 @@ async def test_an_unsubscribe_that_arrives_while_the_email_waits_stops_it(
 
 
 async def test_an_unsubscribe_from_a_topic_stops_that_topics_emails_only(
-    mongo: Any,
-    db_name: Callable[[str], str],
+    env: Env,
     prod: EventProducer,
     infra: dict[str, str],
     namespace: str,
 ) -> None:
-    env = Env(mongo[db_name("email_sender")], prod)
-    await env.ledger.ensure_indexes()
     to = f"customer-{uuid.uuid4().hex[:8]}@example.com"
     sending = env.sending()
     first = email(to, topic="service-updates")
@@ -231,14 +234,10 @@ async def test_an_unsubscribe_from_a_topic_stops_that_topics_emails_only(
 
 
 async def test_a_later_unsubscribe_at_a_shared_address_is_told_for_one_who_unsubscribed_before(
-    mongo: Any,
-    db_name: Callable[[str], str],
-    prod: EventProducer,
+    env: Env,
     infra: dict[str, str],
     namespace: str,
 ) -> None:
-    env = Env(mongo[db_name("email_sender")], prod)
-    await env.ledger.ensure_indexes()
     to = f"family-{uuid.uuid4().hex[:8]}@example.com"
     sending = env.sending()
     a_old, b_old = email(to, topic="billing", customer_id="cust-a"), email(to, customer_id="cust-b")
