@@ -60,7 +60,7 @@ from herald_kit._serve import serve, tune_gc
 from herald_kit._service import Runtime, build_app
 from herald_kit._settings import REPLAY_WINDOW, ApiKeyEntry, ServiceSettings
 from herald_kit._topics_cli import all_topics, delete_namespace, ensure_topics
-from herald_kit._zones import valid_zone
+from herald_kit._zones import offset_change, valid_zone
 
 __all__ = [
     "INFRA_ERRORS",
@@ -131,6 +131,7 @@ __all__ = [
     "mask",
     "new_key",
     "observe_provider_request",
+    "offset_change",
     "ping",
     "problem",
     "require_scopes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 # Files in the zone database that are not zones of their own: what they mean depends on the host
@@ -26,3 +27,22 @@ def valid_zone(name: str) -> ZoneInfo:
     if name not in _known_zones():
         raise ValueError(f"unknown time zone {name[:64]!r}: use an IANA name (Europe/Amsterdam)")
     return ZoneInfo(name)
+
+
+def offset_change(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant (to the second, in UTC) in (before, after] with `after`'s UTC offset in
+    `tz`: where its clocks changed between two instants of different offsets.
+
+    The search runs in UTC: arithmetic on datetimes of a zone counts wall-clock time, which a
+    change of the clocks skips or repeats."""
+    offset = after.astimezone(tz).utcoffset()
+    lo, hi = before.astimezone(UTC), after.astimezone(UTC)
+    while hi - lo > timedelta(seconds=1):
+        mid = (lo + (hi - lo) / 2).replace(microsecond=0)
+        if mid <= lo:
+            mid = lo + timedelta(seconds=1)
+        if mid.astimezone(tz).utcoffset() == offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -28,7 +28,7 @@ from phonenumbers import timezone as phone_zones
 from pydantic import BaseModel, Field
 
 from herald_contracts import Channel, ContactPreferences
-from herald_kit._zones import valid_zone
+from herald_kit._zones import offset_change, valid_zone
 
 MINUTES_PER_DAY = 24 * 60
 # How much longer than the fallback zone alone would, a contact waits for the hour that is
@@ -214,7 +214,7 @@ class ContactWindow:
                     for d in (date, date + timedelta(days=1))
                 )
                 if starts.astimezone(tz).utcoffset() != ends.astimezone(tz).utcoffset():
-                    jump = _jump(starts, ends, tz)
+                    jump = offset_change(starts, ends, tz)
                     if jump > now:
                         candidates.add(jump)
         return sorted(candidates)
@@ -268,22 +268,6 @@ class ContactWindow:
                 return ends
             at = ends
         return at  # still allowed: an early bound is safe, it only ends the message sooner
-
-
-def _jump(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
-    """The first instant (to the second) in (before, after] with `after`'s UTC offset in `tz`:
-    where its clocks changed between two instants of different offsets."""
-    offset = after.astimezone(tz).utcoffset()
-    lo, hi = before, after
-    while hi - lo > timedelta(seconds=1):
-        mid = (lo + (hi - lo) / 2).replace(microsecond=0)
-        if mid <= lo:
-            mid = lo + timedelta(seconds=1)
-        if mid.astimezone(tz).utcoffset() == offset:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def _window(w: LocalWindow | None) -> Window | None:

@@ -35,7 +35,7 @@ from herald_contracts import (
     MessageTemplate,
     Priority,
 )
-from herald_kit import InvalidInput, valid_zone, validate_own
+from herald_kit import InvalidInput, offset_change, valid_zone, validate_own
 from herald_kit.templates import message_environment
 from herald_scheduler.domain.expressions import (
     ExpressionError,
@@ -222,23 +222,6 @@ def cron_day_of_week(field: str) -> str:
     return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
 
 
-def _transition(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
-    """The first instant (to the second) in (before, after] with `after`'s UTC offset in a zone:
-    where its clocks changed between two instants of different offsets."""
-    offset = after.astimezone(tz).utcoffset()
-    lo, hi = before.astimezone(UTC), after.astimezone(UTC)
-    while hi - lo > timedelta(seconds=1):
-        mid = lo + (hi - lo) / 2
-        mid = mid.replace(microsecond=0)
-        if mid <= lo:
-            mid = lo + timedelta(seconds=1)
-        if mid.astimezone(tz).utcoffset() == offset:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
 class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
     """A cron schedule read on its zone's wall clock, as cron reads it, across clock changes.
 
@@ -338,7 +321,7 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
             second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
             if first > second:
                 # A time the clocks skip: fired at the first instant after the gap.
-                fire = _transition(second, first, tz)
+                fire = offset_change(second, first, tz)
                 if fire >= start:
                     return fire
             elif first < second:
@@ -350,7 +333,7 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
                     return second
                 # Passed already: step past the repeated wall times instead of through them
                 # (they end where the clocks went back, read on the clock before the change).
-                back = _transition(first, second, tz)
+                back = offset_change(first, second, tz)
                 repeat_end = back.replace(tzinfo=None) + (wall - first.replace(tzinfo=None))
                 wall = max(wall, repeat_end - timedelta(seconds=1))
             else:
@@ -363,7 +346,7 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
         """`fire`, unless the clocks went back between `start` and it and every hour counts:
         then the repeated hour comes first (stepping through wall times passed over it)."""
         if self._every_hour() and fire - start > wall - local:
-            return self._next_from(_transition(start, fire, self.timezone))
+            return self._next_from(offset_change(start, fire, self.timezone))
         return fire
 
 
