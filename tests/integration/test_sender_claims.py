@@ -9,12 +9,12 @@ sends it; when the first wakes up the row is no longer its claim, so it must not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
-from twilio_support import outbound_sms, outbound_voice, producer
+from twilio_support import outbound_sms, outbound_voice
 
 from herald_contracts import utc_now
 from herald_kit import CircuitBreaker, EventProducer, Pacer
@@ -76,12 +76,6 @@ class Provider:
 
     async def find_placed(self, *, to: str, since: datetime) -> list[str]:
         return []
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 class Rebalance:

@@ -7,12 +7,11 @@ real one, held as a 429's Retry-After holds it, for longer than the message has 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
-from twilio_support import outbound_sms, outbound_voice, producer
+from twilio_support import outbound_sms, outbound_voice
 
 from herald_contracts import utc_now
 from herald_kit import EventProducer, Pacer
@@ -51,12 +50,6 @@ class Provider:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 def held_pacer() -> Pacer:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from twilio_support import Collector, outbound_sms, producer
+from twilio_support import Collector, outbound_sms
 
 from herald_contracts import ENGAGEMENT_REPLY, EngagementReply, OutboundSms
 from herald_kit import EventProducer
@@ -54,12 +54,6 @@ class Provider:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 class Setup:

@@ -10,12 +10,12 @@ message fails as opted out (21610), as one refused at its claim does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
-from twilio_support import outbound_sms, producer
+from twilio_support import outbound_sms
 
 from herald_kit import CircuitBreaker, EventProducer, Pacer
 from herald_sms_sender.adapters.ledger import Ledger
@@ -68,12 +68,6 @@ class StopInThePacer(Pacer):
             self.meanwhile = None
         await super().acquire(identity)
         return True  # the message waited for its turn (the STOP came meanwhile)
-
-
-@pytest.fixture
-async def prod(infra: dict[str, str], namespace: str) -> AsyncIterator[EventProducer]:
-    async with producer(infra["kafka"], namespace) as p:
-        yield p
 
 
 @pytest.mark.parametrize("wait", ["retry-pause", "429-hold", "pacer", "breaker-open"])
